@@ -1,0 +1,112 @@
+//! Settings of the core, with the cluster defaults and the limits that protect a node.
+
+use dynakv_ring::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Defaults and limits for one node's core. The cluster-wide quorum settings (N, R, W) are the
+/// defaults every request gets unless it overrides them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoreConfig {
+    /// This node's id (fixed for the node's life; its data directory remembers it).
+    pub node: NodeId,
+    /// Replicas per key.
+    pub n: u8,
+    /// Replies a get waits for.
+    pub r: u8,
+    /// Acknowledgements a put/delete waits for.
+    pub w: u8,
+    /// Default request timeout.
+    pub request_timeout_ms: u32,
+    /// Longest key accepted.
+    pub max_key_bytes: usize,
+    /// Longest value accepted.
+    pub max_value_bytes: usize,
+    /// Siblings per key past which a warning is logged and counted in status.
+    pub sibling_warn: u32,
+    /// Siblings per key past which a write is refused (with a clear error; nothing is dropped).
+    pub sibling_max: u32,
+    /// Send merged objects back to replicas that answered a get with stale data.
+    pub read_repair: bool,
+    /// TEST ONLY: a deliberately planted bug, so the simulator can prove its checkers fail.
+    /// Never set by the `dynakv` binary.
+    #[serde(skip)]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            node: NodeId(0),
+            n: 3,
+            r: 2,
+            w: 2,
+            request_timeout_ms: 5_000,
+            max_key_bytes: 4 * 1024,
+            max_value_bytes: 4 * 1024 * 1024,
+            sibling_warn: 25,
+            sibling_max: 100,
+            read_repair: true,
+            planted_bug: None,
+        }
+    }
+}
+
+impl CoreConfig {
+    /// Check the quorum defaults: 1 <= R, W <= N, and the limits are sane.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n == 0 {
+            return Err("n must be at least 1".into());
+        }
+        if self.r == 0 || self.r > self.n {
+            return Err(format!("r must be in 1..={} (n), got {}", self.n, self.r));
+        }
+        if self.w == 0 || self.w > self.n {
+            return Err(format!("w must be in 1..={} (n), got {}", self.n, self.w));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err("request_timeout_ms must be positive".into());
+        }
+        if self.sibling_warn == 0 || self.sibling_max < self.sibling_warn {
+            return Err("need 0 < sibling_warn <= sibling_max".into());
+        }
+        if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
+            return Err("key and value limits must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Known bugs that can be planted in the core (test-only) to show that the simulator's
+/// invariant checkers catch them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PlantedBug {
+    /// Resolve siblings by keeping only the newest value (last-write-wins).
+    LastWriteWins,
+    /// Acknowledge writes without waiting for them to be durable.
+    AckBeforeStore,
+    /// After a wipe, keep the old actor identity, so dots are minted again.
+    ReuseDotsAfterWipe,
+    /// On a replica, overwrite the stored object with the incoming one instead of merging.
+    OverwriteOnReplica,
+}
+
+impl PlantedBug {
+    /// Every planted bug, for `--help` listings and tests.
+    pub const ALL: [PlantedBug; 4] = [
+        PlantedBug::LastWriteWins,
+        PlantedBug::AckBeforeStore,
+        PlantedBug::ReuseDotsAfterWipe,
+        PlantedBug::OverwriteOnReplica,
+    ];
+
+    /// The kebab-case name used on command lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlantedBug::LastWriteWins => "lww",
+            PlantedBug::AckBeforeStore => "ack-before-store",
+            PlantedBug::ReuseDotsAfterWipe => "reuse-dots",
+            PlantedBug::OverwriteOnReplica => "overwrite-replica",
+        }
+    }
+}

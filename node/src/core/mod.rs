@@ -1,0 +1,20 @@
+//! The deterministic sans-IO node core (see DESIGN.md).
+//!
+//! # Layout
+//! - [`types`]: inputs, effects, client requests/replies and peer messages (plain data).
+//! - [`config`]: quorum defaults, limits, and the test-only planted bugs.
+//! - `node`: the state machine: identity/incarnation, dispatch, the replica role, timers, effects.
+//! - `coordinator`: get/put/delete against the preference list with N/R/W, forwarding, read repair.
+//!
+//! The core never reads a clock, the OS RNG or a socket and never spawns: time comes in with each
+//! input, randomness from a seed, and every output is an [`types::Effect`] for the driver.
+
+pub mod config;
+mod coordinator;
+mod node;
+pub mod types;
+
+pub use config::{CoreConfig, PlantedBug};
+pub use coordinator::MAX_TIMEOUT_MS;
+pub use node::{CoreStats, NodeCore};
+pub use types::*;

@@ -1,0 +1,251 @@
+//! Plain data that goes in and out of the core: requests, replies, peer messages, effects.
+//!
+//! Everything here is `Serialize`/`Deserialize` so the QUIC driver can put it on the wire through
+//! [`crate::codec`], and `Clone`/`PartialEq` so the simulator can duplicate, replay and compare it.
+
+use std::fmt;
+
+use bytes::Bytes;
+use dynakv_ring::{NodeId, PartitionId};
+use serde::{Deserialize, Serialize};
+
+use crate::dvv::{Dot, DvvSet, VersionVector};
+
+/// A stored sibling: client data or a delete marker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Value {
+    /// A value written by a client.
+    Data(Bytes),
+    /// A delete marker. It carries a dot like any value so that a concurrent write survives it.
+    Tombstone,
+}
+
+impl Value {
+    /// The client bytes, or `None` for a tombstone.
+    pub fn data(&self) -> Option<&Bytes> {
+        match self {
+            Value::Data(b) => Some(b),
+            Value::Tombstone => None,
+        }
+    }
+}
+
+/// What a replica stores for one key: every concurrent sibling with its dot, and the causal history.
+pub type Object = DvvSet<Value>;
+
+/// Identifies a coordinator-side operation; unique per coordinator incarnation.
+pub type OpId = u64;
+
+/// Identifies a client request inside one driver (the driver maps it back to a stream).
+pub type RequestId = u64;
+
+/// Per-request overrides of the cluster defaults. `None` means "use the cluster default".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestOptions {
+    /// Replicas per key (N).
+    pub n: Option<u8>,
+    /// Replies a get waits for (R).
+    pub r: Option<u8>,
+    /// Acknowledgements a put or delete waits for (W).
+    pub w: Option<u8>,
+    /// Request timeout in milliseconds.
+    pub timeout_ms: Option<u32>,
+}
+
+/// A request from a client (or forwarded by another node on a client's behalf).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Read every sibling of a key and its causal context.
+    Get {
+        key: Bytes,
+        opts: RequestOptions,
+    },
+    /// Write a value; `context` is what the client read (empty for a blind write).
+    Put {
+        key: Bytes,
+        value: Bytes,
+        context: VersionVector,
+        opts: RequestOptions,
+    },
+    /// Delete (write a tombstone) the siblings covered by `context`.
+    Delete {
+        key: Bytes,
+        context: VersionVector,
+        opts: RequestOptions,
+    },
+    /// Ask for the partition map, so a client can route by key.
+    PartitionMap,
+}
+
+impl ClientRequest {
+    /// Short name for messages and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientRequest::Get { .. } => "get",
+            ClientRequest::Put { .. } => "put",
+            ClientRequest::Delete { .. } => "delete",
+            ClientRequest::PartitionMap => "partition-map",
+        }
+    }
+}
+
+/// A successful read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetReply {
+    /// Every live sibling (tombstones are left out). Empty when the key is missing or deleted.
+    pub values: Vec<Bytes>,
+    /// The joined causal context of every reply; write back with it to supersede what was read.
+    pub context: VersionVector,
+    /// How many replicas answered before the reply was sent.
+    pub replied: u8,
+}
+
+/// A successful write (put or delete).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutReply {
+    /// The causal context after the write: it covers the new value and everything the coordinating
+    /// replica held for the key at the time of the write.
+    pub context: VersionVector,
+    /// The dot the coordinator gave the new value (used by checkers and debugging tools).
+    pub dot: Option<Dot>,
+    /// How many replicas acknowledged before the reply was sent.
+    pub acks: u8,
+}
+
+/// The reply to a [`ClientRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// Reply to a get.
+    Got(GetReply),
+    /// Reply to a put or a delete.
+    Written(PutReply),
+    /// Reply to [`ClientRequest::PartitionMap`].
+    PartitionMap(dynakv_ring::PartitionMap),
+    /// The request failed.
+    Error(RequestError),
+}
+
+/// Why a request failed. Every variant renders as one clear line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestError {
+    /// The request options are inconsistent (for example W > N).
+    InvalidOptions(String),
+    /// The key is empty or longer than the limit.
+    BadKey(String),
+    /// The value is longer than the limit.
+    ValueTooLarge { len: u64, max: u64 },
+    /// Fewer replicas answered than the quorum needs before the timeout.
+    Timeout {
+        op: String,
+        timeout_ms: u32,
+        answered: u8,
+        needed: u8,
+        asked: u8,
+    },
+    /// Not enough nodes exist or are reachable to even try the quorum.
+    Unavailable { op: String, needed: u8, available: u8 },
+    /// A replica or the coordinator failed to read or write its disk.
+    Storage(String),
+    /// The write would push the key past the hard sibling limit.
+    TooManySiblings { count: u32, max: u32 },
+    /// Something the node did not expect; the message says what.
+    Internal(String),
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::InvalidOptions(m) => write!(f, "invalid request options: {m}"),
+            RequestError::BadKey(m) => write!(f, "bad key: {m}"),
+            RequestError::ValueTooLarge { len, max } => {
+                write!(f, "value of {len} bytes exceeds the limit of {max} bytes")
+            }
+            RequestError::Timeout {
+                op,
+                timeout_ms,
+                answered,
+                needed,
+                asked,
+            } => write!(
+                f,
+                "{op} timed out after {timeout_ms} ms: {answered} of {asked} replicas answered, {needed} needed"
+            ),
+            RequestError::Unavailable {
+                op,
+                needed,
+                available,
+            } => write!(
+                f,
+                "{op} unavailable: needs {needed} replicas but only {available} exist"
+            ),
+            RequestError::Storage(m) => write!(f, "storage failure: {m}"),
+            RequestError::TooManySiblings { count, max } => write!(
+                f,
+                "key would hold {count} siblings, past the hard limit of {max}; read it and write back a merged value"
+            ),
+            RequestError::Internal(m) => write!(f, "internal error: {m}"),
+        }
+    }
+}
+
+/// A failure reported by a replica to a coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaError {
+    /// The replica could not read or write its store.
+    Storage(String),
+    /// The replica refused the object (malformed or too many siblings).
+    Rejected(String),
+}
+
+/// Messages between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// Merge `object` into the stored object for `key` and acknowledge once durable.
+    ReplicaWrite {
+        op: OpId,
+        partition: PartitionId,
+        key: Bytes,
+        object: Object,
+    },
+    /// Answer to [`PeerMsg::ReplicaWrite`].
+    ReplicaWriteAck {
+        op: OpId,
+        result: Result<(), ReplicaError>,
+    },
+    /// Send back the stored object for `key`.
+    ReplicaRead {
+        op: OpId,
+        partition: PartitionId,
+        key: Bytes,
+    },
+    /// Answer to [`PeerMsg::ReplicaRead`]; `None` when the replica holds nothing for the key.
+    ReplicaReadReply {
+        op: OpId,
+        result: Result<Option<Object>, ReplicaError>,
+    },
+    /// Coordinate this client write on my behalf: the sender is not a replica of the key and a
+    /// new dot must come from a replica.
+    Forward { op: OpId, request: ClientRequest },
+    /// Answer to [`PeerMsg::Forward`].
+    ForwardReply { op: OpId, reply: ClientReply },
+}
+
+/// An input to the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A message from another node.
+    Peer { from: NodeId, msg: PeerMsg },
+    /// A request from a client connected to this node.
+    Client { id: RequestId, request: ClientRequest },
+    /// The time returned by `poll_timeout` has come.
+    Timeout,
+}
+
+/// An output of the core, for the driver to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Send a message to another node (best effort; the core handles loss with timeouts).
+    Send { to: NodeId, msg: PeerMsg },
+    /// Answer a client request.
+    Reply { id: RequestId, reply: ClientReply },
+}

@@ -1,0 +1,20 @@
+//! dynakv-node: one dynakv node.
+//!
+//! # Layout
+//! - [`dvv`]: dotted version vector sets (DVVSet), version vectors, dots and actors.
+//! - [`codec`]: the one place where bytes are encoded/decoded (bincode frames, context tokens,
+//!   stored records); swap the codec here.
+//! - [`error`]: the crate's error enum.
+//! - [`net`]: TLS material (cluster CA, node certificates) and framing for the QUIC driver.
+//! - [`core`]: the deterministic sans-IO node state machine (coordinator + replica).
+//! - [`store`]: the `Store` trait, sled (production) and in-memory (simulator) stores, and the
+//!   durability contract.
+
+pub mod codec;
+pub mod core;
+pub mod dvv;
+pub mod error;
+pub mod net;
+pub mod store;
+
+pub use error::{Error, Result};
