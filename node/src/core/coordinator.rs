@@ -243,7 +243,11 @@ impl<S: Store> NodeCore<S> {
             Ok(local) => local.unwrap_or_else(DvvSet::empty),
             Err(e) => return self.respond(origin, error(RequestError::Storage(e.to_string()))),
         };
-        let mut object = DvvSet::update(DvvSet::new_with_context(&context, value), &local, self.actor);
+        let mut object = DvvSet::update(
+            DvvSet::new_with_context(&context, value),
+            &local,
+            self.actor,
+        );
         if self.cfg.planted_bug == Some(super::config::PlantedBug::LastWriteWins) {
             object = object.keep_only_newest();
         }

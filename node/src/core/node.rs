@@ -3,7 +3,7 @@
 //! The coordinator role (get/put/delete with quorums) lives in `coordinator.rs`, as another
 //! `impl` block of the same type.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId, PartitionMap};
@@ -77,14 +77,27 @@ pub struct NodeCore<S: Store> {
     pub(super) effects: Vec<Effect>,
     pub(super) dirty: bool,
     pub(super) stats: CoreStats,
+    /// Forwarded writes already accepted, so a duplicated or replayed `Forward` message is not
+    /// coordinated twice (which would write the value again under a second dot).
+    pub(super) seen_forwards: BTreeSet<(NodeId, OpId)>,
+    pub(super) seen_forwards_order: VecDeque<(NodeId, OpId)>,
 }
+
+/// How many forwarded requests are remembered for de-duplication.
+const SEEN_FORWARDS: usize = 4096;
 
 impl<S: Store> NodeCore<S> {
     /// Start a node on `store`. Reads the node's identity from the store; a store without one
     /// (new or wiped) gets a fresh incarnation drawn from `seed`, persisted before anything else,
     /// so dots minted before a wipe are never minted again. `seed` must differ between starts
     /// (the real driver draws it from the OS, the simulator from its seeded RNG).
-    pub fn open(cfg: CoreConfig, mut store: S, map: PartitionMap, seed: u64, now: u64) -> Result<Self> {
+    pub fn open(
+        cfg: CoreConfig,
+        mut store: S,
+        map: PartitionMap,
+        seed: u64,
+        now: u64,
+    ) -> Result<Self> {
         cfg.validate().map_err(Error::Config)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let incarnation = match store.get(Space::Meta, IDENTITY_KEY)? {
@@ -131,6 +144,8 @@ impl<S: Store> NodeCore<S> {
             effects: Vec::new(),
             dirty: false,
             stats: CoreStats::default(),
+            seen_forwards: BTreeSet::new(),
+            seen_forwards_order: VecDeque::new(),
         })
     }
 
@@ -185,7 +200,9 @@ impl<S: Store> NodeCore<S> {
         self.now = self.now.max(now);
         match input {
             Input::Peer { from, msg } => self.handle_peer(from, msg),
-            Input::Client { id, request } => self.handle_client(super::node::Origin::Client(id), request),
+            Input::Client { id, request } => {
+                self.handle_client(super::node::Origin::Client(id), request)
+            }
             Input::Timeout => self.handle_timeouts(),
         }
     }
@@ -313,6 +330,15 @@ impl<S: Store> NodeCore<S> {
                 self.send(from, PeerMsg::ReplicaReadReply { op, result });
             }
             PeerMsg::Forward { op, request } => {
+                if !self.seen_forwards.insert((from, op)) {
+                    return; // a duplicate: the first copy is (or was) being coordinated
+                }
+                self.seen_forwards_order.push_back((from, op));
+                if self.seen_forwards_order.len() > SEEN_FORWARDS {
+                    if let Some(old) = self.seen_forwards_order.pop_front() {
+                        self.seen_forwards.remove(&old);
+                    }
+                }
                 self.handle_client(Origin::Peer { node: from, op }, request);
             }
             PeerMsg::ReplicaWriteAck { op, result } => self.on_write_ack(from, op, result),
@@ -329,20 +355,10 @@ impl<S: Store> NodeCore<S> {
                 value,
                 context,
                 opts,
-            } => self.start_write(
-                origin,
-                key,
-                super::types::Value::Data(value),
-                context,
-                opts,
-            ),
-            ClientRequest::Delete { key, context, opts } => self.start_write(
-                origin,
-                key,
-                super::types::Value::Tombstone,
-                context,
-                opts,
-            ),
+            } => self.start_write(origin, key, super::types::Value::Data(value), context, opts),
+            ClientRequest::Delete { key, context, opts } => {
+                self.start_write(origin, key, super::types::Value::Tombstone, context, opts)
+            }
             ClientRequest::PartitionMap => {
                 let map = self.map.clone();
                 self.respond(origin, ClientReply::PartitionMap(map));
@@ -378,7 +394,9 @@ impl<S: Store> NodeCore<S> {
         let mut out = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = self.store.scan(Space::Partition(p), after.as_deref(), 1024)?;
+            let page = self
+                .store
+                .scan(Space::Partition(p), after.as_deref(), 1024)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
             for (k, v) in page {

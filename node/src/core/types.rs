@@ -56,10 +56,7 @@ pub struct RequestOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     /// Read every sibling of a key and its causal context.
-    Get {
-        key: Bytes,
-        opts: RequestOptions,
-    },
+    Get { key: Bytes, opts: RequestOptions },
     /// Write a value; `context` is what the client read (empty for a blind write).
     Put {
         key: Bytes,
@@ -143,7 +140,11 @@ pub enum RequestError {
         asked: u8,
     },
     /// Not enough nodes exist or are reachable to even try the quorum.
-    Unavailable { op: String, needed: u8, available: u8 },
+    Unavailable {
+        op: String,
+        needed: u8,
+        available: u8,
+    },
     /// A replica or the coordinator failed to read or write its disk.
     Storage(String),
     /// The write would push the key past the hard sibling limit.
@@ -236,7 +237,10 @@ pub enum Input {
     /// A message from another node.
     Peer { from: NodeId, msg: PeerMsg },
     /// A request from a client connected to this node.
-    Client { id: RequestId, request: ClientRequest },
+    Client {
+        id: RequestId,
+        request: ClientRequest,
+    },
     /// The time returned by `poll_timeout` has come.
     Timeout,
 }

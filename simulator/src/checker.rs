@@ -1,0 +1,274 @@
+//! The history of client operations and the invariant checkers run after the quiet phase.
+//!
+//! Invariants (DESIGN.md):
+//! 1. `acked-write-lost`: each acknowledged put is in the final siblings of its key, or its dot is
+//!    covered by the context of a write or delete submitted later (which may legitimately have
+//!    superseded it).
+//! 2. `unknown-value`: every final sibling is a value some client wrote.
+//! 3. `false-concurrency`: no final sibling is covered by the context of an acknowledged write
+//!    (that write superseded it, so it must be gone: a resurrected or falsely concurrent value),
+//!    and no two siblings carry the same dot.
+//!    `dot-reused`: two acknowledged writes of a key never carry the same dot.
+//! 4. `divergence`: after the quiet phase, every replica of a key holds the same object.
+//! 5. `liveness`: after healing, quorum requests succeed and the run finishes in bounded time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dynakv_node::core::{Object, Value};
+use dynakv_node::dvv::{Dot, VersionVector};
+use dynakv_node::store::{Space, Store};
+use serde::Serialize;
+
+use crate::world::World;
+
+/// The outcome of a write as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// Not answered yet.
+    Pending,
+    /// Acknowledged by a quorum.
+    Acked,
+    /// Refused before any replica applied it.
+    Failed,
+    /// Timed out or failed after it may have been applied somewhere.
+    Unknown,
+}
+
+/// One put or delete a client submitted.
+#[derive(Debug, Clone)]
+pub struct WriteRecord {
+    pub client: usize,
+    pub key: String,
+    /// The unique value written, or `None` for a delete.
+    pub value: Option<String>,
+    /// The causal context the client sent.
+    pub context: VersionVector,
+    pub outcome: Outcome,
+    /// The dot the coordinator gave the value (known for acknowledged writes).
+    pub dot: Option<Dot>,
+    /// Virtual time of submission, microseconds.
+    pub at: u64,
+}
+
+/// Everything the clients did and saw.
+#[derive(Debug, Default)]
+pub struct History {
+    pub writes: Vec<WriteRecord>,
+    pub written_values: BTreeSet<String>,
+    pub gets_ok: u64,
+    pub gets_failed: u64,
+    pub sibling_reads: u64,
+    pub max_siblings: usize,
+    pub quiet_failures: Vec<String>,
+}
+
+impl History {
+    /// Counts of writes by outcome: (acked, failed, unknown).
+    pub fn write_counts(&self) -> (u64, u64, u64) {
+        let mut c = (0, 0, 0);
+        for w in &self.writes {
+            match w.outcome {
+                Outcome::Acked => c.0 += 1,
+                Outcome::Failed => c.1 += 1,
+                Outcome::Unknown | Outcome::Pending => c.2 += 1,
+            }
+        }
+        c
+    }
+}
+
+/// A broken invariant, with what is needed to understand it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub key: String,
+    pub detail: String,
+    /// The last events that touched the key (filled by a traced replay of the seed).
+    pub events: Vec<String>,
+}
+
+/// Values of an object as readable strings (tombstones shown as `<tombstone>`), with dots.
+pub fn describe(o: &Object) -> Vec<String> {
+    o.dotted_values()
+        .into_iter()
+        .map(|(dot, v)| {
+            let text = match v {
+                Value::Data(b) => String::from_utf8_lossy(b).into_owned(),
+                Value::Tombstone => "<tombstone>".into(),
+            };
+            match dot {
+                Some(d) => format!("{text}@{}.{}:{}", d.actor.node, d.actor.incarnation, d.counter),
+                None => text,
+            }
+        })
+        .collect()
+}
+
+/// A canonical form of an object, for comparing replicas.
+fn canonical(o: &Object) -> (Vec<String>, VersionVector) {
+    let mut values = describe(o);
+    values.sort();
+    (values, o.join())
+}
+
+/// Run every safety and convergence check on the final state of the world.
+pub fn check(world: &World) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let h = &world.workload.history;
+    for q in &h.quiet_failures {
+        out.push(Violation {
+            invariant: "liveness",
+            key: String::new(),
+            detail: q.clone(),
+            events: Vec::new(),
+        });
+    }
+    let mut by_key: BTreeMap<&str, Vec<&WriteRecord>> = BTreeMap::new();
+    for w in &h.writes {
+        by_key.entry(w.key.as_str()).or_default().push(w);
+    }
+    for key in world.workload.keys() {
+        let writes = by_key.get(key.as_str()).cloned().unwrap_or_default();
+        check_key(world, key, &writes, &h.written_values, &mut out);
+    }
+    out
+}
+
+fn check_key(
+    world: &World,
+    key: &str,
+    writes: &[&WriteRecord],
+    written: &BTreeSet<String>,
+    out: &mut Vec<Violation>,
+) {
+    let p = world.map.partition_for_key(key.as_bytes());
+    let replicas = world.map.preference_list(p, usize::from(world.cfg.n));
+    let mut states: Vec<(dynakv_ring::NodeId, Object)> = Vec::new();
+    for id in replicas {
+        let node = &world.nodes[(id.0 as usize).saturating_sub(1)];
+        let Some(core) = node.core.as_ref() else {
+            continue;
+        };
+        let object = match core.store().get(Space::Partition(p), key.as_bytes()) {
+            Ok(Some(bytes)) => match dynakv_node::codec::decode_object(&bytes) {
+                Ok(o) => o,
+                Err(e) => {
+                    out.push(violation("corrupt-record", key, format!("node {id}: {e}")));
+                    continue;
+                }
+            },
+            Ok(None) => Object::empty(),
+            Err(e) => {
+                out.push(violation("corrupt-record", key, format!("node {id}: {e}")));
+                continue;
+            }
+        };
+        states.push((id, object));
+    }
+    let Some((first_id, first)) = states.first().cloned() else {
+        return;
+    };
+    for (id, o) in &states[1..] {
+        if canonical(o) != canonical(&first) {
+            out.push(violation(
+                "divergence",
+                key,
+                format!(
+                    "node {first_id} holds {:?} but node {id} holds {:?}",
+                    canonical(&first),
+                    canonical(o)
+                ),
+            ));
+        }
+    }
+    let final_obj = states
+        .iter()
+        .fold(Object::empty(), |acc, (_, o)| acc.sync(o));
+    let finals: Vec<(Option<Dot>, String)> = final_obj
+        .dotted_values()
+        .into_iter()
+        .filter_map(|(d, v)| match v {
+            Value::Data(b) => Some((d, String::from_utf8_lossy(b).into_owned())),
+            Value::Tombstone => None,
+        })
+        .collect();
+    let final_values: BTreeSet<&str> = finals.iter().map(|(_, v)| v.as_str()).collect();
+
+    // 2. No value that was never written.
+    for (_, v) in &finals {
+        if !written.contains(v) {
+            out.push(violation("unknown-value", key, format!("sibling {v:?} was never written")));
+        }
+    }
+    // 3. No false concurrency: no sibling covered by an acked context; no duplicate dots.
+    let mut seen_dots = BTreeSet::new();
+    for (dot, v) in &finals {
+        let Some(dot) = dot else { continue };
+        if !seen_dots.insert(*dot) {
+            out.push(violation("false-concurrency", key, format!("two siblings share dot {dot:?}")));
+        }
+        if let Some(w) = writes
+            .iter()
+            .find(|w| w.outcome == Outcome::Acked && w.context.covers(dot))
+        {
+            out.push(violation(
+                "false-concurrency",
+                key,
+                format!(
+                    "sibling {v:?} ({dot:?}) survives although client {}'s acknowledged {} at t={}us covered it",
+                    w.client,
+                    if w.value.is_some() { "put" } else { "delete" },
+                    w.at
+                ),
+            ));
+        }
+    }
+    // Dots are never reused: two acknowledged writes of a key never get the same dot.
+    let mut minted: BTreeMap<Dot, &WriteRecord> = BTreeMap::new();
+    for w in writes.iter().filter(|w| w.outcome == Outcome::Acked) {
+        let Some(dot) = w.dot else { continue };
+        if let Some(first) = minted.insert(dot, w) {
+            out.push(violation(
+                "dot-reused",
+                key,
+                format!(
+                    "{dot:?} was given to {:?} (t={}us) and again to {:?} (t={}us)",
+                    first.value, first.at, w.value, w.at
+                ),
+            ));
+        }
+    }
+    // 1. No acknowledged write lost.
+    for w in writes.iter().filter(|w| w.outcome == Outcome::Acked) {
+        let (Some(value), Some(dot)) = (&w.value, w.dot) else {
+            continue;
+        };
+        if final_values.contains(value.as_str()) {
+            continue;
+        }
+        let superseded = writes
+            .iter()
+            .any(|x| x.outcome != Outcome::Failed && x.context.covers(&dot));
+        if !superseded {
+            out.push(violation(
+                "acked-write-lost",
+                key,
+                format!(
+                    "value {value:?} ({dot:?}) acknowledged to client {} at t={}us is gone and no later write covered it; final siblings {:?}",
+                    w.client,
+                    w.at,
+                    describe(&final_obj)
+                ),
+            ));
+        }
+    }
+}
+
+fn violation(invariant: &'static str, key: &str, detail: String) -> Violation {
+    Violation {
+        invariant,
+        key: key.to_string(),
+        detail,
+        events: Vec::new(),
+    }
+}

@@ -1,0 +1,291 @@
+//! What a run simulates: the cluster shape, the workload size, which faults are allowed, and the
+//! fault parameters drawn from the seed ("swarm" style: every seed gets its own mix).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use dynakv_node::core::PlantedBug;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::error::SimError;
+
+/// A kind of fault the simulator can inject. Each can be turned off on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Messages dropped (0-30% per seed).
+    Loss,
+    /// Messages duplicated and replayed later (0-50% per seed).
+    Dup,
+    /// Per-link latency distributions with jitter, so messages overtake each other.
+    Reorder,
+    /// Symmetric partitions: isolate a node, split in two, random halves.
+    Partition,
+    /// One-way partitions (a can reach b, b cannot reach a).
+    OneWay,
+    /// A link holds every message for a while, then releases them all.
+    Clog,
+    /// A node crashes (unsynced writes lost) and restarts later.
+    Crash,
+    /// A node stops processing for a while (a long GC pause or a stopped VM).
+    Pause,
+    /// A node restarts with its disk wiped (bounded to W-1 wipes per run so no quorum is wiped).
+    Wipe,
+    /// Clock offsets and drift between nodes.
+    Skew,
+}
+
+impl FaultKind {
+    /// Every fault kind.
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::Loss,
+        FaultKind::Dup,
+        FaultKind::Reorder,
+        FaultKind::Partition,
+        FaultKind::OneWay,
+        FaultKind::Clog,
+        FaultKind::Crash,
+        FaultKind::Pause,
+        FaultKind::Wipe,
+        FaultKind::Skew,
+    ];
+
+    /// The command-line name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FaultKind::Loss => "loss",
+            FaultKind::Dup => "dup",
+            FaultKind::Reorder => "reorder",
+            FaultKind::Partition => "partition",
+            FaultKind::OneWay => "oneway",
+            FaultKind::Clog => "clog",
+            FaultKind::Crash => "crash",
+            FaultKind::Pause => "pause",
+            FaultKind::Wipe => "wipe",
+            FaultKind::Skew => "skew",
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of allowed faults, parsed from `all`, `none` or a comma-separated list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FaultSet(pub BTreeSet<FaultKind>);
+
+impl FaultSet {
+    /// Every fault.
+    pub fn all() -> Self {
+        Self(FaultKind::ALL.into_iter().collect())
+    }
+
+    /// Is this fault allowed?
+    pub fn has(&self, k: FaultKind) -> bool {
+        self.0.contains(&k)
+    }
+}
+
+impl FromStr for FaultSet {
+    type Err = SimError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "all" => return Ok(Self::all()),
+            "none" | "" => return Ok(Self::default()),
+            _ => {}
+        }
+        let mut set = BTreeSet::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (negate, name) = match part.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, part),
+            };
+            let kind = FaultKind::ALL
+                .into_iter()
+                .find(|k| k.name() == name)
+                .ok_or_else(|| {
+                    SimError::BadArgs(format!(
+                        "unknown fault {name:?}; known: all, none, {}",
+                        FaultKind::ALL.map(|k| k.name()).join(", ")
+                    ))
+                })?;
+            if negate {
+                if set.is_empty() {
+                    set = FaultKind::ALL.into_iter().collect();
+                }
+                set.remove(&kind);
+            } else {
+                set.insert(kind);
+            }
+        }
+        Ok(Self(set))
+    }
+}
+
+impl fmt::Display for FaultSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        if self.0.len() == FaultKind::ALL.len() {
+            return f.write_str("all");
+        }
+        let names: Vec<_> = self.0.iter().map(|k| k.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// Everything a run needs besides the seed.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Number of nodes.
+    pub nodes: u32,
+    /// Client operations in the chaos phase.
+    pub ops: u32,
+    /// Replicas per key.
+    pub n: u8,
+    /// Read quorum.
+    pub r: u8,
+    /// Write quorum.
+    pub w: u8,
+    /// Partitions in the ring.
+    pub partitions: u16,
+    /// Keys the clients use (small, to force real concurrency).
+    pub keys: u32,
+    /// Concurrent simulated clients.
+    pub clients: u32,
+    /// Allowed faults.
+    pub faults: FaultSet,
+    /// Upper bound of the message loss rate drawn per seed.
+    pub max_loss: f64,
+    /// Upper bound of the duplication rate drawn per seed.
+    pub max_dup: f64,
+    /// A planted bug (test-only), to show the checkers catch it.
+    pub bug: Option<PlantedBug>,
+    /// Record a trace of events touching this key (used to explain a violation).
+    pub trace_key: Option<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            nodes: 5,
+            ops: 1_000,
+            n: 3,
+            r: 2,
+            w: 2,
+            partitions: 16,
+            keys: 8,
+            clients: 6,
+            faults: FaultSet::all(),
+            max_loss: 0.30,
+            max_dup: 0.50,
+            bug: None,
+            trace_key: None,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Check the shape before a run.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |m: String| Err(SimError::BadArgs(m));
+        if self.nodes == 0 || self.nodes > 256 {
+            return bad(format!("--nodes must be in 1..=256, got {}", self.nodes));
+        }
+        if self.n == 0 || u32::from(self.n) > self.nodes {
+            return bad(format!("--n must be in 1..={} (nodes), got {}", self.nodes, self.n));
+        }
+        if self.r == 0 || self.r > self.n || self.w == 0 || self.w > self.n {
+            return bad(format!(
+                "need 1 <= r,w <= n; got n={} r={} w={}",
+                self.n, self.r, self.w
+            ));
+        }
+        if self.keys == 0 || self.clients == 0 {
+            return bad("--keys and --clients must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.max_loss) || !(0.0..=1.0).contains(&self.max_dup) {
+            return bad("loss and duplication bounds must be within 0..=1".into());
+        }
+        dynakv_ring::validate_partition_count(u32::from(self.partitions))
+            .map_err(|e| SimError::BadArgs(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Fault intensities drawn for one seed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultParams {
+    /// Probability that a message is dropped.
+    pub loss: f64,
+    /// Probability that a message is delivered twice (the copy later).
+    pub dup: f64,
+    /// Mean base latency of a link, microseconds.
+    pub latency_us: u64,
+    /// Jitter bound added to each message, microseconds.
+    pub jitter_us: u64,
+    /// Mean time between scheduled faults (partitions, crashes, ...), microseconds.
+    pub fault_interval_us: u64,
+    /// Most nodes crashed or paused at the same time.
+    pub max_down: u32,
+    /// Wipes allowed in this run (W-1 at most, so an acknowledged write keeps a copy).
+    pub max_wipes: u32,
+    /// Largest clock offset between nodes, microseconds.
+    pub max_skew_us: u64,
+    /// Largest clock drift, parts per million.
+    pub max_drift_ppm: u64,
+}
+
+impl FaultParams {
+    /// Draw the intensities of the allowed faults from the seeded RNG.
+    pub fn draw(cfg: &SimConfig, rng: &mut ChaCha8Rng) -> Self {
+        let f = &cfg.faults;
+        let loss = if f.has(FaultKind::Loss) {
+            rng.gen_range(0.0..=cfg.max_loss)
+        } else {
+            0.0
+        };
+        let dup = if f.has(FaultKind::Dup) {
+            rng.gen_range(0.0..=cfg.max_dup)
+        } else {
+            0.0
+        };
+        let latency_us = rng.gen_range(50..2_000);
+        let jitter_us = if f.has(FaultKind::Reorder) {
+            rng.gen_range(100..20_000)
+        } else {
+            0
+        };
+        Self {
+            loss,
+            dup,
+            latency_us,
+            jitter_us,
+            fault_interval_us: rng.gen_range(100_000..1_000_000),
+            max_down: rng.gen_range(1..=(cfg.nodes.saturating_sub(1) / 2).max(1)),
+            max_wipes: if f.has(FaultKind::Wipe) {
+                u32::from(cfg.w.saturating_sub(1))
+            } else {
+                0
+            },
+            max_skew_us: if f.has(FaultKind::Skew) {
+                rng.gen_range(0..2_000_000)
+            } else {
+                0
+            },
+            max_drift_ppm: if f.has(FaultKind::Skew) {
+                rng.gen_range(0..2_000)
+            } else {
+                0
+            },
+        }
+    }
+}

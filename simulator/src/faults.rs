@@ -1,0 +1,164 @@
+//! The fault scheduler: during the chaos phase, at random intervals, it partitions, clogs,
+//! crashes, wipes and pauses nodes. Loss, duplication, reordering and skew are continuous and
+//! live in the network and clock models (`world.rs`).
+
+use dynakv_ring::NodeId;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::config::FaultKind;
+use crate::world::{Event, World};
+
+impl World {
+    fn count_fault(&mut self, name: &'static str) {
+        *self.faults.entry(name).or_insert(0) += 1;
+    }
+
+    fn random_node(&mut self) -> NodeId {
+        let i = self.rng.gen_range(0..self.nodes.len());
+        self.nodes[i].id
+    }
+
+    /// Nodes currently crashed or paused.
+    fn nodes_out(&self) -> u32 {
+        self.nodes.iter().filter(|n| !n.is_up() || n.paused).count() as u32
+    }
+
+    /// Inject one scheduled fault and schedule the next tick (while the chaos phase lasts).
+    pub(crate) fn fault_tick(&mut self) {
+        if !self.workload.in_chaos() {
+            return;
+        }
+        let f = &self.cfg.faults;
+        let mut kinds = Vec::new();
+        for k in [
+            FaultKind::Partition,
+            FaultKind::OneWay,
+            FaultKind::Clog,
+            FaultKind::Crash,
+            FaultKind::Pause,
+        ] {
+            if f.has(k) {
+                kinds.push(k);
+            }
+        }
+        if let Some(&kind) = kinds.choose(&mut self.rng) {
+            self.inject(kind);
+        }
+        let mean = self.params.fault_interval_us;
+        let next = self.now + self.rng.gen_range(mean / 2..=mean * 3 / 2);
+        self.schedule(next, Event::FaultTick);
+    }
+
+    fn inject(&mut self, kind: FaultKind) {
+        match kind {
+            FaultKind::Partition | FaultKind::OneWay => {
+                if self.net.cuts.values().any(|(_, clog)| !clog) {
+                    return; // one partition at a time keeps some seeds making progress
+                }
+                let (a, b) = self.split();
+                if a.is_empty() || b.is_empty() {
+                    return;
+                }
+                let one_way = kind == FaultKind::OneWay;
+                let mut links = Vec::new();
+                for x in &a {
+                    for y in &b {
+                        links.push((*x, *y));
+                        if !one_way {
+                            links.push((*y, *x));
+                        }
+                    }
+                }
+                let duration = self.rng.gen_range(50_000..1_500_000);
+                self.count_fault(if one_way { "oneway" } else { "partition" });
+                let line = format!(
+                    "t={}us {} {:?} | {:?} for {}ms",
+                    self.now,
+                    if one_way { "ONE-WAY CUT" } else { "PARTITION" },
+                    a,
+                    b,
+                    duration / 1000
+                );
+                self.trace_line(line);
+                self.add_cut(links, false, duration);
+            }
+            FaultKind::Clog => {
+                let x = self.random_node();
+                let y = self.random_node();
+                if x == y || self.net.cuts.values().filter(|(_, clog)| *clog).count() >= 2 {
+                    return;
+                }
+                let duration = self.rng.gen_range(50_000..1_000_000);
+                self.count_fault("clog");
+                self.add_cut(vec![(x, y)], true, duration);
+            }
+            FaultKind::Crash => {
+                let id = self.random_node();
+                if !self.node_mut(id).is_up() || self.nodes_out() >= self.params.max_down {
+                    return;
+                }
+                let wipe = self.cfg.faults.has(FaultKind::Wipe)
+                    && self.wipes_left > 0
+                    && self.rng.gen_bool(0.3);
+                if wipe {
+                    self.wipes_left -= 1;
+                    self.count_fault("wipe");
+                }
+                self.count_fault("crash");
+                self.crash(id);
+                let down = self.rng.gen_range(50_000..1_500_000);
+                let at = self.now + down;
+                self.schedule(at, Event::Restart { node: id, wipe });
+            }
+            FaultKind::Pause => {
+                let id = self.random_node();
+                let node = self.node_mut(id);
+                if node.paused || !node.is_up() {
+                    return;
+                }
+                if self.nodes_out() >= self.params.max_down {
+                    return;
+                }
+                let node = self.node_mut(id);
+                node.paused = true;
+                self.count_fault("pause");
+                let d = self.rng.gen_range(10_000..500_000);
+                let at = self.now + d;
+                self.schedule(at, Event::Resume { node: id });
+            }
+            _ => {}
+        }
+    }
+
+    /// Pick two sides: isolate one node, split the id range in two, or random halves.
+    fn split(&mut self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let mut ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        match self.rng.gen_range(0..3) {
+            0 => {
+                let i = self.rng.gen_range(0..ids.len());
+                let lone = ids.remove(i);
+                (vec![lone], ids)
+            }
+            1 => {
+                let cut = self.rng.gen_range(1..ids.len().max(2));
+                let b = ids.split_off(cut.min(ids.len()));
+                (ids, b)
+            }
+            _ => {
+                ids.shuffle(&mut self.rng);
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                for id in ids {
+                    if self.rng.gen_bool(0.5) {
+                        a.push(id);
+                    } else {
+                        b.push(id);
+                    }
+                }
+                a.sort();
+                b.sort();
+                (a, b)
+            }
+        }
+    }
+}

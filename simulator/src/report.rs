@@ -1,0 +1,155 @@
+//! Running one seed end to end, and what the run reports.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::checker::{self, Violation};
+use crate::config::{FaultParams, SimConfig};
+use crate::error::SimError;
+use crate::workload::Phase;
+use crate::world::{Event, World};
+
+/// Virtual time the quiet phase may take before liveness is declared broken.
+const QUIET_BUDGET_US: u64 = 120_000_000;
+/// How many trace lines of the violating key a report keeps.
+const TRACE_TAIL: usize = 40;
+
+/// The result of one simulated run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub seed: u64,
+    pub nodes: u32,
+    pub n: u8,
+    pub r: u8,
+    pub w: u8,
+    pub faults: String,
+    pub bug: Option<String>,
+    pub params: FaultParams,
+    pub faults_injected: BTreeMap<String, u32>,
+    pub ops_acked: u64,
+    pub ops_failed: u64,
+    pub writes_unknown: u64,
+    pub gets_ok: u64,
+    pub sibling_reads: u64,
+    pub max_siblings: usize,
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    pub messages_duplicated: u64,
+    pub violations: Vec<Violation>,
+    pub virtual_ms: u64,
+    pub wall_ms: f64,
+    pub events: u64,
+    pub events_per_sec: f64,
+    pub trace_digest: String,
+}
+
+impl RunReport {
+    /// Did every invariant hold?
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The command line that replays this run exactly.
+    pub fn reproduce_command(&self, cfg: &SimConfig) -> String {
+        let mut cmd = format!(
+            "dynakv-sim run --seed {} --nodes {} --ops {} --n {} --r {} --w {} --faults {}",
+            self.seed, cfg.nodes, cfg.ops, cfg.n, cfg.r, cfg.w, cfg.faults
+        );
+        if cfg.keys != SimConfig::default().keys {
+            cmd.push_str(&format!(" --keys {}", cfg.keys));
+        }
+        if cfg.clients != SimConfig::default().clients {
+            cmd.push_str(&format!(" --clients {}", cfg.clients));
+        }
+        if let Some(b) = cfg.bug {
+            cmd.push_str(&format!(" --bug {}", b.name()));
+        }
+        cmd
+    }
+}
+
+/// Run one seed: chaos phase, heal, quiet phase, checks. On a violation the seed is replayed
+/// with tracing on the violating key, so the report can show the last events that touched it.
+pub fn run(seed: u64, cfg: &SimConfig) -> Result<RunReport, SimError> {
+    let mut report = run_once(seed, cfg)?;
+    if let Some(key) = report.violations.first().map(|v| v.key.clone()) {
+        if !key.is_empty() && cfg.trace_key.is_none() {
+            let traced_cfg = SimConfig {
+                trace_key: Some(key.clone()),
+                ..cfg.clone()
+            };
+            let mut world = World::new(seed, traced_cfg)?;
+            drive(&mut world);
+            let trace = world.trace.take().unwrap_or_default();
+            let tail = trace[trace.len().saturating_sub(TRACE_TAIL)..].to_vec();
+            for v in report.violations.iter_mut().filter(|v| v.key == key) {
+                v.events = tail.clone();
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn drive(world: &mut World) -> bool {
+    world.start_clients();
+    world.schedule(world.now + 1_000, Event::FaultTick);
+    let chaos_budget = u64::from(world.cfg.ops) * 200_000 + 60_000_000;
+    world.run_until(chaos_budget, &mut |w| w.workload.chaos_done());
+    let chaos_finished = world.workload.chaos_done();
+    world.workload.phase = Phase::Quiet;
+    world.heal_all();
+    world.start_quiet();
+    let deadline = world.now + QUIET_BUDGET_US;
+    world.run_until(deadline, &mut |_| false);
+    chaos_finished && world.workload.phase == Phase::Done
+}
+
+fn run_once(seed: u64, cfg: &SimConfig) -> Result<RunReport, SimError> {
+    let started = Instant::now();
+    let mut world = World::new(seed, cfg.clone())?;
+    let finished = drive(&mut world);
+    let mut violations = checker::check(&world);
+    if !finished {
+        violations.push(Violation {
+            invariant: "liveness",
+            key: String::new(),
+            detail: "the run did not finish within its virtual-time budget".into(),
+            events: Vec::new(),
+        });
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let h = &world.workload.history;
+    let (acked, failed, unknown) = h.write_counts();
+    Ok(RunReport {
+        seed,
+        nodes: cfg.nodes,
+        n: cfg.n,
+        r: cfg.r,
+        w: cfg.w,
+        faults: cfg.faults.to_string(),
+        bug: cfg.bug.map(|b| b.name().to_string()),
+        params: world.params.clone(),
+        faults_injected: world
+            .faults
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        ops_acked: acked + h.gets_ok,
+        ops_failed: failed + unknown + h.gets_failed,
+        writes_unknown: unknown,
+        gets_ok: h.gets_ok,
+        sibling_reads: h.sibling_reads,
+        max_siblings: h.max_siblings,
+        messages_sent: world.net.sent,
+        messages_dropped: world.net.dropped,
+        messages_duplicated: world.net.duplicated,
+        violations,
+        virtual_ms: world.now / 1000,
+        wall_ms: wall * 1000.0,
+        events: world.events,
+        events_per_sec: if wall > 0.0 { world.events as f64 / wall } else { 0.0 },
+        trace_digest: format!("{:016x}", world.trace_digest()),
+    })
+}

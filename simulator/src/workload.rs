@@ -1,0 +1,340 @@
+//! Simulated clients: gets, blind puts, puts with (possibly stale) contexts, read-modify-write
+//! merges and deletes over a small key set, every written value unique so the checker can trace it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use dynakv_node::core::{ClientReply, ClientRequest, RequestError, RequestId, RequestOptions};
+use dynakv_node::dvv::VersionVector;
+use rand::Rng;
+
+use crate::checker::{History, Outcome, WriteRecord};
+use crate::config::SimConfig;
+use crate::world::{Event, World, SIM_REQUEST_TIMEOUT_MS};
+
+/// How long a client waits for any reply before it calls the outcome unknown.
+const CLIENT_GIVE_UP_US: u64 = (SIM_REQUEST_TIMEOUT_MS as u64 + 1_000) * 1_000;
+
+/// What a client does with the reply of a get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterGet {
+    Nothing,
+    /// Read-modify-write: write a new value with the context just read.
+    Merge,
+    /// Delete what was just read.
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+enum PendingKind {
+    Get { then: AfterGet },
+    Write { record: usize },
+    /// A get of the quiet phase, which must succeed.
+    QuietGet,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    client: usize,
+    key: String,
+    kind: PendingKind,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Client {
+    seq: u64,
+    contexts: BTreeMap<String, VersionVector>,
+}
+
+/// The phase the run is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Chaos,
+    Quiet,
+    Done,
+}
+
+/// All simulated clients and what they have seen.
+#[derive(Debug)]
+pub(crate) struct Workload {
+    clients: Vec<Client>,
+    pending: BTreeMap<RequestId, Pending>,
+    next_req: RequestId,
+    issued: u32,
+    target: u32,
+    keys: Vec<String>,
+    quiet_queue: Vec<String>,
+    pub phase: Phase,
+    pub history: History,
+}
+
+impl Workload {
+    pub fn new(cfg: &SimConfig) -> Self {
+        Self {
+            clients: vec![Client::default(); cfg.clients as usize],
+            pending: BTreeMap::new(),
+            next_req: 1,
+            issued: 0,
+            target: cfg.ops,
+            keys: (0..cfg.keys).map(|i| format!("k{i}")).collect(),
+            quiet_queue: Vec::new(),
+            phase: Phase::Chaos,
+            history: History::default(),
+        }
+    }
+
+    pub fn in_chaos(&self) -> bool {
+        self.phase == Phase::Chaos
+    }
+
+    /// Every chaos operation was issued and answered (or given up on).
+    pub fn chaos_done(&self) -> bool {
+        self.issued >= self.target && self.pending.is_empty()
+    }
+
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+}
+
+fn key_bytes(key: &str) -> Bytes {
+    Bytes::from(key.to_string())
+}
+
+impl World {
+    /// Start the clients, staggered.
+    pub(crate) fn start_clients(&mut self) {
+        for c in 0..self.workload.clients.len() {
+            let at = self.now + self.rng.gen_range(0..5_000);
+            self.schedule(at, Event::ClientNext { client: c });
+        }
+    }
+
+    fn submit(&mut self, client: usize, key: String, request: ClientRequest, kind: PendingKind) {
+        let id = self.workload.next_req;
+        self.workload.next_req += 1;
+        let i = self.rng.gen_range(0..self.nodes.len());
+        let node = self.nodes[i].id;
+        if self.cfg.trace_key.as_deref() == Some(key.as_str()) {
+            let line = format!("t={}us client {client} -> node {node}: {request:?}", self.now);
+            self.trace_line(line);
+        }
+        self.workload.pending.insert(id, Pending { client, key, kind });
+        let at = self.now + self.rng.gen_range(50..500);
+        self.schedule(at, Event::Request { node, id, request });
+        let give_up = self.now + CLIENT_GIVE_UP_US;
+        self.schedule(give_up, Event::GiveUp { id });
+    }
+
+    fn fresh_value(&mut self, client: usize) -> String {
+        let c = &mut self.workload.clients[client];
+        c.seq += 1;
+        format!("c{client}-{}", c.seq)
+    }
+
+    fn write(&mut self, client: usize, key: String, value: Option<String>, context: VersionVector) {
+        let record = self.workload.history.writes.len();
+        if let Some(v) = &value {
+            self.workload.history.written_values.insert(v.clone());
+        }
+        self.workload.history.writes.push(WriteRecord {
+            client,
+            key: key.clone(),
+            value: value.clone(),
+            context: context.clone(),
+            outcome: Outcome::Pending,
+            dot: None,
+            at: self.now,
+        });
+        let request = match value {
+            Some(v) => ClientRequest::Put {
+                key: key_bytes(&key),
+                value: Bytes::from(v),
+                context,
+                opts: RequestOptions::default(),
+            },
+            None => ClientRequest::Delete {
+                key: key_bytes(&key),
+                context,
+                opts: RequestOptions::default(),
+            },
+        };
+        self.submit(client, key, request, PendingKind::Write { record });
+    }
+
+    /// A client picks its next operation.
+    pub(crate) fn client_next(&mut self, client: usize) {
+        if self.workload.phase != Phase::Chaos || self.workload.issued >= self.workload.target {
+            return;
+        }
+        self.workload.issued += 1;
+        let i = self.rng.gen_range(0..self.workload.keys.len());
+        let key = self.workload.keys[i].clone();
+        let roll = self.rng.gen_range(0..100);
+        let get = |then| {
+            (
+                ClientRequest::Get {
+                    key: key_bytes(&key),
+                    opts: RequestOptions::default(),
+                },
+                PendingKind::Get { then },
+            )
+        };
+        match roll {
+            0..=29 => {
+                let (r, k) = get(AfterGet::Nothing);
+                self.submit(client, key, r, k);
+            }
+            30..=54 => {
+                let (r, k) = get(AfterGet::Merge);
+                self.submit(client, key, r, k);
+            }
+            55..=64 => {
+                let (r, k) = get(AfterGet::Delete);
+                self.submit(client, key, r, k);
+            }
+            65..=79 => {
+                let v = self.fresh_value(client);
+                self.write(client, key, Some(v), VersionVector::new());
+            }
+            _ => {
+                // A put with the last context this client saw for the key (often stale).
+                let ctx = self.workload.clients[client]
+                    .contexts
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_default();
+                let v = self.fresh_value(client);
+                self.write(client, key, Some(v), ctx);
+            }
+        }
+    }
+
+    fn think(&mut self, client: usize) {
+        let at = self.now + self.rng.gen_range(0..5_000);
+        self.schedule(at, Event::ClientNext { client });
+    }
+
+    /// A reply reached its client.
+    pub(crate) fn on_reply(&mut self, id: RequestId, reply: ClientReply) {
+        let Some(p) = self.workload.pending.remove(&id) else {
+            return; // the client gave up already
+        };
+        if self.cfg.trace_key.as_deref() == Some(p.key.as_str()) {
+            let line = format!("t={}us reply to client {}: {reply:?}", self.now, p.client);
+            self.trace_line(line);
+        }
+        let h = &mut self.workload.history;
+        match (p.kind, reply) {
+            (PendingKind::Write { record }, ClientReply::Written(w)) => {
+                h.writes[record].outcome = Outcome::Acked;
+                h.writes[record].dot = w.dot;
+                self.workload.clients[p.client]
+                    .contexts
+                    .insert(p.key, w.context);
+            }
+            (PendingKind::Write { record }, ClientReply::Error(e)) => {
+                h.writes[record].outcome = if never_applied(&e) {
+                    Outcome::Failed
+                } else {
+                    Outcome::Unknown
+                };
+            }
+            (PendingKind::Get { then }, ClientReply::Got(g)) => {
+                h.gets_ok += 1;
+                h.max_siblings = h.max_siblings.max(g.values.len());
+                if g.values.len() > 1 {
+                    h.sibling_reads += 1;
+                }
+                self.workload.clients[p.client]
+                    .contexts
+                    .insert(p.key.clone(), g.context.clone());
+                match then {
+                    AfterGet::Merge => {
+                        let v = self.fresh_value(p.client);
+                        self.write(p.client, p.key, Some(v), g.context);
+                        return;
+                    }
+                    AfterGet::Delete if !g.values.is_empty() => {
+                        self.write(p.client, p.key, None, g.context);
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            (PendingKind::Get { .. }, _) => h.gets_failed += 1,
+            (PendingKind::QuietGet, ClientReply::Got(_)) => {
+                self.quiet_next();
+                return;
+            }
+            (PendingKind::QuietGet, other) => {
+                h.quiet_failures.push(format!("quiet-phase get of {} failed: {other:?}", p.key));
+                self.quiet_next();
+                return;
+            }
+            (PendingKind::Write { record }, other) => {
+                h.writes[record].outcome = Outcome::Unknown;
+                h.quiet_failures.push(format!("unexpected write reply {other:?}"));
+            }
+        }
+        self.think(p.client);
+    }
+
+    /// A client stopped waiting.
+    pub(crate) fn give_up(&mut self, id: RequestId) {
+        let Some(p) = self.workload.pending.remove(&id) else {
+            return;
+        };
+        match p.kind {
+            PendingKind::Write { record } => {
+                self.workload.history.writes[record].outcome = Outcome::Unknown;
+            }
+            PendingKind::Get { .. } => self.workload.history.gets_failed += 1,
+            PendingKind::QuietGet => {
+                self.workload
+                    .history
+                    .quiet_failures
+                    .push(format!("quiet-phase get of {} got no reply", p.key));
+                self.quiet_next();
+                return;
+            }
+        }
+        self.think(p.client);
+    }
+
+    /// Begin the quiet phase: every key is read once with R=N (which also read-repairs).
+    pub(crate) fn start_quiet(&mut self) {
+        self.workload.phase = Phase::Quiet;
+        let mut keys = self.workload.keys.clone();
+        keys.reverse();
+        self.workload.quiet_queue = keys;
+        self.quiet_next();
+    }
+
+    fn quiet_next(&mut self) {
+        let Some(key) = self.workload.quiet_queue.pop() else {
+            self.workload.phase = Phase::Done;
+            return;
+        };
+        let request = ClientRequest::Get {
+            key: key_bytes(&key),
+            opts: RequestOptions {
+                r: Some(self.cfg.n),
+                ..RequestOptions::default()
+            },
+        };
+        self.submit(0, key, request, PendingKind::QuietGet);
+    }
+}
+
+/// Errors raised before the write touched any replica: the write certainly did not happen.
+fn never_applied(e: &RequestError) -> bool {
+    matches!(
+        e,
+        RequestError::InvalidOptions(_)
+            | RequestError::BadKey(_)
+            | RequestError::ValueTooLarge { .. }
+            | RequestError::Unavailable { .. }
+            | RequestError::TooManySiblings { .. }
+    )
+}

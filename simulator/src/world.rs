@@ -1,0 +1,547 @@
+//! The simulated world: real node cores over a simulated network and disk, driven by one event
+//! queue in virtual time. Everything random comes from one seeded RNG, so a seed replays exactly.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use dynakv_node::core::{
+    ClientReply, ClientRequest, CoreConfig, Effect, Input, NodeCore, PeerMsg, RequestId,
+};
+use dynakv_node::store::MemStore;
+use dynakv_ring::{NodeId, PartitionMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::config::{FaultParams, SimConfig};
+use crate::error::SimError;
+
+/// Request timeout the simulated nodes use, milliseconds.
+pub const SIM_REQUEST_TIMEOUT_MS: u32 = 1_000;
+
+/// Something that happens at a virtual time.
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    /// A peer message arrives.
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        msg: PeerMsg,
+    },
+    /// A client request arrives at a node.
+    Request {
+        node: NodeId,
+        id: RequestId,
+        request: ClientRequest,
+    },
+    /// A node's reply arrives at its client.
+    Reply { id: RequestId, reply: ClientReply },
+    /// A node's core asked to be woken up.
+    Timer { node: NodeId, generation: u64 },
+    /// A client decides what to do next.
+    ClientNext { client: usize },
+    /// A client stops waiting for a request.
+    GiveUp { id: RequestId },
+    /// Time to inject another scheduled fault.
+    FaultTick,
+    /// A crashed node comes back (with a wiped disk if `wipe`).
+    Restart { node: NodeId, wipe: bool },
+    /// A paused node resumes.
+    Resume { node: NodeId },
+    /// A partition or clog ends.
+    HealCut { cut: u64 },
+}
+
+impl Event {
+    fn code(&self) -> u8 {
+        match self {
+            Event::Deliver { .. } => 1,
+            Event::Request { .. } => 2,
+            Event::Reply { .. } => 3,
+            Event::Timer { .. } => 4,
+            Event::ClientNext { .. } => 5,
+            Event::GiveUp { .. } => 6,
+            Event::FaultTick => 7,
+            Event::Restart { .. } => 8,
+            Event::Resume { .. } => 9,
+            Event::HealCut { .. } => 10,
+        }
+    }
+}
+
+/// One event in the queue, ordered by time then by scheduling order.
+#[derive(Debug)]
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// One simulated node: its core while up, its disk while down, its clock.
+#[derive(Debug)]
+pub(crate) struct SimNode {
+    pub id: NodeId,
+    pub core: Option<NodeCore<MemStore>>,
+    pub disk: Option<MemStore>,
+    pub paused: bool,
+    pub held: Vec<Input>,
+    pub timer_at: Option<u64>,
+    pub generation: u64,
+    pub skew_us: u64,
+    pub drift_ppm: i64,
+    pub cfg: CoreConfig,
+}
+
+impl SimNode {
+    /// The node's own clock at virtual time `v` (offset plus drift).
+    pub fn local(&self, v: u64) -> u64 {
+        let drift = i128::from(v) * i128::from(self.drift_ppm) / 1_000_000;
+        (i128::from(v) + i128::from(self.skew_us) + drift).max(0) as u64
+    }
+
+    /// The first virtual time at which the node's clock reads at least `local`.
+    pub fn virtual_at(&self, local: u64) -> u64 {
+        let base = i128::from(local) - i128::from(self.skew_us);
+        let v = base * 1_000_000 / (1_000_000 + i128::from(self.drift_ppm));
+        (v.max(0) as u64) + 1
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.core.is_some()
+    }
+}
+
+/// The state of the simulated network.
+#[derive(Debug, Default)]
+pub(crate) struct Network {
+    /// Links currently cut, with how many active cuts cover them.
+    pub blocked: BTreeMap<(NodeId, NodeId), u32>,
+    /// Links currently clogged, with how many clogs cover them.
+    pub clogged: BTreeMap<(NodeId, NodeId), u32>,
+    /// Active cuts and clogs by id: (links, is_clog).
+    pub cuts: BTreeMap<u64, (Vec<(NodeId, NodeId)>, bool)>,
+    /// Messages held by clogged links, released when the clog ends.
+    pub held: Vec<(NodeId, NodeId, PeerMsg)>,
+    pub next_cut: u64,
+    pub latency: BTreeMap<(NodeId, NodeId), u64>,
+    pub loss: f64,
+    pub dup: f64,
+    pub jitter_us: u64,
+    pub sent: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+}
+
+/// The running hash of the event trace.
+struct Digest(Xxh3);
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest({:016x})", self.0.digest())
+    }
+}
+
+/// The whole simulation.
+#[derive(Debug)]
+pub struct World {
+    pub(crate) cfg: SimConfig,
+    pub(crate) params: FaultParams,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    pub(crate) nodes: Vec<SimNode>,
+    pub(crate) map: PartitionMap,
+    pub(crate) net: Network,
+    digest: Digest,
+    pub(crate) events: u64,
+    pub(crate) faults: BTreeMap<&'static str, u32>,
+    pub(crate) wipes_left: u32,
+    pub(crate) trace: Option<Vec<String>>,
+    pub(crate) workload: crate::workload::Workload,
+}
+
+impl World {
+    /// Build the world for one seed: nodes, clocks, link latencies and fault intensities.
+    pub fn new(seed: u64, cfg: SimConfig) -> Result<Self, SimError> {
+        cfg.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let params = FaultParams::draw(&cfg, &mut rng);
+        let members: BTreeSet<NodeId> = (1..=cfg.nodes).map(NodeId).collect();
+        let map = PartitionMap::initial(cfg.partitions, &members)?;
+        let mut nodes = Vec::new();
+        for id in &members {
+            let core_cfg = CoreConfig {
+                node: *id,
+                n: cfg.n,
+                r: cfg.r,
+                w: cfg.w,
+                request_timeout_ms: SIM_REQUEST_TIMEOUT_MS,
+                planted_bug: cfg.bug,
+                ..CoreConfig::default()
+            };
+            let skew_us = if params.max_skew_us > 0 {
+                rng.gen_range(0..=params.max_skew_us)
+            } else {
+                0
+            };
+            let drift_ppm = if params.max_drift_ppm > 0 {
+                let d = params.max_drift_ppm as i64;
+                rng.gen_range(-d..=d)
+            } else {
+                0
+            };
+            let mut node = SimNode {
+                id: *id,
+                core: None,
+                disk: None,
+                paused: false,
+                held: Vec::new(),
+                timer_at: None,
+                generation: 0,
+                skew_us,
+                drift_ppm,
+                cfg: core_cfg.clone(),
+            };
+            let core = NodeCore::open(core_cfg, MemStore::new(), map.clone(), rng.gen(), node.local(0))?;
+            node.core = Some(core);
+            nodes.push(node);
+        }
+        let mut net = Network {
+            loss: params.loss,
+            dup: params.dup,
+            jitter_us: params.jitter_us,
+            ..Network::default()
+        };
+        for a in &members {
+            for b in &members {
+                let base = params.latency_us / 2 + rng.gen_range(0..=params.latency_us);
+                net.latency.insert((*a, *b), base.max(1));
+            }
+        }
+        let workload = crate::workload::Workload::new(&cfg);
+        let trace = cfg.trace_key.as_ref().map(|_| Vec::new());
+        Ok(Self {
+            wipes_left: params.max_wipes,
+            cfg,
+            params,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            map,
+            net,
+            digest: Digest(Xxh3::new()),
+            events: 0,
+            faults: BTreeMap::new(),
+            trace,
+            workload,
+        })
+    }
+
+    pub(crate) fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: at.max(self.now),
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    /// Run events until the queue is empty or virtual time passes `until`.
+    /// Returns false if it stopped because of the time bound.
+    pub(crate) fn run_until(&mut self, until: u64, stop: &mut dyn FnMut(&World) -> bool) -> bool {
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at > until {
+                return false;
+            }
+            if stop(self) {
+                return true;
+            }
+            let Some(Reverse(s)) = self.queue.pop() else {
+                break;
+            };
+            self.now = s.at;
+            self.events += 1;
+            self.digest.0.update(&s.at.to_le_bytes());
+            self.digest.0.update(&[s.event.code()]);
+            self.dispatch(s.event);
+        }
+        true
+    }
+
+    /// Hash of every event processed so far: equal digests mean identical runs.
+    pub fn trace_digest(&self) -> u64 {
+        self.digest.0.digest()
+    }
+
+    pub(crate) fn node_mut(&mut self, id: NodeId) -> &mut SimNode {
+        let idx = (id.0 as usize).saturating_sub(1);
+        &mut self.nodes[idx]
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::Deliver { from, to, msg } => {
+                self.note_msg(from, to, &msg);
+                self.digest.0.update(&from.0.to_le_bytes());
+                self.digest.0.update(&to.0.to_le_bytes());
+                self.input(to, Input::Peer { from, msg });
+            }
+            Event::Request { node, id, request } => {
+                self.digest.0.update(&id.to_le_bytes());
+                self.input(node, Input::Client { id, request });
+            }
+            Event::Reply { id, reply } => self.on_reply(id, reply),
+            Event::Timer { node, generation } => {
+                let n = self.node_mut(node);
+                if n.generation != generation || n.paused || !n.is_up() {
+                    return;
+                }
+                n.timer_at = None;
+                self.input(node, Input::Timeout);
+            }
+            Event::ClientNext { client } => self.client_next(client),
+            Event::GiveUp { id } => self.give_up(id),
+            Event::FaultTick => self.fault_tick(),
+            Event::Restart { node, wipe } => self.restart(node, wipe),
+            Event::Resume { node } => self.resume(node),
+            Event::HealCut { cut } => self.heal_cut(cut),
+        }
+    }
+
+    /// Hand an input to a node (dropped if it is down, held if it is paused).
+    pub(crate) fn input(&mut self, id: NodeId, input: Input) {
+        let now = self.now;
+        let node = self.node_mut(id);
+        if node.paused {
+            node.held.push(input);
+            return;
+        }
+        let local = node.local(now);
+        let Some(core) = node.core.as_mut() else {
+            return;
+        };
+        core.handle(local, input);
+        self.after_input(id);
+    }
+
+    /// Carry out a node's effects and arm its timer.
+    pub(crate) fn after_input(&mut self, id: NodeId) {
+        let node = self.node_mut(id);
+        let Some(core) = node.core.as_mut() else {
+            return;
+        };
+        let effects = core.drain_effects();
+        let next = core.poll_timeout().map(|t| node.virtual_at(t));
+        let generation = node.generation;
+        if let Some(at) = next {
+            if node.timer_at.is_none_or(|cur| at < cur) {
+                node.timer_at = Some(at);
+                self.schedule(at, Event::Timer { node: id, generation });
+            }
+        }
+        for effect in effects {
+            match effect {
+                Effect::Send { to, msg } => self.send(id, to, msg),
+                Effect::Reply { id: req, reply } => {
+                    let at = self.now + self.net.latency.get(&(id, id)).copied().unwrap_or(1);
+                    self.schedule(at, Event::Reply { id: req, reply });
+                }
+            }
+        }
+    }
+
+    /// Put a message on the simulated network: loss, partitions, clogs, latency, duplication.
+    pub(crate) fn send(&mut self, from: NodeId, to: NodeId, msg: PeerMsg) {
+        self.net.sent += 1;
+        if self.net.blocked.contains_key(&(from, to)) {
+            self.net.dropped += 1;
+            return;
+        }
+        if self.net.loss > 0.0 && self.rng.gen_bool(self.net.loss) {
+            self.net.dropped += 1;
+            return;
+        }
+        if self.net.clogged.contains_key(&(from, to)) {
+            self.net.held.push((from, to, msg));
+            return;
+        }
+        let base = self.net.latency.get(&(from, to)).copied().unwrap_or(100);
+        let jitter = if self.net.jitter_us > 0 {
+            self.rng.gen_range(0..=self.net.jitter_us)
+        } else {
+            0
+        };
+        let at = self.now + base + jitter;
+        if self.net.dup > 0.0 && self.rng.gen_bool(self.net.dup) {
+            self.net.duplicated += 1;
+            let replay = at + self.rng.gen_range(0..500_000);
+            self.schedule(
+                replay,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        self.schedule(at, Event::Deliver { from, to, msg });
+    }
+
+    /// Record a trace line for the traced key, if this message touches it.
+    fn note_msg(&mut self, from: NodeId, to: NodeId, msg: &PeerMsg) {
+        let Some(trace_key) = self.cfg.trace_key.clone() else {
+            return;
+        };
+        let (what, key) = match msg {
+            PeerMsg::ReplicaWrite { key, object, .. } => (
+                format!("replica-write values={:?} ctx={:?}", crate::checker::describe(object), object.join()),
+                key,
+            ),
+            PeerMsg::ReplicaRead { key, .. } => ("replica-read".to_string(), key),
+            _ => return,
+        };
+        if key.as_ref() == trace_key.as_bytes() {
+            let line = format!("t={}us node {} -> node {}: {what}", self.now, from, to);
+            self.trace_line(line);
+        }
+    }
+
+    pub(crate) fn trace_line(&mut self, line: String) {
+        if let Some(t) = self.trace.as_mut() {
+            t.push(line);
+        }
+    }
+
+    /// Crash a node: its core is gone, its disk loses unsynced writes.
+    pub(crate) fn crash(&mut self, id: NodeId) {
+        let node = self.node_mut(id);
+        let Some(core) = node.core.take() else {
+            return;
+        };
+        let mut disk = core.into_store();
+        disk.crash();
+        node.disk = Some(disk);
+        node.generation += 1;
+        node.timer_at = None;
+        node.held.clear();
+        node.paused = false;
+        self.trace_line(format!("t={}us node {id} CRASHED", self.now));
+    }
+
+    /// Start a crashed node again, from its disk or (if `wipe`) from an empty one.
+    pub(crate) fn restart(&mut self, id: NodeId, wipe: bool) {
+        let seed: u64 = self.rng.gen();
+        let now = self.now;
+        let map = self.map.clone();
+        let node = self.node_mut(id);
+        if node.is_up() {
+            return;
+        }
+        let disk = node.disk.take().unwrap_or_default();
+        let store = if wipe { MemStore::new() } else { disk };
+        let local = node.local(now);
+        match NodeCore::open(node.cfg.clone(), store, map, seed, local) {
+            Ok(core) => node.core = Some(core),
+            Err(e) => panic!("simulated node {id} failed to restart: {e}"),
+        }
+        let line = format!("t={now}us node {id} RESTARTED{}", if wipe { " WIPED" } else { "" });
+        self.trace_line(line);
+    }
+
+    /// Let a paused node run again, handling everything that arrived meanwhile.
+    pub(crate) fn resume(&mut self, id: NodeId) {
+        let node = self.node_mut(id);
+        if !node.paused {
+            return;
+        }
+        node.paused = false;
+        let held = std::mem::take(&mut node.held);
+        node.timer_at = None;
+        for input in held {
+            self.input(id, input);
+        }
+        self.input(id, Input::Timeout);
+    }
+
+    /// Cut or clog a set of links until a `HealCut` event.
+    pub(crate) fn add_cut(&mut self, links: Vec<(NodeId, NodeId)>, clog: bool, duration: u64) {
+        let id = self.net.next_cut;
+        self.net.next_cut += 1;
+        for l in &links {
+            let map = if clog {
+                &mut self.net.clogged
+            } else {
+                &mut self.net.blocked
+            };
+            *map.entry(*l).or_insert(0) += 1;
+        }
+        self.net.cuts.insert(id, (links, clog));
+        let at = self.now + duration;
+        self.schedule(at, Event::HealCut { cut: id });
+    }
+
+    pub(crate) fn heal_cut(&mut self, id: u64) {
+        let Some((links, clog)) = self.net.cuts.remove(&id) else {
+            return;
+        };
+        for l in links {
+            let map = if clog {
+                &mut self.net.clogged
+            } else {
+                &mut self.net.blocked
+            };
+            if let Some(c) = map.get_mut(&l) {
+                *c -= 1;
+                if *c == 0 {
+                    map.remove(&l);
+                }
+            }
+        }
+        if clog {
+            let (release, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.net.held)
+                .into_iter()
+                .partition(|(f, t, _)| !self.net.clogged.contains_key(&(*f, *t)));
+            self.net.held = keep;
+            for (from, to, msg) in release {
+                self.send(from, to, msg);
+            }
+        }
+    }
+
+    /// End every fault: network whole, no loss or duplication, every node up and running.
+    pub(crate) fn heal_all(&mut self) {
+        let cuts: Vec<u64> = self.net.cuts.keys().copied().collect();
+        for c in cuts {
+            self.heal_cut(c);
+        }
+        self.net.loss = 0.0;
+        self.net.dup = 0.0;
+        let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            if !self.node_mut(id).is_up() {
+                self.restart(id, false);
+            }
+            self.resume(id);
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Simulation tests: determinism, many seeds with every fault on, and proof that the checkers fail
+//! when a known bug is planted in the node core.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use dynakv_node::core::PlantedBug;
+use dynakv_simulator::{run, FaultKind, FaultSet, SimConfig};
+
+fn cfg(ops: u32) -> SimConfig {
+    SimConfig {
+        ops,
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn same_seed_same_run_byte_for_byte() {
+    for seed in [0, 7, 123_456_789] {
+        let a = run(seed, &cfg(400)).unwrap();
+        let b = run(seed, &cfg(400)).unwrap();
+        assert_eq!(a.trace_digest, b.trace_digest, "seed {seed}");
+        assert_eq!(a.events, b.events);
+        assert_eq!((a.ops_acked, a.ops_failed), (b.ops_acked, b.ops_failed));
+        assert_eq!(a.faults_injected, b.faults_injected);
+    }
+    let x = run(1, &cfg(400)).unwrap();
+    let y = run(2, &cfg(400)).unwrap();
+    assert_ne!(x.trace_digest, y.trace_digest, "different seeds must differ");
+}
+
+/// The CI set: a fixed range of seeds with every fault allowed. Zero violations.
+#[test]
+fn fixed_seeds_with_all_faults_hold_every_invariant() {
+    let config = cfg(600);
+    let mut faults_seen = std::collections::BTreeSet::new();
+    let mut acked = 0;
+    for seed in 0..150 {
+        let r = run(seed, &config).unwrap();
+        assert!(
+            r.passed(),
+            "seed {seed} broke an invariant: {:#?}\nreproduce: {}",
+            r.violations,
+            r.reproduce_command(&config)
+        );
+        faults_seen.extend(r.faults_injected.keys().cloned());
+        acked += r.ops_acked;
+    }
+    // The faults really happened and the store still did work.
+    for f in ["partition", "oneway", "clog", "crash", "pause", "wipe"] {
+        assert!(faults_seen.contains(f), "no {f} injected in 150 seeds");
+    }
+    assert!(acked > 150 * 100, "too few operations succeeded: {acked}");
+}
+
+#[test]
+fn other_quorums_hold_too() {
+    for (n, r, w) in [(3, 1, 1), (3, 3, 3), (5, 3, 3), (1, 1, 1)] {
+        let config = SimConfig {
+            n,
+            r,
+            w,
+            ops: 300,
+            ..SimConfig::default()
+        };
+        for seed in 0..20 {
+            let rep = run(seed, &config).unwrap();
+            assert!(rep.passed(), "N={n} R={r} W={w} seed {seed}: {:#?}", rep.violations);
+        }
+    }
+}
+
+#[test]
+fn without_faults_nothing_fails() {
+    let config = SimConfig {
+        faults: FaultSet::default(),
+        ops: 500,
+        ..SimConfig::default()
+    };
+    let r = run(3, &config).unwrap();
+    assert!(r.passed());
+    assert_eq!(r.messages_dropped, 0);
+    assert_eq!(r.ops_failed, 0, "{r:?}");
+    assert!(r.faults_injected.is_empty());
+}
+
+/// Each planted bug must be caught within a bounded number of seeds.
+#[test]
+fn every_planted_bug_is_caught() {
+    for bug in PlantedBug::ALL {
+        let config = SimConfig {
+            bug: Some(bug),
+            ops: 600,
+            ..SimConfig::default()
+        };
+        let caught = (0..40).find_map(|seed| {
+            let r = run(seed, &config).unwrap();
+            (!r.passed()).then_some(r)
+        });
+        let r = caught.unwrap_or_else(|| panic!("planted bug {} was not caught in 40 seeds", bug.name()));
+        // The report explains itself: an invariant, a key, and the events that touched the key.
+        let v = &r.violations[0];
+        assert!(!v.invariant.is_empty());
+        assert!(!v.key.is_empty() || v.invariant == "liveness");
+        assert!(r.violations.iter().any(|v| !v.events.is_empty()), "no trace for {}", bug.name());
+        assert!(r.reproduce_command(&config).contains(bug.name()));
+    }
+}
+
+#[test]
+fn fault_lists_parse_and_bad_names_are_refused() {
+    assert_eq!("all".parse::<FaultSet>().unwrap(), FaultSet::all());
+    assert!("none".parse::<FaultSet>().unwrap().0.is_empty());
+    let some: FaultSet = "loss,crash".parse().unwrap();
+    assert!(some.has(FaultKind::Loss) && some.has(FaultKind::Crash) && !some.has(FaultKind::Wipe));
+    let but: FaultSet = "-wipe,-skew".parse().unwrap();
+    assert!(!but.has(FaultKind::Wipe) && !but.has(FaultKind::Skew) && but.has(FaultKind::Partition));
+    let err = "loss,earthquake".parse::<FaultSet>().unwrap_err().to_string();
+    assert!(err.contains("earthquake"), "{err}");
+}
+
+#[test]
+fn each_fault_alone_is_survived() {
+    for kind in FaultKind::ALL {
+        let config = SimConfig {
+            faults: FaultSet([kind].into_iter().collect()),
+            ops: 300,
+            ..SimConfig::default()
+        };
+        for seed in 0..5 {
+            let r = run(seed, &config).unwrap();
+            assert!(r.passed(), "{kind} seed {seed}: {:#?}", r.violations);
+        }
+    }
+}
+
+fn sim() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dynakv-sim"))
+}
+
+#[test]
+fn cli_exit_codes_and_json() {
+    let ok = sim()
+        .args(["run", "--seed", "5", "--ops", "200", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    for field in [
+        "seed",
+        "trace_digest",
+        "ops_acked",
+        "ops_failed",
+        "violations",
+        "virtual_ms",
+        "wall_ms",
+        "events",
+        "events_per_sec",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field} in {v}");
+    }
+    assert_eq!(v["seed"], 5);
+
+    let bad = sim()
+        .args(["run", "--seed", "1", "--faults", "meteor"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("meteor"));
+    let bad = sim().args(["run", "--seed", "1", "--w", "4"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = sim().args(["run", "--seed", "1", "--bug", "nope"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+
+    let caught = sim()
+        .args(["batch", "--seeds", "40", "--ops", "600", "--bug", "lww", "--jobs", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(caught.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&caught.stdout);
+    assert!(out.contains("reproduce: dynakv-sim run --seed"), "{out}");
+}
