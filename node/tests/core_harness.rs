@@ -38,12 +38,18 @@ fn write_quorum_fails_with_a_clear_timeout_when_too_few_replicas_answer() {
     let err = expect_error(c.put(n(1), "k", "v", &empty(), RequestOptions::default()));
     match &err {
         RequestError::Timeout {
-            answered, needed, asked, ..
+            answered,
+            needed,
+            asked,
+            ..
         } => assert_eq!((*answered, *needed, *asked), (1, 2, 3)),
         other => panic!("expected a timeout, got {other:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains("1 of 3 replicas answered, 2 needed"), "{text}");
+    assert!(
+        text.contains("1 of 3 replicas answered, 2 needed"),
+        "{text}"
+    );
     // W=1 still succeeds on the coordinator alone; R=2 does not.
     let opts = RequestOptions {
         w: Some(1),
@@ -53,8 +59,14 @@ fn write_quorum_fails_with_a_clear_timeout_when_too_few_replicas_answer() {
         c.put(n(1), "k", "v", &empty(), opts),
         ClientReply::Written(_)
     ));
+    // The coordinator now believes nodes 2 and 3 are down (they never answered) and, with no
+    // fallback in a 3-node cluster, refuses a get with R=2 at once.
     let err = expect_error(c.get(n(1), "k", RequestOptions::default()));
-    assert!(matches!(err, RequestError::Timeout { answered: 1, needed: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, RequestError::Unavailable { needed: 2, available: 1, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("needs 2 replicas but only 1"), "{err}");
 }
 
 #[test]
@@ -68,7 +80,17 @@ fn one_node_down_leaves_quorum_two_of_three_available() {
         ..RequestOptions::default()
     };
     let err = expect_error(c.put(n(1), "k", "v2", &put.context, all));
-    assert!(matches!(err, RequestError::Timeout { answered: 2, needed: 3, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            RequestError::Timeout {
+                answered: 2,
+                needed: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -86,7 +108,10 @@ fn bad_options_and_keys_are_refused() {
         r: Some(0),
         ..RequestOptions::default()
     };
-    assert!(matches!(expect_error(c.get(n(1), "k", r0)), RequestError::InvalidOptions(_)));
+    assert!(matches!(
+        expect_error(c.get(n(1), "k", r0)),
+        RequestError::InvalidOptions(_)
+    ));
     assert!(matches!(
         expect_error(c.put(n(1), "", "v", &empty(), RequestOptions::default())),
         RequestError::BadKey(_)
@@ -108,7 +133,11 @@ fn bad_options_and_keys_are_refused() {
     };
     assert!(matches!(
         expect_error(c.put(n(1), "k", "v", &empty(), n5)),
-        RequestError::Unavailable { needed: 5, available: 3, .. }
+        RequestError::Unavailable {
+            needed: 5,
+            available: 3,
+            ..
+        }
     ));
 }
 
@@ -188,7 +217,11 @@ fn identity_survives_restart_and_changes_after_a_wipe() {
     let again = NodeCore::open(cfg.clone(), store, map.clone(), 2, 0).unwrap();
     assert_eq!(again.actor(), actor);
     let wiped = NodeCore::open(cfg.clone(), MemStore::new(), map.clone(), 3, 0).unwrap();
-    assert_ne!(wiped.actor(), actor, "a wiped node must mint dots under a new identity");
+    assert_ne!(
+        wiped.actor(),
+        actor,
+        "a wiped node must mint dots under a new identity"
+    );
     let other = CoreConfig {
         node: NodeId(2),
         ..cfg
@@ -221,7 +254,11 @@ fn no_ack_leaves_before_the_write_is_synced() {
     assert!(node.store().unsynced_ops() > 0);
     let effects = node.drain_effects();
     assert!(!effects.is_empty());
-    assert_eq!(node.store().unsynced_ops(), 0, "drain must sync before releasing the ack");
+    assert_eq!(
+        node.store().unsynced_ops(),
+        0,
+        "drain must sync before releasing the ack"
+    );
 }
 
 // ---- shared/dvv-vectors.md through the coordinator (A = node 1, B = node 2, C = node 3) ----
@@ -232,11 +269,17 @@ fn vector_1_sequential_overwrite() {
     let a = c.actor(n(1));
     let p1 = c.put_ok(n(1), "k", "v1", &empty());
     let g = c.get_ok(n(1), "k");
-    assert_eq!((strings(&g.values), g.context.clone()), (set(&["v1"]), vv(&[(a, 1)])));
+    assert_eq!(
+        (strings(&g.values), g.context.clone()),
+        (set(&["v1"]), vv(&[(a, 1)]))
+    );
     assert_eq!(p1.context, vv(&[(a, 1)]));
     c.put_ok(n(1), "k", "v2", &g.context);
     let g = c.get_ok(n(1), "k");
-    assert_eq!((strings(&g.values), g.context), (set(&["v2"]), vv(&[(a, 2)])));
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v2"]), vv(&[(a, 2)]))
+    );
 }
 
 #[test]
@@ -246,7 +289,10 @@ fn vector_2_blind_writes_keep_siblings() {
     c.put_ok(n(1), "k", "v1", &empty());
     c.put_ok(n(1), "k", "v2", &empty());
     let g = c.get_ok(n(1), "k");
-    assert_eq!((strings(&g.values), g.context), (set(&["v1", "v2"]), vv(&[(a, 2)])));
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v1", "v2"]), vv(&[(a, 2)]))
+    );
 
     c.isolate(n(1));
     c.isolate(n(2));
@@ -256,7 +302,10 @@ fn vector_2_blind_writes_keep_siblings() {
     c.sync_key(n(1), n(2), "j");
     c.sync_key(n(2), n(1), "j");
     for node in [n(1), n(2)] {
-        assert_eq!(c.local(node, "j"), (set(&["v1", "v2"]), vv(&[(a, 1), (b, 1)])));
+        assert_eq!(
+            c.local(node, "j"),
+            (set(&["v1", "v2"]), vv(&[(a, 1), (b, 1)]))
+        );
     }
 }
 
@@ -268,14 +317,20 @@ fn vector_3_same_stale_context_same_coordinator() {
     c.put_ok(n(1), "k", "v2", &k);
     c.put_ok(n(1), "k", "v3", &k);
     let g = c.get_ok(n(2), "k");
-    assert_eq!((strings(&g.values), g.context), (set(&["v2", "v3"]), vv(&[(a, 3)])));
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v2", "v3"]), vv(&[(a, 3)]))
+    );
 
     // Variant: Y goes through B, which holds A's state after sync.
     let k = c.put_ok(n(1), "j", "v1", &empty()).context;
     c.put_ok(n(1), "j", "v2", &k);
     c.put_ok(n(2), "j", "v3", &k);
     let g = c.get_ok(n(3), "j");
-    assert_eq!((strings(&g.values), g.context), (set(&["v2", "v3"]), vv(&[(a, 2), (b, 1)])));
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v2", "v3"]), vv(&[(a, 2), (b, 1)]))
+    );
 }
 
 #[test]
@@ -289,7 +344,10 @@ fn vector_4_mary_and_peter() {
     assert_eq!(strings(&c.get_ok(n(1), "k").values), set(&["v1", "v2"]));
     c.put_ok(n(1), "k", "v3", &peter.context);
     let g = c.get_ok(n(1), "k");
-    assert_eq!((strings(&g.values), g.context), (set(&["v2", "v3"]), vv(&[(a, 3)])));
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v2", "v3"]), vv(&[(a, 3)]))
+    );
 }
 
 #[test]
@@ -303,7 +361,10 @@ fn vector_5_a_covering_context_collapses_siblings() {
     assert_eq!(g.context, vv(&[(a, 3)]));
     c.put_ok(n(2), "k", "v4", &g.context);
     let g = c.get_ok(n(3), "k");
-    assert_eq!((strings(&g.values), g.context), (set(&["v4"]), vv(&[(a, 3), (b, 1)])));
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v4"]), vv(&[(a, 3), (b, 1)]))
+    );
 }
 
 #[test]
@@ -357,10 +418,16 @@ fn vector_7_a_replica_that_missed_a_write() {
     c.isolate(n(3));
     c.put_ok(n(1), "k", "v2", &k);
     c.put_w1(n(3), "k", "v3", &empty());
-    assert_eq!(c.local(n(3), "k"), (set(&["v1", "v3"]), vv(&[(a, 1), (cc, 1)])));
+    assert_eq!(
+        c.local(n(3), "k"),
+        (set(&["v1", "v3"]), vv(&[(a, 1), (cc, 1)]))
+    );
     c.heal();
     c.sync_key(n(1), n(3), "k");
-    assert_eq!(c.local(n(3), "k"), (set(&["v2", "v3"]), vv(&[(a, 2), (cc, 1)])));
+    assert_eq!(
+        c.local(n(3), "k"),
+        (set(&["v2", "v3"]), vv(&[(a, 2), (cc, 1)]))
+    );
     // (c) A replica that knows {A:1} but holds no value for it, synced with {A:2: v2, v1}.
     let mut c = Cluster::new(3, 3, 2, 2);
     let k = c.put_ok(n(1), "k", "v1", &empty()).context;
@@ -392,7 +459,10 @@ fn vector_8_delete_concurrent_with_a_write() {
     c.sync_key(n(1), n(2), "k");
     c.sync_key(n(2), n(1), "k");
     let g = c.get_ok(n(1), "k");
-    assert_eq!((strings(&g.values), g.context.clone()), (set(&["v4"]), vv(&[(a, 4), (b, 1)])));
+    assert_eq!(
+        (strings(&g.values), g.context.clone()),
+        (set(&["v4"]), vv(&[(a, 4), (b, 1)]))
+    );
     c.put_ok(n(1), "k", "v5", &g.context);
     let g = c.get_ok(n(2), "k");
     assert_eq!(strings(&g.values), set(&["v5"]));

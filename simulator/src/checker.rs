@@ -97,7 +97,10 @@ pub fn describe(o: &Object) -> Vec<String> {
                 Value::Tombstone => "<tombstone>".into(),
             };
             match dot {
-                Some(d) => format!("{text}@{}.{}:{}", d.actor.node, d.actor.incarnation, d.counter),
+                Some(d) => format!(
+                    "{text}@{}.{}:{}",
+                    d.actor.node, d.actor.incarnation, d.counter
+                ),
                 None => text,
             }
         })
@@ -197,7 +200,11 @@ fn check_key(
     // 2. No value that was never written.
     for (_, v) in &finals {
         if !written.contains(v) {
-            out.push(violation("unknown-value", key, format!("sibling {v:?} was never written")));
+            out.push(violation(
+                "unknown-value",
+                key,
+                format!("sibling {v:?} was never written"),
+            ));
         }
     }
     // 3. No false concurrency: no sibling covered by an acked context; no duplicate dots.
@@ -205,7 +212,11 @@ fn check_key(
     for (dot, v) in &finals {
         let Some(dot) = dot else { continue };
         if !seen_dots.insert(*dot) {
-            out.push(violation("false-concurrency", key, format!("two siblings share dot {dot:?}")));
+            out.push(violation(
+                "false-concurrency",
+                key,
+                format!("two siblings share dot {dot:?}"),
+            ));
         }
         if let Some(w) = writes
             .iter()

@@ -201,7 +201,10 @@ impl SimConfig {
             return bad(format!("--nodes must be in 1..=256, got {}", self.nodes));
         }
         if self.n == 0 || u32::from(self.n) > self.nodes {
-            return bad(format!("--n must be in 1..={} (nodes), got {}", self.nodes, self.n));
+            return bad(format!(
+                "--n must be in 1..={} (nodes), got {}",
+                self.nodes, self.n
+            ));
         }
         if self.r == 0 || self.r > self.n || self.w == 0 || self.w > self.n {
             return bad(format!(

@@ -219,6 +219,8 @@ fn print_human(r: &RunReport, cfg: &SimConfig) {
         "  messages: {} sent, {} dropped, {} duplicated",
         r.messages_sent, r.messages_dropped, r.messages_duplicated
     );
+    let mech: Vec<String> = r.mechanisms.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("  mechanisms: {}", mech.join(", "));
     println!(
         "  ops: {} acked, {} failed ({} writes with unknown outcome); {} reads saw siblings (max {})",
         r.ops_acked, r.ops_failed, r.writes_unknown, r.sibling_reads, r.max_siblings
@@ -329,7 +331,10 @@ fn batch(seeds: u64, start: u64, jobs: Option<usize>, cfg: SimConfig) -> ExitCod
         return bad_args(&e);
     }
     if let Some(report) = failure.lock().ok().and_then(|mut f| f.take()) {
-        println!("FAILED at seed {} after {d} seeds ({secs:.1} s)", report.seed);
+        println!(
+            "FAILED at seed {} after {d} seeds ({secs:.1} s)",
+            report.seed
+        );
         print_violations(&report, &cfg);
         return ExitCode::from(1);
     }

@@ -13,6 +13,8 @@ use crate::world::{Event, World};
 
 /// Virtual time the quiet phase may take before liveness is declared broken.
 const QUIET_BUDGET_US: u64 = 120_000_000;
+/// Virtual time the quiet phase lasts at least, so anti-entropy compares every partition.
+const QUIET_SETTLE_US: u64 = 15_000_000;
 /// How many trace lines of the violating key a report keeps.
 const TRACE_TAIL: usize = 40;
 
@@ -37,6 +39,9 @@ pub struct RunReport {
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub messages_duplicated: u64,
+    /// Work done by the availability mechanisms (summed over nodes still running at the end;
+    /// a restart resets a node's counters).
+    pub mechanisms: BTreeMap<String, u64>,
     pub violations: Vec<Violation>,
     pub virtual_ms: u64,
     pub wall_ms: f64,
@@ -101,9 +106,35 @@ fn drive(world: &mut World) -> bool {
     world.workload.phase = Phase::Quiet;
     world.heal_all();
     world.start_quiet();
-    let deadline = world.now + QUIET_BUDGET_US;
-    world.run_until(deadline, &mut |_| false);
+    let quiet_start = world.now;
+    let deadline = quiet_start + QUIET_BUDGET_US;
+    // Background work (handoff, anti-entropy, reaping) never stops, so the quiet phase ends when
+    // the quorum reads are done, every hint is delivered, and anti-entropy had time to go round.
+    world.run_until(deadline, &mut |w| {
+        w.workload.phase == Phase::Done
+            && w.hints_pending() == 0
+            && w.now >= quiet_start + QUIET_SETTLE_US
+    });
     chaos_finished && world.workload.phase == Phase::Done
+}
+
+fn mechanisms(world: &World) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for node in world.nodes.iter().filter_map(|n| n.core.as_ref()) {
+        let s = node.stats();
+        for (k, v) in [
+            ("sloppy_writes", s.sloppy_writes),
+            ("hints_delivered", s.hints_delivered),
+            ("read_repairs", s.read_repairs),
+            ("aae_exchanges", s.aae_exchanges),
+            ("aae_keys_repaired", s.aae_keys_repaired),
+            ("tombstones_reaped", s.tombstones_reaped),
+            ("actor_retirements", s.actor_retirements),
+        ] {
+            *m.entry(k.to_string()).or_insert(0) += v;
+        }
+    }
+    m
 }
 
 fn run_once(seed: u64, cfg: &SimConfig) -> Result<RunReport, SimError> {
@@ -111,6 +142,15 @@ fn run_once(seed: u64, cfg: &SimConfig) -> Result<RunReport, SimError> {
     let mut world = World::new(seed, cfg.clone())?;
     let finished = drive(&mut world);
     let mut violations = checker::check(&world);
+    let hints_left = world.hints_pending();
+    if hints_left > 0 {
+        violations.push(Violation {
+            invariant: "liveness",
+            key: String::new(),
+            detail: format!("{hints_left} hints were not handed off after the heal"),
+            events: Vec::new(),
+        });
+    }
     if !finished {
         violations.push(Violation {
             invariant: "liveness",
@@ -145,11 +185,16 @@ fn run_once(seed: u64, cfg: &SimConfig) -> Result<RunReport, SimError> {
         messages_sent: world.net.sent,
         messages_dropped: world.net.dropped,
         messages_duplicated: world.net.duplicated,
+        mechanisms: mechanisms(&world),
         violations,
         virtual_ms: world.now / 1000,
         wall_ms: wall * 1000.0,
         events: world.events,
-        events_per_sec: if wall > 0.0 { world.events as f64 / wall } else { 0.0 },
+        events_per_sec: if wall > 0.0 {
+            world.events as f64 / wall
+        } else {
+            0.0
+        },
         trace_digest: format!("{:016x}", world.trace_digest()),
     })
 }

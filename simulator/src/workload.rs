@@ -12,6 +12,11 @@ use crate::checker::{History, Outcome, WriteRecord};
 use crate::config::SimConfig;
 use crate::world::{Event, World, SIM_REQUEST_TIMEOUT_MS};
 
+/// Delay between the heal and the first quiet-phase read.
+const QUIET_START_DELAY_US: u64 = 2_000_000;
+/// Tries of each quiet-phase read before a liveness violation.
+const QUIET_ATTEMPTS: u32 = 3;
+
 /// How long a client waits for any reply before it calls the outcome unknown.
 const CLIENT_GIVE_UP_US: u64 = (SIM_REQUEST_TIMEOUT_MS as u64 + 1_000) * 1_000;
 
@@ -27,8 +32,12 @@ enum AfterGet {
 
 #[derive(Debug, Clone)]
 enum PendingKind {
-    Get { then: AfterGet },
-    Write { record: usize },
+    Get {
+        then: AfterGet,
+    },
+    Write {
+        record: usize,
+    },
     /// A get of the quiet phase, which must succeed.
     QuietGet,
 }
@@ -64,6 +73,7 @@ pub(crate) struct Workload {
     target: u32,
     keys: Vec<String>,
     quiet_queue: Vec<String>,
+    quiet_attempts: BTreeMap<String, u32>,
     pub phase: Phase,
     pub history: History,
 }
@@ -78,6 +88,7 @@ impl Workload {
             target: cfg.ops,
             keys: (0..cfg.keys).map(|i| format!("k{i}")).collect(),
             quiet_queue: Vec::new(),
+            quiet_attempts: BTreeMap::new(),
             phase: Phase::Chaos,
             history: History::default(),
         }
@@ -116,10 +127,15 @@ impl World {
         let i = self.rng.gen_range(0..self.nodes.len());
         let node = self.nodes[i].id;
         if self.cfg.trace_key.as_deref() == Some(key.as_str()) {
-            let line = format!("t={}us client {client} -> node {node}: {request:?}", self.now);
+            let line = format!(
+                "t={}us client {client} -> node {node}: {request:?}",
+                self.now
+            );
             self.trace_line(line);
         }
-        self.workload.pending.insert(id, Pending { client, key, kind });
+        self.workload
+            .pending
+            .insert(id, Pending { client, key, kind });
         let at = self.now + self.rng.gen_range(50..500);
         self.schedule(at, Event::Request { node, id, request });
         let give_up = self.now + CLIENT_GIVE_UP_US;
@@ -268,13 +284,15 @@ impl World {
                 return;
             }
             (PendingKind::QuietGet, other) => {
-                h.quiet_failures.push(format!("quiet-phase get of {} failed: {other:?}", p.key));
+                h.quiet_failures
+                    .push(format!("quiet-phase get of {} failed: {other:?}", p.key));
                 self.quiet_next();
                 return;
             }
             (PendingKind::Write { record }, other) => {
                 h.writes[record].outcome = Outcome::Unknown;
-                h.quiet_failures.push(format!("unexpected write reply {other:?}"));
+                h.quiet_failures
+                    .push(format!("unexpected write reply {other:?}"));
             }
         }
         self.think(p.client);
@@ -291,11 +309,7 @@ impl World {
             }
             PendingKind::Get { .. } => self.workload.history.gets_failed += 1,
             PendingKind::QuietGet => {
-                self.workload
-                    .history
-                    .quiet_failures
-                    .push(format!("quiet-phase get of {} got no reply", p.key));
-                self.quiet_next();
+                self.quiet_retry(p.key, "no reply".into());
                 return;
             }
         }
@@ -308,10 +322,28 @@ impl World {
         let mut keys = self.workload.keys.clone();
         keys.reverse();
         self.workload.quiet_queue = keys;
-        self.quiet_next();
+        // Give failure detectors a moment to see the healed network (probes run every second).
+        let at = self.now + QUIET_START_DELAY_US;
+        self.schedule(at, Event::QuietNext);
     }
 
-    fn quiet_next(&mut self) {
+    /// A quiet-phase read failed: retry it a few times before calling it a liveness failure.
+    fn quiet_retry(&mut self, key: String, why: String) {
+        let attempts = self.workload.quiet_attempts.entry(key.clone()).or_insert(0);
+        *attempts += 1;
+        if *attempts >= QUIET_ATTEMPTS {
+            self.workload.history.quiet_failures.push(format!(
+                "quiet-phase get of {key} failed {QUIET_ATTEMPTS} times after the heal; last: {why}"
+            ));
+            self.quiet_next();
+            return;
+        }
+        self.workload.quiet_queue.push(key);
+        let at = self.now + 1_000_000;
+        self.schedule(at, Event::QuietNext);
+    }
+
+    pub(crate) fn quiet_next(&mut self) {
         let Some(key) = self.workload.quiet_queue.pop() else {
             self.workload.phase = Phase::Done;
             return;

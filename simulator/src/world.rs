@@ -50,6 +50,8 @@ pub(crate) enum Event {
     Resume { node: NodeId },
     /// A partition or clog ends.
     HealCut { cut: u64 },
+    /// The next read of the quiet phase.
+    QuietNext,
 }
 
 impl Event {
@@ -65,6 +67,7 @@ impl Event {
             Event::Restart { .. } => 8,
             Event::Resume { .. } => 9,
             Event::HealCut { .. } => 10,
+            Event::QuietNext => 11,
         }
     }
 }
@@ -194,6 +197,12 @@ impl World {
                 r: cfg.r,
                 w: cfg.w,
                 request_timeout_ms: SIM_REQUEST_TIMEOUT_MS,
+                // Faster background work than production, so a run exercises it often.
+                tick_ms: 50,
+                fallback_after_ms: 150,
+                aae_interval_ms: 200,
+                tombstone_grace_ms: 3_000,
+                handoff_backoff_max_ms: 5_000,
                 planted_bug: cfg.bug,
                 ..CoreConfig::default()
             };
@@ -220,7 +229,13 @@ impl World {
                 drift_ppm,
                 cfg: core_cfg.clone(),
             };
-            let core = NodeCore::open(core_cfg, MemStore::new(), map.clone(), rng.gen(), node.local(0))?;
+            let core = NodeCore::open(
+                core_cfg,
+                MemStore::new(),
+                map.clone(),
+                rng.gen(),
+                node.local(0),
+            )?;
             node.core = Some(core);
             nodes.push(node);
         }
@@ -325,6 +340,7 @@ impl World {
             Event::Restart { node, wipe } => self.restart(node, wipe),
             Event::Resume { node } => self.resume(node),
             Event::HealCut { cut } => self.heal_cut(cut),
+            Event::QuietNext => self.quiet_next(),
         }
     }
 
@@ -356,7 +372,13 @@ impl World {
         if let Some(at) = next {
             if node.timer_at.is_none_or(|cur| at < cur) {
                 node.timer_at = Some(at);
-                self.schedule(at, Event::Timer { node: id, generation });
+                self.schedule(
+                    at,
+                    Event::Timer {
+                        node: id,
+                        generation,
+                    },
+                );
             }
         }
         for effect in effects {
@@ -414,10 +436,26 @@ impl World {
         };
         let (what, key) = match msg {
             PeerMsg::ReplicaWrite { key, object, .. } => (
-                format!("replica-write values={:?} ctx={:?}", crate::checker::describe(object), object.join()),
+                format!(
+                    "replica-write values={:?} ctx={:?}",
+                    crate::checker::describe(object),
+                    object.join()
+                ),
                 key,
             ),
             PeerMsg::ReplicaRead { key, .. } => ("replica-read".to_string(), key),
+            PeerMsg::Reap { key, hash, .. } => (format!("REAP hash={hash:x}"), key),
+            PeerMsg::ReapQuery { key, hash, .. } => (format!("reap-query hash={hash:x}"), key),
+            PeerMsg::ReapVote { key, ok, .. } => (format!("reap-vote ok={ok}"), key),
+            PeerMsg::HintBatch { items, .. } => {
+                let Some(item) = items.iter().find(|i| i.key.as_ref() == trace_key.as_bytes()) else {
+                    return;
+                };
+                let what = format!("hint-handoff values={:?}", crate::checker::describe(&item.object));
+                let line = format!("t={}us node {} -> node {}: {what}", self.now, from, to);
+                self.trace_line(line);
+                return;
+            }
             _ => return,
         };
         if key.as_ref() == trace_key.as_bytes() {
@@ -464,7 +502,10 @@ impl World {
             Ok(core) => node.core = Some(core),
             Err(e) => panic!("simulated node {id} failed to restart: {e}"),
         }
-        let line = format!("t={now}us node {id} RESTARTED{}", if wipe { " WIPED" } else { "" });
+        let line = format!(
+            "t={now}us node {id} RESTARTED{}",
+            if wipe { " WIPED" } else { "" }
+        );
         self.trace_line(line);
     }
 
@@ -526,6 +567,15 @@ impl World {
                 self.send(from, to, msg);
             }
         }
+    }
+
+    /// Hints still held anywhere, per holder.
+    pub(crate) fn hints_pending(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .map(|c| c.hints_pending().values().sum::<u64>())
+            .sum()
     }
 
     /// End every fault: network whole, no loss or duplication, every node up and running.

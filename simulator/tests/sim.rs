@@ -26,7 +26,10 @@ fn same_seed_same_run_byte_for_byte() {
     }
     let x = run(1, &cfg(400)).unwrap();
     let y = run(2, &cfg(400)).unwrap();
-    assert_ne!(x.trace_digest, y.trace_digest, "different seeds must differ");
+    assert_ne!(
+        x.trace_digest, y.trace_digest,
+        "different seeds must differ"
+    );
 }
 
 /// The CI set: a fixed range of seeds with every fault allowed. Zero violations.
@@ -34,6 +37,7 @@ fn same_seed_same_run_byte_for_byte() {
 fn fixed_seeds_with_all_faults_hold_every_invariant() {
     let config = cfg(600);
     let mut faults_seen = std::collections::BTreeSet::new();
+    let mut mechanisms = std::collections::BTreeMap::<String, u64>::new();
     let mut acked = 0;
     for seed in 0..150 {
         let r = run(seed, &config).unwrap();
@@ -44,7 +48,20 @@ fn fixed_seeds_with_all_faults_hold_every_invariant() {
             r.reproduce_command(&config)
         );
         faults_seen.extend(r.faults_injected.keys().cloned());
+        for (k, v) in &r.mechanisms {
+            *mechanisms.entry(k.clone()).or_insert(0) += v;
+        }
         acked += r.ops_acked;
+    }
+    // The availability mechanisms really ran under the faults (not just the happy path).
+    for m in [
+        "sloppy_writes",
+        "hints_delivered",
+        "read_repairs",
+        "aae_keys_repaired",
+        "tombstones_reaped",
+    ] {
+        assert!(mechanisms.get(m).copied().unwrap_or(0) > 0, "{m} never happened: {mechanisms:?}");
     }
     // The faults really happened and the store still did work.
     for f in ["partition", "oneway", "clog", "crash", "pause", "wipe"] {
@@ -65,7 +82,11 @@ fn other_quorums_hold_too() {
         };
         for seed in 0..20 {
             let rep = run(seed, &config).unwrap();
-            assert!(rep.passed(), "N={n} R={r} W={w} seed {seed}: {:#?}", rep.violations);
+            assert!(
+                rep.passed(),
+                "N={n} R={r} W={w} seed {seed}: {:#?}",
+                rep.violations
+            );
         }
     }
 }
@@ -97,12 +118,17 @@ fn every_planted_bug_is_caught() {
             let r = run(seed, &config).unwrap();
             (!r.passed()).then_some(r)
         });
-        let r = caught.unwrap_or_else(|| panic!("planted bug {} was not caught in 40 seeds", bug.name()));
+        let r = caught
+            .unwrap_or_else(|| panic!("planted bug {} was not caught in 40 seeds", bug.name()));
         // The report explains itself: an invariant, a key, and the events that touched the key.
         let v = &r.violations[0];
         assert!(!v.invariant.is_empty());
         assert!(!v.key.is_empty() || v.invariant == "liveness");
-        assert!(r.violations.iter().any(|v| !v.events.is_empty()), "no trace for {}", bug.name());
+        assert!(
+            r.violations.iter().any(|v| !v.events.is_empty()),
+            "no trace for {}",
+            bug.name()
+        );
         assert!(r.reproduce_command(&config).contains(bug.name()));
     }
 }
@@ -114,8 +140,13 @@ fn fault_lists_parse_and_bad_names_are_refused() {
     let some: FaultSet = "loss,crash".parse().unwrap();
     assert!(some.has(FaultKind::Loss) && some.has(FaultKind::Crash) && !some.has(FaultKind::Wipe));
     let but: FaultSet = "-wipe,-skew".parse().unwrap();
-    assert!(!but.has(FaultKind::Wipe) && !but.has(FaultKind::Skew) && but.has(FaultKind::Partition));
-    let err = "loss,earthquake".parse::<FaultSet>().unwrap_err().to_string();
+    assert!(
+        !but.has(FaultKind::Wipe) && !but.has(FaultKind::Skew) && but.has(FaultKind::Partition)
+    );
+    let err = "loss,earthquake"
+        .parse::<FaultSet>()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("earthquake"), "{err}");
 }
 
@@ -167,13 +198,21 @@ fn cli_exit_codes_and_json() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("meteor"));
-    let bad = sim().args(["run", "--seed", "1", "--w", "4"]).output().unwrap();
+    let bad = sim()
+        .args(["run", "--seed", "1", "--w", "4"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
-    let bad = sim().args(["run", "--seed", "1", "--bug", "nope"]).output().unwrap();
+    let bad = sim()
+        .args(["run", "--seed", "1", "--bug", "nope"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 
     let caught = sim()
-        .args(["batch", "--seeds", "40", "--ops", "600", "--bug", "lww", "--jobs", "1"])
+        .args([
+            "batch", "--seeds", "40", "--ops", "600", "--bug", "lww", "--jobs", "1",
+        ])
         .output()
         .unwrap();
     assert_eq!(caught.status.code(), Some(1));

@@ -28,6 +28,22 @@ pub struct CoreConfig {
     pub sibling_max: u32,
     /// Send merged objects back to replicas that answered a get with stale data.
     pub read_repair: bool,
+    /// How long a coordinator waits for a replica before it counts it as down and sends the
+    /// write to a fallback (sloppy quorum) as well.
+    pub fallback_after_ms: u32,
+    /// Period of the core's maintenance tick (handoff, anti-entropy, probes, reaping).
+    pub tick_ms: u32,
+    /// Hints sent per handoff batch.
+    pub handoff_batch: usize,
+    /// Longest wait between two handoff attempts to an unreachable owner.
+    pub handoff_backoff_max_ms: u32,
+    /// How often this node starts an anti-entropy exchange (one partition, one peer).
+    pub aae_interval_ms: u32,
+    /// Read repairs sent per second at most; the rest is left to anti-entropy.
+    pub read_repair_per_sec: u32,
+    /// How long an object must have been tombstone-only before it may be reaped; 0 keeps
+    /// tombstones forever.
+    pub tombstone_grace_ms: u32,
     /// TEST ONLY: a deliberately planted bug, so the simulator can prove its checkers fail.
     /// Never set by the `dynakv` binary.
     #[serde(skip)]
@@ -47,6 +63,13 @@ impl Default for CoreConfig {
             sibling_warn: 25,
             sibling_max: 100,
             read_repair: true,
+            fallback_after_ms: 300,
+            tick_ms: 100,
+            handoff_batch: 64,
+            handoff_backoff_max_ms: 30_000,
+            aae_interval_ms: 1_000,
+            read_repair_per_sec: 2_000,
+            tombstone_grace_ms: 60_000,
             planted_bug: None,
         }
     }
@@ -69,6 +92,12 @@ impl CoreConfig {
         }
         if self.sibling_warn == 0 || self.sibling_max < self.sibling_warn {
             return Err("need 0 < sibling_warn <= sibling_max".into());
+        }
+        if self.tick_ms == 0 || self.fallback_after_ms == 0 || self.aae_interval_ms == 0 {
+            return Err("tick_ms, fallback_after_ms and aae_interval_ms must be positive".into());
+        }
+        if self.handoff_batch == 0 {
+            return Err("handoff_batch must be positive".into());
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
             return Err("key and value limits must be positive".into());

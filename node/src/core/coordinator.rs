@@ -28,7 +28,17 @@ const FORWARD_GRACE_MS: u64 = 250;
 pub(super) struct Quorum {
     pub n: u8,
     pub needed: u8,
+    /// Replies/acks that must come from primaries (PR/PW).
+    pub primaries: u8,
     pub timeout_ms: u32,
+}
+
+/// A node a request goes to: a primary, or a fallback standing in for one (sloppy quorum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Target {
+    pub node: NodeId,
+    /// The primary this fallback stands in for; `None` for a primary.
+    pub hint_for: Option<NodeId>,
 }
 
 /// A put or delete waiting for acknowledgements.
@@ -36,13 +46,18 @@ pub(super) struct Quorum {
 pub(super) struct WriteOp {
     origin: Origin,
     kind: &'static str,
-    targets: Vec<NodeId>,
+    partition: PartitionId,
+    key: Bytes,
+    object: Object,
+    targets: Vec<Target>,
     acked: BTreeSet<NodeId>,
     failed: BTreeMap<NodeId, ReplicaError>,
     quorum: Quorum,
     context: VersionVector,
     dot: Option<Dot>,
     deadline: u64,
+    /// When unanswered targets get fallbacks (once); `None` after that.
+    fallback_at: Option<u64>,
     replied: bool,
 }
 
@@ -52,7 +67,7 @@ pub(super) struct ReadOp {
     origin: Origin,
     partition: PartitionId,
     key: Bytes,
-    targets: Vec<NodeId>,
+    targets: Vec<Target>,
     replies: BTreeMap<NodeId, Option<Object>>,
     failed: BTreeMap<NodeId, ReplicaError>,
     quorum: Quorum,
@@ -78,13 +93,18 @@ pub(super) enum PendingOp {
 }
 
 impl PendingOp {
-    pub(super) fn deadline(&self) -> u64 {
+    /// Every time at which this operation registered a timer.
+    pub(super) fn timers(&self) -> Vec<u64> {
         match self {
-            PendingOp::Write(w) => w.deadline,
-            PendingOp::Read(r) => r.deadline,
-            PendingOp::Forward(f) => f.deadline,
+            PendingOp::Write(w) => std::iter::once(w.deadline).chain(w.fallback_at).collect(),
+            PendingOp::Read(r) => vec![r.deadline],
+            PendingOp::Forward(f) => vec![f.deadline],
         }
     }
+}
+
+fn is_primary(targets: &[Target], node: NodeId) -> bool {
+    targets.iter().any(|t| t.node == node && t.hint_for.is_none())
 }
 
 fn error(e: RequestError) -> ClientReply {
@@ -98,14 +118,19 @@ impl<S: Store> NodeCore<S> {
         if n == 0 {
             return Err(RequestError::InvalidOptions("n must be at least 1".into()));
         }
-        let (name, needed) = if read {
-            ("r", opts.r.unwrap_or(self.cfg.r.min(n)))
+        let (name, needed, pname, primaries) = if read {
+            ("r", opts.r.unwrap_or(self.cfg.r.min(n)), "pr", opts.pr.unwrap_or(0))
         } else {
-            ("w", opts.w.unwrap_or(self.cfg.w.min(n)))
+            ("w", opts.w.unwrap_or(self.cfg.w.min(n)), "pw", opts.pw.unwrap_or(0))
         };
         if needed == 0 || needed > n {
             return Err(RequestError::InvalidOptions(format!(
                 "{name} must be between 1 and n={n}, got {needed}"
+            )));
+        }
+        if primaries > needed {
+            return Err(RequestError::InvalidOptions(format!(
+                "{pname} must be at most {name}={needed}, got {primaries}"
             )));
         }
         let timeout_ms = opts.timeout_ms.unwrap_or(self.cfg.request_timeout_ms);
@@ -117,8 +142,42 @@ impl<S: Store> NodeCore<S> {
         Ok(Quorum {
             n,
             needed,
+            primaries,
             timeout_ms,
         })
+    }
+
+    /// The nodes a request for partition `p` goes to: each primary believed up, and for each
+    /// one believed down the next healthy node further along the ring (sloppy quorum).
+    pub(super) fn select_targets(&self, p: PartitionId, n: u8) -> Vec<Target> {
+        let walk = self.map.walk(p);
+        let n = usize::from(n).min(walk.len());
+        let mut fallbacks = walk[n..].iter().copied().filter(|f| !self.is_down(*f));
+        let mut targets = Vec::with_capacity(n);
+        for primary in &walk[..n] {
+            if !self.is_down(*primary) {
+                targets.push(Target {
+                    node: *primary,
+                    hint_for: None,
+                });
+            } else if let Some(f) = fallbacks.next() {
+                targets.push(Target {
+                    node: f,
+                    hint_for: Some(*primary),
+                });
+            }
+        }
+        targets
+    }
+
+    /// The next fallback for `primary` that is not already a target and not believed down.
+    fn next_fallback(&self, p: PartitionId, n: u8, targets: &[Target]) -> Option<NodeId> {
+        let walk = self.map.walk(p);
+        let n = usize::from(n).min(walk.len());
+        walk[n..]
+            .iter()
+            .copied()
+            .find(|f| !self.is_down(*f) && !targets.iter().any(|t| t.node == *f))
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), RequestError> {
@@ -139,23 +198,17 @@ impl<S: Store> NodeCore<S> {
         self.now + u64::from(timeout_ms) * 1000
     }
 
-    /// Start a get: ask every replica, answer after R replies with their merge.
+
+    /// Start a get: ask the targets, answer after R replies (PR of them primaries) with their merge.
     pub(super) fn start_get(&mut self, origin: Origin, key: Bytes, opts: RequestOptions) {
         let quorum = match self.check_key(&key).and_then(|_| self.quorum(&opts, true)) {
             Ok(q) => q,
             Err(e) => return self.respond(origin, error(e)),
         };
         let partition = self.map.partition_for_key(&key);
-        let targets = self.map.preference_list(partition, usize::from(quorum.n));
-        if targets.len() < usize::from(quorum.needed) {
-            return self.respond(
-                origin,
-                error(RequestError::Unavailable {
-                    op: "get".into(),
-                    needed: quorum.needed,
-                    available: targets.len() as u8,
-                }),
-            );
+        let targets = self.select_targets(partition, quorum.n);
+        if let Err(e) = self.check_reachable("get", &targets, quorum) {
+            return self.respond(origin, error(e));
         }
         let op = self.next_op_id();
         let deadline = self.deadline(quorum.timeout_ms);
@@ -174,23 +227,45 @@ impl<S: Store> NodeCore<S> {
                 replied: false,
             }),
         );
-        for target in targets {
-            if target == self.id() {
+        for t in targets {
+            if t.node == self.id() {
                 let result = self
-                    .load(partition, &key)
+                    .local_object(partition, &key, t.hint_for)
+                    .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o))
                     .map_err(|e| ReplicaError::Storage(e.to_string()));
-                self.on_read_reply(target, op, result);
+                self.on_read_reply(t.node, op, result);
             } else {
                 self.send(
-                    target,
+                    t.node,
                     PeerMsg::ReplicaRead {
                         op,
                         partition,
                         key: key.clone(),
+                        fallback_for: t.hint_for,
                     },
                 );
             }
         }
+    }
+
+    /// Refuse at once when the targets cannot possibly make the quorum.
+    fn check_reachable(&self, op: &str, targets: &[Target], q: Quorum) -> Result<(), RequestError> {
+        if targets.len() < usize::from(q.needed) {
+            return Err(RequestError::Unavailable {
+                op: op.into(),
+                needed: q.needed,
+                available: targets.len() as u8,
+            });
+        }
+        let primaries = targets.iter().filter(|t| t.hint_for.is_none()).count();
+        if primaries < usize::from(q.primaries) {
+            return Err(RequestError::PrimariesUnavailable {
+                op: op.into(),
+                needed: q.primaries,
+                available: primaries as u8,
+            });
+        }
+        Ok(())
     }
 
     /// Start a put (or, with a tombstone, a delete).
@@ -223,31 +298,52 @@ impl<S: Store> NodeCore<S> {
             Err(e) => return self.respond(origin, error(e)),
         };
         let partition = self.map.partition_for_key(&key);
-        let targets = self.map.preference_list(partition, usize::from(quorum.n));
-        if targets.len() < usize::from(quorum.needed) {
-            return self.respond(
-                origin,
-                error(RequestError::Unavailable {
-                    op: kind.into(),
-                    needed: quorum.needed,
-                    available: targets.len() as u8,
-                }),
-            );
+        let mut targets = self.select_targets(partition, quorum.n);
+        if let Err(e) = self.check_reachable(kind, &targets, quorum) {
+            return self.respond(origin, error(e));
         }
-        if !targets.contains(&self.id()) {
-            return self.forward(origin, kind, quorum, targets[0], key, value, context, opts);
+        let me = self.id();
+        let i_am_primary = targets.iter().any(|t| t.node == me && t.hint_for.is_none());
+        let up_primary = targets.iter().find(|t| t.hint_for.is_none()).map(|t| t.node);
+        if let (false, Some(primary), Origin::Client(_)) = (i_am_primary, up_primary, origin) {
+            // Prefer a primary to coordinate (and mint the dot): fallbacks mint only when every
+            // primary is down, which keeps actor identities stable (see `retire_actor`).
+            return self.forward(origin, kind, quorum, primary, key, value, context, opts);
         }
+        if !targets.iter().any(|t| t.node == me) {
+            if let Origin::Client(_) = origin {
+                let to = targets[0].node;
+                return self.forward(origin, kind, quorum, to, key, value, context, opts);
+            }
+            // Forwarded to us although our view says we are no target: coordinate anyway as
+            // an extra fallback for the first primary, so the write is not bounced around.
+            let owner = self
+                .map
+                .preference_list(partition, usize::from(quorum.n))
+                .first()
+                .copied()
+                .unwrap_or(me);
+            targets.push(Target {
+                node: me,
+                hint_for: Some(owner),
+            });
+        }
+        let my_target = targets
+            .iter()
+            .find(|t| t.node == me)
+            .copied()
+            .unwrap_or(Target {
+                node: me,
+                hint_for: None,
+            });
 
-        // Mint the new dot here: update against what this replica holds.
-        let local = match self.load(partition, &key) {
-            Ok(local) => local.unwrap_or_else(DvvSet::empty),
+        // Mint the new dot here: update against what this node holds for the key.
+        let local = match self.local_knowledge(partition, &key) {
+            Ok(local) => local,
             Err(e) => return self.respond(origin, error(RequestError::Storage(e.to_string()))),
         };
-        let mut object = DvvSet::update(
-            DvvSet::new_with_context(&context, value),
-            &local,
-            self.actor,
-        );
+        let mut object =
+            DvvSet::update(DvvSet::new_with_context(&context, value), &local, self.actor);
         if self.cfg.planted_bug == Some(super::config::PlantedBug::LastWriteWins) {
             object = object.keep_only_newest();
         }
@@ -261,8 +357,17 @@ impl<S: Store> NodeCore<S> {
                 }),
             );
         }
-        if let Err(e) = self.save(partition, &key, &object) {
-            return self.respond(origin, error(RequestError::Storage(e.to_string())));
+        let stored = match my_target.hint_for {
+            None => self
+                .save(partition, &key, &object)
+                .map_err(|e| e.to_string()),
+            Some(owner) => self
+                .merge_into_hint(owner, partition, &key, &object)
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}")),
+        };
+        if let Err(e) = stored {
+            return self.respond(origin, error(RequestError::Storage(e)));
         }
         let dot = Some(Dot {
             actor: self.actor,
@@ -270,35 +375,91 @@ impl<S: Store> NodeCore<S> {
         });
         let op = self.next_op_id();
         let deadline = self.deadline(quorum.timeout_ms);
-        let me = self.id();
+        let fallback_at = self.now + u64::from(self.cfg.fallback_after_ms) * 1000;
+        let fallback_at = (fallback_at < deadline).then_some(fallback_at);
+        for t in targets.iter().filter(|t| t.node != me) {
+            if t.hint_for.is_some() {
+                self.stats.sloppy_writes += 1;
+            }
+            self.send(
+                t.node,
+                PeerMsg::ReplicaWrite {
+                    op,
+                    partition,
+                    key: key.clone(),
+                    object: object.clone(),
+                    hint: t.hint_for,
+                },
+            );
+        }
+        let context = object.join();
         self.add_op(
             op,
             deadline,
             PendingOp::Write(WriteOp {
                 origin,
                 kind,
-                targets: targets.clone(),
+                partition,
+                key,
+                object,
+                targets,
                 acked: BTreeSet::from([me]),
                 failed: BTreeMap::new(),
                 quorum,
-                context: object.join(),
+                context,
                 dot,
                 deadline,
+                fallback_at,
                 replied: false,
             }),
         );
-        for target in targets.into_iter().filter(|t| *t != me) {
-            self.send(
-                target,
-                PeerMsg::ReplicaWrite {
-                    op,
-                    partition,
-                    key: key.clone(),
-                    object: object.clone(),
-                },
-            );
+        if let Some(at) = fallback_at {
+            self.deadlines.insert((at, op));
         }
         self.check_write_done(op);
+    }
+
+    /// Sloppy quorum at run time: targets that did not answer within `fallback_after_ms` are
+    /// counted as down, and the write also goes to fallbacks with hints for them.
+    fn fallback_writes(&mut self, op: OpId) {
+        let Some(PendingOp::Write(w)) = self.ops.get(&op) else {
+            return;
+        };
+        if w.replied && w.acked.len() + w.failed.len() >= w.targets.len() {
+            return;
+        }
+        let silent: Vec<Target> = w
+            .targets
+            .iter()
+            .filter(|t| !w.acked.contains(&t.node) && !w.failed.contains_key(&t.node))
+            .copied()
+            .collect();
+        let (partition, n) = (w.partition, w.quorum.n);
+        for t in silent {
+            self.mark_down(t.node);
+            let owner = t.hint_for.unwrap_or(t.node);
+            let Some(PendingOp::Write(w)) = self.ops.get(&op) else {
+                return;
+            };
+            let Some(fallback) = self.next_fallback(partition, n, &w.targets) else {
+                break;
+            };
+            let msg = PeerMsg::ReplicaWrite {
+                op,
+                partition,
+                key: w.key.clone(),
+                object: w.object.clone(),
+                hint: Some(owner),
+            };
+            if let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) {
+                w.targets.push(Target {
+                    node: fallback,
+                    hint_for: Some(owner),
+                });
+            }
+            self.stats.sloppy_writes += 1;
+            self.send(fallback, msg);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -364,7 +525,7 @@ impl<S: Store> NodeCore<S> {
         let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) else {
             return; // late, duplicated or unknown: harmless
         };
-        if !w.targets.contains(&from) {
+        if !w.targets.iter().any(|t| t.node == from) {
             return;
         }
         match result {
@@ -386,9 +547,15 @@ impl<S: Store> NodeCore<S> {
             return;
         };
         let acks = w.acked.len();
+        let primary_acks = w
+            .acked
+            .iter()
+            .filter(|n| is_primary(&w.targets, **n))
+            .count();
         let needed = usize::from(w.quorum.needed);
+        let needed_primaries = usize::from(w.quorum.primaries);
         let mut reply = None;
-        if !w.replied && acks >= needed {
+        if !w.replied && acks >= needed && primary_acks >= needed_primaries {
             w.replied = true;
             reply = Some((
                 w.origin,
@@ -396,9 +563,11 @@ impl<S: Store> NodeCore<S> {
                     context: w.context.clone(),
                     dot: w.dot,
                     acks: acks as u8,
+                    primary_acks: primary_acks as u8,
+                    fallback_acks: (acks - primary_acks) as u8,
                 }),
             ));
-        } else if !w.replied && w.targets.len() - w.failed.len() < needed {
+        } else if !w.replied && w.targets.len() - w.failed.len() < needed && w.fallback_at.is_none() {
             // Enough replicas refused that the quorum cannot be reached: fail now.
             w.replied = true;
             let detail = w
@@ -435,7 +604,7 @@ impl<S: Store> NodeCore<S> {
         let Some(PendingOp::Read(r)) = self.ops.get_mut(&op) else {
             return;
         };
-        if !r.targets.contains(&from) || r.replies.contains_key(&from) {
+        if !r.targets.iter().any(|t| t.node == from) || r.replies.contains_key(&from) {
             return;
         }
         match result {
@@ -469,9 +638,14 @@ impl<S: Store> NodeCore<S> {
         };
         let needed = usize::from(r.quorum.needed);
         let answered = r.replies.len();
+        let primary_replies = r
+            .replies
+            .keys()
+            .filter(|n| is_primary(&r.targets, **n))
+            .count();
         let all_in = answered + r.failed.len() >= r.targets.len();
         let mut reply = None;
-        if !r.replied && answered >= needed {
+        if !r.replied && answered >= needed && primary_replies >= usize::from(r.quorum.primaries) {
             let merged = self.merged_replies(r);
             reply = Some(ClientReply::Got(GetReply {
                 values: merged
@@ -481,6 +655,7 @@ impl<S: Store> NodeCore<S> {
                     .collect(),
                 context: merged.join(),
                 replied: answered as u8,
+                primary_replies: primary_replies as u8,
             }));
         } else if !r.replied && r.targets.len() - r.failed.len() < needed {
             reply = Some(error(RequestError::Storage(format!(
@@ -488,6 +663,12 @@ impl<S: Store> NodeCore<S> {
                 r.failed.len(),
                 r.targets.len()
             ))));
+        } else if !r.replied && all_in {
+            reply = Some(error(RequestError::PrimariesUnavailable {
+                op: "get".into(),
+                needed: r.quorum.primaries,
+                available: primary_replies as u8,
+            }));
         }
         if let Some(reply) = reply {
             let origin = r.origin;
@@ -501,7 +682,8 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    /// The read is over (every replica answered, or the deadline passed): repair stale replicas.
+    /// The read is over (every target answered, or the deadline passed): repair the primaries
+    /// that answered with stale data (within the read-repair budget).
     fn finish_read(&mut self, op: OpId) {
         let Some(PendingOp::Read(r)) = self.remove_op(op) else {
             return;
@@ -514,11 +696,14 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         for (node, object) in &r.replies {
+            if !is_primary(&r.targets, *node) {
+                continue; // fallbacks hold hints; handoff delivers those
+            }
             let stale = match object {
                 None => true,
                 Some(o) => o.sync(&merged) != *o,
             };
-            if !stale {
+            if !stale || !self.repair_budget() {
                 continue;
             }
             self.stats.read_repairs += 1;
@@ -535,33 +720,71 @@ impl<S: Store> NodeCore<S> {
                         partition: r.partition,
                         key: r.key.clone(),
                         object: merged.clone(),
+                        hint: None,
                     },
                 );
             }
         }
     }
 
-    /// An operation's deadline passed.
+    /// A timer of an operation fired: the fallback timer of a write, or a deadline.
     pub(super) fn on_deadline(&mut self, op: OpId) {
-        let Some(pending) = self.ops.remove(&op) else {
+        if let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) {
+            if let Some(at) = w.fallback_at {
+                if self.now >= at && self.now < w.deadline {
+                    w.fallback_at = None;
+                    self.fallback_writes(op);
+                    self.check_write_done(op);
+                    return;
+                }
+            }
+        }
+        let Some(pending) = self.ops.get(&op) else {
+            return;
+        };
+        if self.now < pending.timers().into_iter().max().unwrap_or(0) {
+            return; // an earlier timer of an op whose deadline has not come
+        }
+        let Some(pending) = self.remove_op(op) else {
             return;
         };
         match pending {
             PendingOp::Write(w) => {
+                for t in &w.targets {
+                    if !w.acked.contains(&t.node) && !w.failed.contains_key(&t.node) {
+                        self.mark_down(t.node);
+                    }
+                }
                 if !w.replied {
-                    self.respond(
-                        w.origin,
-                        error(RequestError::Timeout {
+                    let primary_acks = w
+                        .acked
+                        .iter()
+                        .filter(|n| is_primary(&w.targets, **n))
+                        .count();
+                    let e = if w.acked.len() >= usize::from(w.quorum.needed) {
+                        RequestError::PrimariesUnavailable {
+                            op: w.kind.into(),
+                            needed: w.quorum.primaries,
+                            available: primary_acks as u8,
+                        }
+                    } else {
+                        RequestError::Timeout {
                             op: w.kind.into(),
                             timeout_ms: w.quorum.timeout_ms,
                             answered: w.acked.len() as u8,
                             needed: w.quorum.needed,
                             asked: w.targets.len() as u8,
-                        }),
-                    );
+                        }
+                    };
+                    self.respond(w.origin, error(e));
                 }
             }
             PendingOp::Read(r) => {
+                for t in &r.targets {
+                    if !r.replies.contains_key(&t.node) && !r.failed.contains_key(&t.node) {
+                        self.mark_down(t.node);
+                    }
+                }
                 let replied = r.replied;
                 let (origin, answered, quorum, asked) =
                     (r.origin, r.replies.len(), r.quorum, r.targets.len());

@@ -46,6 +46,24 @@ pub struct CoreStats {
     pub sibling_warnings: u64,
     /// Store syncs that failed (their effects were dropped, never acknowledged).
     pub sync_failures: u64,
+    /// Read repairs skipped because the per-second budget was spent (anti-entropy covers them).
+    pub read_repairs_skipped: u64,
+    /// Writes sent to a fallback with a hint because a primary was down.
+    pub sloppy_writes: u64,
+    /// Hint batches sent to owners.
+    pub handoff_batches_sent: u64,
+    /// Hints the owners acknowledged (and this node dropped).
+    pub hints_delivered: u64,
+    /// Anti-entropy exchanges started.
+    pub aae_exchanges: u64,
+    /// Keys found different and exchanged by anti-entropy.
+    pub aae_keys_repaired: u64,
+    /// Hash trees built from the store.
+    pub aae_tree_builds: u64,
+    /// Tombstones removed for good by the reaper.
+    pub tombstones_reaped: u64,
+    /// Times this node retired its actor identity (after dropping data it may have minted).
+    pub actor_retirements: u64,
 }
 
 /// Where the answer to an operation goes.
@@ -81,6 +99,22 @@ pub struct NodeCore<S: Store> {
     /// coordinated twice (which would write the value again under a second dot).
     pub(super) seen_forwards: BTreeSet<(NodeId, OpId)>,
     pub(super) seen_forwards_order: VecDeque<(NodeId, OpId)>,
+    /// Peers this node believes down, since when (local opinion; feeds sloppy quorum).
+    pub(super) down: BTreeMap<NodeId, u64>,
+    /// Hints held per owner.
+    pub(super) hints_pending: BTreeMap<NodeId, u64>,
+    pub(super) handoffs: BTreeMap<NodeId, super::hints::Handoff>,
+    /// Anti-entropy hash trees of the partitions compared so far.
+    pub(super) trees: BTreeMap<PartitionId, super::aae::PartitionTree>,
+    pub(super) aae_cursor: usize,
+    /// Tombstone-only keys and since when (local clock), for the reaper.
+    pub(super) tombstones: BTreeMap<(PartitionId, Bytes), u64>,
+    pub(super) reaper: super::reaper::Reaper,
+    pub(super) next_tick: u64,
+    pub(super) next_aae: u64,
+    pub(super) next_probe: u64,
+    /// Read-repair budget: (start of the current one-second window, repairs sent in it).
+    pub(super) repair_window: (u64, u32),
 }
 
 /// How many forwarded requests are remembered for de-duplication.
@@ -128,7 +162,8 @@ impl<S: Store> NodeCore<S> {
             }
         };
         let next_op = rng.gen::<u64>() >> 1;
-        Ok(Self {
+        let tick = u64::from(cfg.tick_ms) * 1000;
+        let mut core = Self {
             actor: Actor {
                 node: cfg.node,
                 incarnation,
@@ -146,7 +181,67 @@ impl<S: Store> NodeCore<S> {
             stats: CoreStats::default(),
             seen_forwards: BTreeSet::new(),
             seen_forwards_order: VecDeque::new(),
-        })
+            down: BTreeMap::new(),
+            hints_pending: BTreeMap::new(),
+            handoffs: BTreeMap::new(),
+            trees: BTreeMap::new(),
+            aae_cursor: 0,
+            tombstones: BTreeMap::new(),
+            reaper: super::reaper::Reaper::default(),
+            next_tick: now + tick,
+            next_aae: now + tick,
+            next_probe: now + tick,
+            repair_window: (now, 0),
+        };
+        core.recount_hints()?;
+        Ok(core)
+    }
+
+    /// Retire the current actor identity: take the next incarnation and persist it. Called when
+    /// this node drops data it may have minted dots for (delivered hints, reaped tombstones,
+    /// handed-off partitions): with the data gone it could no longer tell which counters it
+    /// used, so it must never mint under the old identity again.
+    pub(super) fn retire_actor(&mut self) {
+        let incarnation = self.actor.incarnation.wrapping_add(1);
+        let id = Identity {
+            node: self.cfg.node,
+            incarnation,
+        };
+        match codec::encode(&id).and_then(|b| self.store.put(Space::Meta, IDENTITY_KEY, &b)) {
+            Ok(()) => {
+                self.actor.incarnation = incarnation;
+                self.dirty = true;
+                self.stats.actor_retirements += 1;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot persist a new incarnation"),
+        }
+    }
+
+    /// Does this node currently believe `peer` is down?
+    pub fn is_down(&self, peer: NodeId) -> bool {
+        peer != self.id() && self.down.contains_key(&peer)
+    }
+
+    /// Peers this node currently believes down.
+    pub fn down_peers(&self) -> Vec<NodeId> {
+        self.down.keys().copied().collect()
+    }
+
+    pub(super) fn mark_down(&mut self, peer: NodeId) {
+        if peer != self.id() && !self.down.contains_key(&peer) {
+            tracing::info!(%peer, "peer considered down");
+            self.down.insert(peer, self.now);
+        }
+    }
+
+    pub(super) fn mark_up(&mut self, peer: NodeId) {
+        if self.down.remove(&peer).is_some() {
+            tracing::info!(%peer, "peer is back");
+            // Hints for it may go at once.
+            if let Some(h) = self.handoffs.get_mut(&peer) {
+                *h = super::hints::Handoff::default();
+            }
+        }
     }
 
     /// This node's id.
@@ -204,12 +299,20 @@ impl<S: Store> NodeCore<S> {
                 self.handle_client(super::node::Origin::Client(id), request)
             }
             Input::Timeout => self.handle_timeouts(),
+            Input::PeerStatus { peer, up } => {
+                if up {
+                    self.mark_up(peer)
+                } else {
+                    self.mark_down(peer)
+                }
+            }
         }
     }
 
     /// The next time at which the core wants [`Input::Timeout`], if any.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.deadlines.iter().next().map(|(t, _)| *t)
+        let op = self.deadlines.iter().next().map(|(t, _)| *t);
+        Some(op.map_or(self.next_tick, |t| t.min(self.next_tick)))
     }
 
     /// Take every queued effect. Syncs the store first when anything was written, so no ack,
@@ -265,6 +368,8 @@ impl<S: Store> NodeCore<S> {
         let bytes = codec::encode_object(object)?;
         self.store.put(Space::Partition(p), key, &bytes)?;
         self.dirty = true;
+        self.tree_note(p, key, Some(&bytes));
+        self.note_tombstone(p, key, object);
         let count = object.value_count();
         if count > self.cfg.sibling_warn as usize {
             self.stats.sibling_warnings += 1;
@@ -312,23 +417,99 @@ impl<S: Store> NodeCore<S> {
         Ok(merged)
     }
 
+    /// What this node holds for a key: its replica copy, plus (when standing in for `owner`)
+    /// the hint it keeps for that owner.
+    pub(super) fn local_object(
+        &self,
+        p: PartitionId,
+        key: &[u8],
+        fallback_for: Option<NodeId>,
+    ) -> Result<Object> {
+        let mut o = self.load(p, key)?.unwrap_or_else(Object::empty);
+        if let Some(owner) = fallback_for.filter(|o| *o != self.id()) {
+            if let Some(h) = self.load_hint(owner, p, key)? {
+                o = self.merge(&o, &h);
+            }
+        }
+        Ok(o)
+    }
+
+    /// Everything this node holds for a key: its replica copy and every hint, for any owner.
+    /// A coordinator mints from this, so a new dot is above every dot of its actor it holds.
+    pub(super) fn local_knowledge(&self, p: PartitionId, key: &[u8]) -> Result<Object> {
+        let mut o = self.load(p, key)?.unwrap_or_else(Object::empty);
+        for owner in self.map.members() {
+            if owner == self.id() {
+                continue;
+            }
+            if let Some(h) = self.load_hint(owner, p, key)? {
+                o = self.merge(&o, &h);
+            }
+        }
+        Ok(o)
+    }
+
     fn handle_peer(&mut self, from: NodeId, msg: PeerMsg) {
+        self.mark_up(from);
         match msg {
             PeerMsg::ReplicaWrite {
                 op,
                 partition,
                 key,
                 object,
+                hint,
             } => {
-                let result = self.merge_into_store(partition, &key, &object).map(|_| ());
-                self.send(from, PeerMsg::ReplicaWriteAck { op, result });
+                let result = match hint {
+                    Some(owner) if owner != self.id() => {
+                        self.merge_into_hint(owner, partition, &key, &object)
+                    }
+                    _ => self.merge_into_store(partition, &key, &object),
+                };
+                self.send(
+                    from,
+                    PeerMsg::ReplicaWriteAck {
+                        op,
+                        result: result.map(|_| ()),
+                    },
+                );
             }
-            PeerMsg::ReplicaRead { op, partition, key } => {
+            PeerMsg::ReplicaRead {
+                op,
+                partition,
+                key,
+                fallback_for,
+            } => {
                 let result = self
-                    .load(partition, &key)
+                    .local_object(partition, &key, fallback_for)
+                    .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o))
                     .map_err(|e| ReplicaError::Storage(e.to_string()));
                 self.send(from, PeerMsg::ReplicaReadReply { op, result });
             }
+            PeerMsg::HintBatch { batch, items } => self.on_hint_batch(from, batch, items),
+            PeerMsg::HintBatchAck { batch, result } => self.on_hint_batch_ack(from, batch, result),
+            PeerMsg::Ping { nonce } => self.send(from, PeerMsg::Pong { nonce }),
+            PeerMsg::Pong { .. } => {}
+            msg @ (PeerMsg::AaeSegments { .. }
+            | PeerMsg::AaeBuckets { .. }
+            | PeerMsg::AaeKeys { .. }
+            | PeerMsg::AaeExchange { .. }
+            | PeerMsg::AaeObjects { .. }) => {
+                if let Err(e) = self.on_aae(from, msg) {
+                    tracing::warn!(%from, error = %e, "anti-entropy step failed");
+                }
+            }
+            PeerMsg::ReapQuery {
+                round,
+                partition,
+                key,
+                hash,
+            } => self.on_reap_query(from, round, partition, key, hash),
+            PeerMsg::ReapVote { round, key, ok } => self.on_reap_vote(from, round, key, ok),
+            PeerMsg::Reap {
+                partition,
+                key,
+                hash,
+            } => self.on_reap(partition, &key, hash),
             PeerMsg::Forward { op, request } => {
                 if !self.seen_forwards.insert((from, op)) {
                     return; // a duplicate: the first copy is (or was) being coordinated
@@ -367,6 +548,10 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn handle_timeouts(&mut self) {
+        if self.now >= self.next_tick {
+            self.next_tick = self.now + u64::from(self.cfg.tick_ms) * 1000;
+            self.maintenance();
+        }
         while let Some(&(deadline, op)) = self.deadlines.iter().next() {
             if deadline > self.now {
                 break;
@@ -374,6 +559,37 @@ impl<S: Store> NodeCore<S> {
             self.deadlines.remove(&(deadline, op));
             self.on_deadline(op);
         }
+    }
+
+    /// Periodic work: hinted handoff, anti-entropy, probes of down peers, tombstone reaping.
+    fn maintenance(&mut self) {
+        self.handoff_tick();
+        if self.now >= self.next_aae {
+            self.next_aae = self.now + u64::from(self.cfg.aae_interval_ms) * 1000;
+            self.aae_tick();
+        }
+        if self.now >= self.next_probe {
+            self.next_probe = self.now + 1_000_000;
+            let down: Vec<NodeId> = self.down.keys().copied().collect();
+            for peer in down {
+                let nonce = self.next_op_id();
+                self.send(peer, PeerMsg::Ping { nonce });
+            }
+        }
+        self.reaper_tick();
+    }
+
+    /// Take one unit of the read-repair budget (a bounded number per second).
+    pub(super) fn repair_budget(&mut self) -> bool {
+        if self.now >= self.repair_window.0 + 1_000_000 {
+            self.repair_window = (self.now, 0);
+        }
+        if self.repair_window.1 >= self.cfg.read_repair_per_sec {
+            self.stats.read_repairs_skipped += 1;
+            return false;
+        }
+        self.repair_window.1 += 1;
+        true
     }
 
     /// Register an operation with its deadline.
@@ -385,7 +601,9 @@ impl<S: Store> NodeCore<S> {
     /// Forget an operation and its deadline.
     pub(super) fn remove_op(&mut self, op: OpId) -> Option<PendingOp> {
         let pending = self.ops.remove(&op)?;
-        self.deadlines.remove(&(pending.deadline(), op));
+        for t in pending.timers() {
+            self.deadlines.remove(&(t, op));
+        }
         Some(pending)
     }
 

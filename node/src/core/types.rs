@@ -48,6 +48,10 @@ pub struct RequestOptions {
     pub r: Option<u8>,
     /// Acknowledgements a put or delete waits for (W).
     pub w: Option<u8>,
+    /// Replies a get needs from primary replicas (PR); fallbacks do not count toward it.
+    pub pr: Option<u8>,
+    /// Acknowledgements a write needs from primary replicas (PW); refuses sloppy-only quorums.
+    pub pw: Option<u8>,
     /// Request timeout in milliseconds.
     pub timeout_ms: Option<u32>,
 }
@@ -95,6 +99,8 @@ pub struct GetReply {
     pub context: VersionVector,
     /// How many replicas answered before the reply was sent.
     pub replied: u8,
+    /// How many of those were primary replicas (the rest were fallbacks).
+    pub primary_replies: u8,
 }
 
 /// A successful write (put or delete).
@@ -107,6 +113,10 @@ pub struct PutReply {
     pub dot: Option<Dot>,
     /// How many replicas acknowledged before the reply was sent.
     pub acks: u8,
+    /// How many acknowledgements came from primary replicas.
+    pub primary_acks: u8,
+    /// How many came from fallbacks holding the write as a hint for a primary that was down.
+    pub fallback_acks: u8,
 }
 
 /// The reply to a [`ClientRequest`].
@@ -145,6 +155,12 @@ pub enum RequestError {
         needed: u8,
         available: u8,
     },
+    /// The request demanded PR/PW primary replicas and fewer are reachable or answered.
+    PrimariesUnavailable {
+        op: String,
+        needed: u8,
+        available: u8,
+    },
     /// A replica or the coordinator failed to read or write its disk.
     Storage(String),
     /// The write would push the key past the hard sibling limit.
@@ -177,7 +193,15 @@ impl fmt::Display for RequestError {
                 available,
             } => write!(
                 f,
-                "{op} unavailable: needs {needed} replicas but only {available} exist"
+                "{op} unavailable: needs {needed} replicas but only {available} are up and reachable"
+            ),
+            RequestError::PrimariesUnavailable {
+                op,
+                needed,
+                available,
+            } => write!(
+                f,
+                "{op} needs {needed} primary replicas (pr/pw) but only {available} answered or are reachable; fallbacks do not count"
             ),
             RequestError::Storage(m) => write!(f, "storage failure: {m}"),
             RequestError::TooManySiblings { count, max } => write!(
@@ -201,23 +225,28 @@ pub enum ReplicaError {
 /// Messages between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMsg {
-    /// Merge `object` into the stored object for `key` and acknowledge once durable.
+    /// Merge `object` into the stored object for `key` and acknowledge once durable. With
+    /// `hint`, the receiver is a fallback: it keeps the object as a hint for that node and hands
+    /// it off when the node is reachable again.
     ReplicaWrite {
         op: OpId,
         partition: PartitionId,
         key: Bytes,
         object: Object,
+        hint: Option<NodeId>,
     },
     /// Answer to [`PeerMsg::ReplicaWrite`].
     ReplicaWriteAck {
         op: OpId,
         result: Result<(), ReplicaError>,
     },
-    /// Send back the stored object for `key`.
+    /// Send back the stored object for `key`. With `fallback_for`, the receiver is a fallback
+    /// standing in for that node and includes what it holds as hints for it.
     ReplicaRead {
         op: OpId,
         partition: PartitionId,
         key: Bytes,
+        fallback_for: Option<NodeId>,
     },
     /// Answer to [`PeerMsg::ReplicaRead`]; `None` when the replica holds nothing for the key.
     ReplicaReadReply {
@@ -229,6 +258,71 @@ pub enum PeerMsg {
     Forward { op: OpId, request: ClientRequest },
     /// Answer to [`PeerMsg::Forward`].
     ForwardReply { op: OpId, reply: ClientReply },
+    /// Hinted handoff: objects a fallback held for the receiver. Acknowledge once durable.
+    HintBatch { batch: u64, items: Vec<HandoffItem> },
+    /// Answer to [`PeerMsg::HintBatch`]; the sender drops the hints only after an `Ok`.
+    HintBatchAck {
+        batch: u64,
+        result: Result<(), ReplicaError>,
+    },
+    /// Liveness probe to a node believed down.
+    Ping { nonce: u64 },
+    /// Answer to [`PeerMsg::Ping`].
+    Pong { nonce: u64 },
+    /// Anti-entropy step 1: the sender's segment hashes of a partition's hash tree.
+    AaeSegments {
+        session: u64,
+        partition: PartitionId,
+        hashes: Vec<u64>,
+    },
+    /// Anti-entropy step 2: the receiver's bucket hashes under the segments that differ.
+    AaeBuckets {
+        session: u64,
+        partition: PartitionId,
+        buckets: Vec<(u16, u64)>,
+    },
+    /// Anti-entropy step 3: the sender's keys (with object hashes) in the buckets that differ.
+    AaeKeys {
+        session: u64,
+        partition: PartitionId,
+        buckets: Vec<(u16, Vec<(Bytes, u64)>)>,
+    },
+    /// Anti-entropy step 4: objects the receiver lacks or holds differently, and keys it wants.
+    AaeExchange {
+        session: u64,
+        partition: PartitionId,
+        objects: Vec<(Bytes, Object)>,
+        want: Vec<Bytes>,
+    },
+    /// Anti-entropy step 5: the objects asked for in step 4.
+    AaeObjects {
+        partition: PartitionId,
+        objects: Vec<(Bytes, Object)>,
+    },
+    /// Tombstone reaping, phase 1: may this tombstone-only object be removed everywhere?
+    ReapQuery {
+        round: u64,
+        partition: PartitionId,
+        key: Bytes,
+        hash: u64,
+    },
+    /// Answer to [`PeerMsg::ReapQuery`]: `ok` if the receiver holds the same tombstone (or
+    /// nothing) and no hint for the key.
+    ReapVote { round: u64, key: Bytes, ok: bool },
+    /// Tombstone reaping, phase 2: remove the key if it still holds exactly this object.
+    Reap {
+        partition: PartitionId,
+        key: Bytes,
+        hash: u64,
+    },
+}
+
+/// One hinted object handed to its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffItem {
+    pub partition: PartitionId,
+    pub key: Bytes,
+    pub object: Object,
 }
 
 /// An input to the core.
@@ -243,6 +337,8 @@ pub enum Input {
     },
     /// The time returned by `poll_timeout` has come.
     Timeout,
+    /// The driver saw a peer's connection come up or go down (local failure detection).
+    PeerStatus { peer: NodeId, up: bool },
 }
 
 /// An output of the core, for the driver to carry out.

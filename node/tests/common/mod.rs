@@ -29,11 +29,16 @@ pub fn n(i: u32) -> NodeId {
 impl Cluster {
     /// `count` nodes (ids 1..=count), 64 partitions, the given quorum defaults.
     pub fn new(count: u32, nval: u8, r: u8, w: u8) -> Self {
+        Self::with_config(count, nval, r, w, |_| {})
+    }
+
+    /// Like [`Cluster::new`], with a hook to change every node's config.
+    pub fn with_config(count: u32, nval: u8, r: u8, w: u8, tune: impl Fn(&mut CoreConfig)) -> Self {
         let members: BTreeSet<NodeId> = (1..=count).map(NodeId).collect();
         let map = PartitionMap::initial(64, &members).expect("map");
         let mut nodes = BTreeMap::new();
         for id in &members {
-            let cfg = CoreConfig {
+            let mut cfg = CoreConfig {
                 node: *id,
                 n: nval,
                 r,
@@ -41,6 +46,7 @@ impl Cluster {
                 request_timeout_ms: 1_000,
                 ..CoreConfig::default()
             };
+            tune(&mut cfg);
             let core = NodeCore::open(cfg, MemStore::new(), map.clone(), u64::from(id.0) * 7919, 0)
                 .expect("open");
             nodes.insert(*id, core);
@@ -120,14 +126,48 @@ impl Cluster {
         self.now += ms * 1000;
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
-            let due = self.nodes[&id].poll_timeout().is_some_and(|t| t <= self.now);
+            let due = self.nodes[&id]
+                .poll_timeout()
+                .is_some_and(|t| t <= self.now);
             if due {
                 let now = self.now;
-                self.nodes.get_mut(&id).expect("node").handle(now, Input::Timeout);
+                self.nodes
+                    .get_mut(&id)
+                    .expect("node")
+                    .handle(now, Input::Timeout);
                 self.collect(id);
             }
         }
         self.run();
+    }
+
+    /// Let `ms` of time pass in 50 ms steps (background work: handoff, anti-entropy, reaping).
+    pub fn run_for(&mut self, ms: u64) {
+        for _ in 0..ms.div_ceil(50) {
+            self.advance(50);
+        }
+    }
+
+    /// Replace a node's store with an empty one (a wiped disk) and restart it.
+    pub fn wipe(&mut self, id: NodeId) {
+        let old = self.nodes.remove(&id).expect("node");
+        let cfg = old.config().clone();
+        let map = old.partition_map().clone();
+        let core = NodeCore::open(cfg, MemStore::new(), map, 424242, self.now).expect("open");
+        self.nodes.insert(id, core);
+    }
+
+    /// Every node's view of pending hints, summed.
+    pub fn hints_pending(&self) -> u64 {
+        self.nodes
+            .values()
+            .map(|c| c.hints_pending().values().sum::<u64>())
+            .sum()
+    }
+
+    /// The partition map (the same on every node).
+    pub fn map(&self) -> PartitionMap {
+        self.nodes.values().next().expect("node").partition_map().clone()
     }
 
     /// Send a request to `at`, deliver until quiet, and wait up to the timeout for a reply.
@@ -261,6 +301,7 @@ impl Cluster {
                     partition: p,
                     key: Bytes::from(key.to_string()),
                     object,
+                    hint: None,
                 },
             },
         );

@@ -1,0 +1,360 @@
+//! Active anti-entropy: per-partition hash trees, kept up to date on every write, compared between
+//! replicas by descending only into the branches that differ.
+//!
+//! A partition's tree has [`BUCKETS`] leaf buckets (a key's bucket comes from its hash). A bucket's
+//! hash is the wrapping sum of `h(key, object)` over its keys, so a write updates it in O(1):
+//! subtract the old term, add the new one. [`SEGMENTS`] segment hashes sum the buckets below them.
+//! Trees live in memory and are built from the store the first time a partition is compared
+//! (at startup, or after a restart, every tree is rebuilt lazily).
+//!
+//! An exchange between replicas X and Y of a partition:
+//! 1. X sends its segment hashes;
+//! 2. Y answers with its bucket hashes under the segments that differ;
+//! 3. X sends its (key, object hash) lists for the buckets that differ;
+//! 4. Y sends the objects X lacks or holds differently, and names the keys it wants;
+//! 5. X sends those. Both sides sync-merge what they receive.
+//!
+//! So the work of a repair grows with the number of differing keys (times the keys that share a
+//! bucket with them), not with the size of the partition. Lost messages just end the exchange;
+//! the next one retries.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use dynakv_ring::{NodeId, PartitionId};
+use rand::Rng;
+
+use super::node::NodeCore;
+use super::types::{Object, PeerMsg};
+use crate::error::Result;
+use crate::store::{Space, Store};
+
+/// Leaf buckets per partition tree.
+pub const BUCKETS: usize = 1024;
+/// Segments (inner nodes) per partition tree; each covers `BUCKETS / SEGMENTS` buckets.
+pub const SEGMENTS: usize = 32;
+const PER_SEGMENT: usize = BUCKETS / SEGMENTS;
+
+/// The hash tree of one partition on one replica.
+#[derive(Debug, Clone)]
+pub struct PartitionTree {
+    buckets: Vec<u64>,
+    keys: Vec<BTreeMap<Bytes, u64>>,
+}
+
+impl Default for PartitionTree {
+    fn default() -> Self {
+        Self {
+            buckets: vec![0; BUCKETS],
+            keys: vec![BTreeMap::new(); BUCKETS],
+        }
+    }
+}
+
+fn bucket_of(key: &[u8]) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(key) % BUCKETS as u64) as usize
+}
+
+fn term(key: &[u8], object_hash: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, object_hash)
+}
+
+/// The hash of a stored record, the same on every replica holding an equal object.
+pub fn object_hash(record: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(record)
+}
+
+impl PartitionTree {
+    /// Record that `key` now holds an object with `hash` (`None`: the key was removed).
+    pub fn update(&mut self, key: &[u8], hash: Option<u64>) {
+        let b = bucket_of(key);
+        let old = match hash {
+            Some(h) => self.keys[b].insert(Bytes::copy_from_slice(key), h),
+            None => self.keys[b].remove(key),
+        };
+        if let Some(old) = old {
+            self.buckets[b] = self.buckets[b].wrapping_sub(term(key, old));
+        }
+        if let Some(h) = hash {
+            self.buckets[b] = self.buckets[b].wrapping_add(term(key, h));
+        }
+    }
+
+    /// The segment hashes (the tree's second level).
+    pub fn segments(&self) -> Vec<u64> {
+        self.buckets
+            .chunks(PER_SEGMENT)
+            .map(|c| c.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+            .collect()
+    }
+
+    /// Bucket hashes under the given segments.
+    pub fn buckets_under(&self, segments: &[usize]) -> Vec<(u16, u64)> {
+        let mut out = Vec::new();
+        for s in segments {
+            for b in s * PER_SEGMENT..(s + 1) * PER_SEGMENT {
+                if let Some(h) = self.buckets.get(b) {
+                    out.push((b as u16, *h));
+                }
+            }
+        }
+        out
+    }
+
+    /// The keys and object hashes in a bucket.
+    pub fn keys_in(&self, bucket: usize) -> Vec<(Bytes, u64)> {
+        self.keys
+            .get(bucket)
+            .map(|m| m.iter().map(|(k, h)| (k.clone(), *h)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of keys in the tree.
+    pub fn len(&self) -> usize {
+        self.keys.iter().map(BTreeMap::len).sum()
+    }
+
+    /// Does the tree hold no keys?
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<S: Store> NodeCore<S> {
+    /// The tree of a partition, built from the store the first time it is needed.
+    pub(super) fn tree(&mut self, p: PartitionId) -> Result<&mut PartitionTree> {
+        if !self.trees.contains_key(&p) {
+            let mut tree = PartitionTree::default();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = self.store.scan(Space::Partition(p), after.as_deref(), 1024)?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.0.clone());
+                for (k, v) in &page {
+                    tree.update(k, Some(object_hash(v)));
+                    // Rebuild the reaper's view of tombstone-only keys as well.
+                    if let Ok(o) = crate::codec::decode_object(v) {
+                        self.note_tombstone(p, k, &o);
+                    }
+                }
+            }
+            self.stats.aae_tree_builds += 1;
+            self.trees.insert(p, tree);
+        }
+        self.trees
+            .get_mut(&p)
+            .ok_or_else(|| crate::Error::Storage("tree vanished".into()))
+    }
+
+    /// Keep a built tree in step with a write (called by `save`).
+    pub(super) fn tree_note(&mut self, p: PartitionId, key: &[u8], record: Option<&[u8]>) {
+        if let Some(tree) = self.trees.get_mut(&p) {
+            tree.update(key, record.map(object_hash));
+        }
+    }
+
+    /// Called from the maintenance tick: start one exchange (next partition, random peer).
+    pub(super) fn aae_tick(&mut self) {
+        let n = usize::from(self.cfg.n);
+        let mine = self.map.replicated_partitions(self.id(), n);
+        if mine.is_empty() {
+            return;
+        }
+        self.aae_cursor = (self.aae_cursor + 1) % mine.len();
+        let p = mine[self.aae_cursor];
+        let peers: Vec<NodeId> = self
+            .map
+            .preference_list(p, n)
+            .into_iter()
+            .filter(|x| *x != self.id() && !self.is_down(*x))
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let peer = peers[self.rng.gen_range(0..peers.len())];
+        let hashes = match self.tree(p) {
+            Ok(t) => t.segments(),
+            Err(e) => {
+                tracing::warn!(partition = %p, error = %e, "cannot build hash tree");
+                return;
+            }
+        };
+        let session = self.next_op_id();
+        self.stats.aae_exchanges += 1;
+        self.send(
+            peer,
+            PeerMsg::AaeSegments {
+                session,
+                partition: p,
+                hashes,
+            },
+        );
+    }
+
+    /// Steps 2-5 of an exchange (see the module doc).
+    pub(super) fn on_aae(&mut self, from: NodeId, msg: PeerMsg) -> Result<()> {
+        match msg {
+            PeerMsg::AaeSegments {
+                session,
+                partition,
+                hashes,
+            } => {
+                let tree = self.tree(partition)?;
+                let differing: Vec<usize> = tree
+                    .segments()
+                    .iter()
+                    .zip(hashes.iter().chain(std::iter::repeat(&0)))
+                    .enumerate()
+                    .filter(|(_, (a, b))| a != b)
+                    .map(|(i, _)| i)
+                    .collect();
+                if !differing.is_empty() {
+                    let buckets = tree.buckets_under(&differing);
+                    self.send(
+                        from,
+                        PeerMsg::AaeBuckets {
+                            session,
+                            partition,
+                            buckets,
+                        },
+                    );
+                }
+            }
+            PeerMsg::AaeBuckets {
+                session,
+                partition,
+                buckets,
+            } => {
+                let tree = self.tree(partition)?;
+                let mut out = Vec::new();
+                for (b, theirs) in buckets {
+                    let ours = tree.buckets.get(usize::from(b)).copied().unwrap_or(0);
+                    if ours != theirs {
+                        out.push((b, tree.keys_in(usize::from(b))));
+                    }
+                }
+                if !out.is_empty() {
+                    self.send(
+                        from,
+                        PeerMsg::AaeKeys {
+                            session,
+                            partition,
+                            buckets: out,
+                        },
+                    );
+                }
+            }
+            PeerMsg::AaeKeys {
+                session,
+                partition,
+                buckets,
+            } => {
+                let mut objects = Vec::new();
+                let mut want = Vec::new();
+                for (b, their_keys) in buckets {
+                    let ours: BTreeMap<Bytes, u64> =
+                        self.tree(partition)?.keys_in(usize::from(b)).into_iter().collect();
+                    let theirs: BTreeMap<Bytes, u64> = their_keys.into_iter().collect();
+                    let all: BTreeSet<&Bytes> = ours.keys().chain(theirs.keys()).collect();
+                    for k in all {
+                        match (ours.get(k), theirs.get(k)) {
+                            (Some(a), Some(b)) if a == b => {}
+                            (Some(_), Some(_)) => {
+                                want.push(k.clone());
+                                if let Some(o) = self.load(partition, k)? {
+                                    objects.push((k.clone(), o));
+                                }
+                            }
+                            (Some(_), None) => {
+                                if let Some(o) = self.load(partition, k)? {
+                                    objects.push((k.clone(), o));
+                                }
+                            }
+                            (None, Some(_)) => want.push(k.clone()),
+                            (None, None) => {}
+                        }
+                    }
+                }
+                self.stats.aae_keys_repaired += (objects.len() + want.len()) as u64;
+                self.send(
+                    from,
+                    PeerMsg::AaeExchange {
+                        session,
+                        partition,
+                        objects,
+                        want,
+                    },
+                );
+            }
+            PeerMsg::AaeExchange {
+                partition,
+                objects,
+                want,
+                ..
+            } => {
+                self.merge_objects(partition, objects);
+                let mut back = Vec::new();
+                for k in want {
+                    if let Some(o) = self.load(partition, &k)? {
+                        back.push((k, o));
+                    }
+                }
+                if !back.is_empty() {
+                    self.send(
+                        from,
+                        PeerMsg::AaeObjects {
+                            partition,
+                            objects: back,
+                        },
+                    );
+                }
+            }
+            PeerMsg::AaeObjects { partition, objects } => self.merge_objects(partition, objects),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn merge_objects(&mut self, p: PartitionId, objects: Vec<(Bytes, Object)>) {
+        for (k, o) in objects {
+            if let Err(e) = self.merge_into_store(p, &k, &o) {
+                tracing::warn!(partition = %p, ?e, "anti-entropy merge failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incremental_updates_match_a_rebuild() {
+        let mut a = PartitionTree::default();
+        for i in 0..500u64 {
+            a.update(format!("k{i}").as_bytes(), Some(i));
+        }
+        a.update(b"k7", Some(99));
+        a.update(b"k8", None);
+        let mut b = PartitionTree::default();
+        for i in 0..500u64 {
+            match i {
+                7 => b.update(b"k7", Some(99)),
+                8 => {}
+                _ => b.update(format!("k{i}").as_bytes(), Some(i)),
+            }
+        }
+        assert_eq!(a.segments(), b.segments());
+        assert_eq!(a.len(), 499);
+        b.update(b"k9", Some(1000));
+        let diff: Vec<usize> = a
+            .segments()
+            .iter()
+            .zip(b.segments())
+            .enumerate()
+            .filter(|(_, (x, y))| **x != *y)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(diff.len(), 1, "one changed key changes one segment");
+    }
+}

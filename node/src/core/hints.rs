@@ -1,0 +1,274 @@
+//! Hinted handoff: a fallback keeps writes for a primary that was down, durably, and hands them
+//! to it when it answers again.
+//!
+//! Hints live in [`Space::Hints`] under `owner (4 bytes) | partition (2 bytes) | key`, so one
+//! owner's hints are a contiguous range. A hint is removed only after the owner acknowledged a
+//! batch containing it, and only if it did not change meanwhile (a newer write merged into the same
+//! hint is kept for the next batch). Removing acknowledged hints is the checkpoint: after a crash
+//! or restart, handoff resumes with what is left instead of starting over.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use dynakv_ring::{NodeId, PartitionId};
+use rand::Rng;
+
+use super::node::NodeCore;
+use super::types::{HandoffItem, Object, PeerMsg, ReplicaError};
+use crate::codec;
+use crate::error::Result;
+use crate::store::{Space, Store};
+
+/// First retry delay of a failed handoff; doubles per failure up to the configured maximum.
+const BACKOFF_BASE_US: u64 = 200_000;
+
+/// Handoff progress towards one owner.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Handoff {
+    failures: u32,
+    next_attempt: u64,
+    inflight: Option<Inflight>,
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    batch: u64,
+    deadline: u64,
+    /// Hint keys sent, with the hash of the bytes sent (removed only if unchanged).
+    sent: Vec<(Vec<u8>, u64)>,
+}
+
+pub(super) fn hint_key(owner: NodeId, p: PartitionId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + key.len());
+    k.extend_from_slice(&owner.0.to_be_bytes());
+    k.extend_from_slice(&p.0.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn parse_hint_key(k: &[u8]) -> Option<(NodeId, PartitionId, &[u8])> {
+    if k.len() < 6 {
+        return None;
+    }
+    let owner = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
+    let p = u16::from_be_bytes([k[4], k[5]]);
+    Some((NodeId(owner), PartitionId(p), &k[6..]))
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Count the hints on disk per owner (at startup).
+    pub(super) fn recount_hints(&mut self) -> Result<()> {
+        let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan(Space::Hints, after.as_deref(), 1024)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, _) in &page {
+                if let Some((owner, _, _)) = parse_hint_key(k) {
+                    *counts.entry(owner).or_insert(0) += 1;
+                }
+            }
+        }
+        self.hints_pending = counts;
+        Ok(())
+    }
+
+    /// Pending hints per owner, for status.
+    pub fn hints_pending(&self) -> BTreeMap<NodeId, u64> {
+        self.hints_pending.clone()
+    }
+
+    /// The hint this node holds for `owner`, if any.
+    pub(super) fn load_hint(&self, owner: NodeId, p: PartitionId, key: &[u8]) -> Result<Option<Object>> {
+        match self.store.get(Space::Hints, &hint_key(owner, p, key))? {
+            Some(b) => Ok(Some(codec::decode_object(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Merge `incoming` into the hint for `owner` (the fallback role of a replica write).
+    pub(super) fn merge_into_hint(
+        &mut self,
+        owner: NodeId,
+        p: PartitionId,
+        key: &[u8],
+        incoming: &Object,
+    ) -> std::result::Result<Object, ReplicaError> {
+        incoming
+            .validate()
+            .map_err(|e| ReplicaError::Rejected(e.to_string()))?;
+        let storage = |e: crate::Error| ReplicaError::Storage(e.to_string());
+        let existing = self.load_hint(owner, p, key).map_err(storage)?;
+        let merged = match &existing {
+            Some(h) => self.merge(h, incoming),
+            None => incoming.clone(),
+        };
+        self.store_hint(owner, p, key, &merged).map_err(storage)?;
+        if existing.is_none() {
+            *self.hints_pending.entry(owner).or_insert(0) += 1;
+        }
+        Ok(merged)
+    }
+
+    pub(super) fn store_hint(&mut self, owner: NodeId, p: PartitionId, key: &[u8], o: &Object) -> Result<()> {
+        let bytes = codec::encode_object(o)?;
+        self.store.put(Space::Hints, &hint_key(owner, p, key), &bytes)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Called from the maintenance tick: start or retry handoff to every owner with hints.
+    pub(super) fn handoff_tick(&mut self) {
+        let owners: Vec<NodeId> = self
+            .hints_pending
+            .iter()
+            .filter(|(_, c)| **c > 0)
+            .map(|(o, _)| *o)
+            .collect();
+        for owner in owners {
+            let now = self.now;
+            let state = self.handoffs.entry(owner).or_default();
+            if let Some(inflight) = &state.inflight {
+                if now < inflight.deadline {
+                    continue;
+                }
+                // No answer: back off exponentially, with jitter so fallbacks do not stampede.
+                state.inflight = None;
+                state.failures = state.failures.saturating_add(1);
+                let max = u64::from(self.cfg.handoff_backoff_max_ms) * 1000;
+                let backoff = BACKOFF_BASE_US
+                    .saturating_mul(1u64 << state.failures.min(20))
+                    .min(max);
+                let jitter = self.rng.gen_range(0..=backoff / 2);
+                let state = self.handoffs.entry(owner).or_default();
+                state.next_attempt = now + backoff / 2 + jitter;
+                continue;
+            }
+            if now >= state.next_attempt {
+                if let Err(e) = self.send_handoff_batch(owner) {
+                    tracing::warn!(%owner, error = %e, "cannot read hints for handoff");
+                }
+            }
+        }
+    }
+
+    fn send_handoff_batch(&mut self, owner: NodeId) -> Result<()> {
+        let prefix = owner.0.to_be_bytes();
+        let page = self.store.scan(Space::Hints, Some(&prefix[..]), self.cfg.handoff_batch)?;
+        let mut items = Vec::new();
+        let mut sent = Vec::new();
+        for (k, v) in page {
+            let Some((o, p, key)) = parse_hint_key(&k) else {
+                continue;
+            };
+            if o != owner {
+                break;
+            }
+            let object = codec::decode_object(&v)?;
+            items.push(HandoffItem {
+                partition: p,
+                key: Bytes::copy_from_slice(key),
+                object,
+            });
+            sent.push((k.clone(), hash(&v)));
+        }
+        if items.is_empty() {
+            // The count was stale (hints removed by a reap, say): fix it.
+            self.hints_pending.remove(&owner);
+            return Ok(());
+        }
+        let batch = self.next_op_id();
+        let deadline = self.now + u64::from(self.cfg.request_timeout_ms) * 1000;
+        self.handoffs.entry(owner).or_default().inflight = Some(Inflight {
+            batch,
+            deadline,
+            sent,
+        });
+        self.stats.handoff_batches_sent += 1;
+        self.send(owner, PeerMsg::HintBatch { batch, items });
+        Ok(())
+    }
+
+    /// The owner's side: merge handed-off objects like replica writes; ack once durable.
+    pub(super) fn on_hint_batch(&mut self, from: NodeId, batch: u64, items: Vec<HandoffItem>) {
+        let mut result = Ok(());
+        for item in items {
+            if let Err(e) = self.merge_into_store(item.partition, &item.key, &item.object) {
+                result = Err(e);
+                break;
+            }
+        }
+        self.send(from, PeerMsg::HintBatchAck { batch, result });
+    }
+
+    /// The fallback's side: the owner has the batch durably; drop the hints it covered.
+    pub(super) fn on_hint_batch_ack(&mut self, from: NodeId, batch: u64, result: Result<(), ReplicaError>) {
+        let Some(state) = self.handoffs.get_mut(&from) else {
+            return;
+        };
+        let Some(inflight) = state.inflight.take_if(|i| i.batch == batch) else {
+            return;
+        };
+        if let Err(e) = result {
+            tracing::warn!(owner = %from, ?e, "owner refused a hint batch; will retry");
+            state.failures = state.failures.saturating_add(1);
+            state.next_attempt = self.now + BACKOFF_BASE_US;
+            return;
+        }
+        state.failures = 0;
+        state.next_attempt = self.now;
+        let mut removed = 0u64;
+        let mut minted_here = false;
+        for (k, h) in inflight.sent {
+            match self.store.get(Space::Hints, &k) {
+                Ok(Some(current)) if hash(&current) == h => {
+                    minted_here |= codec::decode_object(&current)
+                        .is_ok_and(|o| o.join().get(&self.actor) > 0);
+                    if self.store.remove(Space::Hints, &k).is_ok() {
+                        removed += 1;
+                    }
+                }
+                _ => {} // changed since it was sent (or gone): keep it for the next batch
+            }
+        }
+        if removed > 0 {
+            self.dirty = true;
+            self.stats.hints_delivered += removed;
+            if let Some(c) = self.hints_pending.get_mut(&from) {
+                *c = c.saturating_sub(removed);
+                if *c == 0 {
+                    self.hints_pending.remove(&from);
+                }
+            }
+            // This node no longer holds those keys. If it minted dots in them itself, it must
+            // never mint under that actor again (see `retire_actor`).
+            if minted_here {
+                self.retire_actor();
+            }
+            // More to send? Go on at once rather than waiting for the next tick.
+            if self.hints_pending.get(&from).is_some_and(|c| *c > 0) {
+                if let Err(e) = self.send_handoff_batch(from) {
+                    tracing::warn!(owner = %from, error = %e, "cannot read hints for handoff");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hint_keys_round_trip_and_group_by_owner() {
+        let k = hint_key(NodeId(7), PartitionId(300), b"user:1");
+        assert_eq!(parse_hint_key(&k), Some((NodeId(7), PartitionId(300), &b"user:1"[..])));
+        assert!(hint_key(NodeId(7), PartitionId(65535), b"zzz") < hint_key(NodeId(8), PartitionId(0), b""));
+        assert_eq!(parse_hint_key(b"short"), None);
+    }
+}
