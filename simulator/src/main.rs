@@ -67,6 +67,8 @@ enum BugArg {
     ReuseDots,
     /// On a replica, overwrite instead of sync-merging.
     OverwriteReplica,
+    /// Reap tombstones at once, without the grace period or the members' votes.
+    EagerReap,
 }
 
 impl From<BugArg> for PlantedBug {
@@ -76,6 +78,7 @@ impl From<BugArg> for PlantedBug {
             BugArg::AckBeforeStore => PlantedBug::AckBeforeStore,
             BugArg::ReuseDots => PlantedBug::ReuseDotsAfterWipe,
             BugArg::OverwriteReplica => PlantedBug::OverwriteOnReplica,
+            BugArg::EagerReap => PlantedBug::EagerReap,
         }
     }
 }

@@ -118,15 +118,18 @@ pub enum PlantedBug {
     ReuseDotsAfterWipe,
     /// On a replica, overwrite the stored object with the incoming one instead of merging.
     OverwriteOnReplica,
+    /// Reap tombstones at once, without the grace period or asking the other members.
+    EagerReap,
 }
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
         PlantedBug::OverwriteOnReplica,
+        PlantedBug::EagerReap,
     ];
 
     /// The kebab-case name used on command lines.
@@ -136,6 +139,7 @@ impl PlantedBug {
             PlantedBug::AckBeforeStore => "ack-before-store",
             PlantedBug::ReuseDotsAfterWipe => "reuse-dots",
             PlantedBug::OverwriteOnReplica => "overwrite-replica",
+            PlantedBug::EagerReap => "eager-reap",
         }
     }
 }

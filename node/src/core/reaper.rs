@@ -70,10 +70,15 @@ impl<S: Store> NodeCore<S> {
         if self.cfg.tombstone_grace_ms == 0 {
             return;
         }
-        let grace = u64::from(self.cfg.tombstone_grace_ms) * 1000;
+        let eager = self.cfg.planted_bug == Some(super::config::PlantedBug::EagerReap);
+        let grace = if eager {
+            0
+        } else {
+            u64::from(self.cfg.tombstone_grace_ms) * 1000
+        };
         let n = usize::from(self.cfg.n);
         let members = self.map.members();
-        if members.iter().any(|m| self.is_down(*m)) {
+        if !eager && members.iter().any(|m| self.is_down(*m)) {
             return; // a member that cannot vote blocks every reap
         }
         let in_round: BTreeSet<(PartitionId, Bytes)> = self
@@ -100,8 +105,11 @@ impl<S: Store> NodeCore<S> {
                     continue;
                 }
             };
-            let waiting: BTreeSet<NodeId> =
-                members.iter().copied().filter(|m| *m != self.id()).collect();
+            let waiting: BTreeSet<NodeId> = if eager {
+                BTreeSet::new() // planted bug: nobody is asked
+            } else {
+                members.iter().copied().filter(|m| *m != self.id()).collect()
+            };
             if self.has_hint_for(p, &key) {
                 continue;
             }
