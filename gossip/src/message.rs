@@ -178,7 +178,7 @@ impl ClusterState {
         let heartbeats = self
             .heartbeats
             .iter()
-            .filter(|(id, hb)| theirs.heartbeats.get(id).map_or(true, |t| *hb > t))
+            .filter(|(id, hb)| theirs.heartbeats.get(id).is_none_or(|t| *hb > t))
             .map(|(&id, &hb)| (id, hb))
             .collect();
         Delta {
@@ -205,7 +205,7 @@ impl ClusterState {
         let heartbeats = theirs
             .heartbeats
             .iter()
-            .any(|(id, t)| self.heartbeats.get(id).map_or(true, |hb| t > hb));
+            .any(|(id, t)| self.heartbeats.get(id).is_none_or(|hb| t > hb));
         members || map || heartbeats
     }
 

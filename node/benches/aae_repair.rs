@@ -93,10 +93,16 @@ impl Pair {
             self.now += 10_000;
             let now = self.now;
             self.a.handle(now, Input::Timeout);
-            let mut queue: Vec<(NodeId, Effect)> =
-                self.a.drain_effects().into_iter().map(|e| (NodeId(1), e)).collect();
+            let mut queue: Vec<(NodeId, Effect)> = self
+                .a
+                .drain_effects()
+                .into_iter()
+                .map(|e| (NodeId(1), e))
+                .collect();
             while let Some((from, e)) = queue.pop() {
-                let Effect::Send { to, msg } = e else { continue };
+                let Effect::Send { to, msg } = e else {
+                    continue;
+                };
                 let (target, id) = if to == NodeId(1) {
                     (&mut self.a, NodeId(1))
                 } else if to == NodeId(2) {

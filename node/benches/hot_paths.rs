@@ -72,6 +72,7 @@ fn bench(c: &mut Criterion) {
             partition: PartitionId(7),
             key: Bytes::from_static(b"user:0000012345ab"),
             object: object(s),
+            hint: None,
         };
         let bytes = codec::encode(&msg).expect("encode");
         wire.bench_with_input(BenchmarkId::new("encode", s), &s, |b, _| {

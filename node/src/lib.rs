@@ -9,12 +9,18 @@
 //! - [`core`]: the deterministic sans-IO node state machine (coordinator + replica).
 //! - [`store`]: the `Store` trait, sled (production) and in-memory (simulator) stores, and the
 //!   durability contract.
+//! - [`wire`]: the frames on QUIC streams (client <-> node, node <-> node) and the client half of
+//!   a request exchange.
+//! - [`server`]: the real driver: tokio + quinn + sled around the core; cluster and node config
+//!   files; graceful shutdown.
 
 pub mod codec;
 pub mod core;
 pub mod dvv;
 pub mod error;
 pub mod net;
+pub mod server;
 pub mod store;
+pub mod wire;
 
 pub use error::{Error, Result};

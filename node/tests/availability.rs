@@ -41,7 +41,14 @@ fn w3_put_succeeds_through_fallbacks_and_pw2_refuses() {
 
     let err = expect_error(c.put(prim[0], &key, "v2", &put.context, w(3, Some(2))));
     assert!(
-        matches!(err, RequestError::PrimariesUnavailable { needed: 2, available: 1, .. }),
+        matches!(
+            err,
+            RequestError::PrimariesUnavailable {
+                needed: 2,
+                available: 1,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("fallbacks do not count"), "{err}");
@@ -90,7 +97,12 @@ fn a_wiped_replica_gets_its_data_back_by_anti_entropy() {
     let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| cfg.aae_interval_ms = 100);
     let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
     for (i, k) in keys.iter().enumerate() {
-        c.put_ok(n(1 + (i as u32 % 3)), k, &format!("v{i}"), &VersionVector::new());
+        c.put_ok(
+            n(1 + (i as u32 % 3)),
+            k,
+            &format!("v{i}"),
+            &VersionVector::new(),
+        );
     }
     c.wipe(n(3));
     assert_eq!(c.local(n(3), &keys[0]).0, set(&[]));
@@ -145,7 +157,9 @@ fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
         cfg.aae_interval_ms = 100;
     });
     let (key, prim) = key_with_primaries(&c);
-    let ctx = c.put_ok(prim[0], &key, "old", &VersionVector::new()).context;
+    let ctx = c
+        .put_ok(prim[0], &key, "old", &VersionVector::new())
+        .context;
     // prim[2] misses the delete; with W=3 a fallback takes it as a hint.
     c.isolate(prim[2]);
     let g = c.get_ok(prim[0], &key);
@@ -172,7 +186,11 @@ fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
     let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
     assert!(reaped >= 1, "the tombstone was never reaped");
     for node in &prim {
-        assert_eq!(c.local(*node, &key).0, set(&[]), "node {node} resurrected a value");
+        assert_eq!(
+            c.local(*node, &key).0,
+            set(&[]),
+            "node {node} resurrected a value"
+        );
     }
     // After reaping, a new blind write is a fresh value and is not swallowed by old history.
     let fresh = c.put_ok(prim[1], &key, "new", &VersionVector::new());

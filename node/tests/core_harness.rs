@@ -63,10 +63,20 @@ fn write_quorum_fails_with_a_clear_timeout_when_too_few_replicas_answer() {
     // fallback in a 3-node cluster, refuses a get with R=2 at once.
     let err = expect_error(c.get(n(1), "k", RequestOptions::default()));
     assert!(
-        matches!(err, RequestError::Unavailable { needed: 2, available: 1, .. }),
+        matches!(
+            err,
+            RequestError::Unavailable {
+                needed: 2,
+                available: 1,
+                ..
+            }
+        ),
         "{err:?}"
     );
-    assert!(err.to_string().contains("needs 2 replicas but only 1"), "{err}");
+    assert!(
+        err.to_string().contains("needs 2 replicas but only 1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -222,7 +222,11 @@ fn print_human(r: &RunReport, cfg: &SimConfig) {
         "  messages: {} sent, {} dropped, {} duplicated",
         r.messages_sent, r.messages_dropped, r.messages_duplicated
     );
-    let mech: Vec<String> = r.mechanisms.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let mech: Vec<String> = r
+        .mechanisms
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     println!("  mechanisms: {}", mech.join(", "));
     println!(
         "  ops: {} acked, {} failed ({} writes with unknown outcome); {} reads saw siblings (max {})",

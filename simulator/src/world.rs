@@ -448,10 +448,16 @@ impl World {
             PeerMsg::ReapQuery { key, hash, .. } => (format!("reap-query hash={hash:x}"), key),
             PeerMsg::ReapVote { key, ok, .. } => (format!("reap-vote ok={ok}"), key),
             PeerMsg::HintBatch { items, .. } => {
-                let Some(item) = items.iter().find(|i| i.key.as_ref() == trace_key.as_bytes()) else {
+                let Some(item) = items
+                    .iter()
+                    .find(|i| i.key.as_ref() == trace_key.as_bytes())
+                else {
                     return;
                 };
-                let what = format!("hint-handoff values={:?}", crate::checker::describe(&item.object));
+                let what = format!(
+                    "hint-handoff values={:?}",
+                    crate::checker::describe(&item.object)
+                );
                 let line = format!("t={}us node {} -> node {}: {what}", self.now, from, to);
                 self.trace_line(line);
                 return;

@@ -61,7 +61,10 @@ fn fixed_seeds_with_all_faults_hold_every_invariant() {
         "aae_keys_repaired",
         "tombstones_reaped",
     ] {
-        assert!(mechanisms.get(m).copied().unwrap_or(0) > 0, "{m} never happened: {mechanisms:?}");
+        assert!(
+            mechanisms.get(m).copied().unwrap_or(0) > 0,
+            "{m} never happened: {mechanisms:?}"
+        );
     }
     // The faults really happened and the store still did work.
     for f in ["partition", "oneway", "clog", "crash", "pause", "wipe"] {

@@ -1,1 +1,331 @@
-//! placeholder
+//! Harness for the real-process tests: start `dynakv node` processes on free loopback ports in a
+//! temporary directory, stop/kill/restart them, and run CLI commands against them.
+//!
+//! The binary is `target/<profile>/dynakv`, found next to the test executable's `deps/` folder
+//! (`cargo test --workspace` builds it), or the path in env `DYNAKV_BIN`. Every wait is bounded
+//! in time and in tries; every child is killed when its [`Cluster`] is dropped. Clusters are
+//! started one at a time (a global lock held by each [`Cluster`]) so the tests do not starve
+//! each other on a small machine.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use dynakv_node::server::config::{ClusterFile, MemberEntry};
+
+/// Bound on any single wait in the harness.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The `dynakv` binary under test.
+pub fn dynakv_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("DYNAKV_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/test-binary -> target/debug/dynakv
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected test executable location")?;
+    let bin = dir.join("dynakv");
+    if !bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build -p dynakv-node` or set DYNAKV_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// `count` distinct UDP ports on 127.0.0.1 that were free a moment ago.
+pub fn free_ports(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    // Hold every socket until all are chosen, so the OS cannot hand out one port twice.
+    let sockets = (0..count)
+        .map(|_| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(sockets
+        .iter()
+        .map(UdpSocket::local_addr)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &Child, sig: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// Waits (bounded) for a child to exit; kills it if it does not.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// One node of a test cluster.
+#[derive(Debug)]
+pub struct TestNode {
+    /// Node id (1-based).
+    pub id: u32,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of `dynakv node` processes in a temporary directory.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The nodes, index i = node id i+1.
+    pub nodes: Vec<TestNode>,
+    bin: PathBuf,
+    cluster_file: PathBuf,
+    ca: PathBuf,
+    dir: tempfile::TempDir,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// Creates a CA, certificates and a cluster file for `n` nodes, starts them, and waits until
+    /// every node sees every other as up.
+    pub fn start(n: u32) -> anyhow::Result<Cluster> {
+        let turn = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bin = dynakv_bin()?;
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().to_path_buf();
+        run_ok(&bin, &["ca", "init", "--dir", path_str(&root)?])?;
+        let addrs = free_ports(n as usize)?;
+        let mut nodes = Vec::new();
+        let mut members = Vec::new();
+        for (i, addr) in addrs.into_iter().enumerate() {
+            let id = i as u32 + 1;
+            let ndir = root.join(format!("node-{id}"));
+            run_ok(
+                &bin,
+                &[
+                    "ca",
+                    "issue",
+                    "--id",
+                    &id.to_string(),
+                    "--dir",
+                    path_str(&root)?,
+                    "--out",
+                    path_str(&ndir)?,
+                ],
+            )?;
+            members.push(MemberEntry { id, addr });
+            nodes.push(TestNode {
+                id,
+                addr,
+                dir: ndir,
+                child: None,
+            });
+        }
+        let cluster_file = root.join("cluster.toml");
+        ClusterFile::new(members).save(&cluster_file)?;
+        let mut cluster = Cluster {
+            nodes,
+            bin,
+            cluster_file,
+            ca: root.join("ca.pem"),
+            dir,
+            _turn: turn,
+        };
+        for id in 1..=n {
+            cluster.spawn(id)?;
+        }
+        cluster.wait_all_up()?;
+        Ok(cluster)
+    }
+
+    /// The temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The CA certificate path.
+    pub fn ca_path(&self) -> &Path {
+        &self.ca
+    }
+
+    /// The CA certificate PEM.
+    pub fn ca_pem(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(&self.ca)?)
+    }
+
+    /// Every node address.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// Node `id`'s address.
+    pub fn addr(&self, id: u32) -> SocketAddr {
+        self.nodes[id as usize - 1].addr
+    }
+
+    fn spawn(&mut self, id: u32) -> anyhow::Result<()> {
+        let node = &mut self.nodes[id as usize - 1];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{id}.log")))?;
+        let child = Command::new(&self.bin)
+            .args([
+                "node",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &node.addr.to_string(),
+            ])
+            .arg("--dir")
+            .arg(&node.dir)
+            .arg("--cluster")
+            .arg(&self.cluster_file)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops node `id` with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self, id: u32) -> anyhow::Result<()> {
+        if let Some(mut child) = self.nodes[id as usize - 1].child.take() {
+            signal(&child, rustix::process::Signal::TERM);
+            match wait_exit(&mut child, WAIT) {
+                Some(status) if status.success() => {}
+                other => bail!("node {id} did not stop cleanly: {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills node `id` with SIGKILL (no chance to flush anything).
+    pub fn kill(&mut self, id: u32) {
+        if let Some(mut child) = self.nodes[id as usize - 1].child.take() {
+            signal(&child, rustix::process::Signal::KILL);
+            let _ = wait_exit(&mut child, WAIT);
+        }
+    }
+
+    /// Starts node `id` again on its data and waits until the cluster is whole.
+    pub fn restart(&mut self, id: u32) -> anyhow::Result<()> {
+        self.spawn(id)?;
+        self.wait_all_up()
+    }
+
+    /// Waits until every running node answers `status` and sees every running node as up.
+    pub fn wait_all_up(&self) -> anyhow::Result<()> {
+        let running: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect();
+        let start = Instant::now();
+        for tries in 0.. {
+            let mut all = true;
+            for &id in &running {
+                let out = self.cli(&["status", "--json", "--node", &self.addr(id).to_string()])?;
+                let up = out.status.success()
+                    && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                        .ok()
+                        .and_then(|v| {
+                            v["members"].as_array().map(|ms| {
+                                ms.iter().all(|m| {
+                                    m["up"].as_bool() == Some(true)
+                                        || !running
+                                            .iter()
+                                            .any(|r| m["id"].as_u64() == Some(u64::from(*r)))
+                                })
+                            })
+                        })
+                        .unwrap_or(false);
+                all &= up;
+            }
+            if all {
+                return Ok(());
+            }
+            if start.elapsed() > WAIT || tries > 300 {
+                bail!(
+                    "cluster not up after {:?}; logs in {}",
+                    start.elapsed(),
+                    self.dir.path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Runs the CLI with DYNAKV_CA (and DYNAKV_NODES = every node) set for this cluster.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let nodes: Vec<String> = self.addrs().iter().map(ToString::to_string).collect();
+        Ok(Command::new(&self.bin)
+            .args(args)
+            .env("DYNAKV_CA", &self.ca)
+            .env("DYNAKV_NODES", nodes.join(","))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    /// Runs the CLI, requires success, and parses its one JSON line.
+    pub fn cli_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            bail!(
+                "dynakv {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("non-UTF-8 temp path")
+}
+
+fn run_ok(bin: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(bin).args(args).stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!(
+            "dynakv {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

@@ -127,7 +127,9 @@ impl<S: Store> NodeCore<S> {
             let mut tree = PartitionTree::default();
             let mut after: Option<Vec<u8>> = None;
             loop {
-                let page = self.store.scan(Space::Partition(p), after.as_deref(), 1024)?;
+                let page = self
+                    .store
+                    .scan(Space::Partition(p), after.as_deref(), 1024)?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.0.clone());
                 for (k, v) in &page {
@@ -252,8 +254,11 @@ impl<S: Store> NodeCore<S> {
                 let mut objects = Vec::new();
                 let mut want = Vec::new();
                 for (b, their_keys) in buckets {
-                    let ours: BTreeMap<Bytes, u64> =
-                        self.tree(partition)?.keys_in(usize::from(b)).into_iter().collect();
+                    let ours: BTreeMap<Bytes, u64> = self
+                        .tree(partition)?
+                        .keys_in(usize::from(b))
+                        .into_iter()
+                        .collect();
                     let theirs: BTreeMap<Bytes, u64> = their_keys.into_iter().collect();
                     let all: BTreeSet<&Bytes> = ours.keys().chain(theirs.keys()).collect();
                     for k in all {

@@ -44,6 +44,12 @@ pub struct CoreConfig {
     /// How long an object must have been tombstone-only before it may be reaped; 0 keeps
     /// tombstones forever.
     pub tombstone_grace_ms: u32,
+    /// Gossip round length.
+    pub gossip_interval_ms: u32,
+    /// Partition transfers this node sends at the same time at most.
+    pub max_transfers: usize,
+    /// Keys per transfer batch.
+    pub transfer_batch: usize,
     /// TEST ONLY: a deliberately planted bug, so the simulator can prove its checkers fail.
     /// Never set by the `dynakv` binary.
     #[serde(skip)]
@@ -70,6 +76,9 @@ impl Default for CoreConfig {
             aae_interval_ms: 1_000,
             read_repair_per_sec: 2_000,
             tombstone_grace_ms: 60_000,
+            gossip_interval_ms: 1_000,
+            max_transfers: 2,
+            transfer_batch: 256,
             planted_bug: None,
         }
     }
@@ -96,8 +105,11 @@ impl CoreConfig {
         if self.tick_ms == 0 || self.fallback_after_ms == 0 || self.aae_interval_ms == 0 {
             return Err("tick_ms, fallback_after_ms and aae_interval_ms must be positive".into());
         }
-        if self.handoff_batch == 0 {
-            return Err("handoff_batch must be positive".into());
+        if self.handoff_batch == 0 || self.transfer_batch == 0 || self.max_transfers == 0 {
+            return Err("handoff_batch, transfer_batch and max_transfers must be positive".into());
+        }
+        if self.gossip_interval_ms == 0 {
+            return Err("gossip_interval_ms must be positive".into());
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
             return Err("key and value limits must be positive".into());

@@ -104,7 +104,9 @@ impl PendingOp {
 }
 
 fn is_primary(targets: &[Target], node: NodeId) -> bool {
-    targets.iter().any(|t| t.node == node && t.hint_for.is_none())
+    targets
+        .iter()
+        .any(|t| t.node == node && t.hint_for.is_none())
 }
 
 fn error(e: RequestError) -> ClientReply {
@@ -119,9 +121,19 @@ impl<S: Store> NodeCore<S> {
             return Err(RequestError::InvalidOptions("n must be at least 1".into()));
         }
         let (name, needed, pname, primaries) = if read {
-            ("r", opts.r.unwrap_or(self.cfg.r.min(n)), "pr", opts.pr.unwrap_or(0))
+            (
+                "r",
+                opts.r.unwrap_or(self.cfg.r.min(n)),
+                "pr",
+                opts.pr.unwrap_or(0),
+            )
         } else {
-            ("w", opts.w.unwrap_or(self.cfg.w.min(n)), "pw", opts.pw.unwrap_or(0))
+            (
+                "w",
+                opts.w.unwrap_or(self.cfg.w.min(n)),
+                "pw",
+                opts.pw.unwrap_or(0),
+            )
         };
         if needed == 0 || needed > n {
             return Err(RequestError::InvalidOptions(format!(
@@ -197,7 +209,6 @@ impl<S: Store> NodeCore<S> {
     fn deadline(&self, timeout_ms: u32) -> u64 {
         self.now + u64::from(timeout_ms) * 1000
     }
-
 
     /// Start a get: ask the targets, answer after R replies (PR of them primaries) with their merge.
     pub(super) fn start_get(&mut self, origin: Origin, key: Bytes, opts: RequestOptions) {
@@ -304,7 +315,10 @@ impl<S: Store> NodeCore<S> {
         }
         let me = self.id();
         let i_am_primary = targets.iter().any(|t| t.node == me && t.hint_for.is_none());
-        let up_primary = targets.iter().find(|t| t.hint_for.is_none()).map(|t| t.node);
+        let up_primary = targets
+            .iter()
+            .find(|t| t.hint_for.is_none())
+            .map(|t| t.node);
         if let (false, Some(primary), Origin::Client(_)) = (i_am_primary, up_primary, origin) {
             // Prefer a primary to coordinate (and mint the dot): fallbacks mint only when every
             // primary is down, which keeps actor identities stable (see `retire_actor`).
@@ -342,8 +356,11 @@ impl<S: Store> NodeCore<S> {
             Ok(local) => local,
             Err(e) => return self.respond(origin, error(RequestError::Storage(e.to_string()))),
         };
-        let mut object =
-            DvvSet::update(DvvSet::new_with_context(&context, value), &local, self.actor);
+        let mut object = DvvSet::update(
+            DvvSet::new_with_context(&context, value),
+            &local,
+            self.actor,
+        );
         if self.cfg.planted_bug == Some(super::config::PlantedBug::LastWriteWins) {
             object = object.keep_only_newest();
         }
@@ -567,7 +584,8 @@ impl<S: Store> NodeCore<S> {
                     fallback_acks: (acks - primary_acks) as u8,
                 }),
             ));
-        } else if !w.replied && w.targets.len() - w.failed.len() < needed && w.fallback_at.is_none() {
+        } else if !w.replied && w.targets.len() - w.failed.len() < needed && w.fallback_at.is_none()
+        {
             // Enough replicas refused that the quorum cannot be reached: fail now.
             w.replied = true;
             let detail = w

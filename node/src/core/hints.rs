@@ -84,7 +84,12 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// The hint this node holds for `owner`, if any.
-    pub(super) fn load_hint(&self, owner: NodeId, p: PartitionId, key: &[u8]) -> Result<Option<Object>> {
+    pub(super) fn load_hint(
+        &self,
+        owner: NodeId,
+        p: PartitionId,
+        key: &[u8],
+    ) -> Result<Option<Object>> {
         match self.store.get(Space::Hints, &hint_key(owner, p, key))? {
             Some(b) => Ok(Some(codec::decode_object(&b)?)),
             None => Ok(None),
@@ -115,9 +120,16 @@ impl<S: Store> NodeCore<S> {
         Ok(merged)
     }
 
-    pub(super) fn store_hint(&mut self, owner: NodeId, p: PartitionId, key: &[u8], o: &Object) -> Result<()> {
+    pub(super) fn store_hint(
+        &mut self,
+        owner: NodeId,
+        p: PartitionId,
+        key: &[u8],
+        o: &Object,
+    ) -> Result<()> {
         let bytes = codec::encode_object(o)?;
-        self.store.put(Space::Hints, &hint_key(owner, p, key), &bytes)?;
+        self.store
+            .put(Space::Hints, &hint_key(owner, p, key), &bytes)?;
         self.dirty = true;
         Ok(())
     }
@@ -159,7 +171,9 @@ impl<S: Store> NodeCore<S> {
 
     fn send_handoff_batch(&mut self, owner: NodeId) -> Result<()> {
         let prefix = owner.0.to_be_bytes();
-        let page = self.store.scan(Space::Hints, Some(&prefix[..]), self.cfg.handoff_batch)?;
+        let page = self
+            .store
+            .scan(Space::Hints, Some(&prefix[..]), self.cfg.handoff_batch)?;
         let mut items = Vec::new();
         let mut sent = Vec::new();
         for (k, v) in page {
@@ -207,7 +221,12 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// The fallback's side: the owner has the batch durably; drop the hints it covered.
-    pub(super) fn on_hint_batch_ack(&mut self, from: NodeId, batch: u64, result: Result<(), ReplicaError>) {
+    pub(super) fn on_hint_batch_ack(
+        &mut self,
+        from: NodeId,
+        batch: u64,
+        result: Result<(), ReplicaError>,
+    ) {
         let Some(state) = self.handoffs.get_mut(&from) else {
             return;
         };
@@ -227,8 +246,8 @@ impl<S: Store> NodeCore<S> {
         for (k, h) in inflight.sent {
             match self.store.get(Space::Hints, &k) {
                 Ok(Some(current)) if hash(&current) == h => {
-                    minted_here |= codec::decode_object(&current)
-                        .is_ok_and(|o| o.join().get(&self.actor) > 0);
+                    minted_here |=
+                        codec::decode_object(&current).is_ok_and(|o| o.join().get(&self.actor) > 0);
                     if self.store.remove(Space::Hints, &k).is_ok() {
                         removed += 1;
                     }
@@ -267,8 +286,14 @@ mod tests {
     #[test]
     fn hint_keys_round_trip_and_group_by_owner() {
         let k = hint_key(NodeId(7), PartitionId(300), b"user:1");
-        assert_eq!(parse_hint_key(&k), Some((NodeId(7), PartitionId(300), &b"user:1"[..])));
-        assert!(hint_key(NodeId(7), PartitionId(65535), b"zzz") < hint_key(NodeId(8), PartitionId(0), b""));
+        assert_eq!(
+            parse_hint_key(&k),
+            Some((NodeId(7), PartitionId(300), &b"user:1"[..]))
+        );
+        assert!(
+            hint_key(NodeId(7), PartitionId(65535), b"zzz")
+                < hint_key(NodeId(8), PartitionId(0), b"")
+        );
         assert_eq!(parse_hint_key(b"short"), None);
     }
 }

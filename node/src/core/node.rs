@@ -64,6 +64,16 @@ pub struct CoreStats {
     pub tombstones_reaped: u64,
     /// Times this node retired its actor identity (after dropping data it may have minted).
     pub actor_retirements: u64,
+    /// Join attempts a seed refused.
+    pub join_refusals: u64,
+    /// Partition transfer batches sent.
+    pub transfer_batches_sent: u64,
+    /// Keys the receivers acknowledged.
+    pub transfer_keys_sent: u64,
+    /// Keys received by transfers.
+    pub transfer_keys_received: u64,
+    /// Partitions dropped after handing them off.
+    pub partitions_dropped: u64,
 }
 
 /// Where the answer to an operation goes.
@@ -115,6 +125,12 @@ pub struct NodeCore<S: Store> {
     pub(super) next_probe: u64,
     /// Read-repair budget: (start of the current one-second window, repairs sent in it).
     pub(super) repair_window: (u64, u32),
+    /// Membership (`None` only while the core is being built).
+    pub(super) gossip: Option<dynakv_gossip::Gossiper>,
+    /// Has this node got the cluster state? A joining node serves nothing before.
+    pub(super) joined: bool,
+    pub(super) sending: BTreeMap<(PartitionId, NodeId), super::transfer::Sending>,
+    pub(super) receiving: BTreeMap<(PartitionId, NodeId), super::transfer::IncomingTransfer>,
 }
 
 /// How many forwarded requests are remembered for de-duplication.
@@ -125,13 +141,33 @@ impl<S: Store> NodeCore<S> {
     /// (new or wiped) gets a fresh incarnation drawn from `seed`, persisted before anything else,
     /// so dots minted before a wipe are never minted again. `seed` must differ between starts
     /// (the real driver draws it from the OS, the simulator from its seeded RNG).
-    pub fn open(
+    pub fn open(cfg: CoreConfig, store: S, map: PartitionMap, seed: u64, now: u64) -> Result<Self> {
+        Self::open_with(
+            cfg,
+            store,
+            super::membership::Bootstrap::Founder { map },
+            seed,
+            now,
+        )
+    }
+
+    /// Like [`NodeCore::open`], choosing how the node enters the cluster: as a founder with a
+    /// known map, or by joining through a seed. A store that already holds a cluster state
+    /// restarts with that state either way.
+    pub fn open_with(
         cfg: CoreConfig,
         mut store: S,
-        map: PartitionMap,
+        boot: super::membership::Bootstrap,
         seed: u64,
         now: u64,
     ) -> Result<Self> {
+        let map = match &boot {
+            super::membership::Bootstrap::Founder { map } => map.clone(),
+            super::membership::Bootstrap::Join { .. } => {
+                // A placeholder until the seed's state arrives; nothing is served meanwhile.
+                PartitionMap::initial(dynakv_ring::MIN_PARTITIONS, &BTreeSet::from([cfg.node]))?
+            }
+        };
         cfg.validate().map_err(Error::Config)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let incarnation = match store.get(Space::Meta, IDENTITY_KEY)? {
@@ -192,8 +228,18 @@ impl<S: Store> NodeCore<S> {
             next_aae: now + tick,
             next_probe: now + tick,
             repair_window: (now, 0),
+            gossip: None,
+            joined: false,
+            sending: BTreeMap::new(),
+            receiving: BTreeMap::new(),
         };
         core.recount_hints()?;
+        core.load_transfers()?;
+        core.init_membership(boot)?;
+        if core.dirty {
+            core.store.sync()?;
+            core.dirty = false;
+        }
         Ok(core)
     }
 
@@ -219,7 +265,7 @@ impl<S: Store> NodeCore<S> {
 
     /// Does this node currently believe `peer` is down?
     pub fn is_down(&self, peer: NodeId) -> bool {
-        peer != self.id() && self.down.contains_key(&peer)
+        peer != self.id() && (self.down.contains_key(&peer) || self.gossip_says_down(peer))
     }
 
     /// Peers this node currently believes down.
@@ -510,6 +556,21 @@ impl<S: Store> NodeCore<S> {
                 key,
                 hash,
             } => self.on_reap(partition, &key, hash),
+            PeerMsg::Gossip(msg) => self.on_gossip(from, msg),
+            PeerMsg::TransferBatch {
+                batch,
+                partition,
+                items,
+                last,
+                ..
+            } => self.on_transfer_batch(from, batch, partition, items, last),
+            PeerMsg::TransferAck {
+                batch,
+                partition,
+                upto,
+                done,
+                result,
+            } => self.on_transfer_ack(from, batch, partition, upto, done, result),
             PeerMsg::Forward { op, request } => {
                 if !self.seen_forwards.insert((from, op)) {
                     return; // a duplicate: the first copy is (or was) being coordinated
@@ -529,6 +590,14 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn handle_client(&mut self, origin: Origin, request: ClientRequest) {
+        if !self.joined {
+            let e = super::types::RequestError::Unavailable {
+                op: request.kind().into(),
+                needed: 1,
+                available: 0,
+            };
+            return self.respond(origin, ClientReply::Error(e));
+        }
         match request {
             ClientRequest::Get { key, opts } => self.start_get(origin, key, opts),
             ClientRequest::Put {
@@ -543,6 +612,24 @@ impl<S: Store> NodeCore<S> {
             ClientRequest::PartitionMap => {
                 let map = self.map.clone();
                 self.respond(origin, ClientReply::PartitionMap(map));
+            }
+            ClientRequest::Admin(admin) => {
+                let me = self.id();
+                let (change, what) = match admin {
+                    super::types::AdminRequest::Leave => (
+                        dynakv_gossip::Change::Leave(me),
+                        format!("node {me} is leaving"),
+                    ),
+                    super::types::AdminRequest::Remove(node) => (
+                        dynakv_gossip::Change::Remove(node),
+                        format!("node {node} removed"),
+                    ),
+                };
+                let reply = match self.stage_change(change) {
+                    Ok(()) => ClientReply::Admin(what),
+                    Err(e) => ClientReply::Error(super::types::RequestError::InvalidOptions(e)),
+                };
+                self.respond(origin, reply);
             }
         }
     }
@@ -563,6 +650,8 @@ impl<S: Store> NodeCore<S> {
 
     /// Periodic work: hinted handoff, anti-entropy, probes of down peers, tombstone reaping.
     fn maintenance(&mut self) {
+        self.gossip_tick();
+        self.transfer_tick();
         self.handoff_tick();
         if self.now >= self.next_aae {
             self.next_aae = self.now + u64::from(self.cfg.aae_interval_ms) * 1000;

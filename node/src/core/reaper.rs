@@ -91,7 +91,8 @@ impl<S: Store> NodeCore<S> {
             .tombstones
             .iter()
             .filter(|((p, _), since)| {
-                now >= **since + grace && self.map.preference_list(*p, n).first() == Some(&self.id())
+                now >= **since + grace
+                    && self.map.preference_list(*p, n).first() == Some(&self.id())
             })
             .map(|(k, _)| k.clone())
             .filter(|k| !in_round.contains(k))
@@ -108,7 +109,11 @@ impl<S: Store> NodeCore<S> {
             let waiting: BTreeSet<NodeId> = if eager {
                 BTreeSet::new() // planted bug: nobody is asked
             } else {
-                members.iter().copied().filter(|m| *m != self.id()).collect()
+                members
+                    .iter()
+                    .copied()
+                    .filter(|m| *m != self.id())
+                    .collect()
             };
             if self.has_hint_for(p, &key) {
                 continue;
@@ -136,7 +141,12 @@ impl<S: Store> NodeCore<S> {
                     deadline,
                 },
             );
-            if self.reaper.rounds.get(&round).is_some_and(|r| r.waiting.is_empty()) {
+            if self
+                .reaper
+                .rounds
+                .get(&round)
+                .is_some_and(|r| r.waiting.is_empty())
+            {
                 self.finish_round(round);
             }
         }
@@ -157,7 +167,14 @@ impl<S: Store> NodeCore<S> {
             .any(|owner| matches!(self.load_hint(owner, p, key), Ok(Some(_)) | Err(_)))
     }
 
-    pub(super) fn on_reap_query(&mut self, from: NodeId, round: u64, p: PartitionId, key: Bytes, hash: u64) {
+    pub(super) fn on_reap_query(
+        &mut self,
+        from: NodeId,
+        round: u64,
+        p: PartitionId,
+        key: Bytes,
+        hash: u64,
+    ) {
         let same = match self.store.get(Space::Partition(p), &key) {
             Ok(Some(_)) => self.reapable_hash(p, &key) == Some(hash),
             Ok(None) => !self

@@ -76,6 +76,17 @@ pub enum ClientRequest {
     },
     /// Ask for the partition map, so a client can route by key.
     PartitionMap,
+    /// A membership change asked for by an operator.
+    Admin(AdminRequest),
+}
+
+/// Membership changes an operator asks a node for (`dynakv leave`, `dynakv remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// The receiving node leaves the cluster gracefully, handing its partitions off.
+    Leave,
+    /// Remove a (dead) node for good; its partitions are re-planned onto the others.
+    Remove(NodeId),
 }
 
 impl ClientRequest {
@@ -86,6 +97,7 @@ impl ClientRequest {
             ClientRequest::Put { .. } => "put",
             ClientRequest::Delete { .. } => "delete",
             ClientRequest::PartitionMap => "partition-map",
+            ClientRequest::Admin(_) => "admin",
         }
     }
 }
@@ -128,6 +140,8 @@ pub enum ClientReply {
     Written(PutReply),
     /// Reply to [`ClientRequest::PartitionMap`].
     PartitionMap(dynakv_ring::PartitionMap),
+    /// Reply to [`ClientRequest::Admin`]: what was staged.
+    Admin(String),
     /// The request failed.
     Error(RequestError),
 }
@@ -298,6 +312,26 @@ pub enum PeerMsg {
     AaeObjects {
         partition: PartitionId,
         objects: Vec<(Bytes, Object)>,
+    },
+    /// Membership gossip (see `dynakv-gossip`).
+    Gossip(dynakv_gossip::GossipMsg),
+    /// Partition transfer: the next batch of a partition's objects, after key `after`.
+    TransferBatch {
+        batch: u64,
+        partition: PartitionId,
+        after: Option<Bytes>,
+        items: Vec<(Bytes, Object)>,
+        /// No more batches after this one.
+        last: bool,
+    },
+    /// Answer to [`PeerMsg::TransferBatch`], once the batch is durable.
+    TransferAck {
+        batch: u64,
+        partition: PartitionId,
+        /// The last key merged (the sender's new cursor).
+        upto: Option<Bytes>,
+        done: bool,
+        result: Result<(), ReplicaError>,
     },
     /// Tombstone reaping, phase 1: may this tombstone-only object be removed everywhere?
     ReapQuery {

@@ -133,7 +133,7 @@ mod tests {
             (0x04, &[0xAA, 0xBB][..], &[0xCC][..])
         );
         let mut long = vec![0x04, 0x81, 0x80];
-        long.extend(std::iter::repeat(7u8).take(0x80));
+        long.extend(std::iter::repeat_n(7u8, 0x80));
         let (t, rest) = read_tlv(&long).expect("long form");
         assert_eq!((t.content.len(), t.full.len(), rest.len()), (0x80, 0x83, 0));
     }

@@ -12,6 +12,9 @@ pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
 /// Size of the length prefix.
 const HEADER_LEN: usize = 4;
 
+/// Most bytes reserved for a payload before any of it has arrived.
+const INITIAL_PAYLOAD_CAPACITY: usize = 64 * 1024;
+
 fn payload_len(payload: &[u8]) -> Result<u32> {
     u32::try_from(payload.len()).map_err(|_| Error::FrameTooLarge {
         len: payload.len() as u64,
@@ -85,15 +88,22 @@ pub async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Opti
     if len > max {
         return Err(too_large(len, max));
     }
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(got) => Error::Decode(format!(
-            "truncated frame: stream ended after {got} of {len} payload bytes"
-        )),
-        quinn::ReadExactError::ReadError(e) => {
-            Error::Transport(format!("reading frame payload: {e}"))
+    // Grow the buffer as bytes arrive instead of reserving `len` up front: a peer that
+    // announces a large frame and sends nothing (on many streams at once) must not make the
+    // node allocate the announced sizes. Memory then follows what QUIC flow control let in.
+    let mut payload = Vec::with_capacity(len.min(INITIAL_PAYLOAD_CAPACITY));
+    while payload.len() < len {
+        match recv.read_chunk(len - payload.len(), true).await {
+            Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(Error::Decode(format!(
+                    "truncated frame: stream ended after {} of {len} payload bytes",
+                    payload.len()
+                )))
+            }
+            Err(e) => return Err(Error::Transport(format!("reading frame payload: {e}"))),
         }
-    })?;
+    }
     Ok(Some(payload))
 }
 

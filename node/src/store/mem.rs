@@ -155,9 +155,15 @@ mod tests {
             s.put(p, k, b"v")?;
         }
         let first = s.scan(p, None, 2)?;
-        assert_eq!(first.iter().map(|e| e.0.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            first.iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
         let rest = s.scan(p, Some(b"b"), 10)?;
-        assert_eq!(rest.iter().map(|e| e.0.clone()).collect::<Vec<_>>(), vec![b"c".to_vec(), b"d".to_vec()]);
+        assert_eq!(
+            rest.iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
+            vec![b"c".to_vec(), b"d".to_vec()]
+        );
         assert_eq!(s.partitions()?, vec![PartitionId(0)]);
         Ok(())
     }

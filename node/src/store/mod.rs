@@ -54,7 +54,10 @@ impl Space {
             "transfers" => Some(Space::Transfers),
             _ => {
                 let digits = name.strip_prefix("p/")?;
-                digits.parse::<u16>().ok().map(|p| Space::Partition(PartitionId(p)))
+                digits
+                    .parse::<u16>()
+                    .ok()
+                    .map(|p| Space::Partition(PartitionId(p)))
             }
         }
     }

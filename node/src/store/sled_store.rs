@@ -65,10 +65,9 @@ impl Store for SledStore {
     fn scan(&self, space: Space, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>> {
         let tree = self.tree(space)?;
         let iter = match after {
-            Some(a) => tree.range::<&[u8], _>((
-                std::ops::Bound::Excluded(a),
-                std::ops::Bound::Unbounded,
-            )),
+            Some(a) => {
+                tree.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
             None => tree.iter(),
         };
         let mut out = Vec::new();
@@ -122,7 +121,10 @@ mod tests {
             s.sync()?;
         }
         let mut s = SledStore::open(dir.path())?;
-        assert_eq!(s.get(Space::Partition(PartitionId(7)), b"k")?, Some(b"v".to_vec()));
+        assert_eq!(
+            s.get(Space::Partition(PartitionId(7)), b"k")?,
+            Some(b"v".to_vec())
+        );
         assert_eq!(s.partitions()?, vec![PartitionId(7)]);
         s.drop_partition(PartitionId(7))?;
         assert_eq!(s.partitions()?, Vec::<PartitionId>::new());

@@ -167,7 +167,12 @@ impl Cluster {
 
     /// The partition map (the same on every node).
     pub fn map(&self) -> PartitionMap {
-        self.nodes.values().next().expect("node").partition_map().clone()
+        self.nodes
+            .values()
+            .next()
+            .expect("node")
+            .partition_map()
+            .clone()
     }
 
     /// Send a request to `at`, deliver until quiet, and wait up to the timeout for a reply.

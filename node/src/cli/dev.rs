@@ -1,0 +1,227 @@
+//! `dynakv dev`: a local cluster of N nodes, each its own OS process, in the foreground.
+
+use std::fs::OpenOptions;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use dynakv_node::net::ClusterCa;
+use dynakv_node::server::config::{ClusterFile, MemberEntry};
+use dynakv_node::wire::{ClientFrame, ServerFrame};
+use dynakv_ring::NodeId;
+use tokio::process::{Child, Command};
+
+use super::conn::Target;
+use super::{ca, DevArgs};
+
+/// How long a node gets to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for every node to answer after starting.
+const READY_WAIT: Duration = Duration::from_secs(20);
+
+/// One running node process.
+struct NodeProc {
+    id: u32,
+    child: Child,
+}
+
+/// Runs the dev cluster until SIGINT/SIGTERM (or until a node dies).
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let dir = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+    let cluster_path = dir.join("cluster.toml");
+    let cluster = if cluster_path.exists() {
+        let cluster = ClusterFile::load(&cluster_path)?;
+        if cluster.members.len() != args.nodes as usize {
+            tracing::warn!(
+                existing = cluster.members.len(),
+                asked = args.nodes,
+                "the directory already holds a cluster; restarting it as it was"
+            );
+        }
+        cluster
+    } else {
+        create(&dir, &args)?
+    };
+    let members = cluster.members();
+    for &(id, addr) in &members {
+        // Bind and release: a busy port means another cluster (or anything else) is there.
+        if let Err(e) = UdpSocket::bind(addr) {
+            bail!("port {addr} for node {id} is busy ({e}); stop what uses it or pick another --base-port");
+        }
+    }
+    let exe = std::env::current_exe().context("cannot locate the dynakv executable")?;
+    let mut procs = Vec::new();
+    for &(id, addr) in &members {
+        match spawn(&exe, &dir, &cluster_path, id, addr) {
+            Ok(child) => procs.push(NodeProc { id: id.0, child }),
+            Err(e) => {
+                stop_all(&mut procs).await;
+                return Err(e);
+            }
+        }
+    }
+    let addrs: Vec<String> = members.iter().map(|(_, a)| a.to_string()).collect();
+    for &(id, addr) in &members {
+        println!(
+            "node {id}: {addr}  (data {}, log {})",
+            node_dir(&dir, id).display(),
+            node_dir(&dir, id).join("node.log").display()
+        );
+    }
+    println!(
+        "export DYNAKV_NODES={} DYNAKV_CA={}",
+        addrs.join(","),
+        dir.join("ca.pem").display()
+    );
+    match wait_ready(&dir, &members).await {
+        Ok(()) => println!("cluster ready; Ctrl-C stops every node"),
+        Err(e) => eprintln!("warning: {e}"),
+    }
+    let outcome = tokio::select! {
+        _ = dynakv_node::server::shutdown_signal() => Ok(()),
+        died = first_exit(&mut procs) => Err(died),
+    };
+    stop_all(&mut procs).await;
+    match outcome {
+        Ok(()) => {
+            println!("all nodes stopped");
+            Ok(())
+        }
+        Err(died) => bail!("{died}; stopped the other nodes"),
+    }
+}
+
+fn node_dir(dir: &Path, id: NodeId) -> PathBuf {
+    dir.join(format!("node-{}", id.0))
+}
+
+/// First run: CA, node certificates and the cluster file.
+fn create(dir: &Path, args: &DevArgs) -> anyhow::Result<ClusterFile> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let ca: ClusterCa = ca::init(dir)?;
+    let mut members = Vec::new();
+    for i in 1..=args.nodes {
+        let port = u32::from(args.base_port) + i;
+        let Ok(port) = u16::try_from(port) else {
+            bail!("--base-port {} + {i} is past the last port", args.base_port);
+        };
+        ca::issue(&ca, NodeId(i), &node_dir(dir, NodeId(i)))?;
+        members.push(MemberEntry {
+            id: i,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        });
+    }
+    let cluster = ClusterFile::new(members);
+    cluster.save(&dir.join("cluster.toml"))?;
+    Ok(cluster)
+}
+
+fn spawn(
+    exe: &Path,
+    dir: &Path,
+    cluster: &Path,
+    id: NodeId,
+    addr: SocketAddr,
+) -> anyhow::Result<Child> {
+    let ndir = node_dir(dir, id);
+    let log_path = ndir.join("node.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log2 = log.try_clone().context("cannot share the log file")?;
+    Command::new(exe)
+        .arg("node")
+        .arg("--id")
+        .arg(id.0.to_string())
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--dir")
+        .arg(&ndir)
+        .arg("--cluster")
+        .arg(cluster)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // A terminal's Ctrl-C reaches the whole process group; the nodes are stopped by us, in
+        // order, instead.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start node {id}"))
+}
+
+/// Waits until every node answers a cluster-info request (bounded).
+async fn wait_ready(dir: &Path, members: &[(NodeId, SocketAddr)]) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    for &(id, addr) in members {
+        let target = Target {
+            node: Some(addr),
+            ca: Some(dir.join("ca.pem")),
+        };
+        loop {
+            let answered = match target.connect().await {
+                Ok(session) => {
+                    let r = session
+                        .call(&ClientFrame::ClusterInfo, Duration::from_secs(2))
+                        .await;
+                    session.close().await;
+                    matches!(r, Ok(ServerFrame::ClusterInfo(_)))
+                }
+                Err(_) => false,
+            };
+            if answered {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("node {id} at {addr} did not answer within {READY_WAIT:?}; see its node.log");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Completes when any node exits, describing it.
+async fn first_exit(procs: &mut [NodeProc]) -> String {
+    loop {
+        for p in procs.iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return format!("node {} exited ({status}; see its node.log)", p.id);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM every node, wait for each (bounded), SIGKILL the ones that do not stop.
+async fn stop_all(procs: &mut [NodeProc]) {
+    for p in procs.iter() {
+        if let Some(pid) = p
+            .child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+    for p in procs.iter_mut() {
+        match tokio::time::timeout(STOP_GRACE, p.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!(
+                    "node {} did not stop within {STOP_GRACE:?}; killing it",
+                    p.id
+                );
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The `dynakv` command line: argument definitions and dispatch.
+//!
+//! # Layout
+//! - `mod.rs` (this file): the clap definitions of every command and flag.
+//! - `conn`: finding and dialling a node (`--node`, `DYNAKV_NODES`, `--ca`, `DYNAKV_CA`).
+//! - `kv`: `put`, `get`, `delete` and `status`.
+//! - `ca`: `ca init` and `ca issue`.
+//! - `dev`: the one-command local cluster.
+//! - `bench`: the closed-loop load generator.
+
+mod bench;
+mod ca;
+mod conn;
+mod dev;
+mod kv;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use conn::Target;
+
+/// dynakv: a leaderless, Dynamo-style key-value store.
+///
+/// Start a local cluster with `dynakv dev`, copy the `export` line it prints, then use
+/// `dynakv put`/`get`/`delete`/`status`. Logs go to stderr; set RUST_LOG (default: `info` for
+/// `node` and `dev`, `warn` for the other commands).
+#[derive(Debug, Parser)]
+#[command(name = "dynakv", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a local cluster: N nodes, each its own process, on 127.0.0.1:(P+1)..(P+N).
+    ///
+    /// Creates DIR/ca.pem, DIR/ca-key.pem, DIR/cluster.toml and DIR/node-I/ (data, certificate,
+    /// log node.log) the first time; run again on the same DIR to restart the same cluster with
+    /// its data. Stays in the foreground; Ctrl-C (SIGINT) or SIGTERM stops every node cleanly.
+    Dev(DevArgs),
+    /// Run one node (what `dev` starts for each node).
+    ///
+    /// DIR must hold node.pem, node-key.pem and ca.pem (see `dynakv ca issue`); the database goes
+    /// to DIR/data. Membership comes from the cluster file (`--cluster`, default DIR/cluster.toml).
+    Node(NodeArgs),
+    /// Create a cluster CA or issue node certificates (for nodes started by hand).
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Write a value; prints {"context":"TOKEN"}, the context after the write.
+    ///
+    /// Without --context the write is blind: it becomes a sibling of whatever is stored. Pass the
+    /// context of a `get` to replace the values that get returned.
+    Put(PutArgs),
+    /// Read every sibling of a key; prints {"key":..,"siblings":[..],"context":"TOKEN"}.
+    ///
+    /// A missing key prints "siblings":[] (exit 0). When any value is not UTF-8, every sibling is
+    /// printed in standard base64 and the object carries "encoding":"base64".
+    Get(GetArgs),
+    /// Delete the values a context covers (writes a tombstone); prints {"context":"TOKEN"}.
+    Delete(DeleteArgs),
+    /// Show members, who owns how many partitions, and who the node sees as up.
+    Status(StatusArgs),
+    /// Closed-loop load generator: reports throughput and p50/p99/p999 latency.
+    Bench(bench::BenchArgs),
+}
+
+/// Flags of `dynakv dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Number of nodes (used when DIR holds no cluster yet).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// Directory for the CA, cluster file and node data.
+    #[arg(long, default_value = "./dynakv-dev")]
+    pub dir: PathBuf,
+    /// Node I listens on UDP 127.0.0.1:(P+I).
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+}
+
+/// Flags of `dynakv node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// This node's id (must match its certificate and its cluster file entry).
+    #[arg(long)]
+    pub id: u32,
+    /// UDP address to listen on, e.g. 127.0.0.1:7101.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Data directory (node.pem, node-key.pem, ca.pem; the database goes to DIR/data).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Address of a member to join through. Accepted and recorded for the gossip layer; until
+    /// it lands, membership comes from the cluster file only.
+    #[arg(long, value_name = "ADDR")]
+    pub join: Vec<SocketAddr>,
+    /// Node config file (TOML) overriding limits: max_key_bytes, max_value_bytes, sibling_warn,
+    /// sibling_max, read_repair, peer_queue.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Cluster file (TOML: partitions, n, r, w, request_timeout_ms, `[[members]]` id/addr).
+    /// Default: DIR/cluster.toml.
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+}
+
+/// `dynakv ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a new cluster CA: writes DIR/ca.pem and DIR/ca-key.pem (refuses to overwrite).
+    Init {
+        /// Where to write the CA.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for node ID with the CA in DIR: writes OUT/node.pem, OUT/node-key.pem
+    /// and a copy of ca.pem, ready for `dynakv node --dir OUT`.
+    Issue {
+        /// The node id the certificate names.
+        #[arg(long)]
+        id: u32,
+        /// The directory holding ca.pem and ca-key.pem.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node's data directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Quorum and timeout flags shared by the key commands.
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct QuorumArgs {
+    /// Replicas per key (default: the cluster's N).
+    #[arg(long)]
+    pub n: Option<u8>,
+    /// Request timeout in milliseconds (default: the cluster's).
+    #[arg(long, value_name = "MS")]
+    pub timeout: Option<u32>,
+}
+
+/// Flags of `dynakv put`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+    /// Context token from an earlier get or put (default: empty, a blind write).
+    #[arg(long, value_name = "TOKEN")]
+    pub context: Option<String>,
+    /// Acknowledgements to wait for (default: the cluster's W).
+    #[arg(long)]
+    pub w: Option<u8>,
+    #[command(flatten)]
+    pub quorum: QuorumArgs,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Flags of `dynakv get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The key.
+    pub key: String,
+    /// Replies to wait for (default: the cluster's R).
+    #[arg(long)]
+    pub r: Option<u8>,
+    #[command(flatten)]
+    pub quorum: QuorumArgs,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Flags of `dynakv delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The key.
+    pub key: String,
+    /// Context token from a get: the values it covers are deleted.
+    #[arg(long, value_name = "TOKEN")]
+    pub context: Option<String>,
+    /// Acknowledgements to wait for (default: the cluster's W).
+    #[arg(long)]
+    pub w: Option<u8>,
+    #[command(flatten)]
+    pub quorum: QuorumArgs,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Flags of `dynakv status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Runs a parsed command. `Ok(())` means exit 0.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Node(args) => {
+            let opts = crate_node::server::NodeOptions {
+                id: dynakv_ring::NodeId(args.id),
+                listen: args.listen,
+                dir: args.dir,
+                join: args.join,
+                config: args.config,
+                cluster: args.cluster,
+            };
+            crate_node::server::run(opts, crate_node::server::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Put(args) => kv::put(args).await,
+        Command::Get(args) => kv::get(args).await,
+        Command::Delete(args) => kv::delete(args).await,
+        Command::Status(args) => kv::status(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+use dynakv_node as crate_node;

@@ -1,0 +1,487 @@
+//! Partition transfer: when the map changes, the data of each partition reaches the nodes that
+//! became its replicas, in batches, resumable after a crash, and the old copy is dropped only
+//! after the new replica confirmed.
+//!
+//! For each partition p with old replicas R and new replicas R': every node in R \ R' streams
+//! its copy to every node in R' \ R (if no node left R, the first node of R streams). Writes
+//! during the move already go to R' (the new map), so nothing written meanwhile is lost. Both
+//! sides checkpoint durably in the store's `transfers` space: the sender its cursor (the last
+//! key the receiver acknowledged), the receiver what it has merged. A sender that restarts, or
+//! whose batch went unanswered, resumes from its cursor, so at most one batch is sent twice.
+//! Only once the receiver acknowledged the last batch does the sender, if it is no longer a
+//! replica of p, drop its copy (and retire its actor identity: see `retire_actor`).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use dynakv_ring::{NodeId, PartitionId, PartitionMap};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::node::NodeCore;
+use super::types::{Object, PeerMsg, ReplicaError};
+use crate::codec;
+use crate::store::{Space, Store};
+
+/// First retry delay of a transfer batch; doubles per failure up to 30 s.
+const BACKOFF_BASE_US: u64 = 200_000;
+const BACKOFF_MAX_US: u64 = 30_000_000;
+
+/// A transfer this node sends, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingTransfer {
+    pub partition: PartitionId,
+    pub to: NodeId,
+    /// Last key the receiver acknowledged; the next batch starts after it.
+    pub cursor: Option<Vec<u8>>,
+    /// Keys acknowledged so far.
+    pub sent: u64,
+    /// Keys in the partition when the transfer started (progress figure).
+    pub total: u64,
+    /// Keys sent again after a failed or unanswered batch.
+    pub resent: u64,
+    pub done: bool,
+}
+
+/// A transfer this node receives, as persisted (its checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingTransfer {
+    pub partition: PartitionId,
+    pub from: NodeId,
+    /// Last key merged durably.
+    pub checkpoint: Option<Vec<u8>>,
+    pub received: u64,
+    pub done: bool,
+}
+
+/// In-memory progress of an outgoing transfer.
+#[derive(Debug, Clone)]
+pub(super) struct Sending {
+    rec: OutgoingTransfer,
+    inflight: Option<(u64, u64, u64)>, // (batch, deadline, items)
+    failures: u32,
+    next_attempt: u64,
+}
+
+fn out_key(p: PartitionId, to: NodeId) -> Vec<u8> {
+    let mut k = b"out".to_vec();
+    k.extend_from_slice(&p.0.to_be_bytes());
+    k.extend_from_slice(&to.0.to_be_bytes());
+    k
+}
+
+fn in_key(p: PartitionId, from: NodeId) -> Vec<u8> {
+    let mut k = b"in".to_vec();
+    k.extend_from_slice(&p.0.to_be_bytes());
+    k.extend_from_slice(&from.0.to_be_bytes());
+    k
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Load persisted transfers at startup.
+    pub(super) fn load_transfers(&mut self) -> crate::Result<()> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan(Space::Transfers, after.as_deref(), 256)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, v) in page {
+                if k.starts_with(b"out") {
+                    let rec: OutgoingTransfer = codec::decode(&v)?;
+                    self.sending.insert(
+                        (rec.partition, rec.to),
+                        Sending {
+                            rec,
+                            inflight: None,
+                            failures: 0,
+                            next_attempt: 0,
+                        },
+                    );
+                } else if k.starts_with(b"in") {
+                    let rec: IncomingTransfer = codec::decode(&v)?;
+                    self.receiving.insert((rec.partition, rec.from), rec);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Outgoing transfers (for status).
+    pub fn outgoing_transfers(&self) -> Vec<OutgoingTransfer> {
+        self.sending.values().map(|s| s.rec.clone()).collect()
+    }
+
+    /// Incoming transfers (for status).
+    pub fn incoming_transfers(&self) -> Vec<IncomingTransfer> {
+        self.receiving.values().cloned().collect()
+    }
+
+    /// Outgoing transfers not finished yet.
+    pub fn outgoing_pending(&self) -> usize {
+        self.sending.values().filter(|s| !s.rec.done).count()
+    }
+
+    /// Incoming transfers expected but not finished (a sender that left the cluster for good
+    /// no longer counts: anti-entropy fills in what it had).
+    pub fn incoming_pending(&self) -> usize {
+        let state = self.cluster_state();
+        self.receiving
+            .values()
+            .filter(|r| !r.done)
+            .filter(|r| {
+                state
+                    .and_then(|s| s.member(r.from))
+                    .is_some_and(|m| m.status != dynakv_gossip::Status::Removed)
+            })
+            .count()
+    }
+
+    /// The map changed from `old` to `new`: record what this node must send and expect.
+    pub(super) fn plan_transfers(&mut self, old: &PartitionMap, new: &PartitionMap) {
+        let n = usize::from(self.cfg.n);
+        let me = self.id();
+        let q = new.partition_count().min(old.partition_count());
+        for i in 0..q {
+            let p = PartitionId(i);
+            let before = old.preference_list(p, n);
+            let after = new.preference_list(p, n);
+            let added: Vec<NodeId> = after
+                .iter()
+                .copied()
+                .filter(|x| !before.contains(x))
+                .collect();
+            if added.is_empty() {
+                continue;
+            }
+            let removed: Vec<NodeId> = before
+                .iter()
+                .copied()
+                .filter(|x| !after.contains(x))
+                .collect();
+            let senders: Vec<NodeId> = if removed.is_empty() {
+                before
+                    .iter()
+                    .copied()
+                    .filter(|x| after.contains(x))
+                    .take(1)
+                    .collect()
+            } else {
+                removed
+            };
+            if senders.contains(&me) {
+                let total = self.count_keys(p);
+                for to in added.iter().copied().filter(|t| *t != me) {
+                    let rec = OutgoingTransfer {
+                        partition: p,
+                        to,
+                        cursor: None,
+                        sent: 0,
+                        total,
+                        resent: 0,
+                        done: false,
+                    };
+                    self.persist_out(&rec);
+                    self.sending.insert(
+                        (p, to),
+                        Sending {
+                            rec,
+                            inflight: None,
+                            failures: 0,
+                            next_attempt: self.now,
+                        },
+                    );
+                }
+            }
+            if added.contains(&me) {
+                for from in senders.into_iter().filter(|s| *s != me) {
+                    let rec = IncomingTransfer {
+                        partition: p,
+                        from,
+                        checkpoint: None,
+                        received: 0,
+                        done: false,
+                    };
+                    self.persist_in(&rec);
+                    self.receiving.insert((p, from), rec);
+                }
+            }
+        }
+        tracing::info!(
+            sending = self.outgoing_pending(),
+            receiving = self.incoming_pending(),
+            "partition map changed: transfers planned"
+        );
+    }
+
+    fn count_keys(&self, p: PartitionId) -> u64 {
+        let mut count = 0;
+        let mut after: Option<Vec<u8>> = None;
+        while let Ok(page) = self.store.scan(Space::Partition(p), after.as_deref(), 1024) {
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            count += page.len() as u64;
+        }
+        count
+    }
+
+    fn persist_out(&mut self, rec: &OutgoingTransfer) {
+        match codec::encode(rec) {
+            Ok(b) => {
+                if self
+                    .store
+                    .put(Space::Transfers, &out_key(rec.partition, rec.to), &b)
+                    .is_ok()
+                {
+                    self.dirty = true;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a transfer checkpoint"),
+        }
+    }
+
+    fn persist_in(&mut self, rec: &IncomingTransfer) {
+        match codec::encode(rec) {
+            Ok(b) => {
+                if self
+                    .store
+                    .put(Space::Transfers, &in_key(rec.partition, rec.from), &b)
+                    .is_ok()
+                {
+                    self.dirty = true;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a transfer checkpoint"),
+        }
+    }
+
+    /// Called from the maintenance tick: retry unanswered batches, start transfers within the
+    /// concurrency limit.
+    pub(super) fn transfer_tick(&mut self) {
+        let now = self.now;
+        let keys: Vec<(PartitionId, NodeId)> = self.sending.keys().copied().collect();
+        let mut active = self
+            .sending
+            .values()
+            .filter(|s| !s.rec.done && (s.inflight.is_some() || s.rec.sent > 0))
+            .count();
+        for key in keys {
+            let Some(s) = self.sending.get_mut(&key) else {
+                continue;
+            };
+            if s.rec.done {
+                continue;
+            }
+            if let Some((_, deadline, items)) = s.inflight {
+                if now < deadline {
+                    continue;
+                }
+                s.inflight = None;
+                s.rec.resent += items;
+                s.failures = s.failures.saturating_add(1);
+                let backoff = BACKOFF_BASE_US
+                    .saturating_mul(1u64 << s.failures.min(20))
+                    .min(BACKOFF_MAX_US);
+                let jitter = self.rng.gen_range(0..=backoff / 2);
+                if let Some(s) = self.sending.get_mut(&key) {
+                    s.next_attempt = now + backoff / 2 + jitter;
+                }
+                continue;
+            }
+            let fresh = s.rec.sent == 0;
+            if now < s.next_attempt || (fresh && active >= self.cfg.max_transfers) {
+                continue;
+            }
+            if fresh {
+                active += 1;
+            }
+            self.send_transfer_batch(key);
+        }
+    }
+
+    fn send_transfer_batch(&mut self, key: (PartitionId, NodeId)) {
+        let Some(s) = self.sending.get(&key) else {
+            return;
+        };
+        let (p, to) = key;
+        let page = match self.store.scan(
+            Space::Partition(p),
+            s.rec.cursor.as_deref(),
+            self.cfg.transfer_batch,
+        ) {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(partition = %p, error = %e, "cannot read a partition to transfer");
+                return;
+            }
+        };
+        let last = page.len() < self.cfg.transfer_batch;
+        let mut items = Vec::with_capacity(page.len());
+        for (k, v) in page {
+            match codec::decode_object(&v) {
+                Ok(o) => items.push((Bytes::from(k), o)),
+                Err(e) => {
+                    tracing::error!(partition = %p, error = %e, "skipping a corrupt record in a transfer")
+                }
+            }
+        }
+        let batch = self.next_op_id();
+        let deadline = self.now + u64::from(self.cfg.request_timeout_ms) * 1000;
+        let count = items.len() as u64;
+        if let Some(s) = self.sending.get_mut(&key) {
+            s.inflight = Some((batch, deadline, count));
+        }
+        self.stats.transfer_batches_sent += 1;
+        let after = self
+            .sending
+            .get(&key)
+            .and_then(|s| s.rec.cursor.clone())
+            .map(Bytes::from);
+        self.send(
+            to,
+            PeerMsg::TransferBatch {
+                batch,
+                partition: p,
+                after,
+                items,
+                last,
+            },
+        );
+    }
+
+    /// The receiver's side: merge the batch, checkpoint durably, acknowledge.
+    pub(super) fn on_transfer_batch(
+        &mut self,
+        from: NodeId,
+        batch: u64,
+        p: PartitionId,
+        items: Vec<(Bytes, Object)>,
+        last: bool,
+    ) {
+        let mut result = Ok(());
+        let mut upto = None;
+        for (k, o) in &items {
+            if let Err(e) = self.merge_into_store(p, k, o) {
+                result = Err(e);
+                break;
+            }
+            upto = Some(k.clone());
+        }
+        if result.is_ok() {
+            let rec = self.receiving.entry((p, from)).or_insert(IncomingTransfer {
+                partition: p,
+                from,
+                checkpoint: None,
+                received: 0,
+                done: false,
+            });
+            rec.received += items.len() as u64;
+            if let Some(k) = &upto {
+                rec.checkpoint = Some(k.to_vec());
+            }
+            rec.done |= last;
+            let rec = rec.clone();
+            self.persist_in(&rec);
+            self.stats.transfer_keys_received += items.len() as u64;
+        }
+        self.send(
+            from,
+            PeerMsg::TransferAck {
+                batch,
+                partition: p,
+                upto,
+                done: last,
+                result,
+            },
+        );
+        self.membership_progress();
+    }
+
+    /// The sender's side: advance the cursor; after the last batch, drop the partition if this
+    /// node is no longer a replica of it.
+    pub(super) fn on_transfer_ack(
+        &mut self,
+        from: NodeId,
+        batch: u64,
+        p: PartitionId,
+        upto: Option<Bytes>,
+        done: bool,
+        result: Result<(), ReplicaError>,
+    ) {
+        let key = (p, from);
+        let Some(s) = self.sending.get_mut(&key) else {
+            return;
+        };
+        let Some((expected, _, items)) = s.inflight else {
+            return;
+        };
+        if expected != batch {
+            return;
+        }
+        s.inflight = None;
+        if let Err(e) = result {
+            tracing::warn!(partition = %p, to = %from, ?e, "transfer batch refused; will retry");
+            s.failures = s.failures.saturating_add(1);
+            s.next_attempt = self.now + BACKOFF_BASE_US;
+            return;
+        }
+        s.failures = 0;
+        s.next_attempt = self.now;
+        s.rec.sent += items;
+        if let Some(k) = upto {
+            s.rec.cursor = Some(k.to_vec());
+        }
+        s.rec.done |= done;
+        let rec = s.rec.clone();
+        self.persist_out(&rec);
+        self.stats.transfer_keys_sent += items;
+        if rec.done {
+            self.maybe_drop_partition(p);
+            self.membership_progress();
+        } else {
+            self.send_transfer_batch(key);
+        }
+    }
+
+    /// Drop a partition's data once every transfer of it is confirmed and this node is no
+    /// longer one of its replicas.
+    fn maybe_drop_partition(&mut self, p: PartitionId) {
+        let n = usize::from(self.cfg.n);
+        if self.map.preference_list(p, n).contains(&self.id()) {
+            return;
+        }
+        let pending = self
+            .sending
+            .values()
+            .any(|s| s.rec.partition == p && !s.rec.done);
+        if pending {
+            return;
+        }
+        if let Err(e) = self.store.drop_partition(p) {
+            tracing::warn!(partition = %p, error = %e, "cannot drop a handed-off partition");
+            return;
+        }
+        self.dirty = true;
+        self.trees.remove(&p);
+        self.tombstones.retain(|(tp, _), _| *tp != p);
+        self.stats.partitions_dropped += 1;
+        tracing::info!(partition = %p, "partition handed off and dropped");
+        // The dropped copy may hold dots this node minted: never mint under that actor again.
+        self.retire_actor();
+    }
+
+    /// Transfers per partition, for status: (partition, peer, sent, total, done, outgoing).
+    pub fn transfer_summary(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        m.insert("outgoing_pending".into(), self.outgoing_pending() as u64);
+        m.insert("incoming_pending".into(), self.incoming_pending() as u64);
+        m.insert(
+            "keys_sent".into(),
+            self.sending.values().map(|s| s.rec.sent).sum(),
+        );
+        m.insert(
+            "keys_resent".into(),
+            self.sending.values().map(|s| s.rec.resent).sum(),
+        );
+        m
+    }
+}

@@ -1,0 +1,181 @@
+//! The frames that travel on QUIC streams, client <-> node and node <-> node.
+//!
+//! Every frame is one [`crate::net::frame`] length-prefixed payload, encoded and decoded only
+//! through [`crate::codec`]. A client opens one bidirectional stream per request, writes one
+//! [`ClientFrame`], finishes its side and reads one [`ServerFrame`]. Nodes send [`PeerFrame`]s on
+//! one long-lived unidirectional stream per direction of their connection.
+//!
+//! [`call`] is the client half of that exchange; the `dynakv` CLI and the `dynakv-client` crate
+//! both use it, so the request protocol is written once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dynakv_ring::{NodeId, PartitionMap};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::core::{ClientReply, ClientRequest, CoreStats, PeerMsg};
+use crate::error::{Error, Result};
+use crate::net::{read_frame, write_frame};
+
+/// Largest frame a client accepts from a node (a get reply with many big siblings).
+pub const MAX_REPLY_FRAME: usize = 256 << 20;
+
+/// Application error codes used when a node closes a stream or a connection.
+pub mod codes {
+    /// A frame could not be decoded or broke the protocol.
+    pub const MALFORMED: u32 = 1;
+    /// A frame announced more bytes than the limit.
+    pub const TOO_LARGE: u32 = 2;
+    /// A stream kind the connection may not open (a uni stream from a plain client).
+    pub const NOT_ALLOWED: u32 = 3;
+    /// The node is shutting down.
+    pub const SHUTDOWN: u32 = 4;
+    /// A newer connection to the same peer replaced this one.
+    pub const REPLACED: u32 = 5;
+}
+
+/// What a client sends on a request stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// A get/put/delete for the core to coordinate.
+    Core(ClientRequest),
+    /// Ask for members, partition map and quorum defaults (for routing).
+    ClusterInfo,
+    /// Ask for this node's view of the cluster (for `dynakv status`).
+    Status,
+}
+
+/// What a node answers on a request stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// The core's reply (which may itself be a request error).
+    Core(ClientReply),
+    /// Answer to [`ClientFrame::ClusterInfo`].
+    ClusterInfo(ClusterInfo),
+    /// Answer to [`ClientFrame::Status`].
+    Status(StatusReport),
+    /// The request frame was malformed or could not be served; the message says why.
+    Error(String),
+}
+
+/// What a client needs to route requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Every member and the address it listens on.
+    pub members: Vec<(NodeId, SocketAddr)>,
+    /// Which node owns which partition.
+    pub map: PartitionMap,
+    /// Default replicas per key.
+    pub n: u8,
+    /// Default read quorum.
+    pub r: u8,
+    /// Default write quorum.
+    pub w: u8,
+}
+
+/// One member as the answering node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The member's id.
+    pub id: NodeId,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Whether the answering node has a live connection to it (always true for itself).
+    pub up: bool,
+    /// Partitions it owns (first in their preference list).
+    pub partitions: usize,
+}
+
+/// A node's view of the cluster, for `dynakv status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The answering node.
+    pub node: NodeId,
+    /// Every member, in id order.
+    pub members: Vec<MemberStatus>,
+    /// Total partitions (Q).
+    pub partition_count: u16,
+    /// Default replicas per key.
+    pub n: u8,
+    /// Default read quorum.
+    pub r: u8,
+    /// Default write quorum.
+    pub w: u8,
+    /// Operations the node is coordinating right now.
+    pub pending_ops: u64,
+    /// The core's counters.
+    pub stats: CoreStats,
+}
+
+/// What a node sends to a peer on its outgoing stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerFrame {
+    /// A message for the peer's core.
+    Msg(PeerMsg),
+}
+
+/// Encodes a frame payload with the project codec.
+pub fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>> {
+    codec::encode(frame)
+}
+
+/// Decodes a frame payload with the project codec.
+pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    codec::decode(payload)
+}
+
+/// Sends `frame` on a new bidirectional stream of `conn` and waits at most `wait` for the reply.
+///
+/// Errors: [`Error::Transport`] when the stream cannot be opened or breaks (the node is
+/// unreachable or went away), [`Error::Decode`] for a reply that is not a [`ServerFrame`], and
+/// [`Error::Transport`] with "timed out" when no reply came in time.
+pub async fn call(
+    conn: &quinn::Connection,
+    frame: &ClientFrame,
+    wait: Duration,
+) -> Result<ServerFrame> {
+    let payload = encode(frame)?;
+    let exchange = async {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Transport(format!("opening a stream: {e}")))?;
+        write_frame(&mut send, &payload).await?;
+        // Finishing tells the node the request is complete; an error means the stream is gone,
+        // which the read below reports better.
+        let _ = send.finish();
+        match read_frame(&mut recv, MAX_REPLY_FRAME).await? {
+            Some(reply) => decode::<ServerFrame>(&reply),
+            None => Err(Error::Transport(
+                "the node closed the stream without replying".into(),
+            )),
+        }
+    };
+    match tokio::time::timeout(wait, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Transport(format!(
+            "timed out after {} ms waiting for the reply",
+            wait.as_millis()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::RequestOptions;
+
+    #[test]
+    fn frames_round_trip_and_garbage_is_an_error() -> Result<()> {
+        let f = ClientFrame::Core(ClientRequest::Get {
+            key: bytes::Bytes::from_static(b"k"),
+            opts: RequestOptions::default(),
+        });
+        assert_eq!(decode::<ClientFrame>(&encode(&f)?)?, f);
+        assert!(decode::<ClientFrame>(&[0xff, 0xff, 0xff]).is_err());
+        assert!(decode::<ServerFrame>(&[]).is_err());
+        Ok(())
+    }
+}

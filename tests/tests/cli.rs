@@ -1,0 +1,254 @@
+//! The `dynakv` CLI against real node processes: the DVV sibling vectors with `--node` choosing
+//! the coordinator, quorum failures, bad input, and `dynakv dev`.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use dynakv_tests::{dynakv_bin, signal, wait_exit, Cluster, WAIT};
+
+fn siblings(v: &serde_json::Value) -> BTreeSet<String> {
+    v["siblings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn ctx(v: &serde_json::Value) -> anyhow::Result<String> {
+    v["context"]
+        .as_str()
+        .map(str::to_string)
+        .context("no context in output")
+}
+
+#[test]
+fn dvv_vectors_through_the_cli() -> anyhow::Result<()> {
+    let c = Cluster::start(3)?;
+    let (a, b) = (c.addr(1).to_string(), c.addr(2).to_string());
+    let put = |key: &str, v: &str, context: Option<&str>, node: &str| {
+        let mut args = vec!["put", key, v, "--node", node];
+        if let Some(t) = context {
+            args.extend(["--context", t]);
+        }
+        c.cli_json(&args)
+    };
+    // R = 3 so the read sees every replica whatever the coordinator.
+    let get = |key: &str, node: &str| c.cli_json(&["get", key, "--node", node, "--r", "3"]);
+
+    // Vector 1: sequential overwrite.
+    let k1 = put("v1key", "v1", None, &a)?;
+    put("v1key", "v2", Some(&ctx(&k1)?), &a)?;
+    assert_eq!(siblings(&get("v1key", &a)?), set(&["v2"]));
+
+    // Vector 2: blind writes keep siblings, through one coordinator and through two.
+    put("v2a", "v1", None, &a)?;
+    put("v2a", "v2", None, &a)?;
+    assert_eq!(siblings(&get("v2a", &b)?), set(&["v1", "v2"]));
+    put("v2b", "v1", None, &a)?;
+    put("v2b", "v2", None, &b)?;
+    assert_eq!(siblings(&get("v2b", &a)?), set(&["v1", "v2"]));
+
+    // Vector 3: two clients with the same stale context, same coordinator: both survive, v1 not.
+    let k = ctx(&put("v3", "v1", None, &a)?)?;
+    put("v3", "v2", Some(&k), &a)?;
+    put("v3", "v3", Some(&k), &a)?;
+    assert_eq!(siblings(&get("v3", &a)?), set(&["v2", "v3"]));
+    // Variant: the second client goes through B.
+    let k = ctx(&put("v3b", "v1", None, &a)?)?;
+    put("v3b", "v2", Some(&k), &a)?;
+    put("v3b", "v3", Some(&k), &b)?;
+    assert_eq!(siblings(&get("v3b", &a)?), set(&["v2", "v3"]));
+
+    // Vector 4: Mary and Peter.
+    put("v4", "v1", None, &a)?;
+    let peter = get("v4", &a)?;
+    assert_eq!(siblings(&peter), set(&["v1"]));
+    put("v4", "v2", None, &a)?; // Mary, blind
+    assert_eq!(siblings(&get("v4", &a)?), set(&["v1", "v2"]));
+    put("v4", "v3", Some(&ctx(&peter)?), &a)?;
+    let after = get("v4", &a)?;
+    assert_eq!(siblings(&after), set(&["v2", "v3"]));
+
+    // Vector 5: a context covering every sibling collapses them.
+    put("v4", "v4", Some(&ctx(&after)?), &b)?;
+    assert_eq!(siblings(&get("v4", &a)?), set(&["v4"]));
+
+    // Delete with a covering context: the key reads as missing (exit 0), with a context.
+    let before = get("v4", &a)?;
+    c.cli_json(&["delete", "v4", "--context", &ctx(&before)?, "--node", &a])?;
+    let gone = get("v4", &b)?;
+    assert!(siblings(&gone).is_empty());
+    assert!(gone["context"].is_string());
+    // A missing key is a success with no siblings.
+    assert!(siblings(&get("never-written", &a)?).is_empty());
+    Ok(())
+}
+
+/// Exactly one non-empty line on stderr, returned.
+fn one_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr).to_string();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line, got: {text}");
+    lines[0].to_string()
+}
+
+#[test]
+fn bad_input_and_quorum_failures_give_one_clear_line() -> anyhow::Result<()> {
+    let mut c = Cluster::start(3)?;
+    let a = c.addr(1).to_string();
+
+    let out = c.cli(&["put", "k", "v", "--no-such-flag"])?;
+    assert!(!out.status.success());
+    assert!(one_line(&out.stderr).contains("--no-such-flag"));
+
+    let out = c.cli(&[
+        "put",
+        "k",
+        "v",
+        "--context",
+        "!!not-a-token!!",
+        "--node",
+        &a,
+    ])?;
+    assert!(!out.status.success());
+    assert!(one_line(&out.stderr).contains("malformed context"));
+
+    let out = c.cli(&["put", "k", "v", "--w", "4", "--node", &a])?;
+    assert!(!out.status.success());
+    let line = one_line(&out.stderr);
+    assert!(line.contains("w must be between 1 and n=3"), "{line}");
+
+    // Nobody listens on this port.
+    let free = dynakv_tests::free_ports(1)?[0].to_string();
+    let out = c.cli(&["get", "k", "--node", &free])?;
+    assert!(!out.status.success());
+    assert!(one_line(&out.stderr).contains("cannot reach"));
+
+    // One of three nodes down: W=3 fails naming the replicas that answered, W=2 succeeds.
+    c.stop(3)?;
+    let out = c.cli(&[
+        "put",
+        "q",
+        "v",
+        "--w",
+        "3",
+        "--timeout",
+        "1000",
+        "--node",
+        &a,
+    ])?;
+    assert!(!out.status.success());
+    let line = one_line(&out.stderr);
+    // Depending on whether the coordinator already noticed node 3 is gone, it fails fast
+    // ("unavailable") or after the timeout; either way the line says how many replicas it had.
+    assert!(
+        (line.contains("timed out") && line.contains("2 of 3 replicas answered"))
+            || (line.contains("unavailable") && line.contains("only 2")),
+        "{line}"
+    );
+    c.cli_json(&["put", "q", "v2", "--w", "2", "--node", &a])?;
+    c.restart(3)?;
+    c.cli_json(&["put", "q", "v3", "--w", "3", "--node", &a])?;
+    Ok(())
+}
+
+/// A base port P with P+1..=P+3 free on UDP.
+fn free_base_port() -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let probe = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let p = probe.local_addr()?.port();
+        drop(probe);
+        if !(2..=65_000).contains(&p) {
+            continue;
+        }
+        let base = p - 1;
+        let ok = (1..=3).all(|i| UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok());
+        if ok {
+            return Ok(base);
+        }
+    }
+    bail!("no free port range found")
+}
+
+#[test]
+fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = free_base_port()?;
+    let mut dev = Command::new(dynakv_bin()?)
+        .args(["dev", "--base-port", &base.to_string(), "--dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = dev.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("cluster ready")) {
+        match rx.recv_timeout(WAIT) {
+            Ok(line) => lines.push(line),
+            Err(_) => {
+                let _ = dev.kill();
+                bail!(
+                    "dev printed no 'cluster ready' in {:?}: {lines:?}",
+                    start.elapsed()
+                );
+            }
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("export DYNAKV_NODES=")),
+        "{lines:?}"
+    );
+    // Three processes: every node answers status and sees the others up.
+    let ca = dir.path().join("ca.pem");
+    for i in 1..=3u16 {
+        let out = Command::new(dynakv_bin()?)
+            .args([
+                "status",
+                "--json",
+                "--node",
+                &format!("127.0.0.1:{}", base + i),
+            ])
+            .arg("--ca")
+            .arg(&ca)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    signal(&dev, rustix::process::Signal::TERM);
+    let status = wait_exit(&mut dev, WAIT).context("dev did not exit after SIGTERM")?;
+    assert!(status.success(), "dev exited with {status}");
+    // Every node process is gone: their ports are free again.
+    for i in 1..=3u16 {
+        assert!(
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok(),
+            "port {} still busy",
+            base + i
+        );
+    }
+    Ok(())
+}
