@@ -153,7 +153,7 @@ fn anti_entropy_work_follows_the_differences_not_the_data_size() {
 #[test]
 fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
     let mut c = Cluster::with_config(5, 3, 2, 2, |cfg| {
-        cfg.tombstone_grace_ms = 2_000;
+        cfg.tombstone_grace_ms = 3_000;
         cfg.aae_interval_ms = 100;
     });
     let (key, prim) = key_with_primaries(&c);
@@ -209,7 +209,7 @@ fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
 #[test]
 fn a_down_member_blocks_reaping() {
     let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| {
-        cfg.tombstone_grace_ms = 1_000;
+        cfg.tombstone_grace_ms = 3_000;
     });
     let ctx = c.put_ok(n(1), "k", "v", &VersionVector::new()).context;
     let opts = RequestOptions::default();

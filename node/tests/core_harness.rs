@@ -136,8 +136,9 @@ fn bad_options_and_keys_are_refused() {
         expect_error(c.put(n(1), "k", &big, &empty(), RequestOptions::default())),
         RequestError::ValueTooLarge { .. }
     ));
+    // A cluster configured for N=5 that has only 3 nodes cannot make W=5.
+    let mut c = Cluster::new(3, 5, 2, 2);
     let n5 = RequestOptions {
-        n: Some(5),
         w: Some(5),
         ..RequestOptions::default()
     };
@@ -492,4 +493,75 @@ fn vector_8_delete_concurrent_with_a_write() {
     c.put_ok(n(3), "k", "v6", &gone.context);
     assert_eq!(strings(&c.get_ok(n(1), "k").values), set(&["v6"]));
     let _ = ClientRequest::PartitionMap;
+}
+
+// ---- hostile or mistaken input ----
+
+#[test]
+fn a_context_with_an_absurd_counter_is_refused_and_the_key_stays_usable() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let a = c.actor(n(1));
+    let crafted = vv(&[(a, 1 << 63)]);
+    let err = expect_error(c.put(n(1), "k", "evil", &crafted, RequestOptions::default()));
+    assert!(matches!(err, RequestError::InvalidOptions(_)), "{err:?}");
+    c.put_ok(n(1), "k", "fine", &empty());
+    assert_eq!(strings(&c.get_ok(n(1), "k").values), set(&["fine"]));
+}
+
+#[test]
+fn a_request_n_above_the_clusters_n_is_refused() {
+    let mut c = Cluster::new(5, 3, 2, 2);
+    let n5 = RequestOptions {
+        n: Some(5),
+        ..RequestOptions::default()
+    };
+    let err = expect_error(c.put(n(1), "k", "v", &empty(), n5));
+    assert!(err.to_string().contains("cluster's n=3"), "{err}");
+}
+
+#[test]
+fn replica_writes_for_the_wrong_partition_or_without_dots_are_rejected() {
+    use dynakv_node::core::{Input, Object, PeerMsg, ReplicaError, Value};
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let map = c.map();
+    let right = map.partition_for_key(b"k");
+    let wrong = dynakv_ring::PartitionId((right.0 + 1) % map.partition_count());
+    let actor = c.actor(n(2));
+    let good = Object::update(
+        Object::new(Value::Data("v".into())),
+        &Object::empty(),
+        actor,
+    );
+    let anonymous = Object::new(Value::Data("v".into()));
+    for (partition, object) in [(wrong, good), (right, anonymous)] {
+        let node = c.nodes.get_mut(&n(1)).unwrap();
+        node.handle(
+            0,
+            Input::Peer {
+                from: n(2),
+                msg: PeerMsg::ReplicaWrite {
+                    op: 7,
+                    partition,
+                    key: "k".into(),
+                    object,
+                    hint: None,
+                },
+            },
+        );
+        let effects = node.drain_effects();
+        let refused = effects.iter().any(|e| {
+            matches!(
+                e,
+                dynakv_node::core::Effect::Send {
+                    msg: PeerMsg::ReplicaWriteAck {
+                        result: Err(ReplicaError::Rejected(_)),
+                        ..
+                    },
+                    ..
+                }
+            )
+        });
+        assert!(refused, "{effects:?}");
+    }
+    assert_eq!(c.local(n(1), "k").0, set(&[]));
 }

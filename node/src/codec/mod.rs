@@ -47,12 +47,23 @@ pub fn encode_object(object: &Object) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Check an object that came from the network or the disk: a valid DVVSet, and a replica state
+/// (every value carries a dot: anonymous values exist only inside a coordinator's update, and
+/// one arriving from outside could never be superseded by a client).
+pub fn check_replica_object(object: &Object) -> Result<()> {
+    object.validate()?;
+    if object.dotted_values().iter().any(|(dot, _)| dot.is_none()) {
+        return Err(Error::Decode("object holds values without a dot".into()));
+    }
+    Ok(())
+}
+
 /// Decode and validate a stored object.
 pub fn decode_object(bytes: &[u8]) -> Result<Object> {
     match bytes.split_first() {
         Some((&RECORD_V1, rest)) => {
             let object: Object = decode(rest)?;
-            object.validate()?;
+            check_replica_object(&object)?;
             Ok(object)
         }
         Some((v, _)) => Err(Error::Decode(format!("unknown record version {v}"))),
@@ -67,9 +78,16 @@ mod tests {
 
     #[test]
     fn object_round_trip_and_garbage() -> Result<()> {
-        let o = Object::new(Value::Data(bytes::Bytes::from_static(b"hello")));
+        let actor = crate::dvv::Actor {
+            node: dynakv_ring::NodeId(1),
+            incarnation: 7,
+        };
+        let anonymous = Object::new(Value::Data(bytes::Bytes::from_static(b"hello")));
+        let o = Object::update(anonymous.clone(), &Object::empty(), actor);
         let b = encode_object(&o)?;
         assert_eq!(decode_object(&b)?, o);
+        // A value without a dot is not a replica state: refused from disk or network.
+        assert!(decode_object(&encode_object(&anonymous)?).is_err());
         assert!(decode_object(&[]).is_err());
         assert!(decode_object(&[9, 1, 2]).is_err());
         let mut trailing = b.clone();

@@ -193,13 +193,26 @@ impl<S: Store> NodeCore<S> {
         );
     }
 
-    /// Steps 2-5 of an exchange (see the module doc).
+    /// Steps 2-5 of an exchange (see the module doc). Only partitions this node replicates are
+    /// compared; every list is capped, and objects are sent up to a byte budget (what does not
+    /// fit is repaired by the next exchange). A key that cannot be read is skipped, not fatal.
     pub(super) fn on_aae(&mut self, from: NodeId, msg: PeerMsg) -> Result<()> {
+        let partition = match &msg {
+            PeerMsg::AaeSegments { partition, .. }
+            | PeerMsg::AaeBuckets { partition, .. }
+            | PeerMsg::AaeKeys { partition, .. }
+            | PeerMsg::AaeExchange { partition, .. }
+            | PeerMsg::AaeObjects { partition, .. } => *partition,
+            _ => return Ok(()),
+        };
+        let n = usize::from(self.cfg.n);
+        if !self.map.preference_list(partition, n).contains(&self.id()) {
+            return Ok(()); // not ours (maps may differ for a moment): ignore, never build a tree
+        }
+        let budget = self.cfg.max_message_bytes / 2;
         match msg {
             PeerMsg::AaeSegments {
-                session,
-                partition,
-                hashes,
+                session, hashes, ..
             } => {
                 let tree = self.tree(partition)?;
                 let differing: Vec<usize> = tree
@@ -223,16 +236,20 @@ impl<S: Store> NodeCore<S> {
                 }
             }
             PeerMsg::AaeBuckets {
-                session,
-                partition,
-                buckets,
+                session, buckets, ..
             } => {
                 let tree = self.tree(partition)?;
                 let mut out = Vec::new();
-                for (b, theirs) in buckets {
+                let mut bytes = 0usize;
+                for (b, theirs) in buckets.into_iter().take(BUCKETS) {
                     let ours = tree.buckets.get(usize::from(b)).copied().unwrap_or(0);
                     if ours != theirs {
-                        out.push((b, tree.keys_in(usize::from(b))));
+                        let keys = tree.keys_in(usize::from(b));
+                        bytes += keys.iter().map(|(k, _)| k.len() + 8).sum::<usize>();
+                        out.push((b, keys));
+                        if bytes > budget {
+                            break;
+                        }
                     }
                 }
                 if !out.is_empty() {
@@ -247,13 +264,12 @@ impl<S: Store> NodeCore<S> {
                 }
             }
             PeerMsg::AaeKeys {
-                session,
-                partition,
-                buckets,
+                session, buckets, ..
             } => {
                 let mut objects = Vec::new();
                 let mut want = Vec::new();
-                for (b, their_keys) in buckets {
+                let mut bytes = 0usize;
+                for (b, their_keys) in buckets.into_iter().take(BUCKETS) {
                     let ours: BTreeMap<Bytes, u64> = self
                         .tree(partition)?
                         .keys_in(usize::from(b))
@@ -262,21 +278,32 @@ impl<S: Store> NodeCore<S> {
                     let theirs: BTreeMap<Bytes, u64> = their_keys.into_iter().collect();
                     let all: BTreeSet<&Bytes> = ours.keys().chain(theirs.keys()).collect();
                     for k in all {
-                        match (ours.get(k), theirs.get(k)) {
-                            (Some(a), Some(b)) if a == b => {}
-                            (Some(_), Some(_)) => {
-                                want.push(k.clone());
-                                if let Some(o) = self.load(partition, k)? {
+                        let (send, ask) = match (ours.get(k), theirs.get(k)) {
+                            (Some(a), Some(b)) => (a != b, a != b),
+                            (Some(_), None) => (true, false),
+                            (None, Some(_)) => (false, true),
+                            (None, None) => (false, false),
+                        };
+                        if ask {
+                            want.push(k.clone());
+                        }
+                        if send && bytes <= budget {
+                            match self.load(partition, k) {
+                                Ok(Some(o)) => {
+                                    bytes += k.len() + o.value_count() * 64;
+                                    bytes += o
+                                        .values()
+                                        .iter()
+                                        .filter_map(|v| v.data().map(|d| d.len()))
+                                        .sum::<usize>();
                                     objects.push((k.clone(), o));
                                 }
-                            }
-                            (Some(_), None) => {
-                                if let Some(o) = self.load(partition, k)? {
-                                    objects.push((k.clone(), o));
+                                Ok(None) => {}
+                                Err(e) => {
+                                    tracing::warn!(partition = %partition, error = %e, "skipping an unreadable key");
+                                    self.stats.corrupt_records += 1;
                                 }
                             }
-                            (None, Some(_)) => want.push(k.clone()),
-                            (None, None) => {}
                         }
                     }
                 }
@@ -291,17 +318,28 @@ impl<S: Store> NodeCore<S> {
                     },
                 );
             }
-            PeerMsg::AaeExchange {
-                partition,
-                objects,
-                want,
-                ..
-            } => {
+            PeerMsg::AaeExchange { objects, want, .. } => {
                 self.merge_objects(partition, objects);
                 let mut back = Vec::new();
+                let mut bytes = 0usize;
                 for k in want {
-                    if let Some(o) = self.load(partition, &k)? {
-                        back.push((k, o));
+                    if bytes > budget {
+                        break;
+                    }
+                    match self.load(partition, &k) {
+                        Ok(Some(o)) => {
+                            bytes += k.len()
+                                + o.values()
+                                    .iter()
+                                    .filter_map(|v| v.data().map(|d| d.len() + 64))
+                                    .sum::<usize>();
+                            back.push((k, o));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(partition = %partition, error = %e, "skipping an unreadable key");
+                            self.stats.corrupt_records += 1;
+                        }
                     }
                 }
                 if !back.is_empty() {
@@ -314,7 +352,7 @@ impl<S: Store> NodeCore<S> {
                     );
                 }
             }
-            PeerMsg::AaeObjects { partition, objects } => self.merge_objects(partition, objects),
+            PeerMsg::AaeObjects { objects, .. } => self.merge_objects(partition, objects),
             _ => {}
         }
         Ok(())

@@ -50,6 +50,13 @@ pub struct CoreConfig {
     pub max_transfers: usize,
     /// Keys per transfer batch.
     pub transfer_batch: usize,
+    /// Largest peer message the core builds (hint batches, anti-entropy steps, transfers are
+    /// cut to fit); must stay below the transport's frame limit. Objects whose encoding would
+    /// not fit are refused at the coordinator.
+    pub max_message_bytes: usize,
+    /// Operations a coordinator keeps in flight at most; past it requests are refused as
+    /// overloaded instead of growing memory without bound.
+    pub max_pending_ops: usize,
     /// TEST ONLY: a deliberately planted bug, so the simulator can prove its checkers fail.
     /// Never set by the `dynakv` binary.
     #[serde(skip)]
@@ -79,6 +86,8 @@ impl Default for CoreConfig {
             gossip_interval_ms: 1_000,
             max_transfers: 2,
             transfer_batch: 256,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_pending_ops: 50_000,
             planted_bug: None,
         }
     }
@@ -107,6 +116,23 @@ impl CoreConfig {
         }
         if self.handoff_batch == 0 || self.transfer_batch == 0 || self.max_transfers == 0 {
             return Err("handoff_batch, transfer_batch and max_transfers must be positive".into());
+        }
+        if self.max_message_bytes < 2 * (self.max_value_bytes + self.max_key_bytes) {
+            return Err(
+                "max_message_bytes must be at least twice max_value_bytes + max_key_bytes".into(),
+            );
+        }
+        if self.tombstone_grace_ms != 0
+            && u64::from(self.tombstone_grace_ms) < 2 * u64::from(self.request_timeout_ms) + 1_000
+        {
+            return Err(
+                "tombstone_grace_ms must exceed twice request_timeout_ms (plus a second), so \
+                 writes and repairs in flight land before a tombstone is reaped"
+                    .into(),
+            );
+        }
+        if self.max_pending_ops == 0 {
+            return Err("max_pending_ops must be positive".into());
         }
         if self.gossip_interval_ms == 0 {
             return Err("gossip_interval_ms must be positive".into());

@@ -19,6 +19,9 @@ use crate::store::Store;
 /// Longest request timeout a client may ask for.
 pub const MAX_TIMEOUT_MS: u32 = 600_000;
 
+/// How long a get that has replied still waits for the other replicas (for read repair).
+const READ_REPAIR_WINDOW_US: u64 = 1_000_000;
+
 /// Extra time a forwarding node waits beyond the request timeout, so the replica it forwarded to
 /// answers (with its own timeout error if need be) before the forwarder gives up.
 const FORWARD_GRACE_MS: u64 = 250;
@@ -117,8 +120,13 @@ impl<S: Store> NodeCore<S> {
     /// Resolve and validate N/R/W and the timeout of a request against the cluster defaults.
     fn quorum(&self, opts: &RequestOptions, read: bool) -> Result<Quorum, RequestError> {
         let n = opts.n.unwrap_or(self.cfg.n);
-        if n == 0 {
-            return Err(RequestError::InvalidOptions("n must be at least 1".into()));
+        if n == 0 || n > self.cfg.n {
+            // More replicas than the cluster's N would put copies where anti-entropy and the
+            // reaper never look.
+            return Err(RequestError::InvalidOptions(format!(
+                "n must be between 1 and the cluster's n={}, got {n}",
+                self.cfg.n
+            )));
         }
         let (name, needed, pname, primaries) = if read {
             (
@@ -308,6 +316,15 @@ impl<S: Store> NodeCore<S> {
             Ok(q) => q,
             Err(e) => return self.respond(origin, error(e)),
         };
+        let max_counter = crate::codec::token::MAX_TOKEN_COUNTER;
+        if context.entries().iter().any(|(_, c)| *c > max_counter) {
+            return self.respond(
+                origin,
+                error(RequestError::InvalidOptions(format!(
+                    "context has a counter above {max_counter}; it did not come from this cluster"
+                ))),
+            );
+        }
         let partition = self.map.partition_for_key(&key);
         let mut targets = self.select_targets(partition, quorum.n);
         if let Err(e) = self.check_reachable(kind, &targets, quorum) {
@@ -363,6 +380,24 @@ impl<S: Store> NodeCore<S> {
         );
         if self.cfg.planted_bug == Some(super::config::PlantedBug::LastWriteWins) {
             object = object.keep_only_newest();
+        }
+        if let Err(e) = crate::codec::check_replica_object(&object) {
+            return self.respond(
+                origin,
+                error(RequestError::InvalidOptions(format!("bad context: {e}"))),
+            );
+        }
+        let encoded = crate::codec::encode_object(&object)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        if encoded > self.cfg.max_message_bytes / 2 {
+            return self.respond(
+                origin,
+                error(RequestError::ValueTooLarge {
+                    len: encoded as u64,
+                    max: (self.cfg.max_message_bytes / 2) as u64,
+                }),
+            );
         }
         let count = object.value_count();
         if count > self.cfg.sibling_max as usize {
@@ -622,13 +657,16 @@ impl<S: Store> NodeCore<S> {
         let Some(PendingOp::Read(r)) = self.ops.get_mut(&op) else {
             return;
         };
-        if !r.targets.iter().any(|t| t.node == from) || r.replies.contains_key(&from) {
+        if !r.targets.iter().any(|t| t.node == from)
+            || r.replies.contains_key(&from)
+            || r.failed.contains_key(&from)
+        {
             return;
         }
         match result {
             Ok(object) => {
                 if let Some(o) = &object {
-                    if o.validate().is_err() {
+                    if crate::codec::check_replica_object(o).is_err() {
                         r.failed
                             .insert(from, ReplicaError::Rejected("malformed object".into()));
                         return self.check_read_done(op);
@@ -690,8 +728,17 @@ impl<S: Store> NodeCore<S> {
         }
         if let Some(reply) = reply {
             let origin = r.origin;
+            let window = self.now + READ_REPAIR_WINDOW_US;
             if let Some(PendingOp::Read(r)) = self.ops.get_mut(&op) {
                 r.replied = true;
+                // Keep waiting for the remaining replicas only briefly: a repair from an old
+                // snapshot could bring back something deleted (and reaped) meanwhile.
+                if r.deadline > window {
+                    let old = r.deadline;
+                    r.deadline = window;
+                    self.deadlines.remove(&(old, op));
+                    self.deadlines.insert((window, op));
+                }
             }
             self.respond(origin, reply);
         }

@@ -104,9 +104,17 @@ impl<S: Store> NodeCore<S> {
         key: &[u8],
         incoming: &Object,
     ) -> std::result::Result<Object, ReplicaError> {
-        incoming
-            .validate()
-            .map_err(|e| ReplicaError::Rejected(e.to_string()))?;
+        self.check_peer_key(p, key)?;
+        codec::check_replica_object(incoming).map_err(|e| ReplicaError::Rejected(e.to_string()))?;
+        let known = self.map.members().contains(&owner)
+            || self
+                .cluster_state()
+                .is_some_and(|s| s.member(owner).is_some());
+        if !known {
+            return Err(ReplicaError::Rejected(format!(
+                "hint for unknown node {owner}"
+            )));
+        }
         let storage = |e: crate::Error| ReplicaError::Storage(e.to_string());
         let existing = self.load_hint(owner, p, key).map_err(storage)?;
         let merged = match &existing {
@@ -176,6 +184,7 @@ impl<S: Store> NodeCore<S> {
             .scan(Space::Hints, Some(&prefix[..]), self.cfg.handoff_batch)?;
         let mut items = Vec::new();
         let mut sent = Vec::new();
+        let mut bytes = 0usize;
         for (k, v) in page {
             let Some((o, p, key)) = parse_hint_key(&k) else {
                 continue;
@@ -183,7 +192,26 @@ impl<S: Store> NodeCore<S> {
             if o != owner {
                 break;
             }
-            let object = codec::decode_object(&v)?;
+            // Keep batches well inside the transport's frame limit.
+            if !items.is_empty() && bytes + v.len() > self.cfg.max_message_bytes / 2 {
+                break;
+            }
+            bytes += v.len();
+            let object = match codec::decode_object(&v) {
+                Ok(o) => o,
+                Err(e) => {
+                    // An unreadable hint cannot be delivered anywhere; keep it out of the way
+                    // so it does not block every hint behind it.
+                    tracing::error!(%owner, error = %e, "dropping an unreadable hint");
+                    self.stats.corrupt_records += 1;
+                    let _ = self.store.remove(Space::Hints, &k);
+                    self.dirty = true;
+                    if let Some(c) = self.hints_pending.get_mut(&owner) {
+                        *c = c.saturating_sub(1);
+                    }
+                    continue;
+                }
+            };
             items.push(HandoffItem {
                 partition: p,
                 key: Bytes::copy_from_slice(key),
@@ -212,9 +240,18 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn on_hint_batch(&mut self, from: NodeId, batch: u64, items: Vec<HandoffItem>) {
         let mut result = Ok(());
         for item in items {
-            if let Err(e) = self.merge_into_store(item.partition, &item.key, &item.object) {
-                result = Err(e);
-                break;
+            match self.merge_into_store(item.partition, &item.key, &item.object) {
+                Ok(_) => {}
+                Err(ReplicaError::Rejected(why)) => {
+                    // Malformed: it can never be applied anywhere. Say so loudly and take the
+                    // rest of the batch, so one bad hint does not block all the others.
+                    tracing::error!(%from, %why, "refusing a malformed hinted object");
+                    self.stats.corrupt_records += 1;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         self.send(from, PeerMsg::HintBatchAck { batch, result });
@@ -241,18 +278,28 @@ impl<S: Store> NodeCore<S> {
         }
         state.failures = 0;
         state.next_attempt = self.now;
-        let mut removed = 0u64;
+        // Which hints are unchanged since they were sent (only those may go), and did this node
+        // mint dots in any of them?
+        let mut removable = Vec::new();
         let mut minted_here = false;
         for (k, h) in inflight.sent {
-            match self.store.get(Space::Hints, &k) {
-                Ok(Some(current)) if hash(&current) == h => {
+            if let Ok(Some(current)) = self.store.get(Space::Hints, &k) {
+                if hash(&current) == h {
                     minted_here |=
                         codec::decode_object(&current).is_ok_and(|o| o.join().get(&self.actor) > 0);
-                    if self.store.remove(Space::Hints, &k).is_ok() {
-                        removed += 1;
-                    }
+                    removable.push(k);
                 }
-                _ => {} // changed since it was sent (or gone): keep it for the next batch
+            }
+        }
+        // Retire the actor BEFORE dropping data minted under it (the store applies writes in
+        // order, so a crash cannot keep the removal and lose the new identity).
+        if minted_here && !self.retire_actor() {
+            return;
+        }
+        let mut removed = 0u64;
+        for k in removable {
+            if self.store.remove(Space::Hints, &k).is_ok() {
+                removed += 1;
             }
         }
         if removed > 0 {
@@ -263,11 +310,6 @@ impl<S: Store> NodeCore<S> {
                 if *c == 0 {
                     self.hints_pending.remove(&from);
                 }
-            }
-            // This node no longer holds those keys. If it minted dots in them itself, it must
-            // never mint under that actor again (see `retire_actor`).
-            if minted_here {
-                self.retire_actor();
             }
             // More to send? Go on at once rather than waiting for the next tick.
             if self.hints_pending.get(&from).is_some_and(|c| *c > 0) {

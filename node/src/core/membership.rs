@@ -197,6 +197,11 @@ impl<S: Store> NodeCore<S> {
                         self.plan_transfers(&previous, &current);
                     }
                     self.map = current.clone();
+                    // Forget hash trees of partitions this node no longer replicates.
+                    let mine = self
+                        .map
+                        .replicated_partitions(self.id(), usize::from(self.cfg.n));
+                    self.trees.retain(|p, _| mine.contains(p));
                 }
                 GossipEvent::MemberChanged { node, status } => {
                     tracing::info!(%node, %status, "member changed");

@@ -74,6 +74,8 @@ pub struct CoreStats {
     pub transfer_keys_received: u64,
     /// Partitions dropped after handing them off.
     pub partitions_dropped: u64,
+    /// Unreadable or malformed records skipped (hints, transfers, anti-entropy).
+    pub corrupt_records: u64,
 }
 
 /// Where the answer to an operation goes.
@@ -247,7 +249,7 @@ impl<S: Store> NodeCore<S> {
     /// this node drops data it may have minted dots for (delivered hints, reaped tombstones,
     /// handed-off partitions): with the data gone it could no longer tell which counters it
     /// used, so it must never mint under the old identity again.
-    pub(super) fn retire_actor(&mut self) {
+    pub(super) fn retire_actor(&mut self) -> bool {
         let incarnation = self.actor.incarnation.wrapping_add(1);
         let id = Identity {
             node: self.cfg.node,
@@ -258,8 +260,12 @@ impl<S: Store> NodeCore<S> {
                 self.actor.incarnation = incarnation;
                 self.dirty = true;
                 self.stats.actor_retirements += 1;
+                true
             }
-            Err(e) => tracing::error!(error = %e, "cannot persist a new incarnation"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot persist a new incarnation; keeping the data");
+                false
+            }
         }
     }
 
@@ -445,9 +451,8 @@ impl<S: Store> NodeCore<S> {
         key: &[u8],
         incoming: &Object,
     ) -> std::result::Result<Object, ReplicaError> {
-        incoming
-            .validate()
-            .map_err(|e| ReplicaError::Rejected(e.to_string()))?;
+        self.check_peer_key(p, key)?;
+        codec::check_replica_object(incoming).map_err(|e| ReplicaError::Rejected(e.to_string()))?;
         let local = self
             .load(p, key)
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
@@ -461,6 +466,38 @@ impl<S: Store> NodeCore<S> {
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
         self.stats.replica_writes += 1;
         Ok(merged)
+    }
+
+    /// Refuse a key from a peer that is too long or does not belong to the partition it came
+    /// with (a peer with another map or a bug would otherwise store data no read can find).
+    pub(super) fn check_peer_key(
+        &self,
+        p: PartitionId,
+        key: &[u8],
+    ) -> std::result::Result<(), ReplicaError> {
+        if key.is_empty() || key.len() > self.cfg.max_key_bytes {
+            return Err(ReplicaError::Rejected(format!(
+                "bad key length {}",
+                key.len()
+            )));
+        }
+        if self.map.partition_for_key(key) != p || p.0 >= self.map.partition_count() {
+            return Err(ReplicaError::Rejected(format!(
+                "key does not belong to partition {p} (partition maps differ?)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Owners this node may hold hints for: the members, and anyone it already holds hints for.
+    pub(super) fn hint_owners(&self) -> BTreeSet<NodeId> {
+        let mut owners = self.map.members();
+        if let Some(state) = self.cluster_state() {
+            owners.extend(state.members().keys().copied());
+        }
+        owners.extend(self.hints_pending.keys().copied());
+        owners.remove(&self.id());
+        owners
     }
 
     /// What this node holds for a key: its replica copy, plus (when standing in for `owner`)
@@ -484,10 +521,7 @@ impl<S: Store> NodeCore<S> {
     /// A coordinator mints from this, so a new dot is above every dot of its actor it holds.
     pub(super) fn local_knowledge(&self, p: PartitionId, key: &[u8]) -> Result<Object> {
         let mut o = self.load(p, key)?.unwrap_or_else(Object::empty);
-        for owner in self.map.members() {
-            if owner == self.id() {
-                continue;
-            }
+        for owner in self.hint_owners() {
             if let Some(h) = self.load_hint(owner, p, key)? {
                 o = self.merge(&o, &h);
             }
@@ -526,9 +560,12 @@ impl<S: Store> NodeCore<S> {
                 fallback_for,
             } => {
                 let result = self
-                    .local_object(partition, &key, fallback_for)
-                    .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o))
-                    .map_err(|e| ReplicaError::Storage(e.to_string()));
+                    .check_peer_key(partition, &key)
+                    .and_then(|_| {
+                        self.local_object(partition, &key, fallback_for)
+                            .map_err(|e| ReplicaError::Storage(e.to_string()))
+                    })
+                    .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o));
                 self.send(from, PeerMsg::ReplicaReadReply { op, result });
             }
             PeerMsg::HintBatch { batch, items } => self.on_hint_batch(from, batch, items),
@@ -590,6 +627,12 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn handle_client(&mut self, origin: Origin, request: ClientRequest) {
+        if self.ops.len() >= self.cfg.max_pending_ops {
+            let e = super::types::RequestError::Overloaded {
+                pending: self.ops.len() as u64,
+            };
+            return self.respond(origin, ClientReply::Error(e));
+        }
         if !self.joined {
             let e = super::types::RequestError::Unavailable {
                 op: request.kind().into(),

@@ -161,8 +161,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn has_hint_for(&self, p: PartitionId, key: &[u8]) -> bool {
-        self.map
-            .members()
+        self.hint_owners()
             .into_iter()
             .any(|owner| matches!(self.load_hint(owner, p, key), Ok(Some(_)) | Err(_)))
     }
@@ -241,6 +240,10 @@ impl<S: Store> NodeCore<S> {
             .ok()
             .flatten()
             .is_some_and(|o| o.join().get(&self.actor) > 0);
+        // Retire first: the new identity is written before the removal (see hints.rs).
+        if minted_here && !self.retire_actor() {
+            return;
+        }
         if let Err(e) = self.store.remove(Space::Partition(p), key) {
             tracing::warn!(partition = %p, error = %e, "cannot reap a tombstone");
             return;
@@ -249,8 +252,5 @@ impl<S: Store> NodeCore<S> {
         self.tree_note(p, key, None);
         self.tombstones.remove(&(p, Bytes::copy_from_slice(key)));
         self.stats.tombstones_reaped += 1;
-        if minted_here {
-            self.retire_actor();
-        }
     }
 }

@@ -314,9 +314,15 @@ impl<S: Store> NodeCore<S> {
                 return;
             }
         };
-        let last = page.len() < self.cfg.transfer_batch;
+        let mut last = page.len() < self.cfg.transfer_batch;
         let mut items = Vec::with_capacity(page.len());
+        let mut bytes = 0usize;
         for (k, v) in page {
+            if !items.is_empty() && bytes + v.len() > self.cfg.max_message_bytes / 2 {
+                last = false; // cut to fit the frame limit; the rest follows
+                break;
+            }
+            bytes += v.len();
             match codec::decode_object(&v) {
                 Ok(o) => items.push((Bytes::from(k), o)),
                 Err(e) => {
@@ -360,9 +366,16 @@ impl<S: Store> NodeCore<S> {
         let mut result = Ok(());
         let mut upto = None;
         for (k, o) in &items {
-            if let Err(e) = self.merge_into_store(p, k, o) {
-                result = Err(e);
-                break;
+            match self.merge_into_store(p, k, o) {
+                Ok(_) => {}
+                Err(ReplicaError::Rejected(why)) => {
+                    tracing::error!(%from, %why, "refusing a malformed transferred object");
+                    self.stats.corrupt_records += 1;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
             upto = Some(k.clone());
         }
@@ -456,6 +469,11 @@ impl<S: Store> NodeCore<S> {
         if pending {
             return;
         }
+        // Retire first: the dropped copy may hold dots this node minted, and the new identity
+        // must be written before the data goes (see hints.rs).
+        if !self.retire_actor() {
+            return;
+        }
         if let Err(e) = self.store.drop_partition(p) {
             tracing::warn!(partition = %p, error = %e, "cannot drop a handed-off partition");
             return;
@@ -465,8 +483,6 @@ impl<S: Store> NodeCore<S> {
         self.tombstones.retain(|(tp, _), _| *tp != p);
         self.stats.partitions_dropped += 1;
         tracing::info!(partition = %p, "partition handed off and dropped");
-        // The dropped copy may hold dots this node minted: never mint under that actor again.
-        self.retire_actor();
     }
 
     /// Transfers per partition, for status: (partition, peer, sent, total, done, outgoing).

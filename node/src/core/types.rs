@@ -177,6 +177,8 @@ pub enum RequestError {
     },
     /// A replica or the coordinator failed to read or write its disk.
     Storage(String),
+    /// The coordinator has too many requests in flight; retry later or elsewhere.
+    Overloaded { pending: u64 },
     /// The write would push the key past the hard sibling limit.
     TooManySiblings { count: u32, max: u32 },
     /// Something the node did not expect; the message says what.
@@ -218,6 +220,10 @@ impl fmt::Display for RequestError {
                 "{op} needs {needed} primary replicas (pr/pw) but only {available} answered or are reachable; fallbacks do not count"
             ),
             RequestError::Storage(m) => write!(f, "storage failure: {m}"),
+            RequestError::Overloaded { pending } => write!(
+                f,
+                "node overloaded: {pending} requests in flight; retry later or on another node"
+            ),
             RequestError::TooManySiblings { count, max } => write!(
                 f,
                 "key would hold {count} siblings, past the hard limit of {max}; read it and write back a merged value"
