@@ -131,6 +131,11 @@ pub struct Options {
     pub r: Option<u8>,
     /// Write quorum.
     pub w: Option<u8>,
+    /// Replies a get needs from primary replicas (PR, at most R); fallbacks do not count.
+    pub pr: Option<u8>,
+    /// Acknowledgements a put or delete needs from primary replicas (PW, at most W); the write
+    /// fails with [`RequestError::PrimariesUnavailable`] rather than rely on fallbacks.
+    pub pw: Option<u8>,
     /// Request timeout (whole milliseconds are sent).
     pub timeout: Option<Duration>,
 }
@@ -141,10 +146,11 @@ impl Options {
             n: self.n,
             r: self.r,
             w: self.w,
+            pr: self.pr,
+            pw: self.pw,
             timeout_ms: self
                 .timeout
                 .map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
-            ..RequestOptions::default()
         }
     }
 

@@ -11,7 +11,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dynakv_ring::{NodeId, PartitionMap};
+use std::collections::BTreeMap;
+
+use dynakv_ring::{NodeId, PartitionId, PartitionMap};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
@@ -54,8 +56,8 @@ pub enum ServerFrame {
     Core(ClientReply),
     /// Answer to [`ClientFrame::ClusterInfo`].
     ClusterInfo(ClusterInfo),
-    /// Answer to [`ClientFrame::Status`].
-    Status(StatusReport),
+    /// Answer to [`ClientFrame::Status`] (boxed: it is much larger than the other replies).
+    Status(Box<StatusReport>),
     /// The request frame was malformed or could not be served; the message says why.
     Error(String),
 }
@@ -84,8 +86,42 @@ pub struct MemberStatus {
     pub addr: SocketAddr,
     /// Whether the answering node has a live connection to it (always true for itself).
     pub up: bool,
+    /// Whether the answering node's core believes it down (its local failure detection:
+    /// unanswered requests, lost connections, the gossip failure detector). A down member
+    /// gets no replica requests; fallbacks stand in for it.
+    pub down: bool,
+    /// Its membership status in the gossiped cluster state ("joining", "valid", "leaving",
+    /// "removed"); `None` when the answering node has no cluster state or does not list it.
+    pub membership: Option<String>,
     /// Partitions it owns (first in their preference list).
     pub partitions: usize,
+}
+
+/// Which way a partition transfer goes, seen from the answering node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferDirection {
+    /// The answering node streams the partition to `peer`.
+    Outgoing,
+    /// The answering node receives the partition from `peer`.
+    Incoming,
+}
+
+/// One partition transfer (a partition moving to a new replica after a membership change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferStatus {
+    /// Outgoing or incoming.
+    pub direction: TransferDirection,
+    /// The partition being moved.
+    pub partition: PartitionId,
+    /// The node on the other end.
+    pub peer: NodeId,
+    /// Keys moved so far: acknowledged by the receiver (outgoing) or merged (incoming).
+    pub keys: u64,
+    /// Keys in the partition when the transfer started; known on the sending side only.
+    pub total: Option<u64>,
+    /// Whether the transfer has finished.
+    pub done: bool,
 }
 
 /// A node's view of the cluster, for `dynakv status`.
@@ -105,6 +141,14 @@ pub struct StatusReport {
     pub w: u8,
     /// Operations the node is coordinating right now.
     pub pending_ops: u64,
+    /// Hints this node holds, per node they are for (only nodes with at least one hint).
+    pub hints_pending: BTreeMap<NodeId, u64>,
+    /// Partition transfers this node sends or receives (finished ones included until the
+    /// core forgets them).
+    pub transfers: Vec<TransferStatus>,
+    /// Peers the node's core has marked down itself (unanswered requests, lost connections),
+    /// in id order. The members' `down` flag also counts the gossip failure detector.
+    pub down: Vec<NodeId>,
     /// The core's counters.
     pub stats: CoreStats,
 }

@@ -130,7 +130,7 @@ pub fn check(world: &World) -> Vec<Violation> {
     for w in &h.writes {
         by_key.entry(w.key.as_str()).or_default().push(w);
     }
-    for key in world.workload.keys() {
+    for key in world.workload.checked_keys() {
         let writes = by_key.get(key.as_str()).cloned().unwrap_or_default();
         check_key(world, key, &writes, &h.written_values, &mut out);
     }
@@ -144,8 +144,9 @@ fn check_key(
     written: &BTreeSet<String>,
     out: &mut Vec<Violation>,
 ) {
-    let p = world.map.partition_for_key(key.as_bytes());
-    let replicas = world.map.preference_list(p, usize::from(world.cfg.n));
+    let map = world.final_map();
+    let p = map.partition_for_key(key.as_bytes());
+    let replicas = map.preference_list(p, usize::from(world.cfg.n));
     let mut states: Vec<(dynakv_ring::NodeId, Object)> = Vec::new();
     for id in replicas {
         let node = &world.nodes[(id.0 as usize).saturating_sub(1)];

@@ -36,11 +36,13 @@ pub enum FaultKind {
     Wipe,
     /// Clock offsets and drift between nodes.
     Skew,
+    /// Membership changes during the load: spare nodes join, members leave (partitions move).
+    Membership,
 }
 
 impl FaultKind {
     /// Every fault kind.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Loss,
         FaultKind::Dup,
         FaultKind::Reorder,
@@ -51,6 +53,7 @@ impl FaultKind {
         FaultKind::Pause,
         FaultKind::Wipe,
         FaultKind::Skew,
+        FaultKind::Membership,
     ];
 
     /// The command-line name.
@@ -66,6 +69,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Wipe => "wipe",
             FaultKind::Skew => "skew",
+            FaultKind::Membership => "membership",
         }
     }
 }
@@ -145,8 +149,10 @@ impl fmt::Display for FaultSet {
 /// Everything a run needs besides the seed.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// Number of nodes.
+    /// Number of nodes that found the cluster.
     pub nodes: u32,
+    /// Extra nodes that may join during the run (with the `membership` fault).
+    pub spares: u32,
     /// Client operations in the chaos phase.
     pub ops: u32,
     /// Replicas per key.
@@ -161,6 +167,9 @@ pub struct SimConfig {
     pub keys: u32,
     /// Concurrent simulated clients.
     pub clients: u32,
+    /// Keys written once before the chaos starts (so partition transfers and anti-entropy move
+    /// real data); checked like the others.
+    pub preload: u32,
     /// Allowed faults.
     pub faults: FaultSet,
     /// Upper bound of the message loss rate drawn per seed.
@@ -177,6 +186,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             nodes: 5,
+            spares: 2,
             ops: 1_000,
             n: 3,
             r: 2,
@@ -184,6 +194,7 @@ impl Default for SimConfig {
             partitions: 16,
             keys: 8,
             clients: 6,
+            preload: 200,
             faults: FaultSet::all(),
             max_loss: 0.30,
             max_dup: 0.50,

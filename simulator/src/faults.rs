@@ -15,13 +15,24 @@ impl World {
     }
 
     fn random_node(&mut self) -> NodeId {
-        let i = self.rng.gen_range(0..self.nodes.len());
-        self.nodes[i].id
+        let active: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_active())
+            .map(|n| n.id)
+            .collect();
+        if active.is_empty() {
+            return NodeId(1);
+        }
+        active[self.rng.gen_range(0..active.len())]
     }
 
     /// Nodes currently crashed or paused.
     fn nodes_out(&self) -> u32 {
-        self.nodes.iter().filter(|n| !n.is_up() || n.paused).count() as u32
+        self.nodes
+            .iter()
+            .filter(|n| n.is_active() && (!n.is_up() || n.paused))
+            .count() as u32
     }
 
     /// Inject one scheduled fault and schedule the next tick (while the chaos phase lasts).
@@ -37,6 +48,7 @@ impl World {
             FaultKind::Clog,
             FaultKind::Crash,
             FaultKind::Pause,
+            FaultKind::Membership,
         ] {
             if f.has(k) {
                 kinds.push(k);
@@ -127,7 +139,39 @@ impl World {
                 let at = self.now + d;
                 self.schedule(at, Event::Resume { node: id });
             }
+            FaultKind::Membership => self.change_membership(),
             _ => {}
+        }
+    }
+
+    /// A spare joins, or a member leaves (at most one leave per run; never below N owners).
+    fn change_membership(&mut self) {
+        if self.membership_changes >= 2 || !self.membership_settled() {
+            return; // one change at a time, two per run: enough to move partitions under load
+        }
+        let spare = self.nodes.iter().find(|n| n.spare).map(|n| n.id);
+        // Members that own data (valid or joining), as the cluster sees them.
+        let owners = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .find_map(|c| c.cluster_state().map(|s| s.owning_members().len() as u32))
+            .unwrap_or(0);
+        let join =
+            spare.is_some() && (self.rng.gen_bool(0.5) || owners <= u32::from(self.cfg.n) + 1);
+        if join {
+            if let Some(id) = spare {
+                self.membership_changes += 1;
+                self.count_fault("join");
+                self.join_spare(id);
+            }
+        } else if owners > u32::from(self.cfg.n) + 1 {
+            let id = self.random_node();
+            if self.node_mut(id).is_up() {
+                self.membership_changes += 1;
+                self.count_fault("leave");
+                self.leave(id);
+            }
         }
     }
 

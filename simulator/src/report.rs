@@ -9,7 +9,7 @@ use crate::checker::{self, Violation};
 use crate::config::{FaultParams, SimConfig};
 use crate::error::SimError;
 use crate::workload::Phase;
-use crate::world::{Event, World};
+use crate::world::World;
 
 /// Virtual time the quiet phase may take before liveness is declared broken.
 const QUIET_BUDGET_US: u64 = 120_000_000;
@@ -97,10 +97,19 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<RunReport, SimError> {
     Ok(report)
 }
 
+impl World {
+    /// Debugging aid: run the phases without the checks.
+    pub fn debug_drive(&mut self) -> bool {
+        drive(self)
+    }
+}
+
 fn drive(world: &mut World) -> bool {
-    world.start_clients();
-    world.schedule(world.now + 1_000, Event::FaultTick);
-    let chaos_budget = u64::from(world.cfg.ops) * 200_000 + 60_000_000;
+    world.preload_next();
+    // Each client runs its share of the operations one after another; an operation is at most
+    // two requests (read-modify-write), each given up after ~2 s. The preload is sequential.
+    let per_client = u64::from(world.cfg.ops) / u64::from(world.cfg.clients.max(1)) + 1;
+    let chaos_budget = (per_client * 2 + u64::from(world.cfg.preload)) * 2_100_000 + 60_000_000;
     world.run_until(chaos_budget, &mut |w| w.workload.chaos_done());
     let chaos_finished = world.workload.chaos_done();
     world.workload.phase = Phase::Quiet;
@@ -113,6 +122,8 @@ fn drive(world: &mut World) -> bool {
     world.run_until(deadline, &mut |w| {
         w.workload.phase == Phase::Done
             && w.hints_pending() == 0
+            && w.transfers_pending() == 0
+            && w.membership_settled()
             && w.now >= quiet_start + QUIET_SETTLE_US
     });
     chaos_finished && world.workload.phase == Phase::Done
@@ -120,8 +131,13 @@ fn drive(world: &mut World) -> bool {
 
 fn mechanisms(world: &World) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
-    for node in world.nodes.iter().filter_map(|n| n.core.as_ref()) {
-        let s = node.stats();
+    // Counters of cores that crashed or left, plus those running now.
+    let stats = world
+        .nodes
+        .iter()
+        .filter_map(|n| n.core.as_ref().map(|c| c.stats()))
+        .chain(world.past_stats.iter().copied());
+    for s in stats {
         for (k, v) in [
             ("sloppy_writes", s.sloppy_writes),
             ("hints_delivered", s.hints_delivered),
@@ -130,6 +146,9 @@ fn mechanisms(world: &World) -> BTreeMap<String, u64> {
             ("aae_keys_repaired", s.aae_keys_repaired),
             ("tombstones_reaped", s.tombstones_reaped),
             ("actor_retirements", s.actor_retirements),
+            ("transfer_keys_sent", s.transfer_keys_sent),
+            ("partitions_dropped", s.partitions_dropped),
+            ("transfer_batches_retried", s.transfer_batches_retried),
         ] {
             *m.entry(k.to_string()).or_insert(0) += v;
         }
@@ -142,6 +161,18 @@ fn run_once(seed: u64, cfg: &SimConfig) -> Result<RunReport, SimError> {
     let mut world = World::new(seed, cfg.clone())?;
     let finished = drive(&mut world);
     let mut violations = checker::check(&world);
+    let transfers_left = world.transfers_pending();
+    if transfers_left > 0 || !world.membership_settled() {
+        violations.push(Violation {
+            invariant: "liveness",
+            key: String::new(),
+            detail: format!(
+                "membership did not settle after the heal: {transfers_left} transfers pending, members agree on the map: {}",
+                world.membership_settled()
+            ),
+            events: Vec::new(),
+        });
+    }
     let hints_left = world.hints_pending();
     if hints_left > 0 {
         violations.push(Violation {

@@ -40,6 +40,10 @@ enum PendingKind {
     },
     /// A get of the quiet phase, which must succeed.
     QuietGet,
+    /// A write of the preload phase.
+    Preload {
+        record: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +76,9 @@ pub(crate) struct Workload {
     issued: u32,
     target: u32,
     keys: Vec<String>,
+    /// Hot keys plus the preloaded ones: every key the checker looks at.
+    all_keys: Vec<String>,
+    preload_queue: Vec<String>,
     quiet_queue: Vec<String>,
     quiet_attempts: BTreeMap<String, u32>,
     pub phase: Phase,
@@ -87,6 +94,11 @@ impl Workload {
             issued: 0,
             target: cfg.ops,
             keys: (0..cfg.keys).map(|i| format!("k{i}")).collect(),
+            all_keys: (0..cfg.keys)
+                .map(|i| format!("k{i}"))
+                .chain((0..cfg.preload).map(|i| format!("bg{i}")))
+                .collect(),
+            preload_queue: (0..cfg.preload).rev().map(|i| format!("bg{i}")).collect(),
             quiet_queue: Vec::new(),
             quiet_attempts: BTreeMap::new(),
             phase: Phase::Chaos,
@@ -103,8 +115,8 @@ impl Workload {
         self.issued >= self.target && self.pending.is_empty()
     }
 
-    pub fn keys(&self) -> &[String] {
-        &self.keys
+    pub fn checked_keys(&self) -> &[String] {
+        &self.all_keys
     }
 }
 
@@ -113,6 +125,36 @@ fn key_bytes(key: &str) -> Bytes {
 }
 
 impl World {
+    /// Write the preloaded keys one by one (no faults yet), then start the chaos phase.
+    pub(crate) fn preload_next(&mut self) {
+        let Some(key) = self.workload.preload_queue.pop() else {
+            self.start_clients();
+            let at = self.now + 1_000;
+            self.schedule(at, Event::FaultTick);
+            return;
+        };
+        let value = format!("{key}-v");
+        let record = self.workload.history.writes.len();
+        self.workload.history.written_values.insert(value.clone());
+        let loader = self.workload.clients.len();
+        self.workload.history.writes.push(WriteRecord {
+            client: loader,
+            key: key.clone(),
+            value: Some(value.clone()),
+            context: VersionVector::new(),
+            outcome: Outcome::Pending,
+            dot: None,
+            at: self.now,
+        });
+        let request = ClientRequest::Put {
+            key: key_bytes(&key),
+            value: Bytes::from(value),
+            context: VersionVector::new(),
+            opts: RequestOptions::default(),
+        };
+        self.submit(loader, key, request, PendingKind::Preload { record });
+    }
+
     /// Start the clients, staggered.
     pub(crate) fn start_clients(&mut self) {
         for c in 0..self.workload.clients.len() {
@@ -124,8 +166,14 @@ impl World {
     fn submit(&mut self, client: usize, key: String, request: ClientRequest, kind: PendingKind) {
         let id = self.workload.next_req;
         self.workload.next_req += 1;
-        let i = self.rng.gen_range(0..self.nodes.len());
-        let node = self.nodes[i].id;
+        // Clients use the members they know: not spares, nor nodes known to have left.
+        let active: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_active() && !n.retiring)
+            .map(|n| n.id)
+            .collect();
+        let node = active[self.rng.gen_range(0..active.len())];
         if self.cfg.trace_key.as_deref() == Some(key.as_str()) {
             let line = format!(
                 "t={}us client {client} -> node {node}: {request:?}",
@@ -279,6 +327,17 @@ impl World {
                 }
             }
             (PendingKind::Get { .. }, _) => h.gets_failed += 1,
+            (PendingKind::Preload { record }, reply) => {
+                match reply {
+                    ClientReply::Written(w) => {
+                        h.writes[record].outcome = Outcome::Acked;
+                        h.writes[record].dot = w.dot;
+                    }
+                    _ => h.writes[record].outcome = Outcome::Unknown,
+                }
+                self.preload_next();
+                return;
+            }
             (PendingKind::QuietGet, ClientReply::Got(_)) => {
                 self.quiet_next();
                 return;
@@ -310,6 +369,11 @@ impl World {
             PendingKind::Get { .. } => self.workload.history.gets_failed += 1,
             PendingKind::QuietGet => {
                 self.quiet_retry(p.key, "no reply".into());
+                return;
+            }
+            PendingKind::Preload { record } => {
+                self.workload.history.writes[record].outcome = Outcome::Unknown;
+                self.preload_next();
                 return;
             }
         }

@@ -5,7 +5,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use dynakv_node::core::{
-    ClientReply, ClientRequest, CoreConfig, Effect, Input, NodeCore, PeerMsg, RequestId,
+    static_addr, AdminRequest, Bootstrap, ClientReply, ClientRequest, CoreConfig, Effect, Input,
+    NodeCore, PeerMsg, RequestId,
 };
 use dynakv_node::store::MemStore;
 use dynakv_ring::{NodeId, PartitionMap};
@@ -15,6 +16,9 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::{FaultParams, SimConfig};
 use crate::error::SimError;
+
+/// How long a removed member keeps running so its removal spreads by gossip.
+const REMOVED_LINGER_US: u64 = 10_000_000;
 
 /// Request timeout the simulated nodes use, milliseconds.
 pub const SIM_REQUEST_TIMEOUT_MS: u32 = 1_000;
@@ -52,6 +56,8 @@ pub(crate) enum Event {
     HealCut { cut: u64 },
     /// The next read of the quiet phase.
     QuietNext,
+    /// A removed member stops.
+    Retire { node: NodeId },
 }
 
 impl Event {
@@ -68,6 +74,7 @@ impl Event {
             Event::Resume { .. } => 9,
             Event::HealCut { .. } => 10,
             Event::QuietNext => 11,
+            Event::Retire { .. } => 12,
         }
     }
 }
@@ -110,6 +117,14 @@ pub(crate) struct SimNode {
     pub skew_us: u64,
     pub drift_ppm: i64,
     pub cfg: CoreConfig,
+    /// A spare that has not joined yet.
+    pub spare: bool,
+    /// One of the nodes that founded the cluster (the others joined later).
+    pub founder: bool,
+    /// Removed from the cluster and stopped for good.
+    pub retired: bool,
+    /// Removed, and stopping after a linger.
+    pub retiring: bool,
 }
 
 impl SimNode {
@@ -128,6 +143,11 @@ impl SimNode {
 
     pub fn is_up(&self) -> bool {
         self.core.is_some()
+    }
+
+    /// Part of the cluster (founded or joined, not removed): up, crashed or paused.
+    pub fn is_active(&self) -> bool {
+        !self.spare && !self.retired
     }
 }
 
@@ -177,6 +197,9 @@ pub struct World {
     pub(crate) events: u64,
     pub(crate) faults: BTreeMap<&'static str, u32>,
     pub(crate) wipes_left: u32,
+    pub(crate) membership_changes: u32,
+    /// Counters of cores that crashed or were removed (a restart starts from zero).
+    pub(crate) past_stats: Vec<dynakv_node::core::CoreStats>,
     pub(crate) trace: Option<Vec<String>>,
     pub(crate) workload: crate::workload::Workload,
 }
@@ -188,9 +211,15 @@ impl World {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let params = FaultParams::draw(&cfg, &mut rng);
         let members: BTreeSet<NodeId> = (1..=cfg.nodes).map(NodeId).collect();
+        let spares = if cfg.faults.has(crate::config::FaultKind::Membership) {
+            cfg.spares
+        } else {
+            0
+        };
+        let everyone: BTreeSet<NodeId> = (1..=cfg.nodes + spares).map(NodeId).collect();
         let map = PartitionMap::initial(cfg.partitions, &members)?;
         let mut nodes = Vec::new();
-        for id in &members {
+        for id in &everyone {
             let core_cfg = CoreConfig {
                 node: *id,
                 n: cfg.n,
@@ -228,15 +257,17 @@ impl World {
                 skew_us,
                 drift_ppm,
                 cfg: core_cfg.clone(),
+                spare: !members.contains(id),
+                founder: members.contains(id),
+                retired: false,
+                retiring: false,
             };
-            let core = NodeCore::open(
-                core_cfg,
-                MemStore::new(),
-                map.clone(),
-                rng.gen(),
-                node.local(0),
-            )?;
-            node.core = Some(core);
+            let seed = rng.gen();
+            if !node.spare {
+                let local = node.local(0);
+                let core = NodeCore::open(core_cfg, MemStore::new(), map.clone(), seed, local)?;
+                node.core = Some(core);
+            }
             nodes.push(node);
         }
         let mut net = Network {
@@ -245,8 +276,8 @@ impl World {
             jitter_us: params.jitter_us,
             ..Network::default()
         };
-        for a in &members {
-            for b in &members {
+        for a in &everyone {
+            for b in &everyone {
                 let base = params.latency_us / 2 + rng.gen_range(0..=params.latency_us);
                 net.latency.insert((*a, *b), base.max(1));
             }
@@ -255,6 +286,8 @@ impl World {
         let trace = cfg.trace_key.as_ref().map(|_| Vec::new());
         Ok(Self {
             wipes_left: params.max_wipes,
+            membership_changes: 0,
+            past_stats: Vec::new(),
             cfg,
             params,
             rng,
@@ -341,6 +374,7 @@ impl World {
             Event::Resume { node } => self.resume(node),
             Event::HealCut { cut } => self.heal_cut(cut),
             Event::QuietNext => self.quiet_next(),
+            Event::Retire { node } => self.retire(node),
         }
     }
 
@@ -390,6 +424,7 @@ impl World {
                 }
             }
         }
+        self.retire_removed(id);
     }
 
     /// Put a message on the simulated network: loss, partitions, clogs, latency, duplication.
@@ -482,6 +517,7 @@ impl World {
         let Some(core) = node.core.take() else {
             return;
         };
+        let stats = core.stats();
         let mut disk = core.into_store();
         disk.crash();
         node.disk = Some(disk);
@@ -489,6 +525,7 @@ impl World {
         node.timer_at = None;
         node.held.clear();
         node.paused = false;
+        self.past_stats.push(stats);
         self.trace_line(format!("t={}us node {id} CRASHED", self.now));
     }
 
@@ -501,10 +538,29 @@ impl World {
         if node.is_up() {
             return;
         }
+        if !node.is_active() {
+            return;
+        }
+        let founder = node.founder;
         let disk = node.disk.take().unwrap_or_default();
         let store = if wipe { MemStore::new() } else { disk };
         let local = node.local(now);
-        match NodeCore::open(node.cfg.clone(), store, map, seed, local) {
+        // A wiped node has forgotten the cluster: it asks a member for the state again. One
+        // with its disk restarts from the cluster state it persisted.
+        let boot = if wipe || !founder {
+            match self.seed_for(id) {
+                Some(seed) => Bootstrap::Join {
+                    addr: static_addr(id),
+                    seed,
+                    seed_addr: static_addr(seed),
+                },
+                None => Bootstrap::Founder { map },
+            }
+        } else {
+            Bootstrap::Founder { map }
+        };
+        let node = self.node_mut(id);
+        match NodeCore::open_with(node.cfg.clone(), store, boot, seed, local) {
             Ok(core) => node.core = Some(core),
             Err(e) => panic!("simulated node {id} failed to restart: {e}"),
         }
@@ -575,6 +631,201 @@ impl World {
         }
     }
 
+    /// A member other than `me` to join through (the lowest running id, deterministic).
+    pub(crate) fn seed_for(&self, me: NodeId) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .find(|n| {
+                n.id != me
+                    && n.is_active()
+                    && n.core.as_ref().is_some_and(|c| {
+                        c.is_joined() && c.member_status() == Some(dynakv_gossip::Status::Valid)
+                    })
+            })
+            .map(|n| n.id)
+    }
+
+    /// A spare starts and joins the cluster through a member.
+    pub(crate) fn join_spare(&mut self, id: NodeId) {
+        let Some(seed_node) = self.seed_for(id) else {
+            return;
+        };
+        let seed: u64 = self.rng.gen();
+        let now = self.now;
+        let node = self.node_mut(id);
+        if !node.spare {
+            return;
+        }
+        node.spare = false;
+        let local = node.local(now);
+        let boot = Bootstrap::Join {
+            addr: static_addr(id),
+            seed: seed_node,
+            seed_addr: static_addr(seed_node),
+        };
+        match NodeCore::open_with(node.cfg.clone(), MemStore::new(), boot, seed, local) {
+            Ok(core) => node.core = Some(core),
+            Err(e) => panic!("simulated node {id} failed to start: {e}"),
+        }
+        self.trace_line(format!(
+            "t={now}us node {id} JOINS through node {seed_node}"
+        ));
+        self.input(id, Input::Timeout);
+    }
+
+    /// An operator asks a member to leave the cluster.
+    pub(crate) fn leave(&mut self, id: NodeId) {
+        let now = self.now;
+        let node = self.node_mut(id);
+        if node.paused {
+            return;
+        }
+        let local = node.local(now);
+        let Some(core) = node.core.as_mut() else {
+            return;
+        };
+        core.handle(
+            local,
+            Input::Client {
+                id: u64::MAX,
+                request: ClientRequest::Admin(AdminRequest::Leave),
+            },
+        );
+        self.trace_line(format!("t={now}us node {id} LEAVES"));
+        self.after_input(id);
+    }
+
+    /// A member that learns it was removed keeps running a few gossip rounds (so the news
+    /// spreads), then stops for good.
+    fn retire_removed(&mut self, id: NodeId) {
+        let node = self.node_mut(id);
+        // A removed node that lost its disk asks to join again and is refused: it is gone.
+        let refused = node
+            .core
+            .as_ref()
+            .is_some_and(|c| !c.is_joined() && c.stats().join_refusals > 0)
+            && self.removed_by_cluster(id);
+        let node = self.node_mut(id);
+        if refused {
+            if let Some(core) = node.core.take() {
+                self.past_stats.push(core.stats());
+            }
+            let node = self.node_mut(id);
+            node.retired = true;
+            node.generation += 1;
+            let line = format!(
+                "t={}us node {id} refused (removed earlier) and stopped",
+                self.now
+            );
+            self.trace_line(line);
+            return;
+        }
+        let node = self.node_mut(id);
+        if node.retiring || !node.core.as_ref().is_some_and(|c| c.is_removed()) {
+            return;
+        }
+        node.retiring = true;
+        let at = self.now + REMOVED_LINGER_US;
+        self.schedule(at, Event::Retire { node: id });
+    }
+
+    /// Does a running member see `id` as removed?
+    fn removed_by_cluster(&self, id: NodeId) -> bool {
+        self.nodes.iter().filter_map(|n| n.core.as_ref()).any(|c| {
+            c.cluster_state()
+                .and_then(|s| s.member(id))
+                .is_some_and(|m| m.status == dynakv_gossip::Status::Removed)
+        })
+    }
+
+    /// Stop a removed member for good.
+    pub(crate) fn retire(&mut self, id: NodeId) {
+        let now = self.now;
+        let node = self.node_mut(id);
+        // It learned it was removed a while ago; crashed or not, it is gone now.
+        if let Some(core) = node.core.take() {
+            self.past_stats.push(core.stats());
+        }
+        let node = self.node_mut(id);
+        node.retired = true;
+        node.disk = None;
+        node.generation += 1;
+        self.trace_line(format!("t={now}us node {id} REMOVED and stopped"));
+    }
+
+    /// Transfers not finished, over running members.
+    pub(crate) fn transfers_pending(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .map(|c| c.outgoing_pending() + c.incoming_pending())
+            .sum()
+    }
+
+    /// Do all running members route by the same map, with no join or leave in progress?
+    pub(crate) fn membership_settled(&self) -> bool {
+        let cores: Vec<&NodeCore<MemStore>> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_active())
+            .filter_map(|n| n.core.as_ref())
+            .collect();
+        let Some(first) = cores.first() else {
+            return true;
+        };
+        cores.iter().all(|c| {
+            c.is_joined()
+                && c.partition_map() == first.partition_map()
+                && c.cluster_state().is_some_and(|s| {
+                    s.members().values().all(|m| {
+                        !matches!(
+                            m.status,
+                            dynakv_gossip::Status::Joining | dynakv_gossip::Status::Leaving
+                        )
+                    })
+                })
+        })
+    }
+
+    /// The map every running member agrees on (the first one's, when they do not).
+    pub(crate) fn final_map(&self) -> PartitionMap {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_active())
+            .find_map(|n| n.core.as_ref().map(|c| c.partition_map().clone()))
+            .unwrap_or_else(|| self.map.clone())
+    }
+
+    /// Debugging aid: the whole trace of the traced key.
+    pub fn debug_trace(&self) -> Vec<String> {
+        self.trace.clone().unwrap_or_default()
+    }
+
+    /// Debugging aid: each node's view of membership.
+    pub fn debug_membership(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| match &n.core {
+                Some(c) => format!(
+                    "node {} down_view={:?} joined={} status={:?} map_counts={:?} members={:?} out={} in={}",
+                    n.id,
+                    c.down_peers(),
+                    c.is_joined(),
+                    c.member_status(),
+                    c.partition_map().counts(),
+                    c.cluster_state().map(|s| s
+                        .members()
+                        .iter()
+                        .map(|(id, m)| (id.0, m.status.to_string(), m.version))
+                        .collect::<Vec<_>>()),
+                    c.outgoing_pending(),
+                    c.incoming_pending()
+                ),
+                None => format!("node {} down spare={} retired={}", n.id, n.spare, n.retired),
+            })
+            .collect()
+    }
+
     /// Hints still held anywhere, per holder.
     pub(crate) fn hints_pending(&self) -> u64 {
         self.nodes
@@ -594,7 +845,7 @@ impl World {
         self.net.dup = 0.0;
         let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
-            if !self.node_mut(id).is_up() {
+            if self.node_mut(id).is_active() && !self.node_mut(id).is_up() {
                 self.restart(id, false);
             }
             self.resume(id);

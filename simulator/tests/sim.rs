@@ -60,6 +60,9 @@ fn fixed_seeds_with_all_faults_hold_every_invariant() {
         "read_repairs",
         "aae_keys_repaired",
         "tombstones_reaped",
+        "transfer_keys_sent",
+        "partitions_dropped",
+        "transfer_batches_retried",
     ] {
         assert!(
             mechanisms.get(m).copied().unwrap_or(0) > 0,
@@ -67,7 +70,16 @@ fn fixed_seeds_with_all_faults_hold_every_invariant() {
         );
     }
     // The faults really happened and the store still did work.
-    for f in ["partition", "oneway", "clog", "crash", "pause", "wipe"] {
+    for f in [
+        "partition",
+        "oneway",
+        "clog",
+        "crash",
+        "pause",
+        "wipe",
+        "join",
+        "leave",
+    ] {
         assert!(faults_seen.contains(f), "no {f} injected in 150 seeds");
     }
     assert!(acked > 150 * 100, "too few operations succeeded: {acked}");

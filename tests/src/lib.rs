@@ -78,6 +78,32 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::Ex
     None
 }
 
+/// How to set up a test cluster: node count, cluster file settings and an optional node config
+/// file (the `dynakv node --config` TOML) given to every node.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Number of nodes (ids 1..=nodes).
+    pub nodes: u32,
+    /// Partitions (Q); `None` keeps the cluster file default.
+    pub partitions: Option<u16>,
+    /// The cluster's default request timeout; `None` keeps the default.
+    pub request_timeout_ms: Option<u32>,
+    /// Text of the node config file; `None` starts the nodes without `--config`.
+    pub node_config: Option<String>,
+}
+
+impl Setup {
+    /// `nodes` nodes with every default.
+    pub fn nodes(nodes: u32) -> Setup {
+        Setup {
+            nodes,
+            partitions: None,
+            request_timeout_ms: None,
+            node_config: None,
+        }
+    }
+}
+
 /// One node of a test cluster.
 #[derive(Debug)]
 pub struct TestNode {
@@ -97,6 +123,7 @@ pub struct Cluster {
     pub nodes: Vec<TestNode>,
     bin: PathBuf,
     cluster_file: PathBuf,
+    node_config: Option<PathBuf>,
     ca: PathBuf,
     dir: tempfile::TempDir,
     _turn: MutexGuard<'static, ()>,
@@ -106,6 +133,12 @@ impl Cluster {
     /// Creates a CA, certificates and a cluster file for `n` nodes, starts them, and waits until
     /// every node sees every other as up.
     pub fn start(n: u32) -> anyhow::Result<Cluster> {
+        Cluster::start_with(&Setup::nodes(n))
+    }
+
+    /// Like [`Cluster::start`], with the cluster file settings and node config of `setup`.
+    pub fn start_with(setup: &Setup) -> anyhow::Result<Cluster> {
+        let n = setup.nodes;
         let turn = ONE_CLUSTER_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -141,11 +174,27 @@ impl Cluster {
             });
         }
         let cluster_file = root.join("cluster.toml");
-        ClusterFile::new(members).save(&cluster_file)?;
+        let mut file = ClusterFile::new(members);
+        if let Some(q) = setup.partitions {
+            file.partitions = q;
+        }
+        if let Some(ms) = setup.request_timeout_ms {
+            file.request_timeout_ms = ms;
+        }
+        file.save(&cluster_file)?;
+        let node_config = match &setup.node_config {
+            Some(text) => {
+                let path = root.join("node.toml");
+                std::fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut cluster = Cluster {
             nodes,
             bin,
             cluster_file,
+            node_config,
             ca: root.join("ca.pem"),
             dir,
             _turn: turn,
@@ -200,6 +249,11 @@ impl Cluster {
             .arg(&node.dir)
             .arg("--cluster")
             .arg(&self.cluster_file)
+            .args(
+                self.node_config
+                    .iter()
+                    .flat_map(|path| [std::ffi::OsStr::new("--config"), path.as_os_str()]),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -235,14 +289,42 @@ impl Cluster {
         self.wait_all_up()
     }
 
-    /// Waits until every running node answers `status` and sees every running node as up.
-    pub fn wait_all_up(&self) -> anyhow::Result<()> {
-        let running: Vec<u32> = self
-            .nodes
+    /// Is node `id` running (started and not stopped or killed by the harness)?
+    pub fn is_running(&self, id: u32) -> bool {
+        self.nodes[id as usize - 1].child.is_some()
+    }
+
+    /// Ids of the running nodes.
+    pub fn running(&self) -> Vec<u32> {
+        self.nodes
             .iter()
             .filter(|n| n.child.is_some())
             .map(|n| n.id)
+            .collect()
+    }
+
+    /// Starts every stopped node, then waits until the cluster is whole.
+    pub fn start_stopped(&mut self) -> anyhow::Result<()> {
+        let stopped: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_none())
+            .map(|n| n.id)
             .collect();
+        for id in stopped {
+            self.spawn(id)?;
+        }
+        self.wait_all_up()
+    }
+
+    /// `dynakv status --json` of node `id`.
+    pub fn status(&self, id: u32) -> anyhow::Result<serde_json::Value> {
+        self.cli_json(&["status", "--json", "--node", &self.addr(id).to_string()])
+    }
+
+    /// Waits until every running node answers `status` and sees every running node as up.
+    pub fn wait_all_up(&self) -> anyhow::Result<()> {
+        let running = self.running();
         let start = Instant::now();
         for tries in 0.. {
             let mut all = true;

@@ -1,4 +1,4 @@
-//! `dynakv put`, `get`, `delete` and `status`: one request to one node, one line of output.
+//! `dynakv put`, `get` and `delete`: one request to one node, one line of output.
 
 use std::time::Duration;
 
@@ -8,11 +8,10 @@ use bytes::Bytes;
 use dynakv_node::codec::token::{context_from_token, context_to_token};
 use dynakv_node::core::{ClientReply, ClientRequest, RequestOptions};
 use dynakv_node::dvv::VersionVector;
-use dynakv_node::wire::{ClientFrame, ServerFrame, StatusReport};
-use serde_json::json;
+use dynakv_node::wire::{ClientFrame, ServerFrame};
 
 use super::conn::Session;
-use super::{DeleteArgs, GetArgs, PutArgs, QuorumArgs, StatusArgs};
+use super::{DeleteArgs, GetArgs, PutArgs, QuorumArgs};
 
 /// How long the CLI waits beyond the request's own timeout (the node answers by then).
 const GRACE: Duration = Duration::from_secs(3);
@@ -26,13 +25,49 @@ fn parse_context(token: Option<&str>) -> anyhow::Result<VersionVector> {
     }
 }
 
-fn options(q: QuorumArgs, r: Option<u8>, w: Option<u8>) -> RequestOptions {
+/// Which quorum a command asks for: (R, PR) for a get, (W, PW) for a write.
+enum Quorum {
+    Read { r: Option<u8>, pr: Option<u8> },
+    Write { w: Option<u8>, pw: Option<u8> },
+}
+
+fn options(q: QuorumArgs, quorum: Quorum) -> RequestOptions {
+    let (r, pr, w, pw) = match quorum {
+        Quorum::Read { r, pr } => (r, pr, None, None),
+        Quorum::Write { w, pw } => (None, None, w, pw),
+    };
     RequestOptions {
         n: q.n,
         r,
         w,
+        pr,
+        pw,
         timeout_ms: q.timeout,
-        ..RequestOptions::default()
+    }
+}
+
+/// The output line of `put` and `delete`, fields in the documented order (context first).
+#[derive(serde::Serialize)]
+struct WriteLine {
+    context: String,
+    acks: u8,
+    primary_acks: u8,
+    fallback_acks: u8,
+}
+
+fn print_written(kind: &str, reply: ClientReply) -> anyhow::Result<()> {
+    match reply {
+        ClientReply::Written(w) => {
+            let line = WriteLine {
+                context: context_to_token(&w.context),
+                acks: w.acks,
+                primary_acks: w.primary_acks,
+                fallback_acks: w.fallback_acks,
+            };
+            println!("{}", serde_json::to_string(&line)?);
+            Ok(())
+        }
+        other => bail!("unexpected reply to a {kind}: {other:?}"),
     }
 }
 
@@ -66,17 +101,17 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
         key: Bytes::from(args.key.into_bytes()),
         value: Bytes::from(args.value.into_bytes()),
         context,
-        opts: options(args.quorum, None, args.w),
+        opts: options(
+            args.quorum,
+            Quorum::Write {
+                w: args.w,
+                pw: args.pw,
+            },
+        ),
     };
     let reply = core_call(&session, request, wait_for(args.quorum)).await;
     session.close().await;
-    match reply? {
-        ClientReply::Written(w) => {
-            println!("{}", json!({ "context": context_to_token(&w.context) }));
-            Ok(())
-        }
-        other => bail!("unexpected reply to a put: {other:?}"),
-    }
+    print_written("put", reply?)
 }
 
 /// `dynakv delete`.
@@ -86,17 +121,17 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let request = ClientRequest::Delete {
         key: Bytes::from(args.key.into_bytes()),
         context,
-        opts: options(args.quorum, None, args.w),
+        opts: options(
+            args.quorum,
+            Quorum::Write {
+                w: args.w,
+                pw: args.pw,
+            },
+        ),
     };
     let reply = core_call(&session, request, wait_for(args.quorum)).await;
     session.close().await;
-    match reply? {
-        ClientReply::Written(w) => {
-            println!("{}", json!({ "context": context_to_token(&w.context) }));
-            Ok(())
-        }
-        other => bail!("unexpected reply to a delete: {other:?}"),
-    }
+    print_written("delete", reply?)
 }
 
 /// The output line of `get`, fields in the documented order.
@@ -115,7 +150,13 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let session = args.target.connect().await?;
     let request = ClientRequest::Get {
         key: Bytes::from(args.key.clone().into_bytes()),
-        opts: options(args.quorum, args.r, None),
+        opts: options(
+            args.quorum,
+            Quorum::Read {
+                r: args.r,
+                pr: args.pr,
+            },
+        ),
     };
     let reply = core_call(&session, request, wait_for(args.quorum)).await;
     session.close().await;
@@ -149,61 +190,4 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         }
         other => bail!("unexpected reply to a get: {other:?}"),
     }
-}
-
-/// `dynakv status`.
-pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let session = args.target.connect().await?;
-    let reply = session
-        .call(&ClientFrame::Status, Duration::from_secs(10))
-        .await;
-    session.close().await;
-    let report = match reply? {
-        ServerFrame::Status(report) => report,
-        other => bail!("unexpected reply to status: {other:?}"),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_status(&report);
-    }
-    Ok(())
-}
-
-fn print_status(s: &StatusReport) {
-    println!(
-        "node {} sees {} members; partitions Q={}, defaults N={} R={} W={}",
-        s.node,
-        s.members.len(),
-        s.partition_count,
-        s.n,
-        s.r,
-        s.w
-    );
-    println!(
-        "  {:>4}  {:<22} {:<5} {:>10}",
-        "id", "address", "state", "partitions"
-    );
-    for m in &s.members {
-        let state = if m.up { "up" } else { "down" };
-        let me = if m.id == s.node { "  (this node)" } else { "" };
-        println!(
-            "  {:>4}  {:<22} {:<5} {:>10}{me}",
-            m.id.0,
-            m.addr.to_string(),
-            state,
-            m.partitions
-        );
-    }
-    let st = &s.stats;
-    println!(
-        "requests ok {}, failed {}; replica writes {}; read repairs {}; sibling warnings {}; sync failures {}; pending ops {}",
-        st.requests_ok,
-        st.requests_failed,
-        st.replica_writes,
-        st.read_repairs,
-        st.sibling_warnings,
-        st.sync_failures,
-        s.pending_ops
-    );
 }

@@ -3,7 +3,8 @@
 //! # Layout
 //! - `mod.rs` (this file): the clap definitions of every command and flag.
 //! - `conn`: finding and dialling a node (`--node`, `DYNAKV_NODES`, `--ca`, `DYNAKV_CA`).
-//! - `kv`: `put`, `get`, `delete` and `status`.
+//! - `kv`: `put`, `get` and `delete`.
+//! - `status`: `status`, as a readable listing or one JSON object.
 //! - `ca`: `ca init` and `ca issue`.
 //! - `dev`: the one-command local cluster.
 //! - `bench`: the closed-loop load generator.
@@ -13,6 +14,7 @@ mod ca;
 mod conn;
 mod dev;
 mod kv;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,19 +53,28 @@ pub enum Command {
     /// Create a cluster CA or issue node certificates (for nodes started by hand).
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Write a value; prints {"context":"TOKEN"}, the context after the write.
+    /// Write a value; prints {"context":"TOKEN","acks":A,"primary_acks":P,"fallback_acks":F}.
     ///
-    /// Without --context the write is blind: it becomes a sibling of whatever is stored. Pass the
-    /// context of a `get` to replace the values that get returned.
+    /// `context` is the context after the write. Without --context the write is blind: it
+    /// becomes a sibling of whatever is stored; pass the context of a `get` to replace the values
+    /// that get returned. `acks` counts the replicas that acknowledged before the reply:
+    /// `primary_acks` from the key's own replicas, `fallback_acks` from other nodes holding the
+    /// write as a hint for a primary that is down (sloppy quorum). --pw demands primary acks.
     Put(PutArgs),
     /// Read every sibling of a key; prints {"key":..,"siblings":[..],"context":"TOKEN"}.
     ///
     /// A missing key prints "siblings":[] (exit 0). When any value is not UTF-8, every sibling is
     /// printed in standard base64 and the object carries "encoding":"base64".
     Get(GetArgs),
-    /// Delete the values a context covers (writes a tombstone); prints {"context":"TOKEN"}.
+    /// Delete the values a context covers (writes a tombstone); prints the same JSON as `put`.
     Delete(DeleteArgs),
-    /// Show members, who owns how many partitions, and who the node sees as up.
+    /// Show members, partitions per node, who the node sees as up or down, pending hints,
+    /// partition transfers and the node's counters.
+    ///
+    /// --json prints one object: node, members (id, addr, up, down, membership, partitions),
+    /// partition_count, n, r, w, pending_ops, hints_pending (target node id -> hints held for
+    /// it), transfers (direction, partition, peer, keys, total, done), down (peers this node
+    /// marked down) and stats (the core's counters).
     Status(StatusArgs),
     /// Closed-loop load generator: reports throughput and p50/p99/p999 latency.
     Bench(bench::BenchArgs),
@@ -99,8 +110,11 @@ pub struct NodeArgs {
     /// it lands, membership comes from the cluster file only.
     #[arg(long, value_name = "ADDR")]
     pub join: Vec<SocketAddr>,
-    /// Node config file (TOML) overriding limits: max_key_bytes, max_value_bytes, sibling_warn,
-    /// sibling_max, read_repair, peer_queue.
+    /// Node config file (TOML, flat `key = value` lines) overriding the node's limits and
+    /// timers: max_key_bytes, max_value_bytes, sibling_warn, sibling_max, read_repair,
+    /// peer_queue, fallback_after_ms, tick_ms, handoff_batch, handoff_backoff_max_ms,
+    /// aae_interval_ms, read_repair_per_sec, tombstone_grace_ms, gossip_interval_ms,
+    /// max_transfers, transfer_batch (see docs/AVAILABILITY.md). Unknown keys are an error.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Cluster file (TOML: partitions, n, r, w, request_timeout_ms, `[[members]]` id/addr).
@@ -157,6 +171,10 @@ pub struct PutArgs {
     /// Acknowledgements to wait for (default: the cluster's W).
     #[arg(long)]
     pub w: Option<u8>,
+    /// Acknowledgements that must come from primary replicas (default 0); fallbacks do not
+    /// count, so the put fails instead of relying on hints. At most W.
+    #[arg(long)]
+    pub pw: Option<u8>,
     #[command(flatten)]
     pub quorum: QuorumArgs,
     #[command(flatten)]
@@ -171,6 +189,10 @@ pub struct GetArgs {
     /// Replies to wait for (default: the cluster's R).
     #[arg(long)]
     pub r: Option<u8>,
+    /// Replies that must come from primary replicas (default 0); fallbacks do not count.
+    /// At most R.
+    #[arg(long)]
+    pub pr: Option<u8>,
     #[command(flatten)]
     pub quorum: QuorumArgs,
     #[command(flatten)]
@@ -188,6 +210,9 @@ pub struct DeleteArgs {
     /// Acknowledgements to wait for (default: the cluster's W).
     #[arg(long)]
     pub w: Option<u8>,
+    /// Acknowledgements that must come from primary replicas (default 0). At most W.
+    #[arg(long)]
+    pub pw: Option<u8>,
     #[command(flatten)]
     pub quorum: QuorumArgs,
     #[command(flatten)]
@@ -224,7 +249,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Put(args) => kv::put(args).await,
         Command::Get(args) => kv::get(args).await,
         Command::Delete(args) => kv::delete(args).await,
-        Command::Status(args) => kv::status(args).await,
+        Command::Status(args) => status::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -142,8 +142,72 @@ impl<S: Store> NodeCore<S> {
         Ok(())
     }
 
+    /// Keep `object` as hints for each of `replicas` (this node excluded).
+    fn rehint(
+        &mut self,
+        p: PartitionId,
+        key: &[u8],
+        object: &Object,
+        replicas: &[NodeId],
+    ) -> std::result::Result<Object, ReplicaError> {
+        let mut last = Err(ReplicaError::Rejected("partition has no replicas".into()));
+        let me = self.id();
+        for r in replicas.iter().copied().filter(|r| *r != me) {
+            last = self.merge_into_hint(r, p, key, object);
+            last.as_ref().map_err(Clone::clone)?;
+        }
+        last
+    }
+
+    /// Hints for a node that no longer owns anything (it left or was removed) can never be
+    /// handed to it: give them to the current primaries of their partitions instead.
+    fn redirect_hints(&mut self, owner: NodeId) -> Result<()> {
+        let n = usize::from(self.cfg.n);
+        let prefix = owner.0.to_be_bytes();
+        loop {
+            let page = self.store.scan(Space::Hints, Some(&prefix[..]), 64)?;
+            let mine: Vec<_> = page
+                .into_iter()
+                .filter(|(k, _)| parse_hint_key(k).is_some_and(|(o, _, _)| o == owner))
+                .collect();
+            if mine.is_empty() {
+                break;
+            }
+            for (k, v) in mine {
+                if let (Some((_, p, key)), Ok(object)) =
+                    (parse_hint_key(&k), codec::decode_object(&v))
+                {
+                    let replicas = self.map.preference_list(p, n);
+                    let key = key.to_vec();
+                    if replicas.contains(&self.id()) {
+                        let _ = self.merge_into_store(p, &key, &object);
+                    }
+                    let _ = self.rehint(p, &key, &object, &replicas);
+                }
+                // Written again above (durable at the same sync, in order) before this removal.
+                self.store.remove(Space::Hints, &k)?;
+                self.dirty = true;
+            }
+        }
+        self.hints_pending.remove(&owner);
+        self.handoffs.remove(&owner);
+        Ok(())
+    }
+
     /// Called from the maintenance tick: start or retry handoff to every owner with hints.
     pub(super) fn handoff_tick(&mut self) {
+        let owners_now = self.map.members();
+        let gone: Vec<NodeId> = self
+            .hints_pending
+            .keys()
+            .copied()
+            .filter(|o| !owners_now.contains(o) && self.joined)
+            .collect();
+        for owner in gone {
+            if let Err(e) = self.redirect_hints(owner) {
+                tracing::warn!(%owner, error = %e, "cannot redirect hints");
+            }
+        }
         let owners: Vec<NodeId> = self
             .hints_pending
             .iter()
@@ -239,8 +303,30 @@ impl<S: Store> NodeCore<S> {
     /// The owner's side: merge handed-off objects like replica writes; ack once durable.
     pub(super) fn on_hint_batch(&mut self, from: NodeId, batch: u64, items: Vec<HandoffItem>) {
         let mut result = Ok(());
+        let n = usize::from(self.cfg.n);
+        if !self.joined {
+            // Without the cluster state there is nowhere safe to put them: let the fallback
+            // keep its hints and retry.
+            self.send(
+                from,
+                PeerMsg::HintBatchAck {
+                    batch,
+                    result: Err(ReplicaError::Storage("not joined yet; retry".into())),
+                },
+            );
+            return;
+        }
         for item in items {
-            match self.merge_into_store(item.partition, &item.key, &item.object) {
+            let replicas = self.map.preference_list(item.partition, n);
+            let outcome = if replicas.contains(&self.id()) {
+                self.merge_into_store(item.partition, &item.key, &item.object)
+            } else {
+                // Not (or no longer) a replica of this partition (the map moved on): keep the
+                // object as hints for the current primaries rather than in a store no read or
+                // anti-entropy exchange looks at.
+                self.rehint(item.partition, &item.key, &item.object, &replicas)
+            };
+            match outcome {
                 Ok(_) => {}
                 Err(ReplicaError::Rejected(why)) => {
                     // Malformed: it can never be applied anywhere. Say so loudly and take the

@@ -82,7 +82,8 @@ impl<S: Store> NodeCore<S> {
                 },
             ) => {
                 let mut g = Gossiper::new(me, addr, 1, seed, cfg);
-                g.add_seed(seed_node, seed_addr);
+                g.add_seed(seed_node, seed_addr.clone());
+                self.join_seeds.push((seed_node, seed_addr));
                 Ok(g)
             }
         }
@@ -156,6 +157,13 @@ impl<S: Store> NodeCore<S> {
         if now < g.next_tick_us() {
             return;
         }
+        if g.state().is_none() {
+            // Still joining: keep asking every seed (a refusal may be passing, e.g. a seed that
+            // was itself restarting); the refusal reasons are logged for the operator.
+            for (seed, addr) in &self.join_seeds {
+                g.add_seed(*seed, addr.clone());
+            }
+        }
         let outbox = g.tick(now);
         self.send_gossip(outbox);
         self.after_gossip();
@@ -181,18 +189,23 @@ impl<S: Store> NodeCore<S> {
             return;
         };
         let events = g.take_events();
-        let Some(state) = g.state() else { return };
-        let current = state.map().map.clone();
+        let current = g.state().map(|s| s.map().map.clone());
         let mut changed = false;
         for event in events {
             changed = true;
             match event {
                 GossipEvent::Joined { .. } => {
+                    let Some(current) = current.clone() else {
+                        continue;
+                    };
                     tracing::info!(node = %self.id(), "joined the cluster");
                     self.joined = true;
-                    self.map = current.clone();
+                    self.map = current;
                 }
                 GossipEvent::MapChanged { previous, .. } => {
+                    let Some(current) = current.clone() else {
+                        continue;
+                    };
                     if self.joined && previous != current {
                         self.plan_transfers(&previous, &current);
                     }
@@ -235,7 +248,9 @@ impl<S: Store> NodeCore<S> {
         let change = match self.member_status() {
             Some(Status::Joining) if self.incoming_pending() == 0 => Change::MarkValid(me),
             Some(Status::Leaving)
-                if self.outgoing_pending() == 0 && self.map.partitions_of(me).is_empty() =>
+                if self.outgoing_pending() == 0
+                    && self.hints_pending.values().all(|c| *c == 0)
+                    && self.map.partitions_of(me).is_empty() =>
             {
                 Change::FinishLeave(me)
             }

@@ -74,6 +74,8 @@ pub struct CoreStats {
     pub transfer_keys_received: u64,
     /// Partitions dropped after handing them off.
     pub partitions_dropped: u64,
+    /// Transfer batches that went unanswered and were resent from the checkpoint.
+    pub transfer_batches_retried: u64,
     /// Unreadable or malformed records skipped (hints, transfers, anti-entropy).
     pub corrupt_records: u64,
 }
@@ -133,6 +135,10 @@ pub struct NodeCore<S: Store> {
     pub(super) joined: bool,
     pub(super) sending: BTreeMap<(PartitionId, NodeId), super::transfer::Sending>,
     pub(super) receiving: BTreeMap<(PartitionId, NodeId), super::transfer::IncomingTransfer>,
+    /// Seeds to ask while this node has not joined yet.
+    pub(super) join_seeds: Vec<(NodeId, String)>,
+    /// When each incoming transfer last made progress (local clock).
+    pub(super) receiving_progress: BTreeMap<(PartitionId, NodeId), u64>,
 }
 
 /// How many forwarded requests are remembered for de-duplication.
@@ -234,6 +240,8 @@ impl<S: Store> NodeCore<S> {
             joined: false,
             sending: BTreeMap::new(),
             receiving: BTreeMap::new(),
+            receiving_progress: BTreeMap::new(),
+            join_seeds: Vec::new(),
         };
         core.recount_hints()?;
         core.load_transfers()?;
@@ -276,7 +284,9 @@ impl<S: Store> NodeCore<S> {
 
     /// Peers this node currently believes down.
     pub fn down_peers(&self) -> Vec<NodeId> {
-        self.down.keys().copied().collect()
+        let mut peers: BTreeSet<NodeId> = self.down.keys().copied().collect();
+        peers.extend(self.map.members());
+        peers.into_iter().filter(|p| self.is_down(*p)).collect()
     }
 
     pub(super) fn mark_down(&mut self, peer: NodeId) {
@@ -594,6 +604,8 @@ impl<S: Store> NodeCore<S> {
                 hash,
             } => self.on_reap(partition, &key, hash),
             PeerMsg::Gossip(msg) => self.on_gossip(from, msg),
+            PeerMsg::TransferStatus { partition } => self.on_transfer_status(from, partition),
+            PeerMsg::TransferNone { partition } => self.on_transfer_none(from, partition),
             PeerMsg::TransferBatch {
                 batch,
                 partition,
@@ -631,6 +643,12 @@ impl<S: Store> NodeCore<S> {
             let e = super::types::RequestError::Overloaded {
                 pending: self.ops.len() as u64,
             };
+            return self.respond(origin, ClientReply::Error(e));
+        }
+        if self.is_removed() {
+            let e = super::types::RequestError::InvalidOptions(
+                "this node was removed from the cluster; send requests to a member".into(),
+            );
             return self.respond(origin, ClientReply::Error(e));
         }
         if !self.joined {

@@ -23,6 +23,9 @@ use super::types::{Object, PeerMsg, ReplicaError};
 use crate::codec;
 use crate::store::{Space, Store};
 
+/// Silence after which a receiver asks its sender whether a transfer still exists.
+const STALL_US: u64 = 10_000_000;
+
 /// First retry delay of a transfer batch; doubles per failure up to 30 s.
 const BACKOFF_BASE_US: u64 = 200_000;
 const BACKOFF_MAX_US: u64 = 30_000_000;
@@ -140,6 +143,71 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn plan_transfers(&mut self, old: &PartitionMap, new: &PartitionMap) {
         let n = usize::from(self.cfg.n);
         let me = self.id();
+        // Transfers to nodes that are no longer replicas of the partition are moot: the new map
+        // gave it to someone else, who gets it from this plan.
+        let moot: Vec<(PartitionId, NodeId)> = self
+            .sending
+            .iter()
+            .filter(|((p, to), s)| !s.rec.done && !new.preference_list(*p, n).contains(to))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut orphaned = BTreeMap::new();
+        for (p, to) in moot {
+            self.sending.remove(&(p, to));
+            if self.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
+                self.dirty = true;
+            }
+            orphaned.insert(p, ());
+        }
+        // A copy that was on its way out and now has no destination must still reach the
+        // partition's current replicas: send it to all of them (merging is idempotent).
+        for p in orphaned.into_keys() {
+            let replicas = new.preference_list(p, n);
+            if replicas.contains(&me) {
+                continue;
+            }
+            let total = self.count_keys(p);
+            for to in replicas {
+                if self.sending.contains_key(&(p, to)) {
+                    continue;
+                }
+                let rec = OutgoingTransfer {
+                    partition: p,
+                    to,
+                    cursor: None,
+                    sent: 0,
+                    total,
+                    resent: 0,
+                    done: false,
+                };
+                self.persist_out(&rec);
+                self.sending.insert(
+                    (p, to),
+                    Sending {
+                        rec,
+                        inflight: None,
+                        failures: 0,
+                        next_attempt: self.now,
+                    },
+                );
+            }
+        }
+        let moot_in: Vec<(PartitionId, NodeId)> = self
+            .receiving
+            .iter()
+            .filter(|((p, _), r)| !r.done && !new.preference_list(*p, n).contains(&me))
+            .map(|(k, _)| *k)
+            .collect();
+        for (p, from) in moot_in {
+            self.receiving.remove(&(p, from));
+            if self
+                .store
+                .remove(Space::Transfers, &in_key(p, from))
+                .is_ok()
+            {
+                self.dirty = true;
+            }
+        }
         let q = new.partition_count().min(old.partition_count());
         for i in 0..q {
             let p = PartitionId(i);
@@ -258,6 +326,21 @@ impl<S: Store> NodeCore<S> {
     /// concurrency limit.
     pub(super) fn transfer_tick(&mut self) {
         let now = self.now;
+        // Receivers: ask about transfers that went silent (the sender may have lost its state).
+        let stalled: Vec<(PartitionId, NodeId)> = self
+            .receiving
+            .iter()
+            .filter(|(_, r)| !r.done)
+            .map(|(k, _)| *k)
+            .filter(|k| {
+                let last = *self.receiving_progress.entry(*k).or_insert(now);
+                now >= last + STALL_US
+            })
+            .collect();
+        for (p, from) in stalled {
+            self.receiving_progress.insert((p, from), now);
+            self.send(from, PeerMsg::TransferStatus { partition: p });
+        }
         let keys: Vec<(PartitionId, NodeId)> = self.sending.keys().copied().collect();
         let mut active = self
             .sending
@@ -277,6 +360,10 @@ impl<S: Store> NodeCore<S> {
                 }
                 s.inflight = None;
                 s.rec.resent += items;
+                self.stats.transfer_batches_retried += 1;
+                let Some(s) = self.sending.get_mut(&key) else {
+                    continue;
+                };
                 s.failures = s.failures.saturating_add(1);
                 let backoff = BACKOFF_BASE_US
                     .saturating_mul(1u64 << s.failures.min(20))
@@ -365,7 +452,23 @@ impl<S: Store> NodeCore<S> {
     ) {
         let mut result = Ok(());
         let mut upto = None;
-        for (k, o) in &items {
+        if !self.joined
+            || !self
+                .map
+                .preference_list(p, usize::from(self.cfg.n))
+                .contains(&self.id())
+        {
+            // Not ready (still joining) or our map does not have us as a replica yet: refuse
+            // the whole batch so the sender keeps its copy and retries. Acknowledging here
+            // would let the sender drop data nobody stored.
+            result = Err(ReplicaError::Storage(
+                "not (yet) a replica of this partition; retry".into(),
+            ));
+        }
+        for (k, o) in items
+            .iter()
+            .take(if result.is_ok() { usize::MAX } else { 0 })
+        {
             match self.merge_into_store(p, k, o) {
                 Ok(_) => {}
                 Err(ReplicaError::Rejected(why)) => {
@@ -394,6 +497,7 @@ impl<S: Store> NodeCore<S> {
             rec.done |= last;
             let rec = rec.clone();
             self.persist_in(&rec);
+            self.receiving_progress.insert((p, from), self.now);
             self.stats.transfer_keys_received += items.len() as u64;
         }
         self.send(
@@ -483,6 +587,27 @@ impl<S: Store> NodeCore<S> {
         self.tombstones.retain(|(tp, _), _| *tp != p);
         self.stats.partitions_dropped += 1;
         tracing::info!(partition = %p, "partition handed off and dropped");
+    }
+
+    /// A receiver asks whether a transfer of `p` to it still exists.
+    pub(super) fn on_transfer_status(&mut self, from: NodeId, p: PartitionId) {
+        let live = self.sending.get(&(p, from)).is_some_and(|s| !s.rec.done);
+        if !live {
+            self.send(from, PeerMsg::TransferNone { partition: p });
+        }
+    }
+
+    /// The sender has no transfer of `p` for this node: stop waiting for it.
+    pub(super) fn on_transfer_none(&mut self, from: NodeId, p: PartitionId) {
+        if let Some(rec) = self.receiving.get_mut(&(p, from)) {
+            if !rec.done {
+                rec.done = true;
+                let rec = rec.clone();
+                self.persist_in(&rec);
+                tracing::info!(partition = %p, %from, "sender has no transfer for us; anti-entropy covers the rest");
+                self.membership_progress();
+            }
+        }
     }
 
     /// Transfers per partition, for status: (partition, peer, sent, total, done, outgoing).

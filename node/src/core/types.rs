@@ -339,6 +339,11 @@ pub enum PeerMsg {
         done: bool,
         result: Result<(), ReplicaError>,
     },
+    /// A receiver that has heard nothing of an expected transfer for a while asks its sender.
+    TransferStatus { partition: PartitionId },
+    /// The sender has no transfer of this partition for the asker (it finished, or the sender
+    /// lost its state): the receiver stops waiting; anti-entropy covers any difference.
+    TransferNone { partition: PartitionId },
     /// Tombstone reaping, phase 1: may this tombstone-only object be removed everywhere?
     ReapQuery {
         round: u64,

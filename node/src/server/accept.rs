@@ -178,7 +178,9 @@ async fn answer(frame: ClientFrame, ctx: &AcceptCtx) -> ServerFrame {
             if ctx.driver.send(DriverInput::Status(tx)).is_err() {
                 return gone();
             }
-            rx.await.map(ServerFrame::Status).unwrap_or_else(|_| gone())
+            rx.await
+                .map(|report| ServerFrame::Status(Box::new(report)))
+                .unwrap_or_else(|_| gone())
         }
     }
 }

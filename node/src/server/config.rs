@@ -137,8 +137,26 @@ impl ClusterFile {
     }
 }
 
-/// The optional node config file (`--config FILE`): overrides of the core's limits. Every field
-/// is optional; the quorum defaults come from the cluster file.
+/// The optional node config file (`--config FILE`): overrides of the core's limits and timers,
+/// one flat `key = value` line each. Every key is optional (an absent key keeps the core
+/// default, [`CoreConfig::default`]); an unknown key is an error naming it. The quorum defaults
+/// and the request timeout come from the cluster file.
+///
+/// ```toml
+/// # node.toml
+/// fallback_after_ms = 300        # silence before a write also goes to a fallback
+/// tick_ms = 100                  # maintenance period (handoff, anti-entropy, probes, reaping)
+/// handoff_batch = 64             # hints per handoff batch
+/// handoff_backoff_max_ms = 30000 # longest wait between handoff attempts
+/// aae_interval_ms = 1000         # one anti-entropy exchange per this period
+/// read_repair_per_sec = 2000     # read-repair budget
+/// tombstone_grace_ms = 60000     # tombstone-only age before reaping (0 = never reap)
+/// sibling_warn = 25              # siblings per key before a warning
+/// sibling_max = 100              # siblings per key before a write is refused
+/// gossip_interval_ms = 1000      # gossip round length
+/// max_transfers = 2              # partition transfers sent at the same time
+/// transfer_batch = 256           # keys per transfer batch
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfigFile {
@@ -154,19 +172,54 @@ pub struct NodeConfigFile {
     pub read_repair: Option<bool>,
     /// Messages queued per peer while it is slow or unreachable; more are dropped.
     pub peer_queue: Option<usize>,
+    /// Silence (ms) from a primary before a write also goes to a fallback.
+    pub fallback_after_ms: Option<u32>,
+    /// Period (ms) of the maintenance tick: handoff, anti-entropy, probes, reaping.
+    pub tick_ms: Option<u32>,
+    /// Hints per handoff batch.
+    pub handoff_batch: Option<usize>,
+    /// Longest wait (ms) between two handoff attempts to an unreachable owner.
+    pub handoff_backoff_max_ms: Option<u32>,
+    /// One anti-entropy exchange per this period (ms).
+    pub aae_interval_ms: Option<u32>,
+    /// Read repairs sent per second at most.
+    pub read_repair_per_sec: Option<u32>,
+    /// Tombstone-only age (ms) before a tombstone may be reaped; 0 keeps tombstones forever.
+    pub tombstone_grace_ms: Option<u32>,
+    /// Gossip round length (ms).
+    pub gossip_interval_ms: Option<u32>,
+    /// Partition transfers sent at the same time at most.
+    pub max_transfers: Option<usize>,
+    /// Keys per partition-transfer batch.
+    pub transfer_batch: Option<usize>,
 }
 
 impl NodeConfigFile {
-    /// Reads a node config file; errors name the file.
+    /// Reads a node config file; errors name the file (and an unknown key by name).
     pub fn load(path: &Path) -> Result<NodeConfigFile> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        toml::from_str(&text)
+        NodeConfigFile::parse(&text)
             .map_err(|e| Error::Config(format!("bad config file {}: {e}", path.display())))
     }
 
-    /// The core config for node `id` in `cluster`, with this file's overrides.
+    /// Parses the text of a node config file; the error is one line ("line L: what").
+    pub fn parse(text: &str) -> std::result::Result<NodeConfigFile, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let message = e.message().trim_end().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let upto = text.get(..span.start).unwrap_or(text);
+                    format!("line {}: {message}", upto.matches('\n').count() + 1)
+                }
+                None => message,
+            }
+        })
+    }
+
+    /// The core config for node `id` in `cluster`, with this file's overrides; fails with the
+    /// core's explanation when the combination is not valid.
     pub fn core_config(&self, id: NodeId, cluster: &ClusterFile) -> Result<CoreConfig> {
         let d = CoreConfig::default();
         let cfg = CoreConfig {
@@ -180,6 +233,18 @@ impl NodeConfigFile {
             sibling_warn: self.sibling_warn.unwrap_or(d.sibling_warn),
             sibling_max: self.sibling_max.unwrap_or(d.sibling_max),
             read_repair: self.read_repair.unwrap_or(d.read_repair),
+            fallback_after_ms: self.fallback_after_ms.unwrap_or(d.fallback_after_ms),
+            tick_ms: self.tick_ms.unwrap_or(d.tick_ms),
+            handoff_batch: self.handoff_batch.unwrap_or(d.handoff_batch),
+            handoff_backoff_max_ms: self
+                .handoff_backoff_max_ms
+                .unwrap_or(d.handoff_backoff_max_ms),
+            aae_interval_ms: self.aae_interval_ms.unwrap_or(d.aae_interval_ms),
+            read_repair_per_sec: self.read_repair_per_sec.unwrap_or(d.read_repair_per_sec),
+            tombstone_grace_ms: self.tombstone_grace_ms.unwrap_or(d.tombstone_grace_ms),
+            gossip_interval_ms: self.gossip_interval_ms.unwrap_or(d.gossip_interval_ms),
+            max_transfers: self.max_transfers.unwrap_or(d.max_transfers),
+            transfer_batch: self.transfer_batch.unwrap_or(d.transfer_batch),
             planted_bug: None,
             ..d
         };
@@ -260,5 +325,98 @@ mod tests {
         let dup = ClusterFile::new(vec![f.members[0].clone(), f.members[0].clone()]);
         assert!(dup.check().is_err());
         Ok(())
+    }
+
+    fn cluster() -> ClusterFile {
+        ClusterFile::new(vec![MemberEntry {
+            id: 1,
+            addr: SocketAddr::from(([127, 0, 0, 1], 7101)),
+        }])
+    }
+
+    #[test]
+    fn empty_node_config_keeps_every_core_default() -> Result<()> {
+        let cfg = NodeConfigFile::parse("")
+            .map_err(Error::Config)?
+            .core_config(NodeId(1), &cluster())?;
+        let d = CoreConfig::default();
+        assert_eq!(
+            cfg,
+            CoreConfig {
+                node: NodeId(1),
+                n: 1,
+                r: 1,
+                w: 1,
+                ..d
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn node_config_sets_every_documented_knob() -> Result<()> {
+        let text = "fallback_after_ms = 150\ntick_ms = 50\nhandoff_batch = 8\n\
+            handoff_backoff_max_ms = 2000\naae_interval_ms = 200\nread_repair_per_sec = 10\n\
+            tombstone_grace_ms = 12000\nsibling_warn = 5\nsibling_max = 9\n\
+            gossip_interval_ms = 250\nmax_transfers = 3\ntransfer_batch = 32\n\
+            read_repair = false\nmax_key_bytes = 100\nmax_value_bytes = 1000\npeer_queue = 7\n";
+        let file = NodeConfigFile::parse(text).map_err(Error::Config)?;
+        assert_eq!(file.peer_queue, Some(7));
+        let cfg = file.core_config(NodeId(1), &cluster())?;
+        assert_eq!(
+            (cfg.fallback_after_ms, cfg.tick_ms, cfg.handoff_batch),
+            (150, 50, 8)
+        );
+        assert_eq!(
+            (
+                cfg.handoff_backoff_max_ms,
+                cfg.aae_interval_ms,
+                cfg.read_repair_per_sec
+            ),
+            (2000, 200, 10)
+        );
+        assert_eq!(
+            (cfg.tombstone_grace_ms, cfg.sibling_warn, cfg.sibling_max),
+            (12000, 5, 9)
+        );
+        assert_eq!(
+            (
+                cfg.gossip_interval_ms,
+                cfg.max_transfers,
+                cfg.transfer_batch
+            ),
+            (250, 3, 32)
+        );
+        assert_eq!(
+            (cfg.read_repair, cfg.max_key_bytes, cfg.max_value_bytes),
+            (false, 100, 1000)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn node_config_refuses_unknown_keys_and_bad_combinations() {
+        let err = NodeConfigFile::parse("aae_interval = 200\n")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("unknown field `aae_interval`"), "{err}");
+        let err = NodeConfigFile::parse("[core]\ntick_ms = 5\n")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("unknown field `core`"), "{err}");
+        let short_grace = NodeConfigFile {
+            tombstone_grace_ms: Some(100),
+            ..NodeConfigFile::default()
+        };
+        let err = short_grace.core_config(NodeId(1), &cluster());
+        assert!(
+            matches!(&err, Err(Error::Config(m)) if m.contains("tombstone_grace_ms")),
+            "{err:?}"
+        );
+        let zero_tick = NodeConfigFile {
+            tick_ms: Some(0),
+            ..NodeConfigFile::default()
+        };
+        assert!(zero_tick.core_config(NodeId(1), &cluster()).is_err());
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::{ClientReply, ClientRequest, Effect, Input, NodeCore, PeerMsg, RequestId};
 use crate::error::Result;
 use crate::store::{SledStore, Store};
-use crate::wire::{ClusterInfo, MemberStatus, StatusReport};
+use crate::wire::{ClusterInfo, MemberStatus, StatusReport, TransferDirection, TransferStatus};
 
 /// Most inputs handled before effects are drained; bounds the latency a huge burst can add.
 const MAX_BATCH: usize = 4096;
@@ -255,6 +255,7 @@ impl Driver {
         let cfg = self.core.config();
         let map = self.core.partition_map();
         let counts = map.counts();
+        let state = self.core.cluster_state();
         let members = self
             .members()
             .into_iter()
@@ -266,6 +267,10 @@ impl Driver {
                         .peers
                         .get(&id)
                         .is_some_and(|p| p.connected.load(Ordering::Relaxed)),
+                down: self.core.is_down(id),
+                membership: state
+                    .and_then(|s| s.member(id))
+                    .map(|m| m.status.to_string()),
                 partitions: counts.get(&id).copied().unwrap_or(0),
             })
             .collect();
@@ -277,7 +282,39 @@ impl Driver {
             r: cfg.r,
             w: cfg.w,
             pending_ops: self.core.pending_ops() as u64,
+            hints_pending: self.core.hints_pending(),
+            transfers: self.transfers(),
+            down: self.core.down_peers(),
             stats: self.core.stats(),
         }
+    }
+
+    /// Outgoing then incoming transfers, each in (partition, peer) order.
+    fn transfers(&self) -> Vec<TransferStatus> {
+        let outgoing = self
+            .core
+            .outgoing_transfers()
+            .into_iter()
+            .map(|t| TransferStatus {
+                direction: TransferDirection::Outgoing,
+                partition: t.partition,
+                peer: t.to,
+                keys: t.sent,
+                total: Some(t.total),
+                done: t.done,
+            });
+        let incoming = self
+            .core
+            .incoming_transfers()
+            .into_iter()
+            .map(|t| TransferStatus {
+                direction: TransferDirection::Incoming,
+                partition: t.partition,
+                peer: t.from,
+                keys: t.received,
+                total: None,
+                done: t.done,
+            });
+        outgoing.chain(incoming).collect()
     }
 }

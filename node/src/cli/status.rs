@@ -1,0 +1,174 @@
+//! `dynakv status`: one node's view of the cluster, as a readable listing (one item per line) or
+//! as one JSON object (`--json`, the [`StatusReport`] as it comes off the wire).
+
+use std::time::Duration;
+
+use anyhow::bail;
+use dynakv_node::core::CoreStats;
+use dynakv_node::wire::{ClientFrame, ServerFrame, StatusReport, TransferDirection};
+
+use super::StatusArgs;
+
+/// How long `status` waits for the node's answer.
+const STATUS_WAIT: Duration = Duration::from_secs(10);
+
+/// `dynakv status`.
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let session = args.target.connect().await?;
+    let reply = session.call(&ClientFrame::Status, STATUS_WAIT).await;
+    session.close().await;
+    let report = match reply? {
+        ServerFrame::Status(report) => report,
+        other => bail!("unexpected reply to status: {other:?}"),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+/// The human-readable listing: a header, the member table, then one line per hint target,
+/// transfer and counter.
+fn render(s: &StatusReport) -> String {
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(format!(
+        "node {} sees {} members; partitions Q={}, defaults N={} R={} W={}; {} ops in flight",
+        s.node,
+        s.members.len(),
+        s.partition_count,
+        s.n,
+        s.r,
+        s.w,
+        s.pending_ops
+    ));
+    line(String::new());
+    line(format!(
+        "  {:>4}  {:<22} {:<10} {:<10} {:>10}",
+        "id", "address", "connection", "membership", "partitions"
+    ));
+    for m in &s.members {
+        let conn = match (m.up, m.down) {
+            (_, true) => "down",
+            (true, false) => "up",
+            (false, false) => "no link",
+        };
+        let me = if m.id == s.node { "  (this node)" } else { "" };
+        line(format!(
+            "  {:>4}  {:<22} {:<10} {:<10} {:>10}{me}",
+            m.id.0,
+            m.addr.to_string(),
+            conn,
+            m.membership.as_deref().unwrap_or("-"),
+            m.partitions
+        ));
+    }
+    line(String::new());
+    if s.down.is_empty() {
+        line("down (local view): none".into());
+    } else {
+        let ids: Vec<String> = s.down.iter().map(ToString::to_string).collect();
+        line(format!("down (local view): {}", ids.join(", ")));
+    }
+    if s.hints_pending.is_empty() {
+        line("hints pending: none".into());
+    } else {
+        line("hints pending:".into());
+        for (target, count) in &s.hints_pending {
+            line(format!("  for node {target}: {count}"));
+        }
+    }
+    if s.transfers.is_empty() {
+        line("transfers: none".into());
+    } else {
+        line("transfers:".into());
+        for t in &s.transfers {
+            let (arrow, verb) = match t.direction {
+                TransferDirection::Outgoing => ("to", "sent"),
+                TransferDirection::Incoming => ("from", "received"),
+            };
+            let total = t.total.map(|n| format!(" of {n}")).unwrap_or_default();
+            let state = if t.done { "done" } else { "running" };
+            line(format!(
+                "  partition {} {arrow} node {}: {} keys {verb}{total} ({state})",
+                t.partition, t.peer, t.keys
+            ));
+        }
+    }
+    line("counters:".into());
+    for (name, value) in counters(&s.stats) {
+        line(format!("  {name:<24} {value}"));
+    }
+    out
+}
+
+/// Every counter with its JSON name, in a stable order (through serde, so a new counter in
+/// the core shows up here without a change).
+fn counters(stats: &CoreStats) -> Vec<(String, u64)> {
+    match serde_json::to_value(stats) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter_map(|(k, v)| v.as_u64().map(|v| (k, v)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynakv_node::wire::{MemberStatus, TransferStatus};
+    use dynakv_ring::{NodeId, PartitionId};
+
+    #[test]
+    fn listing_shows_hints_transfers_down_and_counters() {
+        let report = StatusReport {
+            node: NodeId(1),
+            members: vec![MemberStatus {
+                id: NodeId(2),
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7102)),
+                up: false,
+                down: true,
+                membership: Some("valid".into()),
+                partitions: 12,
+            }],
+            partition_count: 64,
+            n: 3,
+            r: 2,
+            w: 2,
+            pending_ops: 0,
+            hints_pending: [(NodeId(2), 7)].into_iter().collect(),
+            transfers: vec![TransferStatus {
+                direction: TransferDirection::Outgoing,
+                partition: PartitionId(5),
+                peer: NodeId(3),
+                keys: 10,
+                total: Some(20),
+                done: false,
+            }],
+            down: vec![NodeId(2)],
+            stats: CoreStats {
+                hints_delivered: 4,
+                ..CoreStats::default()
+            },
+        };
+        let text = render(&report);
+        assert!(
+            text.contains("127.0.0.1:7102         down       valid"),
+            "{text}"
+        );
+        assert!(text.contains("down (local view): 2"), "{text}");
+        assert!(text.contains("  for node 2: 7"), "{text}");
+        assert!(
+            text.contains("partition 5 to node 3: 10 keys sent of 20 (running)"),
+            "{text}"
+        );
+        assert!(text.contains("hints_delivered          4"), "{text}");
+        assert!(text.contains("tombstones_reaped"), "{text}");
+    }
+}
