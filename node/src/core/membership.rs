@@ -5,6 +5,8 @@
 //! restarts with the membership it last knew. A map change plans partition transfers
 //! (`transfer.rs`) before the node routes by the new map.
 
+use std::collections::BTreeMap;
+
 use dynakv_gossip::{
     Change, ClusterParams, ClusterState, GossipConfig, GossipEvent, GossipMsg, Gossiper, Status,
 };
@@ -29,8 +31,14 @@ pub fn static_addr(node: NodeId) -> String {
 #[derive(Debug, Clone)]
 pub enum Bootstrap {
     /// A founder of a cluster whose founding members own `map` (or a node restarting with the
-    /// cluster state persisted in its store, which wins).
+    /// cluster state persisted in its store, which wins). Members are known by placeholder
+    /// addresses (`static_addr`); the simulator and tests use this.
     Founder { map: PartitionMap },
+    /// Like `Founder`, with the founding members' real addresses (the `dynakv node` driver).
+    Founders {
+        map: PartitionMap,
+        addrs: BTreeMap<NodeId, String>,
+    },
     /// A new node that joins through a seed; it serves nothing until it has the cluster state.
     Join {
         /// Where peers reach this node.
@@ -60,7 +68,16 @@ impl<S: Store> NodeCore<S> {
         let me = self.id();
         let gossiper = match (persisted, boot) {
             (Some(state), _) => Gossiper::with_state(me, state, 1, seed, cfg, self.now),
-            (None, Bootstrap::Founder { map }) => {
+                        (None, Bootstrap::Founder { map }) => {
+                let params = ClusterParams {
+                    partitions: map.partition_count(),
+                    replicas: self.cfg.n,
+                };
+                let founders = map.members().into_iter().map(|m| (m, static_addr(m))).collect();
+                ClusterState::new(params, &founders)
+                    .and_then(|state| Gossiper::with_state(me, state, 1, seed, cfg, self.now))
+            }
+            (None, Bootstrap::Founders { map, addrs }) => {
                 let params = ClusterParams {
                     partitions: map.partition_count(),
                     replicas: self.cfg.n,
@@ -68,7 +85,7 @@ impl<S: Store> NodeCore<S> {
                 let founders = map
                     .members()
                     .into_iter()
-                    .map(|m| (m, static_addr(m)))
+                    .map(|m| (m, addrs.get(&m).cloned().unwrap_or_else(|| static_addr(m))))
                     .collect();
                 ClusterState::new(params, &founders)
                     .and_then(|state| Gossiper::with_state(me, state, 1, seed, cfg, self.now))
@@ -95,6 +112,25 @@ impl<S: Store> NodeCore<S> {
         self.gossip = Some(gossiper);
         self.persist_cluster();
         Ok(())
+    }
+
+    /// Ask `seed` (at `addr`) for the cluster state: how a running node that is not in a
+    /// cluster joins one (`dynakv join`). Ignored once the node has joined.
+    pub fn add_join_seed(&mut self, seed: NodeId, addr: String) {
+        if self.joined || seed == self.id() {
+            return;
+        }
+        if let Some(g) = self.gossip.as_mut() {
+            g.add_seed(seed, addr.clone());
+        }
+        self.join_seeds.push((seed, addr));
+    }
+
+    /// The address `node` advertises in the cluster state.
+    pub fn member_addr(&self, node: NodeId) -> Option<String> {
+        self.cluster_state()
+            .and_then(|s| s.member(node))
+            .map(|m| m.addr.clone())
     }
 
     /// The cluster state this node knows (`None` before it has joined).

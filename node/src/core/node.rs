@@ -170,7 +170,8 @@ impl<S: Store> NodeCore<S> {
         now: u64,
     ) -> Result<Self> {
         let map = match &boot {
-            super::membership::Bootstrap::Founder { map } => map.clone(),
+            super::membership::Bootstrap::Founder { map }
+            | super::membership::Bootstrap::Founders { map, .. } => map.clone(),
             super::membership::Bootstrap::Join { .. } => {
                 // A placeholder until the seed's state arrives; nothing is served meanwhile.
                 PartitionMap::initial(dynakv_ring::MIN_PARTITIONS, &BTreeSet::from([cfg.node]))?
