@@ -158,12 +158,13 @@ impl<S: Store> NodeCore<S> {
     /// Called from the maintenance tick: start one exchange (next partition, random peer).
     pub(super) fn aae_tick(&mut self) {
         let n = usize::from(self.cfg.n);
-        let mine = self.map.replicated_partitions(self.id(), n);
+        let mine = &self.mine;
         if mine.is_empty() {
             return;
         }
         self.aae_cursor = (self.aae_cursor + 1) % mine.len();
         let p = mine[self.aae_cursor];
+        let _ = n;
         let peers: Vec<NodeId> = self
             .map
             .preference_list(p, n)

@@ -106,7 +106,7 @@ impl<S: Store> NodeCore<S> {
     ) -> std::result::Result<Object, ReplicaError> {
         self.check_peer_key(p, key)?;
         codec::check_replica_object(incoming).map_err(|e| ReplicaError::Rejected(e.to_string()))?;
-        let known = self.map.members().contains(&owner)
+        let known = self.members.contains(&owner)
             || self
                 .cluster_state()
                 .is_some_and(|s| s.member(owner).is_some());
@@ -196,7 +196,10 @@ impl<S: Store> NodeCore<S> {
 
     /// Called from the maintenance tick: start or retry handoff to every owner with hints.
     pub(super) fn handoff_tick(&mut self) {
-        let owners_now = self.map.members();
+        if self.hints_pending.is_empty() {
+            return;
+        }
+        let owners_now = self.members.clone();
         let gone: Vec<NodeId> = self
             .hints_pending
             .keys()

@@ -106,7 +106,8 @@ impl<S: Store> NodeCore<S> {
         }
         .map_err(|e| Error::Config(format!("membership: {e}")))?;
         if let Some(state) = gossiper.state() {
-            self.map = state.map().map.clone();
+            let map = state.map().map.clone();
+            self.install_map(map);
             self.joined = true;
         }
         self.gossip = Some(gossiper);
@@ -236,7 +237,7 @@ impl<S: Store> NodeCore<S> {
                     };
                     tracing::info!(node = %self.id(), "joined the cluster");
                     self.joined = true;
-                    self.map = current;
+                    self.install_map(current);
                 }
                 GossipEvent::MapChanged { previous, .. } => {
                     let Some(current) = current.clone() else {
@@ -245,11 +246,9 @@ impl<S: Store> NodeCore<S> {
                     if self.joined && previous != current {
                         self.plan_transfers(&previous, &current);
                     }
-                    self.map = current.clone();
+                    self.install_map(current.clone());
                     // Forget hash trees of partitions this node no longer replicates.
-                    let mine = self
-                        .map
-                        .replicated_partitions(self.id(), usize::from(self.cfg.n));
+                    let mine = self.mine.clone();
                     self.trees.retain(|p, _| mine.contains(p));
                 }
                 GossipEvent::MemberChanged { node, status } => {

@@ -135,6 +135,10 @@ pub struct NodeCore<S: Store> {
     pub(super) joined: bool,
     pub(super) sending: BTreeMap<(PartitionId, NodeId), super::transfer::Sending>,
     pub(super) receiving: BTreeMap<(PartitionId, NodeId), super::transfer::IncomingTransfer>,
+    /// Members of the current map (cached: asked for on hot paths).
+    pub(super) members: BTreeSet<NodeId>,
+    /// Partitions this node replicates under the current map (cached).
+    pub(super) mine: Vec<PartitionId>,
     /// Seeds to ask while this node has not joined yet.
     pub(super) join_seeds: Vec<(NodeId, String)>,
     /// When each incoming transfer last made progress (local clock).
@@ -243,7 +247,11 @@ impl<S: Store> NodeCore<S> {
             receiving: BTreeMap::new(),
             receiving_progress: BTreeMap::new(),
             join_seeds: Vec::new(),
+            members: BTreeSet::new(),
+            mine: Vec::new(),
         };
+        let initial = core.map.clone();
+        core.install_map(initial);
         core.recount_hints()?;
         core.load_transfers()?;
         core.init_membership(boot)?;
@@ -286,7 +294,7 @@ impl<S: Store> NodeCore<S> {
     /// Peers this node currently believes down.
     pub fn down_peers(&self) -> Vec<NodeId> {
         let mut peers: BTreeSet<NodeId> = self.down.keys().copied().collect();
-        peers.extend(self.map.members());
+        peers.extend(self.members.iter().copied());
         peers.into_iter().filter(|p| self.is_down(*p)).collect()
     }
 
@@ -324,6 +332,13 @@ impl<S: Store> NodeCore<S> {
 
     /// Replace the partition map (when the cluster changes).
     pub fn set_partition_map(&mut self, map: PartitionMap) {
+        self.install_map(map);
+    }
+
+    /// Route by `map` from now on, and refresh what is derived from it.
+    pub(super) fn install_map(&mut self, map: PartitionMap) {
+        self.members = map.members();
+        self.mine = map.replicated_partitions(self.cfg.node, usize::from(self.cfg.n));
         self.map = map;
     }
 
@@ -502,7 +517,7 @@ impl<S: Store> NodeCore<S> {
 
     /// Owners this node may hold hints for: the members, and anyone it already holds hints for.
     pub(super) fn hint_owners(&self) -> BTreeSet<NodeId> {
-        let mut owners = self.map.members();
+        let mut owners = self.members.clone();
         if let Some(state) = self.cluster_state() {
             owners.extend(state.members().keys().copied());
         }

@@ -77,7 +77,10 @@ impl<S: Store> NodeCore<S> {
             u64::from(self.cfg.tombstone_grace_ms) * 1000
         };
         let n = usize::from(self.cfg.n);
-        let members = self.map.members();
+        if self.tombstones.is_empty() {
+            return;
+        }
+        let members = self.members.clone();
         if !eager && members.iter().any(|m| self.is_down(*m)) {
             return; // a member that cannot vote blocks every reap
         }
