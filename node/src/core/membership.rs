@@ -68,12 +68,16 @@ impl<S: Store> NodeCore<S> {
         let me = self.id();
         let gossiper = match (persisted, boot) {
             (Some(state), _) => Gossiper::with_state(me, state, 1, seed, cfg, self.now),
-                        (None, Bootstrap::Founder { map }) => {
+            (None, Bootstrap::Founder { map }) => {
                 let params = ClusterParams {
                     partitions: map.partition_count(),
                     replicas: self.cfg.n,
                 };
-                let founders = map.members().into_iter().map(|m| (m, static_addr(m))).collect();
+                let founders = map
+                    .members()
+                    .into_iter()
+                    .map(|m| (m, static_addr(m)))
+                    .collect();
                 ClusterState::new(params, &founders)
                     .and_then(|state| Gossiper::with_state(me, state, 1, seed, cfg, self.now))
             }
