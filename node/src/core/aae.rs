@@ -125,20 +125,16 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn tree(&mut self, p: PartitionId) -> Result<&mut PartitionTree> {
         if !self.trees.contains_key(&p) {
             let mut tree = PartitionTree::default();
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let page = self
-                    .store
-                    .scan(Space::Partition(p), after.as_deref(), 1024)?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.0.clone());
-                for (k, v) in &page {
-                    tree.update(k, Some(object_hash(v)));
-                    // Rebuild the reaper's view of tombstone-only keys as well.
-                    if let Ok(o) = crate::codec::decode_object(v) {
-                        self.note_tombstone(p, k, &o);
-                    }
+            let mut decoded = Vec::new();
+            self.scan_each(Space::Partition(p), |k, v| {
+                tree.update(k, Some(object_hash(v)));
+                if let Ok(o) = crate::codec::decode_object(v) {
+                    decoded.push((k.to_vec(), o));
                 }
+            })?;
+            // Rebuild the reaper's view of tombstone-only keys as well.
+            for (k, o) in decoded {
+                self.note_tombstone(p, &k, &o);
             }
             self.stats.aae_tree_builds += 1;
             self.trees.insert(p, tree);

@@ -63,17 +63,11 @@ impl<S: Store> NodeCore<S> {
     /// Count the hints on disk per owner (at startup).
     pub(super) fn recount_hints(&mut self) -> Result<()> {
         let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.store.scan(Space::Hints, after.as_deref(), 1024)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.0.clone());
-            for (k, _) in &page {
-                if let Some((owner, _, _)) = parse_hint_key(k) {
-                    *counts.entry(owner).or_insert(0) += 1;
-                }
+        self.scan_each(Space::Hints, |k, _| {
+            if let Some((owner, _, _)) = parse_hint_key(k) {
+                *counts.entry(owner).or_insert(0) += 1;
             }
-        }
+        })?;
         self.hints_pending = counts;
         Ok(())
     }

@@ -773,6 +773,20 @@ impl<S: Store> NodeCore<S> {
         Some(pending)
     }
 
+    /// Visit every entry of a space in key order, a page at a time.
+    pub(super) fn scan_each(&self, space: Space, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan(space, after.as_deref(), 1024)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, v) in &page {
+                f(k, v);
+            }
+        }
+        Ok(())
+    }
+
     /// Read every key of a partition (for checkers, anti-entropy and transfers).
     pub fn partition_objects(&self, p: PartitionId) -> Result<Vec<(Bytes, Object)>> {
         let mut out = Vec::new();

@@ -168,28 +168,9 @@ impl<S: Store> NodeCore<S> {
             }
             let total = self.count_keys(p);
             for to in replicas {
-                if self.sending.contains_key(&(p, to)) {
-                    continue;
+                if !self.sending.contains_key(&(p, to)) {
+                    self.start_outgoing(p, to, total);
                 }
-                let rec = OutgoingTransfer {
-                    partition: p,
-                    to,
-                    cursor: None,
-                    sent: 0,
-                    total,
-                    resent: 0,
-                    done: false,
-                };
-                self.persist_out(&rec);
-                self.sending.insert(
-                    (p, to),
-                    Sending {
-                        rec,
-                        inflight: None,
-                        failures: 0,
-                        next_attempt: self.now,
-                    },
-                );
             }
         }
         let moot_in: Vec<(PartitionId, NodeId)> = self
@@ -239,25 +220,7 @@ impl<S: Store> NodeCore<S> {
             if senders.contains(&me) {
                 let total = self.count_keys(p);
                 for to in added.iter().copied().filter(|t| *t != me) {
-                    let rec = OutgoingTransfer {
-                        partition: p,
-                        to,
-                        cursor: None,
-                        sent: 0,
-                        total,
-                        resent: 0,
-                        done: false,
-                    };
-                    self.persist_out(&rec);
-                    self.sending.insert(
-                        (p, to),
-                        Sending {
-                            rec,
-                            inflight: None,
-                            failures: 0,
-                            next_attempt: self.now,
-                        },
-                    );
+                    self.start_outgoing(p, to, total);
                 }
             }
             if added.contains(&me) {
@@ -283,13 +246,31 @@ impl<S: Store> NodeCore<S> {
 
     fn count_keys(&self, p: PartitionId) -> u64 {
         let mut count = 0;
-        let mut after: Option<Vec<u8>> = None;
-        while let Ok(page) = self.store.scan(Space::Partition(p), after.as_deref(), 1024) {
-            let Some(last) = page.last() else { break };
-            after = Some(last.0.clone());
-            count += page.len() as u64;
-        }
+        let _ = self.scan_each(Space::Partition(p), |_, _| count += 1);
         count
+    }
+
+    /// Record (durably) that this node must send partition `p` to `to`.
+    fn start_outgoing(&mut self, p: PartitionId, to: NodeId, total: u64) {
+        let rec = OutgoingTransfer {
+            partition: p,
+            to,
+            cursor: None,
+            sent: 0,
+            total,
+            resent: 0,
+            done: false,
+        };
+        self.persist_out(&rec);
+        self.sending.insert(
+            (p, to),
+            Sending {
+                rec,
+                inflight: None,
+                failures: 0,
+                next_attempt: self.now,
+            },
+        );
     }
 
     fn persist_out(&mut self, rec: &OutgoingTransfer) {
