@@ -47,6 +47,12 @@ pub enum ClientFrame {
     ClusterInfo,
     /// Ask for this node's view of the cluster (for `dynakv status`).
     Status,
+    /// Ask a node that is not in a cluster yet to join one through the member at `seed`
+    /// (`dynakv join`). Answered with `ServerFrame::Core(ClientReply::Admin(..))` or an error.
+    Join {
+        /// Address of a member of the cluster to join.
+        seed: SocketAddr,
+    },
 }
 
 /// What a node answers on a request stream.
@@ -75,6 +81,8 @@ pub struct ClusterInfo {
     pub r: u8,
     /// Default write quorum.
     pub w: u8,
+    /// Default request timeout (a joining node adopts it).
+    pub request_timeout_ms: u32,
 }
 
 /// One member as the answering node sees it.
@@ -120,6 +128,9 @@ pub struct TransferStatus {
     pub keys: u64,
     /// Keys in the partition when the transfer started; known on the sending side only.
     pub total: Option<u64>,
+    /// Keys sent more than once (batches resent after going unanswered, e.g. while the
+    /// receiver restarted); known on the sending side only.
+    pub resent: Option<u64>,
     /// Whether the transfer has finished.
     pub done: bool,
 }

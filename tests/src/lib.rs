@@ -113,6 +113,8 @@ pub struct TestNode {
     pub addr: SocketAddr,
     /// Its data directory.
     pub dir: PathBuf,
+    /// For a node that is not in the cluster file: the seed it joins through.
+    pub join: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -170,6 +172,7 @@ impl Cluster {
                 id,
                 addr,
                 dir: ndir,
+                join: None,
                 child: None,
             });
         }
@@ -231,12 +234,71 @@ impl Cluster {
         self.nodes[id as usize - 1].addr
     }
 
+    /// The `dynakv` binary the cluster runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The log of node `id` (its stdout and stderr).
+    pub fn log(&self, id: u32) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    /// Issues a certificate for a new node (the next id) with the cluster CA and starts it
+    /// with `--join` through node `seed` (`None`: with the cluster file, which does not list
+    /// it, so it waits for `dynakv join`); returns its id. Does not wait for the join.
+    pub fn add_node(&mut self, seed: Option<u32>) -> anyhow::Result<u32> {
+        let id = self.nodes.len() as u32 + 1;
+        let ndir = self.dir.path().join(format!("node-{id}"));
+        run_ok(
+            &self.bin,
+            &[
+                "ca",
+                "issue",
+                "--id",
+                &id.to_string(),
+                "--dir",
+                path_str(self.dir.path())?,
+                "--out",
+                path_str(&ndir)?,
+            ],
+        )?;
+        let addr = free_ports(1)?
+            .pop()
+            .context("no free port for the new node")?;
+        self.nodes.push(TestNode {
+            id,
+            addr,
+            dir: ndir,
+            join: seed.map(|s| self.addr(s)),
+            child: None,
+        });
+        self.spawn(id)?;
+        Ok(id)
+    }
+
+    /// Waits (bounded) for node `id` to exit by itself; returns its exit status, or `None` if
+    /// it did not exit in time (it is killed then).
+    pub fn wait_exit(&mut self, id: u32, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.nodes[id as usize - 1].child.take()?;
+        wait_exit(&mut child, within)
+    }
+
+    /// Starts node `id` again on its data without waiting for anything.
+    pub fn spawn_again(&mut self, id: u32) -> anyhow::Result<()> {
+        self.spawn(id)
+    }
+
     fn spawn(&mut self, id: u32) -> anyhow::Result<()> {
         let node = &mut self.nodes[id as usize - 1];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join(format!("node-{id}.log")))?;
+        let membership: Vec<std::ffi::OsString> = match node.join {
+            Some(seed) => vec!["--join".into(), seed.to_string().into()],
+            None => vec!["--cluster".into(), self.cluster_file.clone().into()],
+        };
         let child = Command::new(&self.bin)
             .args([
                 "node",
@@ -247,8 +309,7 @@ impl Cluster {
             ])
             .arg("--dir")
             .arg(&node.dir)
-            .arg("--cluster")
-            .arg(&self.cluster_file)
+            .args(&membership)
             .args(
                 self.node_config
                     .iter()

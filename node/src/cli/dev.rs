@@ -1,6 +1,11 @@
-//! `dynakv dev`: a local cluster of N nodes, each its own OS process, in the foreground.
+//! `dynakv dev`: a local cluster of N nodes, each its own OS process, in the foreground; and
+//! `dynakv dev add`: one more node, started detached, that joins the running cluster.
+//!
+//! An added node's directory DIR/node-I holds `added` (its listen and seed addresses) and `pid`
+//! (its process); the foreground `dev` restarts such nodes with the others, stops them on
+//! Ctrl-C, and leaves alone the nodes whose directory holds `removed` (written by a node that
+//! left the cluster).
 
-use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,7 +19,11 @@ use dynakv_ring::NodeId;
 use tokio::process::{Child, Command};
 
 use super::conn::Target;
-use super::{ca, DevArgs};
+use super::dev_add::{
+    add, added_nodes, log_files, node_dir, running_pid, spawn_joining, stop_detached, write_pid,
+    Child as AddedChild,
+};
+use super::{ca, DevAction, DevArgs};
 
 /// How long a node gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -25,10 +34,15 @@ const READY_WAIT: Duration = Duration::from_secs(20);
 struct NodeProc {
     id: u32,
     child: Child,
+    /// The node's directory (for its `removed` marker).
+    dir: PathBuf,
 }
 
-/// Runs the dev cluster until SIGINT/SIGTERM (or until a node dies).
+/// Runs the dev cluster until SIGINT/SIGTERM (or until a node dies), or `dev add`.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if let Some(DevAction::Add { dir, base_port }) = args.action {
+        return add(&dir, base_port).await;
+    }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)
@@ -57,12 +71,43 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot locate the dynakv executable")?;
     let mut procs = Vec::new();
     for &(id, addr) in &members {
+        if node_dir(&dir, id).join("removed").exists() {
+            println!("node {id}: left the cluster earlier; not started");
+            continue;
+        }
         match spawn(&exe, &dir, &cluster_path, id, addr) {
-            Ok(child) => procs.push(NodeProc { id: id.0, child }),
+            Ok(child) => procs.push(NodeProc {
+                id: id.0,
+                child,
+                dir: node_dir(&dir, id),
+            }),
             Err(e) => {
                 stop_all(&mut procs).await;
                 return Err(e);
             }
+        }
+    }
+    // Nodes added by `dev add` earlier: start them again (unless still running detached).
+    for (id, added) in added_nodes(&dir, &members)? {
+        let ndir = node_dir(&dir, id);
+        if ndir.join("removed").exists() || running_pid(&ndir).is_some() {
+            continue;
+        }
+        match spawn_joining(&exe, &ndir, id, &added, false) {
+            Ok(AddedChild::Owned(child)) => {
+                write_pid(&ndir, child.id().unwrap_or(0));
+                println!(
+                    "node {id}: {} (added with `dev add`; restarted)",
+                    added.listen
+                );
+                procs.push(NodeProc {
+                    id: id.0,
+                    child,
+                    dir: ndir,
+                });
+            }
+            Ok(AddedChild::Detached(_)) => {}
+            Err(e) => eprintln!("warning: cannot restart added node {id}: {e:#}"),
         }
     }
     let addrs: Vec<String> = members.iter().map(|(_, a)| a.to_string()).collect();
@@ -87,6 +132,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         died = first_exit(&mut procs) => Err(died),
     };
     stop_all(&mut procs).await;
+    stop_detached(&dir, &members).await;
     match outcome {
         Ok(()) => {
             println!("all nodes stopped");
@@ -94,10 +140,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
         Err(died) => bail!("{died}; stopped the other nodes"),
     }
-}
-
-fn node_dir(dir: &Path, id: NodeId) -> PathBuf {
-    dir.join(format!("node-{}", id.0))
 }
 
 /// First run: CA, node certificates and the cluster file.
@@ -131,13 +173,7 @@ fn spawn(
     addr: SocketAddr,
 ) -> anyhow::Result<Child> {
     let ndir = node_dir(dir, id);
-    let log_path = ndir.join("node.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
-    let log2 = log.try_clone().context("cannot share the log file")?;
+    let (log, log2) = log_files(&ndir)?;
     Command::new(exe)
         .arg("node")
         .arg("--id")
@@ -189,13 +225,23 @@ async fn wait_ready(dir: &Path, members: &[(NodeId, SocketAddr)]) -> anyhow::Res
     Ok(())
 }
 
-/// Completes when any node exits, describing it.
-async fn first_exit(procs: &mut [NodeProc]) -> String {
+/// Completes when any node exits unexpectedly, describing it. A node that left the cluster
+/// (exit 0 and its `removed` marker) is reported and forgotten.
+async fn first_exit(procs: &mut Vec<NodeProc>) -> String {
     loop {
-        for p in procs.iter_mut() {
+        let mut left = None;
+        for (i, p) in procs.iter_mut().enumerate() {
             if let Ok(Some(status)) = p.child.try_wait() {
+                if status.success() && p.dir.join("removed").exists() {
+                    left = Some(i);
+                    break;
+                }
                 return format!("node {} exited ({status}; see its node.log)", p.id);
             }
+        }
+        if let Some(i) = left {
+            let p = procs.remove(i);
+            println!("node {} left the cluster and stopped", p.id);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -6,13 +6,16 @@
 //! - `kv`: `put`, `get` and `delete`.
 //! - `status`: `status`, as a readable listing or one JSON object.
 //! - `ca`: `ca init` and `ca issue`.
-//! - `dev`: the one-command local cluster.
+//! - `admin`: `join`, `leave` and `remove` (membership changes).
+//! - `dev`: the one-command local cluster, and `dev add` to grow it.
 //! - `bench`: the closed-loop load generator.
 
+mod admin;
 mod bench;
 mod ca;
 mod conn;
 mod dev;
+mod dev_add;
 mod kv;
 mod status;
 
@@ -43,13 +46,29 @@ pub enum Command {
     ///
     /// Creates DIR/ca.pem, DIR/ca-key.pem, DIR/cluster.toml and DIR/node-I/ (data, certificate,
     /// log node.log) the first time; run again on the same DIR to restart the same cluster with
-    /// its data. Stays in the foreground; Ctrl-C (SIGINT) or SIGTERM stops every node cleanly.
+    /// its data (nodes added with `dev add` included, nodes that left excluded). Stays in the
+    /// foreground; Ctrl-C (SIGINT) or SIGTERM stops every node cleanly. `dynakv dev add` (in
+    /// another terminal) grows the running cluster by one node.
     Dev(DevArgs),
     /// Run one node (what `dev` starts for each node).
     ///
     /// DIR must hold node.pem, node-key.pem and ca.pem (see `dynakv ca issue`); the database goes
-    /// to DIR/data. Membership comes from the cluster file (`--cluster`, default DIR/cluster.toml).
+    /// to DIR/data. A node listed in the cluster file (`--cluster`, default DIR/cluster.toml)
+    /// founds the cluster with the other members; any other node joins through `--join SEED`
+    /// (or waits for `dynakv join SEED --node LISTEN`). A node that was removed from the
+    /// cluster stops by itself (exit 0) about 10 s later.
     Node(NodeArgs),
+    /// Make the node at --node, which is not in a cluster yet, join the cluster of SEED.
+    ///
+    /// Prints {"node":"ADDR","result":"node 4 is joining through node 1 at ..."}. The node
+    /// checks SEED's certificate (mutual TLS, same cluster CA) and learns its id from it.
+    Join(JoinArgs),
+    /// The node at --node leaves the cluster: it hands its partitions to the others, then
+    /// stops by itself once removed. Prints {"node":"ADDR","result":"node 2 is leaving"}.
+    Leave(AdminArgs),
+    /// Remove a dead node NODE from the cluster for good (run against any live member);
+    /// its partitions are rebuilt from the other replicas. Prints one JSON line.
+    Remove(RemoveArgs),
     /// Create a cluster CA or issue node certificates (for nodes started by hand).
     #[command(subcommand)]
     Ca(CaCommand),
@@ -73,8 +92,8 @@ pub enum Command {
     ///
     /// --json prints one object: node, members (id, addr, up, down, membership, partitions),
     /// partition_count, n, r, w, pending_ops, hints_pending (target node id -> hints held for
-    /// it), transfers (direction, partition, peer, keys, total, done), down (peers this node
-    /// marked down) and stats (the core's counters).
+    /// it), transfers (direction, partition, peer, keys, total, resent, done), down (peers this
+    /// node marked down) and stats (the core's counters).
     Status(StatusArgs),
     /// Closed-loop load generator: reports throughput and p50/p99/p999 latency.
     Bench(bench::BenchArgs),
@@ -83,6 +102,9 @@ pub enum Command {
 /// Flags of `dynakv dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
+    /// `add`: grow the running dev cluster by one node.
+    #[command(subcommand)]
+    pub action: Option<DevAction>,
     /// Number of nodes (used when DIR holds no cluster yet).
     #[arg(long, default_value_t = 3)]
     pub nodes: u32,
@@ -94,10 +116,53 @@ pub struct DevArgs {
     pub base_port: u16,
 }
 
+/// `dynakv dev` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DevAction {
+    /// Add one node to the running dev cluster in DIR: issue its certificate, create
+    /// DIR/node-I, start it (detached, pid in DIR/node-I/pid, log DIR/node-I/node.log) joining
+    /// through node 1, and print its address. The foreground `dynakv dev` stops it on Ctrl-C
+    /// and restarts it next time.
+    Add {
+        /// Directory of the dev cluster.
+        #[arg(long, default_value = "./dynakv-dev")]
+        dir: PathBuf,
+        /// The dev cluster's base port (node I listens on 127.0.0.1:(P+I)).
+        #[arg(long, default_value_t = 7100)]
+        base_port: u16,
+    },
+}
+
+/// Flags of `dynakv join`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Address of a member of the cluster to join.
+    pub seed: SocketAddr,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Flags of `dynakv leave`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Flags of `dynakv remove`.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The id of the node to remove.
+    #[arg(value_name = "NODE")]
+    pub id: u32,
+    #[command(flatten)]
+    pub target: Target,
+}
+
 /// Flags of `dynakv node`.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// This node's id (must match its certificate and its cluster file entry).
+    /// This node's id (must match its certificate, and its cluster file entry if it has one).
     #[arg(long)]
     pub id: u32,
     /// UDP address to listen on, e.g. 127.0.0.1:7101.
@@ -106,8 +171,8 @@ pub struct NodeArgs {
     /// Data directory (node.pem, node-key.pem, ca.pem; the database goes to DIR/data).
     #[arg(long)]
     pub dir: PathBuf,
-    /// Address of a member to join through. Accepted and recorded for the gossip layer; until
-    /// it lands, membership comes from the cluster file only.
+    /// Address of a member to join through (repeatable; tried in turn, with backoff), for a
+    /// node that is not in the cluster file. LISTEN is the address the cluster will dial.
     #[arg(long, value_name = "ADDR")]
     pub join: Vec<SocketAddr>,
     /// Node config file (TOML, flat `key = value` lines) overriding the node's limits and
@@ -250,6 +315,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => kv::get(args).await,
         Command::Delete(args) => kv::delete(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Join(args) => admin::join(args.seed, args.target).await,
+        Command::Leave(args) => admin::leave(args.target).await,
+        Command::Remove(args) => admin::remove(args.id, args.target).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -52,6 +52,7 @@ fn render(s: &StatusReport) -> String {
         "  {:>4}  {:<22} {:<10} {:<10} {:>10}",
         "id", "address", "connection", "membership", "partitions"
     ));
+    let pending = s.transfers.iter().filter(|t| !t.done).count();
     for m in &s.members {
         let conn = match (m.up, m.down) {
             (_, true) => "down",
@@ -86,16 +87,23 @@ fn render(s: &StatusReport) -> String {
     if s.transfers.is_empty() {
         line("transfers: none".into());
     } else {
-        line("transfers:".into());
+        line(format!(
+            "transfers ({pending} in progress, {} done):",
+            s.transfers.len() - pending
+        ));
         for t in &s.transfers {
             let (arrow, verb) = match t.direction {
                 TransferDirection::Outgoing => ("to", "sent"),
                 TransferDirection::Incoming => ("from", "received"),
             };
             let total = t.total.map(|n| format!(" of {n}")).unwrap_or_default();
+            let resent = match t.resent {
+                Some(n) if n > 0 => format!(", {n} resent"),
+                _ => String::new(),
+            };
             let state = if t.done { "done" } else { "running" };
             line(format!(
-                "  partition {} {arrow} node {}: {} keys {verb}{total} ({state})",
+                "  partition {} {arrow} node {}: {} keys {verb}{total}{resent} ({state})",
                 t.partition, t.peer, t.keys
             ));
         }
@@ -149,6 +157,7 @@ mod tests {
                 peer: NodeId(3),
                 keys: 10,
                 total: Some(20),
+                resent: Some(4),
                 done: false,
             }],
             down: vec![NodeId(2)],
@@ -165,7 +174,7 @@ mod tests {
         assert!(text.contains("down (local view): 2"), "{text}");
         assert!(text.contains("  for node 2: 7"), "{text}");
         assert!(
-            text.contains("partition 5 to node 3: 10 keys sent of 20 (running)"),
+            text.contains("partition 5 to node 3: 10 keys sent of 20, 4 resent (running)"),
             "{text}"
         );
         assert!(text.contains("hints_delivered          4"), "{text}");

@@ -143,6 +143,37 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn plan_transfers(&mut self, old: &PartitionMap, new: &PartitionMap) {
         let n = usize::from(self.cfg.n);
         let me = self.id();
+        // Finished transfers of earlier changes are history: forget them (status shows the
+        // transfers of the current change).
+        let finished_out: Vec<(PartitionId, NodeId)> = self
+            .sending
+            .iter()
+            .filter(|(_, s)| s.rec.done)
+            .map(|(k, _)| *k)
+            .collect();
+        for (p, to) in finished_out {
+            self.sending.remove(&(p, to));
+            if self.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
+                self.dirty = true;
+            }
+        }
+        let finished_in: Vec<(PartitionId, NodeId)> = self
+            .receiving
+            .iter()
+            .filter(|(_, r)| r.done)
+            .map(|(k, _)| *k)
+            .collect();
+        for (p, from) in finished_in {
+            self.receiving.remove(&(p, from));
+            self.receiving_progress.remove(&(p, from));
+            if self
+                .store
+                .remove(Space::Transfers, &in_key(p, from))
+                .is_ok()
+            {
+                self.dirty = true;
+            }
+        }
         // Transfers to nodes that are no longer replicas of the partition are moot: the new map
         // gave it to someone else, who gets it from this plan.
         let moot: Vec<(PartitionId, NodeId)> = self

@@ -6,16 +6,18 @@
 //! frame gets a [`ServerFrame::Error`] and the stream is stopped with an error code; the
 //! connection and the node carry on.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender as StdSender;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dynakv_ring::NodeId;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::driver::DriverInput;
-use super::peers::read_peer_streams;
+use super::join::JoinAsk;
+use super::peers::{lock, read_peer_streams, Registry};
 use super::stopped;
 use crate::core::{ClientReply, ClientRequest, RequestError};
 use crate::error::Error;
@@ -34,8 +36,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub(crate) struct AcceptCtx {
     pub(crate) driver: StdSender<DriverInput>,
-    /// Where to hand connections from each member.
-    pub(crate) links: BTreeMap<NodeId, mpsc::Sender<quinn::Connection>>,
+    /// This node.
+    pub(crate) me: NodeId,
+    /// Where to hand connections from each known peer.
+    pub(crate) links: Registry,
+    /// True once the core runs (before, only `Join` requests are served).
+    pub(crate) serving: Arc<AtomicBool>,
+    /// Where `dynakv join` requests go.
+    pub(crate) join: mpsc::UnboundedSender<JoinAsk>,
     pub(crate) client_max_frame: usize,
     pub(crate) peer_max_frame: usize,
     pub(crate) default_timeout_ms: u32,
@@ -60,21 +68,50 @@ pub(crate) async fn accept_loop(
             let remote = incoming.remote_address();
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                 Ok(Ok(conn)) => serve_connection(conn, ctx).await,
-                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "handshake failed"),
+                // Mutual TLS refusals land here (a certificate from another CA): worth a line.
+                Ok(Err(e)) if is_tls_refusal(&e) => tracing::warn!(%remote, error = %e,
+                    "TLS handshake failed; connection refused (a certificate not from this cluster's CA?)"),
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "handshake abandoned"),
                 Err(_) => tracing::debug!(%remote, "handshake timed out"),
             }
         });
     }
 }
 
+/// A handshake that failed on a TLS error (ours or the peer's alert), rather than one the
+/// dialler abandoned (a peer dialling us at the same moment as we dial it gives up one).
+fn is_tls_refusal(e: &quinn::ConnectionError) -> bool {
+    // QUIC carries TLS alerts as transport error codes 0x100..=0x1ff (RFC 9001, 4.8).
+    let crypto = |code: quinn::TransportErrorCode| (0x100..=0x1ff).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::TransportError(t) => crypto(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code),
+        _ => false,
+    }
+}
+
 async fn serve_connection(conn: quinn::Connection, ctx: AcceptCtx) {
     let remote = conn.remote_address();
-    let peer = peer_node_id(&conn).filter(|id| ctx.links.contains_key(id));
+    // Any node certificate from the cluster CA is a peer: a node we do not know yet may be
+    // joining through us (the driver then starts a link for it).
+    let peer = peer_node_id(&conn).filter(|id| *id != ctx.me);
     match peer {
         Some(id) => {
             tracing::debug!(%remote, peer = %id, "peer connected");
-            if let Some(link) = ctx.links.get(&id) {
-                let _ = link.send(conn.clone()).await;
+            let link = lock(&ctx.links).get(&id).cloned();
+            match link {
+                Some(link) => {
+                    let _ = link.send(conn.clone()).await;
+                }
+                None => {
+                    let input = DriverInput::PeerConnected {
+                        peer: id,
+                        conn: conn.clone(),
+                    };
+                    if ctx.driver.send(input).is_err() {
+                        return;
+                    }
+                }
             }
             tokio::spawn(read_peer_streams(
                 conn.clone(),
@@ -138,7 +175,25 @@ async fn serve_request(
 
 async fn answer(frame: ClientFrame, ctx: &AcceptCtx) -> ServerFrame {
     let gone = || ServerFrame::Error("the node is shutting down".into());
+    if let ClientFrame::Join { seed } = frame {
+        let (tx, rx) = oneshot::channel();
+        if ctx.join.send(JoinAsk { seed, reply: tx }).is_err() {
+            return gone();
+        }
+        return match rx.await {
+            Ok(Ok(msg)) => ServerFrame::Core(ClientReply::Admin(msg)),
+            Ok(Err(e)) => ServerFrame::Error(e),
+            Err(_) => gone(),
+        };
+    }
+    if !ctx.serving.load(Ordering::Relaxed) {
+        return ServerFrame::Error(format!(
+            "node {} is not in a cluster yet (start it with --join SEED, or run `dynakv join SEED --node ADDR`)",
+            ctx.me
+        ));
+    }
     match frame {
+        ClientFrame::Join { .. } => gone(),
         ClientFrame::Core(request) => {
             let timeout_ms = match &request {
                 ClientRequest::Get { opts, .. }

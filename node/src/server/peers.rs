@@ -7,11 +7,18 @@
 //! messages to one peer stay in order). When the connection drops, the dialer reconnects with
 //! exponential backoff and the acceptor waits for the new connection; messages queued meanwhile
 //! are sent once it is up (the queue is bounded; the driver drops what does not fit).
+//!
+//! Links come and go with the membership: [`PeerSpawner`] starts one for every member the
+//! cluster state lists (and for a node that dials in with a cluster certificate before this
+//! node has heard of it: a node joining through us), and a link stops when the driver drops
+//! its [`PeerHandle`] (the member was removed). One exception to "the lower id dials": while a
+//! node has not joined yet, it dials its seeds itself, since they do not know it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender as StdSender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dynakv_ring::NodeId;
@@ -33,12 +40,104 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most bytes gathered from the queue into one stream write.
 const MAX_WRITE_BATCH: usize = 256 * 1024;
 
+/// Where the accept loop hands a connection from each known peer.
+pub(crate) type Registry = Arc<Mutex<BTreeMap<NodeId, mpsc::Sender<quinn::Connection>>>>;
+
+/// Locks a mutex whose data stays valid even if a holder panicked (plain maps and addresses).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The driver's handle on one peer: its outgoing queue, its address and whether a connection
+/// is up. Dropping it stops the link task.
+#[derive(Debug)]
+pub(crate) struct PeerHandle {
+    /// Where the peer is dialled (updated when the cluster state says otherwise).
+    pub(crate) addr: Arc<Mutex<SocketAddr>>,
+    pub(crate) queue: mpsc::Sender<PeerMsg>,
+    pub(crate) connected: Arc<AtomicBool>,
+    /// Dropped with the handle: tells the link to stop.
+    _retire: watch::Sender<bool>,
+}
+
+impl PeerHandle {
+    /// The address the peer is dialled at.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        *lock(&self.addr)
+    }
+}
+
+/// Starts link tasks (from the driver thread, on the node's tokio runtime).
+#[derive(Debug, Clone)]
+pub(crate) struct PeerSpawner {
+    pub(crate) me: NodeId,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) driver: StdSender<DriverInput>,
+    pub(crate) max_frame: usize,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) queue_len: usize,
+    pub(crate) registry: Registry,
+    /// True until this node has the cluster state: its seed links dial whatever the ids.
+    pub(crate) joining: Arc<AtomicBool>,
+}
+
+impl PeerSpawner {
+    /// Starts a link to `peer` at `addr`; `seed`: dial it while this node is joining;
+    /// `first`: a connection the peer already opened to us.
+    pub(crate) fn spawn(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+        seed: bool,
+        first: Option<quinn::Connection>,
+    ) -> PeerHandle {
+        let (queue_tx, queue_rx) = mpsc::channel(self.queue_len);
+        let (accepted_tx, accepted_rx) = mpsc::channel(4);
+        if let Some(conn) = first {
+            // A fresh channel has room for one.
+            let _ = accepted_tx.try_send(conn);
+        }
+        let (retire_tx, retire_rx) = watch::channel(false);
+        let connected = Arc::new(AtomicBool::new(false));
+        let addr = Arc::new(Mutex::new(addr));
+        lock(&self.registry).insert(peer, accepted_tx);
+        let link = Link {
+            me: self.me,
+            peer,
+            addr: addr.clone(),
+            endpoint: self.endpoint.clone(),
+            queue: queue_rx,
+            accepted: accepted_rx,
+            connected: connected.clone(),
+            driver: self.driver.clone(),
+            max_frame: self.max_frame,
+            shutdown: self.shutdown.clone(),
+            retire: retire_rx,
+            bootstrap: seed.then(|| self.joining.clone()),
+            reported: None,
+        };
+        self.runtime.spawn(link.run());
+        PeerHandle {
+            addr,
+            queue: queue_tx,
+            connected,
+            _retire: retire_tx,
+        }
+    }
+
+    /// Forgets `peer` on the accept side (its link is stopped by dropping its handle).
+    pub(crate) fn forget(&self, peer: NodeId) {
+        lock(&self.registry).remove(&peer);
+    }
+}
+
 /// Everything a link task needs.
 #[derive(Debug)]
 pub(crate) struct Link {
     pub(crate) me: NodeId,
     pub(crate) peer: NodeId,
-    pub(crate) addr: SocketAddr,
+    pub(crate) addr: Arc<Mutex<SocketAddr>>,
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) queue: mpsc::Receiver<PeerMsg>,
     /// Connections from this peer that the accept loop handed over.
@@ -47,6 +146,10 @@ pub(crate) struct Link {
     pub(crate) driver: StdSender<DriverInput>,
     pub(crate) max_frame: usize,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Turns true, or loses its sender, when the peer left the cluster.
+    pub(crate) retire: watch::Receiver<bool>,
+    /// `Some(joining)`: a seed of this node, dialled by us while `joining` is true.
+    pub(crate) bootstrap: Option<Arc<AtomicBool>>,
     /// What the core was last told about this peer (`None`: nothing yet, it assumes up).
     pub(crate) reported: Option<bool>,
 }
@@ -64,14 +167,17 @@ impl Link {
                     None => return,
                 },
             };
-            tracing::info!(peer = %self.peer, addr = %self.addr, "peer connection up");
+            tracing::info!(peer = %self.peer, addr = %conn.remote_address(), "peer connection up");
             self.report(true);
             next = self.pump(&conn).await;
             if next.is_none() {
                 self.report(false);
             }
-            let stopping = *self.shutdown.borrow();
-            if stopping {
+            if self.halted() {
+                if self.retired() {
+                    conn.close(codes::NOT_ALLOWED.into(), b"removed from the cluster");
+                    tracing::info!(peer = %self.peer, "peer left the cluster; link closed");
+                }
                 return;
             }
             if next.is_none() {
@@ -83,20 +189,32 @@ impl Link {
     /// Waits for a usable connection: dials (the lower id) or waits for the peer to dial (the
     /// higher id). `None` on shutdown.
     async fn obtain(&mut self, backoff: &mut Duration) -> Option<quinn::Connection> {
-        let dialer = self.me < self.peer;
         let target = Target {
             endpoint: self.endpoint.clone(),
-            addr: self.addr,
+            addr: self.addr.clone(),
             peer: self.peer,
             driver: self.driver.clone(),
             max_frame: self.max_frame,
         };
         loop {
+            // A connection the peer opened already wins over dialling a second one.
+            if let Ok(conn) = self.accepted.try_recv() {
+                return Some(conn);
+            }
+            let dialer = self.me < self.peer
+                || self
+                    .bootstrap
+                    .as_ref()
+                    .is_some_and(|joining| joining.load(Ordering::Relaxed));
             let mut stop = self.shutdown.clone();
+            let mut retire = self.retire.clone();
             let dialed = tokio::select! {
                 _ = stopped(&mut stop) => return None,
+                _ = stopped(&mut retire) => return None,
                 conn = self.accepted.recv() => return conn,
                 result = target.dial(), if dialer => result,
+                // Not the dialer: check again now and then whether that changed.
+                _ = tokio::time::sleep(MAX_BACKOFF), if !dialer => continue,
             };
             match dialed {
                 Ok(conn) => {
@@ -114,6 +232,15 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Shutting down, or the peer was removed?
+    fn halted(&self) -> bool {
+        *self.shutdown.borrow() || self.retired()
+    }
+
+    fn retired(&self) -> bool {
+        *self.retire.borrow() || self.retire.has_changed().is_err()
     }
 
     /// Tells the core (and `status`) that the peer is reachable or not, on changes only.
@@ -135,7 +262,7 @@ impl Link {
 #[derive(Debug)]
 struct Target {
     endpoint: quinn::Endpoint,
-    addr: SocketAddr,
+    addr: Arc<Mutex<SocketAddr>>,
     peer: NodeId,
     driver: StdSender<DriverInput>,
     max_frame: usize,
@@ -143,9 +270,10 @@ struct Target {
 
 impl Target {
     async fn dial(&self) -> Result<quinn::Connection> {
-        let conn = tokio::time::timeout(DIAL_TIMEOUT, connect(&self.endpoint, self.addr))
+        let addr = *lock(&self.addr);
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, connect(&self.endpoint, addr))
             .await
-            .map_err(|_| Error::Transport(format!("dialing {} timed out", self.addr)))??;
+            .map_err(|_| Error::Transport(format!("dialing {addr} timed out")))??;
         match peer_node_id(&conn) {
             Some(id) if id == self.peer => {
                 tokio::spawn(read_peer_streams(
@@ -159,8 +287,8 @@ impl Target {
             other => {
                 conn.close(codes::NOT_ALLOWED.into(), b"unexpected node identity");
                 Err(Error::Transport(format!(
-                    "{} presented node {:?}, expected node {}",
-                    self.addr, other, self.peer
+                    "{addr} presented node {other:?}, expected node {}",
+                    self.peer
                 )))
             }
         }
@@ -179,10 +307,15 @@ impl Link {
             }
         };
         let mut stop = self.shutdown.clone();
+        let mut retire = self.retire.clone();
         let mut buf = Vec::new();
         loop {
             tokio::select! {
                 _ = stopped(&mut stop) => {
+                    let _ = send.finish();
+                    return None;
+                }
+                _ = stopped(&mut retire) => {
                     let _ = send.finish();
                     return None;
                 }
