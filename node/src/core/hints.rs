@@ -98,8 +98,7 @@ impl<S: Store> NodeCore<S> {
         key: &[u8],
         incoming: &Object,
     ) -> std::result::Result<Object, ReplicaError> {
-        self.check_peer_key(p, key)?;
-        codec::check_replica_object(incoming).map_err(|e| ReplicaError::Rejected(e.to_string()))?;
+        self.check_peer_object(p, key, incoming)?;
         let known = self.members.contains(&owner)
             || self
                 .cluster_state()

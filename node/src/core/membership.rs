@@ -69,30 +69,10 @@ impl<S: Store> NodeCore<S> {
         let gossiper = match (persisted, boot) {
             (Some(state), _) => Gossiper::with_state(me, state, 1, seed, cfg, self.now),
             (None, Bootstrap::Founder { map }) => {
-                let params = ClusterParams {
-                    partitions: map.partition_count(),
-                    replicas: self.cfg.n,
-                };
-                let founders = map
-                    .members()
-                    .into_iter()
-                    .map(|m| (m, static_addr(m)))
-                    .collect();
-                ClusterState::new(params, &founders)
-                    .and_then(|state| Gossiper::with_state(me, state, 1, seed, cfg, self.now))
+                self.found_cluster(&map, &BTreeMap::new(), seed, cfg)
             }
             (None, Bootstrap::Founders { map, addrs }) => {
-                let params = ClusterParams {
-                    partitions: map.partition_count(),
-                    replicas: self.cfg.n,
-                };
-                let founders = map
-                    .members()
-                    .into_iter()
-                    .map(|m| (m, addrs.get(&m).cloned().unwrap_or_else(|| static_addr(m))))
-                    .collect();
-                ClusterState::new(params, &founders)
-                    .and_then(|state| Gossiper::with_state(me, state, 1, seed, cfg, self.now))
+                self.found_cluster(&map, &addrs, seed, cfg)
             }
             (
                 None,
@@ -117,6 +97,28 @@ impl<S: Store> NodeCore<S> {
         self.gossip = Some(gossiper);
         self.persist_cluster();
         Ok(())
+    }
+
+    /// A new cluster whose founders own `map`; their addresses from `addrs`, placeholders
+    /// for the ones not listed.
+    fn found_cluster(
+        &self,
+        map: &PartitionMap,
+        addrs: &BTreeMap<NodeId, String>,
+        seed: u64,
+        cfg: GossipConfig,
+    ) -> std::result::Result<Gossiper, dynakv_gossip::GossipError> {
+        let params = ClusterParams {
+            partitions: map.partition_count(),
+            replicas: self.cfg.n,
+        };
+        let founders = map
+            .members()
+            .into_iter()
+            .map(|m| (m, addrs.get(&m).cloned().unwrap_or_else(|| static_addr(m))))
+            .collect();
+        let state = ClusterState::new(params, &founders)?;
+        Gossiper::with_state(self.id(), state, 1, seed, cfg, self.now)
     }
 
     /// Ask `seed` (at `addr`) for the cluster state: how a running node that is not in a

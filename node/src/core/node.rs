@@ -477,8 +477,7 @@ impl<S: Store> NodeCore<S> {
         key: &[u8],
         incoming: &Object,
     ) -> std::result::Result<Object, ReplicaError> {
-        self.check_peer_key(p, key)?;
-        codec::check_replica_object(incoming).map_err(|e| ReplicaError::Rejected(e.to_string()))?;
+        self.check_peer_object(p, key, incoming)?;
         let local = self
             .load(p, key)
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
@@ -513,6 +512,17 @@ impl<S: Store> NodeCore<S> {
             )));
         }
         Ok(())
+    }
+
+    /// Refuse a key/object pair from a peer that is misplaced or not a replica state.
+    pub(super) fn check_peer_object(
+        &self,
+        p: PartitionId,
+        key: &[u8],
+        object: &Object,
+    ) -> std::result::Result<(), ReplicaError> {
+        self.check_peer_key(p, key)?;
+        codec::check_replica_object(object).map_err(|e| ReplicaError::Rejected(e.to_string()))
     }
 
     /// Owners this node may hold hints for: the members, and anyone it already holds hints for.
