@@ -336,11 +336,9 @@ async fn a_transfer_interrupted_by_kill_9_resumes_from_its_checkpoint() -> anyho
         resent * 4 < total,
         "resumed from the checkpoint: {resent} keys resent of {total} ({keys_at_kill} were acknowledged before the kill)"
     );
-    let s = c.status(sender)?;
-    assert!(
-        s["stats"]["transfer_batches_retried"].as_u64() >= Some(1),
-        "the unanswered batch was retried: {s}"
-    );
+    // Whether the batch in flight at the kill is retried after its timeout or delivered by the
+    // peer link after the reconnect depends on timing; either way the transfer went on from its
+    // cursor: had it restarted from zero, `keys` would exceed `total` (checked above).
 
     // Every key of the partitions node 4 now replicates is on node 4 itself: stop the others
     // and read with R=1 through node 4 alone.
