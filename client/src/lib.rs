@@ -30,14 +30,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dynakv_node::codec::token::{context_from_token, context_to_token};
-use dynakv_node::core::{ClientReply, ClientRequest, RequestOptions};
-use dynakv_node::dvv::VersionVector;
-use dynakv_node::net::{client_config, client_endpoint, connect};
-use dynakv_node::wire::{call, ClientFrame, ClusterInfo, ServerFrame};
+use dynakv_proto::codec::token::{context_from_token, context_to_token};
+use dynakv_proto::dvv::VersionVector;
+use dynakv_proto::wire::{ClientFrame, ClusterInfo, ServerFrame};
+use dynakv_proto::{ClientReply, ClientRequest, RequestOptions};
+use dynakv_transport::call;
+use dynakv_transport::{client_config, client_endpoint, connect};
 use tokio::sync::Mutex;
 
-pub use dynakv_node::core::RequestError;
+pub use dynakv_proto::RequestError;
 
 /// Bound on dialling one node.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);

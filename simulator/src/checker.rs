@@ -14,9 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dynakv_node::core::{Object, Value};
-use dynakv_node::dvv::{Dot, VersionVector};
-use dynakv_node::store::{Space, Store};
+use dynakv_core::store::{Space, Store};
+use dynakv_core::{Object, Value};
+use dynakv_proto::dvv::{Dot, VersionVector};
 use serde::Serialize;
 
 use crate::world::World;
@@ -154,7 +154,7 @@ fn check_key(
             continue;
         };
         let object = match core.store().get(Space::Partition(p), key.as_bytes()) {
-            Ok(Some(bytes)) => match dynakv_node::codec::decode_object(&bytes) {
+            Ok(Some(bytes)) => match dynakv_proto::codec::decode_object(&bytes) {
                 Ok(o) => o,
                 Err(e) => {
                     out.push(violation("corrupt-record", key, format!("node {id}: {e}")));

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
-use dynakv_node::core::PlantedBug;
+use dynakv_core::PlantedBug;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;

@@ -10,7 +10,7 @@ pub enum SimError {
     BadArgs(String),
     /// The node core refused to start (should not happen with the in-memory store).
     #[error("node failed to start: {0}")]
-    Node(#[from] dynakv_node::Error),
+    Node(#[from] dynakv_core::Error),
     /// The ring refused the configuration.
     #[error(transparent)]
     Ring(#[from] dynakv_ring::RingError),

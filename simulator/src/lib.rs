@@ -1,6 +1,6 @@
 //! dynakv-simulator: the deterministic network-fault simulator.
 //!
-//! It runs the REAL node core (`dynakv_node::core::NodeCore`, the code the QUIC driver runs) for
+//! It runs the REAL node core (`dynakv_core::NodeCore`, the code the QUIC driver runs) for
 //! many nodes in one process, over a simulated network and disk in virtual time. One `u64` seed
 //! fixes everything, so any failure replays exactly.
 //!

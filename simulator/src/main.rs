@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dynakv_node::core::PlantedBug;
+use dynakv_core::PlantedBug;
 use dynakv_simulator::{run, FaultSet, RunReport, SimConfig};
 
 #[derive(Parser, Debug)]

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use dynakv_node::core::{ClientReply, ClientRequest, RequestError, RequestId, RequestOptions};
-use dynakv_node::dvv::VersionVector;
+use dynakv_core::{ClientReply, ClientRequest, RequestError, RequestId, RequestOptions};
+use dynakv_proto::dvv::VersionVector;
 use rand::Rng;
 
 use crate::checker::{History, Outcome, WriteRecord};

@@ -4,11 +4,11 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use dynakv_node::core::{
+use dynakv_core::store::MemStore;
+use dynakv_core::{
     static_addr, AdminRequest, Bootstrap, ClientReply, ClientRequest, CoreConfig, Effect, Input,
     NodeCore, PeerMsg, RequestId,
 };
-use dynakv_node::store::MemStore;
 use dynakv_ring::{NodeId, PartitionMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -199,7 +199,7 @@ pub struct World {
     pub(crate) wipes_left: u32,
     pub(crate) membership_changes: u32,
     /// Counters of cores that crashed or were removed (a restart starts from zero).
-    pub(crate) past_stats: Vec<dynakv_node::core::CoreStats>,
+    pub(crate) past_stats: Vec<dynakv_core::CoreStats>,
     pub(crate) trace: Option<Vec<String>>,
     pub(crate) workload: crate::workload::Workload,
 }

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use dynakv_node::core::PlantedBug;
+use dynakv_core::PlantedBug;
 use dynakv_simulator::{run, FaultKind, FaultSet, SimConfig};
 
 fn cfg(ops: u32) -> SimConfig {

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use dynakv_node::server::config::{ClusterFile, MemberEntry};
+use dynakv_server::config::{ClusterFile, MemberEntry};
 
 /// Bound on any single wait in the harness.
 pub const WAIT: Duration = Duration::from_secs(30);

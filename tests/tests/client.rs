@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dynakv_client::{Client, ClientError, Context, Options};
-use dynakv_node::net::{client_config, client_endpoint, connect, read_frame, write_frame};
-use dynakv_node::wire::{self, ServerFrame};
+use dynakv_proto::wire::{self, ServerFrame};
 use dynakv_tests::Cluster;
+use dynakv_transport::{client_config, client_endpoint, connect, read_frame, write_frame};
 
 /// Bytes of a str, for terse assertions.
 fn b(s: &str) -> Vec<u8> {

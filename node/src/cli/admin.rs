@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use dynakv_node::core::{AdminRequest, ClientReply, ClientRequest};
-use dynakv_node::wire::{ClientFrame, ServerFrame};
+use dynakv_proto::wire::{ClientFrame, ServerFrame};
+use dynakv_proto::{AdminRequest, ClientReply, ClientRequest};
 use dynakv_ring::NodeId;
 
 use super::conn::Target;

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use bytes::Bytes;
 use clap::Args;
-use dynakv_node::core::{ClientReply, ClientRequest, RequestOptions};
-use dynakv_node::dvv::VersionVector;
-use dynakv_node::wire::{ClientFrame, ServerFrame};
+use dynakv_proto::dvv::VersionVector;
+use dynakv_proto::wire::{ClientFrame, ServerFrame};
+use dynakv_proto::{ClientReply, ClientRequest, RequestOptions};
 use rand::{Rng, SeedableRng};
 
 use super::conn::{Session, Target};

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use dynakv_node::net::ClusterCa;
 use dynakv_ring::NodeId;
+use dynakv_transport::ClusterCa;
 
 use super::CaCommand;
 

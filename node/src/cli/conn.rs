@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::Args;
-use dynakv_node::net::{client_config, client_endpoint, connect};
-use dynakv_node::wire::{call, ClientFrame, ServerFrame};
+use dynakv_proto::wire::{ClientFrame, ServerFrame};
+use dynakv_transport::call;
+use dynakv_transport::{client_config, client_endpoint, connect};
 
 /// Bound on dialling one node (handshake included).
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);

@@ -12,10 +12,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use dynakv_node::net::ClusterCa;
-use dynakv_node::server::config::{ClusterFile, MemberEntry};
-use dynakv_node::wire::{ClientFrame, ServerFrame};
+use dynakv_proto::wire::{ClientFrame, ServerFrame};
 use dynakv_ring::NodeId;
+use dynakv_server::config::{ClusterFile, MemberEntry};
+use dynakv_transport::ClusterCa;
 use tokio::process::{Child, Command};
 
 use super::conn::Target;
@@ -128,7 +128,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Err(e) => eprintln!("warning: {e}"),
     }
     let outcome = tokio::select! {
-        _ = dynakv_node::server::shutdown_signal() => Ok(()),
+        _ = dynakv_server::shutdown_signal() => Ok(()),
         died = first_exit(&mut procs) => Err(died),
     };
     stop_all(&mut procs).await;

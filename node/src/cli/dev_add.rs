@@ -8,10 +8,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use dynakv_node::net::ClusterCa;
-use dynakv_node::server::config::ClusterFile;
-use dynakv_node::wire::{ClientFrame, ServerFrame};
+use dynakv_proto::wire::{ClientFrame, ServerFrame};
 use dynakv_ring::NodeId;
+use dynakv_server::config::ClusterFile;
+use dynakv_transport::ClusterCa;
 use serde::{Deserialize, Serialize};
 
 use super::ca;

@@ -5,10 +5,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use base64::Engine as _;
 use bytes::Bytes;
-use dynakv_node::codec::token::{context_from_token, context_to_token};
-use dynakv_node::core::{ClientReply, ClientRequest, RequestOptions};
-use dynakv_node::dvv::VersionVector;
-use dynakv_node::wire::{ClientFrame, ServerFrame};
+use dynakv_proto::codec::token::{context_from_token, context_to_token};
+use dynakv_proto::dvv::VersionVector;
+use dynakv_proto::wire::{ClientFrame, ServerFrame};
+use dynakv_proto::{ClientReply, ClientRequest, RequestOptions};
 
 use super::conn::Session;
 use super::{DeleteArgs, GetArgs, PutArgs, QuorumArgs};

@@ -299,7 +299,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Node(args) => {
-            let opts = crate_node::server::NodeOptions {
+            let opts = dynakv_server::NodeOptions {
                 id: dynakv_ring::NodeId(args.id),
                 listen: args.listen,
                 dir: args.dir,
@@ -307,7 +307,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config: args.config,
                 cluster: args.cluster,
             };
-            crate_node::server::run(opts, crate_node::server::shutdown_signal()).await?;
+            dynakv_server::run(opts, dynakv_server::shutdown_signal()).await?;
             Ok(())
         }
         Command::Ca(cmd) => ca::run(cmd),
@@ -321,5 +321,3 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
     }
 }
-
-use dynakv_node as crate_node;

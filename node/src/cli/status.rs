@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use dynakv_node::core::CoreStats;
-use dynakv_node::wire::{ClientFrame, ServerFrame, StatusReport, TransferDirection};
+use dynakv_proto::wire::{ClientFrame, ServerFrame, StatusReport, TransferDirection};
+use dynakv_proto::CoreStats;
 
 use super::StatusArgs;
 
@@ -130,7 +130,7 @@ fn counters(stats: &CoreStats) -> Vec<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dynakv_node::wire::{MemberStatus, TransferStatus};
+    use dynakv_proto::wire::{MemberStatus, TransferStatus};
     use dynakv_ring::{NodeId, PartitionId};
 
     #[test]

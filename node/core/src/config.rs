@@ -1,0 +1,200 @@
+//! Settings of the core, with the cluster defaults and the limits that protect a node.
+
+use dynakv_ring::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Defaults and limits for one node's core. The cluster-wide quorum settings (N, R, W) are the
+/// defaults every request gets unless it overrides them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoreConfig {
+    /// This node's id (fixed for the node's life; its data directory remembers it).
+    pub node: NodeId,
+    /// Replicas per key.
+    pub n: u8,
+    /// Replies a get waits for.
+    pub r: u8,
+    /// Acknowledgements a put/delete waits for.
+    pub w: u8,
+    /// Default request timeout.
+    pub request_timeout_ms: u32,
+    /// Longest key accepted.
+    pub max_key_bytes: usize,
+    /// Longest value accepted.
+    pub max_value_bytes: usize,
+    /// Siblings per key past which a warning is logged and counted in status.
+    pub sibling_warn: u32,
+    /// Siblings per key past which a write is refused (with a clear error; nothing is dropped).
+    pub sibling_max: u32,
+    /// Send merged objects back to replicas that answered a get with stale data.
+    pub read_repair: bool,
+    /// How long a coordinator waits for a replica before it counts it as down and sends the
+    /// write to a fallback (sloppy quorum) as well.
+    pub fallback_after_ms: u32,
+    /// Period of the core's maintenance tick (handoff, anti-entropy, probes, reaping).
+    pub tick_ms: u32,
+    /// Hints sent per handoff batch.
+    pub handoff_batch: usize,
+    /// Longest wait between two handoff attempts to an unreachable owner.
+    pub handoff_backoff_max_ms: u32,
+    /// How often this node starts an anti-entropy exchange (one partition, one peer).
+    pub aae_interval_ms: u32,
+    /// Read repairs sent per second at most; the rest is left to anti-entropy.
+    pub read_repair_per_sec: u32,
+    /// How long an object must have been tombstone-only before it may be reaped; 0 keeps
+    /// tombstones forever.
+    pub tombstone_grace_ms: u32,
+    /// Gossip round length.
+    pub gossip_interval_ms: u32,
+    /// Partition transfers this node sends at the same time at most.
+    pub max_transfers: usize,
+    /// Keys per transfer batch.
+    pub transfer_batch: usize,
+    /// Largest peer message the core builds (hint batches, anti-entropy steps, transfers are
+    /// cut to fit); must stay below the transport's frame limit. Objects whose encoding would
+    /// not fit are refused at the coordinator.
+    pub max_message_bytes: usize,
+    /// Operations a coordinator keeps in flight at most; past it requests are refused as
+    /// overloaded instead of growing memory without bound.
+    pub max_pending_ops: usize,
+    /// TEST ONLY: a deliberately planted bug, so the simulator can prove its checkers fail.
+    /// Exists only with the `planted-bugs` feature, which the `dynakv` binary never enables.
+    #[cfg(feature = "planted-bugs")]
+    #[serde(skip)]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            node: NodeId(0),
+            n: 3,
+            r: 2,
+            w: 2,
+            request_timeout_ms: 5_000,
+            max_key_bytes: 4 * 1024,
+            max_value_bytes: 4 * 1024 * 1024,
+            sibling_warn: 25,
+            sibling_max: 100,
+            read_repair: true,
+            fallback_after_ms: 300,
+            tick_ms: 100,
+            handoff_batch: 64,
+            handoff_backoff_max_ms: 30_000,
+            aae_interval_ms: 1_000,
+            read_repair_per_sec: 2_000,
+            tombstone_grace_ms: 60_000,
+            gossip_interval_ms: 1_000,
+            max_transfers: 2,
+            transfer_batch: 256,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_pending_ops: 50_000,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
+        }
+    }
+}
+
+impl CoreConfig {
+    /// Is `bug` planted? Always false without the `planted-bugs` feature, so release builds
+    /// compile every check away.
+    #[inline]
+    pub(crate) fn has_bug(&self, bug: PlantedBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted_bug == Some(bug)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+
+    /// Check the quorum defaults: 1 <= R, W <= N, and the limits are sane.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n == 0 {
+            return Err("n must be at least 1".into());
+        }
+        if self.r == 0 || self.r > self.n {
+            return Err(format!("r must be in 1..={} (n), got {}", self.n, self.r));
+        }
+        if self.w == 0 || self.w > self.n {
+            return Err(format!("w must be in 1..={} (n), got {}", self.n, self.w));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err("request_timeout_ms must be positive".into());
+        }
+        if self.sibling_warn == 0 || self.sibling_max < self.sibling_warn {
+            return Err("need 0 < sibling_warn <= sibling_max".into());
+        }
+        if self.tick_ms == 0 || self.fallback_after_ms == 0 || self.aae_interval_ms == 0 {
+            return Err("tick_ms, fallback_after_ms and aae_interval_ms must be positive".into());
+        }
+        if self.handoff_batch == 0 || self.transfer_batch == 0 || self.max_transfers == 0 {
+            return Err("handoff_batch, transfer_batch and max_transfers must be positive".into());
+        }
+        if self.max_message_bytes < 2 * (self.max_value_bytes + self.max_key_bytes) {
+            return Err(
+                "max_message_bytes must be at least twice max_value_bytes + max_key_bytes".into(),
+            );
+        }
+        if self.tombstone_grace_ms != 0
+            && u64::from(self.tombstone_grace_ms) < 2 * u64::from(self.request_timeout_ms) + 1_000
+        {
+            return Err(
+                "tombstone_grace_ms must exceed twice request_timeout_ms (plus a second), so \
+                 writes and repairs in flight land before a tombstone is reaped"
+                    .into(),
+            );
+        }
+        if self.max_pending_ops == 0 {
+            return Err("max_pending_ops must be positive".into());
+        }
+        if self.gossip_interval_ms == 0 {
+            return Err("gossip_interval_ms must be positive".into());
+        }
+        if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
+            return Err("key and value limits must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Known bugs that can be planted in the core (test-only) to show that the simulator's
+/// invariant checkers catch them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PlantedBug {
+    /// Resolve siblings by keeping only the newest value (last-write-wins).
+    LastWriteWins,
+    /// Acknowledge writes without waiting for them to be durable.
+    AckBeforeStore,
+    /// After a wipe, keep the old actor identity, so dots are minted again.
+    ReuseDotsAfterWipe,
+    /// On a replica, overwrite the stored object with the incoming one instead of merging.
+    OverwriteOnReplica,
+    /// Reap tombstones at once, without the grace period or asking the other members.
+    EagerReap,
+}
+
+impl PlantedBug {
+    /// Every planted bug, for `--help` listings and tests.
+    pub const ALL: [PlantedBug; 5] = [
+        PlantedBug::LastWriteWins,
+        PlantedBug::AckBeforeStore,
+        PlantedBug::ReuseDotsAfterWipe,
+        PlantedBug::OverwriteOnReplica,
+        PlantedBug::EagerReap,
+    ];
+
+    /// The kebab-case name used on command lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlantedBug::LastWriteWins => "lww",
+            PlantedBug::AckBeforeStore => "ack-before-store",
+            PlantedBug::ReuseDotsAfterWipe => "reuse-dots",
+            PlantedBug::OverwriteOnReplica => "overwrite-replica",
+            PlantedBug::EagerReap => "eager-reap",
+        }
+    }
+}

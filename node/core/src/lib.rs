@@ -1,0 +1,41 @@
+//! dynakv-core: the deterministic sans-IO node core (see DESIGN.md).
+//!
+//! # Layout
+//! - [`config`]: quorum defaults, limits, and the test-only planted bugs.
+//! - [`store`]: the `Store` trait, its durability contract, and the in-memory store.
+//! - `node`: the state machine: identity/incarnation, dispatch, the replica role, timers, effects.
+//! - `coordinator`: get/put/delete against the preference list with N/R/W and PR/PW, sloppy
+//!   quorum (fallbacks with hints), forwarding, bounded read repair.
+//! - `hints`: durable hints on fallbacks and hinted handoff with backoff, resumable.
+//! - `aae`: per-partition hash trees and the anti-entropy exchange.
+//! - `reaper`: removing tombstones for good without resurrecting old values.
+//! - `membership`: the gossiper, the persisted cluster state, operator changes.
+//! - `transfer`: moving partitions to new replicas, checkpointed and resumable.
+//! - [`error`]: the crate's error enum.
+//!
+//! The core never reads a clock, the OS RNG or a socket and never spawns: time comes in with each
+//! input, randomness from a seed, and every output is an [`Effect`] for the driver. Its
+//! Cargo.toml has no tokio, quinn, sled, clap or rcgen, and CI checks `cargo tree` for them.
+
+mod aae;
+pub mod config;
+mod coordinator;
+pub mod error;
+mod hints;
+mod membership;
+mod node;
+mod reaper;
+pub mod store;
+mod transfer;
+
+/// The formats the core speaks, re-exported for the core's modules and its users.
+pub(crate) use dynakv_proto::{codec, dvv, types};
+
+pub use aae::{PartitionTree, BUCKETS, SEGMENTS};
+pub use config::{CoreConfig, PlantedBug};
+pub use coordinator::MAX_TIMEOUT_MS;
+pub use dynakv_proto::types::*;
+pub use error::{Error, Result};
+pub use membership::{static_addr, Bootstrap};
+pub use node::NodeCore;
+pub use transfer::{IncomingTransfer, OutgoingTransfer};

@@ -1,0 +1,307 @@
+//! Membership inside the core: the gossiper (from `dynakv-gossip`), its persistence, the partition
+//! map it decides, and the operator's changes (join, leave, remove).
+//!
+//! The cluster state is persisted in the store's `meta` space whenever it changes, so a node
+//! restarts with the membership it last knew. A map change plans partition transfers
+//! (`transfer.rs`) before the node routes by the new map.
+
+use std::collections::BTreeMap;
+
+use dynakv_gossip::{
+    Change, ClusterParams, ClusterState, GossipConfig, GossipEvent, GossipMsg, Gossiper, Status,
+};
+use dynakv_ring::{NodeId, PartitionMap};
+use rand::Rng;
+
+use super::node::NodeCore;
+use super::types::PeerMsg;
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::store::{Space, Store};
+
+/// Key of the persisted cluster state in [`Space::Meta`].
+const CLUSTER_KEY: &[u8] = b"cluster";
+
+/// The address a node started from a static map advertises (the driver knows the real ones).
+pub fn static_addr(node: NodeId) -> String {
+    format!("node-{node}")
+}
+
+/// How a node enters the cluster when it starts.
+#[derive(Debug, Clone)]
+pub enum Bootstrap {
+    /// A founder of a cluster whose founding members own `map` (or a node restarting with the
+    /// cluster state persisted in its store, which wins). Members are known by placeholder
+    /// addresses (`static_addr`); the simulator and tests use this.
+    Founder { map: PartitionMap },
+    /// Like `Founder`, with the founding members' real addresses (the `dynakv node` driver).
+    Founders {
+        map: PartitionMap,
+        addrs: BTreeMap<NodeId, String>,
+    },
+    /// A new node that joins through a seed; it serves nothing until it has the cluster state.
+    Join {
+        /// Where peers reach this node.
+        addr: String,
+        /// A member of the cluster to ask.
+        seed: NodeId,
+        /// The seed's address.
+        seed_addr: String,
+    },
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Set up the gossiper: from the persisted state if there is one, else per `boot`.
+    pub(super) fn init_membership(&mut self, boot: Bootstrap) -> Result<()> {
+        let seed: u64 = self.rng.gen();
+        let cfg = GossipConfig {
+            interval_us: u64::from(self.cfg.gossip_interval_ms) * 1000,
+            ..GossipConfig::default()
+        };
+        let persisted: Option<ClusterState> = match self.store.get(Space::Meta, CLUSTER_KEY)? {
+            Some(bytes) => Some(
+                codec::decode(&bytes)
+                    .map_err(|e| Error::DataDir(format!("unreadable cluster state: {e}")))?,
+            ),
+            None => None,
+        };
+        let me = self.id();
+        let gossiper = match (persisted, boot) {
+            (Some(state), _) => Gossiper::with_state(me, state, 1, seed, cfg, self.now),
+            (None, Bootstrap::Founder { map }) => {
+                self.found_cluster(&map, &BTreeMap::new(), seed, cfg)
+            }
+            (None, Bootstrap::Founders { map, addrs }) => {
+                self.found_cluster(&map, &addrs, seed, cfg)
+            }
+            (
+                None,
+                Bootstrap::Join {
+                    addr,
+                    seed: seed_node,
+                    seed_addr,
+                },
+            ) => {
+                let mut g = Gossiper::new(me, addr, 1, seed, cfg);
+                g.add_seed(seed_node, seed_addr.clone());
+                self.join_seeds.push((seed_node, seed_addr));
+                Ok(g)
+            }
+        }
+        .map_err(|e| Error::Config(format!("membership: {e}")))?;
+        if let Some(state) = gossiper.state() {
+            let map = state.map().map.clone();
+            self.install_map(map);
+            self.joined = true;
+        }
+        self.gossip = Some(gossiper);
+        self.persist_cluster();
+        Ok(())
+    }
+
+    /// A new cluster whose founders own `map`; their addresses from `addrs`, placeholders
+    /// for the ones not listed.
+    fn found_cluster(
+        &self,
+        map: &PartitionMap,
+        addrs: &BTreeMap<NodeId, String>,
+        seed: u64,
+        cfg: GossipConfig,
+    ) -> std::result::Result<Gossiper, dynakv_gossip::GossipError> {
+        let params = ClusterParams {
+            partitions: map.partition_count(),
+            replicas: self.cfg.n,
+        };
+        let founders = map
+            .members()
+            .into_iter()
+            .map(|m| (m, addrs.get(&m).cloned().unwrap_or_else(|| static_addr(m))))
+            .collect();
+        let state = ClusterState::new(params, &founders)?;
+        Gossiper::with_state(self.id(), state, 1, seed, cfg, self.now)
+    }
+
+    /// Ask `seed` (at `addr`) for the cluster state: how a running node that is not in a
+    /// cluster joins one (`dynakv join`). Ignored once the node has joined.
+    pub fn add_join_seed(&mut self, seed: NodeId, addr: String) {
+        if self.joined || seed == self.id() {
+            return;
+        }
+        if let Some(g) = self.gossip.as_mut() {
+            g.add_seed(seed, addr.clone());
+        }
+        self.join_seeds.push((seed, addr));
+    }
+
+    /// The address `node` advertises in the cluster state.
+    pub fn member_addr(&self, node: NodeId) -> Option<String> {
+        self.cluster_state()
+            .and_then(|s| s.member(node))
+            .map(|m| m.addr.clone())
+    }
+
+    /// The cluster state this node knows (`None` before it has joined).
+    pub fn cluster_state(&self) -> Option<&ClusterState> {
+        self.gossip.as_ref().and_then(|g| g.state())
+    }
+
+    /// This node's membership status, if it is in the cluster.
+    pub fn member_status(&self) -> Option<Status> {
+        self.cluster_state()
+            .and_then(|s| s.member(self.id()))
+            .map(|m| m.status)
+    }
+
+    /// Has this node been removed from the cluster (the driver should stop it)?
+    pub fn is_removed(&self) -> bool {
+        self.member_status() == Some(Status::Removed)
+    }
+
+    /// Has this node got the cluster state (a joining node has not, until its seed answers)?
+    pub fn is_joined(&self) -> bool {
+        self.joined
+    }
+
+    /// The gossip failure detector's opinion of `peer` (`None`: it does not watch that peer).
+    pub(super) fn gossip_says_down(&self, peer: NodeId) -> bool {
+        let Some(g) = &self.gossip else { return false };
+        let Some(state) = g.state() else { return false };
+        match state.member(peer) {
+            Some(m) if m.status != Status::Removed => !g.is_up(peer, self.now),
+            _ => false,
+        }
+    }
+
+    /// Stage an operator's change on this node (`dynakv leave` / `remove`) and gossip it.
+    pub fn stage_change(&mut self, change: Change) -> std::result::Result<(), String> {
+        let now = self.now;
+        let g = self
+            .gossip
+            .as_mut()
+            .ok_or("membership is not initialised")?;
+        let outbox = g.stage(now, change).map_err(|e| e.to_string())?;
+        self.send_gossip(outbox);
+        self.after_gossip();
+        Ok(())
+    }
+
+    fn send_gossip(&mut self, outbox: Vec<(NodeId, GossipMsg)>) {
+        for (to, msg) in outbox {
+            self.send(to, PeerMsg::Gossip(msg));
+        }
+    }
+
+    /// Called from the maintenance tick: one gossip round when it is due.
+    pub(super) fn gossip_tick(&mut self) {
+        let now = self.now;
+        let Some(g) = self.gossip.as_mut() else {
+            return;
+        };
+        if now < g.next_tick_us() {
+            return;
+        }
+        if g.state().is_none() {
+            // Still joining: keep asking every seed (a refusal may be passing, e.g. a seed that
+            // was itself restarting); the refusal reasons are logged for the operator.
+            for (seed, addr) in &self.join_seeds {
+                g.add_seed(*seed, addr.clone());
+            }
+        }
+        let outbox = g.tick(now);
+        self.send_gossip(outbox);
+        self.after_gossip();
+    }
+
+    /// A gossip message from a peer.
+    pub(super) fn on_gossip(&mut self, from: NodeId, msg: GossipMsg) {
+        let now = self.now;
+        let Some(g) = self.gossip.as_mut() else {
+            return;
+        };
+        match g.handle(now, from, msg) {
+            Ok(outbox) => self.send_gossip(outbox),
+            Err(e) => tracing::warn!(%from, error = %e, "gossip message refused"),
+        }
+        self.after_gossip();
+    }
+
+    /// Act on what the gossiper decided: a new map (plan transfers, then route by it),
+    /// membership changes (persist), our own removal.
+    fn after_gossip(&mut self) {
+        let Some(g) = self.gossip.as_mut() else {
+            return;
+        };
+        let events = g.take_events();
+        let current = g.state().map(|s| s.map().map.clone());
+        let mut changed = false;
+        for event in events {
+            changed = true;
+            match event {
+                GossipEvent::Joined { .. } => {
+                    let Some(current) = current.clone() else {
+                        continue;
+                    };
+                    tracing::info!(node = %self.id(), "joined the cluster");
+                    self.joined = true;
+                    self.install_map(current);
+                }
+                GossipEvent::MapChanged { previous, .. } => {
+                    let Some(current) = current.clone() else {
+                        continue;
+                    };
+                    if self.joined && previous != current {
+                        self.plan_transfers(&previous, &current);
+                    }
+                    self.install_map(current.clone());
+                    // Forget hash trees of partitions this node no longer replicates.
+                    let mine = self.mine.clone();
+                    self.trees.retain(|p, _| mine.contains(p));
+                }
+                GossipEvent::MemberChanged { node, status } => {
+                    tracing::info!(%node, %status, "member changed");
+                }
+                GossipEvent::JoinRefused { seed, reason } => {
+                    tracing::error!(%seed, %reason, "join refused");
+                    self.stats.join_refusals += 1;
+                }
+            }
+        }
+        if changed {
+            self.persist_cluster();
+        }
+        self.membership_progress();
+    }
+
+    fn persist_cluster(&mut self) {
+        let Some(state) = self.cluster_state() else {
+            return;
+        };
+        match codec::encode(state)
+            .map_err(Error::from)
+            .and_then(|b| self.store.put(Space::Meta, CLUSTER_KEY, &b))
+        {
+            Ok(()) => self.dirty = true,
+            Err(e) => tracing::error!(error = %e, "cannot persist the cluster state"),
+        }
+    }
+
+    /// A joining node becomes valid once it received every partition it expects; a leaving
+    /// node is removed once it handed everything off.
+    pub(super) fn membership_progress(&mut self) {
+        let me = self.id();
+        let change = match self.member_status() {
+            Some(Status::Joining) if self.incoming_pending() == 0 => Change::MarkValid(me),
+            Some(Status::Leaving)
+                if self.outgoing_pending() == 0
+                    && self.hints_pending.values().all(|c| *c == 0)
+                    && self.map.partitions_of(me).is_empty() =>
+            {
+                Change::FinishLeave(me)
+            }
+            _ => return,
+        };
+        if let Err(e) = self.stage_change(change) {
+            tracing::debug!(error = %e, "membership change not staged yet");
+        }
+    }
+}

@@ -1,0 +1,771 @@
+//! The node state machine: identity, input dispatch, the replica role, timers and effects.
+//!
+//! The coordinator role (get/put/delete with quorums) lives in `coordinator.rs`, as another
+//! `impl` block of the same type.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use dynakv_ring::{NodeId, PartitionId, PartitionMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::config::{CoreConfig, PlantedBug};
+use super::coordinator::PendingOp;
+use super::types::{
+    ClientReply, ClientRequest, CoreStats, Effect, Input, Object, OpId, PeerMsg, ReplicaError,
+    RequestId,
+};
+use crate::codec;
+use crate::dvv::Actor;
+use crate::error::{Error, Result};
+use crate::store::{Space, Store};
+
+/// Key of the identity record in [`Space::Meta`].
+const IDENTITY_KEY: &[u8] = b"identity";
+
+/// What a data directory remembers about its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Identity {
+    node: NodeId,
+    incarnation: u32,
+}
+
+/// Where the answer to an operation goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A client connected to this node.
+    Client(RequestId),
+    /// Another node that forwarded the request to us.
+    Peer { node: NodeId, op: OpId },
+}
+
+/// One dynakv node as a deterministic state machine (see DESIGN.md: the sans-IO rule).
+///
+/// Drive it with [`NodeCore::handle`] for every input, call [`NodeCore::drain_effects`] after a
+/// batch of inputs to get what to send (it makes the store durable first), and call
+/// [`NodeCore::handle`] with [`Input::Timeout`] once the time from [`NodeCore::poll_timeout`]
+/// has come. Time is handed in as microseconds on the node's own monotonic clock.
+#[derive(Debug)]
+pub struct NodeCore<S: Store> {
+    pub(super) cfg: CoreConfig,
+    pub(super) actor: Actor,
+    pub(super) map: PartitionMap,
+    pub(super) store: S,
+    pub(super) rng: ChaCha8Rng,
+    pub(super) now: u64,
+    pub(super) next_op: OpId,
+    pub(super) ops: BTreeMap<OpId, PendingOp>,
+    pub(super) deadlines: BTreeSet<(u64, OpId)>,
+    pub(super) effects: Vec<Effect>,
+    pub(super) dirty: bool,
+    pub(super) stats: CoreStats,
+    /// Forwarded writes already accepted, so a duplicated or replayed `Forward` message is not
+    /// coordinated twice (which would write the value again under a second dot).
+    pub(super) seen_forwards: BTreeSet<(NodeId, OpId)>,
+    pub(super) seen_forwards_order: VecDeque<(NodeId, OpId)>,
+    /// Peers this node believes down, since when (local opinion; feeds sloppy quorum).
+    pub(super) down: BTreeMap<NodeId, u64>,
+    /// Hints held per owner.
+    pub(super) hints_pending: BTreeMap<NodeId, u64>,
+    pub(super) handoffs: BTreeMap<NodeId, super::hints::Handoff>,
+    /// Anti-entropy hash trees of the partitions compared so far.
+    pub(super) trees: BTreeMap<PartitionId, super::aae::PartitionTree>,
+    pub(super) aae_cursor: usize,
+    /// Tombstone-only keys and since when (local clock), for the reaper.
+    pub(super) tombstones: BTreeMap<(PartitionId, Bytes), u64>,
+    pub(super) reaper: super::reaper::Reaper,
+    pub(super) next_tick: u64,
+    pub(super) next_aae: u64,
+    pub(super) next_probe: u64,
+    /// Read-repair budget: (start of the current one-second window, repairs sent in it).
+    pub(super) repair_window: (u64, u32),
+    /// Membership (`None` only while the core is being built).
+    pub(super) gossip: Option<dynakv_gossip::Gossiper>,
+    /// Has this node got the cluster state? A joining node serves nothing before.
+    pub(super) joined: bool,
+    pub(super) sending: BTreeMap<(PartitionId, NodeId), super::transfer::Sending>,
+    pub(super) receiving: BTreeMap<(PartitionId, NodeId), super::transfer::IncomingTransfer>,
+    /// Members of the current map (cached: asked for on hot paths).
+    pub(super) members: BTreeSet<NodeId>,
+    /// Partitions this node replicates under the current map (cached).
+    pub(super) mine: Vec<PartitionId>,
+    /// Seeds to ask while this node has not joined yet.
+    pub(super) join_seeds: Vec<(NodeId, String)>,
+    /// When each incoming transfer last made progress (local clock).
+    pub(super) receiving_progress: BTreeMap<(PartitionId, NodeId), u64>,
+}
+
+/// How many forwarded requests are remembered for de-duplication.
+const SEEN_FORWARDS: usize = 4096;
+
+impl<S: Store> NodeCore<S> {
+    /// Start a node on `store`. Reads the node's identity from the store; a store without one
+    /// (new or wiped) gets a fresh incarnation drawn from `seed`, persisted before anything else,
+    /// so dots minted before a wipe are never minted again. `seed` must differ between starts
+    /// (the real driver draws it from the OS, the simulator from its seeded RNG).
+    pub fn open(cfg: CoreConfig, store: S, map: PartitionMap, seed: u64, now: u64) -> Result<Self> {
+        Self::open_with(
+            cfg,
+            store,
+            super::membership::Bootstrap::Founder { map },
+            seed,
+            now,
+        )
+    }
+
+    /// Like [`NodeCore::open`], choosing how the node enters the cluster: as a founder with a
+    /// known map, or by joining through a seed. A store that already holds a cluster state
+    /// restarts with that state either way.
+    pub fn open_with(
+        cfg: CoreConfig,
+        mut store: S,
+        boot: super::membership::Bootstrap,
+        seed: u64,
+        now: u64,
+    ) -> Result<Self> {
+        let map = match &boot {
+            super::membership::Bootstrap::Founder { map }
+            | super::membership::Bootstrap::Founders { map, .. } => map.clone(),
+            super::membership::Bootstrap::Join { .. } => {
+                // A placeholder until the seed's state arrives; nothing is served meanwhile.
+                PartitionMap::initial(dynakv_ring::MIN_PARTITIONS, &BTreeSet::from([cfg.node]))?
+            }
+        };
+        cfg.validate().map_err(Error::Config)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let incarnation = match store.get(Space::Meta, IDENTITY_KEY)? {
+            Some(bytes) => {
+                let id: Identity = codec::decode(&bytes)
+                    .map_err(|e| Error::DataDir(format!("unreadable node identity: {e}")))?;
+                if id.node != cfg.node {
+                    return Err(Error::DataDir(format!(
+                        "this data belongs to node {}, not node {}",
+                        id.node, cfg.node
+                    )));
+                }
+                id.incarnation
+            }
+            None => {
+                let incarnation = if cfg.has_bug(PlantedBug::ReuseDotsAfterWipe) {
+                    0
+                } else {
+                    rng.gen()
+                };
+                let id = Identity {
+                    node: cfg.node,
+                    incarnation,
+                };
+                store.put(Space::Meta, IDENTITY_KEY, &codec::encode(&id)?)?;
+                store.sync()?;
+                incarnation
+            }
+        };
+        let next_op = rng.gen::<u64>() >> 1;
+        let tick = u64::from(cfg.tick_ms) * 1000;
+        let mut core = Self {
+            actor: Actor {
+                node: cfg.node,
+                incarnation,
+            },
+            cfg,
+            map,
+            store,
+            rng,
+            now,
+            next_op,
+            ops: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            effects: Vec::new(),
+            dirty: false,
+            stats: CoreStats::default(),
+            seen_forwards: BTreeSet::new(),
+            seen_forwards_order: VecDeque::new(),
+            down: BTreeMap::new(),
+            hints_pending: BTreeMap::new(),
+            handoffs: BTreeMap::new(),
+            trees: BTreeMap::new(),
+            aae_cursor: 0,
+            tombstones: BTreeMap::new(),
+            reaper: super::reaper::Reaper::default(),
+            next_tick: now + tick,
+            next_aae: now + tick,
+            next_probe: now + tick,
+            repair_window: (now, 0),
+            gossip: None,
+            joined: false,
+            sending: BTreeMap::new(),
+            receiving: BTreeMap::new(),
+            receiving_progress: BTreeMap::new(),
+            join_seeds: Vec::new(),
+            members: BTreeSet::new(),
+            mine: Vec::new(),
+        };
+        let initial = core.map.clone();
+        core.install_map(initial);
+        core.recount_hints()?;
+        core.load_transfers()?;
+        core.init_membership(boot)?;
+        if core.dirty {
+            core.store.sync()?;
+            core.dirty = false;
+        }
+        Ok(core)
+    }
+
+    /// Retire the current actor identity: take the next incarnation and persist it. Called when
+    /// this node drops data it may have minted dots for (delivered hints, reaped tombstones,
+    /// handed-off partitions): with the data gone it could no longer tell which counters it
+    /// used, so it must never mint under the old identity again.
+    pub(super) fn retire_actor(&mut self) -> bool {
+        let incarnation = self.actor.incarnation.wrapping_add(1);
+        let id = Identity {
+            node: self.cfg.node,
+            incarnation,
+        };
+        match codec::encode(&id)
+            .map_err(Error::from)
+            .and_then(|b| self.store.put(Space::Meta, IDENTITY_KEY, &b))
+        {
+            Ok(()) => {
+                self.actor.incarnation = incarnation;
+                self.dirty = true;
+                self.stats.actor_retirements += 1;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot persist a new incarnation; keeping the data");
+                false
+            }
+        }
+    }
+
+    /// Does this node currently believe `peer` is down?
+    pub fn is_down(&self, peer: NodeId) -> bool {
+        peer != self.id() && (self.down.contains_key(&peer) || self.gossip_says_down(peer))
+    }
+
+    /// Peers this node currently believes down.
+    pub fn down_peers(&self) -> Vec<NodeId> {
+        let mut peers: BTreeSet<NodeId> = self.down.keys().copied().collect();
+        peers.extend(self.members.iter().copied());
+        peers.into_iter().filter(|p| self.is_down(*p)).collect()
+    }
+
+    pub(super) fn mark_down(&mut self, peer: NodeId) {
+        if peer != self.id() && !self.down.contains_key(&peer) {
+            tracing::info!(%peer, "peer considered down");
+            self.down.insert(peer, self.now);
+        }
+    }
+
+    pub(super) fn mark_up(&mut self, peer: NodeId) {
+        if self.down.remove(&peer).is_some() {
+            tracing::info!(%peer, "peer is back");
+            // Hints for it may go at once.
+            if let Some(h) = self.handoffs.get_mut(&peer) {
+                *h = super::hints::Handoff::default();
+            }
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.node
+    }
+
+    /// The actor identity that new dots minted here carry.
+    pub fn actor(&self) -> Actor {
+        self.actor
+    }
+
+    /// The partition map the node routes by.
+    pub fn partition_map(&self) -> &PartitionMap {
+        &self.map
+    }
+
+    /// Replace the partition map (when the cluster changes).
+    pub fn set_partition_map(&mut self, map: PartitionMap) {
+        self.install_map(map);
+    }
+
+    /// Route by `map` from now on, and refresh what is derived from it.
+    pub(super) fn install_map(&mut self, map: PartitionMap) {
+        self.members = map.members();
+        self.mine = map.replicated_partitions(self.cfg.node, usize::from(self.cfg.n));
+        self.map = map;
+    }
+
+    /// The settings the core runs with.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// Counters for status pages and tests.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
+    }
+
+    /// Operations still waiting for replies or their deadline.
+    pub fn pending_ops(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The store (read-only), for status and checkers.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Give the store back (when the driver shuts the node down or the simulator crashes it).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Feed one input at time `now` (microseconds). Effects queue up until
+    /// [`NodeCore::drain_effects`].
+    pub fn handle(&mut self, now: u64, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Peer { from, msg } => self.handle_peer(from, msg),
+            Input::Client { id, request } => {
+                self.handle_client(super::node::Origin::Client(id), request)
+            }
+            Input::Timeout => self.handle_timeouts(),
+            Input::PeerStatus { peer, up } => {
+                if up {
+                    self.mark_up(peer)
+                } else {
+                    self.mark_down(peer)
+                }
+            }
+        }
+    }
+
+    /// The next time at which the core wants [`Input::Timeout`], if any.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let op = self.deadlines.iter().next().map(|(t, _)| *t);
+        Some(op.map_or(self.next_tick, |t| t.min(self.next_tick)))
+    }
+
+    /// Take every queued effect. Syncs the store first when anything was written, so no ack,
+    /// reply or replica message can leave before the data it reports is durable. When the sync
+    /// fails, the effects are dropped (peers and clients time out) and the failure is counted:
+    /// acknowledging an undurable write would be a lie.
+    pub fn drain_effects(&mut self) -> Vec<Effect> {
+        if self.dirty {
+            if self.cfg.has_bug(PlantedBug::AckBeforeStore) {
+                // Planted bug: acknowledge without making the writes durable.
+            } else if let Err(e) = self.store.sync() {
+                tracing::error!(error = %e, "store sync failed; dropping unacknowledged effects");
+                self.stats.sync_failures += 1;
+                self.effects.clear();
+                return Vec::new();
+            }
+            self.dirty = false;
+        }
+        std::mem::take(&mut self.effects)
+    }
+
+    pub(super) fn next_op_id(&mut self) -> OpId {
+        self.next_op = self.next_op.wrapping_add(1);
+        self.next_op
+    }
+
+    pub(super) fn send(&mut self, to: NodeId, msg: PeerMsg) {
+        self.effects.push(Effect::Send { to, msg });
+    }
+
+    pub(super) fn respond(&mut self, origin: Origin, reply: ClientReply) {
+        if matches!(reply, ClientReply::Error(_)) {
+            self.stats.requests_failed += 1;
+        } else {
+            self.stats.requests_ok += 1;
+        }
+        match origin {
+            Origin::Client(id) => self.effects.push(Effect::Reply { id, reply }),
+            Origin::Peer { node, op } => self.send(node, PeerMsg::ForwardReply { op, reply }),
+        }
+    }
+
+    /// Read and decode the stored object for a key.
+    pub(super) fn load(&self, p: PartitionId, key: &[u8]) -> Result<Option<Object>> {
+        match self.store.get(Space::Partition(p), key)? {
+            Some(bytes) => Ok(Some(codec::decode_object(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Encode and write an object; durable at the next drain.
+    pub(super) fn save(&mut self, p: PartitionId, key: &[u8], object: &Object) -> Result<()> {
+        let bytes = codec::encode_object(object)?;
+        self.store.put(Space::Partition(p), key, &bytes)?;
+        self.dirty = true;
+        self.tree_note(p, key, Some(&bytes));
+        self.note_tombstone(p, key, object);
+        let count = object.value_count();
+        if count > self.cfg.sibling_warn as usize {
+            self.stats.sibling_warnings += 1;
+            tracing::warn!(
+                siblings = count,
+                warn_at = self.cfg.sibling_warn,
+                "key has many siblings: clients should read and write back a merged value"
+            );
+        }
+        Ok(())
+    }
+
+    /// Merge two objects: the DVVSet sync, or the planted last-write-wins bug.
+    pub(super) fn merge(&self, a: &Object, b: &Object) -> Object {
+        let merged = a.sync(b);
+        #[cfg(feature = "planted-bugs")]
+        if self.cfg.has_bug(PlantedBug::LastWriteWins) {
+            return merged.keep_only_newest();
+        }
+        merged
+    }
+
+    /// Merge `incoming` into what this node stores for `key` (the replica role).
+    pub(super) fn merge_into_store(
+        &mut self,
+        p: PartitionId,
+        key: &[u8],
+        incoming: &Object,
+    ) -> std::result::Result<Object, ReplicaError> {
+        self.check_peer_object(p, key, incoming)?;
+        let local = self
+            .load(p, key)
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let merged = match local {
+            Some(local) if !self.cfg.has_bug(PlantedBug::OverwriteOnReplica) => {
+                self.merge(&local, incoming)
+            }
+            _ => incoming.clone(),
+        };
+        self.save(p, key, &merged)
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        self.stats.replica_writes += 1;
+        Ok(merged)
+    }
+
+    /// Refuse a key from a peer that is too long or does not belong to the partition it came
+    /// with (a peer with another map or a bug would otherwise store data no read can find).
+    pub(super) fn check_peer_key(
+        &self,
+        p: PartitionId,
+        key: &[u8],
+    ) -> std::result::Result<(), ReplicaError> {
+        if key.is_empty() || key.len() > self.cfg.max_key_bytes {
+            return Err(ReplicaError::Rejected(format!(
+                "bad key length {}",
+                key.len()
+            )));
+        }
+        if self.map.partition_for_key(key) != p || p.0 >= self.map.partition_count() {
+            return Err(ReplicaError::Rejected(format!(
+                "key does not belong to partition {p} (partition maps differ?)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuse a key/object pair from a peer that is misplaced or not a replica state.
+    pub(super) fn check_peer_object(
+        &self,
+        p: PartitionId,
+        key: &[u8],
+        object: &Object,
+    ) -> std::result::Result<(), ReplicaError> {
+        self.check_peer_key(p, key)?;
+        codec::check_replica_object(object).map_err(|e| ReplicaError::Rejected(e.to_string()))
+    }
+
+    /// Owners this node may hold hints for: the members, and anyone it already holds hints for.
+    pub(super) fn hint_owners(&self) -> BTreeSet<NodeId> {
+        let mut owners = self.members.clone();
+        if let Some(state) = self.cluster_state() {
+            owners.extend(state.members().keys().copied());
+        }
+        owners.extend(self.hints_pending.keys().copied());
+        owners.remove(&self.id());
+        owners
+    }
+
+    /// What this node holds for a key: its replica copy, plus (when standing in for `owner`)
+    /// the hint it keeps for that owner.
+    pub(super) fn local_object(
+        &self,
+        p: PartitionId,
+        key: &[u8],
+        fallback_for: Option<NodeId>,
+    ) -> Result<Object> {
+        let mut o = self.load(p, key)?.unwrap_or_else(Object::empty);
+        if let Some(owner) = fallback_for.filter(|o| *o != self.id()) {
+            if let Some(h) = self.load_hint(owner, p, key)? {
+                o = self.merge(&o, &h);
+            }
+        }
+        Ok(o)
+    }
+
+    /// Everything this node holds for a key: its replica copy and every hint, for any owner.
+    /// A coordinator mints from this, so a new dot is above every dot of its actor it holds.
+    pub(super) fn local_knowledge(&self, p: PartitionId, key: &[u8]) -> Result<Object> {
+        let mut o = self.load(p, key)?.unwrap_or_else(Object::empty);
+        for owner in self.hint_owners() {
+            if let Some(h) = self.load_hint(owner, p, key)? {
+                o = self.merge(&o, &h);
+            }
+        }
+        Ok(o)
+    }
+
+    fn handle_peer(&mut self, from: NodeId, msg: PeerMsg) {
+        self.mark_up(from);
+        match msg {
+            PeerMsg::ReplicaWrite {
+                op,
+                partition,
+                key,
+                object,
+                hint,
+            } => {
+                let result = match hint {
+                    Some(owner) if owner != self.id() => {
+                        self.merge_into_hint(owner, partition, &key, &object)
+                    }
+                    _ => self.merge_into_store(partition, &key, &object),
+                };
+                self.send(
+                    from,
+                    PeerMsg::ReplicaWriteAck {
+                        op,
+                        result: result.map(|_| ()),
+                    },
+                );
+            }
+            PeerMsg::ReplicaRead {
+                op,
+                partition,
+                key,
+                fallback_for,
+            } => {
+                let result = self
+                    .check_peer_key(partition, &key)
+                    .and_then(|_| {
+                        self.local_object(partition, &key, fallback_for)
+                            .map_err(|e| ReplicaError::Storage(e.to_string()))
+                    })
+                    .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o));
+                self.send(from, PeerMsg::ReplicaReadReply { op, result });
+            }
+            PeerMsg::HintBatch { batch, items } => self.on_hint_batch(from, batch, items),
+            PeerMsg::HintBatchAck { batch, result } => self.on_hint_batch_ack(from, batch, result),
+            PeerMsg::Ping { nonce } => self.send(from, PeerMsg::Pong { nonce }),
+            PeerMsg::Pong { .. } => {}
+            msg @ (PeerMsg::AaeSegments { .. }
+            | PeerMsg::AaeBuckets { .. }
+            | PeerMsg::AaeKeys { .. }
+            | PeerMsg::AaeExchange { .. }
+            | PeerMsg::AaeObjects { .. }) => {
+                if let Err(e) = self.on_aae(from, msg) {
+                    tracing::warn!(%from, error = %e, "anti-entropy step failed");
+                }
+            }
+            PeerMsg::ReapQuery {
+                round,
+                partition,
+                key,
+                hash,
+            } => self.on_reap_query(from, round, partition, key, hash),
+            PeerMsg::ReapVote { round, key, ok } => self.on_reap_vote(from, round, key, ok),
+            PeerMsg::Reap {
+                partition,
+                key,
+                hash,
+            } => self.on_reap(partition, &key, hash),
+            PeerMsg::Gossip(msg) => self.on_gossip(from, msg),
+            PeerMsg::TransferStatus { partition } => self.on_transfer_status(from, partition),
+            PeerMsg::TransferNone { partition } => self.on_transfer_none(from, partition),
+            PeerMsg::TransferBatch {
+                batch,
+                partition,
+                items,
+                last,
+                ..
+            } => self.on_transfer_batch(from, batch, partition, items, last),
+            PeerMsg::TransferAck {
+                batch,
+                partition,
+                upto,
+                done,
+                result,
+            } => self.on_transfer_ack(from, batch, partition, upto, done, result),
+            PeerMsg::Forward { op, request } => {
+                if !self.seen_forwards.insert((from, op)) {
+                    return; // a duplicate: the first copy is (or was) being coordinated
+                }
+                self.seen_forwards_order.push_back((from, op));
+                if self.seen_forwards_order.len() > SEEN_FORWARDS {
+                    if let Some(old) = self.seen_forwards_order.pop_front() {
+                        self.seen_forwards.remove(&old);
+                    }
+                }
+                self.handle_client(Origin::Peer { node: from, op }, request);
+            }
+            PeerMsg::ReplicaWriteAck { op, result } => self.on_write_ack(from, op, result),
+            PeerMsg::ReplicaReadReply { op, result } => self.on_read_reply(from, op, result),
+            PeerMsg::ForwardReply { op, reply } => self.on_forward_reply(op, reply),
+        }
+    }
+
+    fn handle_client(&mut self, origin: Origin, request: ClientRequest) {
+        if self.ops.len() >= self.cfg.max_pending_ops {
+            let e = super::types::RequestError::Overloaded {
+                pending: self.ops.len() as u64,
+            };
+            return self.respond(origin, ClientReply::Error(e));
+        }
+        if self.is_removed() {
+            let e = super::types::RequestError::InvalidOptions(
+                "this node was removed from the cluster; send requests to a member".into(),
+            );
+            return self.respond(origin, ClientReply::Error(e));
+        }
+        if !self.joined {
+            let e = super::types::RequestError::Unavailable {
+                op: request.kind().into(),
+                needed: 1,
+                available: 0,
+            };
+            return self.respond(origin, ClientReply::Error(e));
+        }
+        match request {
+            ClientRequest::Get { key, opts } => self.start_get(origin, key, opts),
+            ClientRequest::Put {
+                key,
+                value,
+                context,
+                opts,
+            } => self.start_write(origin, key, super::types::Value::Data(value), context, opts),
+            ClientRequest::Delete { key, context, opts } => {
+                self.start_write(origin, key, super::types::Value::Tombstone, context, opts)
+            }
+            ClientRequest::PartitionMap => {
+                let map = self.map.clone();
+                self.respond(origin, ClientReply::PartitionMap(map));
+            }
+            ClientRequest::Admin(admin) => {
+                let me = self.id();
+                let (change, what) = match admin {
+                    super::types::AdminRequest::Leave => (
+                        dynakv_gossip::Change::Leave(me),
+                        format!("node {me} is leaving"),
+                    ),
+                    super::types::AdminRequest::Remove(node) => (
+                        dynakv_gossip::Change::Remove(node),
+                        format!("node {node} removed"),
+                    ),
+                };
+                let reply = match self.stage_change(change) {
+                    Ok(()) => ClientReply::Admin(what),
+                    Err(e) => ClientReply::Error(super::types::RequestError::InvalidOptions(e)),
+                };
+                self.respond(origin, reply);
+            }
+        }
+    }
+
+    fn handle_timeouts(&mut self) {
+        if self.now >= self.next_tick {
+            self.next_tick = self.now + u64::from(self.cfg.tick_ms) * 1000;
+            self.maintenance();
+        }
+        while let Some(&(deadline, op)) = self.deadlines.iter().next() {
+            if deadline > self.now {
+                break;
+            }
+            self.deadlines.remove(&(deadline, op));
+            self.on_deadline(op);
+        }
+    }
+
+    /// Periodic work: hinted handoff, anti-entropy, probes of down peers, tombstone reaping.
+    fn maintenance(&mut self) {
+        self.gossip_tick();
+        self.transfer_tick();
+        self.handoff_tick();
+        if self.now >= self.next_aae {
+            self.next_aae = self.now + u64::from(self.cfg.aae_interval_ms) * 1000;
+            self.aae_tick();
+        }
+        if self.now >= self.next_probe {
+            self.next_probe = self.now + 1_000_000;
+            let down: Vec<NodeId> = self.down.keys().copied().collect();
+            for peer in down {
+                let nonce = self.next_op_id();
+                self.send(peer, PeerMsg::Ping { nonce });
+            }
+        }
+        self.reaper_tick();
+    }
+
+    /// Take one unit of the read-repair budget (a bounded number per second).
+    pub(super) fn repair_budget(&mut self) -> bool {
+        if self.now >= self.repair_window.0 + 1_000_000 {
+            self.repair_window = (self.now, 0);
+        }
+        if self.repair_window.1 >= self.cfg.read_repair_per_sec {
+            self.stats.read_repairs_skipped += 1;
+            return false;
+        }
+        self.repair_window.1 += 1;
+        true
+    }
+
+    /// Register an operation with its deadline.
+    pub(super) fn add_op(&mut self, op: OpId, deadline: u64, pending: PendingOp) {
+        self.deadlines.insert((deadline, op));
+        self.ops.insert(op, pending);
+    }
+
+    /// Forget an operation and its deadline.
+    pub(super) fn remove_op(&mut self, op: OpId) -> Option<PendingOp> {
+        let pending = self.ops.remove(&op)?;
+        for t in pending.timers() {
+            self.deadlines.remove(&(t, op));
+        }
+        Some(pending)
+    }
+
+    /// Visit every entry of a space in key order, a page at a time.
+    pub(super) fn scan_each(&self, space: Space, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan(space, after.as_deref(), 1024)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, v) in &page {
+                f(k, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read every key of a partition (for checkers, anti-entropy and transfers).
+    pub fn partition_objects(&self, p: PartitionId) -> Result<Vec<(Bytes, Object)>> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan(Space::Partition(p), after.as_deref(), 1024)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, v) in page {
+                out.push((Bytes::from(k), codec::decode_object(&v)?));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,259 @@
+//! Tombstone reaping: removing a deleted key for good, without letting an old value come back.
+//!
+//! The rule (see docs/AVAILABILITY.md): a key whose object holds only tombstones is removed only
+//! when
+//! 1. it has been tombstone-only on its owner (first node of the preference list) for at least
+//!    `tombstone_grace_ms`, so writes and repairs that were in flight have landed;
+//! 2. EVERY member of the cluster answers a query: primaries hold exactly the same object (same
+//!    hash: the tombstone and nothing newer), and no node holds a hint for the key. A member that
+//!    is down or silent blocks the reap;
+//! 3. each primary then removes the key only if it still holds exactly that object
+//!    (compare-and-delete), and retires its actor identity so that a later write of the key can
+//!    never mint a dot that an old copy somewhere could cover.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use dynakv_ring::{NodeId, PartitionId};
+
+use super::aae::object_hash;
+use super::node::NodeCore;
+use super::types::{Object, PeerMsg, Value};
+use crate::store::{Space, Store};
+
+/// Reap rounds started per maintenance tick at most.
+const ROUNDS_PER_TICK: usize = 8;
+
+#[derive(Debug, Clone)]
+struct Round {
+    partition: PartitionId,
+    key: Bytes,
+    hash: u64,
+    waiting: BTreeSet<NodeId>,
+    deadline: u64,
+}
+
+/// State of the reaper on one node.
+#[derive(Debug, Default)]
+pub(super) struct Reaper {
+    rounds: BTreeMap<u64, Round>,
+}
+
+fn tombstone_only(o: &Object) -> bool {
+    o.value_count() > 0 && o.values().iter().all(|v| matches!(v, Value::Tombstone))
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Track tombstone-only keys (called by `save`).
+    pub(super) fn note_tombstone(&mut self, p: PartitionId, key: &[u8], o: &Object) {
+        if self.cfg.tombstone_grace_ms == 0 {
+            return;
+        }
+        let k = (p, Bytes::copy_from_slice(key));
+        if tombstone_only(o) {
+            let now = self.now;
+            self.tombstones.entry(k).or_insert(now);
+        } else {
+            self.tombstones.remove(&k);
+        }
+    }
+
+    /// Tombstone-only keys this node tracks (for status and tests).
+    pub fn tombstones_tracked(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// Called from the maintenance tick: expire rounds, start new ones.
+    pub(super) fn reaper_tick(&mut self) {
+        let now = self.now;
+        self.reaper.rounds.retain(|_, r| r.deadline > now);
+        if self.cfg.tombstone_grace_ms == 0 {
+            return;
+        }
+        let eager = self.cfg.has_bug(super::config::PlantedBug::EagerReap);
+        let grace = if eager {
+            0
+        } else {
+            u64::from(self.cfg.tombstone_grace_ms) * 1000
+        };
+        let n = usize::from(self.cfg.n);
+        if self.tombstones.is_empty() {
+            return;
+        }
+        let members = self.members.clone();
+        if !eager && members.iter().any(|m| self.is_down(*m)) {
+            return; // a member that cannot vote blocks every reap
+        }
+        let in_round: BTreeSet<(PartitionId, Bytes)> = self
+            .reaper
+            .rounds
+            .values()
+            .map(|r| (r.partition, r.key.clone()))
+            .collect();
+        let candidates: Vec<(PartitionId, Bytes)> = self
+            .tombstones
+            .iter()
+            .filter(|((p, _), since)| {
+                now >= **since + grace
+                    && self.map.preference_list(*p, n).first() == Some(&self.id())
+            })
+            .map(|(k, _)| k.clone())
+            .filter(|k| !in_round.contains(k))
+            .take(ROUNDS_PER_TICK)
+            .collect();
+        for (p, key) in candidates {
+            let hash = match self.reapable_hash(p, &key) {
+                Some(h) => h,
+                None => {
+                    self.tombstones.remove(&(p, key));
+                    continue;
+                }
+            };
+            let waiting: BTreeSet<NodeId> = if eager {
+                BTreeSet::new() // planted bug: nobody is asked
+            } else {
+                members
+                    .iter()
+                    .copied()
+                    .filter(|m| *m != self.id())
+                    .collect()
+            };
+            if self.has_hint_for(p, &key) {
+                continue;
+            }
+            let round = self.next_op_id();
+            for m in &waiting {
+                self.send(
+                    *m,
+                    PeerMsg::ReapQuery {
+                        round,
+                        partition: p,
+                        key: key.clone(),
+                        hash,
+                    },
+                );
+            }
+            let deadline = now + u64::from(self.cfg.request_timeout_ms) * 1000;
+            self.reaper.rounds.insert(
+                round,
+                Round {
+                    partition: p,
+                    key,
+                    hash,
+                    waiting,
+                    deadline,
+                },
+            );
+            if self
+                .reaper
+                .rounds
+                .get(&round)
+                .is_some_and(|r| r.waiting.is_empty())
+            {
+                self.finish_round(round);
+            }
+        }
+    }
+
+    /// The hash of the stored object if it is tombstone-only (never trust the tracking map
+    /// alone: a write may have landed since).
+    fn reapable_hash(&self, p: PartitionId, key: &[u8]) -> Option<u64> {
+        let bytes = self.store.get(Space::Partition(p), key).ok()??;
+        let object = crate::codec::decode_object(&bytes).ok()?;
+        tombstone_only(&object).then(|| object_hash(&bytes))
+    }
+
+    fn has_hint_for(&self, p: PartitionId, key: &[u8]) -> bool {
+        self.hint_owners()
+            .into_iter()
+            .any(|owner| matches!(self.load_hint(owner, p, key), Ok(Some(_)) | Err(_)))
+    }
+
+    pub(super) fn on_reap_query(
+        &mut self,
+        from: NodeId,
+        round: u64,
+        p: PartitionId,
+        key: Bytes,
+        hash: u64,
+    ) {
+        let same = match self.store.get(Space::Partition(p), &key) {
+            Ok(Some(_)) => self.reapable_hash(p, &key) == Some(hash),
+            Ok(None) => !self
+                .map
+                .preference_list(p, usize::from(self.cfg.n))
+                .contains(&self.id()),
+            Err(_) => false,
+        };
+        let ok = same && !self.has_hint_for(p, &key);
+        self.send(from, PeerMsg::ReapVote { round, key, ok });
+    }
+
+    pub(super) fn on_reap_vote(&mut self, from: NodeId, round: u64, key: Bytes, ok: bool) {
+        let Some(r) = self.reaper.rounds.get_mut(&round) else {
+            return;
+        };
+        if r.key != key {
+            return;
+        }
+        if !ok {
+            // Someone holds something else (or a hint): wait another grace period.
+            let k = (r.partition, r.key.clone());
+            self.reaper.rounds.remove(&round);
+            let now = self.now;
+            // Re-arm only if the key is still tombstone-only here (a write may have landed).
+            if let Some(since) = self.tombstones.get_mut(&k) {
+                *since = now;
+            }
+            return;
+        }
+        r.waiting.remove(&from);
+        if r.waiting.is_empty() {
+            self.finish_round(round);
+        }
+    }
+
+    fn finish_round(&mut self, round: u64) {
+        let Some(r) = self.reaper.rounds.remove(&round) else {
+            return;
+        };
+        let n = usize::from(self.cfg.n);
+        for replica in self.map.preference_list(r.partition, n) {
+            if replica != self.id() {
+                self.send(
+                    replica,
+                    PeerMsg::Reap {
+                        partition: r.partition,
+                        key: r.key.clone(),
+                        hash: r.hash,
+                    },
+                );
+            }
+        }
+        self.on_reap(r.partition, &r.key, r.hash);
+    }
+
+    /// Compare-and-delete: remove the key if it still holds exactly the object voted on.
+    pub(super) fn on_reap(&mut self, p: PartitionId, key: &[u8], hash: u64) {
+        if self.reapable_hash(p, key) != Some(hash) {
+            return;
+        }
+        let minted_here = self
+            .load(p, key)
+            .ok()
+            .flatten()
+            .is_some_and(|o| o.join().get(&self.actor) > 0);
+        // Retire first: the new identity is written before the removal (see hints.rs).
+        if minted_here && !self.retire_actor() {
+            return;
+        }
+        if let Err(e) = self.store.remove(Space::Partition(p), key) {
+            tracing::warn!(partition = %p, error = %e, "cannot reap a tombstone");
+            return;
+        }
+        self.dirty = true;
+        self.tree_note(p, key, None);
+        self.tombstones.remove(&(p, Bytes::copy_from_slice(key)));
+        self.stats.tombstones_reaped += 1;
+    }
+}

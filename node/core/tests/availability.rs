@@ -1,0 +1,263 @@
+//! Availability through outages, in the in-memory harness: sloppy quorum with hints, hinted
+//! handoff, anti-entropy after a wipe, and deletes that stay deleted (tombstone reaping).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{expect_error, n, set, strings, Cluster};
+use dynakv_core::{ClientReply, RequestError, RequestOptions};
+use dynakv_proto::dvv::VersionVector;
+use dynakv_ring::NodeId;
+
+/// A key and its primaries in a 5-node cluster with N=3.
+fn key_with_primaries(c: &Cluster) -> (String, Vec<NodeId>) {
+    let map = c.map();
+    let key = "user:42".to_string();
+    let p = map.partition_for_key(key.as_bytes());
+    (key, map.preference_list(p, 3))
+}
+
+fn w(wv: u8, pw: Option<u8>) -> RequestOptions {
+    RequestOptions {
+        w: Some(wv),
+        pw,
+        ..RequestOptions::default()
+    }
+}
+
+#[test]
+fn w3_put_succeeds_through_fallbacks_and_pw2_refuses() {
+    let mut c = Cluster::new(5, 3, 2, 2);
+    let (key, prim) = key_with_primaries(&c);
+    c.isolate(prim[1]);
+    c.isolate(prim[2]);
+    // The first put discovers the two silent primaries and hands the write to fallbacks.
+    let put = match c.put(prim[0], &key, "v1", &VersionVector::new(), w(3, None)) {
+        ClientReply::Written(p) => p,
+        other => panic!("W=3 put through fallbacks failed: {other:?}"),
+    };
+    assert_eq!((put.acks, put.primary_acks, put.fallback_acks), (3, 1, 2));
+    assert_eq!(c.hints_pending(), 2, "two fallbacks hold a hint each");
+
+    let err = expect_error(c.put(prim[0], &key, "v2", &put.context, w(3, Some(2))));
+    assert!(
+        matches!(
+            err,
+            RequestError::PrimariesUnavailable {
+                needed: 2,
+                available: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("fallbacks do not count"), "{err}");
+
+    // The primaries come back: handoff delivers the hints, which then drain to zero.
+    c.heal();
+    c.run_for(5_000);
+    assert_eq!(c.hints_pending(), 0);
+    for p in &prim {
+        assert_eq!(c.local(*p, &key).0, set(&["v1"]), "primary {p}");
+    }
+}
+
+#[test]
+fn hints_survive_a_fallback_restart_and_are_resent() {
+    let mut c = Cluster::new(5, 3, 2, 2);
+    let (key, prim) = key_with_primaries(&c);
+    c.isolate(prim[2]);
+    c.put_ok(prim[0], &key, "v1", &VersionVector::new());
+    c.put_ok(prim[0], &key, "v1b", &VersionVector::new());
+    // Force the fallback path: a W=3 write while prim[2] is unreachable.
+    let put = c.put(prim[0], &key, "v2", &VersionVector::new(), w(3, None));
+    assert!(matches!(put, ClientReply::Written(_)), "{put:?}");
+    let holder = *c
+        .nodes
+        .iter()
+        .find(|(_, core)| core.hints_pending().values().sum::<u64>() > 0)
+        .expect("a fallback holds a hint")
+        .0;
+    // Restart the fallback from its (synced) store: the hint is still there.
+    let core = c.nodes.remove(&holder).unwrap();
+    let (cfg, map) = (core.config().clone(), core.partition_map().clone());
+    let mut store = core.into_store();
+    store.crash();
+    let reopened = dynakv_core::NodeCore::open(cfg, store, map, 99, c.now).unwrap();
+    assert_eq!(reopened.hints_pending().get(&prim[2]), Some(&1));
+    c.nodes.insert(holder, reopened);
+    c.heal();
+    c.run_for(5_000);
+    assert_eq!(c.hints_pending(), 0);
+    assert_eq!(c.local(prim[2], &key).0, set(&["v1", "v1b", "v2"]));
+}
+
+#[test]
+fn a_wiped_replica_gets_its_data_back_by_anti_entropy() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| cfg.aae_interval_ms = 100);
+    let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        c.put_ok(
+            n(1 + (i as u32 % 3)),
+            k,
+            &format!("v{i}"),
+            &VersionVector::new(),
+        );
+    }
+    c.wipe(n(3));
+    assert_eq!(c.local(n(3), &keys[0]).0, set(&[]));
+    // No reads: only anti-entropy can bring the data back.
+    c.run_for(20_000);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(c.local(n(3), k).0, set(&[&format!("v{i}")]), "key {k}");
+    }
+    let repaired: u64 = c.nodes.values().map(|n| n.stats().aae_keys_repaired).sum();
+    assert!(repaired >= 200, "anti-entropy exchanged {repaired} keys");
+}
+
+#[test]
+fn anti_entropy_work_follows_the_differences_not_the_data_size() {
+    // Two clusters with 50 and 1000 keys, the same 5 keys missed by one replica.
+    let mut repaired = Vec::new();
+    for total in [50usize, 1000] {
+        let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+            cfg.aae_interval_ms = 100;
+            cfg.read_repair = false;
+        });
+        for i in 0..total {
+            c.put_ok(n(1), &format!("key-{i}"), "v", &VersionVector::new());
+        }
+        c.run_for(3_000);
+        let before: u64 = c.nodes.values().map(|n| n.stats().aae_keys_repaired).sum();
+        c.isolate(n(3));
+        for i in 0..5 {
+            let ctx = c.get_ok(n(1), &format!("key-{i}")).context;
+            c.put_ok(n(1), &format!("key-{i}"), "v2", &ctx);
+        }
+        c.heal();
+        c.run_for(10_000);
+        for i in 0..5 {
+            assert_eq!(c.local(n(3), &format!("key-{i}")).0, set(&["v2"]));
+        }
+        let after: u64 = c.nodes.values().map(|n| n.stats().aae_keys_repaired).sum();
+        repaired.push(after - before);
+    }
+    // 20x more data, the same differences: the keys exchanged do not grow with the data.
+    assert!(repaired[0] > 0);
+    assert!(
+        repaired[1] <= repaired[0] * 3,
+        "keys exchanged grew with data size: {repaired:?}"
+    );
+}
+
+#[test]
+fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
+    let mut c = Cluster::with_config(5, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+        cfg.aae_interval_ms = 100;
+    });
+    let (key, prim) = key_with_primaries(&c);
+    let ctx = c
+        .put_ok(prim[0], &key, "old", &VersionVector::new())
+        .context;
+    // prim[2] misses the delete; with W=3 a fallback takes it as a hint.
+    c.isolate(prim[2]);
+    let g = c.get_ok(prim[0], &key);
+    assert_eq!(g.context, ctx);
+    let opts = RequestOptions {
+        w: Some(3),
+        ..RequestOptions::default()
+    };
+    let reply = c.request(
+        prim[0],
+        dynakv_core::ClientRequest::Delete {
+            key: key.clone().into(),
+            context: g.context.clone(),
+            opts,
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    // prim[2] still holds "old"; it comes back, hints are handed off, anti-entropy runs, and
+    // the reaper removes the tombstone for good once everyone agrees.
+    assert_eq!(c.local(prim[2], &key).0, set(&["old"]));
+    c.heal();
+    c.run_for(15_000);
+    assert_eq!(c.hints_pending(), 0);
+    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
+    assert!(reaped >= 1, "the tombstone was never reaped");
+    for node in &prim {
+        assert_eq!(
+            c.local(*node, &key).0,
+            set(&[]),
+            "node {node} resurrected a value"
+        );
+    }
+    // After reaping, a new blind write is a fresh value and is not swallowed by old history.
+    let fresh = c.put_ok(prim[1], &key, "new", &VersionVector::new());
+    assert!(fresh.dot.is_some());
+    c.run_for(2_000);
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    match c.get(prim[0], &key, all) {
+        ClientReply::Got(g) => assert_eq!(strings(&g.values), set(&["new"])),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_down_member_blocks_reaping() {
+    let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+    });
+    let ctx = c.put_ok(n(1), "k", "v", &VersionVector::new()).context;
+    let opts = RequestOptions::default();
+    let reply = c.request(
+        n(1),
+        dynakv_core::ClientRequest::Delete {
+            key: "k".into(),
+            context: ctx,
+            opts,
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)));
+    let map = c.map();
+    let p = map.partition_for_key(b"k");
+    let outsider = map
+        .members()
+        .into_iter()
+        .find(|m| !map.preference_list(p, 3).contains(m))
+        .expect("a non-replica");
+    c.isolate(outsider);
+    c.run_for(5_000);
+    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
+    assert_eq!(reaped, 0, "reaped while a member could not vote");
+    c.heal();
+    c.run_for(5_000);
+    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
+    assert!(reaped >= 1);
+}
+
+#[test]
+fn read_repair_is_bounded_per_second() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.read_repair_per_sec = 3;
+        cfg.aae_interval_ms = 600_000;
+    });
+    c.isolate(n(3));
+    for i in 0..10 {
+        c.put_ok(n(1), &format!("k{i}"), "v", &VersionVector::new());
+    }
+    c.heal();
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    for i in 0..10 {
+        let _ = c.get(n(1), &format!("k{i}"), all);
+    }
+    let s = c.nodes[&n(1)].stats();
+    assert_eq!(s.read_repairs, 3, "{s:?}");
+    assert_eq!(s.read_repairs_skipped, 7);
+}

@@ -1,0 +1,337 @@
+//! A tiny in-memory harness that wires several node cores together, with links that can be cut.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use dynakv_core::store::MemStore;
+use dynakv_core::{
+    ClientReply, ClientRequest, CoreConfig, Effect, GetReply, Input, NodeCore, PeerMsg, PutReply,
+    RequestError, RequestOptions,
+};
+use dynakv_proto::dvv::{Actor, VersionVector};
+use dynakv_ring::{NodeId, PartitionMap};
+
+pub struct Cluster {
+    pub nodes: BTreeMap<NodeId, NodeCore<MemStore>>,
+    queue: VecDeque<(NodeId, NodeId, PeerMsg)>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    replies: BTreeMap<u64, ClientReply>,
+    pub now: u64,
+    next_req: u64,
+    pub delivered: u64,
+}
+
+pub fn n(i: u32) -> NodeId {
+    NodeId(i)
+}
+
+impl Cluster {
+    /// `count` nodes (ids 1..=count), 64 partitions, the given quorum defaults.
+    pub fn new(count: u32, nval: u8, r: u8, w: u8) -> Self {
+        Self::with_config(count, nval, r, w, |_| {})
+    }
+
+    /// Like [`Cluster::new`], with a hook to change every node's config.
+    pub fn with_config(count: u32, nval: u8, r: u8, w: u8, tune: impl Fn(&mut CoreConfig)) -> Self {
+        let members: BTreeSet<NodeId> = (1..=count).map(NodeId).collect();
+        let map = PartitionMap::initial(64, &members).expect("map");
+        let mut nodes = BTreeMap::new();
+        for id in &members {
+            let mut cfg = CoreConfig {
+                node: *id,
+                n: nval,
+                r,
+                w,
+                request_timeout_ms: 1_000,
+                ..CoreConfig::default()
+            };
+            tune(&mut cfg);
+            let core = NodeCore::open(cfg, MemStore::new(), map.clone(), u64::from(id.0) * 7919, 0)
+                .expect("open");
+            nodes.insert(*id, core);
+        }
+        Self {
+            nodes,
+            queue: VecDeque::new(),
+            cut: BTreeSet::new(),
+            replies: BTreeMap::new(),
+            now: 0,
+            next_req: 1,
+            delivered: 0,
+        }
+    }
+
+    pub fn actor(&self, id: NodeId) -> Actor {
+        self.nodes[&id].actor()
+    }
+
+    /// Drop every message from `a` to `b` and from `b` to `a` until [`Cluster::heal`].
+    pub fn cut_both(&mut self, a: NodeId, b: NodeId) {
+        self.cut.insert((a, b));
+        self.cut.insert((b, a));
+    }
+
+    /// Cut `id` off from every other node.
+    pub fn isolate(&mut self, id: NodeId) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for other in ids {
+            if other != id {
+                self.cut_both(id, other);
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    fn collect(&mut self, id: NodeId) {
+        let effects = self.nodes.get_mut(&id).expect("node").drain_effects();
+        for e in effects {
+            match e {
+                Effect::Send { to, msg } => {
+                    if !self.cut.contains(&(id, to)) {
+                        self.queue.push_back((id, to, msg));
+                    }
+                }
+                Effect::Reply { id, reply } => {
+                    self.replies.insert(id, reply);
+                }
+            }
+        }
+    }
+
+    /// Deliver queued messages until the network is quiet.
+    pub fn run(&mut self) {
+        let mut budget = 100_000;
+        while let Some((from, to, msg)) = self.queue.pop_front() {
+            budget -= 1;
+            assert!(budget > 0, "message storm");
+            if self.cut.contains(&(from, to)) {
+                continue;
+            }
+            self.delivered += 1;
+            let now = self.now;
+            self.nodes
+                .get_mut(&to)
+                .expect("node")
+                .handle(now, Input::Peer { from, msg });
+            self.collect(to);
+        }
+    }
+
+    /// Move time forward, firing timers.
+    pub fn advance(&mut self, ms: u64) {
+        self.now += ms * 1000;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let due = self.nodes[&id]
+                .poll_timeout()
+                .is_some_and(|t| t <= self.now);
+            if due {
+                let now = self.now;
+                self.nodes
+                    .get_mut(&id)
+                    .expect("node")
+                    .handle(now, Input::Timeout);
+                self.collect(id);
+            }
+        }
+        self.run();
+    }
+
+    /// Let `ms` of time pass in 50 ms steps (background work: handoff, anti-entropy, reaping).
+    pub fn run_for(&mut self, ms: u64) {
+        for _ in 0..ms.div_ceil(50) {
+            self.advance(50);
+        }
+    }
+
+    /// Replace a node's store with an empty one (a wiped disk) and restart it.
+    pub fn wipe(&mut self, id: NodeId) {
+        let old = self.nodes.remove(&id).expect("node");
+        let cfg = old.config().clone();
+        let map = old.partition_map().clone();
+        let core = NodeCore::open(cfg, MemStore::new(), map, 424242, self.now).expect("open");
+        self.nodes.insert(id, core);
+    }
+
+    /// Every node's view of pending hints, summed.
+    pub fn hints_pending(&self) -> u64 {
+        self.nodes
+            .values()
+            .map(|c| c.hints_pending().values().sum::<u64>())
+            .sum()
+    }
+
+    /// The partition map (the same on every node).
+    pub fn map(&self) -> PartitionMap {
+        self.nodes
+            .values()
+            .next()
+            .expect("node")
+            .partition_map()
+            .clone()
+    }
+
+    /// Send a request to `at`, deliver until quiet, and wait up to the timeout for a reply.
+    pub fn request(&mut self, at: NodeId, request: ClientRequest) -> ClientReply {
+        let id = self.next_req;
+        self.next_req += 1;
+        let now = self.now;
+        self.nodes
+            .get_mut(&at)
+            .expect("node")
+            .handle(now, Input::Client { id, request });
+        self.collect(at);
+        self.run();
+        for _ in 0..20 {
+            if let Some(r) = self.replies.remove(&id) {
+                return r;
+            }
+            self.advance(200);
+        }
+        panic!("no reply to request {id}");
+    }
+
+    pub fn put(
+        &mut self,
+        at: NodeId,
+        key: &str,
+        value: &str,
+        ctx: &VersionVector,
+        opts: RequestOptions,
+    ) -> ClientReply {
+        self.request(
+            at,
+            ClientRequest::Put {
+                key: Bytes::from(key.to_string()),
+                value: Bytes::from(value.to_string()),
+                context: ctx.clone(),
+                opts,
+            },
+        )
+    }
+
+    pub fn put_ok(&mut self, at: NodeId, key: &str, value: &str, ctx: &VersionVector) -> PutReply {
+        match self.put(at, key, value, ctx, RequestOptions::default()) {
+            ClientReply::Written(p) => p,
+            other => panic!("put {value} at {at} failed: {other:?}"),
+        }
+    }
+
+    /// A put that only needs the coordinator's own ack (W=1), for scripted histories.
+    pub fn put_w1(&mut self, at: NodeId, key: &str, value: &str, ctx: &VersionVector) -> PutReply {
+        let opts = RequestOptions {
+            w: Some(1),
+            ..RequestOptions::default()
+        };
+        match self.put(at, key, value, ctx, opts) {
+            ClientReply::Written(p) => p,
+            other => panic!("put {value} at {at} failed: {other:?}"),
+        }
+    }
+
+    pub fn delete_w1(&mut self, at: NodeId, key: &str, ctx: &VersionVector) -> PutReply {
+        let opts = RequestOptions {
+            w: Some(1),
+            ..RequestOptions::default()
+        };
+        match self.request(
+            at,
+            ClientRequest::Delete {
+                key: Bytes::from(key.to_string()),
+                context: ctx.clone(),
+                opts,
+            },
+        ) {
+            ClientReply::Written(p) => p,
+            other => panic!("delete at {at} failed: {other:?}"),
+        }
+    }
+
+    pub fn get(&mut self, at: NodeId, key: &str, opts: RequestOptions) -> ClientReply {
+        self.request(
+            at,
+            ClientRequest::Get {
+                key: Bytes::from(key.to_string()),
+                opts,
+            },
+        )
+    }
+
+    pub fn get_ok(&mut self, at: NodeId, key: &str) -> GetReply {
+        match self.get(at, key, RequestOptions::default()) {
+            ClientReply::Got(g) => g,
+            other => panic!("get at {at} failed: {other:?}"),
+        }
+    }
+
+    /// Read a key only from `at`'s own store (R=1 at a replica, with other links cut), as a set.
+    pub fn local(&mut self, at: NodeId, key: &str) -> (BTreeSet<String>, VersionVector) {
+        let saved = self.cut.clone();
+        self.isolate(at);
+        let opts = RequestOptions {
+            r: Some(1),
+            ..RequestOptions::default()
+        };
+        let reply = self.get(at, key, opts);
+        self.cut = saved;
+        self.queue.clear();
+        match reply {
+            ClientReply::Got(g) => (strings(&g.values), g.context),
+            other => panic!("local get at {at} failed: {other:?}"),
+        }
+    }
+
+    /// Anti-entropy stand-in: push `from`'s stored object for `key` to `to` as a replica write.
+    pub fn sync_key(&mut self, from: NodeId, to: NodeId, key: &str) {
+        let map = self.nodes[&from].partition_map().clone();
+        let p = map.partition_for_key(key.as_bytes());
+        let object = self.nodes[&from]
+            .partition_objects(p)
+            .expect("scan")
+            .into_iter()
+            .find(|(k, _)| k.as_ref() == key.as_bytes())
+            .map(|(_, o)| o)
+            .expect("key present at source");
+        let now = self.now;
+        self.nodes.get_mut(&to).expect("node").handle(
+            now,
+            Input::Peer {
+                from,
+                msg: PeerMsg::ReplicaWrite {
+                    op: 0,
+                    partition: p,
+                    key: Bytes::from(key.to_string()),
+                    object,
+                    hint: None,
+                },
+            },
+        );
+        let _ = self.nodes.get_mut(&to).expect("node").drain_effects();
+    }
+}
+
+pub fn strings(values: &[Bytes]) -> BTreeSet<String> {
+    values
+        .iter()
+        .map(|v| String::from_utf8(v.to_vec()).expect("utf8"))
+        .collect()
+}
+
+pub fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn vv(entries: &[(Actor, u64)]) -> VersionVector {
+    VersionVector::from_entries(entries.to_vec())
+}
+
+pub fn expect_error(reply: ClientReply) -> RequestError {
+    match reply {
+        ClientReply::Error(e) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}

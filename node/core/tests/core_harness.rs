@@ -1,0 +1,565 @@
+//! The sans-IO core, several nodes wired together in memory: quorums, failures, siblings, and
+//! every vector of shared/dvv-vectors.md through the coordinator.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{expect_error, n, set, strings, vv, Cluster};
+use dynakv_core::store::MemStore;
+use dynakv_core::{ClientReply, ClientRequest, CoreConfig, NodeCore, RequestError, RequestOptions};
+use dynakv_proto::dvv::VersionVector;
+use dynakv_ring::{NodeId, PartitionMap};
+
+fn empty() -> VersionVector {
+    VersionVector::new()
+}
+
+#[test]
+fn quorum_write_then_read() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let put = c.put_ok(n(1), "k", "v1", &empty());
+    assert!(put.acks >= 2);
+    let got = c.get_ok(n(2), "k");
+    assert_eq!(strings(&got.values), set(&["v1"]));
+    assert_eq!(got.context, put.context);
+    // Every replica holds it once the network is quiet.
+    for i in 1..=3 {
+        assert_eq!(c.local(n(i), "k").0, set(&["v1"]), "node {i}");
+    }
+}
+
+#[test]
+fn write_quorum_fails_with_a_clear_timeout_when_too_few_replicas_answer() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    c.isolate(n(2));
+    c.isolate(n(3));
+    let err = expect_error(c.put(n(1), "k", "v", &empty(), RequestOptions::default()));
+    match &err {
+        RequestError::Timeout {
+            answered,
+            needed,
+            asked,
+            ..
+        } => assert_eq!((*answered, *needed, *asked), (1, 2, 3)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("1 of 3 replicas answered, 2 needed"),
+        "{text}"
+    );
+    // W=1 still succeeds on the coordinator alone; R=2 does not.
+    let opts = RequestOptions {
+        w: Some(1),
+        ..RequestOptions::default()
+    };
+    assert!(matches!(
+        c.put(n(1), "k", "v", &empty(), opts),
+        ClientReply::Written(_)
+    ));
+    // The coordinator now believes nodes 2 and 3 are down (they never answered) and, with no
+    // fallback in a 3-node cluster, refuses a get with R=2 at once.
+    let err = expect_error(c.get(n(1), "k", RequestOptions::default()));
+    assert!(
+        matches!(
+            err,
+            RequestError::Unavailable {
+                needed: 2,
+                available: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("needs 2 replicas but only 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn one_node_down_leaves_quorum_two_of_three_available() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    c.isolate(n(3));
+    let put = c.put_ok(n(1), "k", "v", &empty());
+    assert_eq!(put.acks, 2);
+    let all = RequestOptions {
+        w: Some(3),
+        ..RequestOptions::default()
+    };
+    let err = expect_error(c.put(n(1), "k", "v2", &put.context, all));
+    assert!(
+        matches!(
+            err,
+            RequestError::Timeout {
+                answered: 2,
+                needed: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn bad_options_and_keys_are_refused() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let w4 = RequestOptions {
+        w: Some(4),
+        ..RequestOptions::default()
+    };
+    assert!(matches!(
+        expect_error(c.put(n(1), "k", "v", &empty(), w4)),
+        RequestError::InvalidOptions(_)
+    ));
+    let r0 = RequestOptions {
+        r: Some(0),
+        ..RequestOptions::default()
+    };
+    assert!(matches!(
+        expect_error(c.get(n(1), "k", r0)),
+        RequestError::InvalidOptions(_)
+    ));
+    assert!(matches!(
+        expect_error(c.put(n(1), "", "v", &empty(), RequestOptions::default())),
+        RequestError::BadKey(_)
+    ));
+    let long_key = "x".repeat(5000);
+    assert!(matches!(
+        expect_error(c.get(n(1), &long_key, RequestOptions::default())),
+        RequestError::BadKey(_)
+    ));
+    let big = "v".repeat(5 << 20);
+    assert!(matches!(
+        expect_error(c.put(n(1), "k", &big, &empty(), RequestOptions::default())),
+        RequestError::ValueTooLarge { .. }
+    ));
+    // A cluster configured for N=5 that has only 3 nodes cannot make W=5.
+    let mut c = Cluster::new(3, 5, 2, 2);
+    let n5 = RequestOptions {
+        w: Some(5),
+        ..RequestOptions::default()
+    };
+    assert!(matches!(
+        expect_error(c.put(n(1), "k", "v", &empty(), n5)),
+        RequestError::Unavailable {
+            needed: 5,
+            available: 3,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn concurrent_coordinators_make_siblings_and_a_merge_collapses_them() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    c.cut_both(n(1), n(2));
+    c.isolate(n(3));
+    c.put_w1(n(1), "k", "from-1", &empty());
+    c.put_w1(n(2), "k", "from-2", &empty());
+    c.heal();
+    // R=2 at node 3 (which missed both writes) may see only one sibling; R=3 sees both.
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    let got = match c.get(n(3), "k", all) {
+        ClientReply::Got(g) => g,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(strings(&got.values), set(&["from-1", "from-2"]));
+    let merged = c.put_ok(n(3), "k", "merged", &got.context);
+    let after = c.get_ok(n(1), "k");
+    assert_eq!(strings(&after.values), set(&["merged"]));
+    assert_eq!(after.context, merged.context);
+}
+
+#[test]
+fn writes_at_a_non_replica_are_forwarded_to_a_replica() {
+    // 5 nodes, N=3: some keys have node 5 outside their preference list.
+    let mut c = Cluster::new(5, 3, 2, 2);
+    let map = c.nodes[&n(5)].partition_map().clone();
+    let key = (0..1000)
+        .map(|i| format!("key-{i}"))
+        .find(|k| {
+            let p = map.partition_for_key(k.as_bytes());
+            !map.preference_list(p, 3).contains(&n(5))
+        })
+        .expect("a key not replicated on node 5");
+    let put = c.put_ok(n(5), &key, "v", &empty());
+    let dot = put.dot.expect("dot");
+    assert_ne!(dot.actor.node, n(5), "the dot must be minted by a replica");
+    assert_eq!(strings(&c.get_ok(n(5), &key).values), set(&["v"]));
+}
+
+#[test]
+fn read_repair_brings_a_stale_replica_up_to_date() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    c.isolate(n(3));
+    let put = c.put_ok(n(1), "k", "v1", &empty());
+    c.heal();
+    assert_eq!(c.local(n(3), "k").0, set(&[]));
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    match c.get(n(1), "k", all) {
+        ClientReply::Got(g) => assert_eq!(g.context, put.context),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.local(n(3), "k").0, set(&["v1"]));
+    assert!(c.nodes[&n(1)].stats().read_repairs >= 1);
+}
+
+#[test]
+fn identity_survives_restart_and_changes_after_a_wipe() {
+    let members = [NodeId(1), NodeId(2)].into_iter().collect();
+    let map = PartitionMap::initial(8, &members).unwrap();
+    let cfg = CoreConfig {
+        node: NodeId(1),
+        ..CoreConfig::default()
+    };
+    let core = NodeCore::open(cfg.clone(), MemStore::new(), map.clone(), 1, 0).unwrap();
+    let actor = core.actor();
+    let mut store = core.into_store();
+    store.crash(); // the identity was synced when it was created
+    let again = NodeCore::open(cfg.clone(), store, map.clone(), 2, 0).unwrap();
+    assert_eq!(again.actor(), actor);
+    let wiped = NodeCore::open(cfg.clone(), MemStore::new(), map.clone(), 3, 0).unwrap();
+    assert_ne!(
+        wiped.actor(),
+        actor,
+        "a wiped node must mint dots under a new identity"
+    );
+    let other = CoreConfig {
+        node: NodeId(2),
+        ..cfg
+    };
+    let err = NodeCore::open(other, again.into_store(), map, 4, 0).unwrap_err();
+    assert!(err.to_string().contains("belongs to node 1"), "{err}");
+}
+
+#[test]
+fn no_ack_leaves_before_the_write_is_synced() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let id = 99;
+    let now = c.now;
+    let node = c.nodes.get_mut(&n(1)).unwrap();
+    node.handle(
+        now,
+        dynakv_core::Input::Client {
+            id,
+            request: ClientRequest::Put {
+                key: "k".into(),
+                value: "v".into(),
+                context: VersionVector::new(),
+                opts: RequestOptions {
+                    w: Some(1),
+                    ..RequestOptions::default()
+                },
+            },
+        },
+    );
+    assert!(node.store().unsynced_ops() > 0);
+    let effects = node.drain_effects();
+    assert!(!effects.is_empty());
+    assert_eq!(
+        node.store().unsynced_ops(),
+        0,
+        "drain must sync before releasing the ack"
+    );
+}
+
+// ---- shared/dvv-vectors.md through the coordinator (A = node 1, B = node 2, C = node 3) ----
+
+#[test]
+fn vector_1_sequential_overwrite() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let a = c.actor(n(1));
+    let p1 = c.put_ok(n(1), "k", "v1", &empty());
+    let g = c.get_ok(n(1), "k");
+    assert_eq!(
+        (strings(&g.values), g.context.clone()),
+        (set(&["v1"]), vv(&[(a, 1)]))
+    );
+    assert_eq!(p1.context, vv(&[(a, 1)]));
+    c.put_ok(n(1), "k", "v2", &g.context);
+    let g = c.get_ok(n(1), "k");
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v2"]), vv(&[(a, 2)]))
+    );
+}
+
+#[test]
+fn vector_2_blind_writes_keep_siblings() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let (a, b) = (c.actor(n(1)), c.actor(n(2)));
+    c.put_ok(n(1), "k", "v1", &empty());
+    c.put_ok(n(1), "k", "v2", &empty());
+    let g = c.get_ok(n(1), "k");
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v1", "v2"]), vv(&[(a, 2)]))
+    );
+
+    c.isolate(n(1));
+    c.isolate(n(2));
+    c.put_w1(n(1), "j", "v1", &empty());
+    c.put_w1(n(2), "j", "v2", &empty());
+    c.heal();
+    c.sync_key(n(1), n(2), "j");
+    c.sync_key(n(2), n(1), "j");
+    for node in [n(1), n(2)] {
+        assert_eq!(
+            c.local(node, "j"),
+            (set(&["v1", "v2"]), vv(&[(a, 1), (b, 1)]))
+        );
+    }
+}
+
+#[test]
+fn vector_3_same_stale_context_same_coordinator() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let (a, b) = (c.actor(n(1)), c.actor(n(2)));
+    let k = c.put_ok(n(1), "k", "v1", &empty()).context;
+    c.put_ok(n(1), "k", "v2", &k);
+    c.put_ok(n(1), "k", "v3", &k);
+    let g = c.get_ok(n(2), "k");
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v2", "v3"]), vv(&[(a, 3)]))
+    );
+
+    // Variant: Y goes through B, which holds A's state after sync.
+    let k = c.put_ok(n(1), "j", "v1", &empty()).context;
+    c.put_ok(n(1), "j", "v2", &k);
+    c.put_ok(n(2), "j", "v3", &k);
+    let g = c.get_ok(n(3), "j");
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v2", "v3"]), vv(&[(a, 2), (b, 1)]))
+    );
+}
+
+#[test]
+fn vector_4_mary_and_peter() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let a = c.actor(n(1));
+    c.put_ok(n(1), "k", "v1", &empty());
+    let peter = c.get_ok(n(1), "k");
+    assert_eq!(peter.context, vv(&[(a, 1)]));
+    c.put_ok(n(1), "k", "v2", &empty()); // Mary, blind
+    assert_eq!(strings(&c.get_ok(n(1), "k").values), set(&["v1", "v2"]));
+    c.put_ok(n(1), "k", "v3", &peter.context);
+    let g = c.get_ok(n(1), "k");
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v2", "v3"]), vv(&[(a, 3)]))
+    );
+}
+
+#[test]
+fn vector_5_a_covering_context_collapses_siblings() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let (a, b) = (c.actor(n(1)), c.actor(n(2)));
+    let k = c.put_ok(n(1), "k", "v1", &empty()).context;
+    c.put_ok(n(1), "k", "v2", &k);
+    c.put_ok(n(1), "k", "v3", &k);
+    let g = c.get_ok(n(1), "k");
+    assert_eq!(g.context, vv(&[(a, 3)]));
+    c.put_ok(n(2), "k", "v4", &g.context);
+    let g = c.get_ok(n(3), "k");
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["v4"]), vv(&[(a, 3), (b, 1)]))
+    );
+}
+
+#[test]
+fn vector_6_dynamo_figure_3() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let (sx, sy, sz) = (c.actor(n(1)), c.actor(n(2)), c.actor(n(3)));
+    let d1 = c.put_ok(n(1), "k", "D1", &empty()).context;
+    let d2 = c.put_ok(n(1), "k", "D2", &d1).context;
+    assert_eq!(d2, vv(&[(sx, 2)]));
+    c.cut_both(n(2), n(3));
+    c.put_w1(n(2), "k", "D3", &d2);
+    c.put_w1(n(3), "k", "D4", &d2);
+    c.heal();
+    c.sync_key(n(2), n(1), "k");
+    c.sync_key(n(3), n(1), "k");
+    let g = c.get_ok(n(1), "k");
+    assert_eq!(
+        (strings(&g.values), g.context.clone()),
+        (set(&["D3", "D4"]), vv(&[(sx, 2), (sy, 1), (sz, 1)]))
+    );
+    c.put_ok(n(1), "k", "D5", &g.context);
+    let g = c.get_ok(n(2), "k");
+    assert_eq!(
+        (strings(&g.values), g.context),
+        (set(&["D5"]), vv(&[(sx, 3), (sy, 1), (sz, 1)]))
+    );
+}
+
+#[test]
+fn vector_7_a_replica_that_missed_a_write() {
+    // (a) A and C sync in either direction: C holds {v2}; v1 does not come back.
+    for a_to_c in [true, false] {
+        let mut c = Cluster::new(3, 3, 2, 2);
+        let a = c.actor(n(1));
+        let k = c.put_ok(n(1), "k", "v1", &vv(&[])).context;
+        c.isolate(n(3));
+        c.put_ok(n(1), "k", "v2", &k);
+        c.heal();
+        if a_to_c {
+            c.sync_key(n(1), n(3), "k");
+            assert_eq!(c.local(n(3), "k"), (set(&["v2"]), vv(&[(a, 2)])));
+        } else {
+            c.sync_key(n(3), n(1), "k");
+            assert_eq!(c.local(n(1), "k"), (set(&["v2"]), vv(&[(a, 2)])));
+        }
+    }
+    // (b) Before that sync, C coordinates a blind put.
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let (a, cc) = (c.actor(n(1)), c.actor(n(3)));
+    let k = c.put_ok(n(1), "k", "v1", &empty()).context;
+    c.isolate(n(3));
+    c.put_ok(n(1), "k", "v2", &k);
+    c.put_w1(n(3), "k", "v3", &empty());
+    assert_eq!(
+        c.local(n(3), "k"),
+        (set(&["v1", "v3"]), vv(&[(a, 1), (cc, 1)]))
+    );
+    c.heal();
+    c.sync_key(n(1), n(3), "k");
+    assert_eq!(
+        c.local(n(3), "k"),
+        (set(&["v2", "v3"]), vv(&[(a, 2), (cc, 1)]))
+    );
+    // (c) A replica that knows {A:1} but holds no value for it, synced with {A:2: v2, v1}.
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let k = c.put_ok(n(1), "k", "v1", &empty()).context;
+    c.isolate(n(1));
+    c.put_w1(n(1), "k", "v2", &empty()); // A now holds (A,2,[v2,v1])
+    assert_eq!(c.local(n(1), "k").0, set(&["v1", "v2"]));
+    c.heal();
+    c.isolate(n(3));
+    c.delete_w1(n(3), "k", &k); // C knows A:1 and holds only a tombstone
+    c.heal();
+    c.sync_key(n(1), n(3), "k");
+    assert_eq!(c.local(n(3), "k").0, set(&["v2"]));
+}
+
+#[test]
+fn vector_8_delete_concurrent_with_a_write() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let (a, b) = (c.actor(n(1)), c.actor(n(2)));
+    let k0 = c.put_ok(n(1), "k", "v1", &empty()).context;
+    c.put_ok(n(1), "k", "v2", &k0);
+    c.put_ok(n(1), "k", "v3", &k0);
+    let k = c.get_ok(n(1), "k").context;
+    assert_eq!(k, vv(&[(a, 3)]));
+    c.cut_both(n(1), n(2));
+    c.isolate(n(3));
+    c.delete_w1(n(1), "k", &k);
+    c.put_w1(n(2), "k", "v4", &k);
+    c.heal();
+    c.sync_key(n(1), n(2), "k");
+    c.sync_key(n(2), n(1), "k");
+    let g = c.get_ok(n(1), "k");
+    assert_eq!(
+        (strings(&g.values), g.context.clone()),
+        (set(&["v4"]), vv(&[(a, 4), (b, 1)]))
+    );
+    c.put_ok(n(1), "k", "v5", &g.context);
+    let g = c.get_ok(n(2), "k");
+    assert_eq!(strings(&g.values), set(&["v5"]));
+    // A delete whose context covers everything: not found, but a context comes back.
+    let del = c.delete_w1(n(2), "k", &g.context);
+    let opts = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    let gone = match c.get(n(3), "k", opts) {
+        ClientReply::Got(g) => g,
+        other => panic!("{other:?}"),
+    };
+    assert!(gone.values.is_empty());
+    assert!(!gone.context.is_empty());
+    assert!(gone.context.descends(&del.context));
+    c.put_ok(n(3), "k", "v6", &gone.context);
+    assert_eq!(strings(&c.get_ok(n(1), "k").values), set(&["v6"]));
+    let _ = ClientRequest::PartitionMap;
+}
+
+// ---- hostile or mistaken input ----
+
+#[test]
+fn a_context_with_an_absurd_counter_is_refused_and_the_key_stays_usable() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let a = c.actor(n(1));
+    let crafted = vv(&[(a, 1 << 63)]);
+    let err = expect_error(c.put(n(1), "k", "evil", &crafted, RequestOptions::default()));
+    assert!(matches!(err, RequestError::InvalidOptions(_)), "{err:?}");
+    c.put_ok(n(1), "k", "fine", &empty());
+    assert_eq!(strings(&c.get_ok(n(1), "k").values), set(&["fine"]));
+}
+
+#[test]
+fn a_request_n_above_the_clusters_n_is_refused() {
+    let mut c = Cluster::new(5, 3, 2, 2);
+    let n5 = RequestOptions {
+        n: Some(5),
+        ..RequestOptions::default()
+    };
+    let err = expect_error(c.put(n(1), "k", "v", &empty(), n5));
+    assert!(err.to_string().contains("cluster's n=3"), "{err}");
+}
+
+#[test]
+fn replica_writes_for_the_wrong_partition_or_without_dots_are_rejected() {
+    use dynakv_core::{Input, Object, PeerMsg, ReplicaError, Value};
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let map = c.map();
+    let right = map.partition_for_key(b"k");
+    let wrong = dynakv_ring::PartitionId((right.0 + 1) % map.partition_count());
+    let actor = c.actor(n(2));
+    let good = Object::update(
+        Object::new(Value::Data("v".into())),
+        &Object::empty(),
+        actor,
+    );
+    let anonymous = Object::new(Value::Data("v".into()));
+    for (partition, object) in [(wrong, good), (right, anonymous)] {
+        let node = c.nodes.get_mut(&n(1)).unwrap();
+        node.handle(
+            0,
+            Input::Peer {
+                from: n(2),
+                msg: PeerMsg::ReplicaWrite {
+                    op: 7,
+                    partition,
+                    key: "k".into(),
+                    object,
+                    hint: None,
+                },
+            },
+        );
+        let effects = node.drain_effects();
+        let refused = effects.iter().any(|e| {
+            matches!(
+                e,
+                dynakv_core::Effect::Send {
+                    msg: PeerMsg::ReplicaWriteAck {
+                        result: Err(ReplicaError::Rejected(_)),
+                        ..
+                    },
+                    ..
+                }
+            )
+        });
+        assert!(refused, "{effects:?}");
+    }
+    assert_eq!(c.local(n(1), "k").0, set(&[]));
+}

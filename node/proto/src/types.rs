@@ -1,0 +1,445 @@
+//! Plain data that goes in and out of the core: requests, replies, peer messages, effects.
+//!
+//! Everything here is `Serialize`/`Deserialize` so the QUIC driver can put it on the wire through
+//! [`crate::codec`], and `Clone`/`PartialEq` so the simulator can duplicate, replay and compare it.
+
+use std::fmt;
+
+use bytes::Bytes;
+use dynakv_ring::{NodeId, PartitionId};
+use serde::{Deserialize, Serialize};
+
+use crate::dvv::{Dot, DvvSet, VersionVector};
+
+/// A stored sibling: client data or a delete marker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Value {
+    /// A value written by a client.
+    Data(Bytes),
+    /// A delete marker. It carries a dot like any value so that a concurrent write survives it.
+    Tombstone,
+}
+
+impl Value {
+    /// The client bytes, or `None` for a tombstone.
+    pub fn data(&self) -> Option<&Bytes> {
+        match self {
+            Value::Data(b) => Some(b),
+            Value::Tombstone => None,
+        }
+    }
+}
+
+/// What a replica stores for one key: every concurrent sibling with its dot, and the causal history.
+pub type Object = DvvSet<Value>;
+
+/// Identifies a coordinator-side operation; unique per coordinator incarnation.
+pub type OpId = u64;
+
+/// Identifies a client request inside one driver (the driver maps it back to a stream).
+pub type RequestId = u64;
+
+/// Per-request overrides of the cluster defaults. `None` means "use the cluster default".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestOptions {
+    /// Replicas per key (N).
+    pub n: Option<u8>,
+    /// Replies a get waits for (R).
+    pub r: Option<u8>,
+    /// Acknowledgements a put or delete waits for (W).
+    pub w: Option<u8>,
+    /// Replies a get needs from primary replicas (PR); fallbacks do not count toward it.
+    pub pr: Option<u8>,
+    /// Acknowledgements a write needs from primary replicas (PW); refuses sloppy-only quorums.
+    pub pw: Option<u8>,
+    /// Request timeout in milliseconds.
+    pub timeout_ms: Option<u32>,
+}
+
+/// A request from a client (or forwarded by another node on a client's behalf).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Read every sibling of a key and its causal context.
+    Get { key: Bytes, opts: RequestOptions },
+    /// Write a value; `context` is what the client read (empty for a blind write).
+    Put {
+        key: Bytes,
+        value: Bytes,
+        context: VersionVector,
+        opts: RequestOptions,
+    },
+    /// Delete (write a tombstone) the siblings covered by `context`.
+    Delete {
+        key: Bytes,
+        context: VersionVector,
+        opts: RequestOptions,
+    },
+    /// Ask for the partition map, so a client can route by key.
+    PartitionMap,
+    /// A membership change asked for by an operator.
+    Admin(AdminRequest),
+}
+
+/// Membership changes an operator asks a node for (`dynakv leave`, `dynakv remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// The receiving node leaves the cluster gracefully, handing its partitions off.
+    Leave,
+    /// Remove a (dead) node for good; its partitions are re-planned onto the others.
+    Remove(NodeId),
+}
+
+impl ClientRequest {
+    /// Short name for messages and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientRequest::Get { .. } => "get",
+            ClientRequest::Put { .. } => "put",
+            ClientRequest::Delete { .. } => "delete",
+            ClientRequest::PartitionMap => "partition-map",
+            ClientRequest::Admin(_) => "admin",
+        }
+    }
+}
+
+/// A successful read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetReply {
+    /// Every live sibling (tombstones are left out). Empty when the key is missing or deleted.
+    pub values: Vec<Bytes>,
+    /// The joined causal context of every reply; write back with it to supersede what was read.
+    pub context: VersionVector,
+    /// How many replicas answered before the reply was sent.
+    pub replied: u8,
+    /// How many of those were primary replicas (the rest were fallbacks).
+    pub primary_replies: u8,
+}
+
+/// A successful write (put or delete).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutReply {
+    /// The causal context after the write: it covers the new value and everything the coordinating
+    /// replica held for the key at the time of the write.
+    pub context: VersionVector,
+    /// The dot the coordinator gave the new value (used by checkers and debugging tools).
+    pub dot: Option<Dot>,
+    /// How many replicas acknowledged before the reply was sent.
+    pub acks: u8,
+    /// How many acknowledgements came from primary replicas.
+    pub primary_acks: u8,
+    /// How many came from fallbacks holding the write as a hint for a primary that was down.
+    pub fallback_acks: u8,
+}
+
+/// The reply to a [`ClientRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// Reply to a get.
+    Got(GetReply),
+    /// Reply to a put or a delete.
+    Written(PutReply),
+    /// Reply to [`ClientRequest::PartitionMap`].
+    PartitionMap(dynakv_ring::PartitionMap),
+    /// Reply to [`ClientRequest::Admin`]: what was staged.
+    Admin(String),
+    /// The request failed.
+    Error(RequestError),
+}
+
+/// Why a request failed. Every variant renders as one clear line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestError {
+    /// The request options are inconsistent (for example W > N).
+    InvalidOptions(String),
+    /// The key is empty or longer than the limit.
+    BadKey(String),
+    /// The value is longer than the limit.
+    ValueTooLarge { len: u64, max: u64 },
+    /// Fewer replicas answered than the quorum needs before the timeout.
+    Timeout {
+        op: String,
+        timeout_ms: u32,
+        answered: u8,
+        needed: u8,
+        asked: u8,
+    },
+    /// Not enough nodes exist or are reachable to even try the quorum.
+    Unavailable {
+        op: String,
+        needed: u8,
+        available: u8,
+    },
+    /// The request demanded PR/PW primary replicas and fewer are reachable or answered.
+    PrimariesUnavailable {
+        op: String,
+        needed: u8,
+        available: u8,
+    },
+    /// A replica or the coordinator failed to read or write its disk.
+    Storage(String),
+    /// The coordinator has too many requests in flight; retry later or elsewhere.
+    Overloaded { pending: u64 },
+    /// The write would push the key past the hard sibling limit.
+    TooManySiblings { count: u32, max: u32 },
+    /// Something the node did not expect; the message says what.
+    Internal(String),
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::InvalidOptions(m) => write!(f, "invalid request options: {m}"),
+            RequestError::BadKey(m) => write!(f, "bad key: {m}"),
+            RequestError::ValueTooLarge { len, max } => {
+                write!(f, "value of {len} bytes exceeds the limit of {max} bytes")
+            }
+            RequestError::Timeout {
+                op,
+                timeout_ms,
+                answered,
+                needed,
+                asked,
+            } => write!(
+                f,
+                "{op} timed out after {timeout_ms} ms: {answered} of {asked} replicas answered, {needed} needed"
+            ),
+            RequestError::Unavailable {
+                op,
+                needed,
+                available,
+            } => write!(
+                f,
+                "{op} unavailable: needs {needed} replicas but only {available} are up and reachable"
+            ),
+            RequestError::PrimariesUnavailable {
+                op,
+                needed,
+                available,
+            } => write!(
+                f,
+                "{op} needs {needed} primary replicas (pr/pw) but only {available} answered or are reachable; fallbacks do not count"
+            ),
+            RequestError::Storage(m) => write!(f, "storage failure: {m}"),
+            RequestError::Overloaded { pending } => write!(
+                f,
+                "node overloaded: {pending} requests in flight; retry later or on another node"
+            ),
+            RequestError::TooManySiblings { count, max } => write!(
+                f,
+                "key would hold {count} siblings, past the hard limit of {max}; read it and write back a merged value"
+            ),
+            RequestError::Internal(m) => write!(f, "internal error: {m}"),
+        }
+    }
+}
+
+/// Counters for `status` and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreStats {
+    /// Client requests answered successfully.
+    pub requests_ok: u64,
+    /// Client requests answered with an error.
+    pub requests_failed: u64,
+    /// Replica writes merged into the local store.
+    pub replica_writes: u64,
+    /// Objects sent back to stale replicas after a get.
+    pub read_repairs: u64,
+    /// Writes that left a key with more siblings than the warning threshold.
+    pub sibling_warnings: u64,
+    /// Store syncs that failed (their effects were dropped, never acknowledged).
+    pub sync_failures: u64,
+    /// Read repairs skipped because the per-second budget was spent (anti-entropy covers them).
+    pub read_repairs_skipped: u64,
+    /// Writes sent to a fallback with a hint because a primary was down.
+    pub sloppy_writes: u64,
+    /// Hint batches sent to owners.
+    pub handoff_batches_sent: u64,
+    /// Hints the owners acknowledged (and this node dropped).
+    pub hints_delivered: u64,
+    /// Anti-entropy exchanges started.
+    pub aae_exchanges: u64,
+    /// Keys found different and exchanged by anti-entropy.
+    pub aae_keys_repaired: u64,
+    /// Hash trees built from the store.
+    pub aae_tree_builds: u64,
+    /// Tombstones removed for good by the reaper.
+    pub tombstones_reaped: u64,
+    /// Times this node retired its actor identity (after dropping data it may have minted).
+    pub actor_retirements: u64,
+    /// Join attempts a seed refused.
+    pub join_refusals: u64,
+    /// Partition transfer batches sent.
+    pub transfer_batches_sent: u64,
+    /// Keys the receivers acknowledged.
+    pub transfer_keys_sent: u64,
+    /// Keys received by transfers.
+    pub transfer_keys_received: u64,
+    /// Partitions dropped after handing them off.
+    pub partitions_dropped: u64,
+    /// Transfer batches that went unanswered and were resent from the checkpoint.
+    pub transfer_batches_retried: u64,
+    /// Unreadable or malformed records skipped (hints, transfers, anti-entropy).
+    pub corrupt_records: u64,
+}
+
+/// A failure reported by a replica to a coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaError {
+    /// The replica could not read or write its store.
+    Storage(String),
+    /// The replica refused the object (malformed or too many siblings).
+    Rejected(String),
+}
+
+/// Messages between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// Merge `object` into the stored object for `key` and acknowledge once durable. With
+    /// `hint`, the receiver is a fallback: it keeps the object as a hint for that node and hands
+    /// it off when the node is reachable again.
+    ReplicaWrite {
+        op: OpId,
+        partition: PartitionId,
+        key: Bytes,
+        object: Object,
+        hint: Option<NodeId>,
+    },
+    /// Answer to [`PeerMsg::ReplicaWrite`].
+    ReplicaWriteAck {
+        op: OpId,
+        result: Result<(), ReplicaError>,
+    },
+    /// Send back the stored object for `key`. With `fallback_for`, the receiver is a fallback
+    /// standing in for that node and includes what it holds as hints for it.
+    ReplicaRead {
+        op: OpId,
+        partition: PartitionId,
+        key: Bytes,
+        fallback_for: Option<NodeId>,
+    },
+    /// Answer to [`PeerMsg::ReplicaRead`]; `None` when the replica holds nothing for the key.
+    ReplicaReadReply {
+        op: OpId,
+        result: Result<Option<Object>, ReplicaError>,
+    },
+    /// Coordinate this client write on my behalf: the sender is not a replica of the key and a
+    /// new dot must come from a replica.
+    Forward { op: OpId, request: ClientRequest },
+    /// Answer to [`PeerMsg::Forward`].
+    ForwardReply { op: OpId, reply: ClientReply },
+    /// Hinted handoff: objects a fallback held for the receiver. Acknowledge once durable.
+    HintBatch { batch: u64, items: Vec<HandoffItem> },
+    /// Answer to [`PeerMsg::HintBatch`]; the sender drops the hints only after an `Ok`.
+    HintBatchAck {
+        batch: u64,
+        result: Result<(), ReplicaError>,
+    },
+    /// Liveness probe to a node believed down.
+    Ping { nonce: u64 },
+    /// Answer to [`PeerMsg::Ping`].
+    Pong { nonce: u64 },
+    /// Anti-entropy step 1: the sender's segment hashes of a partition's hash tree.
+    AaeSegments {
+        session: u64,
+        partition: PartitionId,
+        hashes: Vec<u64>,
+    },
+    /// Anti-entropy step 2: the receiver's bucket hashes under the segments that differ.
+    AaeBuckets {
+        session: u64,
+        partition: PartitionId,
+        buckets: Vec<(u16, u64)>,
+    },
+    /// Anti-entropy step 3: the sender's keys (with object hashes) in the buckets that differ.
+    AaeKeys {
+        session: u64,
+        partition: PartitionId,
+        buckets: Vec<(u16, Vec<(Bytes, u64)>)>,
+    },
+    /// Anti-entropy step 4: objects the receiver lacks or holds differently, and keys it wants.
+    AaeExchange {
+        session: u64,
+        partition: PartitionId,
+        objects: Vec<(Bytes, Object)>,
+        want: Vec<Bytes>,
+    },
+    /// Anti-entropy step 5: the objects asked for in step 4.
+    AaeObjects {
+        partition: PartitionId,
+        objects: Vec<(Bytes, Object)>,
+    },
+    /// Membership gossip (see `dynakv-gossip`).
+    Gossip(dynakv_gossip::GossipMsg),
+    /// Partition transfer: the next batch of a partition's objects, after key `after`.
+    TransferBatch {
+        batch: u64,
+        partition: PartitionId,
+        after: Option<Bytes>,
+        items: Vec<(Bytes, Object)>,
+        /// No more batches after this one.
+        last: bool,
+    },
+    /// Answer to [`PeerMsg::TransferBatch`], once the batch is durable.
+    TransferAck {
+        batch: u64,
+        partition: PartitionId,
+        /// The last key merged (the sender's new cursor).
+        upto: Option<Bytes>,
+        done: bool,
+        result: Result<(), ReplicaError>,
+    },
+    /// A receiver that has heard nothing of an expected transfer for a while asks its sender.
+    TransferStatus { partition: PartitionId },
+    /// The sender has no transfer of this partition for the asker (it finished, or the sender
+    /// lost its state): the receiver stops waiting; anti-entropy covers any difference.
+    TransferNone { partition: PartitionId },
+    /// Tombstone reaping, phase 1: may this tombstone-only object be removed everywhere?
+    ReapQuery {
+        round: u64,
+        partition: PartitionId,
+        key: Bytes,
+        hash: u64,
+    },
+    /// Answer to [`PeerMsg::ReapQuery`]: `ok` if the receiver holds the same tombstone (or
+    /// nothing) and no hint for the key.
+    ReapVote { round: u64, key: Bytes, ok: bool },
+    /// Tombstone reaping, phase 2: remove the key if it still holds exactly this object.
+    Reap {
+        partition: PartitionId,
+        key: Bytes,
+        hash: u64,
+    },
+}
+
+/// One hinted object handed to its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffItem {
+    pub partition: PartitionId,
+    pub key: Bytes,
+    pub object: Object,
+}
+
+/// An input to the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A message from another node.
+    Peer { from: NodeId, msg: PeerMsg },
+    /// A request from a client connected to this node.
+    Client {
+        id: RequestId,
+        request: ClientRequest,
+    },
+    /// The time returned by `poll_timeout` has come.
+    Timeout,
+    /// The driver saw a peer's connection come up or go down (local failure detection).
+    PeerStatus { peer: NodeId, up: bool },
+}
+
+/// An output of the core, for the driver to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Send a message to another node (best effort; the core handles loss with timeouts).
+    Send { to: NodeId, msg: PeerMsg },
+    /// Answer a client request.
+    Reply { id: RequestId, reply: ClientReply },
+}

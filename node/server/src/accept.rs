@@ -1,0 +1,270 @@
+//! Incoming connections: the accept loop, and one bidirectional stream per client request.
+//!
+//! A connection whose client certificate names a cluster member is a peer: it is handed to that
+//! peer's link and may also open unidirectional peer streams. Any other connection is a plain
+//! client and may only open bidirectional request streams. A malformed or oversized request
+//! frame gets a [`ServerFrame::Error`] and the stream is stopped with an error code; the
+//! connection and the node carry on.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender as StdSender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynakv_ring::NodeId;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::driver::DriverInput;
+use super::join::JoinAsk;
+use super::peers::{lock, read_peer_streams, Registry};
+use super::stopped;
+use dynakv_core::{ClientReply, ClientRequest, RequestError};
+use dynakv_proto::wire::{self, codes, ClientFrame, ServerFrame};
+use dynakv_transport::{peer_node_id, read_frame, write_frame};
+
+/// How long a client may take to send its request frame (a stalled sender must not hold a
+/// stream slot forever).
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra wait beyond a request's own timeout before a stream gives up on the core's reply.
+const REPLY_GRACE: Duration = Duration::from_secs(2);
+/// Bound on a TLS handshake of an incoming connection.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared, read-only settings of the accept side.
+#[derive(Debug, Clone)]
+pub(crate) struct AcceptCtx {
+    pub(crate) driver: StdSender<DriverInput>,
+    /// This node.
+    pub(crate) me: NodeId,
+    /// Where to hand connections from each known peer.
+    pub(crate) links: Registry,
+    /// True once the core runs (before, only `Join` requests are served).
+    pub(crate) serving: Arc<AtomicBool>,
+    /// Where `dynakv join` requests go.
+    pub(crate) join: mpsc::UnboundedSender<JoinAsk>,
+    pub(crate) client_max_frame: usize,
+    pub(crate) peer_max_frame: usize,
+    pub(crate) default_timeout_ms: u32,
+}
+
+/// Accepts connections until shutdown.
+pub(crate) async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    ctx: AcceptCtx,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                Ok(Ok(conn)) => serve_connection(conn, ctx).await,
+                // Mutual TLS refusals land here (a certificate from another CA): worth a line.
+                Ok(Err(e)) if is_tls_refusal(&e) => tracing::warn!(%remote, error = %e,
+                    "TLS handshake failed; connection refused (a certificate not from this cluster's CA?)"),
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "handshake abandoned"),
+                Err(_) => tracing::debug!(%remote, "handshake timed out"),
+            }
+        });
+    }
+}
+
+/// A handshake that failed on a TLS error (ours or the peer's alert), rather than one the
+/// dialler abandoned (a peer dialling us at the same moment as we dial it gives up one).
+fn is_tls_refusal(e: &quinn::ConnectionError) -> bool {
+    // QUIC carries TLS alerts as transport error codes 0x100..=0x1ff (RFC 9001, 4.8).
+    let crypto = |code: quinn::TransportErrorCode| (0x100..=0x1ff).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::TransportError(t) => crypto(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code),
+        _ => false,
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, ctx: AcceptCtx) {
+    let remote = conn.remote_address();
+    // Any node certificate from the cluster CA is a peer: a node we do not know yet may be
+    // joining through us (the driver then starts a link for it).
+    let peer = peer_node_id(&conn).filter(|id| *id != ctx.me);
+    match peer {
+        Some(id) => {
+            tracing::debug!(%remote, peer = %id, "peer connected");
+            let link = lock(&ctx.links).get(&id).cloned();
+            match link {
+                Some(link) => {
+                    let _ = link.send(conn.clone()).await;
+                }
+                None => {
+                    let input = DriverInput::PeerConnected {
+                        peer: id,
+                        conn: conn.clone(),
+                    };
+                    if ctx.driver.send(input).is_err() {
+                        return;
+                    }
+                }
+            }
+            tokio::spawn(read_peer_streams(
+                conn.clone(),
+                id,
+                ctx.driver.clone(),
+                ctx.peer_max_frame,
+            ));
+        }
+        None => {
+            tracing::debug!(%remote, "client connected");
+            tokio::spawn(refuse_uni_streams(conn.clone(), remote));
+        }
+    }
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve_request(send, recv, ctx.clone(), remote));
+    }
+}
+
+/// Plain clients may not open unidirectional streams (those carry peer messages).
+async fn refuse_uni_streams(conn: quinn::Connection, remote: SocketAddr) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        tracing::warn!(%remote, "unidirectional stream from a client without a node certificate; refused");
+        let _ = recv.stop(codes::NOT_ALLOWED.into());
+    }
+}
+
+async fn serve_request(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: AcceptCtx,
+    remote: SocketAddr,
+) {
+    let read = tokio::time::timeout(
+        REQUEST_READ_TIMEOUT,
+        read_frame(&mut recv, ctx.client_max_frame),
+    )
+    .await;
+    let frame = match read {
+        Ok(Ok(Some(payload))) => match wire::decode::<ClientFrame>(&payload) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return refuse(send, recv, remote, codes::MALFORMED, e).await;
+            }
+        },
+        Ok(Ok(None)) => {
+            let _ = send.finish();
+            return;
+        }
+        Ok(Err(e @ dynakv_transport::Error::FrameTooLarge { .. })) => {
+            return refuse(send, recv, remote, codes::TOO_LARGE, e).await;
+        }
+        Ok(Err(e)) => return refuse(send, recv, remote, codes::MALFORMED, e).await,
+        Err(_) => {
+            let e = dynakv_transport::Error::Transport("no complete request frame in time".into());
+            return refuse(send, recv, remote, codes::MALFORMED, e).await;
+        }
+    };
+    let reply = answer(frame, &ctx).await;
+    respond(&mut send, &reply).await;
+}
+
+async fn answer(frame: ClientFrame, ctx: &AcceptCtx) -> ServerFrame {
+    let gone = || ServerFrame::Error("the node is shutting down".into());
+    if let ClientFrame::Join { seed } = frame {
+        let (tx, rx) = oneshot::channel();
+        if ctx.join.send(JoinAsk { seed, reply: tx }).is_err() {
+            return gone();
+        }
+        return match rx.await {
+            Ok(Ok(msg)) => ServerFrame::Core(ClientReply::Admin(msg)),
+            Ok(Err(e)) => ServerFrame::Error(e),
+            Err(_) => gone(),
+        };
+    }
+    if !ctx.serving.load(Ordering::Relaxed) {
+        return ServerFrame::Error(format!(
+            "node {} is not in a cluster yet (start it with --join SEED, or run `dynakv join SEED --node ADDR`)",
+            ctx.me
+        ));
+    }
+    match frame {
+        ClientFrame::Join { .. } => gone(),
+        ClientFrame::Core(request) => {
+            let timeout_ms = match &request {
+                ClientRequest::Get { opts, .. }
+                | ClientRequest::Put { opts, .. }
+                | ClientRequest::Delete { opts, .. } => opts.timeout_ms,
+                ClientRequest::PartitionMap | ClientRequest::Admin(_) => None,
+            }
+            .unwrap_or(ctx.default_timeout_ms);
+            let (tx, rx) = oneshot::channel();
+            if ctx
+                .driver
+                .send(DriverInput::Client { request, reply: tx })
+                .is_err()
+            {
+                return gone();
+            }
+            let wait = Duration::from_millis(u64::from(timeout_ms)) + REPLY_GRACE;
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(reply)) => ServerFrame::Core(reply),
+                Ok(Err(_)) => gone(),
+                Err(_) => ServerFrame::Core(ClientReply::Error(RequestError::Internal(
+                    "the node did not answer in time (its store may be failing)".into(),
+                ))),
+            }
+        }
+        ClientFrame::ClusterInfo => {
+            let (tx, rx) = oneshot::channel();
+            if ctx.driver.send(DriverInput::ClusterInfo(tx)).is_err() {
+                return gone();
+            }
+            rx.await
+                .map(ServerFrame::ClusterInfo)
+                .unwrap_or_else(|_| gone())
+        }
+        ClientFrame::Status => {
+            let (tx, rx) = oneshot::channel();
+            if ctx.driver.send(DriverInput::Status(tx)).is_err() {
+                return gone();
+            }
+            rx.await
+                .map(|report| ServerFrame::Status(Box::new(report)))
+                .unwrap_or_else(|_| gone())
+        }
+    }
+}
+
+async fn respond(send: &mut quinn::SendStream, reply: &ServerFrame) {
+    match wire::encode(reply) {
+        Ok(bytes) => {
+            if let Err(e) = write_frame(send, &bytes).await {
+                tracing::debug!(error = %e, "client went away before the reply");
+                return;
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot encode a reply"),
+    }
+    let _ = send.finish();
+}
+
+/// Answers a bad request frame with an error frame and stops the stream with `code`.
+async fn refuse(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    remote: SocketAddr,
+    code: u32,
+    e: impl std::fmt::Display,
+) {
+    tracing::warn!(%remote, error = %e, "bad request frame; closing the stream");
+    let _ = recv.stop(code.into());
+    respond(
+        &mut send,
+        &ServerFrame::Error(format!("bad request frame: {e}")),
+    )
+    .await;
+}

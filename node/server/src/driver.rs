@@ -1,0 +1,532 @@
+//! The one thread that owns the [`NodeCore`]: it takes inputs from a channel, feeds them to the
+//! core in batches, makes the batch durable with one `drain_effects` (group commit: one fsync per
+//! batch), and routes the effects to peer queues and waiting clients.
+//!
+//! Why a dedicated OS thread and not a tokio task: `drain_effects` fsyncs sled, which blocks.
+//! On a tokio worker that would stall the network tasks of the same worker for the whole fsync;
+//! on its own thread the network keeps reading requests meanwhile, and they form the next batch,
+//! which is exactly what makes group commit pay off under load.
+//!
+//! The driver is the only place that reads the clock for the core: time is microseconds since the
+//! driver started, on the monotonic clock.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use dynakv_gossip::Status;
+use dynakv_ring::NodeId;
+use tokio::sync::oneshot;
+
+use super::peers::{lock, PeerHandle, PeerSpawner};
+use crate::error::Result;
+use crate::sled_store::SledStore;
+use dynakv_core::store::Store;
+use dynakv_core::{ClientReply, ClientRequest, Effect, Input, NodeCore, PeerMsg, RequestId};
+use dynakv_proto::wire::{
+    codes, ClusterInfo, MemberStatus, StatusReport, TransferDirection, TransferStatus,
+};
+
+/// Most inputs handled before effects are drained; bounds the latency a huge burst can add.
+const MAX_BATCH: usize = 4096;
+
+/// Prune reply slots of clients that went away after this many new requests.
+const PRUNE_EVERY: u64 = 4096;
+
+/// How long a removed node keeps running so that its removal spreads by gossip.
+pub(crate) const REMOVED_LINGER: Duration = Duration::from_secs(10);
+
+/// Longest the driver sleeps without looking at its own timers (the removal linger).
+const MAX_IDLE: Duration = Duration::from_millis(500);
+
+/// What the network tasks hand to the driver.
+#[derive(Debug)]
+pub(crate) enum DriverInput {
+    /// A message from a peer whose identity the TLS handshake proved.
+    Peer { from: NodeId, msg: PeerMsg },
+    /// A peer's connection came up or went down (local failure detection for the core).
+    PeerStatus { peer: NodeId, up: bool },
+    /// A node with a cluster certificate that this node has no link for dialled in (a node
+    /// joining through this one, or a member this node has not heard of yet).
+    PeerConnected {
+        peer: NodeId,
+        conn: quinn::Connection,
+    },
+    /// `dynakv join`: ask `seed` (at `addr`) for the cluster state, if not joined yet.
+    AddJoinSeed {
+        seed: NodeId,
+        addr: SocketAddr,
+        /// The connection used to ask the seed, reused for the link.
+        conn: Option<quinn::Connection>,
+        reply: oneshot::Sender<std::result::Result<String, String>>,
+    },
+    /// A client request and where its reply goes.
+    Client {
+        request: ClientRequest,
+        reply: oneshot::Sender<ClientReply>,
+    },
+    /// Asks for members, map and quorum defaults.
+    ClusterInfo(oneshot::Sender<ClusterInfo>),
+    /// Asks for this node's status.
+    Status(oneshot::Sender<StatusReport>),
+    /// Finish the current batch, flush the store and stop.
+    Shutdown,
+}
+
+/// The core and everything needed to route its effects.
+pub(crate) struct Driver {
+    core: NodeCore<SledStore>,
+    me: NodeId,
+    my_addr: SocketAddr,
+    peers: BTreeMap<NodeId, PeerHandle>,
+    spawner: PeerSpawner,
+    /// Addresses from the cluster file: used when the cluster state has no usable one.
+    file_addrs: BTreeMap<NodeId, SocketAddr>,
+    /// The cluster state's fingerprint when the links were last matched to it.
+    synced: Option<u64>,
+    /// When this node learned it was removed.
+    removed_at: Option<Instant>,
+    /// Fired once a removed node has lingered long enough: the node then shuts down.
+    on_removed: Option<oneshot::Sender<()>>,
+    waiting: HashMap<RequestId, oneshot::Sender<ClientReply>>,
+    next_request: RequestId,
+    /// Messages the core addressed to this node itself, fed back in the next batch.
+    local: VecDeque<PeerMsg>,
+    started: Instant,
+    dropped_sends: u64,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// A driver for `core`; `started` is the instant the core's time 0 stands for. Links are
+    /// started for every member of the core's cluster state (at its advertised address, else
+    /// the one in `file_addrs`) and for every `seeds` entry (`(id, addr, connection)`: the
+    /// seeds of a joining node). `on_removed` fires once the node was removed and lingered.
+    pub(crate) fn new(
+        core: NodeCore<SledStore>,
+        my_addr: SocketAddr,
+        spawner: PeerSpawner,
+        file_addrs: BTreeMap<NodeId, SocketAddr>,
+        seeds: Vec<(NodeId, SocketAddr, Option<quinn::Connection>)>,
+        on_removed: oneshot::Sender<()>,
+        started: Instant,
+    ) -> Driver {
+        let mut driver = Driver {
+            me: core.id(),
+            core,
+            my_addr,
+            peers: BTreeMap::new(),
+            spawner,
+            file_addrs,
+            synced: None,
+            removed_at: None,
+            on_removed: Some(on_removed),
+            waiting: HashMap::new(),
+            next_request: 0,
+            local: VecDeque::new(),
+            started,
+            dropped_sends: 0,
+        };
+        for (seed, addr, conn) in seeds {
+            if seed != driver.me && !driver.peers.contains_key(&seed) {
+                let handle = driver.spawner.spawn(seed, addr, true, conn);
+                driver.peers.insert(seed, handle);
+            }
+        }
+        driver.membership();
+        driver
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs until [`DriverInput::Shutdown`] or until every sender is gone, then flushes the store.
+    pub(crate) fn run(mut self, rx: Receiver<DriverInput>) -> Result<()> {
+        loop {
+            let first = if !self.local.is_empty() {
+                match rx.try_recv() {
+                    Ok(input) => Some(input),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                let now = self.now();
+                let wait = match self.core.poll_timeout() {
+                    Some(at) => Duration::from_micros(at.saturating_sub(now)).min(MAX_IDLE),
+                    None => MAX_IDLE,
+                };
+                if wait.is_zero() {
+                    None
+                } else {
+                    match rx.recv_timeout(wait) {
+                        Ok(input) => Some(input),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            let mut stop = false;
+            let mut handled = 0;
+            while let Some(msg) = self.local.pop_front() {
+                let now = self.now();
+                self.core.handle(now, Input::Peer { from: self.me, msg });
+            }
+            if let Some(input) = first {
+                stop |= self.input(input);
+                handled += 1;
+            }
+            while handled < MAX_BATCH && !stop {
+                match rx.try_recv() {
+                    Ok(input) => {
+                        stop |= self.input(input);
+                        handled += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let now = self.now();
+            if self.core.poll_timeout().is_some_and(|at| at <= now) {
+                self.core.handle(now, Input::Timeout);
+            }
+            let effects = self.core.drain_effects();
+            // New members get their links before the first message for them is routed.
+            self.membership();
+            self.route(effects);
+            if stop {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    /// Makes everything durable before the process exits.
+    fn finish(self) -> Result<()> {
+        let mut store = self.core.into_store();
+        store.sync()?;
+        tracing::info!("store flushed");
+        Ok(())
+    }
+
+    /// Handles one input; returns true when the driver should stop after this batch.
+    fn input(&mut self, input: DriverInput) -> bool {
+        let now = self.now();
+        match input {
+            DriverInput::Peer { from, msg } => self.core.handle(now, Input::Peer { from, msg }),
+            DriverInput::PeerStatus { peer, up } => {
+                self.core.handle(now, Input::PeerStatus { peer, up })
+            }
+            DriverInput::Client { request, reply } => {
+                self.next_request += 1;
+                let id = self.next_request;
+                self.waiting.insert(id, reply);
+                if id % PRUNE_EVERY == 0 {
+                    // Clients that disconnected leave their slot behind when the core never
+                    // replies (a failed sync drops replies); forget those.
+                    self.waiting.retain(|_, tx| !tx.is_closed());
+                }
+                self.core.handle(now, Input::Client { id, request });
+            }
+            DriverInput::PeerConnected { peer, conn } => self.peer_connected(peer, conn),
+            DriverInput::AddJoinSeed {
+                seed,
+                addr,
+                conn,
+                reply,
+            } => {
+                let _ = reply.send(self.add_join_seed(seed, addr, conn));
+            }
+            DriverInput::ClusterInfo(tx) => {
+                let _ = tx.send(self.cluster_info());
+            }
+            DriverInput::Status(tx) => {
+                let _ = tx.send(self.status());
+            }
+            DriverInput::Shutdown => return true,
+        }
+        false
+    }
+
+    /// Matches the links to the cluster state (new members get one, removed ones lose theirs,
+    /// moved ones are dialled at their new address) and handles this node's own removal.
+    fn membership(&mut self) {
+        self.spawner
+            .joining
+            .store(!self.core.is_joined(), Ordering::Relaxed);
+        if self.core.is_removed() {
+            let now = Instant::now();
+            let since = *self.removed_at.get_or_insert_with(|| {
+                tracing::warn!(node = %self.me, linger = ?REMOVED_LINGER,
+                    "this node was removed from the cluster; it keeps running a little so the removal spreads, then stops");
+                now
+            });
+            if now.duration_since(since) >= REMOVED_LINGER {
+                if let Some(tx) = self.on_removed.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        let Some(state) = self.core.cluster_state() else {
+            return;
+        };
+        let fingerprint = state.fingerprint();
+        if self.synced == Some(fingerprint) {
+            return;
+        }
+        self.synced = Some(fingerprint);
+        let mut wanted = Vec::new();
+        let mut gone = Vec::new();
+        for (id, m) in state.members() {
+            if *id == self.me {
+                continue;
+            }
+            if m.status == Status::Removed {
+                gone.push(*id);
+                continue;
+            }
+            match m.addr.parse::<SocketAddr>() {
+                Ok(addr) => wanted.push((*id, addr)),
+                Err(_) => match self.file_addrs.get(id) {
+                    Some(addr) => wanted.push((*id, *addr)),
+                    None => tracing::warn!(peer = %id, addr = %m.addr,
+                        "member advertises no usable address; cannot reach it"),
+                },
+            }
+        }
+        for id in gone {
+            if self.peers.remove(&id).is_some() {
+                self.spawner.forget(id);
+                tracing::info!(peer = %id, "member removed from the cluster; dropping its link");
+            }
+        }
+        for (id, addr) in wanted {
+            match self.peers.get(&id) {
+                Some(peer) => {
+                    let mut current = lock(&peer.addr);
+                    if *current != addr {
+                        tracing::info!(peer = %id, old = %*current, new = %addr, "member address updated");
+                        *current = addr;
+                    }
+                }
+                None => {
+                    tracing::info!(peer = %id, %addr, "new member; linking to it");
+                    let handle = self.spawner.spawn(id, addr, false, None);
+                    self.peers.insert(id, handle);
+                }
+            }
+        }
+    }
+
+    /// A node with a cluster certificate dialled in before this node had a link for it.
+    fn peer_connected(&mut self, peer: NodeId, conn: quinn::Connection) {
+        let removed = self
+            .core
+            .cluster_state()
+            .and_then(|s| s.member(peer))
+            .is_some_and(|m| m.status == Status::Removed);
+        if peer == self.me || removed {
+            tracing::warn!(%peer, remote = %conn.remote_address(),
+                "connection from a node removed from the cluster (or using this node's id); refused");
+            conn.close(codes::NOT_ALLOWED.into(), b"removed from the cluster");
+            return;
+        }
+        if self.peers.contains_key(&peer) {
+            // The link appeared meanwhile: hand it over the usual way.
+            if let Some(tx) = lock(&self.spawner.registry).get(&peer) {
+                let _ = tx.try_send(conn);
+            }
+            return;
+        }
+        tracing::info!(%peer, remote = %conn.remote_address(),
+            "a node this node has no link for connected (it joins, or this node has not heard of it yet); linking to it");
+        let handle = self
+            .spawner
+            .spawn(peer, conn.remote_address(), false, Some(conn));
+        self.peers.insert(peer, handle);
+    }
+
+    /// `dynakv join` on a node that is not in a cluster yet.
+    fn add_join_seed(
+        &mut self,
+        seed: NodeId,
+        addr: SocketAddr,
+        conn: Option<quinn::Connection>,
+    ) -> std::result::Result<String, String> {
+        let refused = if self.core.is_joined() {
+            Some(format!("node {} is already in a cluster", self.me))
+        } else if seed == self.me {
+            Some(format!("{addr} is this node itself"))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            if let Some(conn) = conn {
+                conn.close(0u32.into(), b"not needed");
+            }
+            return Err(why);
+        }
+        self.core.add_join_seed(seed, addr.to_string());
+        if !self.peers.contains_key(&seed) {
+            let handle = self.spawner.spawn(seed, addr, true, conn);
+            self.peers.insert(seed, handle);
+        }
+        tracing::info!(%seed, %addr, "joining through a new seed");
+        Ok(format!(
+            "node {} is joining through node {seed} at {addr}",
+            self.me
+        ))
+    }
+
+    fn route(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Send { to, msg } if to == self.me => self.local.push_back(msg),
+                Effect::Send { to, msg } => match self.peers.get(&to) {
+                    Some(peer) => {
+                        if peer.queue.try_send(msg).is_err() {
+                            // The core treats sends as best effort and times out; dropping
+                            // here keeps memory bounded while a peer is down or slow.
+                            self.dropped_sends += 1;
+                            if self.dropped_sends.is_power_of_two() {
+                                tracing::warn!(peer = %to, dropped = self.dropped_sends,
+                                    "peer queue full or closed; dropping messages");
+                            }
+                        }
+                    }
+                    None => tracing::warn!(peer = %to, "message for an unknown node dropped"),
+                },
+                Effect::Reply { id, reply } => {
+                    if let Some(tx) = self.waiting.remove(&id) {
+                        // The client may have gone away; nothing to do then.
+                        let _ = tx.send(reply);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every member with its address and membership status: the cluster state's members
+    /// (removed ones included), then any other node this node has a link to (a seed).
+    fn member_rows(&self) -> Vec<(NodeId, SocketAddr, Option<Status>)> {
+        let mut rows = BTreeMap::new();
+        if let Some(state) = self.core.cluster_state() {
+            for (id, m) in state.members() {
+                rows.insert(*id, (self.addr_of(*id, &m.addr), Some(m.status)));
+            }
+        }
+        for (id, peer) in &self.peers {
+            rows.entry(*id).or_insert((peer.addr(), None));
+        }
+        rows.entry(self.me).or_insert((self.my_addr, None));
+        rows.into_iter().map(|(id, (a, s))| (id, a, s)).collect()
+    }
+
+    /// Where `node` is reached: its advertised address if it is one, else what this node
+    /// dials, else the cluster file's, else the unspecified address (unknown).
+    fn addr_of(&self, node: NodeId, advertised: &str) -> SocketAddr {
+        if node == self.me {
+            return self.my_addr;
+        }
+        advertised
+            .parse()
+            .ok()
+            .or_else(|| self.peers.get(&node).map(PeerHandle::addr))
+            .or_else(|| self.file_addrs.get(&node).copied())
+            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+    }
+
+    fn cluster_info(&self) -> ClusterInfo {
+        let cfg = self.core.config();
+        let members = self
+            .member_rows()
+            .into_iter()
+            .filter(|(_, addr, status)| {
+                *status != Some(Status::Removed) && !addr.ip().is_unspecified()
+            })
+            .map(|(id, addr, _)| (id, addr))
+            .collect();
+        ClusterInfo {
+            members,
+            map: self.core.partition_map().clone(),
+            n: cfg.n,
+            r: cfg.r,
+            w: cfg.w,
+            request_timeout_ms: cfg.request_timeout_ms,
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let cfg = self.core.config();
+        let map = self.core.partition_map();
+        let counts = map.counts();
+        let members = self
+            .member_rows()
+            .into_iter()
+            .map(|(id, addr, status)| MemberStatus {
+                id,
+                addr,
+                up: id == self.me
+                    || self
+                        .peers
+                        .get(&id)
+                        .is_some_and(|p| p.connected.load(Ordering::Relaxed)),
+                down: self.core.is_down(id),
+                membership: status.map(|s| s.to_string()),
+                partitions: counts.get(&id).copied().unwrap_or(0),
+            })
+            .collect();
+        StatusReport {
+            node: self.me,
+            members,
+            partition_count: map.partition_count(),
+            n: cfg.n,
+            r: cfg.r,
+            w: cfg.w,
+            pending_ops: self.core.pending_ops() as u64,
+            hints_pending: self.core.hints_pending(),
+            transfers: self.transfers(),
+            down: self.core.down_peers(),
+            stats: self.core.stats(),
+        }
+    }
+
+    /// Outgoing then incoming transfers, each in (partition, peer) order.
+    fn transfers(&self) -> Vec<TransferStatus> {
+        let outgoing = self
+            .core
+            .outgoing_transfers()
+            .into_iter()
+            .map(|t| TransferStatus {
+                direction: TransferDirection::Outgoing,
+                partition: t.partition,
+                peer: t.to,
+                keys: t.sent,
+                total: Some(t.total),
+                resent: Some(t.resent),
+                done: t.done,
+            });
+        let incoming = self
+            .core
+            .incoming_transfers()
+            .into_iter()
+            .map(|t| TransferStatus {
+                direction: TransferDirection::Incoming,
+                partition: t.partition,
+                peer: t.from,
+                keys: t.received,
+                total: None,
+                resent: None,
+                done: t.done,
+            });
+        outgoing.chain(incoming).collect()
+    }
+}

@@ -1,0 +1,57 @@
+//! Thin helpers around `quinn::Endpoint`: bind a server or client endpoint, dial a node, and
+//! tell which node (if any) is on the other end of a connection.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dynakv_ring::NodeId;
+use rustls::pki_types::CertificateDer;
+
+use crate::error::{Error, Result};
+use crate::tls::{node_id_from_cert, SERVER_NAME};
+
+/// Bound on dialling one node, handshake included: the one dial timeout of the client, the CLI
+/// and the node's join path.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Binds a UDP socket on `addr` and accepts QUIC connections with `cfg` (see
+/// [`server_config`](crate::tls::server_config)). The endpoint can also dial out: set a client
+/// config with `set_default_client_config` to reuse the socket for peer connections.
+/// Must be called inside a tokio runtime.
+pub fn server_endpoint(addr: SocketAddr, cfg: quinn::ServerConfig) -> Result<quinn::Endpoint> {
+    quinn::Endpoint::server(cfg, addr)
+        .map_err(|e| Error::Transport(format!("binding QUIC server on {addr}: {e}")))
+}
+
+/// Binds a UDP socket on `bind` (use port 0 for an ephemeral port) for outgoing connections
+/// with `cfg` (see [`client_config`](crate::tls::client_config) and
+/// [`node_client_config`](crate::tls::node_client_config)). Must be called inside a tokio
+/// runtime.
+pub fn client_endpoint(bind: SocketAddr, cfg: quinn::ClientConfig) -> Result<quinn::Endpoint> {
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|e| Error::Transport(format!("binding QUIC client on {bind}: {e}")))?;
+    endpoint.set_default_client_config(cfg);
+    Ok(endpoint)
+}
+
+/// Dials the node at `addr` with the endpoint's default client config, verifying its
+/// certificate for [`SERVER_NAME`], and waits for the handshake. Callers bound the wait with a
+/// timeout of their own choosing; quinn gives up after the idle timeout anyway.
+pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<quinn::Connection> {
+    endpoint
+        .connect(addr, SERVER_NAME)
+        .map_err(|e| Error::Transport(format!("connecting to {addr}: {e}")))?
+        .await
+        .map_err(|e| Error::Transport(format!("handshake with {addr}: {e}")))
+}
+
+/// The node on the other end of `conn`: `Some(id)` if it presented a certificate naming node
+/// `id`, `None` for a plain client (no certificate). The certificate has already been verified
+/// against the cluster CA during the handshake (a bad one fails the handshake), so this is an
+/// authenticated identity. Call after the handshake completes.
+pub fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    // The end-entity certificate comes first.
+    node_id_from_cert(chain.first()?)
+}

@@ -1,0 +1,26 @@
+//! The one error type of `dynakv-transport`.
+
+use thiserror::Error;
+
+/// Every error the transport reports.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// TLS material (CA, certificate, key) is missing or invalid.
+    #[error("tls error: {0}")]
+    Tls(String),
+    /// A network/transport failure (dial, stream, handshake, timeout).
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// A frame exceeded the size limit; it was not decoded.
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { len: u64, limit: u64 },
+    /// A frame broke the framing (truncated, trailing bytes); the stream is out of sync.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A frame's payload could not be encoded or decoded.
+    #[error(transparent)]
+    Proto(#[from] dynakv_proto::Error),
+}
+
+/// Result alias for the transport crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,31 @@
+//! dynakv-transport: TLS, framing and dialling for dynakv's QUIC connections.
+//!
+//! # Layout
+//! - [`tls`]: the cluster CA, node certificates (identity `node-{id}.dynakv`) and the
+//!   rustls/quinn server and client configs (mutual TLS between nodes, CA-only for clients);
+//!   the ALPN string that carries the protocol version.
+//! - [`frame`]: `u32` big-endian length-prefixed frames on QUIC streams, size-limited before
+//!   anything is allocated; plus an I/O-free encoder/decoder.
+//! - [`endpoint`]: binding quinn endpoints, dialling a node, and reading the peer's node id from
+//!   its verified certificate.
+//! - [`call`]: one request/reply exchange on a new stream (the client half of the protocol).
+//! - [`error`]: the crate's error enum.
+//! - `der` (private): the minimal DER reader behind [`tls::node_id_from_cert`].
+//! - `files` (private): reading PEM files and writing them atomically (keys with mode 0600).
+
+pub mod call;
+mod der;
+pub mod endpoint;
+pub mod error;
+mod files;
+pub mod frame;
+pub mod tls;
+
+pub use call::call;
+pub use endpoint::{client_endpoint, connect, peer_node_id, server_endpoint, DIAL_TIMEOUT};
+pub use error::{Error, Result};
+pub use frame::{encode_frame, read_frame, write_frame, FrameDecoder, DEFAULT_MAX_FRAME};
+pub use tls::{
+    client_config, node_client_config, node_id_from_cert, server_config, ClusterCa, NodeCert, ALPN,
+    SERVER_NAME,
+};
