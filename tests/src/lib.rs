@@ -336,6 +336,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// Freezes node `id` with SIGSTOP: its connections stay open but it answers nothing (a
+    /// hung process). [`Cluster::resume`] thaws it; dropping the cluster kills it anyway.
+    pub fn pause(&self, id: u32) {
+        if let Some(child) = &self.nodes[id as usize - 1].child {
+            signal(child, rustix::process::Signal::STOP);
+        }
+    }
+
+    /// Thaws a node frozen by [`Cluster::pause`] (SIGCONT).
+    pub fn resume(&self, id: u32) {
+        if let Some(child) = &self.nodes[id as usize - 1].child {
+            signal(child, rustix::process::Signal::CONT);
+        }
+    }
+
     /// Kills node `id` with SIGKILL (no chance to flush anything).
     pub fn kill(&mut self, id: u32) {
         if let Some(mut child) = self.nodes[id as usize - 1].child.take() {

@@ -233,6 +233,7 @@ impl<S: Store> NodeCore<S> {
         };
         let events = g.take_events();
         let current = g.state().map(|s| s.map().map.clone());
+        let epoch = g.state().map_or(0, |s| s.map().version.epoch);
         let mut changed = false;
         for event in events {
             changed = true;
@@ -243,7 +244,10 @@ impl<S: Store> NodeCore<S> {
                     };
                     tracing::info!(node = %self.id(), "joined the cluster");
                     self.joined = true;
-                    self.install_map(current);
+                    self.install_map(current.clone());
+                    if self.member_status() == Some(Status::Joining) {
+                        self.expect_initial_transfers(&current, epoch);
+                    }
                 }
                 GossipEvent::MapChanged { previous, .. } => {
                     let Some(current) = current.clone() else {
@@ -290,7 +294,16 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn membership_progress(&mut self) {
         let me = self.id();
         let change = match self.member_status() {
-            Some(Status::Joining) if self.incoming_pending() == 0 => Change::MarkValid(me),
+            // Only once the map is planned with this node in it: before, no transfer to it is
+            // known, and "nothing pending" would mean nothing.
+            Some(Status::Joining)
+                if self.incoming_pending() == 0
+                    && self
+                        .cluster_state()
+                        .is_some_and(|s| s.map().planned_for.contains(&me)) =>
+            {
+                Change::MarkValid(me)
+            }
             Some(Status::Leaving)
                 if self.outgoing_pending() == 0
                     && self.hints_pending.values().all(|c| *c == 0)

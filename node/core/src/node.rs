@@ -95,6 +95,11 @@ pub struct NodeCore<S: Store> {
     pub(super) join_seeds: Vec<(NodeId, String)>,
     /// When each incoming transfer last made progress (local clock).
     pub(super) receiving_progress: BTreeMap<(PartitionId, NodeId), u64>,
+    /// Incoming transfers a node that just joined expects without knowing the sender (see
+    /// `expect_initial_transfers`); probed sooner than the others.
+    pub(super) speculative: BTreeSet<(PartitionId, NodeId)>,
+    /// The map epoch this node joined at (sent with transfer probes).
+    pub(super) join_epoch: u64,
 }
 
 /// How many forwarded requests are remembered for de-duplication.
@@ -198,6 +203,8 @@ impl<S: Store> NodeCore<S> {
             sending: BTreeMap::new(),
             receiving: BTreeMap::new(),
             receiving_progress: BTreeMap::new(),
+            speculative: BTreeSet::new(),
+            join_epoch: 0,
             join_seeds: Vec::new(),
             members: BTreeSet::new(),
             mine: Vec::new(),
@@ -585,7 +592,9 @@ impl<S: Store> NodeCore<S> {
                 hash,
             } => self.on_reap(partition, &key, hash),
             PeerMsg::Gossip(msg) => self.on_gossip(from, msg),
-            PeerMsg::TransferStatus { partition } => self.on_transfer_status(from, partition),
+            PeerMsg::TransferStatus { partition, epoch } => {
+                self.on_transfer_status(from, partition, epoch)
+            }
             PeerMsg::TransferNone { partition } => self.on_transfer_none(from, partition),
             PeerMsg::TransferBatch {
                 batch,

@@ -25,6 +25,8 @@ use crate::store::{Space, Store};
 
 /// Silence after which a receiver asks its sender whether a transfer still exists.
 const STALL_US: u64 = 10_000_000;
+/// How soon a node that just joined asks the members it speculatively expects data from.
+const SPECULATIVE_PROBE_US: u64 = 1_000_000;
 
 /// First retry delay of a transfer batch; doubles per failure up to 30 s.
 const BACKOFF_BASE_US: u64 = 200_000;
@@ -164,6 +166,7 @@ impl<S: Store> NodeCore<S> {
             .map(|(k, _)| *k)
             .collect();
         for (p, from) in finished_in {
+            self.speculative.remove(&(p, from));
             self.receiving.remove(&(p, from));
             self.receiving_progress.remove(&(p, from));
             if self
@@ -211,6 +214,7 @@ impl<S: Store> NodeCore<S> {
             .map(|(k, _)| *k)
             .collect();
         for (p, from) in moot_in {
+            self.speculative.remove(&(p, from));
             self.receiving.remove(&(p, from));
             if self
                 .store
@@ -272,6 +276,47 @@ impl<S: Store> NodeCore<S> {
             sending = self.outgoing_pending(),
             receiving = self.incoming_pending(),
             "partition map changed: transfers planned"
+        );
+    }
+
+    /// A node that just joined does not know the map before its join, so it cannot tell which
+    /// members will send it which partition. It expects every partition it replicates from
+    /// every other member that owns data, and asks them soon ([`SPECULATIVE_PROBE_US`]): a
+    /// member that has no transfer for it answers `TransferNone` once its own map is at least
+    /// as new as `epoch`, the real senders stream their data. So the node turns `valid` only
+    /// after what it is due has arrived (or nobody has anything for it).
+    pub(super) fn expect_initial_transfers(&mut self, map: &PartitionMap, epoch: u64) {
+        let me = self.id();
+        let senders: Vec<NodeId> = match self.cluster_state() {
+            Some(state) => state
+                .members()
+                .iter()
+                .filter(|(id, m)| **id != me && m.status.owns_data())
+                .map(|(id, _)| *id)
+                .collect(),
+            None => return,
+        };
+        self.join_epoch = epoch;
+        for p in map.replicated_partitions(me, usize::from(self.cfg.n)) {
+            for from in senders.iter().copied() {
+                if self.receiving.contains_key(&(p, from)) {
+                    continue;
+                }
+                let rec = IncomingTransfer {
+                    partition: p,
+                    from,
+                    checkpoint: None,
+                    received: 0,
+                    done: false,
+                };
+                self.persist_in(&rec);
+                self.receiving.insert((p, from), rec);
+                self.speculative.insert((p, from));
+            }
+        }
+        tracing::info!(
+            receiving = self.incoming_pending(),
+            "joined: waiting for the partitions this node is due before it turns valid"
         );
     }
 
@@ -346,12 +391,24 @@ impl<S: Store> NodeCore<S> {
             .map(|(k, _)| *k)
             .filter(|k| {
                 let last = *self.receiving_progress.entry(*k).or_insert(now);
-                now >= last + STALL_US
+                let stall = if self.speculative.contains(k) {
+                    SPECULATIVE_PROBE_US
+                } else {
+                    STALL_US
+                };
+                now >= last + stall
             })
             .collect();
         for (p, from) in stalled {
             self.receiving_progress.insert((p, from), now);
-            self.send(from, PeerMsg::TransferStatus { partition: p });
+            let epoch = self.join_epoch;
+            self.send(
+                from,
+                PeerMsg::TransferStatus {
+                    partition: p,
+                    epoch,
+                },
+            );
         }
         let keys: Vec<(PartitionId, NodeId)> = self.sending.keys().copied().collect();
         let mut active = self
@@ -510,6 +567,7 @@ impl<S: Store> NodeCore<S> {
             let rec = rec.clone();
             self.persist_in(&rec);
             self.receiving_progress.insert((p, from), self.now);
+            self.speculative.remove(&(p, from));
             self.stats.transfer_keys_received += items.len() as u64;
         }
         self.send(
@@ -602,9 +660,12 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// A receiver asks whether a transfer of `p` to it still exists.
-    pub(super) fn on_transfer_status(&mut self, from: NodeId, p: PartitionId) {
+    pub(super) fn on_transfer_status(&mut self, from: NodeId, p: PartitionId, epoch: u64) {
         let live = self.sending.get(&(p, from)).is_some_and(|s| !s.rec.done);
-        if !live {
+        // With an older map than the asker's, this node may not have planned the transfer
+        // yet: stay silent, the asker asks again.
+        let current = self.cluster_state().map_or(0, |s| s.map().version.epoch);
+        if !live && current >= epoch {
             self.send(from, PeerMsg::TransferNone { partition: p });
         }
     }

@@ -389,7 +389,9 @@ pub enum PeerMsg {
         result: Result<(), ReplicaError>,
     },
     /// A receiver that has heard nothing of an expected transfer for a while asks its sender.
-    TransferStatus { partition: PartitionId },
+    /// `epoch`: the asker's map epoch; a sender with an older map stays silent (it may not
+    /// have planned the transfer yet).
+    TransferStatus { partition: PartitionId, epoch: u64 },
     /// The sender has no transfer of this partition for the asker (it finished, or the sender
     /// lost its state): the receiver stops waiting; anti-entropy covers any difference.
     TransferNone { partition: PartitionId },

@@ -7,7 +7,7 @@
 //! connection and the node carry on.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::Sender as StdSender;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +45,9 @@ pub(crate) struct AcceptCtx {
     pub(crate) join: mpsc::UnboundedSender<JoinAsk>,
     pub(crate) client_max_frame: usize,
     pub(crate) peer_max_frame: usize,
-    pub(crate) default_timeout_ms: u32,
+    /// The cluster's request timeout (`request_timeout_ms` of cluster.toml, or the seed's for
+    /// a joined node): how long a request without its own timeout may take in the core.
+    pub(crate) default_timeout_ms: Arc<AtomicU32>,
 }
 
 /// Accepts connections until shutdown.
@@ -67,6 +69,10 @@ pub(crate) async fn accept_loop(
             let remote = incoming.remote_address();
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                 Ok(Ok(conn)) => serve_connection(conn, ctx).await,
+                Ok(Err(e)) if dynakv_transport::is_version_mismatch(&e) => tracing::warn!(%remote,
+                    ours = dynakv_transport::PROTOCOL_VERSION,
+                    "connection refused: the other side speaks another dynakv protocol version \
+                     (no common ALPN); run the same dynakv release on every node and client"),
                 // Mutual TLS refusals land here (a certificate from another CA): worth a line.
                 Ok(Err(e)) if is_tls_refusal(&e) => tracing::warn!(%remote, error = %e,
                     "TLS handshake failed; connection refused (a certificate not from this cluster's CA?)"),
@@ -200,7 +206,7 @@ async fn answer(frame: ClientFrame, ctx: &AcceptCtx) -> ServerFrame {
                 | ClientRequest::Delete { opts, .. } => opts.timeout_ms,
                 ClientRequest::PartitionMap | ClientRequest::Admin(_) => None,
             }
-            .unwrap_or(ctx.default_timeout_ms);
+            .unwrap_or_else(|| ctx.default_timeout_ms.load(Ordering::Relaxed));
             let (tx, rx) = oneshot::channel();
             if ctx
                 .driver

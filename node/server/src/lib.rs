@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod error;
+pub use error::{Error, Result};
 pub mod sled_store;
 
 mod accept;
@@ -25,7 +26,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,6 @@ use self::config::{ClusterFile, DataDir, NodeConfigFile};
 use self::driver::{Driver, DriverInput};
 use self::join::{ask_seed, find_seed, JoinAsk, JoinFile, Seed};
 use self::peers::PeerSpawner;
-use crate::error::{Error, Result};
 use crate::sled_store::SledStore;
 use dynakv_core::{Bootstrap, CoreConfig, NodeCore};
 use dynakv_proto::wire::codes;
@@ -126,8 +126,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         join: join_tx,
         client_max_frame,
         peer_max_frame,
-        default_timeout_ms: d.request_timeout_ms,
+        default_timeout_ms: Arc::new(AtomicU32::new(d.request_timeout_ms)),
     };
+    let default_timeout_ms = ctx.default_timeout_ms.clone();
     tokio::spawn(accept_loop(endpoint.clone(), ctx, shutdown_rx.clone()));
 
     // Founder, rejoin, or join through a seed (waiting for one if need be).
@@ -222,6 +223,10 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         }
     };
     let core_cfg = node_cfg.core_config(opts.id, &settings)?;
+    // The accept path waits for the core's reply as long as the core's own deadline: the
+    // cluster's request timeout, known only now (cluster file or seed). Nothing but joins is
+    // served before `serving` is set below, so no request used the placeholder.
+    default_timeout_ms.store(core_cfg.request_timeout_ms, Ordering::Relaxed);
     let store = SledStore::open(&dir.db())?;
     let seed = rand::rngs::OsRng.next_u64();
     let core = NodeCore::open_with(core_cfg, store, boot, seed, 0)?;

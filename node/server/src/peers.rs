@@ -35,7 +35,6 @@ use dynakv_transport::{connect, peer_node_id, FrameDecoder, DIAL_TIMEOUT};
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest reconnect delay, so a restarted peer is found again within a few seconds.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Bound on one dial (handshake included).
 /// Most bytes gathered from the queue into one stream write.
 const MAX_WRITE_BATCH: usize = 256 * 1024;
 
@@ -221,7 +220,15 @@ impl Link {
                     return Some(conn);
                 }
                 Err(e) => {
-                    tracing::debug!(peer = %self.peer, error = %e, "dial failed; backing off");
+                    if matches!(
+                        e,
+                        crate::Error::Transport(dynakv_transport::Error::VersionMismatch { .. })
+                    ) {
+                        // An operator must act (a mixed-version cluster): say so at warn level.
+                        tracing::warn!(peer = %self.peer, error = %e, "peer refused: protocol version mismatch");
+                    } else {
+                        tracing::debug!(peer = %self.peer, error = %e, "dial failed; backing off");
+                    }
                     self.report(false);
                     tokio::select! {
                         _ = tokio::time::sleep(*backoff) => {}

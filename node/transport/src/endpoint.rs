@@ -8,7 +8,7 @@ use dynakv_ring::NodeId;
 use rustls::pki_types::CertificateDer;
 
 use crate::error::{Error, Result};
-use crate::tls::{node_id_from_cert, SERVER_NAME};
+use crate::tls::{node_id_from_cert, PROTOCOL_VERSION, SERVER_NAME};
 
 /// Bound on dialling one node, handshake included: the one dial timeout of the client, the CLI
 /// and the node's join path.
@@ -37,12 +37,39 @@ pub fn client_endpoint(bind: SocketAddr, cfg: quinn::ClientConfig) -> Result<qui
 /// Dials the node at `addr` with the endpoint's default client config, verifying its
 /// certificate for [`SERVER_NAME`], and waits for the handshake. Callers bound the wait with a
 /// timeout of their own choosing; quinn gives up after the idle timeout anyway.
+///
+/// A node of another protocol version refuses the handshake; the error then says so
+/// ([`Error::VersionMismatch`]).
 pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<quinn::Connection> {
     endpoint
         .connect(addr, SERVER_NAME)
         .map_err(|e| Error::Transport(format!("connecting to {addr}: {e}")))?
         .await
-        .map_err(|e| Error::Transport(format!("handshake with {addr}: {e}")))
+        .map_err(|e| {
+            if is_version_mismatch(&e) {
+                Error::VersionMismatch {
+                    addr: addr.to_string(),
+                    ours: PROTOCOL_VERSION,
+                }
+            } else {
+                Error::Transport(format!("handshake with {addr}: {e}"))
+            }
+        })
+}
+
+/// TLS alert `no_application_protocol` (RFC 8446), as QUIC carries it (RFC 9001, 4.8).
+const NO_APPLICATION_PROTOCOL: u64 = 0x100 + 120;
+
+/// Did a handshake fail because the two sides speak different dynakv protocol versions (no
+/// common ALPN)? True on both ends: the side that refused and the side that was refused.
+pub fn is_version_mismatch(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code) == NO_APPLICATION_PROTOCOL,
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            u64::from(c.error_code) == NO_APPLICATION_PROTOCOL
+        }
+        _ => false,
+    }
 }
 
 /// The node on the other end of `conn`: `Some(id)` if it presented a certificate naming node

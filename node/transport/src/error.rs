@@ -11,6 +11,12 @@ pub enum Error {
     /// A network/transport failure (dial, stream, handshake, timeout).
     #[error("transport error: {0}")]
     Transport(String),
+    /// The node at `addr` speaks another version of the dynakv protocol (no common ALPN).
+    #[error(
+        "{addr} speaks another dynakv protocol version (this side speaks version {ours}); \
+         run the same dynakv release on every node and client"
+    )]
+    VersionMismatch { addr: String, ours: u32 },
     /// A frame exceeded the size limit; it was not decoded.
     #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
     FrameTooLarge { len: u64, limit: u64 },

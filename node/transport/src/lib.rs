@@ -22,10 +22,12 @@ pub mod frame;
 pub mod tls;
 
 pub use call::call;
-pub use endpoint::{client_endpoint, connect, peer_node_id, server_endpoint, DIAL_TIMEOUT};
+pub use endpoint::{
+    client_endpoint, connect, is_version_mismatch, peer_node_id, server_endpoint, DIAL_TIMEOUT,
+};
 pub use error::{Error, Result};
 pub use frame::{encode_frame, read_frame, write_frame, FrameDecoder, DEFAULT_MAX_FRAME};
 pub use tls::{
-    client_config, node_client_config, node_id_from_cert, server_config, ClusterCa, NodeCert, ALPN,
-    SERVER_NAME,
+    client_config, client_config_with_alpn, node_client_config, node_id_from_cert, server_config,
+    ClusterCa, NodeCert, ALPN, PROTOCOL_VERSION, SERVER_NAME,
 };

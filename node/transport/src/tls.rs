@@ -28,8 +28,13 @@ use crate::files::{parse_cert_pem, read_file, write_file};
 
 /// The TLS server name every node certificate carries and every client and peer verifies.
 pub const SERVER_NAME: &str = "dynakv-node";
-/// The ALPN protocol of the dynakv wire protocol, version 1.
-pub const ALPN: &[u8] = b"dynakv/1";
+/// The version of the dynakv wire protocol (frames, client and peer messages). Bump it with
+/// every incompatible change of `dynakv_proto`'s wire types: nodes and clients of different
+/// versions then refuse each other at the handshake with a clear message, instead of failing
+/// to decode each other's frames.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The ALPN protocol that carries [`PROTOCOL_VERSION`] in the TLS handshake.
+pub const ALPN: &[u8] = b"dynakv/2";
 
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
@@ -335,13 +340,19 @@ pub fn node_client_config(ca_pem: &str, node: &NodeCert) -> Result<quinn::Client
     let tls = client_builder(ca_pem)?
         .with_client_auth_cert(chain, key)
         .map_err(|e| tls_err(format!("node certificate/key: {e}")))?;
-    finish_client(tls)
+    finish_client(tls, ALPN)
 }
 
 /// The config of a plain client (no certificate): verifies the server against the CA in
 /// `ca_pem`. Connect with server name [`SERVER_NAME`].
 pub fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig> {
-    finish_client(client_builder(ca_pem)?.with_no_client_auth())
+    finish_client(client_builder(ca_pem)?.with_no_client_auth(), ALPN)
+}
+
+/// Like [`client_config`], offering `alpn` instead of [`ALPN`]: for tests that play a client
+/// of another protocol version.
+pub fn client_config_with_alpn(ca_pem: &str, alpn: &[u8]) -> Result<quinn::ClientConfig> {
+    finish_client(client_builder(ca_pem)?.with_no_client_auth(), alpn)
 }
 
 fn client_builder(
@@ -353,8 +364,8 @@ fn client_builder(
         .with_root_certificates(root_store(ca_pem)?))
 }
 
-fn finish_client(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+fn finish_client(mut tls: rustls::ClientConfig, alpn: &[u8]) -> Result<quinn::ClientConfig> {
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));

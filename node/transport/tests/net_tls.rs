@@ -7,8 +7,9 @@ use std::time::Duration;
 use dynakv_ring::NodeId;
 use dynakv_transport::Error;
 use dynakv_transport::{
-    client_config, client_endpoint, connect, node_client_config, peer_node_id, read_frame,
-    server_config, server_endpoint, write_frame, ClusterCa, NodeCert, DEFAULT_MAX_FRAME,
+    client_config, client_config_with_alpn, client_endpoint, connect, is_version_mismatch,
+    node_client_config, peer_node_id, read_frame, server_config, server_endpoint, write_frame,
+    ClusterCa, NodeCert, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -128,6 +129,28 @@ async fn plain_client_has_no_node_id() {
         bounded("the server task", server_task).await.expect("task"),
         None
     );
+}
+
+#[tokio::test]
+async fn another_protocol_version_is_refused_at_the_handshake_on_both_sides() {
+    let ca = ClusterCa::generate().expect("ca");
+    let (server_ep, addr) = server(&ca, &ca.issue_node(NodeId(1)).expect("node 1"));
+    let old = client_config_with_alpn(&ca.cert_pem(), b"dynakv/1").expect("cfg");
+    let client_ep = client_endpoint(localhost(), old).expect("bind");
+    let server_task = tokio::spawn(async move { accept_one(&server_ep).await.map(|_| ()) });
+    let result = bounded("the client handshake", connect(&client_ep, addr)).await;
+    match result {
+        Err(e @ Error::VersionMismatch { ours, .. }) => {
+            assert_eq!(ours, PROTOCOL_VERSION);
+            assert!(e.to_string().contains("protocol version"), "{e}");
+        }
+        other => panic!("expected a version mismatch, got {other:?}"),
+    }
+    let server_side = bounded("the server task", server_task).await.expect("task");
+    match server_side {
+        Err(e) => assert!(is_version_mismatch(&e), "server saw {e:?}"),
+        Ok(()) => panic!("the server must refuse a client of another version"),
+    }
 }
 
 #[tokio::test]
