@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use dynakv_core::store::MemStore;
 use dynakv_core::{
-    static_addr, AdminRequest, Bootstrap, ClientReply, ClientRequest, CoreConfig, Effect, Input,
-    NodeCore, PeerMsg, RequestId,
+    static_addr, AdminRequest, Bootstrap, ClientReply, ClientRequest, CoreConfig, Effect,
+    HandoffMsg, Input, NodeCore, PeerMsg, ReapMsg, ReplicaMsg, RequestId,
 };
 use dynakv_ring::{NodeId, PartitionMap};
 use rand::{Rng, SeedableRng};
@@ -470,7 +470,7 @@ impl World {
             return;
         };
         let (what, key) = match msg {
-            PeerMsg::ReplicaWrite { key, object, .. } => (
+            PeerMsg::Replica(ReplicaMsg::Write { key, object, .. }) => (
                 format!(
                     "replica-write values={:?} ctx={:?}",
                     crate::checker::describe(object),
@@ -478,11 +478,13 @@ impl World {
                 ),
                 key,
             ),
-            PeerMsg::ReplicaRead { key, .. } => ("replica-read".to_string(), key),
-            PeerMsg::Reap { key, hash, .. } => (format!("REAP hash={hash:x}"), key),
-            PeerMsg::ReapQuery { key, hash, .. } => (format!("reap-query hash={hash:x}"), key),
-            PeerMsg::ReapVote { key, ok, .. } => (format!("reap-vote ok={ok}"), key),
-            PeerMsg::HintBatch { items, .. } => {
+            PeerMsg::Replica(ReplicaMsg::Read { key, .. }) => ("replica-read".to_string(), key),
+            PeerMsg::Reap(ReapMsg::Reap { key, hash, .. }) => (format!("REAP hash={hash:x}"), key),
+            PeerMsg::Reap(ReapMsg::Query { key, hash, .. }) => {
+                (format!("reap-query hash={hash:x}"), key)
+            }
+            PeerMsg::Reap(ReapMsg::Vote { key, ok, .. }) => (format!("reap-vote ok={ok}"), key),
+            PeerMsg::Handoff(HandoffMsg::Batch { items, .. }) => {
                 let Some(item) = items
                     .iter()
                     .find(|i| i.key.as_ref() == trace_key.as_bytes())

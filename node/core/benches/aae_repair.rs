@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dynakv_core::store::MemStore;
-use dynakv_core::{CoreConfig, Effect, Input, NodeCore, Object, PeerMsg, Value};
+use dynakv_core::{CoreConfig, Effect, Input, NodeCore, Object, ReplicaMsg, Value};
 use dynakv_proto::dvv::{Actor, DvvSet, VersionVector};
 use dynakv_ring::{NodeId, PartitionMap};
 
@@ -55,13 +55,14 @@ fn write(core: &mut NodeCore<MemStore>, map: &PartitionMap, now: u64, key: &str,
         now,
         Input::Peer {
             from: NodeId(9),
-            msg: PeerMsg::ReplicaWrite {
+            msg: ReplicaMsg::Write {
                 op: 0,
                 partition: map.partition_for_key(&key),
                 key,
                 object: o,
                 hint: None,
-            },
+            }
+            .into(),
         },
     );
     let _ = core.drain_effects();

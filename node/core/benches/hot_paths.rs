@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use dynakv_core::{Object, PeerMsg, Value};
+use dynakv_core::{Object, PeerMsg, ReplicaMsg, Value};
 use dynakv_proto::codec;
 use dynakv_proto::dvv::{Actor, DvvSet, VersionVector};
 use dynakv_ring::{NodeId, PartitionId, PartitionMap};
@@ -67,13 +67,13 @@ fn bench(c: &mut Criterion) {
 
     let mut wire = c.benchmark_group("replica_write_1KiB");
     for s in 1..=3 {
-        let msg = PeerMsg::ReplicaWrite {
+        let msg = PeerMsg::Replica(ReplicaMsg::Write {
             op: 42,
             partition: PartitionId(7),
             key: Bytes::from_static(b"user:0000012345ab"),
             object: object(s),
             hint: None,
-        };
+        });
         let bytes = codec::encode(&msg).expect("encode");
         wire.bench_with_input(BenchmarkId::new("encode", s), &s, |b, _| {
             b.iter(|| codec::encode(black_box(&msg)))

@@ -25,7 +25,7 @@ use dynakv_ring::{NodeId, PartitionId};
 use rand::Rng;
 
 use super::node::NodeCore;
-use super::types::{Object, PeerMsg};
+use super::types::{AaeMsg, Object};
 use crate::error::Result;
 use crate::store::{Space, Store};
 
@@ -182,7 +182,7 @@ impl<S: Store> NodeCore<S> {
         self.stats.aae_exchanges += 1;
         self.send(
             peer,
-            PeerMsg::AaeSegments {
+            AaeMsg::Segments {
                 session,
                 partition: p,
                 hashes,
@@ -193,22 +193,15 @@ impl<S: Store> NodeCore<S> {
     /// Steps 2-5 of an exchange (see the module doc). Only partitions this node replicates are
     /// compared; every list is capped, and objects are sent up to a byte budget (what does not
     /// fit is repaired by the next exchange). A key that cannot be read is skipped, not fatal.
-    pub(super) fn on_aae(&mut self, from: NodeId, msg: PeerMsg) -> Result<()> {
-        let partition = match &msg {
-            PeerMsg::AaeSegments { partition, .. }
-            | PeerMsg::AaeBuckets { partition, .. }
-            | PeerMsg::AaeKeys { partition, .. }
-            | PeerMsg::AaeExchange { partition, .. }
-            | PeerMsg::AaeObjects { partition, .. } => *partition,
-            _ => return Ok(()),
-        };
+    pub(super) fn on_aae(&mut self, from: NodeId, msg: AaeMsg) -> Result<()> {
+        let partition = msg.partition();
         let n = usize::from(self.cfg.n);
         if !self.map.preference_list(partition, n).contains(&self.id()) {
             return Ok(()); // not ours (maps may differ for a moment): ignore, never build a tree
         }
         let budget = self.cfg.max_message_bytes / 2;
         match msg {
-            PeerMsg::AaeSegments {
+            AaeMsg::Segments {
                 session, hashes, ..
             } => {
                 let tree = self.tree(partition)?;
@@ -224,7 +217,7 @@ impl<S: Store> NodeCore<S> {
                     let buckets = tree.buckets_under(&differing);
                     self.send(
                         from,
-                        PeerMsg::AaeBuckets {
+                        AaeMsg::Buckets {
                             session,
                             partition,
                             buckets,
@@ -232,7 +225,7 @@ impl<S: Store> NodeCore<S> {
                     );
                 }
             }
-            PeerMsg::AaeBuckets {
+            AaeMsg::Buckets {
                 session, buckets, ..
             } => {
                 let tree = self.tree(partition)?;
@@ -252,7 +245,7 @@ impl<S: Store> NodeCore<S> {
                 if !out.is_empty() {
                     self.send(
                         from,
-                        PeerMsg::AaeKeys {
+                        AaeMsg::Keys {
                             session,
                             partition,
                             buckets: out,
@@ -260,7 +253,7 @@ impl<S: Store> NodeCore<S> {
                     );
                 }
             }
-            PeerMsg::AaeKeys {
+            AaeMsg::Keys {
                 session, buckets, ..
             } => {
                 let mut objects = Vec::new();
@@ -307,7 +300,7 @@ impl<S: Store> NodeCore<S> {
                 self.stats.aae_keys_repaired += (objects.len() + want.len()) as u64;
                 self.send(
                     from,
-                    PeerMsg::AaeExchange {
+                    AaeMsg::Exchange {
                         session,
                         partition,
                         objects,
@@ -315,7 +308,7 @@ impl<S: Store> NodeCore<S> {
                     },
                 );
             }
-            PeerMsg::AaeExchange { objects, want, .. } => {
+            AaeMsg::Exchange { objects, want, .. } => {
                 self.merge_objects(partition, objects);
                 let mut back = Vec::new();
                 let mut bytes = 0usize;
@@ -342,15 +335,14 @@ impl<S: Store> NodeCore<S> {
                 if !back.is_empty() {
                     self.send(
                         from,
-                        PeerMsg::AaeObjects {
+                        AaeMsg::Objects {
                             partition,
                             objects: back,
                         },
                     );
                 }
             }
-            PeerMsg::AaeObjects { objects, .. } => self.merge_objects(partition, objects),
-            _ => {}
+            AaeMsg::Objects { objects, .. } => self.merge_objects(partition, objects),
         }
         Ok(())
     }

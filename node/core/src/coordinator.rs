@@ -10,8 +10,8 @@ use dynakv_ring::{NodeId, PartitionId};
 
 use super::node::{NodeCore, Origin};
 use super::types::{
-    ClientReply, ClientRequest, GetReply, Object, OpId, PeerMsg, PutReply, ReplicaError,
-    RequestError, RequestOptions, Value,
+    ClientReply, ClientRequest, CoordMsg, GetReply, Object, OpId, PutReply, ReplicaError,
+    ReplicaMsg, RequestError, RequestOptions, Value,
 };
 use crate::dvv::{Dot, DvvSet, VersionVector};
 use crate::store::Store;
@@ -256,7 +256,7 @@ impl<S: Store> NodeCore<S> {
             } else {
                 self.send(
                     t.node,
-                    PeerMsg::ReplicaRead {
+                    ReplicaMsg::Read {
                         op,
                         partition,
                         key: key.clone(),
@@ -438,7 +438,7 @@ impl<S: Store> NodeCore<S> {
             }
             self.send(
                 t.node,
-                PeerMsg::ReplicaWrite {
+                ReplicaMsg::Write {
                     op,
                     partition,
                     key: key.clone(),
@@ -499,7 +499,7 @@ impl<S: Store> NodeCore<S> {
             let Some(fallback) = self.next_fallback(partition, n, &w.targets) else {
                 break;
             };
-            let msg = PeerMsg::ReplicaWrite {
+            let msg = ReplicaMsg::Write {
                 op,
                 partition,
                 key: w.key.clone(),
@@ -560,7 +560,7 @@ impl<S: Store> NodeCore<S> {
                 deadline,
             }),
         );
-        self.send(to, PeerMsg::Forward { op, request });
+        self.send(to, CoordMsg::Forward { op, request });
     }
 
     pub(super) fn on_forward_reply(&mut self, op: OpId, reply: ClientReply) {
@@ -783,7 +783,7 @@ impl<S: Store> NodeCore<S> {
                 let repair_op = self.next_op_id();
                 self.send(
                     *node,
-                    PeerMsg::ReplicaWrite {
+                    ReplicaMsg::Write {
                         op: repair_op,
                         partition: r.partition,
                         key: r.key.clone(),

@@ -14,7 +14,7 @@ use dynakv_ring::{NodeId, PartitionId};
 use rand::Rng;
 
 use super::node::NodeCore;
-use super::types::{HandoffItem, Object, PeerMsg, ReplicaError};
+use super::types::{HandoffItem, HandoffMsg, Object, ReplicaError};
 use crate::codec;
 use crate::error::Result;
 use crate::store::{Space, Store};
@@ -292,7 +292,7 @@ impl<S: Store> NodeCore<S> {
             sent,
         });
         self.stats.handoff_batches_sent += 1;
-        self.send(owner, PeerMsg::HintBatch { batch, items });
+        self.send(owner, HandoffMsg::Batch { batch, items });
         Ok(())
     }
 
@@ -305,7 +305,7 @@ impl<S: Store> NodeCore<S> {
             // keep its hints and retry.
             self.send(
                 from,
-                PeerMsg::HintBatchAck {
+                HandoffMsg::BatchAck {
                     batch,
                     result: Err(ReplicaError::Storage("not joined yet; retry".into())),
                 },
@@ -336,7 +336,7 @@ impl<S: Store> NodeCore<S> {
                 }
             }
         }
-        self.send(from, PeerMsg::HintBatchAck { batch, result });
+        self.send(from, HandoffMsg::BatchAck { batch, result });
     }
 
     /// The fallback's side: the owner has the batch durably; drop the hints it covered.

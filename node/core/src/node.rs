@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::config::{CoreConfig, PlantedBug};
 use super::coordinator::PendingOp;
 use super::types::{
-    ClientReply, ClientRequest, CoreStats, Effect, Input, Object, OpId, PeerMsg, ReplicaError,
-    RequestId,
+    ClientReply, ClientRequest, CoordMsg, CoreStats, Effect, HandoffMsg, Input, Object, OpId,
+    PeerMsg, ProbeMsg, ReplicaError, ReplicaMsg, RequestId,
 };
 use crate::codec;
 use crate::dvv::Actor;
@@ -379,8 +379,11 @@ impl<S: Store> NodeCore<S> {
         self.next_op
     }
 
-    pub(super) fn send(&mut self, to: NodeId, msg: PeerMsg) {
-        self.effects.push(Effect::Send { to, msg });
+    pub(super) fn send(&mut self, to: NodeId, msg: impl Into<PeerMsg>) {
+        self.effects.push(Effect::Send {
+            to,
+            msg: msg.into(),
+        });
     }
 
     pub(super) fn respond(&mut self, origin: Origin, reply: ClientReply) {
@@ -391,7 +394,7 @@ impl<S: Store> NodeCore<S> {
         }
         match origin {
             Origin::Client(id) => self.effects.push(Effect::Reply { id, reply }),
-            Origin::Peer { node, op } => self.send(node, PeerMsg::ForwardReply { op, reply }),
+            Origin::Peer { node, op } => self.send(node, CoordMsg::ForwardReply { op, reply }),
         }
     }
 
@@ -527,10 +530,36 @@ impl<S: Store> NodeCore<S> {
         Ok(o)
     }
 
+    /// Route a peer message to the mechanism that owns it.
     fn handle_peer(&mut self, from: NodeId, msg: PeerMsg) {
         self.mark_up(from);
         match msg {
-            PeerMsg::ReplicaWrite {
+            PeerMsg::Replica(m) => self.on_replica_msg(from, m),
+            PeerMsg::Coord(m) => self.on_coord_msg(from, m),
+            PeerMsg::Probe(ProbeMsg::Ping { nonce }) => self.send(from, ProbeMsg::Pong { nonce }),
+            PeerMsg::Probe(ProbeMsg::Pong { .. }) => {}
+            PeerMsg::Handoff(HandoffMsg::Batch { batch, items }) => {
+                self.on_hint_batch(from, batch, items)
+            }
+            PeerMsg::Handoff(HandoffMsg::BatchAck { batch, result }) => {
+                self.on_hint_batch_ack(from, batch, result)
+            }
+            PeerMsg::Aae(m) => {
+                if let Err(e) = self.on_aae(from, m) {
+                    tracing::warn!(%from, error = %e, "anti-entropy step failed");
+                }
+            }
+            PeerMsg::Reap(m) => self.on_reap_msg(from, m),
+            PeerMsg::Gossip(m) => self.on_gossip(from, m),
+            PeerMsg::Transfer(m) => self.on_transfer_msg(from, m),
+        }
+    }
+
+    /// The replica role: merge writes into the store (or a hint), answer reads; and the
+    /// coordinator's side of the same exchange (acks and read replies).
+    fn on_replica_msg(&mut self, from: NodeId, msg: ReplicaMsg) {
+        match msg {
+            ReplicaMsg::Write {
                 op,
                 partition,
                 key,
@@ -545,13 +574,13 @@ impl<S: Store> NodeCore<S> {
                 };
                 self.send(
                     from,
-                    PeerMsg::ReplicaWriteAck {
+                    ReplicaMsg::WriteAck {
                         op,
                         result: result.map(|_| ()),
                     },
                 );
             }
-            PeerMsg::ReplicaRead {
+            ReplicaMsg::Read {
                 op,
                 partition,
                 key,
@@ -564,53 +593,17 @@ impl<S: Store> NodeCore<S> {
                             .map_err(|e| ReplicaError::Storage(e.to_string()))
                     })
                     .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o));
-                self.send(from, PeerMsg::ReplicaReadReply { op, result });
+                self.send(from, ReplicaMsg::ReadReply { op, result });
             }
-            PeerMsg::HintBatch { batch, items } => self.on_hint_batch(from, batch, items),
-            PeerMsg::HintBatchAck { batch, result } => self.on_hint_batch_ack(from, batch, result),
-            PeerMsg::Ping { nonce } => self.send(from, PeerMsg::Pong { nonce }),
-            PeerMsg::Pong { .. } => {}
-            msg @ (PeerMsg::AaeSegments { .. }
-            | PeerMsg::AaeBuckets { .. }
-            | PeerMsg::AaeKeys { .. }
-            | PeerMsg::AaeExchange { .. }
-            | PeerMsg::AaeObjects { .. }) => {
-                if let Err(e) = self.on_aae(from, msg) {
-                    tracing::warn!(%from, error = %e, "anti-entropy step failed");
-                }
-            }
-            PeerMsg::ReapQuery {
-                round,
-                partition,
-                key,
-                hash,
-            } => self.on_reap_query(from, round, partition, key, hash),
-            PeerMsg::ReapVote { round, key, ok } => self.on_reap_vote(from, round, key, ok),
-            PeerMsg::Reap {
-                partition,
-                key,
-                hash,
-            } => self.on_reap(partition, &key, hash),
-            PeerMsg::Gossip(msg) => self.on_gossip(from, msg),
-            PeerMsg::TransferStatus { partition, epoch } => {
-                self.on_transfer_status(from, partition, epoch)
-            }
-            PeerMsg::TransferNone { partition } => self.on_transfer_none(from, partition),
-            PeerMsg::TransferBatch {
-                batch,
-                partition,
-                items,
-                last,
-                ..
-            } => self.on_transfer_batch(from, batch, partition, items, last),
-            PeerMsg::TransferAck {
-                batch,
-                partition,
-                upto,
-                done,
-                result,
-            } => self.on_transfer_ack(from, batch, partition, upto, done, result),
-            PeerMsg::Forward { op, request } => {
+            ReplicaMsg::WriteAck { op, result } => self.on_write_ack(from, op, result),
+            ReplicaMsg::ReadReply { op, result } => self.on_read_reply(from, op, result),
+        }
+    }
+
+    /// Forwarded writes: coordinate them once (duplicates are dropped), pass replies back.
+    fn on_coord_msg(&mut self, from: NodeId, msg: CoordMsg) {
+        match msg {
+            CoordMsg::Forward { op, request } => {
                 if !self.seen_forwards.insert((from, op)) {
                     return; // a duplicate: the first copy is (or was) being coordinated
                 }
@@ -622,9 +615,7 @@ impl<S: Store> NodeCore<S> {
                 }
                 self.handle_client(Origin::Peer { node: from, op }, request);
             }
-            PeerMsg::ReplicaWriteAck { op, result } => self.on_write_ack(from, op, result),
-            PeerMsg::ReplicaReadReply { op, result } => self.on_read_reply(from, op, result),
-            PeerMsg::ForwardReply { op, reply } => self.on_forward_reply(op, reply),
+            CoordMsg::ForwardReply { op, reply } => self.on_forward_reply(op, reply),
         }
     }
 
@@ -713,7 +704,7 @@ impl<S: Store> NodeCore<S> {
             let down: Vec<NodeId> = self.down.keys().copied().collect();
             for peer in down {
                 let nonce = self.next_op_id();
-                self.send(peer, PeerMsg::Ping { nonce });
+                self.send(peer, ProbeMsg::Ping { nonce });
             }
         }
         self.reaper_tick();

@@ -18,7 +18,7 @@ use dynakv_ring::{NodeId, PartitionId};
 
 use super::aae::object_hash;
 use super::node::NodeCore;
-use super::types::{Object, PeerMsg, Value};
+use super::types::{Object, ReapMsg, Value};
 use crate::store::{Space, Store};
 
 /// Reap rounds started per maintenance tick at most.
@@ -125,7 +125,7 @@ impl<S: Store> NodeCore<S> {
             for m in &waiting {
                 self.send(
                     *m,
-                    PeerMsg::ReapQuery {
+                    ReapMsg::Query {
                         round,
                         partition: p,
                         key: key.clone(),
@@ -169,6 +169,24 @@ impl<S: Store> NodeCore<S> {
             .any(|owner| matches!(self.load_hint(owner, p, key), Ok(Some(_)) | Err(_)))
     }
 
+    /// Route a reaping message to its phase.
+    pub(super) fn on_reap_msg(&mut self, from: NodeId, msg: ReapMsg) {
+        match msg {
+            ReapMsg::Query {
+                round,
+                partition,
+                key,
+                hash,
+            } => self.on_reap_query(from, round, partition, key, hash),
+            ReapMsg::Vote { round, key, ok } => self.on_reap_vote(from, round, key, ok),
+            ReapMsg::Reap {
+                partition,
+                key,
+                hash,
+            } => self.on_reap(partition, &key, hash),
+        }
+    }
+
     pub(super) fn on_reap_query(
         &mut self,
         from: NodeId,
@@ -186,7 +204,7 @@ impl<S: Store> NodeCore<S> {
             Err(_) => false,
         };
         let ok = same && !self.has_hint_for(p, &key);
-        self.send(from, PeerMsg::ReapVote { round, key, ok });
+        self.send(from, ReapMsg::Vote { round, key, ok });
     }
 
     pub(super) fn on_reap_vote(&mut self, from: NodeId, round: u64, key: Bytes, ok: bool) {
@@ -222,7 +240,7 @@ impl<S: Store> NodeCore<S> {
             if replica != self.id() {
                 self.send(
                     replica,
-                    PeerMsg::Reap {
+                    ReapMsg::Reap {
                         partition: r.partition,
                         key: r.key.clone(),
                         hash: r.hash,

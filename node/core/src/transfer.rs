@@ -19,7 +19,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::node::NodeCore;
-use super::types::{Object, PeerMsg, ReplicaError};
+use super::types::{Object, ReplicaError, TransferMsg};
 use crate::codec;
 use crate::store::{Space, Store};
 
@@ -404,7 +404,7 @@ impl<S: Store> NodeCore<S> {
             let epoch = self.join_epoch;
             self.send(
                 from,
-                PeerMsg::TransferStatus {
+                TransferMsg::Status {
                     partition: p,
                     epoch,
                 },
@@ -500,7 +500,7 @@ impl<S: Store> NodeCore<S> {
             .map(Bytes::from);
         self.send(
             to,
-            PeerMsg::TransferBatch {
+            TransferMsg::Batch {
                 batch,
                 partition: p,
                 after,
@@ -572,7 +572,7 @@ impl<S: Store> NodeCore<S> {
         }
         self.send(
             from,
-            PeerMsg::TransferAck {
+            TransferMsg::Ack {
                 batch,
                 partition: p,
                 upto,
@@ -660,13 +660,37 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// A receiver asks whether a transfer of `p` to it still exists.
+    /// Route a transfer message to the sending or the receiving side.
+    pub(super) fn on_transfer_msg(&mut self, from: NodeId, msg: TransferMsg) {
+        match msg {
+            TransferMsg::Batch {
+                batch,
+                partition,
+                items,
+                last,
+                ..
+            } => self.on_transfer_batch(from, batch, partition, items, last),
+            TransferMsg::Ack {
+                batch,
+                partition,
+                upto,
+                done,
+                result,
+            } => self.on_transfer_ack(from, batch, partition, upto, done, result),
+            TransferMsg::Status { partition, epoch } => {
+                self.on_transfer_status(from, partition, epoch)
+            }
+            TransferMsg::NoTransfer { partition } => self.on_transfer_none(from, partition),
+        }
+    }
+
     pub(super) fn on_transfer_status(&mut self, from: NodeId, p: PartitionId, epoch: u64) {
         let live = self.sending.get(&(p, from)).is_some_and(|s| !s.rec.done);
         // With an older map than the asker's, this node may not have planned the transfer
         // yet: stay silent, the asker asks again.
         let current = self.cluster_state().map_or(0, |s| s.map().version.epoch);
         if !live && current >= epoch {
-            self.send(from, PeerMsg::TransferNone { partition: p });
+            self.send(from, TransferMsg::NoTransfer { partition: p });
         }
     }
 

@@ -519,7 +519,7 @@ fn a_request_n_above_the_clusters_n_is_refused() {
 
 #[test]
 fn replica_writes_for_the_wrong_partition_or_without_dots_are_rejected() {
-    use dynakv_core::{Input, Object, PeerMsg, ReplicaError, Value};
+    use dynakv_core::{Input, Object, PeerMsg, ReplicaError, ReplicaMsg, Value};
     let mut c = Cluster::new(3, 3, 2, 2);
     let map = c.map();
     let right = map.partition_for_key(b"k");
@@ -537,13 +537,14 @@ fn replica_writes_for_the_wrong_partition_or_without_dots_are_rejected() {
             0,
             Input::Peer {
                 from: n(2),
-                msg: PeerMsg::ReplicaWrite {
+                msg: ReplicaMsg::Write {
                     op: 7,
                     partition,
                     key: "k".into(),
                     object,
                     hint: None,
-                },
+                }
+                .into(),
             },
         );
         let effects = node.drain_effects();
@@ -551,10 +552,10 @@ fn replica_writes_for_the_wrong_partition_or_without_dots_are_rejected() {
             matches!(
                 e,
                 dynakv_core::Effect::Send {
-                    msg: PeerMsg::ReplicaWriteAck {
+                    msg: PeerMsg::Replica(ReplicaMsg::WriteAck {
                         result: Err(ReplicaError::Rejected(_)),
                         ..
-                    },
+                    }),
                     ..
                 }
             )

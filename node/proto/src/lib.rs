@@ -6,6 +6,7 @@
 //!   stored records); swap the codec here.
 //! - [`types`]: client requests and replies, request errors, per-request options, and the peer
 //!   messages between nodes (nested per mechanism).
+//! - [`peer`]: the messages between nodes, one enum per mechanism.
 //! - [`wire`]: the frames on QUIC streams (client <-> node, node <-> node), the status report,
 //!   the protocol version.
 //! - [`error`]: the crate's error enum.
@@ -13,6 +14,7 @@
 pub mod codec;
 pub mod dvv;
 pub mod error;
+pub mod peer;
 pub mod types;
 pub mod wire;
 

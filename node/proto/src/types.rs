@@ -6,7 +6,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use dynakv_ring::{NodeId, PartitionId};
+use dynakv_ring::NodeId;
 use serde::{Deserialize, Serialize};
 
 use crate::dvv::{Dot, DvvSet, VersionVector};
@@ -291,135 +291,7 @@ pub enum ReplicaError {
     Rejected(String),
 }
 
-/// Messages between nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerMsg {
-    /// Merge `object` into the stored object for `key` and acknowledge once durable. With
-    /// `hint`, the receiver is a fallback: it keeps the object as a hint for that node and hands
-    /// it off when the node is reachable again.
-    ReplicaWrite {
-        op: OpId,
-        partition: PartitionId,
-        key: Bytes,
-        object: Object,
-        hint: Option<NodeId>,
-    },
-    /// Answer to [`PeerMsg::ReplicaWrite`].
-    ReplicaWriteAck {
-        op: OpId,
-        result: Result<(), ReplicaError>,
-    },
-    /// Send back the stored object for `key`. With `fallback_for`, the receiver is a fallback
-    /// standing in for that node and includes what it holds as hints for it.
-    ReplicaRead {
-        op: OpId,
-        partition: PartitionId,
-        key: Bytes,
-        fallback_for: Option<NodeId>,
-    },
-    /// Answer to [`PeerMsg::ReplicaRead`]; `None` when the replica holds nothing for the key.
-    ReplicaReadReply {
-        op: OpId,
-        result: Result<Option<Object>, ReplicaError>,
-    },
-    /// Coordinate this client write on my behalf: the sender is not a replica of the key and a
-    /// new dot must come from a replica.
-    Forward { op: OpId, request: ClientRequest },
-    /// Answer to [`PeerMsg::Forward`].
-    ForwardReply { op: OpId, reply: ClientReply },
-    /// Hinted handoff: objects a fallback held for the receiver. Acknowledge once durable.
-    HintBatch { batch: u64, items: Vec<HandoffItem> },
-    /// Answer to [`PeerMsg::HintBatch`]; the sender drops the hints only after an `Ok`.
-    HintBatchAck {
-        batch: u64,
-        result: Result<(), ReplicaError>,
-    },
-    /// Liveness probe to a node believed down.
-    Ping { nonce: u64 },
-    /// Answer to [`PeerMsg::Ping`].
-    Pong { nonce: u64 },
-    /// Anti-entropy step 1: the sender's segment hashes of a partition's hash tree.
-    AaeSegments {
-        session: u64,
-        partition: PartitionId,
-        hashes: Vec<u64>,
-    },
-    /// Anti-entropy step 2: the receiver's bucket hashes under the segments that differ.
-    AaeBuckets {
-        session: u64,
-        partition: PartitionId,
-        buckets: Vec<(u16, u64)>,
-    },
-    /// Anti-entropy step 3: the sender's keys (with object hashes) in the buckets that differ.
-    AaeKeys {
-        session: u64,
-        partition: PartitionId,
-        buckets: Vec<(u16, Vec<(Bytes, u64)>)>,
-    },
-    /// Anti-entropy step 4: objects the receiver lacks or holds differently, and keys it wants.
-    AaeExchange {
-        session: u64,
-        partition: PartitionId,
-        objects: Vec<(Bytes, Object)>,
-        want: Vec<Bytes>,
-    },
-    /// Anti-entropy step 5: the objects asked for in step 4.
-    AaeObjects {
-        partition: PartitionId,
-        objects: Vec<(Bytes, Object)>,
-    },
-    /// Membership gossip (see `dynakv-gossip`).
-    Gossip(dynakv_gossip::GossipMsg),
-    /// Partition transfer: the next batch of a partition's objects, after key `after`.
-    TransferBatch {
-        batch: u64,
-        partition: PartitionId,
-        after: Option<Bytes>,
-        items: Vec<(Bytes, Object)>,
-        /// No more batches after this one.
-        last: bool,
-    },
-    /// Answer to [`PeerMsg::TransferBatch`], once the batch is durable.
-    TransferAck {
-        batch: u64,
-        partition: PartitionId,
-        /// The last key merged (the sender's new cursor).
-        upto: Option<Bytes>,
-        done: bool,
-        result: Result<(), ReplicaError>,
-    },
-    /// A receiver that has heard nothing of an expected transfer for a while asks its sender.
-    /// `epoch`: the asker's map epoch; a sender with an older map stays silent (it may not
-    /// have planned the transfer yet).
-    TransferStatus { partition: PartitionId, epoch: u64 },
-    /// The sender has no transfer of this partition for the asker (it finished, or the sender
-    /// lost its state): the receiver stops waiting; anti-entropy covers any difference.
-    TransferNone { partition: PartitionId },
-    /// Tombstone reaping, phase 1: may this tombstone-only object be removed everywhere?
-    ReapQuery {
-        round: u64,
-        partition: PartitionId,
-        key: Bytes,
-        hash: u64,
-    },
-    /// Answer to [`PeerMsg::ReapQuery`]: `ok` if the receiver holds the same tombstone (or
-    /// nothing) and no hint for the key.
-    ReapVote { round: u64, key: Bytes, ok: bool },
-    /// Tombstone reaping, phase 2: remove the key if it still holds exactly this object.
-    Reap {
-        partition: PartitionId,
-        key: Bytes,
-        hash: u64,
-    },
-}
-
-/// One hinted object handed to its owner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandoffItem {
-    pub partition: PartitionId,
-    pub key: Bytes,
-    pub object: Object,
-}
+pub use crate::peer::*;
 
 /// An input to the core.
 #[derive(Debug, Clone, PartialEq, Eq)]

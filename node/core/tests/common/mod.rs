@@ -7,7 +7,7 @@ use bytes::Bytes;
 use dynakv_core::store::MemStore;
 use dynakv_core::{
     ClientReply, ClientRequest, CoreConfig, Effect, GetReply, Input, NodeCore, PeerMsg, PutReply,
-    RequestError, RequestOptions,
+    ReplicaMsg, RequestError, RequestOptions,
 };
 use dynakv_proto::dvv::{Actor, VersionVector};
 use dynakv_ring::{NodeId, PartitionMap};
@@ -301,13 +301,14 @@ impl Cluster {
             now,
             Input::Peer {
                 from,
-                msg: PeerMsg::ReplicaWrite {
+                msg: ReplicaMsg::Write {
                     op: 0,
                     partition: p,
                     key: Bytes::from(key.to_string()),
                     object,
                     hint: None,
-                },
+                }
+                .into(),
             },
         );
         let _ = self.nodes.get_mut(&to).expect("node").drain_effects();
