@@ -144,7 +144,7 @@ impl<S: Store> NodeCore<S> {
             .ok_or_else(|| crate::Error::Storage("tree vanished".into()))
     }
 
-    /// Keep a built tree in step with a write (called by `save`).
+    /// Keep a built tree in step with a write or removal (a `DataChange` routed here).
     pub(super) fn tree_note(&mut self, p: PartitionId, key: &[u8], record: Option<&[u8]>) {
         if let Some(tree) = self.trees.get_mut(&p) {
             tree.update(key, record.map(object_hash));

@@ -10,17 +10,17 @@ use dynakv_ring::{NodeId, PartitionId};
 
 use super::node::{NodeCore, Origin};
 use super::types::{
-    ClientReply, ClientRequest, CoordMsg, GetReply, Object, OpId, PutReply, ReplicaError,
-    ReplicaMsg, RequestError, RequestOptions, Value,
+    ClientReply, ClientRequest, CoordMsg, Object, OpId, ReplicaError, RequestError, RequestOptions,
+    Value,
 };
-use crate::dvv::{Dot, DvvSet, VersionVector};
+use crate::dvv::{Dot, VersionVector};
 use crate::store::Store;
 
 /// Longest request timeout a client may ask for.
 pub const MAX_TIMEOUT_MS: u32 = 600_000;
 
 /// How long a get that has replied still waits for the other replicas (for read repair).
-const READ_REPAIR_WINDOW_US: u64 = 1_000_000;
+pub(super) const READ_REPAIR_WINDOW_US: u64 = 1_000_000;
 
 /// Extra time a forwarding node waits beyond the request timeout, so the replica it forwarded to
 /// answers (with its own timeout error if need be) before the forwarder gives up.
@@ -47,35 +47,35 @@ pub(super) struct Target {
 /// A put or delete waiting for acknowledgements.
 #[derive(Debug)]
 pub(super) struct WriteOp {
-    origin: Origin,
-    kind: &'static str,
-    partition: PartitionId,
-    key: Bytes,
-    object: Object,
-    targets: Vec<Target>,
-    acked: BTreeSet<NodeId>,
-    failed: BTreeMap<NodeId, ReplicaError>,
-    quorum: Quorum,
-    context: VersionVector,
-    dot: Option<Dot>,
-    deadline: u64,
+    pub(super) origin: Origin,
+    pub(super) kind: &'static str,
+    pub(super) partition: PartitionId,
+    pub(super) key: Bytes,
+    pub(super) object: Object,
+    pub(super) targets: Vec<Target>,
+    pub(super) acked: BTreeSet<NodeId>,
+    pub(super) failed: BTreeMap<NodeId, ReplicaError>,
+    pub(super) quorum: Quorum,
+    pub(super) context: VersionVector,
+    pub(super) dot: Option<Dot>,
+    pub(super) deadline: u64,
     /// When unanswered targets get fallbacks (once); `None` after that.
-    fallback_at: Option<u64>,
-    replied: bool,
+    pub(super) fallback_at: Option<u64>,
+    pub(super) replied: bool,
 }
 
 /// A get waiting for replies (and, after replying, for the rest of them, for read repair).
 #[derive(Debug)]
 pub(super) struct ReadOp {
-    origin: Origin,
-    partition: PartitionId,
-    key: Bytes,
-    targets: Vec<Target>,
-    replies: BTreeMap<NodeId, Option<Object>>,
-    failed: BTreeMap<NodeId, ReplicaError>,
-    quorum: Quorum,
-    deadline: u64,
-    replied: bool,
+    pub(super) origin: Origin,
+    pub(super) partition: PartitionId,
+    pub(super) key: Bytes,
+    pub(super) targets: Vec<Target>,
+    pub(super) replies: BTreeMap<NodeId, Option<Object>>,
+    pub(super) failed: BTreeMap<NodeId, ReplicaError>,
+    pub(super) quorum: Quorum,
+    pub(super) deadline: u64,
+    pub(super) replied: bool,
 }
 
 /// A write forwarded to a replica of its key.
@@ -106,19 +106,19 @@ impl PendingOp {
     }
 }
 
-fn is_primary(targets: &[Target], node: NodeId) -> bool {
+pub(super) fn is_primary(targets: &[Target], node: NodeId) -> bool {
     targets
         .iter()
         .any(|t| t.node == node && t.hint_for.is_none())
 }
 
-fn error(e: RequestError) -> ClientReply {
+pub(super) fn error(e: RequestError) -> ClientReply {
     ClientReply::Error(e)
 }
 
 impl<S: Store> NodeCore<S> {
     /// Resolve and validate N/R/W and the timeout of a request against the cluster defaults.
-    fn quorum(&self, opts: &RequestOptions, read: bool) -> Result<Quorum, RequestError> {
+    pub(super) fn quorum(&self, opts: &RequestOptions, read: bool) -> Result<Quorum, RequestError> {
         let n = opts.n.unwrap_or(self.cfg.n);
         if n == 0 || n > self.cfg.n {
             // More replicas than the cluster's N would put copies where anti-entropy and the
@@ -191,7 +191,12 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// The next fallback for `primary` that is not already a target and not believed down.
-    fn next_fallback(&self, p: PartitionId, n: u8, targets: &[Target]) -> Option<NodeId> {
+    pub(super) fn next_fallback(
+        &self,
+        p: PartitionId,
+        n: u8,
+        targets: &[Target],
+    ) -> Option<NodeId> {
         let walk = self.map.walk(p);
         let n = usize::from(n).min(walk.len());
         walk[n..]
@@ -200,7 +205,7 @@ impl<S: Store> NodeCore<S> {
             .find(|f| !self.is_down(*f) && !targets.iter().any(|t| t.node == *f))
     }
 
-    fn check_key(&self, key: &[u8]) -> Result<(), RequestError> {
+    pub(super) fn check_key(&self, key: &[u8]) -> Result<(), RequestError> {
         if key.is_empty() {
             return Err(RequestError::BadKey("the key is empty".into()));
         }
@@ -214,61 +219,17 @@ impl<S: Store> NodeCore<S> {
         Ok(())
     }
 
-    fn deadline(&self, timeout_ms: u32) -> u64 {
+    pub(super) fn deadline(&self, timeout_ms: u32) -> u64 {
         self.now + u64::from(timeout_ms) * 1000
     }
 
-    /// Start a get: ask the targets, answer after R replies (PR of them primaries) with their merge.
-    pub(super) fn start_get(&mut self, origin: Origin, key: Bytes, opts: RequestOptions) {
-        let quorum = match self.check_key(&key).and_then(|_| self.quorum(&opts, true)) {
-            Ok(q) => q,
-            Err(e) => return self.respond(origin, error(e)),
-        };
-        let partition = self.map.partition_for_key(&key);
-        let targets = self.select_targets(partition, quorum.n);
-        if let Err(e) = self.check_reachable("get", &targets, quorum) {
-            return self.respond(origin, error(e));
-        }
-        let op = self.next_op_id();
-        let deadline = self.deadline(quorum.timeout_ms);
-        self.add_op(
-            op,
-            deadline,
-            PendingOp::Read(ReadOp {
-                origin,
-                partition,
-                key: key.clone(),
-                targets: targets.clone(),
-                replies: BTreeMap::new(),
-                failed: BTreeMap::new(),
-                quorum,
-                deadline,
-                replied: false,
-            }),
-        );
-        for t in targets {
-            if t.node == self.id() {
-                let result = self
-                    .local_object(partition, &key, t.hint_for)
-                    .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o))
-                    .map_err(|e| ReplicaError::Storage(e.to_string()));
-                self.on_read_reply(t.node, op, result);
-            } else {
-                self.send(
-                    t.node,
-                    ReplicaMsg::Read {
-                        op,
-                        partition,
-                        key: key.clone(),
-                        fallback_for: t.hint_for,
-                    },
-                );
-            }
-        }
-    }
-
     /// Refuse at once when the targets cannot possibly make the quorum.
-    fn check_reachable(&self, op: &str, targets: &[Target], q: Quorum) -> Result<(), RequestError> {
+    pub(super) fn check_reachable(
+        &self,
+        op: &str,
+        targets: &[Target],
+        q: Quorum,
+    ) -> Result<(), RequestError> {
         if targets.len() < usize::from(q.needed) {
             return Err(RequestError::Unavailable {
                 op: op.into(),
@@ -287,238 +248,8 @@ impl<S: Store> NodeCore<S> {
         Ok(())
     }
 
-    /// Start a put (or, with a tombstone, a delete).
-    pub(super) fn start_write(
-        &mut self,
-        origin: Origin,
-        key: Bytes,
-        value: Value,
-        context: VersionVector,
-        opts: RequestOptions,
-    ) {
-        let kind = if matches!(value, Value::Tombstone) {
-            "delete"
-        } else {
-            "put"
-        };
-        let checked = self.check_key(&key).and_then(|_| {
-            if let Value::Data(v) = &value {
-                if v.len() > self.cfg.max_value_bytes {
-                    return Err(RequestError::ValueTooLarge {
-                        len: v.len() as u64,
-                        max: self.cfg.max_value_bytes as u64,
-                    });
-                }
-            }
-            self.quorum(&opts, false)
-        });
-        let quorum = match checked {
-            Ok(q) => q,
-            Err(e) => return self.respond(origin, error(e)),
-        };
-        let max_counter = crate::codec::token::MAX_TOKEN_COUNTER;
-        if context.entries().iter().any(|(_, c)| *c > max_counter) {
-            return self.respond(
-                origin,
-                error(RequestError::InvalidOptions(format!(
-                    "context has a counter above {max_counter}; it did not come from this cluster"
-                ))),
-            );
-        }
-        let partition = self.map.partition_for_key(&key);
-        let mut targets = self.select_targets(partition, quorum.n);
-        if let Err(e) = self.check_reachable(kind, &targets, quorum) {
-            return self.respond(origin, error(e));
-        }
-        let me = self.id();
-        let i_am_primary = targets.iter().any(|t| t.node == me && t.hint_for.is_none());
-        let up_primary = targets
-            .iter()
-            .find(|t| t.hint_for.is_none())
-            .map(|t| t.node);
-        if let (false, Some(primary), Origin::Client(_)) = (i_am_primary, up_primary, origin) {
-            // Prefer a primary to coordinate (and mint the dot): fallbacks mint only when every
-            // primary is down, which keeps actor identities stable (see `retire_actor`).
-            return self.forward(origin, kind, quorum, primary, key, value, context, opts);
-        }
-        if !targets.iter().any(|t| t.node == me) {
-            if let Origin::Client(_) = origin {
-                let to = targets[0].node;
-                return self.forward(origin, kind, quorum, to, key, value, context, opts);
-            }
-            // Forwarded to us although our view says we are no target: coordinate anyway as
-            // an extra fallback for the first primary, so the write is not bounced around.
-            let owner = self
-                .map
-                .preference_list(partition, usize::from(quorum.n))
-                .first()
-                .copied()
-                .unwrap_or(me);
-            targets.push(Target {
-                node: me,
-                hint_for: Some(owner),
-            });
-        }
-        let my_target = targets
-            .iter()
-            .find(|t| t.node == me)
-            .copied()
-            .unwrap_or(Target {
-                node: me,
-                hint_for: None,
-            });
-
-        // Mint the new dot here: update against what this node holds for the key.
-        let local = match self.local_knowledge(partition, &key) {
-            Ok(local) => local,
-            Err(e) => return self.respond(origin, error(RequestError::Storage(e.to_string()))),
-        };
-        let object = DvvSet::update(
-            DvvSet::new_with_context(&context, value),
-            &local,
-            self.actor,
-        );
-        #[cfg(feature = "planted-bugs")]
-        let object = if self.cfg.has_bug(super::config::PlantedBug::LastWriteWins) {
-            object.keep_only_newest()
-        } else {
-            object
-        };
-        if let Err(e) = crate::codec::check_replica_object(&object) {
-            return self.respond(
-                origin,
-                error(RequestError::InvalidOptions(format!("bad context: {e}"))),
-            );
-        }
-        let encoded = crate::codec::encode_object(&object)
-            .map(|b| b.len())
-            .unwrap_or(usize::MAX);
-        if encoded > self.cfg.max_message_bytes / 2 {
-            return self.respond(
-                origin,
-                error(RequestError::ValueTooLarge {
-                    len: encoded as u64,
-                    max: (self.cfg.max_message_bytes / 2) as u64,
-                }),
-            );
-        }
-        let count = object.value_count();
-        if count > self.cfg.sibling_max as usize {
-            return self.respond(
-                origin,
-                error(RequestError::TooManySiblings {
-                    count: count as u32,
-                    max: self.cfg.sibling_max,
-                }),
-            );
-        }
-        let stored = match my_target.hint_for {
-            None => self
-                .save(partition, &key, &object)
-                .map_err(|e| e.to_string()),
-            Some(owner) => self
-                .merge_into_hint(owner, partition, &key, &object)
-                .map(|_| ())
-                .map_err(|e| format!("{e:?}")),
-        };
-        if let Err(e) = stored {
-            return self.respond(origin, error(RequestError::Storage(e)));
-        }
-        let dot = Some(Dot {
-            actor: self.actor,
-            counter: object.join().get(&self.actor),
-        });
-        let op = self.next_op_id();
-        let deadline = self.deadline(quorum.timeout_ms);
-        let fallback_at = self.now + u64::from(self.cfg.fallback_after_ms) * 1000;
-        let fallback_at = (fallback_at < deadline).then_some(fallback_at);
-        for t in targets.iter().filter(|t| t.node != me) {
-            if t.hint_for.is_some() {
-                self.stats.sloppy_writes += 1;
-            }
-            self.send(
-                t.node,
-                ReplicaMsg::Write {
-                    op,
-                    partition,
-                    key: key.clone(),
-                    object: object.clone(),
-                    hint: t.hint_for,
-                },
-            );
-        }
-        let context = object.join();
-        self.add_op(
-            op,
-            deadline,
-            PendingOp::Write(WriteOp {
-                origin,
-                kind,
-                partition,
-                key,
-                object,
-                targets,
-                acked: BTreeSet::from([me]),
-                failed: BTreeMap::new(),
-                quorum,
-                context,
-                dot,
-                deadline,
-                fallback_at,
-                replied: false,
-            }),
-        );
-        if let Some(at) = fallback_at {
-            self.deadlines.insert((at, op));
-        }
-        self.check_write_done(op);
-    }
-
-    /// Sloppy quorum at run time: targets that did not answer within `fallback_after_ms` are
-    /// counted as down, and the write also goes to fallbacks with hints for them.
-    fn fallback_writes(&mut self, op: OpId) {
-        let Some(PendingOp::Write(w)) = self.ops.get(&op) else {
-            return;
-        };
-        if w.replied && w.acked.len() + w.failed.len() >= w.targets.len() {
-            return;
-        }
-        let silent: Vec<Target> = w
-            .targets
-            .iter()
-            .filter(|t| !w.acked.contains(&t.node) && !w.failed.contains_key(&t.node))
-            .copied()
-            .collect();
-        let (partition, n) = (w.partition, w.quorum.n);
-        for t in silent {
-            self.mark_down(t.node);
-            let owner = t.hint_for.unwrap_or(t.node);
-            let Some(PendingOp::Write(w)) = self.ops.get(&op) else {
-                return;
-            };
-            let Some(fallback) = self.next_fallback(partition, n, &w.targets) else {
-                break;
-            };
-            let msg = ReplicaMsg::Write {
-                op,
-                partition,
-                key: w.key.clone(),
-                object: w.object.clone(),
-                hint: Some(owner),
-            };
-            if let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) {
-                w.targets.push(Target {
-                    node: fallback,
-                    hint_for: Some(owner),
-                });
-            }
-            self.stats.sloppy_writes += 1;
-            self.send(fallback, msg);
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
-    fn forward(
+    pub(super) fn forward(
         &mut self,
         origin: Origin,
         kind: &'static str,
@@ -568,230 +299,6 @@ impl<S: Store> NodeCore<S> {
             let origin = f.origin;
             self.remove_op(op);
             self.respond(origin, reply);
-        }
-    }
-
-    pub(super) fn on_write_ack(
-        &mut self,
-        from: NodeId,
-        op: OpId,
-        result: Result<(), ReplicaError>,
-    ) {
-        let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) else {
-            return; // late, duplicated or unknown: harmless
-        };
-        if !w.targets.iter().any(|t| t.node == from) {
-            return;
-        }
-        match result {
-            Ok(()) => {
-                w.failed.remove(&from);
-                w.acked.insert(from);
-            }
-            Err(e) => {
-                if !w.acked.contains(&from) {
-                    w.failed.insert(from, e);
-                }
-            }
-        }
-        self.check_write_done(op);
-    }
-
-    fn check_write_done(&mut self, op: OpId) {
-        let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) else {
-            return;
-        };
-        let acks = w.acked.len();
-        let primary_acks = w
-            .acked
-            .iter()
-            .filter(|n| is_primary(&w.targets, **n))
-            .count();
-        let needed = usize::from(w.quorum.needed);
-        let needed_primaries = usize::from(w.quorum.primaries);
-        let mut reply = None;
-        if !w.replied && acks >= needed && primary_acks >= needed_primaries {
-            w.replied = true;
-            reply = Some((
-                w.origin,
-                ClientReply::Written(PutReply {
-                    context: w.context.clone(),
-                    dot: w.dot,
-                    acks: acks as u8,
-                    primary_acks: primary_acks as u8,
-                    fallback_acks: (acks - primary_acks) as u8,
-                }),
-            ));
-        } else if !w.replied && w.targets.len() - w.failed.len() < needed && w.fallback_at.is_none()
-        {
-            // Enough replicas refused that the quorum cannot be reached: fail now.
-            w.replied = true;
-            let detail = w
-                .failed
-                .iter()
-                .map(|(n, e)| format!("node {n}: {e:?}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            reply = Some((
-                w.origin,
-                error(RequestError::Storage(format!(
-                    "{} failed on {} of {} replicas ({detail})",
-                    w.kind,
-                    w.failed.len(),
-                    w.targets.len()
-                ))),
-            ));
-        }
-        let finished = w.replied && acks + w.failed.len() >= w.targets.len();
-        if let Some((origin, reply)) = reply {
-            self.respond(origin, reply);
-        }
-        if finished {
-            self.remove_op(op);
-        }
-    }
-
-    pub(super) fn on_read_reply(
-        &mut self,
-        from: NodeId,
-        op: OpId,
-        result: Result<Option<Object>, ReplicaError>,
-    ) {
-        let Some(PendingOp::Read(r)) = self.ops.get_mut(&op) else {
-            return;
-        };
-        if !r.targets.iter().any(|t| t.node == from)
-            || r.replies.contains_key(&from)
-            || r.failed.contains_key(&from)
-        {
-            return;
-        }
-        match result {
-            Ok(object) => {
-                if let Some(o) = &object {
-                    if crate::codec::check_replica_object(o).is_err() {
-                        r.failed
-                            .insert(from, ReplicaError::Rejected("malformed object".into()));
-                        return self.check_read_done(op);
-                    }
-                }
-                r.replies.insert(from, object);
-            }
-            Err(e) => {
-                r.failed.insert(from, e);
-            }
-        }
-        self.check_read_done(op);
-    }
-
-    fn merged_replies(&self, r: &ReadOp) -> Object {
-        r.replies
-            .values()
-            .flatten()
-            .fold(DvvSet::empty(), |acc, o| self.merge(&acc, o))
-    }
-
-    fn check_read_done(&mut self, op: OpId) {
-        let Some(PendingOp::Read(r)) = self.ops.get(&op) else {
-            return;
-        };
-        let needed = usize::from(r.quorum.needed);
-        let answered = r.replies.len();
-        let primary_replies = r
-            .replies
-            .keys()
-            .filter(|n| is_primary(&r.targets, **n))
-            .count();
-        let all_in = answered + r.failed.len() >= r.targets.len();
-        let mut reply = None;
-        if !r.replied && answered >= needed && primary_replies >= usize::from(r.quorum.primaries) {
-            let merged = self.merged_replies(r);
-            reply = Some(ClientReply::Got(GetReply {
-                values: merged
-                    .values()
-                    .into_iter()
-                    .filter_map(|v| v.data().cloned())
-                    .collect(),
-                context: merged.join(),
-                replied: answered as u8,
-                primary_replies: primary_replies as u8,
-            }));
-        } else if !r.replied && r.targets.len() - r.failed.len() < needed {
-            reply = Some(error(RequestError::Storage(format!(
-                "get failed on {} of {} replicas",
-                r.failed.len(),
-                r.targets.len()
-            ))));
-        } else if !r.replied && all_in {
-            reply = Some(error(RequestError::PrimariesUnavailable {
-                op: "get".into(),
-                needed: r.quorum.primaries,
-                available: primary_replies as u8,
-            }));
-        }
-        if let Some(reply) = reply {
-            let origin = r.origin;
-            let window = self.now + READ_REPAIR_WINDOW_US;
-            if let Some(PendingOp::Read(r)) = self.ops.get_mut(&op) {
-                r.replied = true;
-                // Keep waiting for the remaining replicas only briefly: a repair from an old
-                // snapshot could bring back something deleted (and reaped) meanwhile.
-                if r.deadline > window {
-                    let old = r.deadline;
-                    r.deadline = window;
-                    self.deadlines.remove(&(old, op));
-                    self.deadlines.insert((window, op));
-                }
-            }
-            self.respond(origin, reply);
-        }
-        if all_in {
-            self.finish_read(op);
-        }
-    }
-
-    /// The read is over (every target answered, or the deadline passed): repair the primaries
-    /// that answered with stale data (within the read-repair budget).
-    fn finish_read(&mut self, op: OpId) {
-        let Some(PendingOp::Read(r)) = self.remove_op(op) else {
-            return;
-        };
-        if !self.cfg.read_repair || r.replies.len() < 2 {
-            return;
-        }
-        let merged = self.merged_replies(&r);
-        if merged.join().is_empty() {
-            return;
-        }
-        for (node, object) in &r.replies {
-            if !is_primary(&r.targets, *node) {
-                continue; // fallbacks hold hints; handoff delivers those
-            }
-            let stale = match object {
-                None => true,
-                Some(o) => o.sync(&merged) != *o,
-            };
-            if !stale || !self.repair_budget() {
-                continue;
-            }
-            self.stats.read_repairs += 1;
-            if *node == self.id() {
-                if let Err(e) = self.merge_into_store(r.partition, &r.key, &merged) {
-                    tracing::warn!(?e, "local read repair failed");
-                }
-            } else {
-                let repair_op = self.next_op_id();
-                self.send(
-                    *node,
-                    ReplicaMsg::Write {
-                        op: repair_op,
-                        partition: r.partition,
-                        key: r.key.clone(),
-                        object: merged.clone(),
-                        hint: None,
-                    },
-                );
-            }
         }
     }
 

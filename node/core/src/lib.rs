@@ -4,13 +4,18 @@
 //! - [`config`]: quorum defaults, limits, and the test-only planted bugs.
 //! - [`store`]: the `Store` trait, its durability contract, and the in-memory store.
 //! - `node`: the state machine: identity/incarnation, dispatch, the replica role, timers, effects.
+//! - `replica`: the replica role and the data path; every data change routed to the
+//!   mechanisms that derive state from it.
 //! - `coordinator`: get/put/delete against the preference list with N/R/W and PR/PW, sloppy
 //!   quorum (fallbacks with hints), forwarding, bounded read repair.
+//! - `write`: the coordinator's write path (minting, W/PW acks, run-time fallbacks).
+//! - `read`: the coordinator's read path (R/PR replies, bounded read repair).
 //! - `hints`: durable hints on fallbacks and hinted handoff with backoff, resumable.
 //! - `aae`: per-partition hash trees and the anti-entropy exchange.
 //! - `reaper`: removing tombstones for good without resurrecting old values.
 //! - `membership`: the gossiper, the persisted cluster state, operator changes.
 //! - `transfer`: moving partitions to new replicas, checkpointed and resumable.
+//! - `transfer_in`: the receiving side of transfers.
 //! - [`error`]: the crate's error enum.
 //!
 //! The core never reads a clock, the OS RNG or a socket and never spawns: time comes in with each
@@ -24,9 +29,13 @@ pub mod error;
 mod hints;
 mod membership;
 mod node;
+mod read;
 mod reaper;
+mod replica;
 pub mod store;
 mod transfer;
+mod transfer_in;
+mod write;
 
 /// The formats the core speaks, re-exported for the core's modules and its users.
 pub(crate) use dynakv_proto::{codec, dvv, types};

@@ -15,7 +15,7 @@ use super::config::{CoreConfig, PlantedBug};
 use super::coordinator::PendingOp;
 use super::types::{
     ClientReply, ClientRequest, CoordMsg, CoreStats, Effect, HandoffMsg, Input, Object, OpId,
-    PeerMsg, ProbeMsg, ReplicaError, ReplicaMsg, RequestId,
+    PeerMsg, ProbeMsg, RequestId,
 };
 use crate::codec;
 use crate::dvv::Actor;
@@ -30,6 +30,26 @@ const IDENTITY_KEY: &[u8] = b"identity";
 struct Identity {
     node: NodeId,
     incarnation: u32,
+}
+
+/// A change to a partition's replicated data, routed by `NodeCore::on_data_change` to every
+/// mechanism that keeps state derived from the data.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum DataChange<'a> {
+    /// `key` now holds `object`, encoded as `record`.
+    Written {
+        partition: PartitionId,
+        key: &'a [u8],
+        record: &'a [u8],
+        object: &'a Object,
+    },
+    /// `key` was removed (a reaped tombstone).
+    Removed {
+        partition: PartitionId,
+        key: &'a [u8],
+    },
+    /// The whole partition was dropped (handed off to its new replicas).
+    PartitionDropped { partition: PartitionId },
 }
 
 /// Where the answer to an operation goes.
@@ -398,138 +418,6 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    /// Read and decode the stored object for a key.
-    pub(super) fn load(&self, p: PartitionId, key: &[u8]) -> Result<Option<Object>> {
-        match self.store.get(Space::Partition(p), key)? {
-            Some(bytes) => Ok(Some(codec::decode_object(&bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Encode and write an object; durable at the next drain.
-    pub(super) fn save(&mut self, p: PartitionId, key: &[u8], object: &Object) -> Result<()> {
-        let bytes = codec::encode_object(object)?;
-        self.store.put(Space::Partition(p), key, &bytes)?;
-        self.dirty = true;
-        self.tree_note(p, key, Some(&bytes));
-        self.note_tombstone(p, key, object);
-        let count = object.value_count();
-        if count > self.cfg.sibling_warn as usize {
-            self.stats.sibling_warnings += 1;
-            tracing::warn!(
-                siblings = count,
-                warn_at = self.cfg.sibling_warn,
-                "key has many siblings: clients should read and write back a merged value"
-            );
-        }
-        Ok(())
-    }
-
-    /// Merge two objects: the DVVSet sync, or the planted last-write-wins bug.
-    pub(super) fn merge(&self, a: &Object, b: &Object) -> Object {
-        let merged = a.sync(b);
-        #[cfg(feature = "planted-bugs")]
-        if self.cfg.has_bug(PlantedBug::LastWriteWins) {
-            return merged.keep_only_newest();
-        }
-        merged
-    }
-
-    /// Merge `incoming` into what this node stores for `key` (the replica role).
-    pub(super) fn merge_into_store(
-        &mut self,
-        p: PartitionId,
-        key: &[u8],
-        incoming: &Object,
-    ) -> std::result::Result<Object, ReplicaError> {
-        self.check_peer_object(p, key, incoming)?;
-        let local = self
-            .load(p, key)
-            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
-        let merged = match local {
-            Some(local) if !self.cfg.has_bug(PlantedBug::OverwriteOnReplica) => {
-                self.merge(&local, incoming)
-            }
-            _ => incoming.clone(),
-        };
-        self.save(p, key, &merged)
-            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
-        self.stats.replica_writes += 1;
-        Ok(merged)
-    }
-
-    /// Refuse a key from a peer that is too long or does not belong to the partition it came
-    /// with (a peer with another map or a bug would otherwise store data no read can find).
-    pub(super) fn check_peer_key(
-        &self,
-        p: PartitionId,
-        key: &[u8],
-    ) -> std::result::Result<(), ReplicaError> {
-        if key.is_empty() || key.len() > self.cfg.max_key_bytes {
-            return Err(ReplicaError::Rejected(format!(
-                "bad key length {}",
-                key.len()
-            )));
-        }
-        if self.map.partition_for_key(key) != p || p.0 >= self.map.partition_count() {
-            return Err(ReplicaError::Rejected(format!(
-                "key does not belong to partition {p} (partition maps differ?)"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Refuse a key/object pair from a peer that is misplaced or not a replica state.
-    pub(super) fn check_peer_object(
-        &self,
-        p: PartitionId,
-        key: &[u8],
-        object: &Object,
-    ) -> std::result::Result<(), ReplicaError> {
-        self.check_peer_key(p, key)?;
-        codec::check_replica_object(object).map_err(|e| ReplicaError::Rejected(e.to_string()))
-    }
-
-    /// Owners this node may hold hints for: the members, and anyone it already holds hints for.
-    pub(super) fn hint_owners(&self) -> BTreeSet<NodeId> {
-        let mut owners = self.members.clone();
-        if let Some(state) = self.cluster_state() {
-            owners.extend(state.members().keys().copied());
-        }
-        owners.extend(self.hints_pending.keys().copied());
-        owners.remove(&self.id());
-        owners
-    }
-
-    /// What this node holds for a key: its replica copy, plus (when standing in for `owner`)
-    /// the hint it keeps for that owner.
-    pub(super) fn local_object(
-        &self,
-        p: PartitionId,
-        key: &[u8],
-        fallback_for: Option<NodeId>,
-    ) -> Result<Object> {
-        let mut o = self.load(p, key)?.unwrap_or_else(Object::empty);
-        if let Some(owner) = fallback_for.filter(|o| *o != self.id()) {
-            if let Some(h) = self.load_hint(owner, p, key)? {
-                o = self.merge(&o, &h);
-            }
-        }
-        Ok(o)
-    }
-
-    /// Everything this node holds for a key: its replica copy and every hint, for any owner.
-    /// A coordinator mints from this, so a new dot is above every dot of its actor it holds.
-    pub(super) fn local_knowledge(&self, p: PartitionId, key: &[u8]) -> Result<Object> {
-        let mut o = self.load(p, key)?.unwrap_or_else(Object::empty);
-        for owner in self.hint_owners() {
-            if let Some(h) = self.load_hint(owner, p, key)? {
-                o = self.merge(&o, &h);
-            }
-        }
-        Ok(o)
-    }
-
     /// Route a peer message to the mechanism that owns it.
     fn handle_peer(&mut self, from: NodeId, msg: PeerMsg) {
         self.mark_up(from);
@@ -552,51 +440,6 @@ impl<S: Store> NodeCore<S> {
             PeerMsg::Reap(m) => self.on_reap_msg(from, m),
             PeerMsg::Gossip(m) => self.on_gossip(from, m),
             PeerMsg::Transfer(m) => self.on_transfer_msg(from, m),
-        }
-    }
-
-    /// The replica role: merge writes into the store (or a hint), answer reads; and the
-    /// coordinator's side of the same exchange (acks and read replies).
-    fn on_replica_msg(&mut self, from: NodeId, msg: ReplicaMsg) {
-        match msg {
-            ReplicaMsg::Write {
-                op,
-                partition,
-                key,
-                object,
-                hint,
-            } => {
-                let result = match hint {
-                    Some(owner) if owner != self.id() => {
-                        self.merge_into_hint(owner, partition, &key, &object)
-                    }
-                    _ => self.merge_into_store(partition, &key, &object),
-                };
-                self.send(
-                    from,
-                    ReplicaMsg::WriteAck {
-                        op,
-                        result: result.map(|_| ()),
-                    },
-                );
-            }
-            ReplicaMsg::Read {
-                op,
-                partition,
-                key,
-                fallback_for,
-            } => {
-                let result = self
-                    .check_peer_key(partition, &key)
-                    .and_then(|_| {
-                        self.local_object(partition, &key, fallback_for)
-                            .map_err(|e| ReplicaError::Storage(e.to_string()))
-                    })
-                    .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o));
-                self.send(from, ReplicaMsg::ReadReply { op, result });
-            }
-            ReplicaMsg::WriteAck { op, result } => self.on_write_ack(from, op, result),
-            ReplicaMsg::ReadReply { op, result } => self.on_read_reply(from, op, result),
         }
     }
 
@@ -736,36 +579,5 @@ impl<S: Store> NodeCore<S> {
             self.deadlines.remove(&(t, op));
         }
         Some(pending)
-    }
-
-    /// Visit every entry of a space in key order, a page at a time.
-    pub(super) fn scan_each(&self, space: Space, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.store.scan(space, after.as_deref(), 1024)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.0.clone());
-            for (k, v) in &page {
-                f(k, v);
-            }
-        }
-        Ok(())
-    }
-
-    /// Read every key of a partition (for checkers, anti-entropy and transfers).
-    pub fn partition_objects(&self, p: PartitionId) -> Result<Vec<(Bytes, Object)>> {
-        let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self
-                .store
-                .scan(Space::Partition(p), after.as_deref(), 1024)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.0.clone());
-            for (k, v) in page {
-                out.push((Bytes::from(k), codec::decode_object(&v)?));
-            }
-        }
-        Ok(out)
     }
 }

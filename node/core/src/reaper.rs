@@ -44,7 +44,7 @@ fn tombstone_only(o: &Object) -> bool {
 }
 
 impl<S: Store> NodeCore<S> {
-    /// Track tombstone-only keys (called by `save`).
+    /// Track tombstone-only keys (a [`super::node::DataChange`] routed here).
     pub(super) fn note_tombstone(&mut self, p: PartitionId, key: &[u8], o: &Object) {
         if self.cfg.tombstone_grace_ms == 0 {
             return;
@@ -265,13 +265,10 @@ impl<S: Store> NodeCore<S> {
         if minted_here && !self.retire_actor() {
             return;
         }
-        if let Err(e) = self.store.remove(Space::Partition(p), key) {
+        if let Err(e) = self.remove_key(p, key) {
             tracing::warn!(partition = %p, error = %e, "cannot reap a tombstone");
             return;
         }
-        self.dirty = true;
-        self.tree_note(p, key, None);
-        self.tombstones.remove(&(p, Bytes::copy_from_slice(key)));
         self.stats.tombstones_reaped += 1;
     }
 }

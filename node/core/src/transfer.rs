@@ -19,14 +19,14 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::node::NodeCore;
-use super::types::{Object, ReplicaError, TransferMsg};
+use super::types::{ReplicaError, TransferMsg};
 use crate::codec;
 use crate::store::{Space, Store};
 
 /// Silence after which a receiver asks its sender whether a transfer still exists.
 const STALL_US: u64 = 10_000_000;
 /// How soon a node that just joined asks the members it speculatively expects data from.
-const SPECULATIVE_PROBE_US: u64 = 1_000_000;
+pub(super) const SPECULATIVE_PROBE_US: u64 = 1_000_000;
 
 /// First retry delay of a transfer batch; doubles per failure up to 30 s.
 const BACKOFF_BASE_US: u64 = 200_000;
@@ -279,47 +279,6 @@ impl<S: Store> NodeCore<S> {
         );
     }
 
-    /// A node that just joined does not know the map before its join, so it cannot tell which
-    /// members will send it which partition. It expects every partition it replicates from
-    /// every other member that owns data, and asks them soon ([`SPECULATIVE_PROBE_US`]): a
-    /// member that has no transfer for it answers `TransferNone` once its own map is at least
-    /// as new as `epoch`, the real senders stream their data. So the node turns `valid` only
-    /// after what it is due has arrived (or nobody has anything for it).
-    pub(super) fn expect_initial_transfers(&mut self, map: &PartitionMap, epoch: u64) {
-        let me = self.id();
-        let senders: Vec<NodeId> = match self.cluster_state() {
-            Some(state) => state
-                .members()
-                .iter()
-                .filter(|(id, m)| **id != me && m.status.owns_data())
-                .map(|(id, _)| *id)
-                .collect(),
-            None => return,
-        };
-        self.join_epoch = epoch;
-        for p in map.replicated_partitions(me, usize::from(self.cfg.n)) {
-            for from in senders.iter().copied() {
-                if self.receiving.contains_key(&(p, from)) {
-                    continue;
-                }
-                let rec = IncomingTransfer {
-                    partition: p,
-                    from,
-                    checkpoint: None,
-                    received: 0,
-                    done: false,
-                };
-                self.persist_in(&rec);
-                self.receiving.insert((p, from), rec);
-                self.speculative.insert((p, from));
-            }
-        }
-        tracing::info!(
-            receiving = self.incoming_pending(),
-            "joined: waiting for the partitions this node is due before it turns valid"
-        );
-    }
-
     fn count_keys(&self, p: PartitionId) -> u64 {
         let mut count = 0;
         let _ = self.scan_each(Space::Partition(p), |_, _| count += 1);
@@ -364,7 +323,7 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    fn persist_in(&mut self, rec: &IncomingTransfer) {
+    pub(super) fn persist_in(&mut self, rec: &IncomingTransfer) {
         match codec::encode(rec) {
             Ok(b) => {
                 if self
@@ -510,79 +469,6 @@ impl<S: Store> NodeCore<S> {
         );
     }
 
-    /// The receiver's side: merge the batch, checkpoint durably, acknowledge.
-    pub(super) fn on_transfer_batch(
-        &mut self,
-        from: NodeId,
-        batch: u64,
-        p: PartitionId,
-        items: Vec<(Bytes, Object)>,
-        last: bool,
-    ) {
-        let mut result = Ok(());
-        let mut upto = None;
-        if !self.joined
-            || !self
-                .map
-                .preference_list(p, usize::from(self.cfg.n))
-                .contains(&self.id())
-        {
-            // Not ready (still joining) or our map does not have us as a replica yet: refuse
-            // the whole batch so the sender keeps its copy and retries. Acknowledging here
-            // would let the sender drop data nobody stored.
-            result = Err(ReplicaError::Storage(
-                "not (yet) a replica of this partition; retry".into(),
-            ));
-        }
-        for (k, o) in items
-            .iter()
-            .take(if result.is_ok() { usize::MAX } else { 0 })
-        {
-            match self.merge_into_store(p, k, o) {
-                Ok(_) => {}
-                Err(ReplicaError::Rejected(why)) => {
-                    tracing::error!(%from, %why, "refusing a malformed transferred object");
-                    self.stats.corrupt_records += 1;
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-            upto = Some(k.clone());
-        }
-        if result.is_ok() {
-            let rec = self.receiving.entry((p, from)).or_insert(IncomingTransfer {
-                partition: p,
-                from,
-                checkpoint: None,
-                received: 0,
-                done: false,
-            });
-            rec.received += items.len() as u64;
-            if let Some(k) = &upto {
-                rec.checkpoint = Some(k.to_vec());
-            }
-            rec.done |= last;
-            let rec = rec.clone();
-            self.persist_in(&rec);
-            self.receiving_progress.insert((p, from), self.now);
-            self.speculative.remove(&(p, from));
-            self.stats.transfer_keys_received += items.len() as u64;
-        }
-        self.send(
-            from,
-            TransferMsg::Ack {
-                batch,
-                partition: p,
-                upto,
-                done: last,
-                result,
-            },
-        );
-        self.membership_progress();
-    }
-
     /// The sender's side: advance the cursor; after the last batch, drop the partition if this
     /// node is no longer a replica of it.
     pub(super) fn on_transfer_ack(
@@ -648,18 +534,14 @@ impl<S: Store> NodeCore<S> {
         if !self.retire_actor() {
             return;
         }
-        if let Err(e) = self.store.drop_partition(p) {
+        if let Err(e) = self.drop_partition_data(p) {
             tracing::warn!(partition = %p, error = %e, "cannot drop a handed-off partition");
             return;
         }
-        self.dirty = true;
-        self.trees.remove(&p);
-        self.tombstones.retain(|(tp, _), _| *tp != p);
         self.stats.partitions_dropped += 1;
         tracing::info!(partition = %p, "partition handed off and dropped");
     }
 
-    /// A receiver asks whether a transfer of `p` to it still exists.
     /// Route a transfer message to the sending or the receiving side.
     pub(super) fn on_transfer_msg(&mut self, from: NodeId, msg: TransferMsg) {
         match msg {
@@ -684,6 +566,7 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// A receiver asks whether a transfer of `p` to it still exists.
     pub(super) fn on_transfer_status(&mut self, from: NodeId, p: PartitionId, epoch: u64) {
         let live = self.sending.get(&(p, from)).is_some_and(|s| !s.rec.done);
         // With an older map than the asker's, this node may not have planned the transfer
@@ -691,19 +574,6 @@ impl<S: Store> NodeCore<S> {
         let current = self.cluster_state().map_or(0, |s| s.map().version.epoch);
         if !live && current >= epoch {
             self.send(from, TransferMsg::NoTransfer { partition: p });
-        }
-    }
-
-    /// The sender has no transfer of `p` for this node: stop waiting for it.
-    pub(super) fn on_transfer_none(&mut self, from: NodeId, p: PartitionId) {
-        if let Some(rec) = self.receiving.get_mut(&(p, from)) {
-            if !rec.done {
-                rec.done = true;
-                let rec = rec.clone();
-                self.persist_in(&rec);
-                tracing::info!(partition = %p, %from, "sender has no transfer for us; anti-entropy covers the rest");
-                self.membership_progress();
-            }
         }
     }
 

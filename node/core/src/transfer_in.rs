@@ -1,0 +1,143 @@
+//! The receiving side of partition transfers: merging batches durably and acknowledging them
+//! with the new checkpoint, and what a node that just joined expects.
+//!
+//! Inputs: [`super::types::TransferMsg::Batch`] and `NoTransfer` (`on_transfer_batch`,
+//! `on_transfer_none`), and the `Joined` gossip event (`expect_initial_transfers`). Stalled
+//! receivers are probed from `transfer_tick` in `transfer.rs`.
+
+use bytes::Bytes;
+use dynakv_ring::{NodeId, PartitionId, PartitionMap};
+
+use super::node::NodeCore;
+use super::transfer::IncomingTransfer;
+use super::types::{Object, ReplicaError, TransferMsg};
+use crate::store::Store;
+
+impl<S: Store> NodeCore<S> {
+    /// A node that just joined does not know the map before its join, so it cannot tell which
+    /// members will send it which partition. It expects every partition it replicates from
+    /// every other member that owns data, and asks them soon ([`SPECULATIVE_PROBE_US`]): a
+    /// member that has no transfer for it answers `TransferNone` once its own map is at least
+    /// as new as `epoch`, the real senders stream their data. So the node turns `valid` only
+    /// after what it is due has arrived (or nobody has anything for it).
+    pub(super) fn expect_initial_transfers(&mut self, map: &PartitionMap, epoch: u64) {
+        let me = self.id();
+        let senders: Vec<NodeId> = match self.cluster_state() {
+            Some(state) => state
+                .members()
+                .iter()
+                .filter(|(id, m)| **id != me && m.status.owns_data())
+                .map(|(id, _)| *id)
+                .collect(),
+            None => return,
+        };
+        self.join_epoch = epoch;
+        for p in map.replicated_partitions(me, usize::from(self.cfg.n)) {
+            for from in senders.iter().copied() {
+                if self.receiving.contains_key(&(p, from)) {
+                    continue;
+                }
+                let rec = IncomingTransfer {
+                    partition: p,
+                    from,
+                    checkpoint: None,
+                    received: 0,
+                    done: false,
+                };
+                self.persist_in(&rec);
+                self.receiving.insert((p, from), rec);
+                self.speculative.insert((p, from));
+            }
+        }
+        tracing::info!(
+            receiving = self.incoming_pending(),
+            "joined: waiting for the partitions this node is due before it turns valid"
+        );
+    }
+
+    /// The receiver's side: merge the batch, checkpoint durably, acknowledge.
+    pub(super) fn on_transfer_batch(
+        &mut self,
+        from: NodeId,
+        batch: u64,
+        p: PartitionId,
+        items: Vec<(Bytes, Object)>,
+        last: bool,
+    ) {
+        let mut result = Ok(());
+        let mut upto = None;
+        if !self.joined
+            || !self
+                .map
+                .preference_list(p, usize::from(self.cfg.n))
+                .contains(&self.id())
+        {
+            // Not ready (still joining) or our map does not have us as a replica yet: refuse
+            // the whole batch so the sender keeps its copy and retries. Acknowledging here
+            // would let the sender drop data nobody stored.
+            result = Err(ReplicaError::Storage(
+                "not (yet) a replica of this partition; retry".into(),
+            ));
+        }
+        for (k, o) in items
+            .iter()
+            .take(if result.is_ok() { usize::MAX } else { 0 })
+        {
+            match self.merge_into_store(p, k, o) {
+                Ok(_) => {}
+                Err(ReplicaError::Rejected(why)) => {
+                    tracing::error!(%from, %why, "refusing a malformed transferred object");
+                    self.stats.corrupt_records += 1;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            upto = Some(k.clone());
+        }
+        if result.is_ok() {
+            let rec = self.receiving.entry((p, from)).or_insert(IncomingTransfer {
+                partition: p,
+                from,
+                checkpoint: None,
+                received: 0,
+                done: false,
+            });
+            rec.received += items.len() as u64;
+            if let Some(k) = &upto {
+                rec.checkpoint = Some(k.to_vec());
+            }
+            rec.done |= last;
+            let rec = rec.clone();
+            self.persist_in(&rec);
+            self.receiving_progress.insert((p, from), self.now);
+            self.speculative.remove(&(p, from));
+            self.stats.transfer_keys_received += items.len() as u64;
+        }
+        self.send(
+            from,
+            TransferMsg::Ack {
+                batch,
+                partition: p,
+                upto,
+                done: last,
+                result,
+            },
+        );
+        self.membership_progress();
+    }
+
+    /// The sender has no transfer of `p` for this node: stop waiting for it.
+    pub(super) fn on_transfer_none(&mut self, from: NodeId, p: PartitionId) {
+        if let Some(rec) = self.receiving.get_mut(&(p, from)) {
+            if !rec.done {
+                rec.done = true;
+                let rec = rec.clone();
+                self.persist_in(&rec);
+                tracing::info!(partition = %p, %from, "sender has no transfer for us; anti-entropy covers the rest");
+                self.membership_progress();
+            }
+        }
+    }
+}

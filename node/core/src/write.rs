@@ -1,0 +1,333 @@
+//! The write path of the coordinator: a put or delete mints its dot here (against everything
+//! this node holds for the key), goes to the N targets, and answers after W acks (PW of them
+//! from primaries); targets silent past `fallback_after_ms` get a hinted fallback (sloppy
+//! quorum at run time).
+//!
+//! Inputs: a client put/delete (`start_write`), [`super::types::ReplicaMsg::WriteAck`]s
+//! (`on_write_ack`), and the write's fallback timer (`on_deadline` in `coordinator.rs`, which
+//! calls `fallback_writes`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use dynakv_ring::NodeId;
+
+use super::coordinator::{error, is_primary, PendingOp, Target, WriteOp};
+use super::node::{NodeCore, Origin};
+use super::types::{
+    ClientReply, OpId, PutReply, ReplicaError, ReplicaMsg, RequestError, RequestOptions, Value,
+};
+use crate::dvv::{Dot, DvvSet, VersionVector};
+use crate::store::Store;
+
+impl<S: Store> NodeCore<S> {
+    /// Start a put (or, with a tombstone, a delete).
+    pub(super) fn start_write(
+        &mut self,
+        origin: Origin,
+        key: Bytes,
+        value: Value,
+        context: VersionVector,
+        opts: RequestOptions,
+    ) {
+        let kind = if matches!(value, Value::Tombstone) {
+            "delete"
+        } else {
+            "put"
+        };
+        let checked = self.check_key(&key).and_then(|_| {
+            if let Value::Data(v) = &value {
+                if v.len() > self.cfg.max_value_bytes {
+                    return Err(RequestError::ValueTooLarge {
+                        len: v.len() as u64,
+                        max: self.cfg.max_value_bytes as u64,
+                    });
+                }
+            }
+            self.quorum(&opts, false)
+        });
+        let quorum = match checked {
+            Ok(q) => q,
+            Err(e) => return self.respond(origin, error(e)),
+        };
+        let max_counter = crate::codec::token::MAX_TOKEN_COUNTER;
+        if context.entries().iter().any(|(_, c)| *c > max_counter) {
+            return self.respond(
+                origin,
+                error(RequestError::InvalidOptions(format!(
+                    "context has a counter above {max_counter}; it did not come from this cluster"
+                ))),
+            );
+        }
+        let partition = self.map.partition_for_key(&key);
+        let mut targets = self.select_targets(partition, quorum.n);
+        if let Err(e) = self.check_reachable(kind, &targets, quorum) {
+            return self.respond(origin, error(e));
+        }
+        let me = self.id();
+        let i_am_primary = targets.iter().any(|t| t.node == me && t.hint_for.is_none());
+        let up_primary = targets
+            .iter()
+            .find(|t| t.hint_for.is_none())
+            .map(|t| t.node);
+        if let (false, Some(primary), Origin::Client(_)) = (i_am_primary, up_primary, origin) {
+            // Prefer a primary to coordinate (and mint the dot): fallbacks mint only when every
+            // primary is down, which keeps actor identities stable (see `retire_actor`).
+            return self.forward(origin, kind, quorum, primary, key, value, context, opts);
+        }
+        if !targets.iter().any(|t| t.node == me) {
+            if let Origin::Client(_) = origin {
+                let to = targets[0].node;
+                return self.forward(origin, kind, quorum, to, key, value, context, opts);
+            }
+            // Forwarded to us although our view says we are no target: coordinate anyway as
+            // an extra fallback for the first primary, so the write is not bounced around.
+            let owner = self
+                .map
+                .preference_list(partition, usize::from(quorum.n))
+                .first()
+                .copied()
+                .unwrap_or(me);
+            targets.push(Target {
+                node: me,
+                hint_for: Some(owner),
+            });
+        }
+        let my_target = targets
+            .iter()
+            .find(|t| t.node == me)
+            .copied()
+            .unwrap_or(Target {
+                node: me,
+                hint_for: None,
+            });
+
+        // Mint the new dot here: update against what this node holds for the key.
+        let local = match self.local_knowledge(partition, &key) {
+            Ok(local) => local,
+            Err(e) => return self.respond(origin, error(RequestError::Storage(e.to_string()))),
+        };
+        let object = DvvSet::update(
+            DvvSet::new_with_context(&context, value),
+            &local,
+            self.actor,
+        );
+        #[cfg(feature = "planted-bugs")]
+        let object = if self.cfg.has_bug(super::config::PlantedBug::LastWriteWins) {
+            object.keep_only_newest()
+        } else {
+            object
+        };
+        if let Err(e) = crate::codec::check_replica_object(&object) {
+            return self.respond(
+                origin,
+                error(RequestError::InvalidOptions(format!("bad context: {e}"))),
+            );
+        }
+        let encoded = crate::codec::encode_object(&object)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        if encoded > self.cfg.max_message_bytes / 2 {
+            return self.respond(
+                origin,
+                error(RequestError::ValueTooLarge {
+                    len: encoded as u64,
+                    max: (self.cfg.max_message_bytes / 2) as u64,
+                }),
+            );
+        }
+        let count = object.value_count();
+        if count > self.cfg.sibling_max as usize {
+            return self.respond(
+                origin,
+                error(RequestError::TooManySiblings {
+                    count: count as u32,
+                    max: self.cfg.sibling_max,
+                }),
+            );
+        }
+        let stored = match my_target.hint_for {
+            None => self
+                .save(partition, &key, &object)
+                .map_err(|e| e.to_string()),
+            Some(owner) => self
+                .merge_into_hint(owner, partition, &key, &object)
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}")),
+        };
+        if let Err(e) = stored {
+            return self.respond(origin, error(RequestError::Storage(e)));
+        }
+        let dot = Some(Dot {
+            actor: self.actor,
+            counter: object.join().get(&self.actor),
+        });
+        let op = self.next_op_id();
+        let deadline = self.deadline(quorum.timeout_ms);
+        let fallback_at = self.now + u64::from(self.cfg.fallback_after_ms) * 1000;
+        let fallback_at = (fallback_at < deadline).then_some(fallback_at);
+        for t in targets.iter().filter(|t| t.node != me) {
+            if t.hint_for.is_some() {
+                self.stats.sloppy_writes += 1;
+            }
+            self.send(
+                t.node,
+                ReplicaMsg::Write {
+                    op,
+                    partition,
+                    key: key.clone(),
+                    object: object.clone(),
+                    hint: t.hint_for,
+                },
+            );
+        }
+        let context = object.join();
+        self.add_op(
+            op,
+            deadline,
+            PendingOp::Write(WriteOp {
+                origin,
+                kind,
+                partition,
+                key,
+                object,
+                targets,
+                acked: BTreeSet::from([me]),
+                failed: BTreeMap::new(),
+                quorum,
+                context,
+                dot,
+                deadline,
+                fallback_at,
+                replied: false,
+            }),
+        );
+        if let Some(at) = fallback_at {
+            self.deadlines.insert((at, op));
+        }
+        self.check_write_done(op);
+    }
+
+    /// Sloppy quorum at run time: targets that did not answer within `fallback_after_ms` are
+    /// counted as down, and the write also goes to fallbacks with hints for them.
+    pub(super) fn fallback_writes(&mut self, op: OpId) {
+        let Some(PendingOp::Write(w)) = self.ops.get(&op) else {
+            return;
+        };
+        if w.replied && w.acked.len() + w.failed.len() >= w.targets.len() {
+            return;
+        }
+        let silent: Vec<Target> = w
+            .targets
+            .iter()
+            .filter(|t| !w.acked.contains(&t.node) && !w.failed.contains_key(&t.node))
+            .copied()
+            .collect();
+        let (partition, n) = (w.partition, w.quorum.n);
+        for t in silent {
+            self.mark_down(t.node);
+            let owner = t.hint_for.unwrap_or(t.node);
+            let Some(PendingOp::Write(w)) = self.ops.get(&op) else {
+                return;
+            };
+            let Some(fallback) = self.next_fallback(partition, n, &w.targets) else {
+                break;
+            };
+            let msg = ReplicaMsg::Write {
+                op,
+                partition,
+                key: w.key.clone(),
+                object: w.object.clone(),
+                hint: Some(owner),
+            };
+            if let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) {
+                w.targets.push(Target {
+                    node: fallback,
+                    hint_for: Some(owner),
+                });
+            }
+            self.stats.sloppy_writes += 1;
+            self.send(fallback, msg);
+        }
+    }
+
+    pub(super) fn on_write_ack(
+        &mut self,
+        from: NodeId,
+        op: OpId,
+        result: Result<(), ReplicaError>,
+    ) {
+        let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) else {
+            return; // late, duplicated or unknown: harmless
+        };
+        if !w.targets.iter().any(|t| t.node == from) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                w.failed.remove(&from);
+                w.acked.insert(from);
+            }
+            Err(e) => {
+                if !w.acked.contains(&from) {
+                    w.failed.insert(from, e);
+                }
+            }
+        }
+        self.check_write_done(op);
+    }
+
+    pub(super) fn check_write_done(&mut self, op: OpId) {
+        let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) else {
+            return;
+        };
+        let acks = w.acked.len();
+        let primary_acks = w
+            .acked
+            .iter()
+            .filter(|n| is_primary(&w.targets, **n))
+            .count();
+        let needed = usize::from(w.quorum.needed);
+        let needed_primaries = usize::from(w.quorum.primaries);
+        let mut reply = None;
+        if !w.replied && acks >= needed && primary_acks >= needed_primaries {
+            w.replied = true;
+            reply = Some((
+                w.origin,
+                ClientReply::Written(PutReply {
+                    context: w.context.clone(),
+                    dot: w.dot,
+                    acks: acks as u8,
+                    primary_acks: primary_acks as u8,
+                    fallback_acks: (acks - primary_acks) as u8,
+                }),
+            ));
+        } else if !w.replied && w.targets.len() - w.failed.len() < needed && w.fallback_at.is_none()
+        {
+            // Enough replicas refused that the quorum cannot be reached: fail now.
+            w.replied = true;
+            let detail = w
+                .failed
+                .iter()
+                .map(|(n, e)| format!("node {n}: {e:?}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            reply = Some((
+                w.origin,
+                error(RequestError::Storage(format!(
+                    "{} failed on {} of {} replicas ({detail})",
+                    w.kind,
+                    w.failed.len(),
+                    w.targets.len()
+                ))),
+            ));
+        }
+        let finished = w.replied && acks + w.failed.len() >= w.targets.len();
+        if let Some((origin, reply)) = reply {
+            self.respond(origin, reply);
+        }
+        if finished {
+            self.remove_op(op);
+        }
+    }
+}
