@@ -7,9 +7,7 @@
 //! replaces both siblings.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 
-use anyhow::Context as _;
 use dynakv_client::{Client, Context};
 
 #[tokio::main]
@@ -17,15 +15,8 @@ async fn main() -> anyhow::Result<()> {
     let key = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "cart".to_string());
-    let nodes = std::env::var("DYNAKV_NODES").unwrap_or_else(|_| "127.0.0.1:7101".into());
-    let seeds = nodes
-        .split(',')
-        .map(|s| s.trim().parse::<SocketAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .context("DYNAKV_NODES must be comma-separated host:port addresses")?;
-    let ca_path = std::env::var("DYNAKV_CA").unwrap_or_else(|_| "./dynakv-dev/ca.pem".into());
-    let ca = std::fs::read_to_string(&ca_path).with_context(|| format!("reading {ca_path}"))?;
-    let client = Client::connect(&seeds, &ca).await?;
+    // DYNAKV_NODES and DYNAKV_CA, with the defaults of the CLI.
+    let client = Client::from_env().await?;
 
     // Two writers that did not see each other: both survive as siblings.
     client

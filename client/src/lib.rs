@@ -1,18 +1,25 @@
-//! dynakv-client: the async Rust client of dynakv.
+//! dynakv-client: the async Rust client of dynakv (and the one client code path of the
+//! `dynakv` CLI).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dynakv_client::ClientError> {
 //! use dynakv_client::{Client, Context};
-//! let ca = std::fs::read_to_string("dynakv-dev/ca.pem").unwrap_or_default();
-//! let client = Client::connect(&["127.0.0.1:7101".parse().unwrap()], &ca).await?;
+//! let client = Client::from_env().await?;     // DYNAKV_NODES and DYNAKV_CA, as the CLI
 //! let ctx = client.put(b"k", b"v1", &Context::empty()).await?;
 //! let obj = client.get(b"k").await?;          // every sibling + the causal context
 //! client.put(b"k", b"merged", &obj.context).await?; // supersedes what was read
 //! # let _ = ctx; Ok(()) }
 //! ```
 //!
-//! # Layout
-//! - this file: [`Client`], [`Object`], [`Context`], [`Options`] and [`ClientError`].
+//! # Environment
+//! [`Client::from_env`] reads the same two variables as the `dynakv` CLI:
+//! - `DYNAKV_NODES` ([`NODES_ENV`]): comma-separated `IP:PORT` seeds, tried in order
+//!   (default [`DEFAULT_NODES`], node 1 of `dynakv dev`);
+//! - `DYNAKV_CA` ([`CA_ENV`]): the cluster CA certificate file (default [`DEFAULT_CA`], the
+//!   CA of a `dynakv dev` cluster in the current directory).
+//!
+//! `dynakv dev` prints an `export DYNAKV_NODES=... DYNAKV_CA=...` line for its cluster.
+//! [`Client::connect`] takes the same settings explicitly.
 //!
 //! # Routing and retries
 //! [`Client::connect`] asks a seed for the cluster (members, partition map, default N) and sends
@@ -22,145 +29,69 @@
 //! value, two dots: two equal siblings at worst); a failed quorum is NOT retried, it is
 //! reported as [`ClientError::Timeout`]. A node that failed is tried last for a while (500 ms,
 //! doubling per failure up to 10 s), so a dead node does not cost every request a dial timeout.
-//! [`Client::direct`] sends everything to one node.
+//! [`Client::direct`] sends everything to one node, which coordinates; [`Client::direct_many`]
+//! sends each request to the first of several nodes that answers (what the CLI does).
+//!
+//! # Node-level requests
+//! [`Client::status`], [`Client::cluster_info`], [`Client::admin`] and [`Client::join`] go to
+//! the client's own addresses in order (the seeds of a routed client), then the other members.
+//! Admin and join requests move on to the next node only when a node cannot be dialled: once a
+//! node may have received one, its failure is final, so a `leave` never acts on two nodes.
+//!
+//! # Full replies
+//! [`Client::get_detailed`], [`Client::put_detailed`] and [`Client::delete_detailed`] return
+//! the coordinator's whole reply ([`GetReply`], [`PutReply`]: reply and acknowledgement
+//! counts) and its address, in an [`Answered`].
+//!
+//! # Timeouts
+//! Dialling a node is bounded by `dynakv_transport::DIAL_TIMEOUT` (3 s). A get/put/delete
+//! waits for its reply the request timeout plus 3 s (30 s without one: the node then applies
+//! the cluster default, well below that); cluster info 5 s, status 10 s, admin and join 20 s
+//! (a join first dials the seed).
+//!
+//! # Layout
+//! - this file: [`Client`], its constructors and requests, and the timeouts;
+//! - `env`: [`Client::from_env`] and the variable names and defaults;
+//! - `send`: node order, connections, failover, backoff and suspicion of failed nodes;
+//! - `types`: [`Context`], [`Object`], [`Options`], [`Answered`];
+//! - `error`: [`ClientError`].
+
+mod env;
+mod error;
+mod send;
+mod types;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dynakv_proto::codec::token::{context_from_token, context_to_token};
-use dynakv_proto::dvv::VersionVector;
-use dynakv_proto::wire::{ClientFrame, ClusterInfo, ServerFrame};
-use dynakv_proto::{ClientReply, ClientRequest, RequestOptions};
-use dynakv_transport::call;
-use dynakv_transport::{client_config, client_endpoint, connect};
+use dynakv_proto::wire::{ClientFrame, ServerFrame};
+use dynakv_proto::{ClientReply, ClientRequest};
 use tokio::sync::Mutex;
 
-pub use dynakv_proto::RequestError;
+pub use dynakv_proto::wire::{ClusterInfo, StatusReport};
+pub use dynakv_proto::{AdminRequest, GetReply, PutReply, RequestError};
+pub use dynakv_ring::NodeId;
+pub use env::{CA_ENV, DEFAULT_CA, DEFAULT_NODES, NODES_ENV};
+pub use error::ClientError;
+pub use types::{Answered, Context, Object, Options};
 
-/// Bound on dialling one node.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+use send::{core_reply, endpoint_for, unexpected, Failover};
+
 /// Extra wait beyond the request timeout before a reply is given up on.
 const REPLY_GRACE: Duration = Duration::from_secs(3);
 /// Wait when no timeout is set (the node applies the cluster default, well below this).
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-/// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(20);
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
-/// How long a node that just failed is tried last; doubles per failure up to [`MAX_SUSPECT`].
-const MIN_SUSPECT: Duration = Duration::from_millis(500);
-const MAX_SUSPECT: Duration = Duration::from_secs(10);
-
-/// Every error the client reports.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// No node could be reached; the message lists what was tried.
-    #[error("cannot reach the cluster: {0}")]
-    Unreachable(String),
-    /// The coordinator did not get its quorum in time; carries the node's message.
-    #[error("{message}")]
-    Timeout {
-        /// The coordinator's explanation (who answered, how many were needed).
-        message: String,
-        /// The node that coordinated.
-        node: SocketAddr,
-    },
-    /// The node refused or failed the request (bad options, too large, storage, ...).
-    #[error("request failed at {node}: {error}")]
-    Request {
-        /// The reason.
-        error: RequestError,
-        /// The node that answered.
-        node: SocketAddr,
-    },
-    /// A context token could not be decoded.
-    #[error("malformed context: {0}")]
-    MalformedContext(String),
-    /// TLS setup failed (bad CA certificate).
-    #[error("tls: {0}")]
-    Tls(String),
-    /// The node answered something this client does not understand.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-}
-
-/// The causal context of a read: write back with it to replace what was read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Context(VersionVector);
-
-impl Context {
-    /// The empty context: a write with it is blind (it becomes a sibling of what is stored).
-    pub fn empty() -> Context {
-        Context::default()
-    }
-
-    /// The opaque text form (what the CLI prints and takes).
-    pub fn to_token(&self) -> String {
-        context_to_token(&self.0)
-    }
-
-    /// Parses a token from [`Context::to_token`] or the CLI.
-    pub fn from_token(token: &str) -> Result<Context, ClientError> {
-        context_from_token(token)
-            .map(Context)
-            .map_err(|e| ClientError::MalformedContext(e.to_string()))
-    }
-
-    /// The version vector inside.
-    pub fn version_vector(&self) -> &VersionVector {
-        &self.0
-    }
-}
-
-/// What a get returns: every live sibling and the context covering them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Object {
-    /// The siblings (empty when the key is missing or deleted).
-    pub values: Vec<Bytes>,
-    /// The causal context.
-    pub context: Context,
-}
-
-/// Per-request overrides of the cluster defaults.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Options {
-    /// Replicas per key.
-    pub n: Option<u8>,
-    /// Read quorum.
-    pub r: Option<u8>,
-    /// Write quorum.
-    pub w: Option<u8>,
-    /// Replies a get needs from primary replicas (PR, at most R); fallbacks do not count.
-    pub pr: Option<u8>,
-    /// Acknowledgements a put or delete needs from primary replicas (PW, at most W); the write
-    /// fails with [`RequestError::PrimariesUnavailable`] rather than rely on fallbacks.
-    pub pw: Option<u8>,
-    /// Request timeout (whole milliseconds are sent).
-    pub timeout: Option<Duration>,
-}
-
-impl Options {
-    fn request(&self) -> RequestOptions {
-        RequestOptions {
-            n: self.n,
-            r: self.r,
-            w: self.w,
-            pr: self.pr,
-            pw: self.pw,
-            timeout_ms: self
-                .timeout
-                .map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
-        }
-    }
-
-    fn wait(&self) -> Duration {
-        self.timeout
-            .map(|t| t + REPLY_GRACE)
-            .unwrap_or(DEFAULT_WAIT)
-    }
-}
+/// Wait for a cluster-info reply.
+const CLUSTER_INFO_WAIT: Duration = Duration::from_secs(5);
+/// Wait for a status reply.
+const STATUS_WAIT: Duration = Duration::from_secs(10);
+/// Wait for an admin or join reply (a join first dials the seed).
+const ADMIN_WAIT: Duration = Duration::from_secs(20);
+/// How long [`Client::close`] waits for the nodes to learn the connections are closed.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
 /// A connection to a dynakv cluster. Cheap to clone; share it between tasks.
 #[derive(Debug, Clone)]
@@ -173,7 +104,7 @@ struct Inner {
     endpoint: quinn::Endpoint,
     /// `None` for a direct client.
     cluster: Option<ClusterInfo>,
-    /// Where every request goes when there is no cluster view.
+    /// Where every request goes when there is no cluster view (the seeds of a routed client).
     direct: Vec<SocketAddr>,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
     /// Nodes that failed recently: tried last until the instant, so one dead node does not
@@ -181,39 +112,16 @@ struct Inner {
     suspect: std::sync::Mutex<HashMap<SocketAddr, (Instant, Duration)>>,
 }
 
-fn endpoint_for(addrs: &[SocketAddr], ca_pem: &str) -> Result<quinn::Endpoint, ClientError> {
-    let cfg = client_config(ca_pem).map_err(|e| ClientError::Tls(e.to_string()))?;
-    let bind: SocketAddr = if addrs.iter().all(SocketAddr::is_ipv4) {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    client_endpoint(bind, cfg).map_err(|e| ClientError::Unreachable(e.to_string()))
-}
-
 impl Client {
     /// Connects through the first seed that answers, learns the members and partition map, and
     /// routes each request to a replica of its key. `ca_pem` is the cluster CA certificate.
+    /// Must be called inside a tokio runtime.
     pub async fn connect(seeds: &[SocketAddr], ca_pem: &str) -> Result<Client, ClientError> {
         if seeds.is_empty() {
             return Err(ClientError::Unreachable("no seed addresses given".into()));
         }
         let direct = Client::direct_many(seeds, ca_pem)?;
-        let reply = direct
-            .send(
-                seeds.to_vec(),
-                &ClientFrame::ClusterInfo,
-                Duration::from_secs(5),
-            )
-            .await?;
-        let info = match reply.0 {
-            ServerFrame::ClusterInfo(info) => info,
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected cluster info, got {other:?}"
-                )))
-            }
-        };
+        let info = direct.cluster_info().await?;
         let inner = Arc::try_unwrap(direct.inner)
             .map_err(|_| ClientError::Protocol("client shared during connect".into()))?;
         Ok(Client {
@@ -225,11 +133,18 @@ impl Client {
     }
 
     /// A client that sends every request to `addr`, which coordinates it (no routing).
+    /// Dials lazily, on the first request. Must be called inside a tokio runtime.
     pub fn direct(addr: SocketAddr, ca_pem: &str) -> Result<Client, ClientError> {
         Client::direct_many(&[addr], ca_pem)
     }
 
-    fn direct_many(addrs: &[SocketAddr], ca_pem: &str) -> Result<Client, ClientError> {
+    /// A client that sends each request to the first of `addrs` that answers (in order, nodes
+    /// that failed recently last), which coordinates it (no routing). This is how the CLI uses
+    /// `DYNAKV_NODES`. Dials lazily. Must be called inside a tokio runtime.
+    pub fn direct_many(addrs: &[SocketAddr], ca_pem: &str) -> Result<Client, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::Unreachable("no node addresses given".into()));
+        }
         Ok(Client {
             inner: Arc::new(Inner {
                 endpoint: endpoint_for(addrs, ca_pem)?,
@@ -253,18 +168,31 @@ impl Client {
 
     /// Reads every sibling of `key`.
     pub async fn get_with(&self, key: &[u8], opts: Options) -> Result<Object, ClientError> {
+        let got = self.get_detailed(key, opts).await?.reply;
+        Ok(Object {
+            values: got.values,
+            context: Context::from(got.context),
+        })
+    }
+
+    /// Reads every sibling of `key`; returns the coordinator's full reply (with how many
+    /// replicas answered, and how many of them were primaries) and its address.
+    pub async fn get_detailed(
+        &self,
+        key: &[u8],
+        opts: Options,
+    ) -> Result<Answered<GetReply>, ClientError> {
         let request = ClientRequest::Get {
             key: Bytes::copy_from_slice(key),
             opts: opts.request(),
         };
-        match self.core(key, request, opts).await? {
-            ClientReply::Got(g) => Ok(Object {
-                values: g.values,
-                context: Context(g.context),
+        let answered = self.keyed(key, request, opts).await?;
+        match answered.reply {
+            ClientReply::Got(reply) => Ok(Answered {
+                node: answered.node,
+                reply,
             }),
-            other => Err(ClientError::Protocol(format!(
-                "unexpected reply to get: {other:?}"
-            ))),
+            other => Err(unexpected(answered.node, &other)),
         }
     }
 
@@ -286,10 +214,23 @@ impl Client {
         context: &Context,
         opts: Options,
     ) -> Result<Context, ClientError> {
+        let written = self.put_detailed(key, value, context, opts).await?;
+        Ok(Context::from(written.reply.context))
+    }
+
+    /// Writes `value` with per-request options; returns the coordinator's full reply (the new
+    /// context and the acknowledgements: total, from primaries, from fallbacks) and its address.
+    pub async fn put_detailed(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        context: &Context,
+        opts: Options,
+    ) -> Result<Answered<PutReply>, ClientError> {
         let request = ClientRequest::Put {
             key: Bytes::copy_from_slice(key),
             value: Bytes::copy_from_slice(value),
-            context: context.0.clone(),
+            context: context.version_vector().clone(),
             opts: opts.request(),
         };
         self.write(key, request, opts).await
@@ -307,12 +248,122 @@ impl Client {
         context: &Context,
         opts: Options,
     ) -> Result<Context, ClientError> {
+        let written = self.delete_detailed(key, context, opts).await?;
+        Ok(Context::from(written.reply.context))
+    }
+
+    /// Deletes with per-request options; returns the coordinator's full reply and its address
+    /// (as [`Client::put_detailed`]).
+    pub async fn delete_detailed(
+        &self,
+        key: &[u8],
+        context: &Context,
+        opts: Options,
+    ) -> Result<Answered<PutReply>, ClientError> {
         let request = ClientRequest::Delete {
             key: Bytes::copy_from_slice(key),
-            context: context.0.clone(),
+            context: context.version_vector().clone(),
             opts: opts.request(),
         };
         self.write(key, request, opts).await
+    }
+
+    /// Asks a node (see "Node-level requests") for the members, partition map and quorum
+    /// defaults. A node that is not in a cluster yet answers [`ClientError::Refused`].
+    pub async fn cluster_info(&self) -> Result<ClusterInfo, ClientError> {
+        let (frame, node) = self
+            .send(
+                self.node_targets(),
+                &ClientFrame::ClusterInfo,
+                CLUSTER_INFO_WAIT,
+                Failover::Always,
+            )
+            .await?;
+        match frame {
+            ServerFrame::ClusterInfo(info) => Ok(info),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Asks a node (see "Node-level requests") for its view of the cluster: members, who is
+    /// up or down, pending hints, partition transfers and its counters.
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        let (frame, node) = self
+            .send(
+                self.node_targets(),
+                &ClientFrame::Status,
+                STATUS_WAIT,
+                Failover::Always,
+            )
+            .await?;
+        match frame {
+            ServerFrame::Status(report) => Ok(*report),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Sends a membership change to the first node that answers (see "Node-level requests"):
+    /// [`AdminRequest::Leave`] makes that node leave, [`AdminRequest::Remove`] removes a
+    /// (dead) node through it. Returns what the node staged and its address.
+    pub async fn admin(&self, request: AdminRequest) -> Result<Answered<String>, ClientError> {
+        let answered = self
+            .core(
+                self.node_targets(),
+                ClientRequest::Admin(request),
+                ADMIN_WAIT,
+                Failover::BeforeSend,
+            )
+            .await?;
+        match answered.reply {
+            ClientReply::Admin(result) => Ok(Answered {
+                node: answered.node,
+                reply: result,
+            }),
+            other => Err(unexpected(answered.node, &other)),
+        }
+    }
+
+    /// Makes the first node that answers, which must not be in a cluster yet, join the cluster
+    /// of the member at `seed`. Returns the node's message and its address; a node already in
+    /// a cluster answers [`ClientError::Refused`].
+    pub async fn join(&self, seed: SocketAddr) -> Result<Answered<String>, ClientError> {
+        let (frame, node) = self
+            .send(
+                self.node_targets(),
+                &ClientFrame::Join { seed },
+                ADMIN_WAIT,
+                Failover::BeforeSend,
+            )
+            .await?;
+        match core_reply(frame, node)? {
+            ClientReply::Admin(result) => Ok(Answered {
+                node,
+                reply: result,
+            }),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Closes every open connection and waits briefly (at most 500 ms) for the nodes to learn
+    /// it, so they free the connection at once instead of after their idle timeout. Call it
+    /// before a short-lived program exits; a request after `close` dials again.
+    pub async fn close(&self) {
+        for conn in self.take_conns().await {
+            conn.close(0u32.into(), b"done");
+        }
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.inner.endpoint.wait_idle()).await;
+    }
+
+    /// A get, put or delete of `key`: routed to its replicas (or the direct addresses).
+    async fn keyed(
+        &self,
+        key: &[u8],
+        request: ClientRequest,
+        opts: Options,
+    ) -> Result<Answered<ClientReply>, ClientError> {
+        let nodes = self.candidates(key, opts.n);
+        self.core(nodes, request, opts.wait(), Failover::Always)
+            .await
     }
 
     async fn write(
@@ -320,148 +371,14 @@ impl Client {
         key: &[u8],
         request: ClientRequest,
         opts: Options,
-    ) -> Result<Context, ClientError> {
-        match self.core(key, request, opts).await? {
-            ClientReply::Written(w) => Ok(Context(w.context)),
-            other => Err(ClientError::Protocol(format!(
-                "unexpected reply to a write: {other:?}"
-            ))),
+    ) -> Result<Answered<PutReply>, ClientError> {
+        let answered = self.keyed(key, request, opts).await?;
+        match answered.reply {
+            ClientReply::Written(reply) => Ok(Answered {
+                node: answered.node,
+                reply,
+            }),
+            other => Err(unexpected(answered.node, &other)),
         }
-    }
-
-    /// The nodes to try for `key`, best first.
-    fn candidates(&self, key: &[u8], n: Option<u8>) -> Vec<SocketAddr> {
-        let Some(info) = &self.inner.cluster else {
-            return self.inner.direct.clone();
-        };
-        let addr_of = |id| info.members.iter().find(|(m, _)| *m == id).map(|(_, a)| *a);
-        let n = usize::from(n.unwrap_or(info.n).max(1));
-        let p = info.map.partition_for_key(key);
-        let mut out: Vec<SocketAddr> = info
-            .map
-            .preference_list(p, n)
-            .into_iter()
-            .filter_map(addr_of)
-            .collect();
-        for (_, addr) in &info.members {
-            if !out.contains(addr) {
-                out.push(*addr);
-            }
-        }
-        out
-    }
-
-    async fn core(
-        &self,
-        key: &[u8],
-        request: ClientRequest,
-        opts: Options,
-    ) -> Result<ClientReply, ClientError> {
-        let nodes = self.candidates(key, opts.n);
-        let (reply, node) = self
-            .send(nodes, &ClientFrame::Core(request), opts.wait())
-            .await?;
-        match reply {
-            ServerFrame::Core(ClientReply::Error(error @ RequestError::Timeout { .. })) => {
-                Err(ClientError::Timeout {
-                    message: error.to_string(),
-                    node,
-                })
-            }
-            ServerFrame::Core(ClientReply::Error(error)) => {
-                Err(ClientError::Request { error, node })
-            }
-            ServerFrame::Core(reply) => Ok(reply),
-            other => Err(ClientError::Protocol(format!(
-                "unexpected reply: {other:?}"
-            ))),
-        }
-    }
-
-    /// Sends `frame` to the first node in `nodes` that answers, backing off between attempts.
-    async fn send(
-        &self,
-        nodes: Vec<SocketAddr>,
-        frame: &ClientFrame,
-        wait: Duration,
-    ) -> Result<(ServerFrame, SocketAddr), ClientError> {
-        let nodes = self.healthy_first(nodes);
-        let mut failures = Vec::new();
-        let mut backoff = MIN_BACKOFF;
-        for (i, addr) in nodes.iter().copied().enumerate() {
-            if i > 0 {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            let conn = match self.conn(addr).await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    self.suspect(addr);
-                    failures.push(format!("{addr}: {e}"));
-                    continue;
-                }
-            };
-            match call(&conn, frame, wait).await {
-                Ok(ServerFrame::Error(msg)) => {
-                    return Err(ClientError::Protocol(format!("{addr}: {msg}")))
-                }
-                Ok(reply) => {
-                    self.trust(addr);
-                    return Ok((reply, addr));
-                }
-                Err(e) => {
-                    tracing::debug!(%addr, error = %e, "request failed; trying the next node");
-                    self.inner.conns.lock().await.remove(&addr);
-                    self.suspect(addr);
-                    failures.push(format!("{addr}: {e}"));
-                }
-            }
-        }
-        Err(ClientError::Unreachable(failures.join("; ")))
-    }
-
-    /// `nodes` in order, except that nodes which failed recently go last (in their order).
-    fn healthy_first(&self, nodes: Vec<SocketAddr>) -> Vec<SocketAddr> {
-        let now = Instant::now();
-        let Ok(suspect) = self.inner.suspect.lock() else {
-            return nodes;
-        };
-        let bad = |a: &SocketAddr| suspect.get(a).is_some_and(|(until, _)| *until > now);
-        let (mut good, bad): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|a| !bad(a));
-        good.extend(bad);
-        good
-    }
-
-    fn suspect(&self, addr: SocketAddr) {
-        if let Ok(mut suspect) = self.inner.suspect.lock() {
-            let next = suspect
-                .get(&addr)
-                .map(|(_, d)| (*d * 2).min(MAX_SUSPECT))
-                .unwrap_or(MIN_SUSPECT);
-            suspect.insert(addr, (Instant::now() + next, next));
-        }
-    }
-
-    fn trust(&self, addr: SocketAddr) {
-        if let Ok(mut suspect) = self.inner.suspect.lock() {
-            suspect.remove(&addr);
-        }
-    }
-
-    /// A live connection to `addr`, dialled on first use.
-    async fn conn(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
-        if let Some(conn) = self.inner.conns.lock().await.get(&addr) {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
-        }
-        // Dial without holding the lock, so a dead node does not stall requests to live ones.
-        // Two tasks may race to dial the same node; the later connection wins, both work.
-        let conn = tokio::time::timeout(DIAL_TIMEOUT, connect(&self.inner.endpoint, addr))
-            .await
-            .map_err(|_| format!("no answer within {DIAL_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
-        self.inner.conns.lock().await.insert(addr, conn.clone());
-        Ok(conn)
     }
 }

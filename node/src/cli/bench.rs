@@ -1,9 +1,10 @@
 //! `dynakv bench`: a closed-loop load generator.
 //!
 //! `--concurrency` workers each send one request, wait for its reply, and send the next, for
-//! `--duration` seconds. Requests are spread round-robin over the target nodes (each coordinates
-//! what it receives). Writes carry the latest context seen for their key, so siblings stay
-//! bounded by real concurrency instead of growing with every write.
+//! `--duration` seconds. There is one direct [`Client`] (one connection) per target node, and
+//! the workers are spread round-robin over them (each node coordinates what it receives).
+//! Writes carry the latest context seen for their key, so siblings stay bounded by real
+//! concurrency instead of growing with every write.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,14 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use bytes::Bytes;
 use clap::Args;
-use dynakv_proto::dvv::VersionVector;
-use dynakv_proto::wire::{ClientFrame, ServerFrame};
-use dynakv_proto::{ClientReply, ClientRequest, RequestOptions};
+use dynakv_client::{Client, Context, Options};
 use rand::{Rng, SeedableRng};
 
-use super::conn::{Session, Target};
+use super::conn::Target;
 
 /// Flags of `dynakv bench`.
 #[derive(Debug, Args)]
@@ -47,7 +45,7 @@ pub struct BenchArgs {
     /// Write quorum (default: the cluster's).
     #[arg(long)]
     pub w: Option<u8>,
-    /// Target nodes: --node for one, else every node in DYNAKV_NODES.
+    /// Target nodes: every node of --node (or DYNAKV_NODES), one connection each.
     #[command(flatten)]
     pub target: Target,
 }
@@ -66,23 +64,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 || args.keys == 0 || args.duration == 0 {
         bail!("--concurrency, --keys and --duration must be positive");
     }
-    let mut sessions = Vec::new();
-    for node in args.target.nodes()? {
-        let target = Target {
-            node: Some(node),
-            ca: args.target.ca.clone(),
-        };
-        sessions.push(Arc::new(target.connect().await?));
+    let ca = args.target.ca_pem()?;
+    let mut clients = Vec::new();
+    for &node in &args.target.nodes {
+        let client = Client::direct(node, &ca)?;
+        // Dial now, so an unreachable node fails the run before it starts.
+        client.cluster_info().await?;
+        clients.push(client);
     }
-    let opts = RequestOptions {
+    let opts = Options {
         n: args.n,
         r: args.r,
         w: args.w,
-        ..RequestOptions::default()
+        ..Options::default()
     };
     let counters = Arc::new(Counters::default());
-    let contexts: Arc<Mutex<HashMap<u64, VersionVector>>> = Arc::default();
-    let value = Bytes::from(vec![b'x'; args.value_size]);
+    let contexts: Arc<Mutex<HashMap<u64, Context>>> = Arc::default();
+    let value: Arc<[u8]> = vec![b'x'; args.value_size].into();
     let started = Instant::now();
     let end = started + Duration::from_secs(args.duration);
     eprintln!(
@@ -92,11 +90,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.keys,
         args.value_size,
         args.read_ratio,
-        sessions.len()
+        clients.len()
     );
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let session = sessions[w as usize % sessions.len()].clone();
+        let client = clients[w as usize % clients.len()].clone();
         let counters = counters.clone();
         let contexts = contexts.clone();
         let value = value.clone();
@@ -108,7 +106,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let k = rng.gen_range(0..keys);
                 let read = rng.gen_bool(read_ratio);
                 let t0 = Instant::now();
-                let ok = one(&session, k, read, &value, opts, &contexts).await;
+                let ok = one(&client, k, read, &value, opts, &contexts).await;
                 latencies.push(t0.elapsed().as_micros() as u64);
                 let c = if ok { &counters.ok } else { &counters.failed };
                 c.fetch_add(1, Ordering::Relaxed);
@@ -158,46 +156,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         pct(0.99),
         pct(0.999)
     );
-    for s in sessions {
-        if let Ok(s) = Arc::try_unwrap(s) {
-            s.close().await;
-        }
+    for client in clients {
+        client.close().await;
     }
     Ok(())
 }
 
 /// One request; true on success. Keeps the per-key context cache current.
 async fn one(
-    session: &Session,
+    client: &Client,
     k: u64,
     read: bool,
-    value: &Bytes,
-    opts: RequestOptions,
-    contexts: &Mutex<HashMap<u64, VersionVector>>,
+    value: &[u8],
+    opts: Options,
+    contexts: &Mutex<HashMap<u64, Context>>,
 ) -> bool {
-    let key = Bytes::from(format!("bench-{k}").into_bytes());
-    let request = if read {
-        ClientRequest::Get { key, opts }
+    let key = format!("bench-{k}");
+    let result = if read {
+        client
+            .get_with(key.as_bytes(), opts)
+            .await
+            .map(|object| object.context)
     } else {
         let context = contexts
             .lock()
             .ok()
             .and_then(|m| m.get(&k).cloned())
             .unwrap_or_default();
-        ClientRequest::Put {
-            key,
-            value: value.clone(),
-            context,
-            opts,
-        }
+        client.put_with(key.as_bytes(), value, &context, opts).await
     };
-    let context = match session
-        .call(&ClientFrame::Core(request), Duration::from_secs(30))
-        .await
-    {
-        Ok(ServerFrame::Core(ClientReply::Got(g))) => g.context,
-        Ok(ServerFrame::Core(ClientReply::Written(w))) => w.context,
-        _ => return false,
+    let Ok(context) = result else {
+        return false;
     };
     if let Ok(mut m) = contexts.lock() {
         m.insert(k, context);

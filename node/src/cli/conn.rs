@@ -1,130 +1,84 @@
-//! Where the CLI sends a request and how it trusts the node.
-//!
-//! Where: `--node ADDR`, else env `DYNAKV_NODES` (comma separated, tried in order until one
-//! answers), else 127.0.0.1:7101. Trust: `--ca FILE`, else env `DYNAKV_CA`, else
-//! ./dynakv-dev/ca.pem. The node that receives a request coordinates it.
+//! Where the CLI sends a request and how it trusts the node: the `--node` and `--ca` flags
+//! (and their variables `DYNAKV_NODES` and `DYNAKV_CA`), which build a [`Client`]. Every client
+//! call of the CLI goes through `dynakv-client`: one connection code path, one set of timeouts.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::Context as _;
 use clap::Args;
-use dynakv_proto::wire::{ClientFrame, ServerFrame};
-use dynakv_transport::call;
-use dynakv_transport::{client_config, client_endpoint, connect};
-
-/// Bound on dialling one node (handshake included).
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
-/// The node used when neither --node nor DYNAKV_NODES says otherwise.
-const DEFAULT_NODE: &str = "127.0.0.1:7101";
-/// The CA used when neither --ca nor DYNAKV_CA says otherwise.
-const DEFAULT_CA: &str = "./dynakv-dev/ca.pem";
+use dynakv_client::{Client, CA_ENV, DEFAULT_CA, DEFAULT_NODES, NODES_ENV};
 
 /// `--node` and `--ca`, shared by every command that talks to a node.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 pub struct Target {
-    /// Node to send the request to (it coordinates). Default: env DYNAKV_NODES (comma
-    /// separated, first that answers), else 127.0.0.1:7101.
-    #[arg(long, value_name = "ADDR")]
-    pub node: Option<SocketAddr>,
-    /// CA certificate to verify nodes with. Default: env DYNAKV_CA, else ./dynakv-dev/ca.pem.
-    #[arg(long, value_name = "FILE")]
-    pub ca: Option<PathBuf>,
+    /// Node to send the request to; it coordinates the request (or is the node a `join`,
+    /// `leave` or `status` is about). A comma-separated list (env DYNAKV_NODES) is tried in
+    /// order until a node answers.
+    #[arg(
+        long = "node",
+        value_name = "ADDR",
+        env = NODES_ENV,
+        value_delimiter = ',',
+        default_value = DEFAULT_NODES,
+        value_parser = parse_addr,
+    )]
+    pub nodes: Vec<SocketAddr>,
+    /// CA certificate (PEM) to verify nodes with.
+    #[arg(long = "ca", value_name = "FILE", env = CA_ENV, default_value = DEFAULT_CA)]
+    pub ca: PathBuf,
+}
+
+/// One `IP:PORT` of `--node`/`DYNAKV_NODES` (blanks around it are ignored).
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IP:PORT address"))
 }
 
 impl Target {
-    /// The candidate nodes, in the order to try them.
-    pub fn nodes(&self) -> anyhow::Result<Vec<SocketAddr>> {
-        if let Some(node) = self.node {
-            return Ok(vec![node]);
-        }
-        let list = std::env::var("DYNAKV_NODES").unwrap_or_else(|_| DEFAULT_NODE.to_string());
-        let mut out = Vec::new();
-        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            out.push(
-                part.parse()
-                    .map_err(|_| anyhow!("bad address {part:?} in DYNAKV_NODES"))?,
-            );
-        }
-        if out.is_empty() {
-            bail!("DYNAKV_NODES is empty");
-        }
-        Ok(out)
-    }
-
     /// The CA certificate PEM.
     pub fn ca_pem(&self) -> anyhow::Result<String> {
-        let path = self
-            .ca
-            .clone()
-            .or_else(|| std::env::var_os("DYNAKV_CA").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CA));
-        std::fs::read_to_string(&path).with_context(|| {
+        std::fs::read_to_string(&self.ca).with_context(|| {
             format!(
-                "cannot read the CA certificate {} (pass --ca FILE or set DYNAKV_CA)",
-                path.display()
+                "cannot read the CA certificate {} (pass --ca FILE or set {CA_ENV})",
+                self.ca.display()
             )
         })
     }
 
-    /// Dials the first node that answers; returns the connection and its address.
-    pub async fn connect(&self) -> anyhow::Result<Session> {
-        let nodes = self.nodes()?;
-        let ca = self.ca_pem()?;
-        let bind: SocketAddr = if nodes.iter().all(SocketAddr::is_ipv4) {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let endpoint = client_endpoint(bind, client_config(&ca)?)?;
-        let mut failures = Vec::new();
-        for addr in nodes {
-            match tokio::time::timeout(DIAL_TIMEOUT, connect(&endpoint, addr)).await {
-                Ok(Ok(conn)) => {
-                    return Ok(Session {
-                        endpoint,
-                        conn,
-                        addr,
-                    })
-                }
-                Ok(Err(e)) => failures.push(format!("{addr}: {}", short(&e.to_string()))),
-                Err(_) => failures.push(format!("{addr}: no answer in {DIAL_TIMEOUT:?}")),
-            }
-        }
-        bail!("cannot reach any node ({})", failures.join("; "))
+    /// A client that sends each request to the first of the nodes that answers, which
+    /// coordinates it. Dials lazily, on the first request.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::direct_many(&self.nodes, &self.ca_pem()?)?)
     }
 }
 
-/// Keeps only the interesting tail of a nested transport error.
-fn short(msg: &str) -> String {
-    msg.replace('\n', " ")
-}
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
 
-/// An open connection to one node.
-#[derive(Debug)]
-pub struct Session {
-    endpoint: quinn::Endpoint,
-    /// The connection.
-    pub conn: quinn::Connection,
-    /// The node's address.
-    pub addr: SocketAddr,
-}
+    use super::*;
 
-impl Session {
-    /// Sends one request and waits at most `wait` for its reply; a `ServerFrame::Error` becomes
-    /// an error.
-    pub async fn call(&self, frame: &ClientFrame, wait: Duration) -> anyhow::Result<ServerFrame> {
-        match call(&self.conn, frame, wait).await {
-            Ok(ServerFrame::Error(msg)) => bail!("node {} refused the request: {msg}", self.addr),
-            Ok(reply) => Ok(reply),
-            Err(e) => Err(anyhow!("node {}: {e}", self.addr)),
-        }
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        target: Target,
     }
 
-    /// Closes the connection politely and waits (briefly) for the node to learn it.
-    pub async fn close(self) {
-        self.conn.close(0u32.into(), b"done");
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+    #[test]
+    fn node_lists_parse_in_order_and_help_names_the_variables() {
+        let cli = Cli::try_parse_from(["t", "--node", "127.0.0.1:1, 127.0.0.1:2", "--ca", "c"]);
+        let nodes = cli.map(|c| c.target.nodes).unwrap_or_default();
+        let want: Vec<SocketAddr> = vec![([127, 0, 0, 1], 1).into(), ([127, 0, 0, 1], 2).into()];
+        assert_eq!(nodes, want);
+        assert!(Cli::try_parse_from(["t", "--node", "localhost"]).is_err());
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("DYNAKV_NODES") && help.contains("DYNAKV_CA"),
+            "{help}"
+        );
     }
 }

@@ -12,13 +12,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use dynakv_proto::wire::{ClientFrame, ServerFrame};
+use dynakv_client::Client;
 use dynakv_ring::NodeId;
 use dynakv_server::config::{ClusterFile, MemberEntry};
 use dynakv_transport::ClusterCa;
 use tokio::process::{Child, Command};
 
-use super::conn::Target;
 use super::dev_add::{
     add, added_nodes, log_files, node_dir, running_pid, spawn_joining, stop_detached, write_pid,
     Child as AddedChild,
@@ -107,7 +106,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 });
             }
             Ok(AddedChild::Detached(_)) => {}
-            Err(e) => eprintln!("warning: cannot restart added node {id}: {e:#}"),
+            Err(e) => {
+                tracing::warn!(node = %id, error = %format!("{e:#}"), "cannot restart an added node")
+            }
         }
     }
     let addrs: Vec<String> = members.iter().map(|(_, a)| a.to_string()).collect();
@@ -125,7 +126,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     match wait_ready(&dir, &members).await {
         Ok(()) => println!("cluster ready; Ctrl-C stops every node"),
-        Err(e) => eprintln!("warning: {e}"),
+        Err(e) => tracing::warn!("{e:#}"),
     }
     let outcome = tokio::select! {
         _ = dynakv_server::shutdown_signal() => Ok(()),
@@ -196,30 +197,24 @@ fn spawn(
 
 /// Waits until every node answers a cluster-info request (bounded).
 async fn wait_ready(dir: &Path, members: &[(NodeId, SocketAddr)]) -> anyhow::Result<()> {
+    let ca_path = dir.join("ca.pem");
+    let ca = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("cannot read {}", ca_path.display()))?;
     let deadline = tokio::time::Instant::now() + READY_WAIT;
     for &(id, addr) in members {
-        let target = Target {
-            node: Some(addr),
-            ca: Some(dir.join("ca.pem")),
-        };
-        loop {
-            let answered = match target.connect().await {
-                Ok(session) => {
-                    let r = session
-                        .call(&ClientFrame::ClusterInfo, Duration::from_secs(2))
-                        .await;
-                    session.close().await;
-                    matches!(r, Ok(ServerFrame::ClusterInfo(_)))
-                }
-                Err(_) => false,
-            };
-            if answered {
-                break;
+        let client = Client::direct(addr, &ca)?;
+        let answered = loop {
+            if client.cluster_info().await.is_ok() {
+                break true;
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("node {id} at {addr} did not answer within {READY_WAIT:?}; see its node.log");
+                break false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        client.close().await;
+        if !answered {
+            bail!("node {id} at {addr} did not answer within {READY_WAIT:?}; see its node.log");
         }
     }
     Ok(())
@@ -262,9 +257,9 @@ async fn stop_all(procs: &mut [NodeProc]) {
         match tokio::time::timeout(STOP_GRACE, p.child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                eprintln!(
-                    "node {} did not stop within {STOP_GRACE:?}; killing it",
-                    p.id
+                tracing::warn!(
+                    node = p.id,
+                    "did not stop within {STOP_GRACE:?}; killing it"
                 );
                 let _ = p.child.kill().await;
             }

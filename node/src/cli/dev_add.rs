@@ -8,14 +8,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use dynakv_proto::wire::{ClientFrame, ServerFrame};
+use dynakv_client::Client;
 use dynakv_ring::NodeId;
 use dynakv_server::config::ClusterFile;
 use dynakv_transport::ClusterCa;
 use serde::{Deserialize, Serialize};
 
 use super::ca;
-use super::conn::Target;
 
 /// How long `dev add` waits for the new node to answer.
 const ADD_WAIT: Duration = Duration::from_secs(20);
@@ -61,7 +60,10 @@ pub(super) async fn add(dir: &Path, base_port: u16) -> anyhow::Result<()> {
     let Some(&(_, seed)) = members.first() else {
         bail!("the dev cluster in {} has no members", dir.display());
     };
-    if !answers(&dir, seed).await {
+    let ca_path = dir.join("ca.pem");
+    let ca_pem = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("cannot read {}", ca_path.display()))?;
+    if !answers(&ca_pem, seed).await {
         bail!(
             "the dev cluster in {} is not running (node 1 at {seed} does not answer); start it with `dynakv dev --dir {}`",
             dir.display(),
@@ -94,7 +96,7 @@ pub(super) async fn add(dir: &Path, base_port: u16) -> anyhow::Result<()> {
     drop(child);
     let deadline = tokio::time::Instant::now() + ADD_WAIT;
     loop {
-        if answers(&dir, listen).await {
+        if answers(&ca_pem, listen).await {
             break;
         }
         if tokio::time::Instant::now() > deadline {
@@ -115,19 +117,13 @@ pub(super) async fn add(dir: &Path, base_port: u16) -> anyhow::Result<()> {
 }
 
 /// Does the node at `addr` answer a cluster-info request (it is up and in a cluster)?
-async fn answers(dir: &Path, addr: SocketAddr) -> bool {
-    let target = Target {
-        node: Some(addr),
-        ca: Some(dir.join("ca.pem")),
-    };
-    let Ok(session) = target.connect().await else {
+async fn answers(ca_pem: &str, addr: SocketAddr) -> bool {
+    let Ok(client) = Client::direct(addr, ca_pem) else {
         return false;
     };
-    let reply = session
-        .call(&ClientFrame::ClusterInfo, Duration::from_secs(2))
-        .await;
-    session.close().await;
-    matches!(reply, Ok(ServerFrame::ClusterInfo(_)))
+    let answered = client.cluster_info().await.is_ok();
+    client.close().await;
+    answered
 }
 
 /// Starts `dynakv node --join` for an added node; `detached`: a std child in its own process
@@ -188,7 +184,7 @@ impl Child {
 /// Records the pid of an added node.
 pub(super) fn write_pid(ndir: &Path, pid: u32) {
     if let Err(e) = std::fs::write(ndir.join("pid"), format!("{pid}\n")) {
-        eprintln!("warning: cannot write {}: {e}", ndir.join("pid").display());
+        tracing::warn!(path = %ndir.join("pid").display(), error = %e, "cannot write the pid file");
     }
 }
 
@@ -218,7 +214,9 @@ pub(super) fn added_nodes(
         };
         match toml::from_str::<Added>(&text) {
             Ok(added) => out.push((NodeId(id), added)),
-            Err(e) => eprintln!("warning: ignoring {}: {e}", path.display()),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable added file")
+            }
         }
     }
     out.sort_by_key(|(id, _)| *id);
@@ -258,7 +256,7 @@ pub(super) async fn stop_detached(dir: &Path, members: &[(NodeId, SocketAddr)]) 
     for (id, ndir, pid) in pending {
         while running_pid(&ndir).is_some() {
             if tokio::time::Instant::now() > deadline {
-                eprintln!("node {id} did not stop within {STOP_GRACE:?}; killing it");
+                tracing::warn!(node = %id, "did not stop within {STOP_GRACE:?}; killing it");
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                 break;
             }

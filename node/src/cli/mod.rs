@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - `mod.rs` (this file): the clap definitions of every command and flag.
-//! - `conn`: finding and dialling a node (`--node`, `DYNAKV_NODES`, `--ca`, `DYNAKV_CA`).
+//! - `conn`: the `--node`/`--ca` flags (env `DYNAKV_NODES`, `DYNAKV_CA`) that build the
+//!   `dynakv_client::Client` through which every command talks to nodes.
 //! - `kv`: `put`, `get` and `delete`.
 //! - `status`: `status`, as a readable listing or one JSON object.
 //! - `ca`: `ca init` and `ca issue`.

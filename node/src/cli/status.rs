@@ -1,26 +1,17 @@
 //! `dynakv status`: one node's view of the cluster, as a readable listing (one item per line) or
 //! as one JSON object (`--json`, the [`StatusReport`] as it comes off the wire).
 
-use std::time::Duration;
-
-use anyhow::bail;
-use dynakv_proto::wire::{ClientFrame, ServerFrame, StatusReport, TransferDirection};
+use dynakv_proto::wire::{StatusReport, TransferDirection};
 use dynakv_proto::CoreStats;
 
 use super::StatusArgs;
 
-/// How long `status` waits for the node's answer.
-const STATUS_WAIT: Duration = Duration::from_secs(10);
-
 /// `dynakv status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let session = args.target.connect().await?;
-    let reply = session.call(&ClientFrame::Status, STATUS_WAIT).await;
-    session.close().await;
-    let report = match reply? {
-        ServerFrame::Status(report) => report,
-        other => bail!("unexpected reply to status: {other:?}"),
-    };
+    let client = args.target.client()?;
+    let reply = client.status().await;
+    client.close().await;
+    let report = reply?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
