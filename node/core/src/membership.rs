@@ -233,7 +233,6 @@ impl<S: Store> NodeCore<S> {
         };
         let events = g.take_events();
         let current = g.state().map(|s| s.map().map.clone());
-        let epoch = g.state().map_or(0, |s| s.map().version.epoch);
         let mut changed = false;
         for event in events {
             changed = true;
@@ -244,10 +243,7 @@ impl<S: Store> NodeCore<S> {
                     };
                     tracing::info!(node = %self.id(), "joined the cluster");
                     self.joined = true;
-                    self.install_map(current.clone());
-                    if self.member_status() == Some(Status::Joining) {
-                        self.expect_initial_transfers(&current, epoch);
-                    }
+                    self.install_map(current);
                 }
                 GossipEvent::MapChanged { previous, .. } => {
                     let Some(current) = current.clone() else {

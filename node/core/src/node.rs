@@ -115,11 +115,6 @@ pub struct NodeCore<S: Store> {
     pub(super) join_seeds: Vec<(NodeId, String)>,
     /// When each incoming transfer last made progress (local clock).
     pub(super) receiving_progress: BTreeMap<(PartitionId, NodeId), u64>,
-    /// Incoming transfers a node that just joined expects without knowing the sender (see
-    /// `expect_initial_transfers`); probed sooner than the others.
-    pub(super) speculative: BTreeSet<(PartitionId, NodeId)>,
-    /// The map epoch this node joined at (sent with transfer probes).
-    pub(super) join_epoch: u64,
 }
 
 /// How many forwarded requests are remembered for de-duplication.
@@ -223,8 +218,6 @@ impl<S: Store> NodeCore<S> {
             sending: BTreeMap::new(),
             receiving: BTreeMap::new(),
             receiving_progress: BTreeMap::new(),
-            speculative: BTreeSet::new(),
-            join_epoch: 0,
             join_seeds: Vec::new(),
             members: BTreeSet::new(),
             mine: Vec::new(),

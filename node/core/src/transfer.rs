@@ -25,8 +25,6 @@ use crate::store::{Space, Store};
 
 /// Silence after which a receiver asks its sender whether a transfer still exists.
 const STALL_US: u64 = 10_000_000;
-/// How soon a node that just joined asks the members it speculatively expects data from.
-pub(super) const SPECULATIVE_PROBE_US: u64 = 1_000_000;
 
 /// First retry delay of a transfer batch; doubles per failure up to 30 s.
 const BACKOFF_BASE_US: u64 = 200_000;
@@ -166,7 +164,6 @@ impl<S: Store> NodeCore<S> {
             .map(|(k, _)| *k)
             .collect();
         for (p, from) in finished_in {
-            self.speculative.remove(&(p, from));
             self.receiving.remove(&(p, from));
             self.receiving_progress.remove(&(p, from));
             if self
@@ -214,7 +211,6 @@ impl<S: Store> NodeCore<S> {
             .map(|(k, _)| *k)
             .collect();
         for (p, from) in moot_in {
-            self.speculative.remove(&(p, from));
             self.receiving.remove(&(p, from));
             if self
                 .store
@@ -350,17 +346,12 @@ impl<S: Store> NodeCore<S> {
             .map(|(k, _)| *k)
             .filter(|k| {
                 let last = *self.receiving_progress.entry(*k).or_insert(now);
-                let stall = if self.speculative.contains(k) {
-                    SPECULATIVE_PROBE_US
-                } else {
-                    STALL_US
-                };
-                now >= last + stall
+                now >= last + STALL_US
             })
             .collect();
         for (p, from) in stalled {
             self.receiving_progress.insert((p, from), now);
-            let epoch = self.join_epoch;
+            let epoch = self.cluster_state().map_or(0, |s| s.map().version.epoch);
             self.send(
                 from,
                 TransferMsg::Status {

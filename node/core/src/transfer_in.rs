@@ -1,12 +1,12 @@
 //! The receiving side of partition transfers: merging batches durably and acknowledging them
-//! with the new checkpoint, and what a node that just joined expects.
+//! with the new checkpoint.
 //!
 //! Inputs: [`super::types::TransferMsg::Batch`] and `NoTransfer` (`on_transfer_batch`,
-//! `on_transfer_none`), and the `Joined` gossip event (`expect_initial_transfers`). Stalled
+//! `on_transfer_none`). Stalled
 //! receivers are probed from `transfer_tick` in `transfer.rs`.
 
 use bytes::Bytes;
-use dynakv_ring::{NodeId, PartitionId, PartitionMap};
+use dynakv_ring::{NodeId, PartitionId};
 
 use super::node::NodeCore;
 use super::transfer::IncomingTransfer;
@@ -14,47 +14,6 @@ use super::types::{Object, ReplicaError, TransferMsg};
 use crate::store::Store;
 
 impl<S: Store> NodeCore<S> {
-    /// A node that just joined does not know the map before its join, so it cannot tell which
-    /// members will send it which partition. It expects every partition it replicates from
-    /// every other member that owns data, and asks them soon ([`SPECULATIVE_PROBE_US`]): a
-    /// member that has no transfer for it answers `TransferNone` once its own map is at least
-    /// as new as `epoch`, the real senders stream their data. So the node turns `valid` only
-    /// after what it is due has arrived (or nobody has anything for it).
-    pub(super) fn expect_initial_transfers(&mut self, map: &PartitionMap, epoch: u64) {
-        let me = self.id();
-        let senders: Vec<NodeId> = match self.cluster_state() {
-            Some(state) => state
-                .members()
-                .iter()
-                .filter(|(id, m)| **id != me && m.status.owns_data())
-                .map(|(id, _)| *id)
-                .collect(),
-            None => return,
-        };
-        self.join_epoch = epoch;
-        for p in map.replicated_partitions(me, usize::from(self.cfg.n)) {
-            for from in senders.iter().copied() {
-                if self.receiving.contains_key(&(p, from)) {
-                    continue;
-                }
-                let rec = IncomingTransfer {
-                    partition: p,
-                    from,
-                    checkpoint: None,
-                    received: 0,
-                    done: false,
-                };
-                self.persist_in(&rec);
-                self.receiving.insert((p, from), rec);
-                self.speculative.insert((p, from));
-            }
-        }
-        tracing::info!(
-            receiving = self.incoming_pending(),
-            "joined: waiting for the partitions this node is due before it turns valid"
-        );
-    }
-
     /// The receiver's side: merge the batch, checkpoint durably, acknowledge.
     pub(super) fn on_transfer_batch(
         &mut self,
@@ -112,7 +71,6 @@ impl<S: Store> NodeCore<S> {
             let rec = rec.clone();
             self.persist_in(&rec);
             self.receiving_progress.insert((p, from), self.now);
-            self.speculative.remove(&(p, from));
             self.stats.transfer_keys_received += items.len() as u64;
         }
         self.send(
