@@ -123,7 +123,7 @@ impl PartitionTree {
 impl<S: Store> NodeCore<S> {
     /// The tree of a partition, built from the store the first time it is needed.
     pub(super) fn tree(&mut self, p: PartitionId) -> Result<&mut PartitionTree> {
-        if !self.trees.contains_key(&p) {
+        if !self.aae.trees.contains_key(&p) {
             let mut tree = PartitionTree::default();
             let mut decoded = Vec::new();
             self.scan_each(Space::Partition(p), |k, v| {
@@ -137,16 +137,17 @@ impl<S: Store> NodeCore<S> {
                 self.note_tombstone(p, &k, &o);
             }
             self.stats.aae_tree_builds += 1;
-            self.trees.insert(p, tree);
+            self.aae.trees.insert(p, tree);
         }
-        self.trees
+        self.aae
+            .trees
             .get_mut(&p)
             .ok_or_else(|| crate::Error::Storage("tree vanished".into()))
     }
 
     /// Keep a built tree in step with a write or removal (a `DataChange` routed here).
     pub(super) fn tree_note(&mut self, p: PartitionId, key: &[u8], record: Option<&[u8]>) {
-        if let Some(tree) = self.trees.get_mut(&p) {
+        if let Some(tree) = self.aae.trees.get_mut(&p) {
             tree.update(key, record.map(object_hash));
         }
     }
@@ -158,8 +159,8 @@ impl<S: Store> NodeCore<S> {
         if mine.is_empty() {
             return;
         }
-        self.aae_cursor = (self.aae_cursor + 1) % mine.len();
-        let p = mine[self.aae_cursor];
+        self.aae.cursor = (self.aae.cursor + 1) % mine.len();
+        let p = mine[self.aae.cursor];
         let _ = n;
         let peers: Vec<NodeId> = self
             .map
@@ -389,4 +390,18 @@ mod tests {
             .collect();
         assert_eq!(diff.len(), 1, "one changed key changes one segment");
     }
+}
+
+/// Anti-entropy's state: the hash trees of the partitions compared so far and the schedule.
+///
+/// Inputs (through `NodeCore`): `PeerMsg::Aae` (`on_aae`), the maintenance tick (`aae_tick`
+/// once `next_exchange` has come), and every [`crate::node::DataChange`] (`tree_note`).
+#[derive(Debug, Default)]
+pub(super) struct AntiEntropy {
+    /// Built trees, per partition; rebuilt from the store on first use.
+    pub(super) trees: BTreeMap<PartitionId, PartitionTree>,
+    /// Which of this node's partitions the next exchange compares.
+    pub(super) cursor: usize,
+    /// When the next exchange starts (local clock).
+    pub(super) next_exchange: u64,
 }

@@ -26,6 +26,57 @@ pub(super) const READ_REPAIR_WINDOW_US: u64 = 1_000_000;
 /// answers (with its own timeout error if need be) before the forwarder gives up.
 const FORWARD_GRACE_MS: u64 = 250;
 
+/// How many forwarded requests are remembered for de-duplication.
+const SEEN_FORWARDS: usize = 4096;
+
+/// The coordinator's state: the operations this node coordinates and what bounds them.
+///
+/// Inputs (all through `NodeCore`): client requests (`start_get` in read.rs, `start_write` in
+/// write.rs), `ReplicaMsg::WriteAck`/`ReadReply` (`on_write_ack`, `on_read_reply`),
+/// `CoordMsg` (forwarded writes and their replies), and the operation timers of the timer
+/// table (`on_deadline`).
+#[derive(Debug)]
+pub(super) struct Coordinator {
+    /// The next operation id (random start per incarnation, so ids do not repeat).
+    pub(super) next_op: OpId,
+    /// Operations waiting for replies or their deadline.
+    pub(super) ops: BTreeMap<OpId, PendingOp>,
+    /// Forwarded writes already accepted, so a duplicated or replayed `Forward` message is not
+    /// coordinated twice (which would write the value again under a second dot).
+    seen_forwards: BTreeSet<(NodeId, OpId)>,
+    seen_forwards_order: std::collections::VecDeque<(NodeId, OpId)>,
+    /// Read-repair budget: (start of the current one-second window, repairs sent in it).
+    pub(super) repair_window: (u64, u32),
+}
+
+impl Coordinator {
+    /// A coordinator with no operation, numbering its operations from `next_op`.
+    pub(super) fn new(next_op: OpId, now: u64) -> Self {
+        Self {
+            next_op,
+            ops: BTreeMap::new(),
+            seen_forwards: BTreeSet::new(),
+            seen_forwards_order: std::collections::VecDeque::new(),
+            repair_window: (now, 0),
+        }
+    }
+
+    /// Is this the first copy of forwarded operation `op` from `from`? Remembers the last
+    /// [`SEEN_FORWARDS`] of them.
+    pub(super) fn first_forward(&mut self, from: NodeId, op: OpId) -> bool {
+        if !self.seen_forwards.insert((from, op)) {
+            return false;
+        }
+        self.seen_forwards_order.push_back((from, op));
+        if self.seen_forwards_order.len() > SEEN_FORWARDS {
+            if let Some(old) = self.seen_forwards_order.pop_front() {
+                self.seen_forwards.remove(&old);
+            }
+        }
+        true
+    }
+}
+
 /// Quorum settings resolved for one request.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Quorum {
@@ -295,7 +346,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(super) fn on_forward_reply(&mut self, op: OpId, reply: ClientReply) {
-        if let Some(PendingOp::Forward(f)) = self.ops.get(&op) {
+        if let Some(PendingOp::Forward(f)) = self.coord.ops.get(&op) {
             let origin = f.origin;
             self.remove_op(op);
             self.respond(origin, reply);
@@ -304,7 +355,7 @@ impl<S: Store> NodeCore<S> {
 
     /// A timer of an operation fired: the fallback timer of a write, or a deadline.
     pub(super) fn on_deadline(&mut self, op: OpId) {
-        if let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) {
+        if let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) {
             if let Some(at) = w.fallback_at {
                 if self.now >= at && self.now < w.deadline {
                     w.fallback_at = None;
@@ -314,7 +365,7 @@ impl<S: Store> NodeCore<S> {
                 }
             }
         }
-        let Some(pending) = self.ops.get(&op) else {
+        let Some(pending) = self.coord.ops.get(&op) else {
             return;
         };
         if self.now < pending.timers().into_iter().max().unwrap_or(0) {
@@ -364,7 +415,7 @@ impl<S: Store> NodeCore<S> {
                 let (origin, answered, quorum, asked) =
                     (r.origin, r.replies.len(), r.quorum, r.targets.len());
                 // Put it back so finish_read can repair what did answer.
-                self.ops.insert(op, PendingOp::Read(r));
+                self.coord.ops.insert(op, PendingOp::Read(r));
                 self.finish_read(op);
                 if !replied {
                     self.respond(

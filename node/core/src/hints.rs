@@ -30,6 +30,19 @@ pub(super) struct Handoff {
     inflight: Option<Inflight>,
 }
 
+/// Hinted handoff's state: how many hints this node holds per owner, and the handoff to each.
+///
+/// Inputs (through `NodeCore`): writes taken as a fallback (`merge_into_hint`),
+/// `HandoffMsg::Batch`/`BatchAck` (`on_hint_batch`, `on_hint_batch_ack`), the maintenance tick
+/// (`handoff_tick`), and a peer coming back (`mark_up` resets its backoff).
+#[derive(Debug, Default)]
+pub(super) struct HintedHandoff {
+    /// Hints held per owner.
+    pub(super) pending: BTreeMap<NodeId, u64>,
+    /// The handoff to each owner (backoff, batch in flight).
+    pub(super) peers: BTreeMap<NodeId, Handoff>,
+}
+
 #[derive(Debug, Clone)]
 struct Inflight {
     batch: u64,
@@ -68,13 +81,13 @@ impl<S: Store> NodeCore<S> {
                 *counts.entry(owner).or_insert(0) += 1;
             }
         })?;
-        self.hints_pending = counts;
+        self.handoff.pending = counts;
         Ok(())
     }
 
     /// Pending hints per owner, for status.
     pub fn hints_pending(&self) -> BTreeMap<NodeId, u64> {
-        self.hints_pending.clone()
+        self.handoff.pending.clone()
     }
 
     /// The hint this node holds for `owner`, if any.
@@ -116,7 +129,7 @@ impl<S: Store> NodeCore<S> {
         };
         self.store_hint(owner, p, key, &merged).map_err(storage)?;
         if existing.is_none() {
-            *self.hints_pending.entry(owner).or_insert(0) += 1;
+            *self.handoff.pending.entry(owner).or_insert(0) += 1;
         }
         Ok(merged)
     }
@@ -182,22 +195,23 @@ impl<S: Store> NodeCore<S> {
                 self.dirty = true;
             }
         }
-        self.hints_pending.remove(&owner);
-        self.handoffs.remove(&owner);
+        self.handoff.pending.remove(&owner);
+        self.handoff.peers.remove(&owner);
         Ok(())
     }
 
     /// Called from the maintenance tick: start or retry handoff to every owner with hints.
     pub(super) fn handoff_tick(&mut self) {
-        if self.hints_pending.is_empty() {
+        if self.handoff.pending.is_empty() {
             return;
         }
         let owners_now = self.members.clone();
         let gone: Vec<NodeId> = self
-            .hints_pending
+            .handoff
+            .pending
             .keys()
             .copied()
-            .filter(|o| !owners_now.contains(o) && self.joined)
+            .filter(|o| !owners_now.contains(o) && self.membership.joined)
             .collect();
         for owner in gone {
             if let Err(e) = self.redirect_hints(owner) {
@@ -205,14 +219,15 @@ impl<S: Store> NodeCore<S> {
             }
         }
         let owners: Vec<NodeId> = self
-            .hints_pending
+            .handoff
+            .pending
             .iter()
             .filter(|(_, c)| **c > 0)
             .map(|(o, _)| *o)
             .collect();
         for owner in owners {
             let now = self.now;
-            let state = self.handoffs.entry(owner).or_default();
+            let state = self.handoff.peers.entry(owner).or_default();
             if let Some(inflight) = &state.inflight {
                 if now < inflight.deadline {
                     continue;
@@ -225,7 +240,7 @@ impl<S: Store> NodeCore<S> {
                     .saturating_mul(1u64 << state.failures.min(20))
                     .min(max);
                 let jitter = self.rng.gen_range(0..=backoff / 2);
-                let state = self.handoffs.entry(owner).or_default();
+                let state = self.handoff.peers.entry(owner).or_default();
                 state.next_attempt = now + backoff / 2 + jitter;
                 continue;
             }
@@ -266,7 +281,7 @@ impl<S: Store> NodeCore<S> {
                     self.stats.corrupt_records += 1;
                     let _ = self.store.remove(Space::Hints, &k);
                     self.dirty = true;
-                    if let Some(c) = self.hints_pending.get_mut(&owner) {
+                    if let Some(c) = self.handoff.pending.get_mut(&owner) {
                         *c = c.saturating_sub(1);
                     }
                     continue;
@@ -281,12 +296,12 @@ impl<S: Store> NodeCore<S> {
         }
         if items.is_empty() {
             // The count was stale (hints removed by a reap, say): fix it.
-            self.hints_pending.remove(&owner);
+            self.handoff.pending.remove(&owner);
             return Ok(());
         }
         let batch = self.next_op_id();
         let deadline = self.now + u64::from(self.cfg.request_timeout_ms) * 1000;
-        self.handoffs.entry(owner).or_default().inflight = Some(Inflight {
+        self.handoff.peers.entry(owner).or_default().inflight = Some(Inflight {
             batch,
             deadline,
             sent,
@@ -300,7 +315,7 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn on_hint_batch(&mut self, from: NodeId, batch: u64, items: Vec<HandoffItem>) {
         let mut result = Ok(());
         let n = usize::from(self.cfg.n);
-        if !self.joined {
+        if !self.membership.joined {
             // Without the cluster state there is nowhere safe to put them: let the fallback
             // keep its hints and retry.
             self.send(
@@ -346,7 +361,7 @@ impl<S: Store> NodeCore<S> {
         batch: u64,
         result: Result<(), ReplicaError>,
     ) {
-        let Some(state) = self.handoffs.get_mut(&from) else {
+        let Some(state) = self.handoff.peers.get_mut(&from) else {
             return;
         };
         let Some(inflight) = state.inflight.take_if(|i| i.batch == batch) else {
@@ -387,14 +402,14 @@ impl<S: Store> NodeCore<S> {
         if removed > 0 {
             self.dirty = true;
             self.stats.hints_delivered += removed;
-            if let Some(c) = self.hints_pending.get_mut(&from) {
+            if let Some(c) = self.handoff.pending.get_mut(&from) {
                 *c = c.saturating_sub(removed);
                 if *c == 0 {
-                    self.hints_pending.remove(&from);
+                    self.handoff.pending.remove(&from);
                 }
             }
             // More to send? Go on at once rather than waiting for the next tick.
-            if self.hints_pending.get(&from).is_some_and(|c| *c > 0) {
+            if self.handoff.pending.get(&from).is_some_and(|c| *c > 0) {
                 if let Err(e) = self.send_handoff_batch(from) {
                     tracing::warn!(owner = %from, error = %e, "cannot read hints for handoff");
                 }

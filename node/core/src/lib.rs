@@ -14,6 +14,7 @@
 //! - `aae`: per-partition hash trees and the anti-entropy exchange.
 //! - `reaper`: removing tombstones for good without resurrecting old values.
 //! - `membership`: the gossiper, the persisted cluster state, operator changes.
+//! - `timers`: the one timer table (maintenance tick, operation timers).
 //! - `transfer`: moving partitions to new replicas, checkpointed and resumable.
 //! - `transfer_in`: the receiving side of transfers.
 //! - [`error`]: the crate's error enum.
@@ -33,6 +34,7 @@ mod read;
 mod reaper;
 mod replica;
 pub mod store;
+mod timers;
 mod transfer;
 mod transfer_in;
 mod write;

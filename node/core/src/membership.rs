@@ -50,6 +50,21 @@ pub enum Bootstrap {
     },
 }
 
+/// Membership's state: the gossiper (cluster state, failure detector) and joining progress.
+///
+/// Inputs (through `NodeCore`): `PeerMsg::Gossip` (`on_gossip`), the maintenance tick
+/// (`gossip_tick`), operator changes (`stage_change`), and transfer progress
+/// (`membership_progress`).
+#[derive(Debug, Default)]
+pub(super) struct Membership {
+    /// The gossiper (`None` only while the core is being built).
+    pub(super) gossip: Option<dynakv_gossip::Gossiper>,
+    /// Has this node got the cluster state? A joining node serves nothing before.
+    pub(super) joined: bool,
+    /// Seeds to ask while this node has not joined yet.
+    pub(super) join_seeds: Vec<(NodeId, String)>,
+}
+
 impl<S: Store> NodeCore<S> {
     /// Set up the gossiper: from the persisted state if there is one, else per `boot`.
     pub(super) fn init_membership(&mut self, boot: Bootstrap) -> Result<()> {
@@ -84,7 +99,7 @@ impl<S: Store> NodeCore<S> {
             ) => {
                 let mut g = Gossiper::new(me, addr, 1, seed, cfg);
                 g.add_seed(seed_node, seed_addr.clone());
-                self.join_seeds.push((seed_node, seed_addr));
+                self.membership.join_seeds.push((seed_node, seed_addr));
                 Ok(g)
             }
         }
@@ -92,9 +107,9 @@ impl<S: Store> NodeCore<S> {
         if let Some(state) = gossiper.state() {
             let map = state.map().map.clone();
             self.install_map(map);
-            self.joined = true;
+            self.membership.joined = true;
         }
-        self.gossip = Some(gossiper);
+        self.membership.gossip = Some(gossiper);
         self.persist_cluster();
         Ok(())
     }
@@ -124,13 +139,13 @@ impl<S: Store> NodeCore<S> {
     /// Ask `seed` (at `addr`) for the cluster state: how a running node that is not in a
     /// cluster joins one (`dynakv join`). Ignored once the node has joined.
     pub fn add_join_seed(&mut self, seed: NodeId, addr: String) {
-        if self.joined || seed == self.id() {
+        if self.membership.joined || seed == self.id() {
             return;
         }
-        if let Some(g) = self.gossip.as_mut() {
+        if let Some(g) = self.membership.gossip.as_mut() {
             g.add_seed(seed, addr.clone());
         }
-        self.join_seeds.push((seed, addr));
+        self.membership.join_seeds.push((seed, addr));
     }
 
     /// The address `node` advertises in the cluster state.
@@ -142,7 +157,7 @@ impl<S: Store> NodeCore<S> {
 
     /// The cluster state this node knows (`None` before it has joined).
     pub fn cluster_state(&self) -> Option<&ClusterState> {
-        self.gossip.as_ref().and_then(|g| g.state())
+        self.membership.gossip.as_ref().and_then(|g| g.state())
     }
 
     /// This node's membership status, if it is in the cluster.
@@ -159,12 +174,14 @@ impl<S: Store> NodeCore<S> {
 
     /// Has this node got the cluster state (a joining node has not, until its seed answers)?
     pub fn is_joined(&self) -> bool {
-        self.joined
+        self.membership.joined
     }
 
     /// The gossip failure detector's opinion of `peer` (`None`: it does not watch that peer).
     pub(super) fn gossip_says_down(&self, peer: NodeId) -> bool {
-        let Some(g) = &self.gossip else { return false };
+        let Some(g) = &self.membership.gossip else {
+            return false;
+        };
         let Some(state) = g.state() else { return false };
         match state.member(peer) {
             Some(m) if m.status != Status::Removed => !g.is_up(peer, self.now),
@@ -176,6 +193,7 @@ impl<S: Store> NodeCore<S> {
     pub fn stage_change(&mut self, change: Change) -> std::result::Result<(), String> {
         let now = self.now;
         let g = self
+            .membership
             .gossip
             .as_mut()
             .ok_or("membership is not initialised")?;
@@ -194,7 +212,7 @@ impl<S: Store> NodeCore<S> {
     /// Called from the maintenance tick: one gossip round when it is due.
     pub(super) fn gossip_tick(&mut self) {
         let now = self.now;
-        let Some(g) = self.gossip.as_mut() else {
+        let Some(g) = self.membership.gossip.as_mut() else {
             return;
         };
         if now < g.next_tick_us() {
@@ -203,7 +221,7 @@ impl<S: Store> NodeCore<S> {
         if g.state().is_none() {
             // Still joining: keep asking every seed (a refusal may be passing, e.g. a seed that
             // was itself restarting); the refusal reasons are logged for the operator.
-            for (seed, addr) in &self.join_seeds {
+            for (seed, addr) in &self.membership.join_seeds {
                 g.add_seed(*seed, addr.clone());
             }
         }
@@ -215,7 +233,7 @@ impl<S: Store> NodeCore<S> {
     /// A gossip message from a peer.
     pub(super) fn on_gossip(&mut self, from: NodeId, msg: GossipMsg) {
         let now = self.now;
-        let Some(g) = self.gossip.as_mut() else {
+        let Some(g) = self.membership.gossip.as_mut() else {
             return;
         };
         match g.handle(now, from, msg) {
@@ -228,7 +246,7 @@ impl<S: Store> NodeCore<S> {
     /// Act on what the gossiper decided: a new map (plan transfers, then route by it),
     /// membership changes (persist), our own removal.
     fn after_gossip(&mut self) {
-        let Some(g) = self.gossip.as_mut() else {
+        let Some(g) = self.membership.gossip.as_mut() else {
             return;
         };
         let events = g.take_events();
@@ -242,20 +260,20 @@ impl<S: Store> NodeCore<S> {
                         continue;
                     };
                     tracing::info!(node = %self.id(), "joined the cluster");
-                    self.joined = true;
+                    self.membership.joined = true;
                     self.install_map(current);
                 }
                 GossipEvent::MapChanged { previous, .. } => {
                     let Some(current) = current.clone() else {
                         continue;
                     };
-                    if self.joined && previous != current {
+                    if self.membership.joined && previous != current {
                         self.plan_transfers(&previous, &current);
                     }
                     self.install_map(current.clone());
                     // Forget hash trees of partitions this node no longer replicates.
                     let mine = self.mine.clone();
-                    self.trees.retain(|p, _| mine.contains(p));
+                    self.aae.trees.retain(|p, _| mine.contains(p));
                 }
                 GossipEvent::MemberChanged { node, status } => {
                     tracing::info!(%node, %status, "member changed");
@@ -302,7 +320,7 @@ impl<S: Store> NodeCore<S> {
             }
             Some(Status::Leaving)
                 if self.outgoing_pending() == 0
-                    && self.hints_pending.values().all(|c| *c == 0)
+                    && self.handoff.pending.values().all(|c| *c == 0)
                     && self.map.partitions_of(me).is_empty() =>
             {
                 Change::FinishLeave(me)

@@ -3,16 +3,21 @@
 //! The coordinator role (get/put/delete with quorums) lives in `coordinator.rs`, as another
 //! `impl` block of the same type.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId, PartitionMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::aae::AntiEntropy;
 use super::config::{CoreConfig, PlantedBug};
-use super::coordinator::PendingOp;
+use super::coordinator::{Coordinator, PendingOp};
+use super::hints::HintedHandoff;
+use super::membership::Membership;
+use super::reaper::Reaper;
+use super::timers::{Timer, TimerTable};
+use super::transfer::Transfers;
 use super::types::{
     ClientReply, ClientRequest, CoordMsg, CoreStats, Effect, HandoffMsg, Input, Object, OpId,
     PeerMsg, ProbeMsg, RequestId,
@@ -69,56 +74,45 @@ pub(super) enum Origin {
 /// has come. Time is handed in as microseconds on the node's own monotonic clock.
 #[derive(Debug)]
 pub struct NodeCore<S: Store> {
+    // Shared context: what every mechanism reads or writes.
     pub(super) cfg: CoreConfig,
     pub(super) actor: Actor,
     pub(super) map: PartitionMap,
-    pub(super) store: S,
-    pub(super) rng: ChaCha8Rng,
-    pub(super) now: u64,
-    pub(super) next_op: OpId,
-    pub(super) ops: BTreeMap<OpId, PendingOp>,
-    pub(super) deadlines: BTreeSet<(u64, OpId)>,
-    pub(super) effects: Vec<Effect>,
-    pub(super) dirty: bool,
-    pub(super) stats: CoreStats,
-    /// Forwarded writes already accepted, so a duplicated or replayed `Forward` message is not
-    /// coordinated twice (which would write the value again under a second dot).
-    pub(super) seen_forwards: BTreeSet<(NodeId, OpId)>,
-    pub(super) seen_forwards_order: VecDeque<(NodeId, OpId)>,
-    /// Peers this node believes down, since when (local opinion; feeds sloppy quorum).
-    pub(super) down: BTreeMap<NodeId, u64>,
-    /// Hints held per owner.
-    pub(super) hints_pending: BTreeMap<NodeId, u64>,
-    pub(super) handoffs: BTreeMap<NodeId, super::hints::Handoff>,
-    /// Anti-entropy hash trees of the partitions compared so far.
-    pub(super) trees: BTreeMap<PartitionId, super::aae::PartitionTree>,
-    pub(super) aae_cursor: usize,
-    /// Tombstone-only keys and since when (local clock), for the reaper.
-    pub(super) tombstones: BTreeMap<(PartitionId, Bytes), u64>,
-    pub(super) reaper: super::reaper::Reaper,
-    pub(super) next_tick: u64,
-    pub(super) next_aae: u64,
-    pub(super) next_probe: u64,
-    /// Read-repair budget: (start of the current one-second window, repairs sent in it).
-    pub(super) repair_window: (u64, u32),
-    /// Membership (`None` only while the core is being built).
-    pub(super) gossip: Option<dynakv_gossip::Gossiper>,
-    /// Has this node got the cluster state? A joining node serves nothing before.
-    pub(super) joined: bool,
-    pub(super) sending: BTreeMap<(PartitionId, NodeId), super::transfer::Sending>,
-    pub(super) receiving: BTreeMap<(PartitionId, NodeId), super::transfer::IncomingTransfer>,
     /// Members of the current map (cached: asked for on hot paths).
     pub(super) members: BTreeSet<NodeId>,
     /// Partitions this node replicates under the current map (cached).
     pub(super) mine: Vec<PartitionId>,
-    /// Seeds to ask while this node has not joined yet.
-    pub(super) join_seeds: Vec<(NodeId, String)>,
-    /// When each incoming transfer last made progress (local clock).
-    pub(super) receiving_progress: BTreeMap<(PartitionId, NodeId), u64>,
+    pub(super) store: S,
+    pub(super) rng: ChaCha8Rng,
+    pub(super) now: u64,
+    /// The one timer table: the maintenance tick and the operations' timers.
+    pub(super) timers: TimerTable,
+    pub(super) effects: Vec<Effect>,
+    /// Writes since the last sync: `drain_effects` syncs before any effect leaves.
+    pub(super) dirty: bool,
+    pub(super) stats: CoreStats,
+    // The mechanisms, each with its own state (see each type's doc for its inputs).
+    pub(super) liveness: Liveness,
+    pub(super) coord: Coordinator,
+    pub(super) handoff: HintedHandoff,
+    pub(super) aae: AntiEntropy,
+    pub(super) reaper: Reaper,
+    pub(super) membership: Membership,
+    pub(super) transfers: Transfers,
 }
 
-/// How many forwarded requests are remembered for de-duplication.
-const SEEN_FORWARDS: usize = 4096;
+/// Local failure detection: which peers this node believes down (unanswered requests, lost
+/// connections), and when to probe them next.
+///
+/// Inputs (through `NodeCore`): `Input::PeerStatus`, any message from a peer (`mark_up`),
+/// operations whose targets stayed silent (`mark_down`), and the maintenance tick (probes).
+#[derive(Debug, Default)]
+pub(super) struct Liveness {
+    /// Peers believed down, since when (local opinion; feeds sloppy quorum).
+    pub(super) down: BTreeMap<NodeId, u64>,
+    /// When the down peers are probed next.
+    pub(super) next_probe: u64,
+}
 
 impl<S: Store> NodeCore<S> {
     /// Start a node on `store`. Reads the node's identity from the store; a store without one
@@ -184,6 +178,8 @@ impl<S: Store> NodeCore<S> {
         };
         let next_op = rng.gen::<u64>() >> 1;
         let tick = u64::from(cfg.tick_ms) * 1000;
+        let mut timers = TimerTable::default();
+        timers.set(now + tick, Timer::Maintenance);
         let mut core = Self {
             actor: Actor {
                 node: cfg.node,
@@ -191,36 +187,28 @@ impl<S: Store> NodeCore<S> {
             },
             cfg,
             map,
+            members: BTreeSet::new(),
+            mine: Vec::new(),
             store,
             rng,
             now,
-            next_op,
-            ops: BTreeMap::new(),
-            deadlines: BTreeSet::new(),
+            timers,
             effects: Vec::new(),
             dirty: false,
             stats: CoreStats::default(),
-            seen_forwards: BTreeSet::new(),
-            seen_forwards_order: VecDeque::new(),
-            down: BTreeMap::new(),
-            hints_pending: BTreeMap::new(),
-            handoffs: BTreeMap::new(),
-            trees: BTreeMap::new(),
-            aae_cursor: 0,
-            tombstones: BTreeMap::new(),
-            reaper: super::reaper::Reaper::default(),
-            next_tick: now + tick,
-            next_aae: now + tick,
-            next_probe: now + tick,
-            repair_window: (now, 0),
-            gossip: None,
-            joined: false,
-            sending: BTreeMap::new(),
-            receiving: BTreeMap::new(),
-            receiving_progress: BTreeMap::new(),
-            join_seeds: Vec::new(),
-            members: BTreeSet::new(),
-            mine: Vec::new(),
+            liveness: Liveness {
+                down: BTreeMap::new(),
+                next_probe: now + tick,
+            },
+            coord: Coordinator::new(next_op, now),
+            handoff: HintedHandoff::default(),
+            aae: AntiEntropy {
+                next_exchange: now + tick,
+                ..AntiEntropy::default()
+            },
+            reaper: Reaper::default(),
+            membership: Membership::default(),
+            transfers: Transfers::default(),
         };
         let initial = core.map.clone();
         core.install_map(initial);
@@ -263,28 +251,28 @@ impl<S: Store> NodeCore<S> {
 
     /// Does this node currently believe `peer` is down?
     pub fn is_down(&self, peer: NodeId) -> bool {
-        peer != self.id() && (self.down.contains_key(&peer) || self.gossip_says_down(peer))
+        peer != self.id() && (self.liveness.down.contains_key(&peer) || self.gossip_says_down(peer))
     }
 
     /// Peers this node currently believes down.
     pub fn down_peers(&self) -> Vec<NodeId> {
-        let mut peers: BTreeSet<NodeId> = self.down.keys().copied().collect();
+        let mut peers: BTreeSet<NodeId> = self.liveness.down.keys().copied().collect();
         peers.extend(self.members.iter().copied());
         peers.into_iter().filter(|p| self.is_down(*p)).collect()
     }
 
     pub(super) fn mark_down(&mut self, peer: NodeId) {
-        if peer != self.id() && !self.down.contains_key(&peer) {
+        if peer != self.id() && !self.liveness.down.contains_key(&peer) {
             tracing::info!(%peer, "peer considered down");
-            self.down.insert(peer, self.now);
+            self.liveness.down.insert(peer, self.now);
         }
     }
 
     pub(super) fn mark_up(&mut self, peer: NodeId) {
-        if self.down.remove(&peer).is_some() {
+        if self.liveness.down.remove(&peer).is_some() {
             tracing::info!(%peer, "peer is back");
             // Hints for it may go at once.
-            if let Some(h) = self.handoffs.get_mut(&peer) {
+            if let Some(h) = self.handoff.peers.get_mut(&peer) {
                 *h = super::hints::Handoff::default();
             }
         }
@@ -329,7 +317,7 @@ impl<S: Store> NodeCore<S> {
 
     /// Operations still waiting for replies or their deadline.
     pub fn pending_ops(&self) -> usize {
-        self.ops.len()
+        self.coord.ops.len()
     }
 
     /// The store (read-only), for status and checkers.
@@ -364,8 +352,7 @@ impl<S: Store> NodeCore<S> {
 
     /// The next time at which the core wants [`Input::Timeout`], if any.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let op = self.deadlines.iter().next().map(|(t, _)| *t);
-        Some(op.map_or(self.next_tick, |t| t.min(self.next_tick)))
+        self.timers.next()
     }
 
     /// Take every queued effect. Syncs the store first when anything was written, so no ack,
@@ -388,8 +375,8 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(super) fn next_op_id(&mut self) -> OpId {
-        self.next_op = self.next_op.wrapping_add(1);
-        self.next_op
+        self.coord.next_op = self.coord.next_op.wrapping_add(1);
+        self.coord.next_op
     }
 
     pub(super) fn send(&mut self, to: NodeId, msg: impl Into<PeerMsg>) {
@@ -440,14 +427,8 @@ impl<S: Store> NodeCore<S> {
     fn on_coord_msg(&mut self, from: NodeId, msg: CoordMsg) {
         match msg {
             CoordMsg::Forward { op, request } => {
-                if !self.seen_forwards.insert((from, op)) {
+                if !self.coord.first_forward(from, op) {
                     return; // a duplicate: the first copy is (or was) being coordinated
-                }
-                self.seen_forwards_order.push_back((from, op));
-                if self.seen_forwards_order.len() > SEEN_FORWARDS {
-                    if let Some(old) = self.seen_forwards_order.pop_front() {
-                        self.seen_forwards.remove(&old);
-                    }
                 }
                 self.handle_client(Origin::Peer { node: from, op }, request);
             }
@@ -456,9 +437,9 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn handle_client(&mut self, origin: Origin, request: ClientRequest) {
-        if self.ops.len() >= self.cfg.max_pending_ops {
+        if self.coord.ops.len() >= self.cfg.max_pending_ops {
             let e = super::types::RequestError::Overloaded {
-                pending: self.ops.len() as u64,
+                pending: self.coord.ops.len() as u64,
             };
             return self.respond(origin, ClientReply::Error(e));
         }
@@ -468,7 +449,7 @@ impl<S: Store> NodeCore<S> {
             );
             return self.respond(origin, ClientReply::Error(e));
         }
-        if !self.joined {
+        if !self.membership.joined {
             let e = super::types::RequestError::Unavailable {
                 op: request.kind().into(),
                 needed: 1,
@@ -513,15 +494,12 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn handle_timeouts(&mut self) {
-        if self.now >= self.next_tick {
-            self.next_tick = self.now + u64::from(self.cfg.tick_ms) * 1000;
+        if self.timers.take_maintenance(self.now) {
+            let next = self.now + u64::from(self.cfg.tick_ms) * 1000;
+            self.timers.set(next, Timer::Maintenance);
             self.maintenance();
         }
-        while let Some(&(deadline, op)) = self.deadlines.iter().next() {
-            if deadline > self.now {
-                break;
-            }
-            self.deadlines.remove(&(deadline, op));
+        while let Some(op) = self.timers.pop_due_op(self.now) {
             self.on_deadline(op);
         }
     }
@@ -531,13 +509,13 @@ impl<S: Store> NodeCore<S> {
         self.gossip_tick();
         self.transfer_tick();
         self.handoff_tick();
-        if self.now >= self.next_aae {
-            self.next_aae = self.now + u64::from(self.cfg.aae_interval_ms) * 1000;
+        if self.now >= self.aae.next_exchange {
+            self.aae.next_exchange = self.now + u64::from(self.cfg.aae_interval_ms) * 1000;
             self.aae_tick();
         }
-        if self.now >= self.next_probe {
-            self.next_probe = self.now + 1_000_000;
-            let down: Vec<NodeId> = self.down.keys().copied().collect();
+        if self.now >= self.liveness.next_probe {
+            self.liveness.next_probe = self.now + 1_000_000;
+            let down: Vec<NodeId> = self.liveness.down.keys().copied().collect();
             for peer in down {
                 let nonce = self.next_op_id();
                 self.send(peer, ProbeMsg::Ping { nonce });
@@ -548,28 +526,28 @@ impl<S: Store> NodeCore<S> {
 
     /// Take one unit of the read-repair budget (a bounded number per second).
     pub(super) fn repair_budget(&mut self) -> bool {
-        if self.now >= self.repair_window.0 + 1_000_000 {
-            self.repair_window = (self.now, 0);
+        if self.now >= self.coord.repair_window.0 + 1_000_000 {
+            self.coord.repair_window = (self.now, 0);
         }
-        if self.repair_window.1 >= self.cfg.read_repair_per_sec {
+        if self.coord.repair_window.1 >= self.cfg.read_repair_per_sec {
             self.stats.read_repairs_skipped += 1;
             return false;
         }
-        self.repair_window.1 += 1;
+        self.coord.repair_window.1 += 1;
         true
     }
 
     /// Register an operation with its deadline.
     pub(super) fn add_op(&mut self, op: OpId, deadline: u64, pending: PendingOp) {
-        self.deadlines.insert((deadline, op));
-        self.ops.insert(op, pending);
+        self.timers.set(deadline, Timer::Op(op));
+        self.coord.ops.insert(op, pending);
     }
 
     /// Forget an operation and its deadline.
     pub(super) fn remove_op(&mut self, op: OpId) -> Option<PendingOp> {
-        let pending = self.ops.remove(&op)?;
+        let pending = self.coord.ops.remove(&op)?;
         for t in pending.timers() {
-            self.deadlines.remove(&(t, op));
+            self.timers.cancel(t, Timer::Op(op));
         }
         Some(pending)
     }

@@ -13,6 +13,7 @@ use dynakv_ring::NodeId;
 
 use super::coordinator::{error, is_primary, PendingOp, ReadOp, READ_REPAIR_WINDOW_US};
 use super::node::{NodeCore, Origin};
+use super::timers::Timer;
 use super::types::{
     ClientReply, GetReply, Object, OpId, ReplicaError, ReplicaMsg, RequestError, RequestOptions,
 };
@@ -75,7 +76,7 @@ impl<S: Store> NodeCore<S> {
         op: OpId,
         result: Result<Option<Object>, ReplicaError>,
     ) {
-        let Some(PendingOp::Read(r)) = self.ops.get_mut(&op) else {
+        let Some(PendingOp::Read(r)) = self.coord.ops.get_mut(&op) else {
             return;
         };
         if !r.targets.iter().any(|t| t.node == from)
@@ -110,7 +111,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(super) fn check_read_done(&mut self, op: OpId) {
-        let Some(PendingOp::Read(r)) = self.ops.get(&op) else {
+        let Some(PendingOp::Read(r)) = self.coord.ops.get(&op) else {
             return;
         };
         let needed = usize::from(r.quorum.needed);
@@ -150,15 +151,15 @@ impl<S: Store> NodeCore<S> {
         if let Some(reply) = reply {
             let origin = r.origin;
             let window = self.now + READ_REPAIR_WINDOW_US;
-            if let Some(PendingOp::Read(r)) = self.ops.get_mut(&op) {
+            if let Some(PendingOp::Read(r)) = self.coord.ops.get_mut(&op) {
                 r.replied = true;
                 // Keep waiting for the remaining replicas only briefly: a repair from an old
                 // snapshot could bring back something deleted (and reaped) meanwhile.
                 if r.deadline > window {
                     let old = r.deadline;
                     r.deadline = window;
-                    self.deadlines.remove(&(old, op));
-                    self.deadlines.insert((window, op));
+                    self.timers.cancel(old, Timer::Op(op));
+                    self.timers.set(window, Timer::Op(op));
                 }
             }
             self.respond(origin, reply);

@@ -37,6 +37,8 @@ struct Round {
 #[derive(Debug, Default)]
 pub(super) struct Reaper {
     rounds: BTreeMap<u64, Round>,
+    /// Tombstone-only keys and since when (local clock).
+    pub(super) tombstones: BTreeMap<(PartitionId, Bytes), u64>,
 }
 
 fn tombstone_only(o: &Object) -> bool {
@@ -52,15 +54,15 @@ impl<S: Store> NodeCore<S> {
         let k = (p, Bytes::copy_from_slice(key));
         if tombstone_only(o) {
             let now = self.now;
-            self.tombstones.entry(k).or_insert(now);
+            self.reaper.tombstones.entry(k).or_insert(now);
         } else {
-            self.tombstones.remove(&k);
+            self.reaper.tombstones.remove(&k);
         }
     }
 
     /// Tombstone-only keys this node tracks (for status and tests).
     pub fn tombstones_tracked(&self) -> usize {
-        self.tombstones.len()
+        self.reaper.tombstones.len()
     }
 
     /// Called from the maintenance tick: expire rounds, start new ones.
@@ -77,7 +79,7 @@ impl<S: Store> NodeCore<S> {
             u64::from(self.cfg.tombstone_grace_ms) * 1000
         };
         let n = usize::from(self.cfg.n);
-        if self.tombstones.is_empty() {
+        if self.reaper.tombstones.is_empty() {
             return;
         }
         let members = self.members.clone();
@@ -91,6 +93,7 @@ impl<S: Store> NodeCore<S> {
             .map(|r| (r.partition, r.key.clone()))
             .collect();
         let candidates: Vec<(PartitionId, Bytes)> = self
+            .reaper
             .tombstones
             .iter()
             .filter(|((p, _), since)| {
@@ -105,7 +108,7 @@ impl<S: Store> NodeCore<S> {
             let hash = match self.reapable_hash(p, &key) {
                 Some(h) => h,
                 None => {
-                    self.tombstones.remove(&(p, key));
+                    self.reaper.tombstones.remove(&(p, key));
                     continue;
                 }
             };
@@ -220,7 +223,7 @@ impl<S: Store> NodeCore<S> {
             self.reaper.rounds.remove(&round);
             let now = self.now;
             // Re-arm only if the key is still tombstone-only here (a write may have landed).
-            if let Some(since) = self.tombstones.get_mut(&k) {
+            if let Some(since) = self.reaper.tombstones.get_mut(&k) {
                 *since = now;
             }
             return;

@@ -76,12 +76,13 @@ impl<S: Store> NodeCore<S> {
             }
             DataChange::Removed { partition, key } => {
                 self.tree_note(partition, key, None);
-                self.tombstones
+                self.reaper
+                    .tombstones
                     .remove(&(partition, Bytes::copy_from_slice(key)));
             }
             DataChange::PartitionDropped { partition } => {
-                self.trees.remove(&partition);
-                self.tombstones.retain(|(p, _), _| *p != partition);
+                self.aae.trees.remove(&partition);
+                self.reaper.tombstones.retain(|(p, _), _| *p != partition);
             }
         }
     }
@@ -169,7 +170,7 @@ impl<S: Store> NodeCore<S> {
         if let Some(state) = self.cluster_state() {
             owners.extend(state.members().keys().copied());
         }
-        owners.extend(self.hints_pending.keys().copied());
+        owners.extend(self.handoff.pending.keys().copied());
         owners.remove(&self.id());
         owners
     }

@@ -66,6 +66,20 @@ pub(super) struct Sending {
     next_attempt: u64,
 }
 
+/// Partition transfers' state: both sides, with their checkpoints.
+///
+/// Inputs (through `NodeCore`): a map change (`plan_transfers`), `PeerMsg::Transfer`
+/// (`on_transfer_msg`), and the maintenance tick (`transfer_tick`: send, resend, probe).
+#[derive(Debug, Default)]
+pub(super) struct Transfers {
+    /// Outgoing transfers, per (partition, receiver).
+    pub(super) sending: BTreeMap<(PartitionId, NodeId), Sending>,
+    /// Incoming transfers, per (partition, sender).
+    pub(super) receiving: BTreeMap<(PartitionId, NodeId), IncomingTransfer>,
+    /// When each incoming transfer last made progress (local clock).
+    pub(super) progress: BTreeMap<(PartitionId, NodeId), u64>,
+}
+
 fn out_key(p: PartitionId, to: NodeId) -> Vec<u8> {
     let mut k = b"out".to_vec();
     k.extend_from_slice(&p.0.to_be_bytes());
@@ -91,7 +105,7 @@ impl<S: Store> NodeCore<S> {
             for (k, v) in page {
                 if k.starts_with(b"out") {
                     let rec: OutgoingTransfer = codec::decode(&v)?;
-                    self.sending.insert(
+                    self.transfers.sending.insert(
                         (rec.partition, rec.to),
                         Sending {
                             rec,
@@ -102,7 +116,9 @@ impl<S: Store> NodeCore<S> {
                     );
                 } else if k.starts_with(b"in") {
                     let rec: IncomingTransfer = codec::decode(&v)?;
-                    self.receiving.insert((rec.partition, rec.from), rec);
+                    self.transfers
+                        .receiving
+                        .insert((rec.partition, rec.from), rec);
                 }
             }
         }
@@ -111,24 +127,33 @@ impl<S: Store> NodeCore<S> {
 
     /// Outgoing transfers (for status).
     pub fn outgoing_transfers(&self) -> Vec<OutgoingTransfer> {
-        self.sending.values().map(|s| s.rec.clone()).collect()
+        self.transfers
+            .sending
+            .values()
+            .map(|s| s.rec.clone())
+            .collect()
     }
 
     /// Incoming transfers (for status).
     pub fn incoming_transfers(&self) -> Vec<IncomingTransfer> {
-        self.receiving.values().cloned().collect()
+        self.transfers.receiving.values().cloned().collect()
     }
 
     /// Outgoing transfers not finished yet.
     pub fn outgoing_pending(&self) -> usize {
-        self.sending.values().filter(|s| !s.rec.done).count()
+        self.transfers
+            .sending
+            .values()
+            .filter(|s| !s.rec.done)
+            .count()
     }
 
     /// Incoming transfers expected but not finished (a sender that left the cluster for good
     /// no longer counts: anti-entropy fills in what it had).
     pub fn incoming_pending(&self) -> usize {
         let state = self.cluster_state();
-        self.receiving
+        self.transfers
+            .receiving
             .values()
             .filter(|r| !r.done)
             .filter(|r| {
@@ -146,26 +171,28 @@ impl<S: Store> NodeCore<S> {
         // Finished transfers of earlier changes are history: forget them (status shows the
         // transfers of the current change).
         let finished_out: Vec<(PartitionId, NodeId)> = self
+            .transfers
             .sending
             .iter()
             .filter(|(_, s)| s.rec.done)
             .map(|(k, _)| *k)
             .collect();
         for (p, to) in finished_out {
-            self.sending.remove(&(p, to));
+            self.transfers.sending.remove(&(p, to));
             if self.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
                 self.dirty = true;
             }
         }
         let finished_in: Vec<(PartitionId, NodeId)> = self
+            .transfers
             .receiving
             .iter()
             .filter(|(_, r)| r.done)
             .map(|(k, _)| *k)
             .collect();
         for (p, from) in finished_in {
-            self.receiving.remove(&(p, from));
-            self.receiving_progress.remove(&(p, from));
+            self.transfers.receiving.remove(&(p, from));
+            self.transfers.progress.remove(&(p, from));
             if self
                 .store
                 .remove(Space::Transfers, &in_key(p, from))
@@ -177,6 +204,7 @@ impl<S: Store> NodeCore<S> {
         // Transfers to nodes that are no longer replicas of the partition are moot: the new map
         // gave it to someone else, who gets it from this plan.
         let moot: Vec<(PartitionId, NodeId)> = self
+            .transfers
             .sending
             .iter()
             .filter(|((p, to), s)| !s.rec.done && !new.preference_list(*p, n).contains(to))
@@ -184,7 +212,7 @@ impl<S: Store> NodeCore<S> {
             .collect();
         let mut orphaned = BTreeMap::new();
         for (p, to) in moot {
-            self.sending.remove(&(p, to));
+            self.transfers.sending.remove(&(p, to));
             if self.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
                 self.dirty = true;
             }
@@ -199,19 +227,20 @@ impl<S: Store> NodeCore<S> {
             }
             let total = self.count_keys(p);
             for to in replicas {
-                if !self.sending.contains_key(&(p, to)) {
+                if !self.transfers.sending.contains_key(&(p, to)) {
                     self.start_outgoing(p, to, total);
                 }
             }
         }
         let moot_in: Vec<(PartitionId, NodeId)> = self
+            .transfers
             .receiving
             .iter()
             .filter(|((p, _), r)| !r.done && !new.preference_list(*p, n).contains(&me))
             .map(|(k, _)| *k)
             .collect();
         for (p, from) in moot_in {
-            self.receiving.remove(&(p, from));
+            self.transfers.receiving.remove(&(p, from));
             if self
                 .store
                 .remove(Space::Transfers, &in_key(p, from))
@@ -264,7 +293,7 @@ impl<S: Store> NodeCore<S> {
                         done: false,
                     };
                     self.persist_in(&rec);
-                    self.receiving.insert((p, from), rec);
+                    self.transfers.receiving.insert((p, from), rec);
                 }
             }
         }
@@ -293,7 +322,7 @@ impl<S: Store> NodeCore<S> {
             done: false,
         };
         self.persist_out(&rec);
-        self.sending.insert(
+        self.transfers.sending.insert(
             (p, to),
             Sending {
                 rec,
@@ -340,17 +369,18 @@ impl<S: Store> NodeCore<S> {
         let now = self.now;
         // Receivers: ask about transfers that went silent (the sender may have lost its state).
         let stalled: Vec<(PartitionId, NodeId)> = self
+            .transfers
             .receiving
             .iter()
             .filter(|(_, r)| !r.done)
             .map(|(k, _)| *k)
             .filter(|k| {
-                let last = *self.receiving_progress.entry(*k).or_insert(now);
+                let last = *self.transfers.progress.entry(*k).or_insert(now);
                 now >= last + STALL_US
             })
             .collect();
         for (p, from) in stalled {
-            self.receiving_progress.insert((p, from), now);
+            self.transfers.progress.insert((p, from), now);
             let epoch = self.cluster_state().map_or(0, |s| s.map().version.epoch);
             self.send(
                 from,
@@ -360,14 +390,15 @@ impl<S: Store> NodeCore<S> {
                 },
             );
         }
-        let keys: Vec<(PartitionId, NodeId)> = self.sending.keys().copied().collect();
+        let keys: Vec<(PartitionId, NodeId)> = self.transfers.sending.keys().copied().collect();
         let mut active = self
+            .transfers
             .sending
             .values()
             .filter(|s| !s.rec.done && (s.inflight.is_some() || s.rec.sent > 0))
             .count();
         for key in keys {
-            let Some(s) = self.sending.get_mut(&key) else {
+            let Some(s) = self.transfers.sending.get_mut(&key) else {
                 continue;
             };
             if s.rec.done {
@@ -380,7 +411,7 @@ impl<S: Store> NodeCore<S> {
                 s.inflight = None;
                 s.rec.resent += items;
                 self.stats.transfer_batches_retried += 1;
-                let Some(s) = self.sending.get_mut(&key) else {
+                let Some(s) = self.transfers.sending.get_mut(&key) else {
                     continue;
                 };
                 s.failures = s.failures.saturating_add(1);
@@ -388,7 +419,7 @@ impl<S: Store> NodeCore<S> {
                     .saturating_mul(1u64 << s.failures.min(20))
                     .min(BACKOFF_MAX_US);
                 let jitter = self.rng.gen_range(0..=backoff / 2);
-                if let Some(s) = self.sending.get_mut(&key) {
+                if let Some(s) = self.transfers.sending.get_mut(&key) {
                     s.next_attempt = now + backoff / 2 + jitter;
                 }
                 continue;
@@ -405,7 +436,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn send_transfer_batch(&mut self, key: (PartitionId, NodeId)) {
-        let Some(s) = self.sending.get(&key) else {
+        let Some(s) = self.transfers.sending.get(&key) else {
             return;
         };
         let (p, to) = key;
@@ -439,11 +470,12 @@ impl<S: Store> NodeCore<S> {
         let batch = self.next_op_id();
         let deadline = self.now + u64::from(self.cfg.request_timeout_ms) * 1000;
         let count = items.len() as u64;
-        if let Some(s) = self.sending.get_mut(&key) {
+        if let Some(s) = self.transfers.sending.get_mut(&key) {
             s.inflight = Some((batch, deadline, count));
         }
         self.stats.transfer_batches_sent += 1;
         let after = self
+            .transfers
             .sending
             .get(&key)
             .and_then(|s| s.rec.cursor.clone())
@@ -472,7 +504,7 @@ impl<S: Store> NodeCore<S> {
         result: Result<(), ReplicaError>,
     ) {
         let key = (p, from);
-        let Some(s) = self.sending.get_mut(&key) else {
+        let Some(s) = self.transfers.sending.get_mut(&key) else {
             return;
         };
         let Some((expected, _, items)) = s.inflight else {
@@ -514,6 +546,7 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         let pending = self
+            .transfers
             .sending
             .values()
             .any(|s| s.rec.partition == p && !s.rec.done);
@@ -559,7 +592,11 @@ impl<S: Store> NodeCore<S> {
 
     /// A receiver asks whether a transfer of `p` to it still exists.
     pub(super) fn on_transfer_status(&mut self, from: NodeId, p: PartitionId, epoch: u64) {
-        let live = self.sending.get(&(p, from)).is_some_and(|s| !s.rec.done);
+        let live = self
+            .transfers
+            .sending
+            .get(&(p, from))
+            .is_some_and(|s| !s.rec.done);
         // With an older map than the asker's, this node may not have planned the transfer
         // yet: stay silent, the asker asks again.
         let current = self.cluster_state().map_or(0, |s| s.map().version.epoch);
@@ -575,11 +612,11 @@ impl<S: Store> NodeCore<S> {
         m.insert("incoming_pending".into(), self.incoming_pending() as u64);
         m.insert(
             "keys_sent".into(),
-            self.sending.values().map(|s| s.rec.sent).sum(),
+            self.transfers.sending.values().map(|s| s.rec.sent).sum(),
         );
         m.insert(
             "keys_resent".into(),
-            self.sending.values().map(|s| s.rec.resent).sum(),
+            self.transfers.sending.values().map(|s| s.rec.resent).sum(),
         );
         m
     }

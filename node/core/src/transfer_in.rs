@@ -25,7 +25,7 @@ impl<S: Store> NodeCore<S> {
     ) {
         let mut result = Ok(());
         let mut upto = None;
-        if !self.joined
+        if !self.membership.joined
             || !self
                 .map
                 .preference_list(p, usize::from(self.cfg.n))
@@ -56,13 +56,17 @@ impl<S: Store> NodeCore<S> {
             upto = Some(k.clone());
         }
         if result.is_ok() {
-            let rec = self.receiving.entry((p, from)).or_insert(IncomingTransfer {
-                partition: p,
-                from,
-                checkpoint: None,
-                received: 0,
-                done: false,
-            });
+            let rec = self
+                .transfers
+                .receiving
+                .entry((p, from))
+                .or_insert(IncomingTransfer {
+                    partition: p,
+                    from,
+                    checkpoint: None,
+                    received: 0,
+                    done: false,
+                });
             rec.received += items.len() as u64;
             if let Some(k) = &upto {
                 rec.checkpoint = Some(k.to_vec());
@@ -70,7 +74,7 @@ impl<S: Store> NodeCore<S> {
             rec.done |= last;
             let rec = rec.clone();
             self.persist_in(&rec);
-            self.receiving_progress.insert((p, from), self.now);
+            self.transfers.progress.insert((p, from), self.now);
             self.stats.transfer_keys_received += items.len() as u64;
         }
         self.send(
@@ -88,7 +92,7 @@ impl<S: Store> NodeCore<S> {
 
     /// The sender has no transfer of `p` for this node: stop waiting for it.
     pub(super) fn on_transfer_none(&mut self, from: NodeId, p: PartitionId) {
-        if let Some(rec) = self.receiving.get_mut(&(p, from)) {
+        if let Some(rec) = self.transfers.receiving.get_mut(&(p, from)) {
             if !rec.done {
                 rec.done = true;
                 let rec = rec.clone();

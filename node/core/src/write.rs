@@ -14,6 +14,7 @@ use dynakv_ring::NodeId;
 
 use super::coordinator::{error, is_primary, PendingOp, Target, WriteOp};
 use super::node::{NodeCore, Origin};
+use super::timers::Timer;
 use super::types::{
     ClientReply, OpId, PutReply, ReplicaError, ReplicaMsg, RequestError, RequestOptions, Value,
 };
@@ -203,7 +204,7 @@ impl<S: Store> NodeCore<S> {
             }),
         );
         if let Some(at) = fallback_at {
-            self.deadlines.insert((at, op));
+            self.timers.set(at, Timer::Op(op));
         }
         self.check_write_done(op);
     }
@@ -211,7 +212,7 @@ impl<S: Store> NodeCore<S> {
     /// Sloppy quorum at run time: targets that did not answer within `fallback_after_ms` are
     /// counted as down, and the write also goes to fallbacks with hints for them.
     pub(super) fn fallback_writes(&mut self, op: OpId) {
-        let Some(PendingOp::Write(w)) = self.ops.get(&op) else {
+        let Some(PendingOp::Write(w)) = self.coord.ops.get(&op) else {
             return;
         };
         if w.replied && w.acked.len() + w.failed.len() >= w.targets.len() {
@@ -227,7 +228,7 @@ impl<S: Store> NodeCore<S> {
         for t in silent {
             self.mark_down(t.node);
             let owner = t.hint_for.unwrap_or(t.node);
-            let Some(PendingOp::Write(w)) = self.ops.get(&op) else {
+            let Some(PendingOp::Write(w)) = self.coord.ops.get(&op) else {
                 return;
             };
             let Some(fallback) = self.next_fallback(partition, n, &w.targets) else {
@@ -240,7 +241,7 @@ impl<S: Store> NodeCore<S> {
                 object: w.object.clone(),
                 hint: Some(owner),
             };
-            if let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) {
+            if let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) {
                 w.targets.push(Target {
                     node: fallback,
                     hint_for: Some(owner),
@@ -257,7 +258,7 @@ impl<S: Store> NodeCore<S> {
         op: OpId,
         result: Result<(), ReplicaError>,
     ) {
-        let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) else {
+        let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) else {
             return; // late, duplicated or unknown: harmless
         };
         if !w.targets.iter().any(|t| t.node == from) {
@@ -278,7 +279,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(super) fn check_write_done(&mut self, op: OpId) {
-        let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) else {
+        let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) else {
             return;
         };
         let acks = w.acked.len();
