@@ -9,11 +9,11 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
 use super::node::{NodeCore, Origin};
+use super::ops::{ForwardOp, PendingOp};
 use super::types::{
-    ClientReply, ClientRequest, CoordMsg, Object, OpId, ReplicaError, RequestError, RequestOptions,
-    Value,
+    ClientReply, ClientRequest, CoordMsg, OpId, RequestError, RequestOptions, Value,
 };
-use crate::dvv::{Dot, VersionVector};
+use crate::dvv::VersionVector;
 use crate::store::Store;
 
 /// Longest request timeout a client may ask for.
@@ -93,68 +93,6 @@ pub(super) struct Target {
     pub node: NodeId,
     /// The primary this fallback stands in for; `None` for a primary.
     pub hint_for: Option<NodeId>,
-}
-
-/// A put or delete waiting for acknowledgements.
-#[derive(Debug)]
-pub(super) struct WriteOp {
-    pub(super) origin: Origin,
-    pub(super) kind: &'static str,
-    pub(super) partition: PartitionId,
-    pub(super) key: Bytes,
-    pub(super) object: Object,
-    pub(super) targets: Vec<Target>,
-    pub(super) acked: BTreeSet<NodeId>,
-    pub(super) failed: BTreeMap<NodeId, ReplicaError>,
-    pub(super) quorum: Quorum,
-    pub(super) context: VersionVector,
-    pub(super) dot: Option<Dot>,
-    pub(super) deadline: u64,
-    /// When unanswered targets get fallbacks (once); `None` after that.
-    pub(super) fallback_at: Option<u64>,
-    pub(super) replied: bool,
-}
-
-/// A get waiting for replies (and, after replying, for the rest of them, for read repair).
-#[derive(Debug)]
-pub(super) struct ReadOp {
-    pub(super) origin: Origin,
-    pub(super) partition: PartitionId,
-    pub(super) key: Bytes,
-    pub(super) targets: Vec<Target>,
-    pub(super) replies: BTreeMap<NodeId, Option<Object>>,
-    pub(super) failed: BTreeMap<NodeId, ReplicaError>,
-    pub(super) quorum: Quorum,
-    pub(super) deadline: u64,
-    pub(super) replied: bool,
-}
-
-/// A write forwarded to a replica of its key.
-#[derive(Debug)]
-pub(super) struct ForwardOp {
-    origin: Origin,
-    kind: &'static str,
-    quorum: Quorum,
-    deadline: u64,
-}
-
-/// An operation this node coordinates.
-#[derive(Debug)]
-pub(super) enum PendingOp {
-    Write(WriteOp),
-    Read(ReadOp),
-    Forward(ForwardOp),
-}
-
-impl PendingOp {
-    /// Every time at which this operation registered a timer.
-    pub(super) fn timers(&self) -> Vec<u64> {
-        match self {
-            PendingOp::Write(w) => std::iter::once(w.deadline).chain(w.fallback_at).collect(),
-            PendingOp::Read(r) => vec![r.deadline],
-            PendingOp::Forward(f) => vec![f.deadline],
-        }
-    }
 }
 
 pub(super) fn is_primary(targets: &[Target], node: NodeId) -> bool {

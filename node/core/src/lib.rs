@@ -6,6 +6,7 @@
 //! - `node`: the state machine: identity/incarnation, dispatch, the replica role, timers, effects.
 //! - `replica`: the replica role and the data path; every data change routed to the
 //!   mechanisms that derive state from it.
+//! - `ops`: pending operations as small state machines (`on_ack`/`on_reply` -> `Progress`).
 //! - `coordinator`: get/put/delete against the preference list with N/R/W and PR/PW, sloppy
 //!   quorum (fallbacks with hints), forwarding, bounded read repair.
 //! - `write`: the coordinator's write path (minting, W/PW acks, run-time fallbacks).
@@ -30,6 +31,7 @@ pub mod error;
 mod hints;
 mod membership;
 mod node;
+mod ops;
 mod read;
 mod reaper;
 mod replica;

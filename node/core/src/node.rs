@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::aae::AntiEntropy;
 use super::config::{CoreConfig, PlantedBug};
-use super::coordinator::{Coordinator, PendingOp};
+use super::coordinator::Coordinator;
 use super::hints::HintedHandoff;
 use super::membership::Membership;
+use super::ops::PendingOp;
 use super::reaper::Reaper;
 use super::timers::{Timer, TimerTable};
 use super::transfer::Transfers;

@@ -11,13 +11,12 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use dynakv_ring::NodeId;
 
-use super::coordinator::{error, is_primary, PendingOp, ReadOp, READ_REPAIR_WINDOW_US};
+use super::coordinator::{error, is_primary, READ_REPAIR_WINDOW_US};
 use super::node::{NodeCore, Origin};
+use super::ops::{PendingOp, ReadOp};
+use super::replica::merge_objects;
 use super::timers::Timer;
-use super::types::{
-    ClientReply, GetReply, Object, OpId, ReplicaError, ReplicaMsg, RequestError, RequestOptions,
-};
-use crate::dvv::DvvSet;
+use super::types::{Object, OpId, ReplicaError, ReplicaMsg, RequestOptions};
 use crate::store::Store;
 
 impl<S: Store> NodeCore<S> {
@@ -79,92 +78,28 @@ impl<S: Store> NodeCore<S> {
         let Some(PendingOp::Read(r)) = self.coord.ops.get_mut(&op) else {
             return;
         };
-        if !r.targets.iter().any(|t| t.node == from)
-            || r.replies.contains_key(&from)
-            || r.failed.contains_key(&from)
-        {
-            return;
+        if r.on_reply(from, result) {
+            self.check_read_done(op);
         }
-        match result {
-            Ok(object) => {
-                if let Some(o) = &object {
-                    if crate::codec::check_replica_object(o).is_err() {
-                        r.failed
-                            .insert(from, ReplicaError::Rejected("malformed object".into()));
-                        return self.check_read_done(op);
-                    }
-                }
-                r.replies.insert(from, object);
-            }
-            Err(e) => {
-                r.failed.insert(from, e);
-            }
-        }
-        self.check_read_done(op);
     }
 
-    fn merged_replies(&self, r: &ReadOp) -> Object {
-        r.replies
-            .values()
-            .flatten()
-            .fold(DvvSet::empty(), |acc, o| self.merge(&acc, o))
-    }
-
+    /// Act on the read's progress: reply (then wait for stragglers only briefly), and repair
+    /// once every target answered.
     pub(super) fn check_read_done(&mut self, op: OpId) {
-        let Some(PendingOp::Read(r)) = self.coord.ops.get(&op) else {
+        let window = self.now + READ_REPAIR_WINDOW_US;
+        let cfg = &self.cfg;
+        let Some(PendingOp::Read(r)) = self.coord.ops.get_mut(&op) else {
             return;
         };
-        let needed = usize::from(r.quorum.needed);
-        let answered = r.replies.len();
-        let primary_replies = r
-            .replies
-            .keys()
-            .filter(|n| is_primary(&r.targets, **n))
-            .count();
-        let all_in = answered + r.failed.len() >= r.targets.len();
-        let mut reply = None;
-        if !r.replied && answered >= needed && primary_replies >= usize::from(r.quorum.primaries) {
-            let merged = self.merged_replies(r);
-            reply = Some(ClientReply::Got(GetReply {
-                values: merged
-                    .values()
-                    .into_iter()
-                    .filter_map(|v| v.data().cloned())
-                    .collect(),
-                context: merged.join(),
-                replied: answered as u8,
-                primary_replies: primary_replies as u8,
-            }));
-        } else if !r.replied && r.targets.len() - r.failed.len() < needed {
-            reply = Some(error(RequestError::Storage(format!(
-                "get failed on {} of {} replicas",
-                r.failed.len(),
-                r.targets.len()
-            ))));
-        } else if !r.replied && all_in {
-            reply = Some(error(RequestError::PrimariesUnavailable {
-                op: "get".into(),
-                needed: r.quorum.primaries,
-                available: primary_replies as u8,
-            }));
-        }
-        if let Some(reply) = reply {
-            let origin = r.origin;
-            let window = self.now + READ_REPAIR_WINDOW_US;
-            if let Some(PendingOp::Read(r)) = self.coord.ops.get_mut(&op) {
-                r.replied = true;
-                // Keep waiting for the remaining replicas only briefly: a repair from an old
-                // snapshot could bring back something deleted (and reaped) meanwhile.
-                if r.deadline > window {
-                    let old = r.deadline;
-                    r.deadline = window;
-                    self.timers.cancel(old, Timer::Op(op));
-                    self.timers.set(window, Timer::Op(op));
-                }
+        let progress = r.progress(|a, b| merge_objects(cfg, a, b));
+        if let Some((origin, reply)) = progress.reply {
+            if let Some(old) = r.shorten_deadline(window) {
+                self.timers.cancel(old, Timer::Op(op));
+                self.timers.set(window, Timer::Op(op));
             }
             self.respond(origin, reply);
         }
-        if all_in {
+        if progress.finished {
             self.finish_read(op);
         }
     }
@@ -178,7 +113,7 @@ impl<S: Store> NodeCore<S> {
         if !self.cfg.read_repair || r.replies.len() < 2 {
             return;
         }
-        let merged = self.merged_replies(&r);
+        let merged = r.merged(|a, b| self.merge(a, b));
         if merged.join().is_empty() {
             return;
         }

@@ -11,12 +11,25 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
-use super::config::PlantedBug;
+use super::config::{CoreConfig, PlantedBug};
 use super::node::{DataChange, NodeCore};
 use super::types::{Object, ReplicaError, ReplicaMsg};
 use crate::codec;
 use crate::error::Result;
 use crate::store::{Space, Store};
+
+/// Merge two objects with a node's config: the DVVSet sync (commutative, associative,
+/// idempotent), or the planted last-write-wins bug when that is planted.
+pub(super) fn merge_objects(cfg: &CoreConfig, a: &Object, b: &Object) -> Object {
+    let merged = a.sync(b);
+    #[cfg(feature = "planted-bugs")]
+    if cfg.has_bug(PlantedBug::LastWriteWins) {
+        return merged.keep_only_newest();
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    let _ = cfg;
+    merged
+}
 
 impl<S: Store> NodeCore<S> {
     /// Read and decode the stored object for a key.
@@ -99,14 +112,10 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    /// Merge two objects: the DVVSet sync, or the planted last-write-wins bug.
+    /// Merge two objects: the DVVSet sync, or the planted last-write-wins bug
+    /// ([`merge_objects`] with this node's config).
     pub(super) fn merge(&self, a: &Object, b: &Object) -> Object {
-        let merged = a.sync(b);
-        #[cfg(feature = "planted-bugs")]
-        if self.cfg.has_bug(PlantedBug::LastWriteWins) {
-            return merged.keep_only_newest();
-        }
-        merged
+        merge_objects(&self.cfg, a, b)
     }
 
     /// Merge `incoming` into what this node stores for `key` (the replica role).

@@ -87,7 +87,7 @@ fn out_key(p: PartitionId, to: NodeId) -> Vec<u8> {
     k
 }
 
-fn in_key(p: PartitionId, from: NodeId) -> Vec<u8> {
+pub(super) fn in_key(p: PartitionId, from: NodeId) -> Vec<u8> {
     let mut k = b"in".to_vec();
     k.extend_from_slice(&p.0.to_be_bytes());
     k.extend_from_slice(&from.0.to_be_bytes());
@@ -134,33 +134,12 @@ impl<S: Store> NodeCore<S> {
             .collect()
     }
 
-    /// Incoming transfers (for status).
-    pub fn incoming_transfers(&self) -> Vec<IncomingTransfer> {
-        self.transfers.receiving.values().cloned().collect()
-    }
-
     /// Outgoing transfers not finished yet.
     pub fn outgoing_pending(&self) -> usize {
         self.transfers
             .sending
             .values()
             .filter(|s| !s.rec.done)
-            .count()
-    }
-
-    /// Incoming transfers expected but not finished (a sender that left the cluster for good
-    /// no longer counts: anti-entropy fills in what it had).
-    pub fn incoming_pending(&self) -> usize {
-        let state = self.cluster_state();
-        self.transfers
-            .receiving
-            .values()
-            .filter(|r| !r.done)
-            .filter(|r| {
-                state
-                    .and_then(|s| s.member(r.from))
-                    .is_some_and(|m| m.status != dynakv_gossip::Status::Removed)
-            })
             .count()
     }
 
@@ -339,21 +318,6 @@ impl<S: Store> NodeCore<S> {
                 if self
                     .store
                     .put(Space::Transfers, &out_key(rec.partition, rec.to), &b)
-                    .is_ok()
-                {
-                    self.dirty = true;
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot encode a transfer checkpoint"),
-        }
-    }
-
-    pub(super) fn persist_in(&mut self, rec: &IncomingTransfer) {
-        match codec::encode(rec) {
-            Ok(b) => {
-                if self
-                    .store
-                    .put(Space::Transfers, &in_key(rec.partition, rec.from), &b)
                     .is_ok()
                 {
                     self.dirty = true;

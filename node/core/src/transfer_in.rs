@@ -9,9 +9,10 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
 use super::node::NodeCore;
-use super::transfer::IncomingTransfer;
+use super::transfer::{in_key, IncomingTransfer};
 use super::types::{Object, ReplicaError, TransferMsg};
-use crate::store::Store;
+use crate::codec;
+use crate::store::{Space, Store};
 
 impl<S: Store> NodeCore<S> {
     /// The receiver's side: merge the batch, checkpoint durably, acknowledge.
@@ -100,6 +101,42 @@ impl<S: Store> NodeCore<S> {
                 tracing::info!(partition = %p, %from, "sender has no transfer for us; anti-entropy covers the rest");
                 self.membership_progress();
             }
+        }
+    }
+
+    /// Incoming transfers (for status).
+    pub fn incoming_transfers(&self) -> Vec<IncomingTransfer> {
+        self.transfers.receiving.values().cloned().collect()
+    }
+
+    /// Incoming transfers expected but not finished (a sender that left the cluster for good
+    /// no longer counts: anti-entropy fills in what it had).
+    pub fn incoming_pending(&self) -> usize {
+        let state = self.cluster_state();
+        self.transfers
+            .receiving
+            .values()
+            .filter(|r| !r.done)
+            .filter(|r| {
+                state
+                    .and_then(|s| s.member(r.from))
+                    .is_some_and(|m| m.status != dynakv_gossip::Status::Removed)
+            })
+            .count()
+    }
+
+    pub(super) fn persist_in(&mut self, rec: &IncomingTransfer) {
+        match codec::encode(rec) {
+            Ok(b) => {
+                if self
+                    .store
+                    .put(Space::Transfers, &in_key(rec.partition, rec.from), &b)
+                    .is_ok()
+                {
+                    self.dirty = true;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a transfer checkpoint"),
         }
     }
 }

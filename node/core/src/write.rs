@@ -12,12 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use dynakv_ring::NodeId;
 
-use super::coordinator::{error, is_primary, PendingOp, Target, WriteOp};
+use super::coordinator::{error, Target};
 use super::node::{NodeCore, Origin};
+use super::ops::{PendingOp, WriteOp};
 use super::timers::Timer;
-use super::types::{
-    ClientReply, OpId, PutReply, ReplicaError, ReplicaMsg, RequestError, RequestOptions, Value,
-};
+use super::types::{OpId, ReplicaError, ReplicaMsg, RequestError, RequestOptions, Value};
 use crate::dvv::{Dot, DvvSet, VersionVector};
 use crate::store::Store;
 
@@ -261,73 +260,21 @@ impl<S: Store> NodeCore<S> {
         let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) else {
             return; // late, duplicated or unknown: harmless
         };
-        if !w.targets.iter().any(|t| t.node == from) {
-            return;
+        if w.on_ack(from, result) {
+            self.check_write_done(op);
         }
-        match result {
-            Ok(()) => {
-                w.failed.remove(&from);
-                w.acked.insert(from);
-            }
-            Err(e) => {
-                if !w.acked.contains(&from) {
-                    w.failed.insert(from, e);
-                }
-            }
-        }
-        self.check_write_done(op);
     }
 
+    /// Act on the write's progress: reply, and forget it once every target answered.
     pub(super) fn check_write_done(&mut self, op: OpId) {
         let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) else {
             return;
         };
-        let acks = w.acked.len();
-        let primary_acks = w
-            .acked
-            .iter()
-            .filter(|n| is_primary(&w.targets, **n))
-            .count();
-        let needed = usize::from(w.quorum.needed);
-        let needed_primaries = usize::from(w.quorum.primaries);
-        let mut reply = None;
-        if !w.replied && acks >= needed && primary_acks >= needed_primaries {
-            w.replied = true;
-            reply = Some((
-                w.origin,
-                ClientReply::Written(PutReply {
-                    context: w.context.clone(),
-                    dot: w.dot,
-                    acks: acks as u8,
-                    primary_acks: primary_acks as u8,
-                    fallback_acks: (acks - primary_acks) as u8,
-                }),
-            ));
-        } else if !w.replied && w.targets.len() - w.failed.len() < needed && w.fallback_at.is_none()
-        {
-            // Enough replicas refused that the quorum cannot be reached: fail now.
-            w.replied = true;
-            let detail = w
-                .failed
-                .iter()
-                .map(|(n, e)| format!("node {n}: {e:?}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            reply = Some((
-                w.origin,
-                error(RequestError::Storage(format!(
-                    "{} failed on {} of {} replicas ({detail})",
-                    w.kind,
-                    w.failed.len(),
-                    w.targets.len()
-                ))),
-            ));
-        }
-        let finished = w.replied && acks + w.failed.len() >= w.targets.len();
-        if let Some((origin, reply)) = reply {
+        let progress = w.progress();
+        if let Some((origin, reply)) = progress.reply {
             self.respond(origin, reply);
         }
-        if finished {
+        if progress.finished {
             self.remove_op(op);
         }
     }

@@ -1,0 +1,260 @@
+//! Pending operations as small state machines. The coordinator feeds each one the replies of
+//! its targets (`on_ack`, `on_reply`) and asks where it stands (`progress`): the reply to send
+//! now, if any (exactly once), and whether the operation is over. The operations never send,
+//! store or arm timers themselves; the coordinator does what their progress says.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use dynakv_ring::{NodeId, PartitionId};
+
+use super::coordinator::{error, is_primary, Quorum, Target};
+use super::node::Origin;
+use super::types::{ClientReply, GetReply, Object, PutReply, ReplicaError, RequestError};
+use crate::dvv::{Dot, DvvSet, VersionVector};
+
+/// What a pending operation asks of the coordinator after an input.
+#[derive(Debug)]
+pub(super) struct Progress {
+    /// Send this reply to this origin now (at most once per operation).
+    pub(super) reply: Option<(Origin, ClientReply)>,
+    /// Every target has answered: the operation is over (for a read: repair, then forget).
+    pub(super) finished: bool,
+}
+
+/// A put or delete waiting for acknowledgements.
+#[derive(Debug)]
+pub(super) struct WriteOp {
+    pub(super) origin: Origin,
+    pub(super) kind: &'static str,
+    pub(super) partition: PartitionId,
+    pub(super) key: Bytes,
+    pub(super) object: Object,
+    pub(super) targets: Vec<Target>,
+    pub(super) acked: BTreeSet<NodeId>,
+    pub(super) failed: BTreeMap<NodeId, ReplicaError>,
+    pub(super) quorum: Quorum,
+    pub(super) context: VersionVector,
+    pub(super) dot: Option<Dot>,
+    pub(super) deadline: u64,
+    /// When unanswered targets get fallbacks (once); `None` after that.
+    pub(super) fallback_at: Option<u64>,
+    pub(super) replied: bool,
+}
+
+/// A get waiting for replies (and, after replying, for the rest of them, for read repair).
+#[derive(Debug)]
+pub(super) struct ReadOp {
+    pub(super) origin: Origin,
+    pub(super) partition: PartitionId,
+    pub(super) key: Bytes,
+    pub(super) targets: Vec<Target>,
+    pub(super) replies: BTreeMap<NodeId, Option<Object>>,
+    pub(super) failed: BTreeMap<NodeId, ReplicaError>,
+    pub(super) quorum: Quorum,
+    pub(super) deadline: u64,
+    pub(super) replied: bool,
+}
+
+/// A write forwarded to a replica of its key.
+#[derive(Debug)]
+pub(super) struct ForwardOp {
+    pub(super) origin: Origin,
+    pub(super) kind: &'static str,
+    pub(super) quorum: Quorum,
+    pub(super) deadline: u64,
+}
+
+/// An operation this node coordinates.
+#[derive(Debug)]
+pub(super) enum PendingOp {
+    Write(WriteOp),
+    Read(ReadOp),
+    Forward(ForwardOp),
+}
+
+impl PendingOp {
+    /// Every time at which this operation registered a timer.
+    pub(super) fn timers(&self) -> Vec<u64> {
+        match self {
+            PendingOp::Write(w) => std::iter::once(w.deadline).chain(w.fallback_at).collect(),
+            PendingOp::Read(r) => vec![r.deadline],
+            PendingOp::Forward(f) => vec![f.deadline],
+        }
+    }
+}
+
+impl WriteOp {
+    /// Take a target's answer to the replica write. Returns `false` (and changes nothing) when
+    /// `from` is not one of this write's targets. An ack replaces an earlier failure of the
+    /// same target; a failure never replaces an ack.
+    pub(super) fn on_ack(&mut self, from: NodeId, result: Result<(), ReplicaError>) -> bool {
+        if !self.targets.iter().any(|t| t.node == from) {
+            return false;
+        }
+        match result {
+            Ok(()) => {
+                self.failed.remove(&from);
+                self.acked.insert(from);
+            }
+            Err(e) => {
+                if !self.acked.contains(&from) {
+                    self.failed.insert(from, e);
+                }
+            }
+        }
+        true
+    }
+
+    /// Where the write stands: the success reply once W acks (PW of them from primaries) are
+    /// in, or a failure once enough targets refused that W is out of reach (and no fallback
+    /// can still be tried); finished once replied and every target answered.
+    pub(super) fn progress(&mut self) -> Progress {
+        let acks = self.acked.len();
+        let primary_acks = self
+            .acked
+            .iter()
+            .filter(|n| is_primary(&self.targets, **n))
+            .count();
+        let needed = usize::from(self.quorum.needed);
+        let needed_primaries = usize::from(self.quorum.primaries);
+        let mut reply = None;
+        if !self.replied && acks >= needed && primary_acks >= needed_primaries {
+            self.replied = true;
+            reply = Some((
+                self.origin,
+                ClientReply::Written(PutReply {
+                    context: self.context.clone(),
+                    dot: self.dot,
+                    acks: acks as u8,
+                    primary_acks: primary_acks as u8,
+                    fallback_acks: (acks - primary_acks) as u8,
+                }),
+            ));
+        } else if !self.replied
+            && self.targets.len() - self.failed.len() < needed
+            && self.fallback_at.is_none()
+        {
+            // Enough replicas refused that the quorum cannot be reached: fail now.
+            self.replied = true;
+            let detail = self
+                .failed
+                .iter()
+                .map(|(n, e)| format!("node {n}: {e:?}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            reply = Some((
+                self.origin,
+                error(RequestError::Storage(format!(
+                    "{} failed on {} of {} replicas ({detail})",
+                    self.kind,
+                    self.failed.len(),
+                    self.targets.len()
+                ))),
+            ));
+        }
+        let finished = self.replied && acks + self.failed.len() >= self.targets.len();
+        Progress { reply, finished }
+    }
+}
+
+impl ReadOp {
+    /// Take a target's answer to the replica read. Returns `false` (and changes nothing) for a
+    /// node that is not a target or already answered. A malformed object counts as a failure.
+    pub(super) fn on_reply(
+        &mut self,
+        from: NodeId,
+        result: Result<Option<Object>, ReplicaError>,
+    ) -> bool {
+        if !self.targets.iter().any(|t| t.node == from)
+            || self.replies.contains_key(&from)
+            || self.failed.contains_key(&from)
+        {
+            return false;
+        }
+        match result {
+            Ok(Some(o)) if crate::codec::check_replica_object(&o).is_err() => {
+                self.failed
+                    .insert(from, ReplicaError::Rejected("malformed object".into()));
+            }
+            Ok(object) => {
+                self.replies.insert(from, object);
+            }
+            Err(e) => {
+                self.failed.insert(from, e);
+            }
+        }
+        true
+    }
+
+    /// The merge of every reply so far, with the coordinator's `merge`.
+    pub(super) fn merged(&self, merge: impl Fn(&Object, &Object) -> Object) -> Object {
+        self.replies
+            .values()
+            .flatten()
+            .fold(DvvSet::empty(), |acc, o| merge(&acc, o))
+    }
+
+    /// Where the read stands: the reply once R replies (PR of them from primaries) are in, or
+    /// a failure once R is out of reach or every target answered without enough primaries;
+    /// finished once every target answered.
+    pub(super) fn progress(&mut self, merge: impl Fn(&Object, &Object) -> Object) -> Progress {
+        let needed = usize::from(self.quorum.needed);
+        let answered = self.replies.len();
+        let primary_replies = self
+            .replies
+            .keys()
+            .filter(|n| is_primary(&self.targets, **n))
+            .count();
+        let finished = answered + self.failed.len() >= self.targets.len();
+        let mut reply = None;
+        if !self.replied
+            && answered >= needed
+            && primary_replies >= usize::from(self.quorum.primaries)
+        {
+            let merged = self.merged(merge);
+            reply = Some(ClientReply::Got(GetReply {
+                values: merged
+                    .values()
+                    .into_iter()
+                    .filter_map(|v| v.data().cloned())
+                    .collect(),
+                context: merged.join(),
+                replied: answered as u8,
+                primary_replies: primary_replies as u8,
+            }));
+        } else if !self.replied && self.targets.len() - self.failed.len() < needed {
+            reply = Some(error(RequestError::Storage(format!(
+                "get failed on {} of {} replicas",
+                self.failed.len(),
+                self.targets.len()
+            ))));
+        } else if !self.replied && finished {
+            reply = Some(error(RequestError::PrimariesUnavailable {
+                op: "get".into(),
+                needed: self.quorum.primaries,
+                available: primary_replies as u8,
+            }));
+        }
+        if reply.is_some() {
+            self.replied = true;
+        }
+        Progress {
+            reply: reply.map(|r| (self.origin, r)),
+            finished,
+        }
+    }
+
+    /// After the reply, wait for the other targets only until `window`: a repair from an old
+    /// snapshot could bring back something deleted (and reaped) meanwhile. Returns the old
+    /// deadline when it moved (the coordinator re-arms the timer).
+    pub(super) fn shorten_deadline(&mut self, window: u64) -> Option<u64> {
+        if self.deadline > window {
+            let old = self.deadline;
+            self.deadline = window;
+            Some(old)
+        } else {
+            None
+        }
+    }
+}
