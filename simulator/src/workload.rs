@@ -432,5 +432,7 @@ fn never_applied(e: &RequestError) -> bool {
             | RequestError::ValueTooLarge { .. }
             | RequestError::Unavailable { .. }
             | RequestError::TooManySiblings { .. }
+            | RequestError::Removed { .. }
+            | RequestError::NotJoined { .. }
     )
 }

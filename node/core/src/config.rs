@@ -111,8 +111,13 @@ impl CoreConfig {
         }
     }
 
-    /// Check the quorum defaults: 1 <= R, W <= N, and the limits are sane.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the quorum defaults: 1 <= R, W <= N, and the limits are sane. The error
+    /// ([`crate::Error::Config`]) names the first setting that is wrong.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        self.check().map_err(crate::Error::Config)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.n == 0 {
             return Err("n must be at least 1".into());
         }

@@ -20,6 +20,9 @@ pub enum Error {
     /// Errors from the ring crate.
     #[error(transparent)]
     Ring(#[from] dynakv_ring::RingError),
+    /// The node has no cluster state yet (it is still joining).
+    #[error("this node is not in a cluster yet")]
+    NotJoined,
     /// Errors from the gossip crate (cluster state, staged changes).
     #[error(transparent)]
     Gossip(#[from] dynakv_gossip::GossipError),

@@ -190,14 +190,13 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Stage an operator's change on this node (`dynakv leave` / `remove`) and gossip it.
-    pub fn stage_change(&mut self, change: Change) -> std::result::Result<(), String> {
+    ///
+    /// Errors: [`Error::NotJoined`] before this node has a cluster state, and the gossiper's
+    /// refusal ([`Error::Gossip`]: a removed or unknown node, the last member, ...).
+    pub fn stage_change(&mut self, change: Change) -> Result<()> {
         let now = self.now;
-        let g = self
-            .membership
-            .gossip
-            .as_mut()
-            .ok_or("membership is not initialised")?;
-        let outbox = g.stage(now, change).map_err(|e| e.to_string())?;
+        let g = self.membership.gossip.as_mut().ok_or(Error::NotJoined)?;
+        let outbox = g.stage(now, change)?;
         self.send_gossip(outbox);
         self.after_gossip();
         Ok(())

@@ -148,7 +148,7 @@ impl<S: Store> NodeCore<S> {
                 PartitionMap::initial(dynakv_ring::MIN_PARTITIONS, &BTreeSet::from([cfg.node]))?
             }
         };
-        cfg.validate().map_err(Error::Config)?;
+        cfg.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let incarnation = match store.get(Space::Meta, IDENTITY_KEY)? {
             Some(bytes) => {
@@ -445,17 +445,11 @@ impl<S: Store> NodeCore<S> {
             return self.respond(origin, ClientReply::Error(e));
         }
         if self.is_removed() {
-            let e = super::types::RequestError::InvalidOptions(
-                "this node was removed from the cluster; send requests to a member".into(),
-            );
+            let e = super::types::RequestError::Removed { node: self.id() };
             return self.respond(origin, ClientReply::Error(e));
         }
         if !self.membership.joined {
-            let e = super::types::RequestError::Unavailable {
-                op: request.kind().into(),
-                needed: 1,
-                available: 0,
-            };
+            let e = super::types::RequestError::NotJoined { node: self.id() };
             return self.respond(origin, ClientReply::Error(e));
         }
         match request {
@@ -487,7 +481,9 @@ impl<S: Store> NodeCore<S> {
                 };
                 let reply = match self.stage_change(change) {
                     Ok(()) => ClientReply::Admin(what),
-                    Err(e) => ClientReply::Error(super::types::RequestError::InvalidOptions(e)),
+                    Err(e) => {
+                        ClientReply::Error(super::types::RequestError::ChangeRefused(e.to_string()))
+                    }
                 };
                 self.respond(origin, reply);
             }

@@ -84,6 +84,15 @@ impl PendingOp {
     }
 }
 
+/// "node 2: Storage(\"disk full\"); node 3: ..." for an error message.
+fn describe_refusals(failed: &BTreeMap<NodeId, ReplicaError>) -> String {
+    failed
+        .iter()
+        .map(|(n, e)| format!("node {n}: {e:?}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl WriteOp {
     /// Take a target's answer to the replica write. Returns `false` (and changes nothing) when
     /// `from` is not one of this write's targets. An ack replaces an earlier failure of the
@@ -137,20 +146,15 @@ impl WriteOp {
         {
             // Enough replicas refused that the quorum cannot be reached: fail now.
             self.replied = true;
-            let detail = self
-                .failed
-                .iter()
-                .map(|(n, e)| format!("node {n}: {e:?}"))
-                .collect::<Vec<_>>()
-                .join("; ");
+            let detail = describe_refusals(&self.failed);
             reply = Some((
                 self.origin,
-                error(RequestError::Storage(format!(
-                    "{} failed on {} of {} replicas ({detail})",
-                    self.kind,
-                    self.failed.len(),
-                    self.targets.len()
-                ))),
+                error(RequestError::ReplicasRefused {
+                    op: self.kind.into(),
+                    refused: self.failed.len() as u8,
+                    asked: self.targets.len() as u8,
+                    detail,
+                }),
             ));
         }
         let finished = self.replied && acks + self.failed.len() >= self.targets.len();
@@ -224,11 +228,13 @@ impl ReadOp {
                 primary_replies: primary_replies as u8,
             }));
         } else if !self.replied && self.targets.len() - self.failed.len() < needed {
-            reply = Some(error(RequestError::Storage(format!(
-                "get failed on {} of {} replicas",
-                self.failed.len(),
-                self.targets.len()
-            ))));
+            let detail = describe_refusals(&self.failed);
+            reply = Some(error(RequestError::ReplicasRefused {
+                op: "get".into(),
+                refused: self.failed.len() as u8,
+                asked: self.targets.len() as u8,
+                detail,
+            }));
         } else if !self.replied && finished {
             reply = Some(error(RequestError::PrimariesUnavailable {
                 op: "get".into(),

@@ -3,8 +3,6 @@
 //! Everything here is `Serialize`/`Deserialize` so the QUIC driver can put it on the wire through
 //! [`crate::codec`], and `Clone`/`PartialEq` so the simulator can duplicate, replay and compare it.
 
-use std::fmt;
-
 use bytes::Bytes;
 use dynakv_ring::NodeId;
 use serde::{Deserialize, Serialize};
@@ -147,15 +145,21 @@ pub enum ClientReply {
 }
 
 /// Why a request failed. Every variant renders as one clear line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum RequestError {
     /// The request options are inconsistent (for example W > N).
+    #[error("invalid request options: {0}")]
     InvalidOptions(String),
     /// The key is empty or longer than the limit.
+    #[error("bad key: {0}")]
     BadKey(String),
     /// The value is longer than the limit.
+    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
     ValueTooLarge { len: u64, max: u64 },
     /// Fewer replicas answered than the quorum needs before the timeout.
+    #[error(
+        "{op} timed out after {timeout_ms} ms: {answered} of {asked} replicas answered, {needed} needed"
+    )]
     Timeout {
         op: String,
         timeout_ms: u32,
@@ -164,73 +168,53 @@ pub enum RequestError {
         asked: u8,
     },
     /// Not enough nodes exist or are reachable to even try the quorum.
+    #[error("{op} unavailable: needs {needed} replicas but only {available} are up and reachable")]
     Unavailable {
         op: String,
         needed: u8,
         available: u8,
     },
     /// The request demanded PR/PW primary replicas and fewer are reachable or answered.
+    #[error(
+        "{op} needs {needed} primary replicas (pr/pw) but only {available} answered or are reachable; fallbacks do not count"
+    )]
     PrimariesUnavailable {
         op: String,
         needed: u8,
         available: u8,
     },
-    /// A replica or the coordinator failed to read or write its disk.
+    /// So many replicas refused the request (a failing disk, an object they would not store)
+    /// that the quorum was out of reach; `detail` says who refused and why.
+    #[error("{op} refused by {refused} of {asked} replicas: {detail}")]
+    ReplicasRefused {
+        op: String,
+        refused: u8,
+        asked: u8,
+        detail: String,
+    },
+    /// The coordinator failed to read or write its own disk.
+    #[error("storage failure: {0}")]
     Storage(String),
     /// The coordinator has too many requests in flight; retry later or elsewhere.
+    #[error("node overloaded: {pending} requests in flight; retry later or on another node")]
     Overloaded { pending: u64 },
     /// The write would push the key past the hard sibling limit.
+    #[error(
+        "key would hold {count} siblings, past the hard limit of {max}; read it and write back a merged value"
+    )]
     TooManySiblings { count: u32, max: u32 },
+    /// The node that received the request was removed from the cluster.
+    #[error("node {node} was removed from the cluster; send requests to a member")]
+    Removed { node: NodeId },
+    /// The node that received the request has not joined a cluster (yet).
+    #[error("node {node} is not in a cluster yet (joining); send requests to a member")]
+    NotJoined { node: NodeId },
+    /// A membership change (leave, remove) was refused; the message says why.
+    #[error("membership change refused: {0}")]
+    ChangeRefused(String),
     /// Something the node did not expect; the message says what.
+    #[error("internal error: {0}")]
     Internal(String),
-}
-
-impl fmt::Display for RequestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RequestError::InvalidOptions(m) => write!(f, "invalid request options: {m}"),
-            RequestError::BadKey(m) => write!(f, "bad key: {m}"),
-            RequestError::ValueTooLarge { len, max } => {
-                write!(f, "value of {len} bytes exceeds the limit of {max} bytes")
-            }
-            RequestError::Timeout {
-                op,
-                timeout_ms,
-                answered,
-                needed,
-                asked,
-            } => write!(
-                f,
-                "{op} timed out after {timeout_ms} ms: {answered} of {asked} replicas answered, {needed} needed"
-            ),
-            RequestError::Unavailable {
-                op,
-                needed,
-                available,
-            } => write!(
-                f,
-                "{op} unavailable: needs {needed} replicas but only {available} are up and reachable"
-            ),
-            RequestError::PrimariesUnavailable {
-                op,
-                needed,
-                available,
-            } => write!(
-                f,
-                "{op} needs {needed} primary replicas (pr/pw) but only {available} answered or are reachable; fallbacks do not count"
-            ),
-            RequestError::Storage(m) => write!(f, "storage failure: {m}"),
-            RequestError::Overloaded { pending } => write!(
-                f,
-                "node overloaded: {pending} requests in flight; retry later or on another node"
-            ),
-            RequestError::TooManySiblings { count, max } => write!(
-                f,
-                "key would hold {count} siblings, past the hard limit of {max}; read it and write back a merged value"
-            ),
-            RequestError::Internal(m) => write!(f, "internal error: {m}"),
-        }
-    }
 }
 
 /// Counters for `status` and tests.

@@ -248,7 +248,7 @@ impl NodeConfigFile {
             transfer_batch: self.transfer_batch.unwrap_or(d.transfer_batch),
             ..d
         };
-        cfg.validate().map_err(Error::Config)?;
+        cfg.validate()?;
         Ok(cfg)
     }
 }
