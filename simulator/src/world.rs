@@ -17,8 +17,9 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::config::{FaultParams, SimConfig};
 use crate::error::SimError;
 
-/// How long a removed member keeps running so its removal spreads by gossip.
-const REMOVED_LINGER_US: u64 = 10_000_000;
+/// When the world's operator stops a removed member that did not stop itself: after the
+/// core's own linger (10 s) plus some slack.
+const OPERATOR_RETIRE_US: u64 = 12_000_000;
 
 /// Request timeout the simulated nodes use, milliseconds.
 pub const SIM_REQUEST_TIMEOUT_MS: u32 = 1_000;
@@ -56,7 +57,8 @@ pub(crate) enum Event {
     HealCut { cut: u64 },
     /// The next read of the quiet phase.
     QuietNext,
-    /// A removed member stops.
+    /// The world's operator stops a removed member that is still around well after its
+    /// linger (it crashed or lost its disk meanwhile, so its core never said `Stop`).
     Retire { node: NodeId },
 }
 
@@ -372,9 +374,13 @@ impl World {
             Event::FaultTick => self.fault_tick(),
             Event::Restart { node, wipe } => self.restart(node, wipe),
             Event::Resume { node } => self.resume(node),
+            Event::Retire { node } => {
+                if !self.node_mut(node).retired {
+                    self.retire(node);
+                }
+            }
             Event::HealCut { cut } => self.heal_cut(cut),
             Event::QuietNext => self.quiet_next(),
-            Event::Retire { node } => self.retire(node),
         }
     }
 
@@ -415,9 +421,11 @@ impl World {
                 );
             }
         }
+        let mut stop = false;
         for effect in effects {
             match effect {
                 Effect::Send { to, msg } => self.send(id, to, msg),
+                Effect::Stop { .. } => stop = true,
                 Effect::Reply { id: req, reply } => {
                     let at = self.now + self.net.latency.get(&(id, id)).copied().unwrap_or(1);
                     self.schedule(at, Event::Reply { id: req, reply });
@@ -425,6 +433,9 @@ impl World {
             }
         }
         self.retire_removed(id);
+        if stop {
+            self.retire(id);
+        }
     }
 
     /// Put a message on the simulated network: loss, partitions, clogs, latency, duplication.
@@ -697,8 +708,8 @@ impl World {
         self.after_input(id);
     }
 
-    /// A member that learns it was removed keeps running a few gossip rounds (so the news
-    /// spreads), then stops for good.
+    /// A member that learns it was removed is no longer used by clients; its core keeps it
+    /// running a few gossip rounds (so the news spreads) and then emits `Effect::Stop`.
     fn retire_removed(&mut self, id: NodeId) {
         let node = self.node_mut(id);
         // A removed node that lost its disk asks to join again and is refused: it is gone.
@@ -726,8 +737,12 @@ impl World {
         if node.retiring || !node.core.as_ref().is_some_and(|c| c.is_removed()) {
             return;
         }
+        // Clients stop sending to it; the core itself says when to stop (`Effect::Stop`).
+        // A removed node that crashes or is wiped during its linger may come back with an
+        // older cluster state and never learn it was removed (the security issue's "removed
+        // id rejoins" case); the world's operator stops it then.
         node.retiring = true;
-        let at = self.now + REMOVED_LINGER_US;
+        let at = self.now + OPERATOR_RETIRE_US;
         self.schedule(at, Event::Retire { node: id });
     }
 

@@ -54,6 +54,9 @@ pub struct CoreConfig {
     /// cut to fit); must stay below the transport's frame limit. Objects whose encoding would
     /// not fit are refused at the coordinator.
     pub max_message_bytes: usize,
+    /// How long a node removed from the cluster keeps running (gossiping its removal) before
+    /// the core asks its driver to stop it ([`crate::Effect::Stop`]).
+    pub removed_linger_ms: u32,
     /// Operations a coordinator keeps in flight at most; past it requests are refused as
     /// overloaded instead of growing memory without bound.
     pub max_pending_ops: usize,
@@ -89,6 +92,7 @@ impl Default for CoreConfig {
             transfer_batch: 256,
             max_message_bytes: 16 * 1024 * 1024,
             max_pending_ops: 50_000,
+            removed_linger_ms: 10_000,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }

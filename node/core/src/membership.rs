@@ -14,7 +14,7 @@ use dynakv_ring::{NodeId, PartitionMap};
 use rand::Rng;
 
 use super::node::NodeCore;
-use super::types::PeerMsg;
+use super::types::{Effect, PeerMsg};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::store::{Space, Store};
@@ -63,6 +63,10 @@ pub(super) struct Membership {
     pub(super) joined: bool,
     /// Seeds to ask while this node has not joined yet.
     pub(super) join_seeds: Vec<(NodeId, String)>,
+    /// Since when this node knows it was removed (local clock).
+    pub(super) removed_since: Option<u64>,
+    /// The stop effect was emitted.
+    pub(super) stop_sent: bool,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -186,6 +190,26 @@ impl<S: Store> NodeCore<S> {
         match state.member(peer) {
             Some(m) if m.status != Status::Removed => !g.is_up(peer, self.now),
             _ => false,
+        }
+    }
+
+    /// A removed node keeps gossiping for `removed_linger_ms` so its removal spreads, then
+    /// asks its driver to stop it (once). Called from the maintenance tick.
+    pub(super) fn removed_linger(&mut self) {
+        if !self.is_removed() || self.membership.stop_sent {
+            return;
+        }
+        let now = self.now;
+        let since = *self.membership.removed_since.get_or_insert_with(|| {
+            tracing::warn!(linger_ms = self.cfg.removed_linger_ms,
+                "this node was removed from the cluster; it keeps running a little so the removal spreads, then stops");
+            now
+        });
+        if now >= since + u64::from(self.cfg.removed_linger_ms) * 1000 {
+            self.membership.stop_sent = true;
+            self.effects.push(Effect::Stop {
+                reason: "removed from the cluster".into(),
+            });
         }
     }
 

@@ -3,7 +3,7 @@
 //! The coordinator role (get/put/delete with quorums) lives in `coordinator.rs`, as another
 //! `impl` block of the same type.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use dynakv_ring::{NodeId, PartitionId, PartitionMap};
 use rand::{Rng, SeedableRng};
@@ -37,6 +37,9 @@ struct Identity {
     node: NodeId,
     incarnation: u32,
 }
+
+/// Most self-sent messages delivered per input (a bound on any self-message chain).
+const MAX_LOOPBACK_PER_INPUT: usize = 1024;
 
 /// A change to a partition's replicated data, routed by `NodeCore::on_data_change` to every
 /// mechanism that keeps state derived from the data.
@@ -89,6 +92,8 @@ pub struct NodeCore<S: Store> {
     /// The one timer table: the maintenance tick and the operations' timers.
     pub(super) timers: TimerTable,
     pub(super) effects: Vec<Effect>,
+    /// Messages this node sent to itself, delivered after the current input.
+    pub(super) loopback: VecDeque<PeerMsg>,
     /// Writes since the last sync: `drain_effects` syncs before any effect leaves.
     pub(super) dirty: bool,
     pub(super) stats: CoreStats,
@@ -195,6 +200,7 @@ impl<S: Store> NodeCore<S> {
             now,
             timers,
             effects: Vec::new(),
+            loopback: VecDeque::new(),
             dirty: false,
             stats: CoreStats::default(),
             liveness: Liveness {
@@ -349,10 +355,27 @@ impl<S: Store> NodeCore<S> {
                 }
             }
         }
+        self.deliver_loopback();
+    }
+
+    /// Deliver the messages this node sent to itself, in order, after the input that caused
+    /// them: no network, no loss, the same in production and in the simulator. Bounded per
+    /// input; what is left waits for the next call (`poll_timeout` asks for one at once).
+    fn deliver_loopback(&mut self) {
+        let me = self.id();
+        for _ in 0..MAX_LOOPBACK_PER_INPUT {
+            let Some(msg) = self.loopback.pop_front() else {
+                return;
+            };
+            self.handle_peer(me, msg);
+        }
     }
 
     /// The next time at which the core wants [`Input::Timeout`], if any.
     pub fn poll_timeout(&self) -> Option<u64> {
+        if !self.loopback.is_empty() {
+            return Some(self.now);
+        }
         self.timers.next()
     }
 
@@ -380,7 +403,13 @@ impl<S: Store> NodeCore<S> {
         self.coord.next_op
     }
 
+    /// Send `msg` to `to`; a message to this node itself is delivered by the core
+    /// (`deliver_loopback`), never by the driver.
     pub(super) fn send(&mut self, to: NodeId, msg: impl Into<PeerMsg>) {
+        if to == self.id() {
+            self.loopback.push_back(msg.into());
+            return;
+        }
         self.effects.push(Effect::Send {
             to,
             msg: msg.into(),
@@ -519,6 +548,7 @@ impl<S: Store> NodeCore<S> {
             }
         }
         self.reaper_tick();
+        self.removed_linger();
     }
 
     /// Take one unit of the read-repair budget (a bounded number per second).

@@ -300,4 +300,7 @@ pub enum Effect {
     Send { to: NodeId, msg: PeerMsg },
     /// Answer a client request.
     Reply { id: RequestId, reply: ClientReply },
+    /// Stop this node (exit cleanly): it was removed from the cluster and has lingered long
+    /// enough for the removal to spread. Emitted once.
+    Stop { reason: String },
 }

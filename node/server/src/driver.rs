@@ -10,10 +10,10 @@
 //! The driver is the only place that reads the clock for the core: time is microseconds since the
 //! driver started, on the monotonic clock.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use dynakv_gossip::Status;
@@ -35,10 +35,7 @@ const MAX_BATCH: usize = 4096;
 /// Prune reply slots of clients that went away after this many new requests.
 const PRUNE_EVERY: u64 = 4096;
 
-/// How long a removed node keeps running so that its removal spreads by gossip.
-pub(crate) const REMOVED_LINGER: Duration = Duration::from_secs(10);
-
-/// Longest the driver sleeps without looking at its own timers (the removal linger).
+/// Longest the driver sleeps without looking at the core's timers.
 const MAX_IDLE: Duration = Duration::from_millis(500);
 
 /// What the network tasks hand to the driver.
@@ -86,14 +83,10 @@ pub(crate) struct Driver {
     file_addrs: BTreeMap<NodeId, SocketAddr>,
     /// The cluster state's fingerprint when the links were last matched to it.
     synced: Option<u64>,
-    /// When this node learned it was removed.
-    removed_at: Option<Instant>,
     /// Fired once a removed node has lingered long enough: the node then shuts down.
     on_removed: Option<oneshot::Sender<()>>,
     waiting: HashMap<RequestId, oneshot::Sender<ClientReply>>,
     next_request: RequestId,
-    /// Messages the core addressed to this node itself, fed back in the next batch.
-    local: VecDeque<PeerMsg>,
     started: Instant,
     dropped_sends: u64,
 }
@@ -128,11 +121,9 @@ impl Driver {
             spawner,
             file_addrs,
             synced: None,
-            removed_at: None,
             on_removed: Some(on_removed),
             waiting: HashMap::new(),
             next_request: 0,
-            local: VecDeque::new(),
             started,
             dropped_sends: 0,
         };
@@ -153,13 +144,7 @@ impl Driver {
     /// Runs until [`DriverInput::Shutdown`] or until every sender is gone, then flushes the store.
     pub(crate) fn run(mut self, rx: Receiver<DriverInput>) -> Result<()> {
         loop {
-            let first = if !self.local.is_empty() {
-                match rx.try_recv() {
-                    Ok(input) => Some(input),
-                    Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => break,
-                }
-            } else {
+            let first = {
                 let now = self.now();
                 let wait = match self.core.poll_timeout() {
                     Some(at) => Duration::from_micros(at.saturating_sub(now)).min(MAX_IDLE),
@@ -177,10 +162,6 @@ impl Driver {
             };
             let mut stop = false;
             let mut handled = 0;
-            while let Some(msg) = self.local.pop_front() {
-                let now = self.now();
-                self.core.handle(now, Input::Peer { from: self.me, msg });
-            }
             if let Some(input) = first {
                 stop |= self.input(input);
                 handled += 1;
@@ -262,19 +243,6 @@ impl Driver {
         self.spawner
             .joining
             .store(!self.core.is_joined(), Ordering::Relaxed);
-        if self.core.is_removed() {
-            let now = Instant::now();
-            let since = *self.removed_at.get_or_insert_with(|| {
-                tracing::warn!(node = %self.me, linger = ?REMOVED_LINGER,
-                    "this node was removed from the cluster; it keeps running a little so the removal spreads, then stops");
-                now
-            });
-            if now.duration_since(since) >= REMOVED_LINGER {
-                if let Some(tx) = self.on_removed.take() {
-                    let _ = tx.send(());
-                }
-            }
-        }
         let Some(state) = self.core.cluster_state() else {
             return;
         };
@@ -389,7 +357,12 @@ impl Driver {
     fn route(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Send { to, msg } if to == self.me => self.local.push_back(msg),
+                Effect::Stop { reason } => {
+                    tracing::info!(node = %self.me, %reason, "the core asks to stop this node");
+                    if let Some(tx) = self.on_removed.take() {
+                        let _ = tx.send(());
+                    }
+                }
                 Effect::Send { to, msg } => match self.peers.get(&to) {
                     Some(peer) => {
                         if peer.queue.try_send(msg).is_err() {

@@ -98,6 +98,7 @@ impl Cluster {
                 Effect::Reply { id, reply } => {
                     self.replies.insert(id, reply);
                 }
+                Effect::Stop { .. } => {}
             }
         }
     }
