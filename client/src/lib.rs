@@ -24,8 +24,9 @@
 //! # Routing and retries
 //! [`Client::connect`] asks a seed for the cluster (members, partition map, default N) and sends
 //! each request to the first node of the key's preference list, which coordinates it. When a
-//! node cannot be reached (dial, stream or reply fails), the client backs off briefly and tries
-//! the next node of the list, then the other members. A retried put may be applied twice (same
+//! node cannot be reached (dial, stream or reply fails), the client backs off briefly (a
+//! jittered delay of at most 20 ms, doubling per attempt up to 500 ms) and tries the next node
+//! of the list, then the other members. A retried put may be applied twice (same
 //! value, two dots: two equal siblings at worst); a failed quorum is NOT retried, it is
 //! reported as [`ClientError::Timeout`]. A node that failed is tried last for a while (500 ms,
 //! doubling per failure up to 10 s), so a dead node does not cost every request a dial timeout.

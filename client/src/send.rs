@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use dynakv_proto::wire::{ClientFrame, ServerFrame};
 use dynakv_proto::{ClientReply, ClientRequest, RequestError};
-use dynakv_transport::{call, client_config, client_endpoint, connect, DIAL_TIMEOUT};
+use dynakv_transport::{call, client_config, client_endpoint, connect, Backoff, DIAL_TIMEOUT};
 
 use crate::{Answered, Client, ClientError};
 
-/// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
+/// Ceiling of the first retry delay; the ceiling doubles per attempt up to [`MAX_BACKOFF`]
+/// (each delay is drawn between half its ceiling and the ceiling: see [`Backoff`]).
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
+/// Longest delay between two attempts of one request.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a node that just failed is tried last; doubles per failure up to [`MAX_SUSPECT`].
 const MIN_SUSPECT: Duration = Duration::from_millis(500);
@@ -134,11 +136,11 @@ impl Client {
         }
         let nodes = self.healthy_first(nodes);
         let mut failures = Vec::new();
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         for (i, addr) in nodes.iter().copied().enumerate() {
             if i > 0 {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let delay = backoff.next_delay(&mut rand::thread_rng());
+                tokio::time::sleep(delay).await;
             }
             let conn = match self.conn(addr).await {
                 Ok(conn) => conn,

@@ -2,9 +2,12 @@
 //! fault parameters drawn from the seed ("swarm" style: every seed gets its own mix).
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fmt;
 use std::str::FromStr;
 
+use clap::builder::{PossibleValue, StringValueParser, TypedValueParser, ValueParserFactory};
+use clap::ValueEnum;
 use dynakv_core::PlantedBug;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -13,7 +16,11 @@ use serde::Serialize;
 use crate::error::SimError;
 
 /// A kind of fault the simulator can inject. Each can be turned off on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+///
+/// The command-line names, their parsing and the `--faults` help all come from the
+/// [`ValueEnum`] derive (the variant in kebab-case, or its `#[value(name)]`); the doc comment of
+/// each variant is its help text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     /// Messages dropped (0-30% per seed).
@@ -25,6 +32,7 @@ pub enum FaultKind {
     /// Symmetric partitions: isolate a node, split in two, random halves.
     Partition,
     /// One-way partitions (a can reach b, b cannot reach a).
+    #[value(name = "oneway")]
     OneWay,
     /// A link holds every message for a while, then releases them all.
     Clog,
@@ -41,7 +49,8 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// Every fault kind.
+    /// Every fault kind, in declaration order (the same list as [`ValueEnum::value_variants`];
+    /// a test checks they agree).
     pub const ALL: [FaultKind; 11] = [
         FaultKind::Loss,
         FaultKind::Dup,
@@ -55,39 +64,27 @@ impl FaultKind {
         FaultKind::Skew,
         FaultKind::Membership,
     ];
+}
 
+impl fmt::Display for FaultKind {
     /// The command-line name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            FaultKind::Loss => "loss",
-            FaultKind::Dup => "dup",
-            FaultKind::Reorder => "reorder",
-            FaultKind::Partition => "partition",
-            FaultKind::OneWay => "oneway",
-            FaultKind::Clog => "clog",
-            FaultKind::Crash => "crash",
-            FaultKind::Pause => "pause",
-            FaultKind::Wipe => "wipe",
-            FaultKind::Skew => "skew",
-            FaultKind::Membership => "membership",
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_possible_value() {
+            Some(value) => f.write_str(value.get_name()),
+            None => write!(f, "{self:?}"),
         }
     }
 }
 
-impl fmt::Display for FaultKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A set of allowed faults, parsed from `all`, `none` or a comma-separated list.
+/// A set of allowed faults, parsed from `all`, `none`, a comma-separated list (`loss,crash`) or
+/// a list of exclusions (`-wipe,-skew`: all but those).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FaultSet(pub BTreeSet<FaultKind>);
 
 impl FaultSet {
     /// Every fault.
     pub fn all() -> Self {
-        Self(FaultKind::ALL.into_iter().collect())
+        Self(FaultKind::value_variants().iter().copied().collect())
     }
 
     /// Is this fault allowed?
@@ -111,18 +108,19 @@ impl FromStr for FaultSet {
                 Some(rest) => (true, rest),
                 None => (false, part),
             };
-            let kind = FaultKind::ALL
-                .into_iter()
-                .find(|k| k.name() == name)
-                .ok_or_else(|| {
-                    SimError::BadArgs(format!(
-                        "unknown fault {name:?}; known: all, none, {}",
-                        FaultKind::ALL.map(|k| k.name()).join(", ")
-                    ))
-                })?;
+            let kind = <FaultKind as ValueEnum>::from_str(name, false).map_err(|_| {
+                let known: Vec<String> = FaultKind::value_variants()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                SimError::BadArgs(format!(
+                    "unknown fault {name:?}; known: all, none, {}",
+                    known.join(", ")
+                ))
+            })?;
             if negate {
                 if set.is_empty() {
-                    set = FaultKind::ALL.into_iter().collect();
+                    set = Self::all().0;
                 }
                 set.remove(&kind);
             } else {
@@ -138,11 +136,51 @@ impl fmt::Display for FaultSet {
         if self.0.is_empty() {
             return f.write_str("none");
         }
-        if self.0.len() == FaultKind::ALL.len() {
+        if self.0.len() == FaultKind::value_variants().len() {
             return f.write_str("all");
         }
-        let names: Vec<_> = self.0.iter().map(|k| k.name()).collect();
+        let names: Vec<String> = self.0.iter().map(ToString::to_string).collect();
         f.write_str(&names.join(","))
+    }
+}
+
+/// The clap parser of a [`FaultSet`] argument: parses with [`FaultSet::from_str`] and lists
+/// `all`, `none` and every [`FaultKind`] (with its help) as the possible values in `--help`.
+/// A list of them is accepted too; the listing only documents the names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FaultSetParser;
+
+impl TypedValueParser for FaultSetParser {
+    type Value = FaultSet;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<FaultSet, clap::Error> {
+        StringValueParser::new()
+            .try_map(|s| s.parse::<FaultSet>())
+            .parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        let words = [
+            PossibleValue::new("all").help("Every fault listed here"),
+            PossibleValue::new("none").help("No faults: a healthy network and disk"),
+        ];
+        let kinds = FaultKind::value_variants()
+            .iter()
+            .filter_map(ValueEnum::to_possible_value);
+        Some(Box::new(words.into_iter().chain(kinds)))
+    }
+}
+
+impl ValueParserFactory for FaultSet {
+    type Parser = FaultSetParser;
+
+    fn value_parser() -> FaultSetParser {
+        FaultSetParser
     }
 }
 
@@ -300,6 +338,49 @@ impl FaultParams {
             } else {
                 0
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_matches_the_value_enum_variants() {
+        assert_eq!(FaultKind::ALL.as_slice(), FaultKind::value_variants());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for kind in FaultKind::ALL {
+            let parsed: FaultSet = kind.to_string().parse().expect("a known name");
+            assert_eq!(parsed, FaultSet([kind].into_iter().collect()));
+        }
+        assert_eq!(FaultKind::OneWay.to_string(), "oneway");
+        assert_eq!(FaultKind::Membership.to_string(), "membership");
+    }
+
+    #[test]
+    fn sets_display_as_they_parse() {
+        for text in ["all", "none", "loss,partition", "dup,oneway,membership"] {
+            let set: FaultSet = text.parse().expect("a valid list");
+            assert_eq!(set.to_string(), text);
+        }
+        let but: FaultSet = "-wipe,-skew".parse().expect("a valid list");
+        assert_eq!(
+            but.to_string(),
+            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership"
+        );
+    }
+
+    #[test]
+    fn unknown_names_list_every_fault() {
+        let err = "loss,quake".parse::<FaultSet>().expect_err("unknown");
+        let text = err.to_string();
+        assert!(text.contains("\"quake\""), "{text}");
+        for kind in FaultKind::ALL {
+            assert!(text.contains(&kind.to_string()), "{kind} missing in {text}");
         }
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! Exit status: 0 when every invariant holds, 1 on a violation, 2 on bad arguments.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
 use dynakv_core::PlantedBug;
 use dynakv_simulator::{run, FaultSet, RunReport, SimConfig};
 
@@ -56,31 +57,32 @@ enum Cmd {
     },
 }
 
-/// A bug planted in the node core to prove the checkers can fail (test-only).
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum BugArg {
-    /// Resolve siblings by last-write-wins.
-    Lww,
-    /// Acknowledge writes before they are durable.
-    AckBeforeStore,
-    /// Reuse dots after a disk wipe (keep the old actor identity).
-    ReuseDots,
-    /// On a replica, overwrite instead of sync-merging.
-    OverwriteReplica,
-    /// Reap tombstones at once, without the grace period or the members' votes.
-    EagerReap,
-}
-
-impl From<BugArg> for PlantedBug {
-    fn from(b: BugArg) -> Self {
-        match b {
-            BugArg::Lww => PlantedBug::LastWriteWins,
-            BugArg::AckBeforeStore => PlantedBug::AckBeforeStore,
-            BugArg::ReuseDots => PlantedBug::ReuseDotsAfterWipe,
-            BugArg::OverwriteReplica => PlantedBug::OverwriteOnReplica,
-            BugArg::EagerReap => PlantedBug::EagerReap,
+/// What each planted bug does, for `--help`. The names and the list come from the core
+/// ([`PlantedBug::ALL`], [`PlantedBug::name`]); this match is exhaustive, so a bug added there
+/// fails to compile here until it is described.
+fn bug_help(bug: PlantedBug) -> &'static str {
+    match bug {
+        PlantedBug::LastWriteWins => "Resolve siblings by last-write-wins",
+        PlantedBug::AckBeforeStore => "Acknowledge writes before they are durable",
+        PlantedBug::ReuseDotsAfterWipe => {
+            "Reuse dots after a disk wipe (keep the old actor identity)"
+        }
+        PlantedBug::OverwriteOnReplica => "On a replica, overwrite instead of sync-merging",
+        PlantedBug::EagerReap => {
+            "Reap tombstones at once, without the grace period or the members' votes"
         }
     }
+}
+
+/// Parses `--bug NAME` against every [`PlantedBug::name`]; `--help` lists the same names.
+fn bug_parser() -> impl TypedValueParser<Value = PlantedBug> {
+    let names = PlantedBug::ALL.map(|bug| PossibleValue::new(bug.name()).help(bug_help(bug)));
+    PossibleValuesParser::new(names).try_map(|name| {
+        PlantedBug::ALL
+            .into_iter()
+            .find(|bug| bug.name() == name)
+            .ok_or_else(|| format!("unknown bug {name:?}"))
+    })
 }
 
 #[derive(Args, Debug, Clone)]
@@ -106,18 +108,17 @@ struct SimOpts {
     /// Concurrent simulated clients.
     #[arg(long, default_value_t = 6)]
     clients: u32,
-    /// Faults to allow: `all`, `none`, a list like `loss,crash,partition`, or `-wipe,-skew` (all but).
-    /// Known: loss, dup, reorder, partition, oneway, clog, crash, pause, wipe, skew.
-    #[arg(long, default_value = "all")]
-    faults: String,
+    /// Faults to allow: `all`, `none`, a list like `loss,crash,partition`, or `-wipe,-skew` (all
+    /// but those).
+    #[arg(long, default_value = "all", allow_hyphen_values = true)]
+    faults: FaultSet,
     /// TEST ONLY: plant a known bug in the node core to show the checkers catch it.
-    #[arg(long, value_enum)]
-    bug: Option<BugArg>,
+    #[arg(long, value_parser = bug_parser())]
+    bug: Option<PlantedBug>,
 }
 
 impl SimOpts {
     fn config(&self) -> Result<SimConfig, String> {
-        let faults: FaultSet = self.faults.parse().map_err(|e| format!("--faults: {e}"))?;
         let cfg = SimConfig {
             nodes: self.nodes,
             ops: self.ops,
@@ -126,8 +127,8 @@ impl SimOpts {
             w: self.w,
             keys: self.keys,
             clients: self.clients,
-            faults,
-            bug: self.bug.map(Into::into),
+            faults: self.faults.clone(),
+            bug: self.bug,
             ..SimConfig::default()
         };
         cfg.validate().map_err(|e| e.to_string())?;
@@ -310,25 +311,22 @@ fn batch(seeds: u64, start: u64, jobs: Option<usize>, cfg: SimConfig) -> ExitCod
             }
         }));
     }
-    let total = seeds.max(1);
+    // The progress line redraws in place: only on a terminal (a log or a pipe gets nothing
+    // but the summary below).
+    let progress = std::io::stderr().is_terminal();
     loop {
-        let d = done.load(Ordering::Relaxed);
         let finished = handles.iter().all(|h| h.is_finished());
-        let width = 30u64;
-        let filled = (d * width / total).min(width) as usize;
-        let rate = d as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        eprint!(
-            "\r[{}{}] {d}/{seeds} seeds  {rate:.0} seeds/s",
-            "#".repeat(filled),
-            " ".repeat(width as usize - filled)
-        );
-        let _ = std::io::stderr().flush();
+        if progress {
+            draw_progress(done.load(Ordering::Relaxed), seeds, started);
+        }
         if finished {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    eprintln!();
+    if progress {
+        eprintln!();
+    }
     for h in handles {
         let _ = h.join();
     }
@@ -357,4 +355,17 @@ fn batch(seeds: u64, start: u64, jobs: Option<usize>, cfg: SimConfig) -> ExitCod
         events.load(Ordering::Relaxed) as f64 / secs.max(1e-9)
     );
     ExitCode::SUCCESS
+}
+
+/// Redraws the progress line on stderr: a bar, seeds done of `seeds`, and the rate.
+fn draw_progress(done: u64, seeds: u64, started: Instant) {
+    const WIDTH: u64 = 30;
+    let filled = (done * WIDTH / seeds.max(1)).min(WIDTH) as usize;
+    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    eprint!(
+        "\r[{}{}] {done}/{seeds} seeds  {rate:.0} seeds/s",
+        "#".repeat(filled),
+        " ".repeat(WIDTH as usize - filled)
+    );
+    let _ = std::io::stderr().flush();
 }

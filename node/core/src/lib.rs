@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: quorum defaults, limits, and the test-only planted bugs.
+//! - `status`: `status_report` and `cluster_info`, assembled from the core's state.
 //! - [`store`]: the `Store` trait, its durability contract, and the in-memory store.
 //! - `node`: the state machine: identity/incarnation, dispatch, the replica role, timers, effects.
 //! - `replica`: the replica role and the data path; every data change routed to the
@@ -35,6 +36,7 @@ mod ops;
 mod read;
 mod reaper;
 mod replica;
+mod status;
 pub mod store;
 mod timers;
 mod transfer;

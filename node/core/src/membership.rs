@@ -63,6 +63,9 @@ pub(super) struct Membership {
     pub(super) joined: bool,
     /// Seeds to ask while this node has not joined yet.
     pub(super) join_seeds: Vec<(NodeId, String)>,
+    /// The address this node was started to listen on, when it joins (shown by status
+    /// before the cluster state lists it).
+    pub(super) my_addr: Option<String>,
     /// Since when this node knows it was removed (local clock).
     pub(super) removed_since: Option<u64>,
     /// The stop effect was emitted.
@@ -101,6 +104,7 @@ impl<S: Store> NodeCore<S> {
                     seed_addr,
                 },
             ) => {
+                self.membership.my_addr = Some(addr.clone());
                 let mut g = Gossiper::new(me, addr, 1, seed, cfg);
                 g.add_seed(seed_node, seed_addr.clone());
                 self.membership.join_seeds.push((seed_node, seed_addr));

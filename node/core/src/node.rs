@@ -118,6 +118,8 @@ pub(super) struct Liveness {
     pub(super) down: BTreeMap<NodeId, u64>,
     /// When the down peers are probed next.
     pub(super) next_probe: u64,
+    /// Peers the driver reports a live connection to (for status).
+    pub(super) links_up: BTreeSet<NodeId>,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -206,6 +208,7 @@ impl<S: Store> NodeCore<S> {
             liveness: Liveness {
                 down: BTreeMap::new(),
                 next_probe: now + tick,
+                links_up: BTreeSet::new(),
             },
             coord: Coordinator::new(next_op, now),
             handoff: HintedHandoff::default(),
@@ -349,8 +352,10 @@ impl<S: Store> NodeCore<S> {
             Input::Timeout => self.handle_timeouts(),
             Input::PeerStatus { peer, up } => {
                 if up {
+                    self.liveness.links_up.insert(peer);
                     self.mark_up(peer)
                 } else {
+                    self.liveness.links_up.remove(&peer);
                     self.mark_down(peer)
                 }
             }

@@ -248,8 +248,12 @@ impl NodeConfigFile {
             transfer_batch: self.transfer_batch.unwrap_or(d.transfer_batch),
             ..d
         };
-        cfg.validate()?;
-        Ok(cfg)
+        match cfg.validate() {
+            // The same "invalid configuration" as the file's own checks.
+            Err(dynakv_core::Error::Config(m)) => Err(Error::Config(m)),
+            Err(e) => Err(e.into()),
+            Ok(()) => Ok(cfg),
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! driver started, on the monotonic clock.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -25,9 +25,7 @@ use crate::error::Result;
 use crate::sled_store::SledStore;
 use dynakv_core::store::Store;
 use dynakv_core::{ClientReply, ClientRequest, Effect, Input, NodeCore, PeerMsg, RequestId};
-use dynakv_proto::wire::{
-    codes, ClusterInfo, MemberStatus, StatusReport, TransferDirection, TransferStatus,
-};
+use dynakv_proto::wire::{codes, ClusterInfo, StatusReport};
 
 /// Most inputs handled before effects are drained; bounds the latency a huge burst can add.
 const MAX_BATCH: usize = 4096;
@@ -76,7 +74,6 @@ pub(crate) enum DriverInput {
 pub(crate) struct Driver {
     core: NodeCore<SledStore>,
     me: NodeId,
-    my_addr: SocketAddr,
     peers: BTreeMap<NodeId, PeerHandle>,
     spawner: PeerSpawner,
     /// Addresses from the cluster file: used when the cluster state has no usable one.
@@ -106,7 +103,6 @@ impl Driver {
     /// seeds of a joining node). `on_removed` fires once the node was removed and lingered.
     pub(crate) fn new(
         core: NodeCore<SledStore>,
-        my_addr: SocketAddr,
         spawner: PeerSpawner,
         file_addrs: BTreeMap<NodeId, SocketAddr>,
         seeds: Vec<(NodeId, SocketAddr, Option<quinn::Connection>)>,
@@ -116,7 +112,6 @@ impl Driver {
         let mut driver = Driver {
             me: core.id(),
             core,
-            my_addr,
             peers: BTreeMap::new(),
             spawner,
             file_addrs,
@@ -227,10 +222,10 @@ impl Driver {
                 let _ = reply.send(self.add_join_seed(seed, addr, conn));
             }
             DriverInput::ClusterInfo(tx) => {
-                let _ = tx.send(self.cluster_info());
+                let _ = tx.send(self.core.cluster_info());
             }
             DriverInput::Status(tx) => {
-                let _ = tx.send(self.status());
+                let _ = tx.send(self.core.status_report());
             }
             DriverInput::Shutdown => return true,
         }
@@ -385,121 +380,5 @@ impl Driver {
                 }
             }
         }
-    }
-
-    /// Every member with its address and membership status: the cluster state's members
-    /// (removed ones included), then any other node this node has a link to (a seed).
-    fn member_rows(&self) -> Vec<(NodeId, SocketAddr, Option<Status>)> {
-        let mut rows = BTreeMap::new();
-        if let Some(state) = self.core.cluster_state() {
-            for (id, m) in state.members() {
-                rows.insert(*id, (self.addr_of(*id, &m.addr), Some(m.status)));
-            }
-        }
-        for (id, peer) in &self.peers {
-            rows.entry(*id).or_insert((peer.addr(), None));
-        }
-        rows.entry(self.me).or_insert((self.my_addr, None));
-        rows.into_iter().map(|(id, (a, s))| (id, a, s)).collect()
-    }
-
-    /// Where `node` is reached: its advertised address if it is one, else what this node
-    /// dials, else the cluster file's, else the unspecified address (unknown).
-    fn addr_of(&self, node: NodeId, advertised: &str) -> SocketAddr {
-        if node == self.me {
-            return self.my_addr;
-        }
-        advertised
-            .parse()
-            .ok()
-            .or_else(|| self.peers.get(&node).map(PeerHandle::addr))
-            .or_else(|| self.file_addrs.get(&node).copied())
-            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
-    }
-
-    fn cluster_info(&self) -> ClusterInfo {
-        let cfg = self.core.config();
-        let members = self
-            .member_rows()
-            .into_iter()
-            .filter(|(_, addr, status)| {
-                *status != Some(Status::Removed) && !addr.ip().is_unspecified()
-            })
-            .map(|(id, addr, _)| (id, addr))
-            .collect();
-        ClusterInfo {
-            members,
-            map: self.core.partition_map().clone(),
-            n: cfg.n,
-            r: cfg.r,
-            w: cfg.w,
-            request_timeout_ms: cfg.request_timeout_ms,
-        }
-    }
-
-    fn status(&self) -> StatusReport {
-        let cfg = self.core.config();
-        let map = self.core.partition_map();
-        let counts = map.counts();
-        let members = self
-            .member_rows()
-            .into_iter()
-            .map(|(id, addr, status)| MemberStatus {
-                id,
-                addr,
-                up: id == self.me
-                    || self
-                        .peers
-                        .get(&id)
-                        .is_some_and(|p| p.connected.load(Ordering::Relaxed)),
-                down: self.core.is_down(id),
-                membership: status.map(|s| s.to_string()),
-                partitions: counts.get(&id).copied().unwrap_or(0),
-            })
-            .collect();
-        StatusReport {
-            node: self.me,
-            members,
-            partition_count: map.partition_count(),
-            n: cfg.n,
-            r: cfg.r,
-            w: cfg.w,
-            pending_ops: self.core.pending_ops() as u64,
-            hints_pending: self.core.hints_pending(),
-            transfers: self.transfers(),
-            down: self.core.down_peers(),
-            stats: self.core.stats(),
-        }
-    }
-
-    /// Outgoing then incoming transfers, each in (partition, peer) order.
-    fn transfers(&self) -> Vec<TransferStatus> {
-        let outgoing = self
-            .core
-            .outgoing_transfers()
-            .into_iter()
-            .map(|t| TransferStatus {
-                direction: TransferDirection::Outgoing,
-                partition: t.partition,
-                peer: t.to,
-                keys: t.sent,
-                total: Some(t.total),
-                resent: Some(t.resent),
-                done: t.done,
-            });
-        let incoming = self
-            .core
-            .incoming_transfers()
-            .into_iter()
-            .map(|t| TransferStatus {
-                direction: TransferDirection::Incoming,
-                partition: t.partition,
-                peer: t.from,
-                keys: t.received,
-                total: None,
-                resent: None,
-                done: t.done,
-            });
-        outgoing.chain(incoming).collect()
     }
 }

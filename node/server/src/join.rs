@@ -5,7 +5,7 @@
 //! timeout), and learns the seed's node id from the certificate the seed presented. It then
 //! starts its core with `Bootstrap::Join`, and the core asks the seed to stage the join.
 //! A seed that does not answer, or refuses the handshake (a certificate from another CA), is
-//! logged and retried with exponential backoff.
+//! logged and retried with jittered exponential backoff ([`Backoff`]).
 //!
 //! The settings and the seed are saved in `DIR/join.toml` once learned, so a restart of a node
 //! that joined needs no seed (its core restarts from the cluster state in its store).
@@ -21,11 +21,12 @@ use tokio::sync::oneshot;
 use super::config::ClusterFile;
 use crate::error::{Error, Result};
 use dynakv_proto::wire::{codes, ClientFrame, ClusterInfo, ServerFrame};
-use dynakv_transport::{connect, peer_node_id};
+use dynakv_transport::{connect, peer_node_id, Backoff};
 
 /// Bound on one attempt at a seed (handshake and answer).
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-/// First delay between two rounds over the seeds; doubles up to [`MAX_BACKOFF`].
+/// Ceiling of the first delay between two rounds over the seeds; the ceiling doubles up to
+/// [`MAX_BACKOFF`] (each delay is drawn between half its ceiling and the ceiling).
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest delay between two rounds over the seeds.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -181,8 +182,10 @@ pub(crate) async fn find_seed(
     me: NodeId,
     seeds: &[SocketAddr],
 ) -> Seed {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     loop {
+        // Drawn before the round, so each failure can say when the next round starts.
+        let delay = backoff.next_delay(&mut rand::thread_rng());
         for &addr in seeds {
             match ask_seed(endpoint, me, addr).await {
                 Ok(seed) => {
@@ -191,12 +194,11 @@ pub(crate) async fn find_seed(
                     return seed;
                 }
                 Err(e) => {
-                    tracing::warn!(%addr, error = %e, retry_in = ?backoff,
+                    tracing::warn!(%addr, error = %e, retry_in = ?delay,
                         "cannot join through this seed (not reachable, or it refused our certificate)");
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(delay).await;
     }
 }

@@ -244,15 +244,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     };
     let joining = spawner.joining.clone();
     let (removed_tx, removed_rx) = oneshot::channel();
-    let driver = Driver::new(
-        core,
-        my_addr,
-        spawner,
-        file_addrs,
-        seeds,
-        removed_tx,
-        Instant::now(),
-    );
+    let driver = Driver::new(core, spawner, file_addrs, seeds, removed_tx, Instant::now());
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name(format!("dynakv-core-{}", opts.id))

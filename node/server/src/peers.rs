@@ -5,8 +5,9 @@
 //! stream on it and writes its [`PeerFrame`]s there, length-prefixed, back to back (a long-lived
 //! stream per direction rather than a stream per message: no per-message stream setup, and
 //! messages to one peer stay in order). When the connection drops, the dialer reconnects with
-//! exponential backoff and the acceptor waits for the new connection; messages queued meanwhile
-//! are sent once it is up (the queue is bounded; the driver drops what does not fit).
+//! jittered exponential backoff ([`Backoff`]) and the acceptor waits for the new connection;
+//! messages queued meanwhile are sent once it is up (the queue is bounded; the driver drops
+//! what does not fit).
 //!
 //! Links come and go with the membership: [`PeerSpawner`] starts one for every member the
 //! cluster state lists (and for a node that dials in with a cluster certificate before this
@@ -29,9 +30,11 @@ use super::stopped;
 use crate::error::Result;
 use dynakv_core::PeerMsg;
 use dynakv_proto::wire::{self, codes, PeerFrame};
-use dynakv_transport::{connect, peer_node_id, FrameDecoder, DIAL_TIMEOUT};
+use dynakv_transport::{connect, peer_node_id, Backoff, FrameDecoder, DIAL_TIMEOUT};
 
-/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
+/// Ceiling of the first reconnect delay; the ceiling doubles up to [`MAX_BACKOFF`] (each delay
+/// is drawn between half its ceiling and the ceiling, so links dropped together by a restart do
+/// not redial in lockstep).
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest reconnect delay, so a restarted peer is found again within a few seconds.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -46,23 +49,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The driver's handle on one peer: its outgoing queue, its address and whether a connection
-/// is up. Dropping it stops the link task.
+/// The driver's handle on one peer: its outgoing queue and its address. Whether a connection is
+/// up reaches the core as `Input::PeerStatus` (status reads it there). Dropping the handle
+/// stops the link task.
 #[derive(Debug)]
 pub(crate) struct PeerHandle {
     /// Where the peer is dialled (updated when the cluster state says otherwise).
     pub(crate) addr: Arc<Mutex<SocketAddr>>,
     pub(crate) queue: mpsc::Sender<PeerMsg>,
-    pub(crate) connected: Arc<AtomicBool>,
     /// Dropped with the handle: tells the link to stop.
     _retire: watch::Sender<bool>,
-}
-
-impl PeerHandle {
-    /// The address the peer is dialled at.
-    pub(crate) fn addr(&self) -> SocketAddr {
-        *lock(&self.addr)
-    }
 }
 
 /// Starts link tasks (from the driver thread, on the node's tokio runtime).
@@ -97,7 +93,6 @@ impl PeerSpawner {
             let _ = accepted_tx.try_send(conn);
         }
         let (retire_tx, retire_rx) = watch::channel(false);
-        let connected = Arc::new(AtomicBool::new(false));
         let addr = Arc::new(Mutex::new(addr));
         lock(&self.registry).insert(peer, accepted_tx);
         let link = Link {
@@ -107,7 +102,6 @@ impl PeerSpawner {
             endpoint: self.endpoint.clone(),
             queue: queue_rx,
             accepted: accepted_rx,
-            connected: connected.clone(),
             driver: self.driver.clone(),
             max_frame: self.max_frame,
             shutdown: self.shutdown.clone(),
@@ -119,7 +113,6 @@ impl PeerSpawner {
         PeerHandle {
             addr,
             queue: queue_tx,
-            connected,
             _retire: retire_tx,
         }
     }
@@ -140,7 +133,6 @@ pub(crate) struct Link {
     pub(crate) queue: mpsc::Receiver<PeerMsg>,
     /// Connections from this peer that the accept loop handed over.
     pub(crate) accepted: mpsc::Receiver<quinn::Connection>,
-    pub(crate) connected: Arc<AtomicBool>,
     pub(crate) driver: StdSender<DriverInput>,
     pub(crate) max_frame: usize,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -155,7 +147,7 @@ pub(crate) struct Link {
 impl Link {
     /// Keeps a connection to the peer up and writes queued messages to it until shutdown.
     pub(crate) async fn run(mut self) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut next: Option<quinn::Connection> = None;
         loop {
             let conn = match next.take() {
@@ -186,7 +178,7 @@ impl Link {
 
     /// Waits for a usable connection: dials (the lower id) or waits for the peer to dial (the
     /// higher id). `None` on shutdown.
-    async fn obtain(&mut self, backoff: &mut Duration) -> Option<quinn::Connection> {
+    async fn obtain(&mut self, backoff: &mut Backoff) -> Option<quinn::Connection> {
         let target = Target {
             endpoint: self.endpoint.clone(),
             addr: self.addr.clone(),
@@ -216,10 +208,11 @@ impl Link {
             };
             match dialed {
                 Ok(conn) => {
-                    *backoff = MIN_BACKOFF;
+                    backoff.reset();
                     return Some(conn);
                 }
                 Err(e) => {
+                    let delay = backoff.next_delay(&mut rand::thread_rng());
                     if matches!(
                         e,
                         crate::Error::Transport(dynakv_transport::Error::VersionMismatch { .. })
@@ -227,14 +220,13 @@ impl Link {
                         // An operator must act (a mixed-version cluster): say so at warn level.
                         tracing::warn!(peer = %self.peer, error = %e, "peer refused: protocol version mismatch");
                     } else {
-                        tracing::debug!(peer = %self.peer, error = %e, "dial failed; backing off");
+                        tracing::debug!(peer = %self.peer, error = %e, retry_in = ?delay, "dial failed; backing off");
                     }
                     self.report(false);
                     tokio::select! {
-                        _ = tokio::time::sleep(*backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         conn = self.accepted.recv() => return conn,
                     }
-                    *backoff = (*backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -255,7 +247,6 @@ impl Link {
             return;
         }
         self.reported = Some(up);
-        self.connected.store(up, Ordering::Relaxed);
         // A closed driver means shutdown; nothing left to tell.
         let _ = self.driver.send(DriverInput::PeerStatus {
             peer: self.peer,

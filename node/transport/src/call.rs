@@ -11,7 +11,7 @@ use crate::frame::{read_frame, write_frame};
 /// Sends `frame` on a new bidirectional stream of `conn` and waits at most `wait` for the reply.
 ///
 /// Errors: [`Error::Transport`] when the stream cannot be opened or breaks (the node is
-/// unreachable or went away), [`Error::Decode`] for a reply that is not a [`ServerFrame`], and
+/// unreachable or went away), [`Error::Proto`] for a reply that is not a [`ServerFrame`], and
 /// [`Error::Transport`] with "timed out" when no reply came in time.
 pub async fn call(
     conn: &quinn::Connection,

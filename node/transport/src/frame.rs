@@ -65,7 +65,7 @@ pub async fn write_frame(send: &mut quinn::SendStream, payload: &[u8]) -> Result
 ///
 /// Returns `Ok(None)` when the stream ends cleanly between frames, [`Error::FrameTooLarge`] if
 /// the announced length exceeds `max` (the payload is left unread and nothing is allocated),
-/// [`Error::Decode`] if the stream ends inside a frame, and [`Error::Transport`] if the stream
+/// [`Error::Malformed`] if the stream ends inside a frame, and [`Error::Transport`] if the stream
 /// fails (reset by the peer, connection lost). After an error, stop reading the stream.
 pub async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>> {
     let mut header = [0u8; HEADER_LEN];
@@ -165,7 +165,7 @@ impl FrameDecoder {
         self.buf.len() - self.start
     }
 
-    /// Call at end of stream: fails with [`Error::Decode`] if a partial frame is left over.
+    /// Call at end of stream: fails with [`Error::Malformed`] if a partial frame is left over.
     pub fn finish(&self) -> Result<()> {
         match self.buffered() {
             0 => Ok(()),

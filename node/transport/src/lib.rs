@@ -8,11 +8,15 @@
 //!   anything is allocated; plus an I/O-free encoder/decoder.
 //! - [`endpoint`]: binding quinn endpoints, dialling a node, and reading the peer's node id from
 //!   its verified certificate.
-//! - [`call`]: one request/reply exchange on a new stream (the client half of the protocol).
+//! - [`call`](mod@call): one request/reply exchange on a new stream (the client half of the
+//!   protocol).
+//! - [`backoff`]: exponential backoff with jitter for the async retry loops (client failover,
+//!   peer reconnects, joining through seeds).
 //! - [`error`]: the crate's error enum.
 //! - `der` (private): the minimal DER reader behind [`tls::node_id_from_cert`].
 //! - `files` (private): reading PEM files and writing them atomically (keys with mode 0600).
 
+pub mod backoff;
 pub mod call;
 mod der;
 pub mod endpoint;
@@ -21,6 +25,7 @@ mod files;
 pub mod frame;
 pub mod tls;
 
+pub use backoff::Backoff;
 pub use call::call;
 pub use endpoint::{
     client_endpoint, connect, is_version_mismatch, peer_node_id, server_endpoint, DIAL_TIMEOUT,
