@@ -30,7 +30,8 @@ fn core(id: u32, map: &PartitionMap) -> NodeCore<MemStore> {
         r: 1,
         w: 1,
         tick_ms: 10,
-        aae_interval_ms: 10,
+        // Only node 1 starts exchanges (node 2 answers), so a cycle is one pass over Q.
+        aae_interval_ms: if id == 1 { 10 } else { 3_600_000 },
         tombstone_grace_ms: 0,
         ..CoreConfig::default()
     };
@@ -93,12 +94,16 @@ impl Pair {
         for _ in 0..Q {
             self.now += 10_000;
             let now = self.now;
+            // Both nodes tick: node 2's gossip heartbeats keep node 1's failure detector from
+            // declaring it down (anti-entropy skips peers believed down).
             self.a.handle(now, Input::Timeout);
+            self.b.handle(now, Input::Timeout);
             let mut queue: Vec<(NodeId, Effect)> = self
                 .a
                 .drain_effects()
                 .into_iter()
                 .map(|e| (NodeId(1), e))
+                .chain(self.b.drain_effects().into_iter().map(|e| (NodeId(2), e)))
                 .collect();
             while let Some((from, e)) = queue.pop() {
                 let Effect::Send { to, msg } = e else {
