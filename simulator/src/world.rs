@@ -127,6 +127,9 @@ pub(crate) struct SimNode {
     pub retired: bool,
     /// Removed, and stopping after a linger.
     pub retiring: bool,
+    /// The links its core asked for (`Effect::Link`/`Unlink`) since it last started, as a
+    /// driver keeps them; the liveness check compares them with the membership.
+    pub links: BTreeMap<NodeId, String>,
 }
 
 impl SimNode {
@@ -263,6 +266,7 @@ impl World {
                 founder: members.contains(id),
                 retired: false,
                 retiring: false,
+                links: BTreeMap::new(),
             };
             let seed = rng.gen();
             if !node.spare {
@@ -426,6 +430,12 @@ impl World {
             match effect {
                 Effect::Send { to, msg } => self.send(id, to, msg),
                 Effect::Stop { .. } => stop = true,
+                Effect::Link { peer, addr } => {
+                    self.node_mut(id).links.insert(peer, addr);
+                }
+                Effect::Unlink { peer } => {
+                    self.node_mut(id).links.remove(&peer);
+                }
                 Effect::Reply { id: req, reply } => {
                     let at = self.now + self.net.latency.get(&(id, id)).copied().unwrap_or(1);
                     self.schedule(at, Event::Reply { id: req, reply });
@@ -573,6 +583,7 @@ impl World {
             Bootstrap::Founder { map }
         };
         let node = self.node_mut(id);
+        node.links.clear();
         match NodeCore::open_with(node.cfg.clone(), store, boot, seed, local) {
             Ok(core) => node.core = Some(core),
             Err(e) => panic!("simulated node {id} failed to restart: {e}"),
@@ -790,18 +801,39 @@ impl World {
         let Some(first) = cores.first() else {
             return true;
         };
-        cores.iter().all(|c| {
-            c.is_joined()
-                && c.partition_map() == first.partition_map()
-                && c.cluster_state().is_some_and(|s| {
-                    s.members().values().all(|m| {
-                        !matches!(
-                            m.status,
-                            dynakv_gossip::Status::Joining | dynakv_gossip::Status::Leaving
-                        )
-                    })
+        // Each running member keeps links to exactly the other members that are not removed
+        // (what its core asked its driver for).
+        let links_match = self.nodes.iter().filter(|n| n.is_active()).all(|n| {
+            let Some(c) = n.core.as_ref() else {
+                return true;
+            };
+            let wanted: BTreeSet<NodeId> = c
+                .cluster_state()
+                .map(|s| {
+                    s.members()
+                        .iter()
+                        .filter(|(id, m)| {
+                            **id != c.id() && m.status != dynakv_gossip::Status::Removed
+                        })
+                        .map(|(id, _)| *id)
+                        .collect()
                 })
-        })
+                .unwrap_or_default();
+            n.links.keys().copied().collect::<BTreeSet<NodeId>>() == wanted
+        });
+        links_match
+            && cores.iter().all(|c| {
+                c.is_joined()
+                    && c.partition_map() == first.partition_map()
+                    && c.cluster_state().is_some_and(|s| {
+                        s.members().values().all(|m| {
+                            !matches!(
+                                m.status,
+                                dynakv_gossip::Status::Joining | dynakv_gossip::Status::Leaving
+                            )
+                        })
+                    })
+            })
     }
 
     /// The map every running member agrees on (the first one's, when they do not).

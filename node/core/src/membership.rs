@@ -66,6 +66,8 @@ pub(super) struct Membership {
     /// The address this node was started to listen on, when it joins (shown by status
     /// before the cluster state lists it).
     pub(super) my_addr: Option<String>,
+    /// The peers this node keeps a link to, at their advertised address (see `sync_links`).
+    pub(super) links: BTreeMap<NodeId, String>,
     /// Since when this node knows it was removed (local clock).
     pub(super) removed_since: Option<u64>,
     /// The stop effect was emitted.
@@ -154,6 +156,47 @@ impl<S: Store> NodeCore<S> {
             g.add_seed(seed, addr.clone());
         }
         self.membership.join_seeds.push((seed, addr));
+        self.sync_links();
+    }
+
+    /// Decide which peers this node keeps a link to: every member of the cluster state that is
+    /// not removed (at its advertised address), plus the seeds while joining. Emits
+    /// [`Effect::Link`] for a new peer or a changed address and [`Effect::Unlink`] for a peer
+    /// that is gone. Called whenever the cluster state or the seeds change.
+    pub(super) fn sync_links(&mut self) {
+        let me = self.id();
+        let mut wanted: BTreeMap<NodeId, String> = BTreeMap::new();
+        if let Some(state) = self.cluster_state() {
+            for (id, m) in state.members() {
+                if *id != me && m.status != Status::Removed {
+                    wanted.insert(*id, m.addr.clone());
+                }
+            }
+        }
+        if !self.membership.joined {
+            for (id, addr) in &self.membership.join_seeds {
+                wanted.entry(*id).or_insert_with(|| addr.clone());
+            }
+        }
+        let gone: Vec<NodeId> = self
+            .membership
+            .links
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        for peer in gone {
+            self.effects.push(Effect::Unlink { peer });
+        }
+        for (peer, addr) in &wanted {
+            if self.membership.links.get(peer) != Some(addr) {
+                self.effects.push(Effect::Link {
+                    peer: *peer,
+                    addr: addr.clone(),
+                });
+            }
+        }
+        self.membership.links = wanted;
     }
 
     /// The address `node` advertises in the cluster state.
@@ -313,6 +356,7 @@ impl<S: Store> NodeCore<S> {
         }
         if changed {
             self.persist_cluster();
+            self.sync_links();
         }
         self.membership_progress();
     }

@@ -225,6 +225,7 @@ impl<S: Store> NodeCore<S> {
         core.recount_hints()?;
         core.load_transfers()?;
         core.init_membership(boot)?;
+        core.sync_links();
         if core.dirty {
             core.store.sync()?;
             core.dirty = false;

@@ -300,6 +300,11 @@ pub enum Effect {
     Send { to: NodeId, msg: PeerMsg },
     /// Answer a client request.
     Reply { id: RequestId, reply: ClientReply },
+    /// Keep a connection to `peer`, dialled at `addr` (as the cluster state advertises it);
+    /// also sent again when the address changes. Carry out before the sends of the same batch.
+    Link { peer: NodeId, addr: String },
+    /// Drop the connection to `peer` (removed from the cluster).
+    Unlink { peer: NodeId },
     /// Stop this node (exit cleanly): it was removed from the cluster and has lingered long
     /// enough for the removal to spread. Emitted once.
     Stop { reason: String },

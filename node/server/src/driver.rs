@@ -78,8 +78,6 @@ pub(crate) struct Driver {
     spawner: PeerSpawner,
     /// Addresses from the cluster file: used when the cluster state has no usable one.
     file_addrs: BTreeMap<NodeId, SocketAddr>,
-    /// The cluster state's fingerprint when the links were last matched to it.
-    synced: Option<u64>,
     /// Fired once a removed node has lingered long enough: the node then shuts down.
     on_removed: Option<oneshot::Sender<()>>,
     waiting: HashMap<RequestId, oneshot::Sender<ClientReply>>,
@@ -98,9 +96,9 @@ impl std::fmt::Debug for Driver {
 
 impl Driver {
     /// A driver for `core`; `started` is the instant the core's time 0 stands for. Links are
-    /// started for every member of the core's cluster state (at its advertised address, else
-    /// the one in `file_addrs`) and for every `seeds` entry (`(id, addr, connection)`: the
-    /// seeds of a joining node). `on_removed` fires once the node was removed and lingered.
+    /// started for every `seeds` entry (`(id, addr, connection)`: the seeds of a joining node)
+    /// and then as the core decides (`Effect::Link`, at the advertised address, else the one in
+    /// `file_addrs`). `on_removed` fires when the core says stop (`Effect::Stop`).
     pub(crate) fn new(
         core: NodeCore<SledStore>,
         spawner: PeerSpawner,
@@ -115,7 +113,6 @@ impl Driver {
             peers: BTreeMap::new(),
             spawner,
             file_addrs,
-            synced: None,
             on_removed: Some(on_removed),
             waiting: HashMap::new(),
             next_request: 0,
@@ -129,6 +126,9 @@ impl Driver {
             }
         }
         driver.membership();
+        // The core's first effects: the links to the members it knows.
+        let effects = driver.core.drain_effects();
+        driver.route(effects);
         driver
     }
 
@@ -232,60 +232,48 @@ impl Driver {
         false
     }
 
-    /// Matches the links to the cluster state (new members get one, removed ones lose theirs,
-    /// moved ones are dialled at their new address) and handles this node's own removal.
+    /// Tells the link tasks whether this node is still joining (seed links dial then).
     fn membership(&mut self) {
         self.spawner
             .joining
             .store(!self.core.is_joined(), Ordering::Relaxed);
-        let Some(state) = self.core.cluster_state() else {
-            return;
-        };
-        let fingerprint = state.fingerprint();
-        if self.synced == Some(fingerprint) {
-            return;
-        }
-        self.synced = Some(fingerprint);
-        let mut wanted = Vec::new();
-        let mut gone = Vec::new();
-        for (id, m) in state.members() {
-            if *id == self.me {
-                continue;
-            }
-            if m.status == Status::Removed {
-                gone.push(*id);
-                continue;
-            }
-            match m.addr.parse::<SocketAddr>() {
-                Ok(addr) => wanted.push((*id, addr)),
-                Err(_) => match self.file_addrs.get(id) {
-                    Some(addr) => wanted.push((*id, *addr)),
-                    None => tracing::warn!(peer = %id, addr = %m.addr,
-                        "member advertises no usable address; cannot reach it"),
-                },
-            }
-        }
-        for id in gone {
-            if self.peers.remove(&id).is_some() {
-                self.spawner.forget(id);
-                tracing::info!(peer = %id, "member removed from the cluster; dropping its link");
-            }
-        }
-        for (id, addr) in wanted {
-            match self.peers.get(&id) {
-                Some(peer) => {
-                    let mut current = lock(&peer.addr);
-                    if *current != addr {
-                        tracing::info!(peer = %id, old = %*current, new = %addr, "member address updated");
-                        *current = addr;
-                    }
-                }
+    }
+
+    /// Carries out the core's link decisions (`Effect::Link`/`Unlink`): a new member gets a
+    /// link, a moved one is dialled at its new address, a removed one loses its link. An
+    /// advertised address that is not a socket address falls back to the cluster file's.
+    fn link(&mut self, peer: NodeId, advertised: &str) {
+        let addr = match advertised.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => match self.file_addrs.get(&peer) {
+                Some(addr) => *addr,
                 None => {
-                    tracing::info!(peer = %id, %addr, "new member; linking to it");
-                    let handle = self.spawner.spawn(id, addr, false, None);
-                    self.peers.insert(id, handle);
+                    tracing::warn!(%peer, addr = %advertised,
+                        "member advertises no usable address; cannot reach it");
+                    return;
+                }
+            },
+        };
+        match self.peers.get(&peer) {
+            Some(handle) => {
+                let mut current = lock(&handle.addr);
+                if *current != addr {
+                    tracing::info!(%peer, old = %*current, new = %addr, "member address updated");
+                    *current = addr;
                 }
             }
+            None => {
+                tracing::info!(%peer, %addr, "new member; linking to it");
+                let handle = self.spawner.spawn(peer, addr, false, None);
+                self.peers.insert(peer, handle);
+            }
+        }
+    }
+
+    fn unlink(&mut self, peer: NodeId) {
+        if self.peers.remove(&peer).is_some() {
+            self.spawner.forget(peer);
+            tracing::info!(%peer, "member removed from the cluster; dropping its link");
         }
     }
 
@@ -350,8 +338,17 @@ impl Driver {
     }
 
     fn route(&mut self, effects: Vec<Effect>) {
+        // Links first, so a message to a new member in the same batch finds its link.
+        for effect in &effects {
+            match effect {
+                Effect::Link { peer, addr } => self.link(*peer, addr),
+                Effect::Unlink { peer } => self.unlink(*peer),
+                _ => {}
+            }
+        }
         for effect in effects {
             match effect {
+                Effect::Link { .. } | Effect::Unlink { .. } => {}
                 Effect::Stop { reason } => {
                     tracing::info!(node = %self.me, %reason, "the core asks to stop this node");
                     if let Some(tx) = self.on_removed.take() {

@@ -20,6 +20,10 @@ pub struct Cluster {
     pub now: u64,
     next_req: u64,
     pub delivered: u64,
+    /// The links each node's core asked for (`Effect::Link`/`Unlink`), as a driver keeps them.
+    pub links: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// Nodes whose core asked to be stopped (`Effect::Stop`).
+    pub stopped: BTreeSet<NodeId>,
 }
 
 pub fn n(i: u32) -> NodeId {
@@ -59,6 +63,8 @@ impl Cluster {
             now: 0,
             next_req: 1,
             delivered: 0,
+            links: BTreeMap::new(),
+            stopped: BTreeSet::new(),
         }
     }
 
@@ -98,7 +104,15 @@ impl Cluster {
                 Effect::Reply { id, reply } => {
                     self.replies.insert(id, reply);
                 }
-                Effect::Stop { .. } => {}
+                Effect::Stop { .. } => {
+                    self.stopped.insert(id);
+                }
+                Effect::Link { peer, .. } => {
+                    self.links.entry(id).or_default().insert(peer);
+                }
+                Effect::Unlink { peer } => {
+                    self.links.entry(id).or_default().remove(&peer);
+                }
             }
         }
     }

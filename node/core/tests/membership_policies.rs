@@ -1,0 +1,60 @@
+//! Policies that used to live in the driver and are now the core's, so both drivers (and the
+//! simulator) run the same decisions: which peers to keep a link to, and when a removed node
+//! stops itself.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{n, Cluster};
+use dynakv_core::{AdminRequest, ClientReply, ClientRequest};
+
+fn ids(list: &[u32]) -> BTreeSet<dynakv_ring::NodeId> {
+    list.iter().map(|i| n(*i)).collect()
+}
+
+#[test]
+fn links_follow_the_membership_and_a_removed_node_stops_itself_after_its_linger() {
+    let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| cfg.removed_linger_ms = 2_000);
+    c.run_for(200);
+    for me in 1..=4u32 {
+        let others: Vec<u32> = (1..=4).filter(|i| *i != me).collect();
+        assert_eq!(
+            c.links[&n(me)],
+            ids(&others),
+            "node {me} links to every other member"
+        );
+    }
+    let reply = c.request(n(1), ClientRequest::Admin(AdminRequest::Remove(n(4))));
+    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    // Gossip spreads the removal; node 4 learns it too, lingers 2 s, then asks to stop.
+    c.run_for(1_000);
+    assert!(
+        c.stopped.is_empty(),
+        "nobody stops before the linger is over"
+    );
+    c.run_for(6_000);
+    for me in 1..=3u32 {
+        let others: Vec<u32> = (1..=3).filter(|i| *i != me).collect();
+        assert_eq!(
+            c.links[&n(me)],
+            ids(&others),
+            "node {me} dropped its link to the removed node"
+        );
+    }
+    assert_eq!(c.stopped, ids(&[4]), "only the removed node stops");
+}
+
+#[test]
+fn a_removed_node_refuses_requests_with_a_clear_error_until_it_stops() {
+    let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| cfg.removed_linger_ms = 60_000);
+    c.run_for(200);
+    let reply = c.request(n(1), ClientRequest::Admin(AdminRequest::Remove(n(4))));
+    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    c.run_for(3_000);
+    let reply = c.request(n(4), ClientRequest::PartitionMap);
+    match reply {
+        ClientReply::Error(dynakv_core::RequestError::Removed { node }) => assert_eq!(node, n(4)),
+        other => panic!("expected a Removed error, got {other:?}"),
+    }
+}
