@@ -61,6 +61,25 @@ impl Coordinator {
         }
     }
 
+    /// A fresh operation id.
+    pub(super) fn next_op_id(&mut self) -> OpId {
+        self.next_op = self.next_op.wrapping_add(1);
+        self.next_op
+    }
+
+    /// Take one unit of the read-repair budget (`per_sec` per one-second window starting at
+    /// the first repair after the previous window); false when it is spent.
+    pub(super) fn take_repair_budget(&mut self, now: u64, per_sec: u32) -> bool {
+        if now >= self.repair_window.0 + 1_000_000 {
+            self.repair_window = (now, 0);
+        }
+        if self.repair_window.1 >= per_sec {
+            return false;
+        }
+        self.repair_window.1 += 1;
+        true
+    }
+
     /// Is this the first copy of forwarded operation `op` from `from`? Remembers the last
     /// [`SEEN_FORWARDS`] of them.
     pub(super) fn first_forward(&mut self, from: NodeId, op: OpId) -> bool {

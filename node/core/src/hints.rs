@@ -43,6 +43,15 @@ pub(super) struct HintedHandoff {
     pub(super) peers: BTreeMap<NodeId, Handoff>,
 }
 
+impl HintedHandoff {
+    /// `owner` is reachable again: its hints may go at once (backoff reset).
+    pub(super) fn peer_is_back(&mut self, owner: NodeId) {
+        if let Some(h) = self.peers.get_mut(&owner) {
+            *h = Handoff::default();
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Inflight {
     batch: u64,

@@ -38,6 +38,36 @@ struct Identity {
     incarnation: u32,
 }
 
+impl Liveness {
+    /// Does this node itself believe `peer` down (not counting the gossip detector)?
+    pub(super) fn believes_down(&self, peer: NodeId) -> bool {
+        self.down.contains_key(&peer)
+    }
+
+    /// `peer` stayed silent (or its link went down) at `now`; true if it was not down yet.
+    pub(super) fn mark_down(&mut self, peer: NodeId, now: u64) -> bool {
+        if self.down.contains_key(&peer) {
+            return false;
+        }
+        self.down.insert(peer, now);
+        true
+    }
+
+    /// `peer` was heard from; true if it was believed down until now.
+    pub(super) fn mark_up(&mut self, peer: NodeId) -> bool {
+        self.down.remove(&peer).is_some()
+    }
+
+    /// The driver reported `peer`'s link up or down (`Input::PeerStatus`).
+    pub(super) fn link_reported(&mut self, peer: NodeId, up: bool) {
+        if up {
+            self.links_up.insert(peer);
+        } else {
+            self.links_up.remove(&peer);
+        }
+    }
+}
+
 /// Most self-sent messages delivered per input (a bound on any self-message chain).
 const MAX_LOOPBACK_PER_INPUT: usize = 1024;
 
@@ -262,7 +292,7 @@ impl<S: Store> NodeCore<S> {
 
     /// Does this node currently believe `peer` is down?
     pub fn is_down(&self, peer: NodeId) -> bool {
-        peer != self.id() && (self.liveness.down.contains_key(&peer) || self.gossip_says_down(peer))
+        peer != self.id() && (self.liveness.believes_down(peer) || self.gossip_says_down(peer))
     }
 
     /// Peers this node currently believes down.
@@ -273,19 +303,16 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(super) fn mark_down(&mut self, peer: NodeId) {
-        if peer != self.id() && !self.liveness.down.contains_key(&peer) {
+        if peer != self.id() && self.liveness.mark_down(peer, self.now) {
             tracing::info!(%peer, "peer considered down");
-            self.liveness.down.insert(peer, self.now);
         }
     }
 
     pub(super) fn mark_up(&mut self, peer: NodeId) {
-        if self.liveness.down.remove(&peer).is_some() {
+        if self.liveness.mark_up(peer) {
             tracing::info!(%peer, "peer is back");
             // Hints for it may go at once.
-            if let Some(h) = self.handoff.peers.get_mut(&peer) {
-                *h = super::hints::Handoff::default();
-            }
+            self.handoff.peer_is_back(peer);
         }
     }
 
@@ -352,11 +379,10 @@ impl<S: Store> NodeCore<S> {
             }
             Input::Timeout => self.handle_timeouts(),
             Input::PeerStatus { peer, up } => {
+                self.liveness.link_reported(peer, up);
                 if up {
-                    self.liveness.links_up.insert(peer);
                     self.mark_up(peer)
                 } else {
-                    self.liveness.links_up.remove(&peer);
                     self.mark_down(peer)
                 }
             }
@@ -405,8 +431,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(super) fn next_op_id(&mut self) -> OpId {
-        self.coord.next_op = self.coord.next_op.wrapping_add(1);
-        self.coord.next_op
+        self.coord.next_op_id()
     }
 
     /// Send `msg` to `to`; a message to this node itself is delivered by the core
@@ -559,15 +584,13 @@ impl<S: Store> NodeCore<S> {
 
     /// Take one unit of the read-repair budget (a bounded number per second).
     pub(super) fn repair_budget(&mut self) -> bool {
-        if self.now >= self.coord.repair_window.0 + 1_000_000 {
-            self.coord.repair_window = (self.now, 0);
-        }
-        if self.coord.repair_window.1 >= self.cfg.read_repair_per_sec {
+        let ok = self
+            .coord
+            .take_repair_budget(self.now, self.cfg.read_repair_per_sec);
+        if !ok {
             self.stats.read_repairs_skipped += 1;
-            return false;
         }
-        self.coord.repair_window.1 += 1;
-        true
+        ok
     }
 
     /// Register an operation with its deadline.
