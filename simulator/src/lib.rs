@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - [`config`]: cluster shape, workload size, allowed faults, and fault intensities per seed.
+//! - [`harness`]: the step-by-step harness (cores wired directly, links that can be cut) for
+//!   tests that drive one exchange at a time; the core's behaviour tests use it.
 //! - `world`: the event queue, the simulated nodes (clock skew/drift, crash, pause, wipe) and
 //!   network (latency, jitter, loss, duplication, partitions, clogs).
 //! - `faults`: the scheduler that injects partitions, clogs, crashes, wipes and pauses.
@@ -18,6 +20,7 @@ pub mod checker;
 pub mod config;
 pub mod error;
 mod faults;
+pub mod harness;
 pub mod report;
 mod workload;
 mod world;

@@ -2,12 +2,10 @@
 //! simulator) run the same decisions: which peers to keep a link to, and when a removed node
 //! stops itself.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{n, Cluster};
 use dynakv_core::{AdminRequest, ClientReply, ClientRequest};
+use dynakv_simulator::harness::{n, Cluster};
 
 fn ids(list: &[u32]) -> BTreeSet<dynakv_ring::NodeId> {
     list.iter().map(|i| n(*i)).collect()

@@ -2,13 +2,11 @@
 //! every vector of shared/dvv-vectors.md through the coordinator.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{expect_error, n, set, strings, vv, Cluster};
 use dynakv_core::store::MemStore;
 use dynakv_core::{ClientReply, ClientRequest, CoreConfig, NodeCore, RequestError, RequestOptions};
 use dynakv_proto::dvv::VersionVector;
 use dynakv_ring::{NodeId, PartitionMap};
+use dynakv_simulator::harness::{expect_error, n, set, strings, vv, Cluster};
 
 fn empty() -> VersionVector {
     VersionVector::new()

@@ -1,5 +1,8 @@
-//! A tiny in-memory harness that wires several node cores together, with links that can be cut.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! The step-by-step harness: several real node cores wired together directly (no latency, no
+//! randomness), with links that can be cut, for tests that drive one exchange at a time and
+//! assert exactly what happened. The randomized world (`world`) is the other driver of this
+//! crate; both run the same `NodeCore`. Test code: it panics on anything unexpected.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -12,6 +15,8 @@ use dynakv_core::{
 use dynakv_proto::dvv::{Actor, VersionVector};
 use dynakv_ring::{NodeId, PartitionMap};
 
+/// A cluster of node cores in one process.
+#[derive(Debug)]
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, NodeCore<MemStore>>,
     queue: VecDeque<(NodeId, NodeId, PeerMsg)>,

@@ -2,12 +2,10 @@
 //! handoff, anti-entropy after a wipe, and deletes that stay deleted (tombstone reaping).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{expect_error, n, set, strings, Cluster};
 use dynakv_core::{ClientReply, RequestError, RequestOptions};
 use dynakv_proto::dvv::VersionVector;
 use dynakv_ring::NodeId;
+use dynakv_simulator::harness::{expect_error, n, set, strings, Cluster};
 
 /// A key and its primaries in a 5-node cluster with N=3.
 fn key_with_primaries(c: &Cluster) -> (String, Vec<NodeId>) {
