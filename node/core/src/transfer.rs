@@ -313,13 +313,15 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn persist_out(&mut self, rec: &OutgoingTransfer) {
+        self.persist_checkpoint(&out_key(rec.partition, rec.to), rec);
+    }
+
+    /// Write one transfer checkpoint (either side); durable at the next drain. A checkpoint that
+    /// cannot be written only costs a resend after a restart.
+    pub(super) fn persist_checkpoint(&mut self, key: &[u8], rec: &impl serde::Serialize) {
         match codec::encode(rec) {
             Ok(b) => {
-                if self
-                    .store
-                    .put(Space::Transfers, &out_key(rec.partition, rec.to), &b)
-                    .is_ok()
-                {
+                if self.store.put(Space::Transfers, key, &b).is_ok() {
                     self.dirty = true;
                 }
             }

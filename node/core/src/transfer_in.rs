@@ -11,8 +11,7 @@ use dynakv_ring::{NodeId, PartitionId};
 use super::node::NodeCore;
 use super::transfer::{in_key, IncomingTransfer};
 use super::types::{Object, ReplicaError, TransferMsg};
-use crate::codec;
-use crate::store::{Space, Store};
+use crate::store::Store;
 
 impl<S: Store> NodeCore<S> {
     /// The receiver's side: merge the batch, checkpoint durably, acknowledge.
@@ -126,17 +125,6 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(super) fn persist_in(&mut self, rec: &IncomingTransfer) {
-        match codec::encode(rec) {
-            Ok(b) => {
-                if self
-                    .store
-                    .put(Space::Transfers, &in_key(rec.partition, rec.from), &b)
-                    .is_ok()
-                {
-                    self.dirty = true;
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot encode a transfer checkpoint"),
-        }
+        self.persist_checkpoint(&in_key(rec.partition, rec.from), rec);
     }
 }
