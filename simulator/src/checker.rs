@@ -126,6 +126,14 @@ pub fn check(world: &World) -> Vec<Violation> {
             events: Vec::new(),
         });
     }
+    for (detail, effects) in &world.contract_breaches {
+        out.push(Violation {
+            invariant: "durability-contract",
+            key: String::new(),
+            detail: detail.clone(),
+            events: effects.clone(),
+        });
+    }
     let mut by_key: BTreeMap<&str, Vec<&WriteRecord>> = BTreeMap::new();
     for w in &h.writes {
         by_key.entry(w.key.as_str()).or_default().push(w);

@@ -46,12 +46,15 @@ pub enum FaultKind {
     Skew,
     /// Membership changes during the load: spare nodes join, members leave (partitions move).
     Membership,
+    /// A node's disk fails a sync (the node stops serving until the operator restarts it) or
+    /// fills up for a while (writes refused).
+    Disk,
 }
 
 impl FaultKind {
     /// Every fault kind, in declaration order (the same list as [`ValueEnum::value_variants`];
     /// a test checks they agree).
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Loss,
         FaultKind::Dup,
         FaultKind::Reorder,
@@ -63,6 +66,7 @@ impl FaultKind {
         FaultKind::Wipe,
         FaultKind::Skew,
         FaultKind::Membership,
+        FaultKind::Disk,
     ];
 }
 
@@ -370,7 +374,7 @@ mod tests {
         let but: FaultSet = "-wipe,-skew".parse().expect("a valid list");
         assert_eq!(
             but.to_string(),
-            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership"
+            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,disk"
         );
     }
 

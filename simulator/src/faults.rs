@@ -31,7 +31,13 @@ impl World {
     fn nodes_out(&self) -> u32 {
         self.nodes
             .iter()
-            .filter(|n| n.is_active() && (!n.is_up() || n.paused))
+            .filter(|n| {
+                let fenced = n
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.storage_failure().is_some());
+                n.is_active() && (!n.is_up() || n.paused || fenced)
+            })
             .count() as u32
     }
 
@@ -49,6 +55,7 @@ impl World {
             FaultKind::Crash,
             FaultKind::Pause,
             FaultKind::Membership,
+            FaultKind::Disk,
         ] {
             if f.has(k) {
                 kinds.push(k);
@@ -140,8 +147,42 @@ impl World {
                 self.schedule(at, Event::Resume { node: id });
             }
             FaultKind::Membership => self.change_membership(),
+            FaultKind::Disk => self.disk_fault(),
             _ => {}
         }
+    }
+
+    /// A node's disk fails its next sync (the node stops serving) or fills up; the operator
+    /// fixes it a while later (`Event::FixDisk`).
+    fn disk_fault(&mut self) {
+        let id = self.random_node();
+        if self.nodes_out() >= self.params.max_down {
+            return;
+        }
+        let fail_sync = self.rng.gen_bool(0.5);
+        let fixed_after = self.rng.gen_range(100_000..3_000_000);
+        let node = self.node_mut(id);
+        let Some(core) = node.core.as_mut() else {
+            return;
+        };
+        if fail_sync {
+            core.store_mut().fail_next_syncs(1);
+        } else {
+            core.store_mut().set_full(true);
+        }
+        let what = if fail_sync {
+            "SYNC FAILURE"
+        } else {
+            "DISK FULL"
+        };
+        self.count_fault(if fail_sync {
+            "sync-failure"
+        } else {
+            "disk-full"
+        });
+        self.trace_line(format!("t={}us node {id} {what}", self.now));
+        let at = self.now + fixed_after;
+        self.schedule(at, Event::FixDisk { node: id });
     }
 
     /// A spare joins, or a member leaves (at most one leave per run; never below N owners).

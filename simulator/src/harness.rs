@@ -177,6 +177,20 @@ impl Cluster {
         self.nodes.insert(id, core);
     }
 
+    /// Power-cycle a node: its disk loses what was not synced (and any injected disk fault is
+    /// cleared, as an operator would fix the disk first), then the node starts from it.
+    pub fn restart(&mut self, id: NodeId) {
+        let old = self.nodes.remove(&id).expect("node");
+        let cfg = old.config().clone();
+        let map = old.partition_map().clone();
+        let mut disk = old.into_store();
+        disk.crash();
+        disk.fail_next_syncs(0);
+        disk.set_full(false);
+        let core = NodeCore::open(cfg, disk, map, 515151 + self.now, self.now).expect("open");
+        self.nodes.insert(id, core);
+    }
+
     /// Every node's view of pending hints, summed.
     pub fn hints_pending(&self) -> u64 {
         self.nodes

@@ -163,6 +163,18 @@ fn run_once(seed: u64, cfg: &SimConfig) -> Result<RunReport, SimError> {
     let mut violations = checker::check(&world);
     let transfers_left = world.transfers_pending();
     if transfers_left > 0 || !world.membership_settled() {
+        // Debugging aid for membership liveness failures: each node's view and transfers.
+        if std::env::var_os("DYNAKV_SIM_DEBUG").is_some() {
+            for line in world.debug_membership() {
+                eprintln!("{line}");
+            }
+            for n in &world.nodes {
+                if let Some(c) = &n.core {
+                    let (out, inc) = (c.outgoing_transfers(), c.incoming_transfers());
+                    eprintln!("node {} transfers out={out:?} in={inc:?}", n.id);
+                }
+            }
+        }
         violations.push(Violation {
             invariant: "liveness",
             key: String::new(),

@@ -434,5 +434,6 @@ fn never_applied(e: &RequestError) -> bool {
             | RequestError::TooManySiblings { .. }
             | RequestError::Removed { .. }
             | RequestError::NotJoined { .. }
+            | RequestError::StorageFailed { .. }
     )
 }

@@ -60,6 +60,9 @@ pub(crate) enum Event {
     /// The world's operator stops a removed member that is still around well after its
     /// linger (it crashed or lost its disk meanwhile, so its core never said `Stop`).
     Retire { node: NodeId },
+    /// The operator fixes a node's failing or full disk; a node that stopped serving after a
+    /// failed sync is restarted.
+    FixDisk { node: NodeId },
 }
 
 impl Event {
@@ -77,6 +80,7 @@ impl Event {
             Event::HealCut { .. } => 10,
             Event::QuietNext => 11,
             Event::Retire { .. } => 12,
+            Event::FixDisk { .. } => 13,
         }
     }
 }
@@ -130,6 +134,8 @@ pub(crate) struct SimNode {
     /// The links its core asked for (`Effect::Link`/`Unlink`) since it last started, as a
     /// driver keeps them; the liveness check compares them with the membership.
     pub links: BTreeMap<NodeId, String>,
+    /// Its last start failed (a failing disk): it stays down until the operator fixes the disk.
+    pub start_failed: bool,
 }
 
 impl SimNode {
@@ -205,6 +211,9 @@ pub struct World {
     pub(crate) membership_changes: u32,
     /// Counters of cores that crashed or were removed (a restart starts from zero).
     pub(crate) past_stats: Vec<dynakv_core::CoreStats>,
+    /// Breaches of the store's durability contract seen while the run went on (an effect left
+    /// a node while writes it may depend on were not durable).
+    pub(crate) contract_breaches: Vec<(String, Vec<String>)>,
     pub(crate) trace: Option<Vec<String>>,
     pub(crate) workload: crate::workload::Workload,
 }
@@ -267,6 +276,7 @@ impl World {
                 retired: false,
                 retiring: false,
                 links: BTreeMap::new(),
+                start_failed: false,
             };
             let seed = rng.gen();
             if !node.spare {
@@ -294,6 +304,7 @@ impl World {
             wipes_left: params.max_wipes,
             membership_changes: 0,
             past_stats: Vec::new(),
+            contract_breaches: Vec::new(),
             cfg,
             params,
             rng,
@@ -385,6 +396,7 @@ impl World {
             }
             Event::HealCut { cut } => self.heal_cut(cut),
             Event::QuietNext => self.quiet_next(),
+            Event::FixDisk { node } => self.fix_disk(node),
         }
     }
 
@@ -411,6 +423,7 @@ impl World {
             return;
         };
         let effects = core.drain_effects();
+        let (unsynced, lost) = (core.store().unsynced_ops(), core.store().lost_ops());
         let next = core.poll_timeout().map(|t| node.virtual_at(t));
         let generation = node.generation;
         if let Some(at) = next {
@@ -423,6 +436,21 @@ impl World {
                         generation,
                     },
                 );
+            }
+        }
+        if unsynced + lost > 0 && effects.iter().any(carries_data) {
+            let line = format!(
+                "t={}us node {id} let effects out with {unsynced} unsynced and {lost} lost writes",
+                self.now
+            );
+            if self.contract_breaches.len() < 10 {
+                let what = effects
+                    .iter()
+                    .filter(|e| carries_data(e))
+                    .take(5)
+                    .map(|e| format!("{e:?}").chars().take(160).collect())
+                    .collect();
+                self.contract_breaches.push((line, what));
             }
         }
         let mut stop = false;
@@ -445,6 +473,45 @@ impl World {
         self.retire_removed(id);
         if stop {
             self.retire(id);
+        }
+    }
+
+    /// The operator fixes `id`'s disk: a full one gets space, and a node that stopped serving
+    /// after a failed sync is restarted (from its disk, which kept everything it synced).
+    pub(crate) fn fix_disk(&mut self, id: NodeId) {
+        let node = self.node_mut(id);
+        if let Some(disk) = node.disk.as_mut() {
+            // Down meanwhile: the disk is fixed before the node comes back.
+            disk.set_full(false);
+            disk.fail_next_syncs(0);
+            if node.start_failed {
+                let at = self.now + 1;
+                self.schedule(
+                    at,
+                    Event::Restart {
+                        node: id,
+                        wipe: false,
+                    },
+                );
+                return;
+            }
+        }
+        let Some(core) = node.core.as_mut() else {
+            return;
+        };
+        core.store_mut().set_full(false);
+        core.store_mut().fail_next_syncs(0);
+        if core.storage_failure().is_some() {
+            self.trace_line(format!("t={}us node {id} DISK FIXED, restarting", self.now));
+            self.crash(id);
+            let at = self.now + 1;
+            self.schedule(
+                at,
+                Event::Restart {
+                    node: id,
+                    wipe: false,
+                },
+            );
         }
     }
 
@@ -584,8 +651,20 @@ impl World {
         };
         let node = self.node_mut(id);
         node.links.clear();
+        // The disk outlives a failed start (the real process exits; its files stay).
+        let mut kept = store.clone();
         match NodeCore::open_with(node.cfg.clone(), store, boot, seed, local) {
-            Ok(core) => node.core = Some(core),
+            Ok(core) => {
+                node.core = Some(core);
+                node.start_failed = false;
+            }
+            Err(dynakv_core::Error::Storage(e)) => {
+                kept.crash();
+                node.disk = Some(kept);
+                node.start_failed = true;
+                self.trace_line(format!("t={now}us node {id} FAILED TO START: {e}"));
+                return;
+            }
             Err(e) => panic!("simulated node {id} failed to restart: {e}"),
         }
         let line = format!(
@@ -779,6 +858,41 @@ impl World {
         node.disk = None;
         node.generation += 1;
         self.trace_line(format!("t={now}us node {id} REMOVED and stopped"));
+        self.finish_removal(id);
+    }
+
+    /// A stopped node that decided it was removed may not have told anyone (it crashed or its
+    /// disk failed right after): the operator then removes it through a running member, as
+    /// `dynakv admin remove` would.
+    fn finish_removal(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(member) = self.nodes.iter().find_map(|n| {
+            let c = n.core.as_ref()?;
+            let sees_removed = c
+                .cluster_state()
+                .and_then(|s| s.member(id))
+                .is_none_or(|m| m.status == dynakv_gossip::Status::Removed);
+            (n.id != id && !n.paused && c.is_joined() && !c.is_removed() && !sees_removed)
+                .then_some(n.id)
+        }) else {
+            return;
+        };
+        let node = self.node_mut(member);
+        let local = node.local(now);
+        let Some(core) = node.core.as_mut() else {
+            return;
+        };
+        core.handle(
+            local,
+            Input::Client {
+                id: u64::MAX,
+                request: ClientRequest::Admin(AdminRequest::Remove(id)),
+            },
+        );
+        self.trace_line(format!(
+            "t={now}us operator removes node {id} via node {member}"
+        ));
+        self.after_input(member);
     }
 
     /// Transfers not finished, over running members.
@@ -893,11 +1007,27 @@ impl World {
         self.net.loss = 0.0;
         self.net.dup = 0.0;
         let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
-        for id in ids {
+        for id in ids.iter().copied() {
+            self.fix_disk(id);
             if self.node_mut(id).is_active() && !self.node_mut(id).is_up() {
                 self.restart(id, false);
             }
             self.resume(id);
         }
+        for id in ids {
+            if self.node_mut(id).retired {
+                self.finish_removal(id);
+            }
+        }
+    }
+}
+
+/// Does this effect report or carry data (so it must wait for durability)? Error replies, links
+/// and stops do not.
+fn carries_data(effect: &Effect) -> bool {
+    match effect {
+        Effect::Send { .. } => true,
+        Effect::Reply { reply, .. } => !matches!(reply, ClientReply::Error(_)),
+        _ => false,
     }
 }

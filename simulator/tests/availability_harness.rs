@@ -259,3 +259,41 @@ fn read_repair_is_bounded_per_second() {
     assert_eq!(s.read_repairs, 3, "{s:?}");
     assert_eq!(s.read_repairs_skipped, 7);
 }
+
+/// Item 8 of the safety issue: after a failed sync the node stops serving (it may have lost
+/// dirty pages, so a later sync proves nothing), says why, and recovers on restart.
+#[test]
+fn a_failed_sync_fences_the_node_until_it_restarts() {
+    let mut c = Cluster::new(5, 3, 2, 2);
+    let (key, prim) = key_with_primaries(&c);
+    let broken = prim[1];
+    c.nodes
+        .get_mut(&broken)
+        .unwrap()
+        .store_mut()
+        .fail_next_syncs(1);
+    // The broken replica never acknowledges; the other two make the quorum.
+    let put = c.put_ok(prim[0], &key, "v1", &VersionVector::new());
+    assert_eq!(put.acks, 2);
+    let core = &c.nodes[&broken];
+    let reason = core.storage_failure().expect("fenced").to_string();
+    assert!(reason.contains("fsync failed"), "{reason}");
+    assert_eq!(core.status_report().storage_failure, Some(reason));
+    assert_eq!(core.stats().sync_failures, 1);
+    // It refuses clients with the reason, even though its disk now "works" again.
+    match expect_error(c.get(broken, &key, RequestOptions::default())) {
+        RequestError::StorageFailed { node, .. } => assert_eq!(node, broken),
+        other => panic!("expected StorageFailed, got {other:?}"),
+    }
+    // And it takes no part in quorums: a W=3 write needs a fallback.
+    let put2 = match c.put(prim[0], &key, "v2", &put.context, w(3, None)) {
+        ClientReply::Written(p) => p,
+        other => panic!("W=3 put failed: {other:?}"),
+    };
+    assert!(put2.fallback_acks >= 1, "{put2:?}");
+    // After the operator fixes the disk and restarts it, it serves again.
+    c.restart(broken);
+    assert!(c.nodes[&broken].storage_failure().is_none());
+    let got = c.get_ok(broken, &key);
+    assert_eq!(strings(&got.values), set(&["v2"]));
+}

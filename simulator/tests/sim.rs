@@ -138,7 +138,7 @@ fn every_planted_bug_is_caught() {
         // The report explains itself: an invariant, a key, and the events that touched the key.
         let v = &r.violations[0];
         assert!(!v.invariant.is_empty());
-        assert!(!v.key.is_empty() || v.invariant == "liveness");
+        assert!(!v.key.is_empty() || ["liveness", "durability-contract"].contains(&v.invariant));
         assert!(
             r.violations.iter().any(|v| !v.events.is_empty()),
             "no trace for {}",

@@ -184,16 +184,20 @@ pub enum PlantedBug {
     OverwriteOnReplica,
     /// Reap tombstones at once, without the grace period or asking the other members.
     EagerReap,
+    /// After a failed store sync, keep serving and trust the next sync (PostgreSQL's fsyncgate
+    /// mistake) instead of stopping.
+    RetryFailedSync,
 }
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
         PlantedBug::OverwriteOnReplica,
         PlantedBug::EagerReap,
+        PlantedBug::RetryFailedSync,
     ];
 
     /// The kebab-case name used on command lines.
@@ -204,6 +208,7 @@ impl PlantedBug {
             PlantedBug::ReuseDotsAfterWipe => "reuse-dots",
             PlantedBug::OverwriteOnReplica => "overwrite-replica",
             PlantedBug::EagerReap => "eager-reap",
+            PlantedBug::RetryFailedSync => "retry-failed-sync",
         }
     }
 }

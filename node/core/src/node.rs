@@ -126,6 +126,9 @@ pub struct NodeCore<S: Store> {
     pub(super) loopback: VecDeque<PeerMsg>,
     /// Writes since the last sync: `drain_effects` syncs before any effect leaves.
     pub(super) dirty: bool,
+    /// Set when a store sync failed: the node then acknowledges nothing until it restarts
+    /// (fail-stop; see [`NodeCore::storage_failure`]).
+    pub(super) fenced: Option<String>,
     pub(super) stats: CoreStats,
     // The mechanisms, each with its own state (see each type's doc for its inputs).
     pub(super) liveness: Liveness,
@@ -234,6 +237,7 @@ impl<S: Store> NodeCore<S> {
             effects: Vec::new(),
             loopback: VecDeque::new(),
             dirty: false,
+            fenced: None,
             stats: CoreStats::default(),
             liveness: Liveness {
                 down: BTreeMap::new(),
@@ -255,6 +259,10 @@ impl<S: Store> NodeCore<S> {
         core.recount_hints()?;
         core.load_transfers()?;
         core.init_membership(boot)?;
+        if core.membership.joined {
+            let map = core.map.clone();
+            core.prune_moot_transfers(&map);
+        }
         core.sync_links();
         if core.dirty {
             core.store.sync()?;
@@ -363,6 +371,12 @@ impl<S: Store> NodeCore<S> {
         &self.store
     }
 
+    /// The store, writable: only for injecting disk faults (the simulator's failing disk).
+    /// Writing data through it would bypass the core's bookkeeping.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Give the store back (when the driver shuts the node down or the simulator crashes it).
     pub fn into_store(self) -> S {
         self.store
@@ -372,6 +386,22 @@ impl<S: Store> NodeCore<S> {
     /// [`NodeCore::drain_effects`].
     pub fn handle(&mut self, now: u64, input: Input) {
         self.now = self.now.max(now);
+        if let Some(reason) = &self.fenced {
+            // Fail-stop: answer clients with the reason, take part in nothing else. Peers see
+            // silence and route around this node (sloppy quorum, hints).
+            if let Input::Client { id, .. } = input {
+                let e = super::types::RequestError::StorageFailed {
+                    node: self.cfg.node,
+                    reason: reason.clone(),
+                };
+                self.stats.requests_failed += 1;
+                self.effects.push(Effect::Reply {
+                    id,
+                    reply: ClientReply::Error(e),
+                });
+            }
+            return;
+        }
         match input {
             Input::Peer { from, msg } => self.handle_peer(from, msg),
             Input::Client { id, request } => {
@@ -405,6 +435,9 @@ impl<S: Store> NodeCore<S> {
 
     /// The next time at which the core wants [`Input::Timeout`], if any.
     pub fn poll_timeout(&self) -> Option<u64> {
+        if self.fenced.is_some() {
+            return None;
+        }
         if !self.loopback.is_empty() {
             return Some(self.now);
         }
@@ -412,22 +445,55 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Take every queued effect. Syncs the store first when anything was written, so no ack,
-    /// reply or replica message can leave before the data it reports is durable. When the sync
-    /// fails, the effects are dropped (peers and clients time out) and the failure is counted:
-    /// acknowledging an undurable write would be a lie.
+    /// reply or replica message can leave before the data it reports is durable.
+    ///
+    /// When the sync fails the node *fences* itself for good (until restarted): the queued
+    /// effects are dropped (peers and clients time out), operations in flight are abandoned,
+    /// and from then on clients get [`super::types::RequestError::StorageFailed`] and peers get
+    /// nothing. A failed fsync may have dropped dirty pages from the kernel's cache, so a later
+    /// sync that "succeeds" would not prove the earlier writes durable (PostgreSQL's fsyncgate).
+    /// A restart re-reads the store and takes a new actor identity.
     pub fn drain_effects(&mut self) -> Vec<Effect> {
-        if self.dirty {
-            if self.cfg.has_bug(PlantedBug::AckBeforeStore) {
+        if self.dirty && self.fenced.is_none() {
+            let synced = if self.cfg.has_bug(PlantedBug::AckBeforeStore) {
                 // Planted bug: acknowledge without making the writes durable.
-            } else if let Err(e) = self.store.sync() {
-                tracing::error!(error = %e, "store sync failed; dropping unacknowledged effects");
-                self.stats.sync_failures += 1;
-                self.effects.clear();
-                return Vec::new();
+                Ok(())
+            } else {
+                self.store.sync()
+            };
+            match synced {
+                Ok(()) => self.dirty = false,
+                Err(e) if self.cfg.has_bug(PlantedBug::RetryFailedSync) => {
+                    // Planted bug: drop this batch but keep serving, trusting the next sync.
+                    self.stats.sync_failures += 1;
+                    tracing::error!(error = %e, "store sync failed");
+                    self.effects.clear();
+                    return Vec::new();
+                }
+                Err(e) => self.fence(e.to_string()),
             }
-            self.dirty = false;
         }
         std::mem::take(&mut self.effects)
+    }
+
+    /// Stop acknowledging anything after a failed sync (see [`NodeCore::drain_effects`]).
+    fn fence(&mut self, reason: String) {
+        tracing::error!(
+            reason = %reason,
+            "store sync failed: this node stops serving until it is restarted; \
+             check the disk, then restart the node"
+        );
+        self.stats.sync_failures += 1;
+        self.fenced = Some(reason);
+        self.effects.clear();
+        self.loopback.clear();
+        self.coord.ops.clear();
+    }
+
+    /// Why the node stopped serving, if a store sync failed (it then answers every client
+    /// request with [`super::types::RequestError::StorageFailed`] until restarted).
+    pub fn storage_failure(&self) -> Option<&str> {
+        self.fenced.as_deref()
     }
 
     pub(super) fn next_op_id(&mut self) -> OpId {

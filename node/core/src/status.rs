@@ -97,6 +97,7 @@ impl<S: Store> NodeCore<S> {
             transfers: self.transfer_rows(),
             down: self.down_peers(),
             stats: self.stats(),
+            storage_failure: self.storage_failure().map(str::to_string),
         }
     }
 

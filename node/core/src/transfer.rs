@@ -180,54 +180,7 @@ impl<S: Store> NodeCore<S> {
                 self.dirty = true;
             }
         }
-        // Transfers to nodes that are no longer replicas of the partition are moot: the new map
-        // gave it to someone else, who gets it from this plan.
-        let moot: Vec<(PartitionId, NodeId)> = self
-            .transfers
-            .sending
-            .iter()
-            .filter(|((p, to), s)| !s.rec.done && !new.preference_list(*p, n).contains(to))
-            .map(|(k, _)| *k)
-            .collect();
-        let mut orphaned = BTreeMap::new();
-        for (p, to) in moot {
-            self.transfers.sending.remove(&(p, to));
-            if self.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
-                self.dirty = true;
-            }
-            orphaned.insert(p, ());
-        }
-        // A copy that was on its way out and now has no destination must still reach the
-        // partition's current replicas: send it to all of them (merging is idempotent).
-        for p in orphaned.into_keys() {
-            let replicas = new.preference_list(p, n);
-            if replicas.contains(&me) {
-                continue;
-            }
-            let total = self.count_keys(p);
-            for to in replicas {
-                if !self.transfers.sending.contains_key(&(p, to)) {
-                    self.start_outgoing(p, to, total);
-                }
-            }
-        }
-        let moot_in: Vec<(PartitionId, NodeId)> = self
-            .transfers
-            .receiving
-            .iter()
-            .filter(|((p, _), r)| !r.done && !new.preference_list(*p, n).contains(&me))
-            .map(|(k, _)| *k)
-            .collect();
-        for (p, from) in moot_in {
-            self.transfers.receiving.remove(&(p, from));
-            if self
-                .store
-                .remove(Space::Transfers, &in_key(p, from))
-                .is_ok()
-            {
-                self.dirty = true;
-            }
-        }
+        self.prune_moot_transfers(new);
         let q = new.partition_count().min(old.partition_count());
         for i in 0..q {
             let p = PartitionId(i);
@@ -281,6 +234,64 @@ impl<S: Store> NodeCore<S> {
             receiving = self.incoming_pending(),
             "partition map changed: transfers planned"
         );
+    }
+
+    /// Forget transfers `map` made moot: outgoing ones to nodes that no longer replicate the
+    /// partition (its data goes to the current replicas instead) and incoming ones for
+    /// partitions this node no longer replicates. Called on every map change and at startup,
+    /// where it also clears records a failed store write left behind (a full disk).
+    pub(super) fn prune_moot_transfers(&mut self, map: &PartitionMap) {
+        let new = map;
+        let n = usize::from(self.cfg.n);
+        let me = self.id();
+        // Transfers to nodes that are no longer replicas of the partition are moot: the new map
+        // gave it to someone else, who gets it from this plan.
+        let moot: Vec<(PartitionId, NodeId)> = self
+            .transfers
+            .sending
+            .iter()
+            .filter(|((p, to), s)| !s.rec.done && !new.preference_list(*p, n).contains(to))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut orphaned = BTreeMap::new();
+        for (p, to) in moot {
+            self.transfers.sending.remove(&(p, to));
+            if self.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
+                self.dirty = true;
+            }
+            orphaned.insert(p, ());
+        }
+        // A copy that was on its way out and now has no destination must still reach the
+        // partition's current replicas: send it to all of them (merging is idempotent).
+        for p in orphaned.into_keys() {
+            let replicas = new.preference_list(p, n);
+            if replicas.contains(&me) {
+                continue;
+            }
+            let total = self.count_keys(p);
+            for to in replicas {
+                if !self.transfers.sending.contains_key(&(p, to)) {
+                    self.start_outgoing(p, to, total);
+                }
+            }
+        }
+        let moot_in: Vec<(PartitionId, NodeId)> = self
+            .transfers
+            .receiving
+            .iter()
+            .filter(|((p, _), r)| !r.done && !new.preference_list(*p, n).contains(&me))
+            .map(|(k, _)| *k)
+            .collect();
+        for (p, from) in moot_in {
+            self.transfers.receiving.remove(&(p, from));
+            if self
+                .store
+                .remove(Space::Transfers, &in_key(p, from))
+                .is_ok()
+            {
+                self.dirty = true;
+            }
+        }
     }
 
     fn count_keys(&self, p: PartitionId) -> u64 {

@@ -195,6 +195,12 @@ pub enum RequestError {
     /// The coordinator failed to read or write its own disk.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The node's disk failed a sync: it stopped serving (fail-stop) until an operator fixes
+    /// the disk and restarts it. The request was not applied anywhere.
+    #[error(
+        "node {node} stopped serving after a storage sync failure ({reason}); fix its disk and restart it, and send requests to another node meanwhile"
+    )]
+    StorageFailed { node: NodeId, reason: String },
     /// The coordinator has too many requests in flight; retry later or elsewhere.
     #[error("node overloaded: {pending} requests in flight; retry later or on another node")]
     Overloaded { pending: u64 },

@@ -159,6 +159,8 @@ pub struct StatusReport {
     pub down: Vec<NodeId>,
     /// The core's counters.
     pub stats: CoreStats,
+    /// Set when a store sync failed: the node serves nothing until it is restarted.
+    pub storage_failure: Option<String>,
 }
 
 /// What a node sends to a peer on its outgoing stream.

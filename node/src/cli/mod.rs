@@ -94,7 +94,8 @@ pub enum Command {
     /// --json prints one object: node, members (id, addr, up, down, membership, partitions),
     /// partition_count, n, r, w, pending_ops, hints_pending (target node id -> hints held for
     /// it), transfers (direction, partition, peer, keys, total, resent, done), down (peers this
-    /// node marked down) and stats (the core's counters).
+    /// node marked down), stats (the core's counters) and storage_failure (null, or why the node
+    /// stopped serving after a failed disk sync).
     Status(StatusArgs),
     /// Closed-loop load generator: reports throughput and p50/p99/p999 latency.
     Bench(bench::BenchArgs),

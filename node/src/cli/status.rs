@@ -38,6 +38,11 @@ fn render(s: &StatusReport) -> String {
         s.w,
         s.pending_ops
     ));
+    if let Some(reason) = &s.storage_failure {
+        line(format!(
+            "STORAGE FAILED: {reason}\n  this node serves nothing until its disk is fixed and it is restarted"
+        ));
+    }
     line(String::new());
     line(format!(
         "  {:>4}  {:<22} {:<10} {:<10} {:>10}",
@@ -156,8 +161,10 @@ mod tests {
                 hints_delivered: 4,
                 ..CoreStats::default()
             },
+            storage_failure: Some("fsync failed: EIO".into()),
         };
         let text = render(&report);
+        assert!(text.contains("STORAGE FAILED: fsync failed: EIO"), "{text}");
         assert!(
             text.contains("127.0.0.1:7102         down       valid"),
             "{text}"

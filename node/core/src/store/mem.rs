@@ -1,5 +1,7 @@
 //! In-memory store for the simulator: models a disk with a page cache, so a crash loses every
-//! write that was not synced.
+//! write that was not synced, and a failing disk: a sync that errors (and, as Linux does after a
+//! failed fsync, forgets the writes it could not persist while reads still see them) and a full
+//! disk that refuses writes.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +26,12 @@ pub struct MemStore {
     durable: BTreeMap<Space, Tree>,
     journal: Vec<Op>,
     syncs: u64,
+    /// Syncs still to fail (injected).
+    failing_syncs: u32,
+    /// Writes are refused with "no space left" (injected).
+    full: bool,
+    /// Writes a failed sync dropped: visible to reads, gone after a crash.
+    lost: usize,
 }
 
 impl MemStore {
@@ -36,11 +44,37 @@ impl MemStore {
     pub fn crash(&mut self) {
         self.live = self.durable.clone();
         self.journal.clear();
+        self.lost = 0;
     }
 
-    /// Writes that a crash right now would lose.
+    /// Writes that a crash right now would lose and that a sync could still save.
     pub fn unsynced_ops(&self) -> usize {
         self.journal.len()
+    }
+
+    /// Writes that a failed sync dropped: reads still see them but no sync will save them
+    /// (PostgreSQL's "fsyncgate": after a failed fsync the kernel marks the pages clean).
+    pub fn lost_ops(&self) -> usize {
+        self.lost
+    }
+
+    /// Make the next `n` syncs fail with an I/O error (a failing disk).
+    pub fn fail_next_syncs(&mut self, n: u32) {
+        self.failing_syncs = n;
+    }
+
+    /// Fill the disk (puts and removes fail with "no space left") or free it again.
+    pub fn set_full(&mut self, full: bool) {
+        self.full = full;
+    }
+
+    fn refuse_when_full(&self) -> Result<()> {
+        if self.full {
+            return Err(crate::error::Error::Storage(
+                "no space left on device (simulated)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// How many times [`Store::sync`] ran.
@@ -71,6 +105,7 @@ impl Store for MemStore {
     }
 
     fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<()> {
+        self.refuse_when_full()?;
         let op = Op::Put(space, key.to_vec(), value.to_vec());
         Self::apply(&mut self.live, &op);
         self.journal.push(op);
@@ -78,6 +113,7 @@ impl Store for MemStore {
     }
 
     fn remove(&mut self, space: Space, key: &[u8]) -> Result<()> {
+        self.refuse_when_full()?;
         let op = Op::Remove(space, key.to_vec());
         Self::apply(&mut self.live, &op);
         self.journal.push(op);
@@ -119,6 +155,14 @@ impl Store for MemStore {
     }
 
     fn sync(&mut self) -> Result<()> {
+        if self.failing_syncs > 0 {
+            self.failing_syncs -= 1;
+            self.lost += self.journal.len();
+            self.journal.clear();
+            return Err(crate::error::Error::Storage(
+                "fsync failed: input/output error (simulated)".into(),
+            ));
+        }
         for op in std::mem::take(&mut self.journal) {
             Self::apply(&mut self.durable, &op);
         }
@@ -144,6 +188,28 @@ mod tests {
         s.crash();
         assert_eq!(s.get(p, b"a")?, Some(b"1".to_vec()));
         assert_eq!(s.get(p, b"b")?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_sync_forgets_its_writes_and_a_full_disk_refuses() -> Result<()> {
+        let mut s = MemStore::new();
+        let p = Space::Partition(PartitionId(1));
+        s.put(p, b"a", b"1")?;
+        s.fail_next_syncs(1);
+        assert!(s.sync().is_err());
+        // Reads still see the write, but no later sync saves it: a crash loses it.
+        assert_eq!(s.get(p, b"a")?, Some(b"1".to_vec()));
+        assert_eq!((s.unsynced_ops(), s.lost_ops()), (0, 1));
+        s.sync()?;
+        s.crash();
+        assert_eq!(s.get(p, b"a")?, None);
+        assert_eq!(s.lost_ops(), 0);
+        s.set_full(true);
+        assert!(s.put(p, b"b", b"2").is_err());
+        assert!(s.remove(p, b"b").is_err());
+        s.set_full(false);
+        s.put(p, b"b", b"2")?;
         Ok(())
     }
 
