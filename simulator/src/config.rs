@@ -46,6 +46,10 @@ pub enum FaultKind {
     Skew,
     /// Membership changes during the load: spare nodes join, members leave (partitions move).
     Membership,
+    /// A node crashes and its disk also loses a tail of *synced* writes (a lying write cache, a
+    /// restore from an old copy); shares the wipe budget so an acked write keeps a copy.
+    #[value(name = "powerloss")]
+    PowerLoss,
     /// A node's disk fails a sync (the node stops serving until the operator restarts it) or
     /// fills up for a while (writes refused).
     Disk,
@@ -54,7 +58,7 @@ pub enum FaultKind {
 impl FaultKind {
     /// Every fault kind, in declaration order (the same list as [`ValueEnum::value_variants`];
     /// a test checks they agree).
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Loss,
         FaultKind::Dup,
         FaultKind::Reorder,
@@ -66,6 +70,7 @@ impl FaultKind {
         FaultKind::Wipe,
         FaultKind::Skew,
         FaultKind::Membership,
+        FaultKind::PowerLoss,
         FaultKind::Disk,
     ];
 }
@@ -327,7 +332,7 @@ impl FaultParams {
             jitter_us,
             fault_interval_us: rng.gen_range(100_000..1_000_000),
             max_down: rng.gen_range(1..=(cfg.nodes.saturating_sub(1) / 2).max(1)),
-            max_wipes: if f.has(FaultKind::Wipe) {
+            max_wipes: if f.has(FaultKind::Wipe) || f.has(FaultKind::PowerLoss) {
                 u32::from(cfg.w.saturating_sub(1))
             } else {
                 0
@@ -374,7 +379,7 @@ mod tests {
         let but: FaultSet = "-wipe,-skew".parse().expect("a valid list");
         assert_eq!(
             but.to_string(),
-            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,disk"
+            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,powerloss,disk"
         );
     }
 

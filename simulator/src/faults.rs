@@ -117,15 +117,33 @@ impl World {
                 if !self.node_mut(id).is_up() || self.nodes_out() >= self.params.max_down {
                     return;
                 }
-                let wipe = self.cfg.faults.has(FaultKind::Wipe)
-                    && self.wipes_left > 0
-                    && self.rng.gen_bool(0.3);
-                if wipe {
+                // Wipes and power losses share one budget (W-1 per run): each may lose the
+                // node's copy of acknowledged writes, and one copy of each must survive.
+                let (can_wipe, can_lose) = (
+                    self.cfg.faults.has(FaultKind::Wipe),
+                    self.cfg.faults.has(FaultKind::PowerLoss),
+                );
+                let budgeted =
+                    (can_wipe || can_lose) && self.wipes_left > 0 && self.rng.gen_bool(0.4);
+                let wipe = budgeted && can_wipe && (!can_lose || self.rng.gen_bool(0.3));
+                let power_loss = budgeted && !wipe;
+                if budgeted {
                     self.wipes_left -= 1;
-                    self.count_fault("wipe");
+                    self.count_fault(if wipe { "wipe" } else { "powerloss" });
                 }
                 self.count_fault("crash");
                 self.crash(id);
+                if power_loss {
+                    let batches = self.rng.gen_range(4..=32);
+                    if let Some(disk) = self.node_mut(id).disk.as_mut() {
+                        let taken = disk.power_loss(batches);
+                        let line = format!(
+                            "t={}us node {id} POWER LOSS: {taken} synced batches lost",
+                            self.now
+                        );
+                        self.trace_line(line);
+                    }
+                }
                 let down = self.rng.gen_range(50_000..1_500_000);
                 let at = self.now + down;
                 self.schedule(at, Event::Restart { node: id, wipe });

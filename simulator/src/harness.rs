@@ -191,6 +191,18 @@ impl Cluster {
         self.nodes.insert(id, core);
     }
 
+    /// Power-cycle a node whose disk also loses its last `batches` *synced* batches (a lying
+    /// write cache), then start it again.
+    pub fn power_cycle(&mut self, id: NodeId, batches: usize) {
+        let old = self.nodes.remove(&id).expect("node");
+        let cfg = old.config().clone();
+        let map = old.partition_map().clone();
+        let mut disk = old.into_store();
+        disk.power_loss(batches);
+        let core = NodeCore::open(cfg, disk, map, 616161 + self.now, self.now).expect("open");
+        self.nodes.insert(id, core);
+    }
+
     /// Every node's view of pending hints, summed.
     pub fn hints_pending(&self) -> u64 {
         self.nodes

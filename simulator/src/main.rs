@@ -71,6 +71,9 @@ fn bug_help(bug: PlantedBug) -> &'static str {
         PlantedBug::EagerReap => {
             "Reap tombstones at once, without the grace period or the members' votes"
         }
+        PlantedBug::KeepIncarnation => {
+            "Keep the incarnation the disk recorded at restart (dot reuse after power loss)"
+        }
         PlantedBug::RetryFailedSync => {
             "After a failed fsync keep serving and trust the next sync (fsyncgate)"
         }

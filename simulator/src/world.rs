@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use dynakv_core::store::MemStore;
 use dynakv_core::{
-    static_addr, AdminRequest, Bootstrap, ClientReply, ClientRequest, CoreConfig, Effect,
-    HandoffMsg, Input, NodeCore, PeerMsg, ReapMsg, ReplicaMsg, RequestId,
+    static_addr, AaeMsg, AdminRequest, Bootstrap, ClientReply, ClientRequest, CoreConfig, Effect,
+    HandoffMsg, Input, NodeCore, PeerMsg, ReapMsg, ReplicaMsg, RequestId, TransferMsg,
 };
 use dynakv_ring::{NodeId, PartitionMap};
 use rand::{Rng, SeedableRng};
@@ -585,6 +585,23 @@ impl World {
                 );
                 let line = format!("t={}us node {} -> node {}: {what}", self.now, from, to);
                 self.trace_line(line);
+                return;
+            }
+            PeerMsg::Transfer(TransferMsg::Batch { items, .. })
+            | PeerMsg::Aae(AaeMsg::Exchange { objects: items, .. })
+            | PeerMsg::Aae(AaeMsg::Objects { objects: items, .. }) => {
+                let kind = match msg {
+                    PeerMsg::Transfer(_) => "transfer",
+                    _ => "anti-entropy",
+                };
+                for (_, object) in items
+                    .iter()
+                    .filter(|(k, _)| k.as_ref() == trace_key.as_bytes())
+                {
+                    let what = format!("{kind} values={:?}", crate::checker::describe(object));
+                    let line = format!("t={}us node {} -> node {}: {what}", self.now, from, to);
+                    self.trace_line(line);
+                }
                 return;
             }
             _ => return,

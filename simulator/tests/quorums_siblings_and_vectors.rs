@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dynakv_core::store::MemStore;
-use dynakv_core::{ClientReply, ClientRequest, CoreConfig, NodeCore, RequestError, RequestOptions};
+use dynakv_core::{
+    ClientReply, ClientRequest, CoreConfig, NodeCore, PlantedBug, RequestError, RequestOptions,
+};
 use dynakv_proto::dvv::VersionVector;
 use dynakv_ring::{NodeId, PartitionMap};
 use dynakv_simulator::harness::{expect_error, n, set, strings, vv, Cluster};
@@ -210,7 +212,7 @@ fn read_repair_brings_a_stale_replica_up_to_date() {
 }
 
 #[test]
-fn identity_survives_restart_and_changes_after_a_wipe() {
+fn identity_changes_at_every_start_and_stays_tied_to_its_node() {
     let members = [NodeId(1), NodeId(2)].into_iter().collect();
     let map = PartitionMap::initial(8, &members).unwrap();
     let cfg = CoreConfig {
@@ -220,9 +222,11 @@ fn identity_survives_restart_and_changes_after_a_wipe() {
     let core = NodeCore::open(cfg.clone(), MemStore::new(), map.clone(), 1, 0).unwrap();
     let actor = core.actor();
     let mut store = core.into_store();
-    store.crash(); // the identity was synced when it was created
+    store.crash();
+    // A clean restart still takes a new incarnation: the disk cannot prove it lost nothing.
     let again = NodeCore::open(cfg.clone(), store, map.clone(), 2, 0).unwrap();
-    assert_eq!(again.actor(), actor);
+    assert_eq!(again.actor().node, actor.node);
+    assert_ne!(again.actor(), actor);
     let wiped = NodeCore::open(cfg.clone(), MemStore::new(), map.clone(), 3, 0).unwrap();
     assert_ne!(
         wiped.actor(),
@@ -235,6 +239,42 @@ fn identity_survives_restart_and_changes_after_a_wipe() {
     };
     let err = NodeCore::open(other, again.into_store(), map, 4, 0).unwrap_err();
     assert!(err.to_string().contains("belongs to node 1"), "{err}");
+}
+
+/// Item 2 of the safety issue: a power loss that takes back synced writes must not let the
+/// node mint a dot it already gave to another value (the `keep-incarnation` planted bug did).
+#[test]
+fn a_power_loss_of_synced_writes_never_reuses_a_dot() {
+    let (reused, values) = blind_writes_across_a_power_loss(None);
+    assert!(!reused);
+    assert_eq!(values, set(&["v1", "v2"]));
+    // The check bites: with the planted bug the second write gets v1's dot again.
+    let (reused, _) = blind_writes_across_a_power_loss(Some(PlantedBug::KeepIncarnation));
+    assert!(reused);
+}
+
+/// Two blind writes of one key through node 1, with a power loss of its synced tail between
+/// them: whether the second got the first one's dot, and what a later read sees.
+fn blind_writes_across_a_power_loss(
+    bug: Option<PlantedBug>,
+) -> (bool, std::collections::BTreeSet<String>) {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| cfg.planted_bug = bug);
+    let key = "blind";
+    let coord = n(1);
+    let first = c.put_ok(coord, key, "v1", &VersionVector::new());
+    // The coordinator loses its last synced batches (its copy of v1 among them) and restarts.
+    c.power_cycle(coord, 1);
+    assert!(
+        c.local(coord, key).0.is_empty(),
+        "the power loss took v1 back"
+    );
+    // Another blind write through the same node: concurrent with v1, so both must survive.
+    let second = c.put_ok(coord, key, "v2", &VersionVector::new());
+    c.run_for(2_000);
+    (
+        first.context == second.context,
+        strings(&c.get_ok(n(2), key).values),
+    )
 }
 
 #[test]

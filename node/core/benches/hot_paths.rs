@@ -15,7 +15,7 @@ use dynakv_ring::{NodeId, PartitionId, PartitionMap};
 fn actor(n: u32) -> Actor {
     Actor {
         node: NodeId(n),
-        incarnation: 7 * n,
+        incarnation: 7 * u64::from(n),
     }
 }
 

@@ -184,6 +184,9 @@ pub enum PlantedBug {
     OverwriteOnReplica,
     /// Reap tombstones at once, without the grace period or asking the other members.
     EagerReap,
+    /// Keep the incarnation recorded on disk at restart (a disk that lost a tail of synced
+    /// writes then makes the node mint dots it already used).
+    KeepIncarnation,
     /// After a failed store sync, keep serving and trust the next sync (PostgreSQL's fsyncgate
     /// mistake) instead of stopping.
     RetryFailedSync,
@@ -191,12 +194,13 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 7] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
         PlantedBug::OverwriteOnReplica,
         PlantedBug::EagerReap,
+        PlantedBug::KeepIncarnation,
         PlantedBug::RetryFailedSync,
     ];
 
@@ -208,6 +212,7 @@ impl PlantedBug {
             PlantedBug::ReuseDotsAfterWipe => "reuse-dots",
             PlantedBug::OverwriteOnReplica => "overwrite-replica",
             PlantedBug::EagerReap => "eager-reap",
+            PlantedBug::KeepIncarnation => "keep-incarnation",
             PlantedBug::RetryFailedSync => "retry-failed-sync",
         }
     }

@@ -35,7 +35,7 @@ const IDENTITY_KEY: &[u8] = b"identity";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Identity {
     node: NodeId,
-    incarnation: u32,
+    incarnation: u64,
 }
 
 impl Liveness {
@@ -190,6 +190,14 @@ impl<S: Store> NodeCore<S> {
         };
         cfg.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // A new incarnation on every start, drawn at random rather than derived from what the
+        // disk says: a disk that lost a tail of synced writes, or was restored from an old copy,
+        // may not remember the last one, and a counter minted under it could be minted again.
+        let incarnation = if cfg.has_bug(PlantedBug::ReuseDotsAfterWipe) {
+            0
+        } else {
+            rng.gen()
+        };
         let incarnation = match store.get(Space::Meta, IDENTITY_KEY)? {
             Some(bytes) => {
                 let id: Identity = codec::decode(&bytes)
@@ -200,23 +208,22 @@ impl<S: Store> NodeCore<S> {
                         id.node, cfg.node
                     )));
                 }
-                id.incarnation
-            }
-            None => {
-                let incarnation = if cfg.has_bug(PlantedBug::ReuseDotsAfterWipe) {
-                    0
+                if cfg.has_bug(PlantedBug::KeepIncarnation) {
+                    // Planted bug: trust the disk's last incarnation (dot reuse after power loss).
+                    id.incarnation
                 } else {
-                    rng.gen()
-                };
-                let id = Identity {
-                    node: cfg.node,
-                    incarnation,
-                };
-                store.put(Space::Meta, IDENTITY_KEY, &codec::encode(&id)?)?;
-                store.sync()?;
-                incarnation
+                    incarnation
+                }
             }
+            None => incarnation,
         };
+        // Recorded (for the node-id check and for operators), and durable before any dot.
+        let id = Identity {
+            node: cfg.node,
+            incarnation,
+        };
+        store.put(Space::Meta, IDENTITY_KEY, &codec::encode(&id)?)?;
+        store.sync()?;
         let next_op = rng.gen::<u64>() >> 1;
         let tick = u64::from(cfg.tick_ms) * 1000;
         let mut timers = TimerTable::default();
@@ -271,12 +278,13 @@ impl<S: Store> NodeCore<S> {
         Ok(core)
     }
 
-    /// Retire the current actor identity: take the next incarnation and persist it. Called when
-    /// this node drops data it may have minted dots for (delivered hints, reaped tombstones,
-    /// handed-off partitions): with the data gone it could no longer tell which counters it
-    /// used, so it must never mint under the old identity again.
+    /// Retire the current actor identity: draw a new random incarnation and persist it. Called
+    /// when this node drops data it may have minted dots for (delivered hints, reaped
+    /// tombstones, handed-off partitions): with the data gone it could no longer tell which
+    /// counters it used, so it must never mint under the old identity again. Random, not the
+    /// next number, so it cannot meet an incarnation drawn at some other start.
     pub(super) fn retire_actor(&mut self) -> bool {
-        let incarnation = self.actor.incarnation.wrapping_add(1);
+        let incarnation: u64 = self.rng.gen();
         let id = Identity {
             node: self.cfg.node,
             incarnation,

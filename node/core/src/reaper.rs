@@ -53,8 +53,10 @@ impl<S: Store> NodeCore<S> {
         }
         let k = (p, Bytes::copy_from_slice(key));
         if tombstone_only(o) {
+            // The grace counts from the last change: a newer tombstone (a delete that covers a
+            // write this node never saw) restarts it, since copies of that write may be in flight.
             let now = self.now;
-            self.reaper.tombstones.entry(k).or_insert(now);
+            self.reaper.tombstones.insert(k, now);
         } else {
             self.reaper.tombstones.remove(&k);
         }
@@ -82,7 +84,7 @@ impl<S: Store> NodeCore<S> {
         if self.reaper.tombstones.is_empty() {
             return;
         }
-        let members = self.members.clone();
+        let members = self.reap_voters();
         if !eager && members.iter().any(|m| self.is_down(*m)) {
             return; // a member that cannot vote blocks every reap
         }
@@ -121,7 +123,9 @@ impl<S: Store> NodeCore<S> {
                     .filter(|m| *m != self.id())
                     .collect()
             };
-            if self.has_hint_for(p, &key) {
+            if self.has_hint_for(p, &key)
+                || (!eager && (self.transfer_pending_for(p) || self.op_pending_for(&key)))
+            {
                 continue;
             }
             let round = self.next_op_id();
@@ -166,6 +170,45 @@ impl<S: Store> NodeCore<S> {
         tombstone_only(&object).then(|| object_hash(&bytes))
     }
 
+    /// Who must vote on a reap: every member that may hold a copy, leaving and joining ones
+    /// included (a leaving node still sends its partitions until its transfers finish).
+    fn reap_voters(&self) -> BTreeSet<NodeId> {
+        let mut voters = self.members.clone();
+        if let Some(state) = self.cluster_state() {
+            voters.extend(
+                state
+                    .members()
+                    .iter()
+                    .filter(|(_, m)| m.status != dynakv_gossip::Status::Removed)
+                    .map(|(id, _)| *id),
+            );
+        }
+        voters
+    }
+
+    /// Does this node coordinate an operation on `key` that may still send an old copy (a
+    /// read's repair, a write's fallback)? Its deadline may be long (per-request timeouts).
+    fn op_pending_for(&self, key: &[u8]) -> bool {
+        self.coord.ops.values().any(|op| match op {
+            super::ops::PendingOp::Write(w) => w.key.as_ref() == key,
+            super::ops::PendingOp::Read(r) => r.key.as_ref() == key,
+            super::ops::PendingOp::Forward(_) => false,
+        })
+    }
+
+    /// Is a copy of partition `p` moving to or from this node? Its old values may still land.
+    fn transfer_pending_for(&self, p: PartitionId) -> bool {
+        self.transfers
+            .receiving
+            .values()
+            .any(|r| r.partition == p && !r.done)
+            || self
+                .transfers
+                .sending
+                .values()
+                .any(|s| s.rec.partition == p && !s.rec.done)
+    }
+
     fn has_hint_for(&self, p: PartitionId, key: &[u8]) -> bool {
         self.hint_owners()
             .into_iter()
@@ -206,7 +249,10 @@ impl<S: Store> NodeCore<S> {
                 .contains(&self.id()),
             Err(_) => false,
         };
-        let ok = same && !self.has_hint_for(p, &key);
+        let ok = same
+            && !self.has_hint_for(p, &key)
+            && !self.transfer_pending_for(p)
+            && !self.op_pending_for(&key);
         self.send(from, ReapMsg::Vote { round, key, ok });
     }
 

@@ -60,7 +60,7 @@ pub struct IncomingTransfer {
 /// In-memory progress of an outgoing transfer.
 #[derive(Debug, Clone)]
 pub(super) struct Sending {
-    rec: OutgoingTransfer,
+    pub(super) rec: OutgoingTransfer,
     inflight: Option<(u64, u64, u64)>, // (batch, deadline, items)
     failures: u32,
     next_attempt: u64,

@@ -16,7 +16,7 @@ const REPLICAS: usize = 3;
 
 fn actor(i: usize) -> Actor {
     // Replica 2 runs under a later incarnation, to mix incarnations into the actor order.
-    Actor::new(NodeId(10 + i as u32), u32::from(i == 2))
+    Actor::new(NodeId(10 + i as u32), u64::from(i == 2))
 }
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,16 @@ use crate::error::Result;
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// Synced batches that [`MemStore::power_loss`] can still take back.
+const UNDO_BATCHES: usize = 32;
+
+/// How to take back one synced change.
+#[derive(Debug, Clone)]
+enum Undo {
+    Key(Space, Vec<u8>, Option<Vec<u8>>),
+    Tree(PartitionId, Option<Tree>),
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Put(Space, Vec<u8>, Vec<u8>),
@@ -32,6 +42,8 @@ pub struct MemStore {
     full: bool,
     /// Writes a failed sync dropped: visible to reads, gone after a crash.
     lost: usize,
+    /// The last synced batches, newest last, as the changes that undo them.
+    undo: std::collections::VecDeque<Vec<Undo>>,
 }
 
 impl MemStore {
@@ -45,6 +57,38 @@ impl MemStore {
         self.live = self.durable.clone();
         self.journal.clear();
         self.lost = 0;
+    }
+
+    /// A power loss on a disk that lies about durability (a volatile write cache, a firmware
+    /// bug) or a restore from an old copy: like [`MemStore::crash`], and the last `batches`
+    /// *synced* batches are gone too (at most the last 32). Returns how many were taken back.
+    pub fn power_loss(&mut self, batches: usize) -> usize {
+        let mut taken = 0;
+        while taken < batches {
+            let Some(batch) = self.undo.pop_back() else {
+                break;
+            };
+            for u in batch.into_iter().rev() {
+                match u {
+                    Undo::Key(space, key, prev) => {
+                        let tree = self.durable.entry(space).or_default();
+                        match prev {
+                            Some(v) => tree.insert(key, v),
+                            None => tree.remove(&key),
+                        };
+                    }
+                    Undo::Tree(p, prev) => {
+                        match prev {
+                            Some(t) => self.durable.insert(Space::Partition(p), t),
+                            None => self.durable.remove(&Space::Partition(p)),
+                        };
+                    }
+                }
+            }
+            taken += 1;
+        }
+        self.crash();
+        taken
     }
 
     /// Writes that a crash right now would lose and that a sync could still save.
@@ -163,8 +207,23 @@ impl Store for MemStore {
                 "fsync failed: input/output error (simulated)".into(),
             ));
         }
+        let mut undo = Vec::new();
         for op in std::mem::take(&mut self.journal) {
+            undo.push(match &op {
+                Op::Put(space, k, _) | Op::Remove(space, k) => Undo::Key(
+                    *space,
+                    k.clone(),
+                    self.durable.get(space).and_then(|t| t.get(k)).cloned(),
+                ),
+                Op::Drop(p) => Undo::Tree(*p, self.durable.get(&Space::Partition(*p)).cloned()),
+            });
             Self::apply(&mut self.durable, &op);
+        }
+        if !undo.is_empty() {
+            if self.undo.len() == UNDO_BATCHES {
+                self.undo.pop_front();
+            }
+            self.undo.push_back(undo);
         }
         self.syncs += 1;
         Ok(())
@@ -210,6 +269,27 @@ mod tests {
         assert!(s.remove(p, b"b").is_err());
         s.set_full(false);
         s.put(p, b"b", b"2")?;
+        Ok(())
+    }
+
+    #[test]
+    fn power_loss_takes_back_synced_batches_newest_first() -> Result<()> {
+        let mut s = MemStore::new();
+        let p = Space::Partition(PartitionId(2));
+        s.put(p, b"a", b"1")?;
+        s.sync()?;
+        s.put(p, b"a", b"2")?;
+        s.put(p, b"b", b"1")?;
+        s.sync()?;
+        s.drop_partition(PartitionId(2))?;
+        s.sync()?;
+        s.put(p, b"c", b"unsynced")?;
+        assert_eq!(s.power_loss(2), 2);
+        assert_eq!(s.get(p, b"a")?, Some(b"1".to_vec()));
+        assert_eq!(s.get(p, b"b")?, None);
+        assert_eq!(s.get(p, b"c")?, None);
+        assert_eq!(s.power_loss(5), 1);
+        assert_eq!(s.partitions()?, Vec::<PartitionId>::new());
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 //! ```text
 //! byte 0        FORMAT_V1 (0xD1): magic and version in one byte
 //! varint        number of entries (at most MAX_CONTEXT_ENTRIES)
-//! per entry     varint node id (u32), varint incarnation (u32), varint counter (u64, >= 1)
+//! per entry     varint node id (u32), varint incarnation (u64), varint counter (u64, >= 1)
 //! ```
 //! Varints are unsigned LEB128 (7 bits per byte, low bits first, high bit = "more follows") and must
 //! be minimal, so every context has exactly one encoding. Entries are strictly increasing by
@@ -51,7 +51,7 @@ pub fn encode_context(vv: &VersionVector) -> Vec<u8> {
     put_varint(&mut out, u64::try_from(entries.len()).unwrap_or(u64::MAX));
     for (actor, counter) in entries {
         put_varint(&mut out, u64::from(actor.node.0));
-        put_varint(&mut out, u64::from(actor.incarnation));
+        put_varint(&mut out, actor.incarnation);
         put_varint(&mut out, *counter);
     }
     out
@@ -108,11 +108,11 @@ fn decode(bytes: &[u8]) -> Result<VersionVector, String> {
     let mut entries: Vec<(Actor, u64)> = Vec::with_capacity(count.min(reader.rest.len() / 3));
     for i in 0..count {
         let node = reader.varint("node id", u64::from(u32::MAX))?;
-        let incarnation = reader.varint("incarnation", u64::from(u32::MAX))?;
+        let incarnation = reader.varint("incarnation", u64::MAX)?;
         let counter = reader.varint("counter", u64::MAX)?;
         let actor = Actor::new(
             NodeId(u32::try_from(node).map_err(|_| "node id overflows 32 bits".to_string())?),
-            u32::try_from(incarnation).map_err(|_| "incarnation overflows 32 bits".to_string())?,
+            incarnation,
         );
         if counter == 0 {
             return Err(format!("entry {i} has a zero counter"));
@@ -199,12 +199,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn actor(node: u32, incarnation: u32) -> Actor {
+    fn actor(node: u32, incarnation: u64) -> Actor {
         Actor::new(NodeId(node), incarnation)
     }
 
     fn vv(entries: &[(u32, u32, u64)]) -> VersionVector {
-        VersionVector::from_entries(entries.iter().map(|&(n, i, c)| (actor(n, i), c)).collect())
+        VersionVector::from_entries(
+            entries
+                .iter()
+                .map(|&(n, i, c)| (actor(n, u64::from(i)), c))
+                .collect(),
+        )
     }
 
     fn err(bytes: &[u8]) -> String {
@@ -250,7 +255,9 @@ mod tests {
         big.push(0x02); // bit 64 set
         assert!(err(&big).contains("exceeds 64 bits"));
         assert!(err(&[0xD1, 1, 0x80, 0x80, 0x80, 0x80, 0x10, 0, 1]).contains("node id"));
-        assert!(err(&[0xD1, 1, 1, 0x80, 0x80, 0x80, 0x80, 0x10, 1]).contains("incarnation"));
+        // Incarnations are 64-bit: one past 2^32 is valid.
+        let wide = decode_context(&[0xD1, 1, 1, 0x80, 0x80, 0x80, 0x80, 0x10, 1]).expect("valid");
+        assert_eq!(wide.entries()[0].0.incarnation, 1 << 32);
         assert!(err(&[0xD1, 0x81, 0x00]).contains("non-minimal varint"));
         assert!(err(&[0xD1, 0x81, 0x20]).contains("4097 entries exceed the limit of 4096"));
         assert!(err(&[0xD1, 1, 1, 0, 0]).contains("entry 0 has a zero counter"));

@@ -39,9 +39,11 @@
 //! - **less** is strict dominance of the causal histories.
 //!
 //! # Identity and dot reuse
-//! A dot must never name two different writes. An [`Actor`] therefore includes an incarnation number
-//! that a node changes whenever it starts without its previous state; counters restart at 1 under the
-//! new incarnation instead of reusing dots the cluster already knows.
+//! A dot must never name two different writes. An [`Actor`] therefore includes a 64-bit incarnation
+//! that a node draws at random every time it starts (and again whenever it drops data it may have
+//! minted dots for): a disk that lost a tail of synced writes, or was restored from an old copy,
+//! cannot make it reissue a counter, because counters restart at 1 under an incarnation nobody has
+//! seen.
 
 mod set;
 mod version_vector;
@@ -55,20 +57,21 @@ use serde::{Deserialize, Serialize};
 /// The identity under which a node issues dots.
 ///
 /// Use the node's current actor as the `actor` argument of [`DvvSet::update`] whenever that node
-/// coordinates a write. `incarnation` must change whenever the node starts without its previous
-/// state (lost disk, wiped data directory): otherwise the fresh node would reissue dots the cluster
-/// already knows and acknowledged writes could be dropped as "already seen".
+/// coordinates a write. `incarnation` must change whenever the node starts (its disk may have lost
+/// state: a wipe, a lost tail of synced writes, a restored backup): otherwise the node could
+/// reissue dots the cluster already knows and acknowledged writes could be dropped as "already
+/// seen".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Actor {
     /// The node that owns this identity.
     pub node: NodeId,
-    /// Which life of that node's state this is; persisted with the data.
-    pub incarnation: u32,
+    /// Which life of the node this is: random, drawn at every start.
+    pub incarnation: u64,
 }
 
 impl Actor {
     /// Builds an actor from its parts.
-    pub fn new(node: NodeId, incarnation: u32) -> Self {
+    pub fn new(node: NodeId, incarnation: u64) -> Self {
         Actor { node, incarnation }
     }
 }
