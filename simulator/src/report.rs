@@ -149,6 +149,9 @@ fn mechanisms(world: &World) -> BTreeMap<String, u64> {
             ("transfer_keys_sent", s.transfer_keys_sent),
             ("partitions_dropped", s.partitions_dropped),
             ("transfer_batches_retried", s.transfer_batches_retried),
+            ("non_owner_writes", s.non_owner_writes),
+            ("quarantined", s.quarantined),
+            ("sync_failures", s.sync_failures),
         ] {
             *m.entry(k.to_string()).or_insert(0) += v;
         }

@@ -2,6 +2,7 @@
 //! handoff, anti-entropy after a wipe, and deletes that stay deleted (tombstone reaping).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use dynakv_core::store::Store;
 use dynakv_core::{ClientReply, RequestError, RequestOptions};
 use dynakv_proto::dvv::VersionVector;
 use dynakv_ring::NodeId;
@@ -296,4 +297,50 @@ fn a_failed_sync_fences_the_node_until_it_restarts() {
     assert!(c.nodes[&broken].storage_failure().is_none());
     let got = c.get_ok(broken, &key);
     assert_eq!(strings(&got.values), set(&["v2"]));
+}
+
+/// Item 5 of the safety issue: a replica write that reaches a node which no longer replicates
+/// the partition (the coordinator's map is stale) is kept as hints for the current replicas and
+/// acknowledged as a fallback, never as a primary, and leaves no orphan copy behind.
+#[test]
+fn a_stale_coordinators_write_to_a_former_owner_counts_as_a_fallback() {
+    let mut c = Cluster::new(4, 3, 2, 2);
+    let (key, prim) = key_with_primaries(&c);
+    let former = prim[2];
+    // `former` has moved on to a map without itself; the coordinator still routes by the old one.
+    let others: std::collections::BTreeSet<NodeId> =
+        (1..=4).map(n).filter(|id| *id != former).collect();
+    let newer = dynakv_ring::PartitionMap::initial(64, &others).unwrap();
+    c.nodes
+        .get_mut(&former)
+        .unwrap()
+        .set_partition_map(newer.clone());
+    let put = match c.put(prim[0], &key, "v1", &VersionVector::new(), w(3, None)) {
+        ClientReply::Written(p) => p,
+        other => panic!("W=3 put failed: {other:?}"),
+    };
+    assert_eq!((put.acks, put.primary_acks, put.fallback_acks), (3, 2, 1));
+    let core = &c.nodes[&former];
+    assert_eq!(core.stats().non_owner_writes, 1);
+    let p = newer.partition_for_key(key.as_bytes());
+    let held = core
+        .store()
+        .scan(dynakv_core::store::Space::Partition(p), None, 10)
+        .unwrap();
+    assert!(
+        held.is_empty(),
+        "no orphan copy in a partition it does not replicate"
+    );
+    let owners: Vec<NodeId> = newer.preference_list(p, 3);
+    let hinted: Vec<NodeId> = core.hints_pending().keys().copied().collect();
+    assert!(
+        !hinted.is_empty() && hinted.iter().all(|h| owners.contains(h)),
+        "{hinted:?}"
+    );
+    // And PW=3 cannot be met by it.
+    let err = expect_error(c.put(prim[0], &key, "v2", &put.context, w(3, Some(3))));
+    assert!(
+        matches!(err, RequestError::PrimariesUnavailable { .. }),
+        "{err:?}"
+    );
 }

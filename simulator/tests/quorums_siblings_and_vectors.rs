@@ -591,7 +591,7 @@ fn replica_writes_for_the_wrong_partition_or_without_dots_are_rejected() {
                 e,
                 dynakv_core::Effect::Send {
                     msg: PeerMsg::Replica(ReplicaMsg::WriteAck {
-                        result: Err(ReplicaError::Rejected(_)),
+                        result: Err(ReplicaError::Rejected(_) | ReplicaError::Retry(_)),
                         ..
                     }),
                     ..
@@ -601,4 +601,67 @@ fn replica_writes_for_the_wrong_partition_or_without_dots_are_rejected() {
         assert!(refused, "{effects:?}");
     }
     assert_eq!(c.local(n(1), "k").0, set(&[]));
+}
+
+/// Item 7 (and 6) of the safety issue: an object in a hint batch that the owner cannot apply
+/// (here: merged it would pass the sibling limit) is quarantined, not skipped, before the batch
+/// is acknowledged, so the fallback's deletion of its copy loses nothing.
+#[test]
+fn an_unappliable_hint_is_quarantined_before_the_ack() {
+    use dynakv_core::store::{Space, Store};
+    use dynakv_core::{Effect, HandoffItem, HandoffMsg, Input, Object, PeerMsg, Value};
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.sibling_warn = 2;
+        cfg.sibling_max = 2;
+    });
+    let map = c.map();
+    let p = map.partition_for_key(b"k");
+    let owner = map.preference_list(p, 3)[0];
+    let mut object = Object::empty();
+    for i in 1..=3 {
+        let value = Object::new(Value::Data(format!("v{i}").into()));
+        object = Object::update(value, &object, c.actor(n(i)));
+    }
+    assert_eq!(object.value_count(), 3);
+    let from = if owner == n(1) { n(2) } else { n(1) };
+    let core = c.nodes.get_mut(&owner).unwrap();
+    core.handle(
+        0,
+        Input::Peer {
+            from,
+            msg: PeerMsg::Handoff(HandoffMsg::Batch {
+                batch: 9,
+                items: vec![HandoffItem {
+                    partition: p,
+                    key: "k".into(),
+                    object,
+                }],
+            }),
+        },
+    );
+    let effects = core.drain_effects();
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Send {
+            msg: PeerMsg::Handoff(HandoffMsg::BatchAck {
+                batch: 9,
+                result: Ok(())
+            }),
+            ..
+        }
+    )));
+    assert_eq!(core.stats().quarantined, 1);
+    assert_eq!(
+        core.store()
+            .scan(Space::Quarantine, None, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(core.store().get(Space::Partition(p), b"k").unwrap(), None);
+    assert_eq!(
+        core.store().unsynced_ops(),
+        0,
+        "quarantined durably before the ack"
+    );
 }

@@ -339,11 +339,7 @@ impl<S: Store> NodeCore<S> {
                     }
                 }
                 if !w.replied {
-                    let primary_acks = w
-                        .acked
-                        .iter()
-                        .filter(|n| is_primary(&w.targets, **n))
-                        .count();
+                    let primary_acks = w.primary_acks();
                     let e = if w.acked.len() >= usize::from(w.quorum.needed) {
                         RequestError::PrimariesUnavailable {
                             op: w.kind.into(),

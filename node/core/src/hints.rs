@@ -136,6 +136,7 @@ impl<S: Store> NodeCore<S> {
             Some(h) => self.merge(h, incoming),
             None => incoming.clone(),
         };
+        self.check_limits(&merged)?;
         self.store_hint(owner, p, key, &merged).map_err(storage)?;
         if existing.is_none() {
             *self.handoff.pending.entry(owner).or_insert(0) += 1;
@@ -158,7 +159,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Keep `object` as hints for each of `replicas` (this node excluded).
-    fn rehint(
+    pub(super) fn rehint(
         &mut self,
         p: PartitionId,
         key: &[u8],
@@ -194,10 +195,25 @@ impl<S: Store> NodeCore<S> {
                 {
                     let replicas = self.map.preference_list(p, n);
                     let key = key.to_vec();
+                    let mut outcome = Ok(());
                     if replicas.contains(&self.id()) {
-                        let _ = self.merge_into_store(p, &key, &object);
+                        outcome = self.merge_into_store(p, &key, &object).map(|_| ());
                     }
-                    let _ = self.rehint(p, &key, &object, &replicas);
+                    if outcome.is_ok() {
+                        outcome = self.rehint(p, &key, &object, &replicas).map(|_| ());
+                    }
+                    let outcome = match outcome {
+                        Err(ReplicaError::Rejected(why)) => {
+                            self.quarantine(owner, p, &key, &object, &why)
+                        }
+                        other => other,
+                    };
+                    if let Err(e) = outcome {
+                        // Keep the hint (and the rest): the next tick tries again.
+                        return Err(crate::Error::Storage(format!(
+                            "cannot redirect hints for node {owner}: {e:?}"
+                        )));
+                    }
                 }
                 // Written again above (durable at the same sync, in order) before this removal.
                 self.store.remove(Space::Hints, &k)?;
@@ -346,18 +362,17 @@ impl<S: Store> NodeCore<S> {
                 // anti-entropy exchange looks at.
                 self.rehint(item.partition, &item.key, &item.object, &replicas)
             };
-            match outcome {
-                Ok(_) => {}
+            let outcome = match outcome {
+                // It can never be applied here: keep it aside (the fallback deletes its copy
+                // on our ack) and take the rest, so one bad hint does not block the others.
                 Err(ReplicaError::Rejected(why)) => {
-                    // Malformed: it can never be applied anywhere. Say so loudly and take the
-                    // rest of the batch, so one bad hint does not block all the others.
-                    tracing::error!(%from, %why, "refusing a malformed hinted object");
-                    self.stats.corrupt_records += 1;
+                    self.quarantine(from, item.partition, &item.key, &item.object, &why)
                 }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
+                other => other.map(|_| ()),
+            };
+            if let Err(e) = outcome {
+                result = Err(e);
+                break;
             }
         }
         self.send(from, HandoffMsg::BatchAck { batch, result });

@@ -10,7 +10,7 @@ use dynakv_ring::{NodeId, PartitionId};
 
 use super::coordinator::{error, is_primary, Quorum, Target};
 use super::node::Origin;
-use super::types::{ClientReply, GetReply, Object, PutReply, ReplicaError, RequestError};
+use super::types::{ClientReply, GetReply, Object, PutReply, ReplicaError, RequestError, Stored};
 use crate::dvv::{Dot, DvvSet, VersionVector};
 
 /// What a pending operation asks of the coordinator after an input.
@@ -32,6 +32,9 @@ pub(super) struct WriteOp {
     pub(super) object: Object,
     pub(super) targets: Vec<Target>,
     pub(super) acked: BTreeSet<NodeId>,
+    /// Primaries that acknowledged only as fallbacks (their map no longer has them as
+    /// replicas: they kept the object as hints for the current ones).
+    pub(super) demoted: BTreeSet<NodeId>,
     pub(super) failed: BTreeMap<NodeId, ReplicaError>,
     pub(super) quorum: Quorum,
     pub(super) context: VersionVector,
@@ -94,17 +97,28 @@ fn describe_refusals(failed: &BTreeMap<NodeId, ReplicaError>) -> String {
 }
 
 impl WriteOp {
+    /// Acks from primaries that stored the object as replicas.
+    pub(super) fn primary_acks(&self) -> usize {
+        self.acked
+            .iter()
+            .filter(|n| is_primary(&self.targets, **n) && !self.demoted.contains(n))
+            .count()
+    }
+
     /// Take a target's answer to the replica write. Returns `false` (and changes nothing) when
     /// `from` is not one of this write's targets. An ack replaces an earlier failure of the
     /// same target; a failure never replaces an ack.
-    pub(super) fn on_ack(&mut self, from: NodeId, result: Result<(), ReplicaError>) -> bool {
+    pub(super) fn on_ack(&mut self, from: NodeId, result: Result<Stored, ReplicaError>) -> bool {
         if !self.targets.iter().any(|t| t.node == from) {
             return false;
         }
         match result {
-            Ok(()) => {
+            Ok(stored) => {
                 self.failed.remove(&from);
                 self.acked.insert(from);
+                if stored == Stored::Hint {
+                    self.demoted.insert(from);
+                }
             }
             Err(e) => {
                 if !self.acked.contains(&from) {
@@ -120,11 +134,7 @@ impl WriteOp {
     /// can still be tried); finished once replied and every target answered.
     pub(super) fn progress(&mut self) -> Progress {
         let acks = self.acked.len();
-        let primary_acks = self
-            .acked
-            .iter()
-            .filter(|n| is_primary(&self.targets, **n))
-            .count();
+        let primary_acks = self.primary_acks();
         let needed = usize::from(self.quorum.needed);
         let needed_primaries = usize::from(self.quorum.primaries);
         let mut reply = None;

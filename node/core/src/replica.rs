@@ -13,7 +13,7 @@ use dynakv_ring::{NodeId, PartitionId};
 
 use super::config::{CoreConfig, PlantedBug};
 use super::node::{DataChange, NodeCore};
-use super::types::{Object, ReplicaError, ReplicaMsg};
+use super::types::{Object, ReplicaError, ReplicaMsg, Stored};
 use crate::codec;
 use crate::error::Result;
 use crate::store::{Space, Store};
@@ -135,10 +135,92 @@ impl<S: Store> NodeCore<S> {
             }
             _ => incoming.clone(),
         };
+        self.check_limits(&merged)?;
         self.save(p, key, &merged)
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
         self.stats.replica_writes += 1;
         Ok(merged)
+    }
+
+    /// The limits a coordinator applies to a new object, applied to what a merge would store:
+    /// replicas may hold siblings the coordinator never saw, and an object past the peer frame
+    /// limit could no longer be read remotely, handed off or transferred. Refused with a clear
+    /// reason; the sender keeps its copy, and a client write that resolves the siblings (its
+    /// context covers them) shrinks the merge below the limits again.
+    pub(super) fn check_limits(&self, merged: &Object) -> std::result::Result<(), ReplicaError> {
+        let count = merged.value_count();
+        if count > self.cfg.sibling_max as usize {
+            return Err(ReplicaError::Rejected(format!(
+                "merged object would hold {count} siblings, past the limit of {}; read the key and write back a resolved value",
+                self.cfg.sibling_max
+            )));
+        }
+        let len = codec::encode_object(merged)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        let max = self.cfg.max_message_bytes / 2;
+        if len > max {
+            return Err(ReplicaError::Rejected(format!(
+                "merged object would take {len} bytes, past the limit of {max}; read the key and write back a resolved value"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Keep an object this node received in a batch but cannot apply (`why`), instead of
+    /// dropping it: the sender deletes its copy once the batch is acknowledged. Durable with
+    /// the batch's ack. The key is `from` (4 bytes), the partition (2 bytes), then the key.
+    pub(super) fn quarantine(
+        &mut self,
+        from: NodeId,
+        p: PartitionId,
+        key: &[u8],
+        object: &Object,
+        why: &str,
+    ) -> std::result::Result<(), ReplicaError> {
+        tracing::error!(%from, partition = %p, %why, "quarantining an object that cannot be applied");
+        let mut k = Vec::with_capacity(6 + key.len());
+        k.extend_from_slice(&from.0.to_be_bytes());
+        k.extend_from_slice(&p.0.to_be_bytes());
+        k.extend_from_slice(key);
+        let bytes = codec::encode(object).map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        self.store
+            .put(Space::Quarantine, &k, &bytes)
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        self.dirty = true;
+        self.stats.quarantined += 1;
+        Ok(())
+    }
+
+    /// A coordinator's write: keep it as a hint when asked as a fallback; as a replica when
+    /// this node replicates the partition under its own map; and otherwise (the coordinator's
+    /// map is stale: this node handed the partition off) as hints for the partition's current
+    /// replicas, acknowledged as a fallback, so no orphan copy is left where no read, transfer
+    /// or reap will look and the coordinator does not count a primary that is not one.
+    fn replica_write(
+        &mut self,
+        p: PartitionId,
+        key: &[u8],
+        object: &Object,
+        hint: Option<NodeId>,
+    ) -> std::result::Result<Stored, ReplicaError> {
+        if let Some(owner) = hint.filter(|o| *o != self.id()) {
+            return self
+                .merge_into_hint(owner, p, key, object)
+                .map(|_| Stored::Hint);
+        }
+        if !self.membership.joined {
+            return Err(ReplicaError::Retry("not joined yet".into()));
+        }
+        let replicas = self.map.preference_list(p, usize::from(self.cfg.n));
+        if replicas.contains(&self.id()) {
+            return self
+                .merge_into_store(p, key, object)
+                .map(|_| Stored::Replica);
+        }
+        self.check_peer_object(p, key, object)?;
+        self.stats.non_owner_writes += 1;
+        self.rehint(p, key, object, &replicas).map(|_| Stored::Hint)
     }
 
     /// Refuse a key from a peer that is too long or does not belong to the partition it came
@@ -155,7 +237,7 @@ impl<S: Store> NodeCore<S> {
             )));
         }
         if self.map.partition_for_key(key) != p || p.0 >= self.map.partition_count() {
-            return Err(ReplicaError::Rejected(format!(
+            return Err(ReplicaError::Retry(format!(
                 "key does not belong to partition {p} (partition maps differ?)"
             )));
         }
@@ -224,19 +306,8 @@ impl<S: Store> NodeCore<S> {
                 object,
                 hint,
             } => {
-                let result = match hint {
-                    Some(owner) if owner != self.id() => {
-                        self.merge_into_hint(owner, partition, &key, &object)
-                    }
-                    _ => self.merge_into_store(partition, &key, &object),
-                };
-                self.send(
-                    from,
-                    ReplicaMsg::WriteAck {
-                        op,
-                        result: result.map(|_| ()),
-                    },
-                );
+                let result = self.replica_write(partition, &key, &object, hint);
+                self.send(from, ReplicaMsg::WriteAck { op, result });
             }
             ReplicaMsg::Read {
                 op,

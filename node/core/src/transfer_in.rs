@@ -34,24 +34,23 @@ impl<S: Store> NodeCore<S> {
             // Not ready (still joining) or our map does not have us as a replica yet: refuse
             // the whole batch so the sender keeps its copy and retries. Acknowledging here
             // would let the sender drop data nobody stored.
-            result = Err(ReplicaError::Storage(
-                "not (yet) a replica of this partition; retry".into(),
+            result = Err(ReplicaError::Retry(
+                "not (yet) a replica of this partition".into(),
             ));
         }
         for (k, o) in items
             .iter()
             .take(if result.is_ok() { usize::MAX } else { 0 })
         {
-            match self.merge_into_store(p, k, o) {
-                Ok(_) => {}
-                Err(ReplicaError::Rejected(why)) => {
-                    tracing::error!(%from, %why, "refusing a malformed transferred object");
-                    self.stats.corrupt_records += 1;
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
+            let outcome = match self.merge_into_store(p, k, o) {
+                // Cannot be applied here: kept aside, since the sender drops its copy once the
+                // transfer is done.
+                Err(ReplicaError::Rejected(why)) => self.quarantine(from, p, k, o, &why),
+                other => other.map(|_| ()),
+            };
+            if let Err(e) = outcome {
+                result = Err(e);
+                break;
             }
             upto = Some(k.clone());
         }

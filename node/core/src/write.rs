@@ -193,6 +193,7 @@ impl<S: Store> NodeCore<S> {
                 object,
                 targets,
                 acked: BTreeSet::from([me]),
+                demoted: BTreeSet::new(),
                 failed: BTreeMap::new(),
                 quorum,
                 context,
@@ -255,7 +256,7 @@ impl<S: Store> NodeCore<S> {
         &mut self,
         from: NodeId,
         op: OpId,
-        result: Result<(), ReplicaError>,
+        result: Result<super::types::Stored, ReplicaError>,
     ) {
         let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) else {
             return; // late, duplicated or unknown: harmless

@@ -44,10 +44,10 @@ pub enum ReplicaMsg {
         object: Object,
         hint: Option<NodeId>,
     },
-    /// Answer to [`ReplicaMsg::Write`].
+    /// Answer to [`ReplicaMsg::Write`], sent once the object is durable: where it was kept.
     WriteAck {
         op: OpId,
-        result: Result<(), ReplicaError>,
+        result: Result<Stored, ReplicaError>,
     },
     /// Send back the stored object for `key`. With `fallback_for`, the receiver is a fallback
     /// standing in for that node and includes what it holds as hints for it.
@@ -62,6 +62,16 @@ pub enum ReplicaMsg {
         op: OpId,
         result: Result<Option<Object>, ReplicaError>,
     },
+}
+
+/// Where a replica kept an object it acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stored {
+    /// In its replica store: it is one of the key's replicas under its map.
+    Replica,
+    /// As hints for the key's replicas: it was asked as a fallback, or it no longer replicates
+    /// the partition (the sender's map is stale). Counts as a fallback ack, never a primary one.
+    Hint,
 }
 
 /// Requests one coordinator hands to another.

@@ -270,6 +270,13 @@ pub struct CoreStats {
     pub transfer_batches_retried: u64,
     /// Unreadable or malformed records skipped (hints, transfers, anti-entropy).
     pub corrupt_records: u64,
+    /// Objects from hint or transfer batches this node could not apply (malformed, or past
+    /// the size or sibling limits once merged), kept in its `quarantine` space instead of
+    /// being dropped, so the sender may delete its copy without losing data.
+    pub quarantined: u64,
+    /// Replica writes that reached this node after it stopped replicating the partition (the
+    /// coordinator's map was stale): kept as hints for the current replicas.
+    pub non_owner_writes: u64,
 }
 
 /// A failure reported by a replica to a coordinator.
@@ -277,8 +284,12 @@ pub struct CoreStats {
 pub enum ReplicaError {
     /// The replica could not read or write its store.
     Storage(String),
-    /// The replica refused the object (malformed or too many siblings).
+    /// The replica refused the object for good: malformed, or merging it would pass the size
+    /// or sibling limits (a client must resolve the siblings first).
     Rejected(String),
+    /// The replica cannot take the object now (it is still joining, or its partition map
+    /// disagrees with the sender's); the sender keeps it and tries again later.
+    Retry(String),
 }
 
 pub use crate::peer::*;

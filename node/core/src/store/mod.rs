@@ -31,6 +31,9 @@ pub enum Space {
     Hints,
     /// Checkpoints of partition transfers.
     Transfers,
+    /// Objects received in hint or transfer batches that could not be applied, kept for an
+    /// operator instead of being dropped.
+    Quarantine,
 }
 
 impl Space {
@@ -41,6 +44,7 @@ impl Space {
             Space::Meta => "meta".to_string(),
             Space::Hints => "hints".to_string(),
             Space::Transfers => "transfers".to_string(),
+            Space::Quarantine => "quarantine".to_string(),
         }
     }
 
@@ -50,6 +54,7 @@ impl Space {
             "meta" => Some(Space::Meta),
             "hints" => Some(Space::Hints),
             "transfers" => Some(Space::Transfers),
+            "quarantine" => Some(Space::Quarantine),
             _ => {
                 let digits = name.strip_prefix("p/")?;
                 digits
