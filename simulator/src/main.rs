@@ -41,6 +41,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Long runs before a release: run many seeds on every core without stopping at failures,
+    /// with a progress bar, then print every failing seed with its reproduce command and a
+    /// summary by invariant. Exit status 1 if any seed failed.
+    Soak {
+        /// How many seeds to run.
+        #[arg(long)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Worker threads (default: available cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        #[command(flatten)]
+        opts: SimOpts,
+    },
     /// Run many seeds (in parallel), stop at the first failure and print how to reproduce it.
     Batch {
         /// How many seeds to run.
@@ -179,7 +195,19 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return bad_args(&e),
             };
-            batch(seeds, start, jobs, cfg)
+            batch(seeds, start, jobs, cfg, false)
+        }
+        Cmd::Soak {
+            seeds,
+            start,
+            jobs,
+            opts,
+        } => {
+            let cfg = match opts.config() {
+                Ok(c) => c,
+                Err(e) => return bad_args(&e),
+            };
+            batch(seeds, start, jobs, cfg, true)
         }
     }
 }
@@ -264,7 +292,15 @@ fn print_violations(r: &RunReport, cfg: &SimConfig) {
     println!("  reproduce: {}", r.reproduce_command(cfg));
 }
 
-fn batch(seeds: u64, start: u64, jobs: Option<usize>, cfg: SimConfig) -> ExitCode {
+/// Run `seeds` seeds from `start` on `jobs` threads. A batch stops at the first failure; a soak
+/// (`keep_going`) runs them all and reports every failure.
+fn batch(
+    seeds: u64,
+    start: u64,
+    jobs: Option<usize>,
+    cfg: SimConfig,
+    keep_going: bool,
+) -> ExitCode {
     let jobs = jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
@@ -273,17 +309,19 @@ fn batch(seeds: u64, start: u64, jobs: Option<usize>, cfg: SimConfig) -> ExitCod
     let events = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let failure: Arc<Mutex<Option<RunReport>>> = Arc::new(Mutex::new(None));
+    let failures: Arc<Mutex<Vec<RunReport>>> = Arc::new(Mutex::new(Vec::new()));
     let error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let end = start.saturating_add(seeds);
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..jobs {
-        let (next, done, events, stop, failure, error, cfg) = (
+        let (next, done, events, stop, failure, failures, error, cfg) = (
             next.clone(),
             done.clone(),
             events.clone(),
             stop.clone(),
             failure.clone(),
+            failures.clone(),
             error.clone(),
             cfg.clone(),
         );
@@ -296,7 +334,11 @@ fn batch(seeds: u64, start: u64, jobs: Option<usize>, cfg: SimConfig) -> ExitCod
                 match run(seed, &cfg) {
                     Ok(report) => {
                         events.fetch_add(report.events, Ordering::Relaxed);
-                        if !report.passed() {
+                        if !report.passed() && keep_going {
+                            if let Ok(mut all) = failures.lock() {
+                                all.push(report);
+                            }
+                        } else if !report.passed() {
                             stop.store(true, Ordering::Relaxed);
                             if let Ok(mut f) = failure.lock() {
                                 // Keep the smallest failing seed for a stable report.
@@ -323,7 +365,8 @@ fn batch(seeds: u64, start: u64, jobs: Option<usize>, cfg: SimConfig) -> ExitCod
     loop {
         let finished = handles.iter().all(|h| h.is_finished());
         if progress {
-            draw_progress(done.load(Ordering::Relaxed), seeds, started);
+            let failed = failures.lock().map_or(0, |f| f.len());
+            draw_progress(done.load(Ordering::Relaxed), seeds, failed, started);
         }
         if finished {
             break;
@@ -340,6 +383,14 @@ fn batch(seeds: u64, start: u64, jobs: Option<usize>, cfg: SimConfig) -> ExitCod
     let d = done.load(Ordering::Relaxed);
     if let Some(e) = error.lock().ok().and_then(|mut e| e.take()) {
         return bad_args(&e);
+    }
+    if keep_going {
+        let mut all = failures
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        all.sort_by_key(|r| r.seed);
+        return soak_summary(&all, d, secs, &cfg);
     }
     if let Some(report) = failure.lock().ok().and_then(|mut f| f.take()) {
         println!(
@@ -363,13 +414,51 @@ fn batch(seeds: u64, start: u64, jobs: Option<usize>, cfg: SimConfig) -> ExitCod
     ExitCode::SUCCESS
 }
 
-/// Redraws the progress line on stderr: a bar, seeds done of `seeds`, and the rate.
-fn draw_progress(done: u64, seeds: u64, started: Instant) {
+/// A soak's report: every failing seed (first violation and reproduce command), the failures
+/// per invariant, and the totals.
+fn soak_summary(failed: &[RunReport], done: u64, secs: f64, cfg: &SimConfig) -> ExitCode {
+    let mut by_invariant: std::collections::BTreeMap<&str, u64> = Default::default();
+    for r in failed {
+        let first = r.violations.first();
+        for inv in r
+            .violations
+            .iter()
+            .map(|v| v.invariant)
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            *by_invariant.entry(inv).or_insert(0) += 1;
+        }
+        println!(
+            "seed {}: [{}] {}",
+            r.seed,
+            first.map_or("", |v| v.invariant),
+            first.map_or(String::new(), |v| v.detail.chars().take(160).collect())
+        );
+        println!("  reproduce: {}", r.reproduce_command(cfg));
+    }
+    let rate = done as f64 / secs.max(1e-9);
+    println!(
+        "soak: {done} seeds in {secs:.1} s ({rate:.0} seeds/s), {} failed; faults {}",
+        failed.len(),
+        cfg.faults
+    );
+    for (inv, n) in &by_invariant {
+        println!("  {inv}: {n} seeds");
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Redraws the progress line on stderr: a bar, seeds done of `seeds`, failures, and the rate.
+fn draw_progress(done: u64, seeds: u64, failed: usize, started: Instant) {
     const WIDTH: u64 = 30;
     let filled = (done * WIDTH / seeds.max(1)).min(WIDTH) as usize;
     let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
     eprint!(
-        "\r[{}{}] {done}/{seeds} seeds  {rate:.0} seeds/s",
+        "\r[{}{}] {done}/{seeds} seeds  {failed} failed  {rate:.0} seeds/s",
         "#".repeat(filled),
         " ".repeat(WIDTH as usize - filled)
     );

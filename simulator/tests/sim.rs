@@ -233,4 +233,19 @@ fn cli_exit_codes_and_json() {
     assert_eq!(caught.status.code(), Some(1));
     let out = String::from_utf8_lossy(&caught.stdout);
     assert!(out.contains("reproduce: dynakv-sim run --seed"), "{out}");
+
+    // A soak does not stop at the first failure: every failing seed and a summary.
+    let soak = sim()
+        .args([
+            "soak", "--seeds", "4", "--ops", "300", "--bug", "lww", "--jobs", "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(soak.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&soak.stdout);
+    assert!(out.contains("soak: 4 seeds in"), "{out}");
+    assert!(
+        out.matches("reproduce: dynakv-sim run --seed").count() >= 2,
+        "{out}"
+    );
 }

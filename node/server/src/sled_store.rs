@@ -201,6 +201,22 @@ impl Store for SledStore {
 mod tests {
     use super::*;
 
+    /// Reopen a directory this process just closed. sled 0.34 releases its file lock only when
+    /// its background threads let go of the database, which can lag the drop by a moment.
+    fn reopen(dir: &Path) -> Result<SledStore> {
+        let mut last = None;
+        for _ in 0..100 {
+            match SledStore::open(dir) {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    last = Some(e);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Storage("reopen".into())))
+    }
+
     #[test]
     fn survives_reopen_and_lists_partitions() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| Error::Storage(e.to_string()))?;
@@ -210,7 +226,7 @@ mod tests {
             s.put(Space::Meta, b"identity", b"x")?;
             s.sync()?;
         }
-        let mut s = SledStore::open(dir.path())?;
+        let mut s = reopen(dir.path())?;
         assert_eq!(
             s.get(Space::Partition(PartitionId(7)), b"k")?,
             Some(b"v".to_vec())
@@ -239,7 +255,7 @@ mod tests {
                 "a 600 KiB value should live in a blob file that the barrier synced"
             );
         }
-        let s = SledStore::open(dir.path())?;
+        let s = reopen(dir.path())?;
         assert_eq!(s.get(Space::Partition(PartitionId(1)), b"big")?, Some(big));
         Ok(())
     }
