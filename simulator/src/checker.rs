@@ -266,9 +266,24 @@ fn check_key(
         if final_values.contains(value.as_str()) {
             continue;
         }
-        let superseded = writes
-            .iter()
-            .any(|x| x.outcome != Outcome::Failed && x.context.covers(&dot));
+        // A later write superseded it if that write covered its dot and was applied: acked,
+        // or (outcome unknown to its client) seen sent to replicas by its coordinator. A write
+        // nobody applied cannot excuse a lost acknowledged one. With N=1 there are no replica
+        // messages to see, so any write not refused counts.
+        let applied = |x: &WriteRecord| match x.outcome {
+            Outcome::Acked => true,
+            Outcome::Failed => false,
+            Outcome::Pending | Outcome::Unknown if world.cfg.n < 2 => true,
+            Outcome::Pending | Outcome::Unknown => match &x.value {
+                Some(v) => world.applied.values.contains(v.as_bytes()),
+                None => world
+                    .applied
+                    .tombstones
+                    .get(key.as_bytes())
+                    .is_some_and(|t| t.covers(&dot)),
+            },
+        };
+        let superseded = writes.iter().any(|x| x.context.covers(&dot) && applied(x));
         if !superseded {
             out.push(violation(
                 "acked-write-lost",

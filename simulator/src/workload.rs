@@ -18,6 +18,9 @@ const QUIET_START_DELAY_US: u64 = 2_000_000;
 const QUIET_ATTEMPTS: u32 = 3;
 
 /// How long a client waits for any reply before it calls the outcome unknown.
+/// The value limit of the simulated nodes; some writes go near it and a few past it.
+pub(crate) const SIM_MAX_VALUE_BYTES: usize = 4096;
+
 const CLIENT_GIVE_UP_US: u64 = (SIM_REQUEST_TIMEOUT_MS as u64 + 1_000) * 1_000;
 
 /// What a client does with the reply of a get.
@@ -190,10 +193,53 @@ impl World {
         self.schedule(give_up, Event::GiveUp { id });
     }
 
+    /// A value no client wrote before: `c<client>-<n>`, and for 3% of writes padded up to the
+    /// value limit (the coordinator's and the replicas' size checks then run near their edge).
     fn fresh_value(&mut self, client: usize) -> String {
         let c = &mut self.workload.clients[client];
         c.seq += 1;
-        format!("c{client}-{}", c.seq)
+        let mut v = format!("c{client}-{}", c.seq);
+        if self.rng.gen_bool(0.03) {
+            let len = self
+                .rng
+                .gen_range(SIM_MAX_VALUE_BYTES - 512..=SIM_MAX_VALUE_BYTES);
+            v.push('~');
+            while v.len() < len {
+                v.push('x');
+            }
+        }
+        v
+    }
+
+    /// Per-request options as real clients send them: mostly the defaults, sometimes other
+    /// R/W (never a W below the cluster's: wipes are budgeted against it), PR/PW, and short or
+    /// long timeouts.
+    fn request_options(&mut self, write: bool) -> RequestOptions {
+        if !self.rng.gen_bool(0.25) {
+            return RequestOptions::default();
+        }
+        let n = self.cfg.n;
+        let mut o = RequestOptions::default();
+        if write {
+            let w = self.rng.gen_range(self.cfg.w..=n);
+            o.w = Some(w);
+            if self.rng.gen_bool(0.2) {
+                o.pw = Some(self.rng.gen_range(0..=w));
+            }
+        } else {
+            let r = self.rng.gen_range(1..=n);
+            o.r = Some(r);
+            if self.rng.gen_bool(0.2) {
+                o.pr = Some(self.rng.gen_range(0..=r));
+            }
+        }
+        o.timeout_ms = match self.rng.gen_range(0..4) {
+            0 => Some(150),
+            1 => Some(3_000),
+            2 => Some(30_000),
+            _ => None,
+        };
+        o
     }
 
     fn write(&mut self, client: usize, key: String, value: Option<String>, context: VersionVector) {
@@ -210,17 +256,18 @@ impl World {
             dot: None,
             at: self.now,
         });
+        let opts = self.request_options(true);
         let request = match value {
             Some(v) => ClientRequest::Put {
                 key: key_bytes(&key),
                 value: Bytes::from(v),
                 context,
-                opts: RequestOptions::default(),
+                opts,
             },
             None => ClientRequest::Delete {
                 key: key_bytes(&key),
                 context,
-                opts: RequestOptions::default(),
+                opts,
             },
         };
         self.submit(client, key, request, PendingKind::Write { record });
@@ -235,11 +282,12 @@ impl World {
         let i = self.rng.gen_range(0..self.workload.keys.len());
         let key = self.workload.keys[i].clone();
         let roll = self.rng.gen_range(0..100);
+        let opts = self.request_options(false);
         let get = |then| {
             (
                 ClientRequest::Get {
                     key: key_bytes(&key),
-                    opts: RequestOptions::default(),
+                    opts,
                 },
                 PendingKind::Get { then },
             )
@@ -365,6 +413,14 @@ impl World {
         match p.kind {
             PendingKind::Write { record } => {
                 self.workload.history.writes[record].outcome = Outcome::Unknown;
+                // Half the clients retry a write that got no answer (the same value and
+                // context), as applications do after a transport error.
+                if self.workload.phase == Phase::Chaos && self.rng.gen_bool(0.5) {
+                    let w = &self.workload.history.writes[record];
+                    let (key, value, context) = (w.key.clone(), w.value.clone(), w.context.clone());
+                    self.write(p.client, key, value, context);
+                    return;
+                }
             }
             PendingKind::Get { .. } => self.workload.history.gets_failed += 1,
             PendingKind::QuietGet => {

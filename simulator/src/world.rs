@@ -24,6 +24,15 @@ const OPERATOR_RETIRE_US: u64 = 12_000_000;
 /// Request timeout the simulated nodes use, milliseconds.
 pub const SIM_REQUEST_TIMEOUT_MS: u32 = 1_000;
 
+/// Writes seen applied by some coordinator (sent in a replica write), whatever their client
+/// was told.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub values: BTreeSet<Vec<u8>>,
+    /// Per key, the join of the contexts of every tombstone object sent.
+    pub tombstones: BTreeMap<Vec<u8>, dynakv_proto::dvv::VersionVector>,
+}
+
 /// Something that happens at a virtual time.
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
@@ -214,6 +223,8 @@ pub struct World {
     /// Breaches of the store's durability contract seen while the run went on (an effect left
     /// a node while writes it may depend on were not durable).
     pub(crate) contract_breaches: Vec<(String, Vec<String>)>,
+    /// What coordinators were seen applying (values, and per key the contexts of tombstones).
+    pub(crate) applied: Applied,
     pub(crate) trace: Option<Vec<String>>,
     pub(crate) workload: crate::workload::Workload,
 }
@@ -234,6 +245,8 @@ impl World {
         let map = PartitionMap::initial(cfg.partitions, &members)?;
         let mut nodes = Vec::new();
         for id in &everyone {
+            // Nodes need not share their tuning (a rolling config change): each draws its own
+            // background-work settings; quorum defaults and limits stay cluster-wide.
             let core_cfg = CoreConfig {
                 node: *id,
                 n: cfg.n,
@@ -242,10 +255,14 @@ impl World {
                 request_timeout_ms: SIM_REQUEST_TIMEOUT_MS,
                 // Faster background work than production, so a run exercises it often.
                 tick_ms: 50,
-                fallback_after_ms: 150,
-                aae_interval_ms: 200,
+                fallback_after_ms: rng.gen_range(100..=300),
+                aae_interval_ms: rng.gen_range(150..=400),
+                read_repair: rng.gen_bool(0.85),
+                handoff_batch: rng.gen_range(1..=64),
+                transfer_batch: rng.gen_range(1..=256),
                 tombstone_grace_ms: 3_000,
                 handoff_backoff_max_ms: 5_000,
+                max_value_bytes: crate::workload::SIM_MAX_VALUE_BYTES,
                 planted_bug: cfg.bug,
                 ..CoreConfig::default()
             };
@@ -305,6 +322,7 @@ impl World {
             membership_changes: 0,
             past_stats: Vec::new(),
             contract_breaches: Vec::new(),
+            applied: Applied::default(),
             cfg,
             params,
             rng,
@@ -518,6 +536,7 @@ impl World {
     /// Put a message on the simulated network: loss, partitions, clogs, latency, duplication.
     pub(crate) fn send(&mut self, from: NodeId, to: NodeId, msg: PeerMsg) {
         self.net.sent += 1;
+        self.note_applied(&msg);
         if self.net.blocked.contains_key(&(from, to)) {
             self.net.dropped += 1;
             return;
@@ -550,6 +569,33 @@ impl World {
             );
         }
         self.schedule(at, Event::Deliver { from, to, msg });
+    }
+
+    /// A coordinator sends every new value to the key's other targets right after storing it:
+    /// what these messages carry is the evidence that a write whose outcome the client never
+    /// learned was applied somewhere (see the checker's `acked-write-lost`).
+    fn note_applied(&mut self, msg: &PeerMsg) {
+        let PeerMsg::Replica(ReplicaMsg::Write { key, object, .. }) = msg else {
+            return;
+        };
+        let mut tombstone = false;
+        for (_, v) in object.dotted_values() {
+            match v {
+                dynakv_core::Value::Data(b) => {
+                    if !self.applied.values.contains(b.as_ref()) {
+                        self.applied.values.insert(b.to_vec());
+                    }
+                }
+                dynakv_core::Value::Tombstone => tombstone = true,
+            }
+        }
+        if tombstone {
+            self.applied
+                .tombstones
+                .entry(key.to_vec())
+                .or_default()
+                .merge(&object.join());
+        }
     }
 
     /// Record a trace line for the traced key, if this message touches it.
