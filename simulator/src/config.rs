@@ -50,6 +50,9 @@ pub enum FaultKind {
     /// restore from an old copy); shares the wipe budget so an acked write keeps a copy.
     #[value(name = "powerloss")]
     PowerLoss,
+    /// One link holds every message for 4-12 s (far past the 3 s tombstone grace of `--reap`),
+    /// then delivers them all: a queue that survived a long partition.
+    Hold,
     /// A node's disk fails a sync (the node stops serving until the operator restarts it) or
     /// fills up for a while (writes refused).
     Disk,
@@ -58,7 +61,7 @@ pub enum FaultKind {
 impl FaultKind {
     /// Every fault kind, in declaration order (the same list as [`ValueEnum::value_variants`];
     /// a test checks they agree).
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Loss,
         FaultKind::Dup,
         FaultKind::Reorder,
@@ -71,6 +74,7 @@ impl FaultKind {
         FaultKind::Skew,
         FaultKind::Membership,
         FaultKind::PowerLoss,
+        FaultKind::Hold,
         FaultKind::Disk,
     ];
 }
@@ -227,6 +231,10 @@ pub struct SimConfig {
     pub bug: Option<PlantedBug>,
     /// Record a trace of events touching this key (used to explain a violation).
     pub trace_key: Option<String>,
+    /// Reap tombstones (a 3 s grace). Off by default, as in production: tombstones are kept,
+    /// which is safe whatever the delays; reaping still rests on a delay bound (see
+    /// docs/AVAILABILITY.md) and is exercised with this on and the `hold` fault off.
+    pub reap: bool,
 }
 
 impl Default for SimConfig {
@@ -247,6 +255,7 @@ impl Default for SimConfig {
             max_dup: 0.50,
             bug: None,
             trace_key: None,
+            reap: false,
         }
     }
 }
@@ -379,7 +388,7 @@ mod tests {
         let but: FaultSet = "-wipe,-skew".parse().expect("a valid list");
         assert_eq!(
             but.to_string(),
-            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,powerloss,disk"
+            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,powerloss,hold,disk"
         );
     }
 

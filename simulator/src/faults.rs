@@ -55,6 +55,7 @@ impl World {
             FaultKind::Crash,
             FaultKind::Pause,
             FaultKind::Membership,
+            FaultKind::Hold,
             FaultKind::Disk,
         ] {
             if f.has(k) {
@@ -166,6 +167,19 @@ impl World {
             }
             FaultKind::Membership => self.change_membership(),
             FaultKind::Disk => self.disk_fault(),
+            FaultKind::Hold => {
+                let x = self.random_node();
+                let y = self.random_node();
+                if x == y || self.now < self.hold_until {
+                    return; // one hold at a time
+                }
+                let duration = self.rng.gen_range(4_000_000..12_000_000);
+                self.count_fault("hold");
+                let line = format!("t={}us HOLD {x} -> {y} for {}ms", self.now, duration / 1000);
+                self.trace_line(line);
+                self.hold_until = self.now + duration;
+                self.add_cut(vec![(x, y)], true, duration);
+            }
             _ => {}
         }
     }

@@ -137,6 +137,10 @@ struct SimOpts {
     /// TEST ONLY: plant a known bug in the node core to show the checkers catch it.
     #[arg(long, value_parser = bug_parser())]
     bug: Option<PlantedBug>,
+    /// Reap tombstones after a 3 s grace (production keeps them by default). Reaping is safe
+    /// only while no old copy stays in flight past the grace: combine with `--faults all,-hold`.
+    #[arg(long)]
+    reap: bool,
 }
 
 impl SimOpts {
@@ -151,6 +155,7 @@ impl SimOpts {
             clients: self.clients,
             faults: self.faults.clone(),
             bug: self.bug,
+            reap: self.reap,
             ..SimConfig::default()
         };
         cfg.validate().map_err(|e| e.to_string())?;

@@ -71,6 +71,9 @@ impl RunReport {
         if let Some(b) = cfg.bug {
             cmd.push_str(&format!(" --bug {}", b.name()));
         }
+        if cfg.reap {
+            cmd.push_str(" --reap");
+        }
         cmd
     }
 }

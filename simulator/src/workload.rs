@@ -391,9 +391,9 @@ impl World {
                 return;
             }
             (PendingKind::QuietGet, other) => {
-                h.quiet_failures
-                    .push(format!("quiet-phase get of {} failed: {other:?}", p.key));
-                self.quiet_next();
+                // Right after the heal a coordinator may still believe a peer down (it probes
+                // once a second): retry, as a client would; failing every attempt is a violation.
+                self.quiet_retry(p.key, format!("{other:?}"));
                 return;
             }
             (PendingKind::Write { record }, other) => {

@@ -225,6 +225,8 @@ pub struct World {
     pub(crate) contract_breaches: Vec<(String, Vec<String>)>,
     /// What coordinators were seen applying (values, and per key the contexts of tombstones).
     pub(crate) applied: Applied,
+    /// Until when the current `hold` fault holds its link.
+    pub(crate) hold_until: u64,
     pub(crate) trace: Option<Vec<String>>,
     pub(crate) workload: crate::workload::Workload,
 }
@@ -260,7 +262,7 @@ impl World {
                 read_repair: rng.gen_bool(0.85),
                 handoff_batch: rng.gen_range(1..=64),
                 transfer_batch: rng.gen_range(1..=256),
-                tombstone_grace_ms: 3_000,
+                tombstone_grace_ms: if cfg.reap { 3_000 } else { 0 },
                 handoff_backoff_max_ms: 5_000,
                 max_value_bytes: crate::workload::SIM_MAX_VALUE_BYTES,
                 planted_bug: cfg.bug,
@@ -323,6 +325,7 @@ impl World {
             past_stats: Vec::new(),
             contract_breaches: Vec::new(),
             applied: Applied::default(),
+            hold_until: 0,
             cfg,
             params,
             rng,

@@ -41,8 +41,9 @@ pub struct CoreConfig {
     pub aae_interval_ms: u32,
     /// Read repairs sent per second at most; the rest is left to anti-entropy.
     pub read_repair_per_sec: u32,
-    /// How long an object must have been tombstone-only before it may be reaped; 0 keeps
-    /// tombstones forever.
+    /// How long an object must have been tombstone-only before it may be reaped; 0 (the
+    /// default) keeps tombstones forever, which keeps deletes safe whatever the delays.
+    /// Reaping rests on no old copy staying in flight longer than this (docs/AVAILABILITY.md).
     pub tombstone_grace_ms: u32,
     /// Gossip round length.
     pub gossip_interval_ms: u32,
@@ -86,7 +87,7 @@ impl Default for CoreConfig {
             handoff_backoff_max_ms: 30_000,
             aae_interval_ms: 1_000,
             read_repair_per_sec: 2_000,
-            tombstone_grace_ms: 60_000,
+            tombstone_grace_ms: 0,
             gossip_interval_ms: 1_000,
             max_transfers: 2,
             transfer_batch: 256,

@@ -151,7 +151,7 @@ impl ClusterFile {
 /// handoff_backoff_max_ms = 30000 # longest wait between handoff attempts
 /// aae_interval_ms = 1000         # one anti-entropy exchange per this period
 /// read_repair_per_sec = 2000     # read-repair budget
-/// tombstone_grace_ms = 60000     # tombstone-only age before reaping (0 = never reap)
+/// tombstone_grace_ms = 0         # tombstone-only age before reaping (0 = keep, the default)
 /// sibling_warn = 25              # siblings per key before a warning
 /// sibling_max = 100              # siblings per key before a write is refused
 /// gossip_interval_ms = 1000      # gossip round length
