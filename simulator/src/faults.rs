@@ -161,7 +161,12 @@ impl World {
                 let node = self.node_mut(id);
                 node.paused = true;
                 self.count_fault("pause");
-                let d = self.rng.gen_range(10_000..500_000);
+                // Mostly short (a GC pause), sometimes seconds (a stopped VM, a swap storm).
+                let d = if self.rng.gen_bool(0.1) {
+                    self.rng.gen_range(2_000_000..8_000_000)
+                } else {
+                    self.rng.gen_range(10_000..500_000)
+                };
                 let at = self.now + d;
                 self.schedule(at, Event::Resume { node: id });
             }
@@ -219,8 +224,8 @@ impl World {
 
     /// A spare joins, or a member leaves (at most one leave per run; never below N owners).
     fn change_membership(&mut self) {
-        if self.membership_changes >= 2 || !self.membership_settled() {
-            return; // one change at a time, two per run: enough to move partitions under load
+        if self.membership_changes >= 4 || !self.membership_settled() {
+            return; // one change at a time, four per run: enough to move partitions under load
         }
         let spare = self.nodes.iter().find(|n| n.spare).map(|n| n.id);
         // Members that own data (valid or joining), as the cluster sees them.
@@ -237,6 +242,21 @@ impl World {
                 self.membership_changes += 1;
                 self.count_fault("join");
                 self.join_spare(id);
+            }
+        } else if owners > u32::from(self.cfg.n) + 1
+            && self.wipes_left > 0
+            && self.rng.gen_bool(0.3)
+        {
+            // The operator removes a crashed member for good (`dynakv admin remove`). Its copies
+            // (replicas and the hints it held) are lost as with a wipe: it uses that budget.
+            let down = self.nodes.iter().find(|n| {
+                n.is_active() && !n.spare && !n.retiring && n.core.is_none() && !n.retired
+            });
+            if let Some(id) = down.map(|n| n.id) {
+                self.membership_changes += 1;
+                self.wipes_left -= 1;
+                self.count_fault("remove");
+                self.finish_removal(id);
             }
         } else if owners > u32::from(self.cfg.n) + 1 {
             let id = self.random_node();

@@ -930,7 +930,7 @@ impl World {
     /// A stopped node that decided it was removed may not have told anyone (it crashed or its
     /// disk failed right after): the operator then removes it through a running member, as
     /// `dynakv admin remove` would.
-    fn finish_removal(&mut self, id: NodeId) {
+    pub(crate) fn finish_removal(&mut self, id: NodeId) {
         let now = self.now;
         let Some(member) = self.nodes.iter().find_map(|n| {
             let c = n.core.as_ref()?;

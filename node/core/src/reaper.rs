@@ -197,7 +197,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Is a copy of partition `p` moving to or from this node? Its old values may still land.
-    fn transfer_pending_for(&self, p: PartitionId) -> bool {
+    pub(super) fn transfer_pending_for(&self, p: PartitionId) -> bool {
         self.transfers
             .receiving
             .values()

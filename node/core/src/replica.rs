@@ -192,6 +192,30 @@ impl<S: Store> NodeCore<S> {
         Ok(())
     }
 
+    /// A read asked of this node as a primary: answer only if it replicates the partition under
+    /// its own map, or still holds it (an outgoing transfer of it is not finished). A former
+    /// owner that handed the partition off would otherwise answer "nothing here" and a stale
+    /// coordinator would count that toward R and PR.
+    fn check_read_owner(
+        &self,
+        p: PartitionId,
+        fallback_for: Option<NodeId>,
+    ) -> std::result::Result<(), ReplicaError> {
+        if fallback_for.is_some_and(|o| o != self.id())
+            || self
+                .map
+                .preference_list(p, usize::from(self.cfg.n))
+                .contains(&self.id())
+            || self.transfer_pending_for(p)
+        {
+            return Ok(());
+        }
+        Err(ReplicaError::Retry(format!(
+            "node {} no longer replicates partition {p}",
+            self.id()
+        )))
+    }
+
     /// A coordinator's write: keep it as a hint when asked as a fallback; as a replica when
     /// this node replicates the partition under its own map; and otherwise (the coordinator's
     /// map is stale: this node handed the partition off) as hints for the partition's current
@@ -317,6 +341,7 @@ impl<S: Store> NodeCore<S> {
             } => {
                 let result = self
                     .check_peer_key(partition, &key)
+                    .and_then(|_| self.check_read_owner(partition, fallback_for))
                     .and_then(|_| {
                         self.local_object(partition, &key, fallback_for)
                             .map_err(|e| ReplicaError::Storage(e.to_string()))
