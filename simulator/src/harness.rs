@@ -168,39 +168,39 @@ impl Cluster {
         }
     }
 
-    /// Replace a node's store with an empty one (a wiped disk) and restart it.
-    pub fn wipe(&mut self, id: NodeId) {
+    /// Stop a node and start it again (seed `seed`) on what `disk` makes of its store.
+    fn reboot(&mut self, id: NodeId, seed: u64, disk: impl FnOnce(MemStore) -> MemStore) {
         let old = self.nodes.remove(&id).expect("node");
         let cfg = old.config().clone();
         let map = old.partition_map().clone();
-        let core = NodeCore::open(cfg, MemStore::new(), map, 424242, self.now).expect("open");
+        let store = disk(old.into_store());
+        let core = NodeCore::open(cfg, store, map, seed, self.now).expect("open");
         self.nodes.insert(id, core);
+    }
+
+    /// Replace a node's store with an empty one (a wiped disk) and restart it.
+    pub fn wipe(&mut self, id: NodeId) {
+        self.reboot(id, 424242, |_| MemStore::new());
     }
 
     /// Power-cycle a node: its disk loses what was not synced (and any injected disk fault is
     /// cleared, as an operator would fix the disk first), then the node starts from it.
     pub fn restart(&mut self, id: NodeId) {
-        let old = self.nodes.remove(&id).expect("node");
-        let cfg = old.config().clone();
-        let map = old.partition_map().clone();
-        let mut disk = old.into_store();
-        disk.crash();
-        disk.fail_next_syncs(0);
-        disk.set_full(false);
-        let core = NodeCore::open(cfg, disk, map, 515151 + self.now, self.now).expect("open");
-        self.nodes.insert(id, core);
+        self.reboot(id, 515151 + self.now, |mut disk| {
+            disk.crash();
+            disk.fail_next_syncs(0);
+            disk.set_full(false);
+            disk
+        });
     }
 
     /// Power-cycle a node whose disk also loses its last `batches` *synced* batches (a lying
     /// write cache), then start it again.
     pub fn power_cycle(&mut self, id: NodeId, batches: usize) {
-        let old = self.nodes.remove(&id).expect("node");
-        let cfg = old.config().clone();
-        let map = old.partition_map().clone();
-        let mut disk = old.into_store();
-        disk.power_loss(batches);
-        let core = NodeCore::open(cfg, disk, map, 616161 + self.now, self.now).expect("open");
-        self.nodes.insert(id, core);
+        self.reboot(id, 616161 + self.now, |mut disk| {
+            disk.power_loss(batches);
+            disk
+        });
     }
 
     /// Every node's view of pending hints, summed.

@@ -45,32 +45,32 @@ enum Cmd {
     /// with a progress bar, then print every failing seed with its reproduce command and a
     /// summary by invariant. Exit status 1 if any seed failed.
     Soak {
-        /// How many seeds to run.
-        #[arg(long)]
-        seeds: u64,
-        /// First seed.
-        #[arg(long, default_value_t = 0)]
-        start: u64,
-        /// Worker threads (default: available cores).
-        #[arg(long)]
-        jobs: Option<usize>,
+        #[command(flatten)]
+        seeds: Seeds,
         #[command(flatten)]
         opts: SimOpts,
     },
     /// Run many seeds (in parallel), stop at the first failure and print how to reproduce it.
     Batch {
-        /// How many seeds to run.
-        #[arg(long)]
-        seeds: u64,
-        /// First seed.
-        #[arg(long, default_value_t = 0)]
-        start: u64,
-        /// Worker threads (default: available cores).
-        #[arg(long)]
-        jobs: Option<usize>,
+        #[command(flatten)]
+        seeds: Seeds,
         #[command(flatten)]
         opts: SimOpts,
     },
+}
+
+/// Which seeds a batch or soak runs, and on how many threads.
+#[derive(Args, Debug)]
+struct Seeds {
+    /// How many seeds to run.
+    #[arg(long)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Worker threads (default: available cores).
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 /// What each planted bug does, for `--help`. The names and the list come from the core
@@ -165,6 +165,8 @@ impl SimOpts {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A soak is a batch that does not stop at the first failure.
+    let keep_going = matches!(cli.cmd, Cmd::Soak { .. });
     match cli.cmd {
         Cmd::Run { seed, opts, json } => {
             let cfg = match opts.config() {
@@ -190,29 +192,12 @@ fn main() -> ExitCode {
                 Err(e) => bad_args(&e.to_string()),
             }
         }
-        Cmd::Batch {
-            seeds,
-            start,
-            jobs,
-            opts,
-        } => {
+        Cmd::Batch { seeds, opts } | Cmd::Soak { seeds, opts } => {
             let cfg = match opts.config() {
                 Ok(c) => c,
                 Err(e) => return bad_args(&e),
             };
-            batch(seeds, start, jobs, cfg, false)
-        }
-        Cmd::Soak {
-            seeds,
-            start,
-            jobs,
-            opts,
-        } => {
-            let cfg = match opts.config() {
-                Ok(c) => c,
-                Err(e) => return bad_args(&e),
-            };
-            batch(seeds, start, jobs, cfg, true)
+            batch(seeds.seeds, seeds.start, seeds.jobs, cfg, keep_going)
         }
     }
 }

@@ -844,24 +844,32 @@ impl World {
 
     /// An operator asks a member to leave the cluster.
     pub(crate) fn leave(&mut self, id: NodeId) {
-        let now = self.now;
-        let node = self.node_mut(id);
-        if node.paused {
+        if self.node_mut(id).paused {
             return;
         }
+        if self.admin(id, AdminRequest::Leave) {
+            let line = format!("t={}us node {id} LEAVES", self.now);
+            self.trace_line(line);
+            self.after_input(id);
+        }
+    }
+
+    /// Hand an operator's admin request to `at`'s core now; false when `at` is not running.
+    fn admin(&mut self, at: NodeId, request: AdminRequest) -> bool {
+        let now = self.now;
+        let node = self.node_mut(at);
         let local = node.local(now);
         let Some(core) = node.core.as_mut() else {
-            return;
+            return false;
         };
         core.handle(
             local,
             Input::Client {
                 id: u64::MAX,
-                request: ClientRequest::Admin(AdminRequest::Leave),
+                request: ClientRequest::Admin(request),
             },
         );
-        self.trace_line(format!("t={now}us node {id} LEAVES"));
-        self.after_input(id);
+        true
     }
 
     /// A member that learns it was removed is no longer used by clients; its core keeps it
@@ -943,22 +951,12 @@ impl World {
         }) else {
             return;
         };
-        let node = self.node_mut(member);
-        let local = node.local(now);
-        let Some(core) = node.core.as_mut() else {
-            return;
-        };
-        core.handle(
-            local,
-            Input::Client {
-                id: u64::MAX,
-                request: ClientRequest::Admin(AdminRequest::Remove(id)),
-            },
-        );
-        self.trace_line(format!(
-            "t={now}us operator removes node {id} via node {member}"
-        ));
-        self.after_input(member);
+        if self.admin(member, AdminRequest::Remove(id)) {
+            self.trace_line(format!(
+                "t={now}us operator removes node {id} via node {member}"
+            ));
+            self.after_input(member);
+        }
     }
 
     /// Transfers not finished, over running members.
