@@ -10,6 +10,8 @@
 //!   tests that drive one exchange at a time; the core's behaviour tests use it.
 //! - `world`: the event queue, the simulated nodes (clock skew/drift, crash, pause, wipe) and
 //!   network (latency, jitter, loss, duplication, partitions, clogs).
+//! - `links`: each node's driver reporting its peer connections up or down
+//!   (`Input::PeerStatus`), as the QUIC driver does.
 //! - `faults`: the scheduler that injects partitions, clogs, crashes, wipes and pauses.
 //! - `workload`: simulated clients (gets, blind puts, stale-context puts, merges, deletes).
 //! - [`checker`]: the client history and the invariant checks.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod error;
 mod faults;
 pub mod harness;
+mod links;
 pub mod report;
 mod workload;
 mod world;

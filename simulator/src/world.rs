@@ -72,6 +72,8 @@ pub(crate) enum Event {
     /// The operator fixes a node's failing or full disk; a node that stopped serving after a
     /// failed sync is restarted.
     FixDisk { node: NodeId },
+    /// Every running node's driver checks its peer connections (`crate::links`).
+    LinkWatch,
 }
 
 impl Event {
@@ -90,6 +92,7 @@ impl Event {
             Event::QuietNext => 11,
             Event::Retire { .. } => 12,
             Event::FixDisk { .. } => 13,
+            Event::LinkWatch => 14,
         }
     }
 }
@@ -143,6 +146,8 @@ pub(crate) struct SimNode {
     /// The links its core asked for (`Effect::Link`/`Unlink`) since it last started, as a
     /// driver keeps them; the liveness check compares them with the membership.
     pub links: BTreeMap<NodeId, String>,
+    /// What its driver last told its core about each link (`Input::PeerStatus`).
+    pub link_watch: crate::links::LinkWatches,
     /// Its last start failed (a failing disk): it stays down until the operator fixes the disk.
     pub start_failed: bool,
 }
@@ -295,6 +300,7 @@ impl World {
                 retired: false,
                 retiring: false,
                 links: BTreeMap::new(),
+                link_watch: BTreeMap::new(),
                 start_failed: false,
             };
             let seed = rng.gen();
@@ -319,7 +325,7 @@ impl World {
         }
         let workload = crate::workload::Workload::new(&cfg);
         let trace = cfg.trace_key.as_ref().map(|_| Vec::new());
-        Ok(Self {
+        let mut world = Self {
             wipes_left: params.max_wipes,
             membership_changes: 0,
             past_stats: Vec::new(),
@@ -340,7 +346,9 @@ impl World {
             faults: BTreeMap::new(),
             trace,
             workload,
-        })
+        };
+        world.schedule(crate::links::LINK_WATCH_US, Event::LinkWatch);
+        Ok(world)
     }
 
     pub(crate) fn schedule(&mut self, at: u64, event: Event) {
@@ -418,6 +426,7 @@ impl World {
             Event::HealCut { cut } => self.heal_cut(cut),
             Event::QuietNext => self.quiet_next(),
             Event::FixDisk { node } => self.fix_disk(node),
+            Event::LinkWatch => self.watch_links(),
         }
     }
 
@@ -717,6 +726,7 @@ impl World {
         };
         let node = self.node_mut(id);
         node.links.clear();
+        node.link_watch.clear();
         // The disk outlives a failed start (the real process exits; its files stay).
         let mut kept = store.clone();
         match NodeCore::open_with(node.cfg.clone(), store, boot, seed, local) {
