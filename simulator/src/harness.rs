@@ -178,6 +178,21 @@ impl Cluster {
         self.nodes.insert(id, core);
     }
 
+    /// Start a new node `id` (same config as node 1) that joins the cluster through `seed`.
+    pub fn join(&mut self, id: NodeId, seed: NodeId) {
+        let mut cfg = self.nodes[&n(1)].config().clone();
+        cfg.node = id;
+        let boot = dynakv_core::Bootstrap::Join {
+            addr: dynakv_core::static_addr(id),
+            seed,
+            seed_addr: dynakv_core::static_addr(seed),
+        };
+        let core = NodeCore::open_with(cfg, MemStore::new(), boot, 777 + u64::from(id.0), self.now)
+            .expect("open");
+        self.nodes.insert(id, core);
+        self.collect(id);
+    }
+
     /// Replace a node's store with an empty one (a wiped disk) and restart it.
     pub fn wipe(&mut self, id: NodeId) {
         self.reboot(id, 424242, |_| MemStore::new());

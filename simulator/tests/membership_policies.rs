@@ -56,3 +56,61 @@ fn a_removed_node_refuses_requests_with_a_clear_error_until_it_stops() {
         other => panic!("expected a Removed error, got {other:?}"),
     }
 }
+
+/// Keys (of `keys`) that `at` replicates under its map but does not hold.
+fn missing_at(c: &Cluster, at: dynakv_ring::NodeId, keys: &[String]) -> Vec<String> {
+    let core = &c.nodes[&at];
+    let map = core.partition_map().clone();
+    let nval = usize::from(core.config().n);
+    keys.iter()
+        .filter(|k| {
+            let p = map.partition_for_key(k.as_bytes());
+            map.preference_list(p, nval).contains(&at)
+                && !core
+                    .partition_objects(p)
+                    .expect("scan")
+                    .iter()
+                    .any(|(key, _)| key.as_ref() == k.as_bytes())
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_joining_node_turns_valid_only_once_its_partitions_have_arrived() {
+    // One key per batch, so moving the data takes many round trips.
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| cfg.transfer_batch = 1);
+    c.run_for(200);
+    let keys: Vec<String> = (0..120).map(|i| format!("key-{i}")).collect();
+    for k in &keys {
+        c.put_ok(n(1), k, "v", &Default::default());
+    }
+    c.join(n(4), n(1));
+    let mut valid_at = None;
+    for step in 0..2_400u32 {
+        c.run_for(50);
+        let status = c.nodes[&n(4)].member_status();
+        if status == Some(dynakv_gossip::Status::Valid) {
+            valid_at = Some(step);
+            break;
+        }
+    }
+    let Some(step) = valid_at else {
+        panic!("node 4 never turned valid within 120 s");
+    };
+    let missing = missing_at(&c, n(4), &keys);
+    assert!(
+        missing.is_empty(),
+        "node 4 turned valid after {} ms while {} of its keys had not arrived: {:?}",
+        (step + 1) * 50,
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        !c.nodes[&n(4)]
+            .partition_map()
+            .replicated_partitions(n(4), 3)
+            .is_empty(),
+        "node 4 replicates something"
+    );
+}

@@ -332,6 +332,7 @@ impl<S: Store> NodeCore<S> {
                     tracing::info!(node = %self.id(), "joined the cluster");
                     self.membership.joined = true;
                     self.install_map(current);
+                    self.expect_join_transfers();
                 }
                 GossipEvent::MapChanged { previous, .. } => {
                     let Some(current) = current.clone() else {

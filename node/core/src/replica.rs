@@ -228,6 +228,11 @@ impl<S: Store> NodeCore<S> {
         object: &Object,
         hint: Option<NodeId>,
     ) -> std::result::Result<Stored, ReplicaError> {
+        // A removed node stops soon (after its linger): anything it took in now, as a replica
+        // or as hints, could leave with it. The coordinator tries another node instead.
+        if self.is_removed() {
+            return Err(ReplicaError::Retry("removed from the cluster".into()));
+        }
         if let Some(owner) = hint.filter(|o| *o != self.id()) {
             return self
                 .merge_into_hint(owner, p, key, object)

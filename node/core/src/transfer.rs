@@ -24,7 +24,7 @@ use crate::codec;
 use crate::store::{Space, Store};
 
 /// Silence after which a receiver asks its sender whether a transfer still exists.
-const STALL_US: u64 = 10_000_000;
+pub(super) const STALL_US: u64 = 10_000_000;
 
 /// First retry delay of a transfer batch; doubles per failure up to 30 s.
 const BACKOFF_BASE_US: u64 = 200_000;

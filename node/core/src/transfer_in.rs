@@ -2,18 +2,62 @@
 //! with the new checkpoint.
 //!
 //! Inputs: [`super::types::TransferMsg::Batch`] and `NoTransfer` (`on_transfer_batch`,
-//! `on_transfer_none`). Stalled
+//! `on_transfer_none`), and the moment this node joins (`expect_join_transfers`). Stalled
 //! receivers are probed from `transfer_tick` in `transfer.rs`.
 
 use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
 use super::node::NodeCore;
-use super::transfer::{in_key, IncomingTransfer};
+use super::transfer::{in_key, IncomingTransfer, STALL_US};
 use super::types::{Object, ReplicaError, TransferMsg};
 use crate::store::Store;
 
+/// How soon a joining node first asks the members whether they send it a partition.
+const JOIN_PROBE_AFTER_US: u64 = 1_000_000;
+
 impl<S: Store> NodeCore<S> {
+    /// This node just joined: it never saw the map before its join, so it cannot tell which
+    /// members will send it which partition. It expects each partition it now replicates from
+    /// every other member, and asks them soon (`TransferMsg::Status`): a member with the
+    /// current map and no such transfer answers `NoTransfer`, a sender streams. The node turns
+    /// `valid` only once every member answered one way or the other (`membership_progress`).
+    pub(super) fn expect_join_transfers(&mut self) {
+        if self.member_status() != Some(dynakv_gossip::Status::Joining) {
+            return;
+        }
+        let me = self.id();
+        // Leaving members too: they may be handing a partition to this node.
+        let senders: Vec<NodeId> = self.cluster_state().map_or_else(Vec::new, |s| {
+            s.members()
+                .iter()
+                .filter(|(id, m)| **id != me && m.status != dynakv_gossip::Status::Removed)
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        let first_probe = self
+            .now
+            .saturating_sub(STALL_US.saturating_sub(JOIN_PROBE_AFTER_US));
+        let mine: Vec<PartitionId> = self.mine.iter().copied().collect();
+        for p in mine {
+            for from in senders.iter().copied() {
+                if self.transfers.receiving.contains_key(&(p, from)) {
+                    continue;
+                }
+                let rec = IncomingTransfer {
+                    partition: p,
+                    from,
+                    checkpoint: None,
+                    received: 0,
+                    done: false,
+                };
+                self.persist_in(&rec);
+                self.transfers.receiving.insert((p, from), rec);
+                self.transfers.progress.insert((p, from), first_probe);
+            }
+        }
+    }
+
     /// The receiver's side: merge the batch, checkpoint durably, acknowledge.
     pub(super) fn on_transfer_batch(
         &mut self,
