@@ -1,10 +1,11 @@
-//! Settings from the environment: [`NODES_ENV`] (`DYNAKV_NODES`) and [`CA_ENV`]
-//! (`DYNAKV_CA`), the same two variables the `dynakv` CLI reads, with the same defaults.
+//! Settings from the environment: [`NODES_ENV`] (`DYNAKV_NODES`), [`CA_ENV`] (`DYNAKV_CA`),
+//! [`CERT_ENV`] (`DYNAKV_CERT`) and [`KEY_ENV`] (`DYNAKV_KEY`), the variables the `dynakv` CLI
+//! reads, with the same defaults.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, Credentials};
 
 /// The variable naming the nodes to talk to: comma-separated `host:port` addresses (IP
 /// literals), tried in order. `dynakv dev` prints an `export` line that sets it.
@@ -16,15 +17,24 @@ pub const DEFAULT_NODES: &str = "127.0.0.1:7101";
 /// The CA used when [`CA_ENV`] is not set: that of a `dynakv dev` cluster in the current
 /// directory.
 pub const DEFAULT_CA: &str = "./dynakv-dev/ca.pem";
+/// The variable naming this client's certificate file (PEM, from `dynakv ca issue-client`).
+pub const CERT_ENV: &str = "DYNAKV_CERT";
+/// The variable naming this client's private key file (PEM).
+pub const KEY_ENV: &str = "DYNAKV_KEY";
+/// The certificate used when [`CERT_ENV`] is not set: the admin client of a `dynakv dev`
+/// cluster in the current directory.
+pub const DEFAULT_CERT: &str = "./dynakv-dev/admin.pem";
+/// The key used when [`KEY_ENV`] is not set (see [`DEFAULT_CERT`]).
+pub const DEFAULT_KEY: &str = "./dynakv-dev/admin-key.pem";
 
 impl Client {
     /// Connects like [`Client::connect`], with the seeds from `DYNAKV_NODES` (default
-    /// [`DEFAULT_NODES`]) and the CA certificate read from the file `DYNAKV_CA` names
-    /// (default [`DEFAULT_CA`]).
+    /// [`DEFAULT_NODES`]), the CA certificate from the file `DYNAKV_CA` names (default
+    /// [`DEFAULT_CA`]), and the client certificate and key from `DYNAKV_CERT` and `DYNAKV_KEY`
+    /// (defaults [`DEFAULT_CERT`], [`DEFAULT_KEY`]).
     ///
     /// Errors: [`ClientError::Config`] when the list is empty or holds something that is not
-    /// a socket address, or the CA file cannot be read; then whatever [`Client::connect`]
-    /// reports.
+    /// a socket address, or a file cannot be read; then whatever [`Client::connect`] reports.
     pub async fn from_env() -> Result<Client, ClientError> {
         let nodes = match std::env::var(NODES_ENV) {
             Ok(list) => parse_nodes(&list)?,
@@ -35,16 +45,17 @@ impl Client {
                 )))
             }
         };
-        let ca_path = std::env::var_os(CA_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CA));
-        let ca = std::fs::read_to_string(&ca_path).map_err(|e| {
-            ClientError::Config(format!(
-                "cannot read the CA certificate {} ({e}); set {CA_ENV}",
-                ca_path.display()
-            ))
-        })?;
-        Client::connect(&nodes, &ca).await
+        let path = |var: &str, default: &str| {
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        let creds = Credentials::from_files(
+            &path(CA_ENV, DEFAULT_CA),
+            &path(CERT_ENV, DEFAULT_CERT),
+            &path(KEY_ENV, DEFAULT_KEY),
+        )?;
+        Client::connect(&nodes, &creds).await
     }
 }
 

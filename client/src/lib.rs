@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), dynakv_client::ClientError> {
 //! use dynakv_client::{Client, Context};
-//! let client = Client::from_env().await?;     // DYNAKV_NODES and DYNAKV_CA, as the CLI
+//! let client = Client::from_env().await?;     // DYNAKV_NODES, _CA, _CERT, _KEY, as the CLI
 //! let ctx = client.put(b"k", b"v1", &Context::empty()).await?;
 //! let obj = client.get(b"k").await?;          // every sibling + the causal context
 //! client.put(b"k", b"merged", &obj.context).await?; // supersedes what was read
@@ -12,14 +12,17 @@
 //! ```
 //!
 //! # Environment
-//! [`Client::from_env`] reads the same two variables as the `dynakv` CLI:
+//! [`Client::from_env`] reads the same variables as the `dynakv` CLI:
 //! - `DYNAKV_NODES` ([`NODES_ENV`]): comma-separated `IP:PORT` seeds, tried in order
 //!   (default [`DEFAULT_NODES`], node 1 of `dynakv dev`);
 //! - `DYNAKV_CA` ([`CA_ENV`]): the cluster CA certificate file (default [`DEFAULT_CA`], the
-//!   CA of a `dynakv dev` cluster in the current directory).
+//!   CA of a `dynakv dev` cluster in the current directory);
+//! - `DYNAKV_CERT` and `DYNAKV_KEY` ([`CERT_ENV`], [`KEY_ENV`]): this client's certificate and
+//!   key from `dynakv ca issue-client` (defaults: the admin client `dynakv dev` creates). Every
+//!   node requires a client certificate; its role (read, write, admin) decides what it may do.
 //!
-//! `dynakv dev` prints an `export DYNAKV_NODES=... DYNAKV_CA=...` line for its cluster.
-//! [`Client::connect`] takes the same settings explicitly.
+//! `dynakv dev` prints an `export` line that sets all four for its cluster.
+//! [`Client::connect`] takes the same settings explicitly ([`Credentials`]).
 //!
 //! # Routing and retries
 //! [`Client::connect`] asks a seed for the cluster (members, partition map, default N) and sends
@@ -52,11 +55,13 @@
 //!
 //! # Layout
 //! - this file: [`Client`], its constructors and requests, and the timeouts;
+//! - `credentials`: [`Credentials`] (CA certificate, client certificate and key);
 //! - `env`: [`Client::from_env`] and the variable names and defaults;
 //! - `send`: node order, connections, failover, backoff and suspicion of failed nodes;
 //! - `types`: [`Context`], [`Object`], [`Options`], [`Answered`];
 //! - `error`: [`ClientError`].
 
+mod credentials;
 mod env;
 mod error;
 mod send;
@@ -72,10 +77,13 @@ use dynakv_proto::wire::{ClientFrame, ServerFrame};
 use dynakv_proto::{ClientReply, ClientRequest};
 use tokio::sync::Mutex;
 
+pub use credentials::Credentials;
 pub use dynakv_proto::wire::{ClusterInfo, StatusReport};
 pub use dynakv_proto::{AdminRequest, GetReply, PutReply, RequestError};
 pub use dynakv_ring::NodeId;
-pub use env::{CA_ENV, DEFAULT_CA, DEFAULT_NODES, NODES_ENV};
+pub use env::{
+    CA_ENV, CERT_ENV, DEFAULT_CA, DEFAULT_CERT, DEFAULT_KEY, DEFAULT_NODES, KEY_ENV, NODES_ENV,
+};
 pub use error::ClientError;
 pub use types::{Answered, Context, Object, Options};
 
@@ -115,13 +123,13 @@ struct Inner {
 
 impl Client {
     /// Connects through the first seed that answers, learns the members and partition map, and
-    /// routes each request to a replica of its key. `ca_pem` is the cluster CA certificate.
-    /// Must be called inside a tokio runtime.
-    pub async fn connect(seeds: &[SocketAddr], ca_pem: &str) -> Result<Client, ClientError> {
+    /// routes each request to a replica of its key. `creds` holds the cluster CA certificate
+    /// and this client's certificate. Must be called inside a tokio runtime.
+    pub async fn connect(seeds: &[SocketAddr], creds: &Credentials) -> Result<Client, ClientError> {
         if seeds.is_empty() {
             return Err(ClientError::Unreachable("no seed addresses given".into()));
         }
-        let direct = Client::direct_many(seeds, ca_pem)?;
+        let direct = Client::direct_many(seeds, creds)?;
         let info = direct.cluster_info().await?;
         let inner = Arc::try_unwrap(direct.inner)
             .map_err(|_| ClientError::Protocol("client shared during connect".into()))?;
@@ -135,20 +143,20 @@ impl Client {
 
     /// A client that sends every request to `addr`, which coordinates it (no routing).
     /// Dials lazily, on the first request. Must be called inside a tokio runtime.
-    pub fn direct(addr: SocketAddr, ca_pem: &str) -> Result<Client, ClientError> {
-        Client::direct_many(&[addr], ca_pem)
+    pub fn direct(addr: SocketAddr, creds: &Credentials) -> Result<Client, ClientError> {
+        Client::direct_many(&[addr], creds)
     }
 
     /// A client that sends each request to the first of `addrs` that answers (in order, nodes
     /// that failed recently last), which coordinates it (no routing). This is how the CLI uses
     /// `DYNAKV_NODES`. Dials lazily. Must be called inside a tokio runtime.
-    pub fn direct_many(addrs: &[SocketAddr], ca_pem: &str) -> Result<Client, ClientError> {
+    pub fn direct_many(addrs: &[SocketAddr], creds: &Credentials) -> Result<Client, ClientError> {
         if addrs.is_empty() {
             return Err(ClientError::Unreachable("no node addresses given".into()));
         }
         Ok(Client {
             inner: Arc::new(Inner {
-                endpoint: endpoint_for(addrs, ca_pem)?,
+                endpoint: endpoint_for(addrs, creds)?,
                 cluster: None,
                 direct: addrs.to_vec(),
                 conns: Mutex::new(HashMap::new()),

@@ -34,9 +34,10 @@ pub(crate) enum Failover {
 /// A client endpoint for reaching `addrs` (IPv4 unless one of them is IPv6).
 pub(crate) fn endpoint_for(
     addrs: &[SocketAddr],
-    ca_pem: &str,
+    creds: &crate::Credentials,
 ) -> Result<quinn::Endpoint, ClientError> {
-    let cfg = client_config(ca_pem).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let cfg = client_config(&creds.ca_pem, creds.cert.as_ref())
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
     let bind: SocketAddr = if addrs.iter().all(SocketAddr::is_ipv4) {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -144,6 +145,10 @@ impl Client {
             }
             let conn = match self.conn(addr).await {
                 Ok(conn) => conn,
+                // Every node would refuse it the same way: say so at once.
+                Err(dynakv_transport::Error::CertificateRefused(why)) => {
+                    return Err(ClientError::Tls(why))
+                }
                 Err(e) => {
                     self.suspect(addr);
                     failures.push(format!("{addr}: {e}"));
@@ -160,6 +165,10 @@ impl Client {
                 Ok(reply) => {
                     self.trust(addr);
                     return Ok((reply, addr));
+                }
+                Err(dynakv_transport::Error::CertificateRefused(why)) => {
+                    self.inner.conns.lock().await.remove(&addr);
+                    return Err(ClientError::Tls(why));
                 }
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "request failed");
@@ -207,7 +216,7 @@ impl Client {
     }
 
     /// A live connection to `addr`, dialled on first use.
-    async fn conn(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    async fn conn(&self, addr: SocketAddr) -> Result<quinn::Connection, dynakv_transport::Error> {
         if let Some(conn) = self.inner.conns.lock().await.get(&addr) {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
@@ -217,8 +226,9 @@ impl Client {
         // Two tasks may race to dial the same node; the later connection wins, both work.
         let conn = tokio::time::timeout(DIAL_TIMEOUT, connect(&self.inner.endpoint, addr))
             .await
-            .map_err(|_| format!("no answer within {DIAL_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| {
+                dynakv_transport::Error::Transport(format!("no answer within {DIAL_TIMEOUT:?}"))
+            })??;
         self.inner.conns.lock().await.insert(addr, conn.clone());
         Ok(conn)
     }

@@ -37,6 +37,8 @@ fn client_commands_show_the_environment_variables_they_read() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("[env: DYNAKV_NODES"), "{text}");
     assert!(text.contains("[env: DYNAKV_CA"), "{text}");
+    assert!(text.contains("[env: DYNAKV_CERT"), "{text}");
+    assert!(text.contains("[env: DYNAKV_KEY"), "{text}");
 }
 
 #[test]

@@ -131,8 +131,15 @@ mod tests {
         // Within the idle timeout the connection is still believed alive.
         w.run_until(crashed_at + IDLE_TIMEOUT_US - LINK_WATCH_US, &mut |_| false);
         assert!(view(&w, peer).0, "reported down before the idle timeout");
-        w.run_until(crashed_at + IDLE_TIMEOUT_US + 2 * LINK_WATCH_US, &mut |_| false);
-        assert_eq!(view(&w, peer), (false, true), "the core marks the peer down");
+        w.run_until(
+            crashed_at + IDLE_TIMEOUT_US + 2 * LINK_WATCH_US,
+            &mut |_| false,
+        );
+        assert_eq!(
+            view(&w, peer),
+            (false, true),
+            "the core marks the peer down"
+        );
 
         w.restart(peer, false);
         let back_at = w.now;

@@ -148,6 +148,23 @@ impl Cluster {
         let dir = tempfile::tempdir()?;
         let root = dir.path().to_path_buf();
         run_ok(&bin, &["ca", "init", "--dir", path_str(&root)?])?;
+        // The tests' own client: an admin certificate beside the CA, apart from the nodes.
+        let root_s = path_str(&root)?;
+        run_ok(
+            &bin,
+            &[
+                "ca",
+                "issue-client",
+                "--name",
+                "admin",
+                "--role",
+                "admin",
+                "--dir",
+                root_s,
+                "--out",
+                root_s,
+            ],
+        )?;
         let addrs = free_ports(n as usize)?;
         let mut nodes = Vec::new();
         let mut members = Vec::new();
@@ -222,6 +239,46 @@ impl Cluster {
     /// The CA certificate PEM.
     pub fn ca_pem(&self) -> anyhow::Result<String> {
         Ok(std::fs::read_to_string(&self.ca)?)
+    }
+
+    /// The admin client's certificate and key files.
+    pub fn admin_cert(&self) -> (PathBuf, PathBuf) {
+        let root = self.dir.path();
+        (root.join("admin.pem"), root.join("admin-key.pem"))
+    }
+
+    /// Credentials of the tests' admin client (CA, certificate, key).
+    pub fn creds(&self) -> anyhow::Result<dynakv_client::Credentials> {
+        let (cert, key) = self.admin_cert();
+        Ok(dynakv_client::Credentials::from_files(
+            &self.ca, &cert, &key,
+        )?)
+    }
+
+    /// Issues a client certificate `name` with `role` (read, write, admin) with the cluster's
+    /// CA; returns its certificate and key files.
+    pub fn issue_client(&self, name: &str, role: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let root = self.dir.path();
+        let root_s = path_str(root)?;
+        run_ok(
+            &self.bin,
+            &[
+                "ca",
+                "issue-client",
+                "--name",
+                name,
+                "--role",
+                role,
+                "--dir",
+                root_s,
+                "--out",
+                root_s,
+            ],
+        )?;
+        Ok((
+            root.join(format!("{name}.pem")),
+            root.join(format!("{name}-key.pem")),
+        ))
     }
 
     /// Every node address.
@@ -437,12 +494,21 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs the CLI with DYNAKV_CA (and DYNAKV_NODES = every node) set for this cluster.
+    /// Runs the CLI with DYNAKV_CA, the admin client's DYNAKV_CERT/DYNAKV_KEY and
+    /// DYNAKV_NODES (every node) set for this cluster.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let (cert, key) = self.admin_cert();
+        self.cli_as(&cert, &key, args)
+    }
+
+    /// Runs the CLI like [`Cluster::cli`] with another client certificate and key.
+    pub fn cli_as(&self, cert: &Path, key: &Path, args: &[&str]) -> anyhow::Result<Output> {
         let nodes: Vec<String> = self.addrs().iter().map(ToString::to_string).collect();
         Ok(Command::new(&self.bin)
             .args(args)
             .env("DYNAKV_CA", &self.ca)
+            .env("DYNAKV_CERT", cert)
+            .env("DYNAKV_KEY", key)
             .env("DYNAKV_NODES", nodes.join(","))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -48,7 +48,7 @@ impl Placement {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let ca = c.ca_pem()?;
+        let ca = c.creds()?;
         let addrs = c.addrs();
         rt.block_on(async move {
             let client = Client::connect(&addrs, &ca).await?;

@@ -216,12 +216,23 @@ fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
             }
         }
     }
-    assert!(
-        lines.iter().any(|l| l.starts_with("export DYNAKV_NODES=")),
-        "{lines:?}"
+    // The export line a user copies: it must set everything the CLI needs (nodes, CA, and the
+    // admin client certificate every node requires).
+    let export = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("export "))
+        .with_context(|| format!("no export line: {lines:?}"))?;
+    let vars: Vec<(&str, &str)> = export
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let names: BTreeSet<&str> = vars.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["DYNAKV_NODES", "DYNAKV_CA", "DYNAKV_CERT", "DYNAKV_KEY"]),
+        "{export}"
     );
-    // Three processes: every node answers status and sees the others up.
-    let ca = dir.path().join("ca.pem");
+    // Three processes: every node answers status (through the export line's settings alone).
     for i in 1..=3u16 {
         let out = Command::new(dynakv_bin()?)
             .args([
@@ -230,8 +241,9 @@ fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
                 "--node",
                 &format!("127.0.0.1:{}", base + i),
             ])
-            .arg("--ca")
-            .arg(&ca)
+            .env_remove("DYNAKV_NODES")
+            .envs(vars.iter().copied())
+            .current_dir(std::env::temp_dir())
             .output()?;
         assert!(
             out.status.success(),

@@ -24,7 +24,7 @@ fn values(o: &dynakv_client::Object) -> BTreeSet<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_reads_and_writes_through_the_client() -> anyhow::Result<()> {
     let c = Cluster::start(3)?;
-    let client = Client::connect(&c.addrs(), &c.ca_pem()?).await?;
+    let client = Client::connect(&c.addrs(), &c.creds()?).await?;
     assert_eq!(client.cluster().map(|i| i.members.len()), Some(3));
 
     let missing = client.get(b"nothing").await?;
@@ -73,7 +73,7 @@ async fn quorum_reads_and_writes_through_the_client() -> anyhow::Result<()> {
     assert_eq!(line["siblings"], serde_json::json!(["//4A"]));
 
     // A direct client makes that node coordinate.
-    let direct = Client::direct(c.addr(2), &c.ca_pem()?)?;
+    let direct = Client::direct(c.addr(2), &c.creds()?)?;
     direct.put(b"d", b"via-2", &Context::empty()).await?;
     assert_eq!(
         values(&client.get(b"d").await?),
@@ -85,9 +85,9 @@ async fn quorum_reads_and_writes_through_the_client() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn siblings_and_merge_through_the_client() -> anyhow::Result<()> {
     let c = Cluster::start(3)?;
-    let client = Client::connect(&c.addrs(), &c.ca_pem()?).await?;
-    let x = Client::direct(c.addr(1), &c.ca_pem()?)?;
-    let y = Client::direct(c.addr(3), &c.ca_pem()?)?;
+    let client = Client::connect(&c.addrs(), &c.creds()?).await?;
+    let x = Client::direct(c.addr(1), &c.creds()?)?;
+    let y = Client::direct(c.addr(3), &c.creds()?)?;
     x.put(b"cart", b"apples", &Context::empty()).await?;
     y.put(b"cart", b"bread", &Context::empty()).await?;
     let read = Options {
@@ -106,7 +106,7 @@ async fn siblings_and_merge_through_the_client() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_keeps_every_write_it_acknowledged() -> anyhow::Result<()> {
     let mut c = Cluster::start(3)?;
-    let client = Client::connect(&c.addrs(), &c.ca_pem()?).await?;
+    let client = Client::connect(&c.addrs(), &c.creds()?).await?;
     // W = 3: every replica, node 2 included, acknowledged each write that returned Ok.
     let all = Options {
         w: Some(3),
@@ -153,7 +153,7 @@ async fn a_killed_node_keeps_every_write_it_acknowledged() -> anyhow::Result<()>
     );
     tokio::task::block_in_place(|| c.restart(2))?;
     // R = 1 through node 2 itself: its own copy answers first.
-    let node2 = Client::direct(c.addr(2), &c.ca_pem()?)?;
+    let node2 = Client::direct(c.addr(2), &c.creds()?)?;
     let local = Options {
         r: Some(1),
         ..Options::default()
@@ -172,7 +172,7 @@ async fn a_killed_node_keeps_every_write_it_acknowledged() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_fails_over_when_a_node_is_down() -> anyhow::Result<()> {
     let mut c = Cluster::start(3)?;
-    let client = Client::connect(&c.addrs(), &c.ca_pem()?).await?;
+    let client = Client::connect(&c.addrs(), &c.creds()?).await?;
     let keys: Vec<String> = (0..30).map(|i| format!("failover-{i}")).collect();
     for k in &keys {
         client
@@ -192,6 +192,12 @@ async fn the_client_fails_over_when_a_node_is_down() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin client's certificate and key as the transport takes them.
+fn admin_cert(c: &Cluster) -> anyhow::Result<dynakv_transport::ClientCert> {
+    let (cert, key) = c.admin_cert();
+    Ok(dynakv_transport::ClientCert::load(&cert, &key)?)
+}
+
 /// A client-side QUIC connection that speaks raw bytes.
 async fn raw_conn(
     c: &Cluster,
@@ -199,7 +205,7 @@ async fn raw_conn(
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
     let ep = client_endpoint(
         (Ipv4Addr::LOCALHOST, 0).into(),
-        client_config(&c.ca_pem()?)?,
+        client_config(&c.ca_pem()?, Some(&admin_cert(c)?))?,
     )?;
     let conn = connect(&ep, addr).await?;
     Ok((ep, conn))
@@ -252,7 +258,7 @@ async fn a_node_survives_garbage_and_oversized_frames() -> anyhow::Result<()> {
     udp.send_to(&[0xC0; 1200], target)?;
 
     // The node still serves requests, on the same connection and on a new one.
-    let client = Client::direct(target, &c.ca_pem()?)?;
+    let client = Client::direct(target, &c.creds()?)?;
     client.put(b"after", b"garbage", &Context::empty()).await?;
     assert_eq!(
         values(&client.get(b"after").await?),

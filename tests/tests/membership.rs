@@ -123,7 +123,7 @@ fn all_settled(c: &Cluster, owners: &[u32]) -> anyhow::Result<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grow_from_3_to_5_and_shrink_back_under_writes() -> anyhow::Result<()> {
     let mut c = Cluster::start_with(&setup(3, 16, 64, 2))?;
-    let client = Client::connect(&c.addrs(), &c.ca_pem()?).await?;
+    let client = Client::connect(&c.addrs(), &c.creds()?).await?;
     let w2 = Options {
         w: Some(2),
         timeout: Some(Duration::from_secs(2)),
@@ -212,7 +212,7 @@ async fn grow_from_3_to_5_and_shrink_back_under_writes() -> anyhow::Result<()> {
 
     // Every acknowledged write is readable with R=2 through the 3 remaining nodes.
     let addrs: Vec<_> = (1..=3).map(|id| c.addr(id)).collect();
-    let reader = Client::connect(&addrs, &c.ca_pem()?).await?;
+    let reader = Client::connect(&addrs, &c.creds()?).await?;
     let r2 = Options {
         r: Some(2),
         ..Options::default()
@@ -285,7 +285,7 @@ fn outgoing(c: &Cluster, sender: u32, partition: u64, to: u32) -> anyhow::Result
 async fn a_transfer_interrupted_by_kill_9_resumes_from_its_checkpoint() -> anyhow::Result<()> {
     // Small batches, one transfer at a time per sender: a partition takes many batches.
     let mut c = Cluster::start_with(&setup(3, 8, 4, 1))?;
-    let client = Client::connect(&c.addrs(), &c.ca_pem()?).await?;
+    let client = Client::connect(&c.addrs(), &c.creds()?).await?;
     let keys: Vec<String> = (0..4000).map(|i| format!("moving-{i}")).collect();
     let mut writes = tokio::task::JoinSet::new();
     for chunk in keys.chunks(250) {
@@ -342,7 +342,7 @@ async fn a_transfer_interrupted_by_kill_9_resumes_from_its_checkpoint() -> anyho
 
     // Every key of the partitions node 4 now replicates is on node 4 itself: stop the others
     // and read with R=1 through node 4 alone.
-    let map: PartitionMap = Client::connect(&[c.addr(new)], &c.ca_pem()?)
+    let map: PartitionMap = Client::connect(&[c.addr(new)], &c.creds()?)
         .await?
         .cluster()
         .context("cluster info")?
@@ -351,7 +351,7 @@ async fn a_transfer_interrupted_by_kill_9_resumes_from_its_checkpoint() -> anyho
     for id in 1..=3 {
         c.stop(id)?;
     }
-    let alone = Client::direct(c.addr(new), &c.ca_pem()?)?;
+    let alone = Client::direct(c.addr(new), &c.creds()?)?;
     let r1 = Options {
         r: Some(1),
         timeout: Some(Duration::from_secs(2)),

@@ -38,7 +38,7 @@ impl<S: Store> NodeCore<S> {
         let first_probe = self
             .now
             .saturating_sub(STALL_US.saturating_sub(JOIN_PROBE_AFTER_US));
-        let mine: Vec<PartitionId> = self.mine.iter().copied().collect();
+        let mine: Vec<PartitionId> = self.mine.to_vec();
         for p in mine {
             for from in senders.iter().copied() {
                 if self.transfers.receiving.contains_key(&(p, from)) {

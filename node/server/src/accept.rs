@@ -1,10 +1,13 @@
 //! Incoming connections: the accept loop, and one bidirectional stream per client request.
 //!
-//! A connection whose client certificate names a cluster member is a peer: it is handed to that
-//! peer's link and may also open unidirectional peer streams. Any other connection is a plain
-//! client and may only open bidirectional request streams. A malformed or oversized request
-//! frame gets a [`ServerFrame::Error`] and the stream is stopped with an error code; the
-//! connection and the node carry on.
+//! Every connection presents a certificate from the cluster CA (the TLS config refuses any
+//! other). One that names a node is a peer: it is handed to that peer's link and may also open
+//! unidirectional peer streams; its request streams may only ask for the cluster information a
+//! joining node needs, unless the node config sets `allow_node_clients`. One that names a client
+//! may only open bidirectional request streams, and each request is checked against the role in
+//! its certificate ([`needed_role`]); a refusal says which role the request needs and changes
+//! nothing. A malformed or oversized request frame gets a [`ServerFrame::Error`] and the stream
+//! is stopped with an error code; the connection and the node carry on.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -21,7 +24,7 @@ use super::peers::{lock, read_peer_streams, Registry};
 use super::stopped;
 use dynakv_core::{ClientReply, ClientRequest, RequestError};
 use dynakv_proto::wire::{self, codes, ClientFrame, ServerFrame};
-use dynakv_transport::{peer_node_id, read_frame, write_frame};
+use dynakv_transport::{peer_identity, read_frame, write_frame, Identity, Role};
 
 /// How long a client may take to send its request frame (a stalled sender must not hold a
 /// stream slot forever).
@@ -48,6 +51,8 @@ pub(crate) struct AcceptCtx {
     /// The cluster's request timeout (`request_timeout_ms` of cluster.toml, or the seed's for
     /// a joined node): how long a request without its own timeout may take in the core.
     pub(crate) default_timeout_ms: Arc<AtomicU32>,
+    /// Serve client requests from node certificates too (node config `allow_node_clients`).
+    pub(crate) allow_node_clients: bool,
 }
 
 /// Accepts connections until shutdown.
@@ -99,7 +104,18 @@ async fn serve_connection(conn: quinn::Connection, ctx: AcceptCtx) {
     let remote = conn.remote_address();
     // Any node certificate from the cluster CA is a peer: a node we do not know yet may be
     // joining through us (the driver then starts a link for it).
-    let peer = peer_node_id(&conn).filter(|id| *id != ctx.me);
+    let Some(who) = peer_identity(&conn) else {
+        tracing::warn!(%remote, "certificate from the cluster CA names no node or client; connection closed");
+        conn.close(
+            codes::NOT_ALLOWED.into(),
+            b"certificate names no dynakv identity",
+        );
+        return;
+    };
+    let peer = match &who {
+        Identity::Node(id) if *id != ctx.me => Some(*id),
+        _ => None,
+    };
     match peer {
         Some(id) => {
             tracing::debug!(%remote, peer = %id, "peer connected");
@@ -126,12 +142,12 @@ async fn serve_connection(conn: quinn::Connection, ctx: AcceptCtx) {
             ));
         }
         None => {
-            tracing::debug!(%remote, "client connected");
+            tracing::debug!(%remote, %who, "client connected");
             tokio::spawn(refuse_uni_streams(conn.clone(), remote));
         }
     }
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_request(send, recv, ctx.clone(), remote));
+        tokio::spawn(serve_request(send, recv, ctx.clone(), remote, who.clone()));
     }
 }
 
@@ -148,6 +164,7 @@ async fn serve_request(
     mut recv: quinn::RecvStream,
     ctx: AcceptCtx,
     remote: SocketAddr,
+    who: Identity,
 ) {
     let read = tokio::time::timeout(
         REQUEST_READ_TIMEOUT,
@@ -174,8 +191,56 @@ async fn serve_request(
             return refuse(send, recv, remote, codes::MALFORMED, e).await;
         }
     };
-    let reply = answer(frame, &ctx).await;
+    let reply = match permission(&who, &frame, ctx.allow_node_clients) {
+        Ok(()) => answer(frame, &ctx).await,
+        Err(why) => {
+            tracing::warn!(%remote, %who, "request refused: {why}");
+            ServerFrame::Error(why)
+        }
+    };
     respond(&mut send, &reply).await;
+}
+
+/// The role a request needs: reads and cluster information `read`; puts and deletes
+/// `write`; membership changes (join, leave, remove) `admin`.
+pub(crate) fn needed_role(frame: &ClientFrame) -> (Role, &'static str) {
+    match frame {
+        ClientFrame::Join { .. } => (Role::Admin, "join"),
+        ClientFrame::ClusterInfo => (Role::Read, "cluster info"),
+        ClientFrame::Status => (Role::Read, "status"),
+        ClientFrame::Core(request) => match request {
+            ClientRequest::Get { .. } => (Role::Read, "get"),
+            ClientRequest::PartitionMap => (Role::Read, "partition map"),
+            ClientRequest::Put { .. } => (Role::Write, "put"),
+            ClientRequest::Delete { .. } => (Role::Write, "delete"),
+            ClientRequest::Admin(_) => (Role::Admin, "membership change"),
+        },
+    }
+}
+
+/// May `who` make this request? `Err` carries the refusal the client sees.
+pub(crate) fn permission(
+    who: &Identity,
+    frame: &ClientFrame,
+    allow_node_clients: bool,
+) -> Result<(), String> {
+    let (needed, what) = needed_role(frame);
+    match who {
+        Identity::Client { role, .. } if role.allows(needed) => Ok(()),
+        Identity::Client { name, role } => Err(format!(
+            "permission denied: {what} needs the {needed} role; client {name:?} has the {role} \
+             role (issue another certificate with `dynakv ca issue-client --role {needed}`)"
+        )),
+        // A joining node asks its seed for the cluster's settings with its node certificate.
+        Identity::Node(_) if allow_node_clients || matches!(frame, ClientFrame::ClusterInfo) => {
+            Ok(())
+        }
+        Identity::Node(id) => Err(format!(
+            "permission denied: node certificates are for peers (this one is node {id}'s); use a \
+             client certificate from `dynakv ca issue-client`, or set allow_node_clients = true \
+             in the node config"
+        )),
+    }
 }
 
 async fn answer(frame: ClientFrame, ctx: &AcceptCtx) -> ServerFrame {
@@ -273,4 +338,51 @@ async fn refuse(
         &ServerFrame::Error(format!("bad request frame: {e}")),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use dynakv_core::{AdminRequest, RequestOptions};
+
+    fn client(role: Role) -> Identity {
+        Identity::Client {
+            name: "t".into(),
+            role,
+        }
+    }
+
+    #[test]
+    fn each_role_gets_exactly_its_requests() {
+        let get = ClientFrame::Core(ClientRequest::Get {
+            key: Bytes::from_static(b"k"),
+            opts: RequestOptions::default(),
+        });
+        let delete = ClientFrame::Core(ClientRequest::Delete {
+            key: Bytes::from_static(b"k"),
+            context: Default::default(),
+            opts: RequestOptions::default(),
+        });
+        let remove = ClientFrame::Core(ClientRequest::Admin(AdminRequest::Remove(NodeId(3))));
+        let allowed = |who: &Identity, f: &ClientFrame| permission(who, f, false).is_ok();
+        for f in [&get, &ClientFrame::Status, &ClientFrame::ClusterInfo] {
+            assert!(allowed(&client(Role::Read), f));
+        }
+        assert!(!allowed(&client(Role::Read), &delete));
+        assert!(allowed(&client(Role::Write), &delete));
+        assert!(!allowed(&client(Role::Write), &remove));
+        let join = ClientFrame::Join {
+            seed: SocketAddr::from(([127, 0, 0, 1], 1)),
+        };
+        assert!(!allowed(&client(Role::Write), &join));
+        assert!(allowed(&client(Role::Admin), &remove));
+        let refusal = permission(&client(Role::Write), &remove, false).err();
+        assert!(refusal.is_some_and(|m| m.contains("needs the admin role")));
+        // Node certificates: only what a joining node asks, unless configured otherwise.
+        let node = Identity::Node(NodeId(2));
+        assert!(allowed(&node, &ClientFrame::ClusterInfo));
+        assert!(!allowed(&node, &get) && !allowed(&node, &remove));
+        assert!(permission(&node, &remove, true).is_ok());
+    }
 }

@@ -193,6 +193,9 @@ pub struct NodeConfigFile {
     pub max_transfers: Option<usize>,
     /// Keys per partition-transfer batch.
     pub transfer_batch: Option<usize>,
+    /// Serve client requests on connections that present a node certificate (default false:
+    /// node certificates are for peers; clients use `dynakv ca issue-client` certificates).
+    pub allow_node_clients: Option<bool>,
 }
 
 impl NodeConfigFile {

@@ -66,6 +66,9 @@ pub struct NodeOptions {
     pub config: Option<PathBuf>,
     /// The cluster file; default `DIR/cluster.toml`.
     pub cluster: Option<PathBuf>,
+    /// Start even if the node's private key file is readable by other users (unix); by
+    /// default such a node refuses to start.
+    pub insecure_key_permissions: bool,
 }
 
 /// How this start enters the cluster.
@@ -91,7 +94,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         None => NodeConfigFile::default(),
     };
     let entry = entry(&opts, &dir)?;
-    let cert = NodeCert::load(dir.root())?;
+    let cert = NodeCert::load(dir.root(), opts.insecure_key_permissions)?;
     if cert.node_id() != Some(opts.id) {
         return Err(Error::DataDir(format!(
             "the certificate in {} is for node {:?}, not node {}",
@@ -127,6 +130,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         client_max_frame,
         peer_max_frame,
         default_timeout_ms: Arc::new(AtomicU32::new(d.request_timeout_ms)),
+        allow_node_clients: node_cfg.allow_node_clients.unwrap_or(false),
     };
     let default_timeout_ms = ctx.default_timeout_ms.clone();
     tokio::spawn(accept_loop(endpoint.clone(), ctx, shutdown_rx.clone()));

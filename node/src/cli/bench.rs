@@ -64,10 +64,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 || args.keys == 0 || args.duration == 0 {
         bail!("--concurrency, --keys and --duration must be positive");
     }
-    let ca = args.target.ca_pem()?;
+    let creds = args.target.credentials()?;
     let mut clients = Vec::new();
     for &node in &args.target.nodes {
-        let client = Client::direct(node, &ca)?;
+        let client = Client::direct(node, &creds)?;
         // Dial now, so an unreachable node fails the run before it starts.
         client.cluster_info().await?;
         clients.push(client);

@@ -1,11 +1,11 @@
-//! `dynakv ca init` and `dynakv ca issue`: the cluster CA and node certificates. `dynakv dev`
-//! uses the same functions.
+//! `dynakv ca init`, `dynakv ca issue` and `dynakv ca issue-client`: the cluster CA, node
+//! certificates and client certificates. `dynakv dev` uses the same functions.
 
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use dynakv_ring::NodeId;
-use dynakv_transport::ClusterCa;
+use dynakv_transport::{ClusterCa, Role};
 
 use super::CaCommand;
 
@@ -31,7 +31,40 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        CaCommand::IssueClient {
+            name,
+            role,
+            dir,
+            out,
+        } => {
+            let ca = ClusterCa::load(&dir)?;
+            let role: Role = role.parse()?;
+            let (cert, key) = issue_client(&ca, &name, role, &out)?;
+            println!(
+                "issued client {name:?} with the {role} role: {} and {}; use it with \
+                 `export DYNAKV_CERT={} DYNAKV_KEY={}`",
+                cert.display(),
+                key.display(),
+                cert.display(),
+                key.display()
+            );
+            Ok(())
+        }
     }
+}
+
+/// Issues a client certificate into `out` as NAME.pem and NAME-key.pem; returns both paths.
+pub fn issue_client(
+    ca: &ClusterCa,
+    name: &str,
+    role: Role,
+    out: &Path,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let cert = ca.issue_client(name, role)?;
+    let cert_path = out.join(format!("{name}.pem"));
+    let key_path = out.join(format!("{name}-key.pem"));
+    cert.save(&cert_path, &key_path)?;
+    Ok((cert_path, key_path))
 }
 
 /// Creates a CA in `dir`; refuses to replace an existing one (that would orphan every node).

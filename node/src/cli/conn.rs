@@ -1,13 +1,16 @@
-//! Where the CLI sends a request and how it trusts the node: the `--node` and `--ca` flags
-//! (and their variables `DYNAKV_NODES` and `DYNAKV_CA`), which build a [`Client`]. Every client
+//! Where the CLI sends a request, how it trusts the node and proves who it is: the `--node`,
+//! `--ca`, `--cert` and `--key` flags (and their variables `DYNAKV_NODES`, `DYNAKV_CA`,
+//! `DYNAKV_CERT` and `DYNAKV_KEY`), which build a [`Client`]. Every client
 //! call of the CLI goes through `dynakv-client`: one connection code path, one set of timeouts.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Args;
-use dynakv_client::{Client, CA_ENV, DEFAULT_CA, DEFAULT_NODES, NODES_ENV};
+use dynakv_client::{
+    Client, Credentials, CA_ENV, CERT_ENV, DEFAULT_CA, DEFAULT_CERT, DEFAULT_KEY, DEFAULT_NODES,
+    KEY_ENV, NODES_ENV,
+};
 
 /// `--node` and `--ca`, shared by every command that talks to a node.
 #[derive(Debug, Args, Clone)]
@@ -27,6 +30,13 @@ pub struct Target {
     /// CA certificate (PEM) to verify nodes with.
     #[arg(long = "ca", value_name = "FILE", env = CA_ENV, default_value = DEFAULT_CA)]
     pub ca: PathBuf,
+    /// This client's certificate (PEM, from `dynakv ca issue-client`); its role decides what
+    /// the nodes let it do.
+    #[arg(id = "client_cert", long = "cert", value_name = "FILE", env = CERT_ENV, default_value = DEFAULT_CERT)]
+    pub cert_file: PathBuf,
+    /// This client's private key (PEM).
+    #[arg(id = "client_key", long = "key", value_name = "FILE", env = KEY_ENV, default_value = DEFAULT_KEY)]
+    pub key_file: PathBuf,
 }
 
 /// One `IP:PORT` of `--node`/`DYNAKV_NODES` (blanks around it are ignored).
@@ -37,20 +47,25 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 }
 
 impl Target {
-    /// The CA certificate PEM.
-    pub fn ca_pem(&self) -> anyhow::Result<String> {
-        std::fs::read_to_string(&self.ca).with_context(|| {
-            format!(
+    /// The CA certificate and this client's certificate and key.
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        if !self.ca.exists() {
+            anyhow::bail!(
                 "cannot read the CA certificate {} (pass --ca FILE or set {CA_ENV})",
                 self.ca.display()
-            )
-        })
+            );
+        }
+        Ok(Credentials::from_files(
+            &self.ca,
+            &self.cert_file,
+            &self.key_file,
+        )?)
     }
 
     /// A client that sends each request to the first of the nodes that answers, which
     /// coordinates it. Dials lazily, on the first request.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::direct_many(&self.nodes, &self.ca_pem()?)?)
+        Ok(Client::direct_many(&self.nodes, &self.credentials()?)?)
     }
 }
 
@@ -77,7 +92,9 @@ mod tests {
             .render_long_help()
             .to_string();
         assert!(
-            help.contains("DYNAKV_NODES") && help.contains("DYNAKV_CA"),
+            ["DYNAKV_NODES", "DYNAKV_CA", "DYNAKV_CERT", "DYNAKV_KEY"]
+                .iter()
+                .all(|v| help.contains(v)),
             "{help}"
         );
     }

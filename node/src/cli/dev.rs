@@ -60,6 +60,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     } else {
         create(&dir, &args)?
     };
+    let (cert, key) = admin_client(&dir)?;
     let members = cluster.members();
     for &(id, addr) in &members {
         // Bind and release: a busy port means another cluster (or anything else) is there.
@@ -120,9 +121,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "export DYNAKV_NODES={} DYNAKV_CA={}",
+        "export DYNAKV_NODES={} DYNAKV_CA={} DYNAKV_CERT={} DYNAKV_KEY={}",
         addrs.join(","),
-        dir.join("ca.pem").display()
+        dir.join("ca.pem").display(),
+        cert.display(),
+        key.display()
     );
     match wait_ready(&dir, &members).await {
         Ok(()) => println!("cluster ready; Ctrl-C stops every node"),
@@ -195,14 +198,33 @@ fn spawn(
         .with_context(|| format!("cannot start node {id}"))
 }
 
+/// The dev cluster's admin client certificate and key (`DIR/admin.pem`, `DIR/admin-key.pem`,
+/// beside the CA and apart from the node directories), issued on first use.
+pub(crate) fn admin_client(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("admin.pem"), dir.join("admin-key.pem"));
+    if !cert.exists() || !key.exists() {
+        let ca = ClusterCa::load(dir)?;
+        ca::issue_client(&ca, "admin", dynakv_transport::Role::Admin, dir)?;
+    }
+    Ok((cert, key))
+}
+
+/// The admin client's credentials of the dev cluster in `dir`.
+pub(crate) fn admin_credentials(dir: &Path) -> anyhow::Result<dynakv_client::Credentials> {
+    let (cert, key) = admin_client(dir)?;
+    Ok(dynakv_client::Credentials::from_files(
+        &dir.join("ca.pem"),
+        &cert,
+        &key,
+    )?)
+}
+
 /// Waits until every node answers a cluster-info request (bounded).
 async fn wait_ready(dir: &Path, members: &[(NodeId, SocketAddr)]) -> anyhow::Result<()> {
-    let ca_path = dir.join("ca.pem");
-    let ca = std::fs::read_to_string(&ca_path)
-        .with_context(|| format!("cannot read {}", ca_path.display()))?;
+    let creds = admin_credentials(dir)?;
     let deadline = tokio::time::Instant::now() + READY_WAIT;
     for &(id, addr) in members {
-        let client = Client::direct(addr, &ca)?;
+        let client = Client::direct(addr, &creds)?;
         let answered = loop {
             if client.cluster_info().await.is_ok() {
                 break true;

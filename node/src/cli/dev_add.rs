@@ -60,10 +60,8 @@ pub(super) async fn add(dir: &Path, base_port: u16) -> anyhow::Result<()> {
     let Some(&(_, seed)) = members.first() else {
         bail!("the dev cluster in {} has no members", dir.display());
     };
-    let ca_path = dir.join("ca.pem");
-    let ca_pem = std::fs::read_to_string(&ca_path)
-        .with_context(|| format!("cannot read {}", ca_path.display()))?;
-    if !answers(&ca_pem, seed).await {
+    let creds = super::dev::admin_credentials(&dir)?;
+    if !answers(&creds, seed).await {
         bail!(
             "the dev cluster in {} is not running (node 1 at {seed} does not answer); start it with `dynakv dev --dir {}`",
             dir.display(),
@@ -96,7 +94,7 @@ pub(super) async fn add(dir: &Path, base_port: u16) -> anyhow::Result<()> {
     drop(child);
     let deadline = tokio::time::Instant::now() + ADD_WAIT;
     loop {
-        if answers(&ca_pem, listen).await {
+        if answers(&creds, listen).await {
             break;
         }
         if tokio::time::Instant::now() > deadline {
@@ -117,8 +115,8 @@ pub(super) async fn add(dir: &Path, base_port: u16) -> anyhow::Result<()> {
 }
 
 /// Does the node at `addr` answer a cluster-info request (it is up and in a cluster)?
-async fn answers(ca_pem: &str, addr: SocketAddr) -> bool {
-    let Ok(client) = Client::direct(addr, ca_pem) else {
+async fn answers(creds: &dynakv_client::Credentials, addr: SocketAddr) -> bool {
+    let Ok(client) = Client::direct(addr, creds) else {
         return false;
     };
     let answered = client.cluster_info().await.is_ok();

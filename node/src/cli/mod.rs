@@ -188,6 +188,10 @@ pub struct NodeArgs {
     /// Default: DIR/cluster.toml.
     #[arg(long, value_name = "FILE")]
     pub cluster: Option<PathBuf>,
+    /// Start even if DIR/node-key.pem is readable by other users (by default the node refuses
+    /// and says which `chmod` fixes it).
+    #[arg(long)]
+    pub insecure_key_permissions: bool,
 }
 
 /// `dynakv ca` subcommands.
@@ -209,6 +213,24 @@ pub enum CaCommand {
         #[arg(long)]
         dir: PathBuf,
         /// The node's data directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a client certificate with the CA in DIR: writes OUT/NAME.pem and OUT/NAME-key.pem
+    /// (mode 0600). The ROLE is part of the certificate: read (get, status), write (read plus
+    /// put and delete) or admin (everything, membership changes included). Point the CLI at it
+    /// with --cert/--key or DYNAKV_CERT/DYNAKV_KEY.
+    IssueClient {
+        /// The client's name (1 to 63 of a-z, 0-9 and '-'), shown in node logs.
+        #[arg(long)]
+        name: String,
+        /// What the client may do.
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        role: String,
+        /// The directory holding ca.pem and ca-key.pem.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where to write the certificate and key.
         #[arg(long)]
         out: PathBuf,
     },
@@ -308,6 +330,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 join: args.join,
                 config: args.config,
                 cluster: args.cluster,
+                insecure_key_permissions: args.insecure_key_permissions,
             };
             dynakv_server::run(opts, dynakv_server::shutdown_signal()).await?;
             Ok(())
@@ -321,5 +344,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Leave(args) => admin::leave(args.target).await,
         Command::Remove(args) => admin::remove(args.id, args.target).await,
         Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's definition (unique argument ids, valid defaults) only when that
+    /// command is parsed in a debug build; check all of them at once.
+    #[test]
+    fn every_command_definition_is_valid() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

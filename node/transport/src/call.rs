@@ -36,6 +36,13 @@ pub async fn call(
         }
     };
     match tokio::time::timeout(wait, exchange).await {
+        // A node that refused our certificate closes the connection right after the
+        // handshake: report that rather than a broken stream.
+        Ok(Err(e)) => Err(conn
+            .close_reason()
+            .as_ref()
+            .and_then(crate::endpoint::certificate_refusal)
+            .unwrap_or(e)),
         Ok(result) => result,
         Err(_) => Err(Error::Transport(format!(
             "timed out after {} ms waiting for the reply",

@@ -46,7 +46,9 @@ pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<qui
         .map_err(|e| Error::Transport(format!("connecting to {addr}: {e}")))?
         .await
         .map_err(|e| {
-            if is_version_mismatch(&e) {
+            if let Some(refused) = certificate_refusal(&e) {
+                refused
+            } else if is_version_mismatch(&e) {
                 Error::VersionMismatch {
                     addr: addr.to_string(),
                     ours: PROTOCOL_VERSION,
@@ -59,6 +61,35 @@ pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<qui
 
 /// TLS alert `no_application_protocol` (RFC 8446), as QUIC carries it (RFC 9001, 4.8).
 const NO_APPLICATION_PROTOCOL: u64 = 0x100 + 120;
+/// TLS alert `certificate_required`: the client presented no certificate.
+const CERTIFICATE_REQUIRED: u64 = 0x100 + 116;
+/// TLS alerts `bad_certificate` ..= `unknown_ca`: the certificate did not verify.
+const BAD_CERTIFICATE: std::ops::RangeInclusive<u64> = (0x100 + 42)..=(0x100 + 48);
+
+/// The error to report when a node refused this side's certificate (`e` carries the node's TLS
+/// alert), or `None` for any other failure. With TLS 1.3 the refusal may arrive after the
+/// client considers the handshake done, so callers also check a connection's close reason
+/// when a stream fails.
+pub fn certificate_refusal(e: &quinn::ConnectionError) -> Option<Error> {
+    let code = match e {
+        quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
+        _ => return None,
+    };
+    if code == CERTIFICATE_REQUIRED {
+        Some(Error::CertificateRefused(
+            "this cluster requires a client certificate: see `dynakv ca issue-client` \
+             (then pass --cert/--key or set DYNAKV_CERT and DYNAKV_KEY)"
+                .into(),
+        ))
+    } else if BAD_CERTIFICATE.contains(&code) {
+        Some(Error::CertificateRefused(
+            "the node refused this client's certificate (not issued by this cluster's CA?)".into(),
+        ))
+    } else {
+        None
+    }
+}
 
 /// Did a handshake fail because the two sides speak different dynakv protocol versions (no
 /// common ALPN)? True on both ends: the side that refused and the side that was refused.

@@ -17,6 +17,10 @@ pub enum Error {
          run the same dynakv release on every node and client"
     )]
     VersionMismatch { addr: String, ours: u32 },
+    /// The node refused this side's certificate at the handshake: none was presented (every
+    /// node requires one) or it is not from the cluster's CA. The message says what to do.
+    #[error("{0}")]
+    CertificateRefused(String),
     /// A frame exceeded the size limit; it was not decoded.
     #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
     FrameTooLarge { len: u64, limit: u64 },

@@ -64,3 +64,27 @@ pub(super) fn write_file(path: &Path, contents: &str, private: bool) -> Result<(
         .map_err(|e| io_err(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
+
+/// Refuses a private key file that other users may read or write (unix mode bits 0o077), naming
+/// the file and the fix; `allow_open` accepts it anyway. A missing file is
+/// left to the reader to report.
+pub(super) fn check_private(path: &Path, what: &str, allow_open: bool) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Ok(meta) = fs::metadata(path) else {
+            return Ok(());
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 && !allow_open {
+            return Err(tls_err(format!(
+                "{what} {} is accessible to other users (mode {mode:04o}): run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, what, allow_open);
+    Ok(())
+}

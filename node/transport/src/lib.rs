@@ -4,6 +4,8 @@
 //! - [`tls`]: the cluster CA, node certificates (identity `node-{id}.dynakv`) and the
 //!   rustls/quinn server and client configs (mutual TLS between nodes, CA-only for clients);
 //!   the ALPN string that carries the protocol version.
+//! - [`identity`]: who a verified certificate names (a node, or a client and its role), client
+//!   certificates, and the roles.
 //! - [`frame`]: `u32` big-endian length-prefixed frames on QUIC streams, size-limited before
 //!   anything is allocated; plus an I/O-free encoder/decoder.
 //! - [`endpoint`]: binding quinn endpoints, dialling a node, and reading the peer's node id from
@@ -23,15 +25,20 @@ pub mod endpoint;
 pub mod error;
 mod files;
 pub mod frame;
+pub mod identity;
 pub mod tls;
 
 pub use backoff::Backoff;
 pub use call::call;
 pub use endpoint::{
-    client_endpoint, connect, is_version_mismatch, peer_node_id, server_endpoint, DIAL_TIMEOUT,
+    certificate_refusal, client_endpoint, connect, is_version_mismatch, peer_node_id,
+    server_endpoint, DIAL_TIMEOUT,
 };
 pub use error::{Error, Result};
 pub use frame::{encode_frame, read_frame, write_frame, FrameDecoder, DEFAULT_MAX_FRAME};
+pub use identity::{
+    check_client_name, identity_from_cert, peer_identity, ClientCert, Identity, Role,
+};
 pub use tls::{
     client_config, client_config_with_alpn, node_client_config, node_id_from_cert, server_config,
     ClusterCa, NodeCert, ALPN, PROTOCOL_VERSION, SERVER_NAME,

@@ -3,8 +3,10 @@
 //! One cluster CA (self-signed, ECDSA P-256) issues a certificate to every node. A node
 //! certificate names `dynakv-node` (the one server name every client and peer verifies, so peers
 //! can be dialled by address alone) and `node-{id}.dynakv` (the node's identity, read back with
-//! [`node_id_from_cert`]). Servers ask for client certificates but do not require them: a
-//! connection that presents one (verified against the CA) is a peer node, one without is a client.
+//! [`node_id_from_cert`]). Servers require a client certificate from the CA on every connection:
+//! a node certificate makes the connection a peer, a client certificate (see
+//! [`crate::identity`]) a client with the role it names; a connection without one is refused at
+//! the handshake.
 //!
 //! Every config is built on an explicit `ring` provider rather than a process-wide default, so the
 //! node works no matter which other crates install (or fail to install) a default provider.
@@ -24,7 +26,8 @@ use rustls::RootCertStore;
 
 use crate::der;
 use crate::error::{Error, Result};
-use crate::files::{parse_cert_pem, read_file, write_file};
+use crate::files::{check_private, parse_cert_pem, read_file, write_file};
+use crate::identity::ClientCert;
 
 /// The TLS server name every node certificate carries and every client and peer verifies.
 pub const SERVER_NAME: &str = "dynakv-node";
@@ -167,13 +170,19 @@ impl ClusterCa {
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(tls_err)?;
-        let cert = params
-            .signed_by(&key, &self.issuer, &self.key)
-            .map_err(tls_err)?;
         Ok(NodeCert {
-            cert_pem: cert.pem(),
+            cert_pem: self.sign(&params, &key)?,
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// Signs a certificate for `key` with `params` (PEM).
+    pub(crate) fn sign(&self, params: &CertificateParams, key: &KeyPair) -> Result<String> {
+        let cert = params
+            .clone()
+            .signed_by(key, &self.issuer, &self.key)
+            .map_err(tls_err)?;
+        Ok(cert.pem())
     }
 }
 
@@ -203,10 +212,12 @@ impl NodeCert {
     }
 
     /// Loads `node.pem` and `node-key.pem` from `dir`, checking that both parse and that the
-    /// key belongs to the certificate; errors name the offending file.
-    pub fn load(dir: &Path) -> Result<NodeCert> {
+    /// key belongs to the certificate; errors name the offending file. On unix a key file that
+    /// other users may read is refused unless `allow_open_key` (then it is only logged).
+    pub fn load(dir: &Path, allow_open_key: bool) -> Result<NodeCert> {
         let cert_path = dir.join(NODE_CERT_FILE);
         let key_path = dir.join(NODE_KEY_FILE);
+        check_private(&key_path, "node private key", allow_open_key)?;
         let cert = NodeCert {
             cert_pem: read_file(&cert_path, "node certificate")?,
             key_pem: read_file(&key_path, "node private key")?,
@@ -281,16 +292,19 @@ fn root_store(ca_pem: &str) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
-fn node_chain(node: &NodeCert) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let chain = rustls_pemfile::certs(&mut node.cert_pem.as_bytes())
+fn cert_chain(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(format!("corrupt node certificate PEM: {e}")))?;
+        .map_err(|e| tls_err(format!("corrupt certificate PEM: {e}")))?;
     if chain.is_empty() {
-        return Err(tls_err("no certificate in the node certificate PEM"));
+        return Err(tls_err("no certificate in the certificate PEM"));
     }
-    let key = rustls_pemfile::private_key(&mut node.key_pem.as_bytes())
-        .map_err(|e| tls_err(format!("corrupt node private key PEM: {e}")))?
-        .ok_or_else(|| tls_err("no private key in the node key PEM"))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| tls_err(format!("corrupt private key PEM: {e}")))?
+        .ok_or_else(|| tls_err("no private key in the key PEM"))?;
     Ok((chain, key))
 }
 
@@ -307,19 +321,18 @@ pub fn transport_config() -> quinn::TransportConfig {
     transport
 }
 
-/// The server config of a node: presents `node`'s certificate; accepts clients with no
-/// certificate (plain clients) and clients whose certificate chains to the CA in `ca_pem`
-/// (peer nodes); refuses any other client certificate.
+/// The server config of a node: presents `node`'s certificate and requires every connection to
+/// present a certificate that chains to the CA in `ca_pem` (a peer node's or a client's); a
+/// connection without one, or with another CA's, is refused at the handshake.
 pub fn server_config(ca_pem: &str, node: &NodeCert) -> Result<quinn::ServerConfig> {
     let provider = provider();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         root_store(ca_pem)?,
         provider.clone(),
     )
-    .allow_unauthenticated()
     .build()
     .map_err(|e| tls_err(format!("client verifier: {e}")))?;
-    let (chain, key) = node_chain(node)?;
+    let (chain, key) = cert_chain(&node.cert_pem, &node.key_pem)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -336,23 +349,38 @@ pub fn server_config(ca_pem: &str, node: &NodeCert) -> Result<quinn::ServerConfi
 /// The client config a node uses to dial peers: mutual TLS with `node`'s certificate, the
 /// server verified against the CA in `ca_pem`. Connect with server name [`SERVER_NAME`].
 pub fn node_client_config(ca_pem: &str, node: &NodeCert) -> Result<quinn::ClientConfig> {
-    let (chain, key) = node_chain(node)?;
+    let (chain, key) = cert_chain(&node.cert_pem, &node.key_pem)?;
     let tls = client_builder(ca_pem)?
         .with_client_auth_cert(chain, key)
         .map_err(|e| tls_err(format!("node certificate/key: {e}")))?;
     finish_client(tls, ALPN)
 }
 
-/// The config of a plain client (no certificate): verifies the server against the CA in
-/// `ca_pem`. Connect with server name [`SERVER_NAME`].
-pub fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig> {
-    finish_client(client_builder(ca_pem)?.with_no_client_auth(), ALPN)
+/// The config of a client: verifies the server against the CA in `ca_pem` and presents `cert`
+/// (from `dynakv ca issue-client`). Without a certificate every node refuses the connection;
+/// that case exists so the client can say so clearly. Connect with server name [`SERVER_NAME`].
+pub fn client_config(ca_pem: &str, cert: Option<&ClientCert>) -> Result<quinn::ClientConfig> {
+    client_config_with_alpn(ca_pem, cert, ALPN)
 }
 
 /// Like [`client_config`], offering `alpn` instead of [`ALPN`]: for tests that play a client
 /// of another protocol version.
-pub fn client_config_with_alpn(ca_pem: &str, alpn: &[u8]) -> Result<quinn::ClientConfig> {
-    finish_client(client_builder(ca_pem)?.with_no_client_auth(), alpn)
+pub fn client_config_with_alpn(
+    ca_pem: &str,
+    cert: Option<&ClientCert>,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig> {
+    let builder = client_builder(ca_pem)?;
+    let tls = match cert {
+        Some(c) => {
+            let (chain, key) = cert_chain(&c.cert_pem, &c.key_pem)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls_err(format!("client certificate/key: {e}")))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    finish_client(tls, alpn)
 }
 
 fn client_builder(
@@ -415,8 +443,8 @@ mod tests {
         let node = ca.issue_node(NodeId(1))?;
         server_config(&ca.cert_pem(), &node)?;
         node_client_config(&ca.cert_pem(), &node)?;
-        client_config(&ca.cert_pem())?;
-        assert!(client_config("not a pem").is_err());
+        client_config(&ca.cert_pem(), None)?;
+        assert!(client_config("not a pem", None).is_err());
         let broken = NodeCert {
             cert_pem: node.cert_pem.clone(),
             key_pem: String::new(),

@@ -8,8 +8,8 @@ use dynakv_ring::NodeId;
 use dynakv_transport::Error;
 use dynakv_transport::{
     client_config, client_config_with_alpn, client_endpoint, connect, is_version_mismatch,
-    node_client_config, peer_node_id, read_frame, server_config, server_endpoint, write_frame,
-    ClusterCa, NodeCert, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    node_client_config, peer_identity, peer_node_id, read_frame, server_config, server_endpoint,
+    write_frame, ClusterCa, Identity, NodeCert, Role, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -110,32 +110,72 @@ async fn nodes_authenticate_each_other_and_exchange_frames() {
 }
 
 #[tokio::test]
-async fn plain_client_has_no_node_id() {
+async fn a_client_certificate_names_the_client_and_its_role_and_no_node() {
     let ca = ClusterCa::generate().expect("ca");
     let (server_ep, addr) = server(&ca, &ca.issue_node(NodeId(1)).expect("node 1"));
-    let client_ep =
-        client_endpoint(localhost(), client_config(&ca.cert_pem()).expect("cfg")).expect("bind");
+    let cert = ca.issue_client("reader", Role::Read).expect("client cert");
+    let client_ep = client_endpoint(
+        localhost(),
+        client_config(&ca.cert_pem(), Some(&cert)).expect("cfg"),
+    )
+    .expect("bind");
     let server_task = tokio::spawn(async move {
         let conn = accept_one(&server_ep).await.expect("server handshake");
-        let peer = peer_node_id(&conn);
+        let seen = (peer_node_id(&conn), peer_identity(&conn));
         echo_one(&conn).await;
-        peer
+        seen
     });
     let conn = bounded("the client handshake", connect(&client_ep, addr))
         .await
         .expect("connect");
     assert_eq!(exchange(&conn, b"hi").await, b"hi");
+    let (node, who) = bounded("the server task", server_task).await.expect("task");
+    assert_eq!(node, None);
     assert_eq!(
-        bounded("the server task", server_task).await.expect("task"),
-        None
+        who,
+        Some(Identity::Client {
+            name: "reader".into(),
+            role: Role::Read
+        })
     );
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_is_refused_and_told_what_to_do() {
+    let ca = ClusterCa::generate().expect("ca");
+    let (server_ep, addr) = server(&ca, &ca.issue_node(NodeId(1)).expect("node 1"));
+    let client_ep = client_endpoint(
+        localhost(),
+        client_config(&ca.cert_pem(), None).expect("cfg"),
+    )
+    .expect("bind");
+    let server_task = tokio::spawn(async move { accept_one(&server_ep).await.is_ok() });
+    // With TLS 1.3 the client may finish its half of the handshake before the server refuses;
+    // the refusal then shows on the first request.
+    let error = match bounded("the client handshake", connect(&client_ep, addr)).await {
+        Err(e) => e,
+        Ok(conn) => {
+            let frame = dynakv_proto::wire::ClientFrame::Status;
+            bounded(
+                "the refused call",
+                dynakv_transport::call(&conn, &frame, WAIT),
+            )
+            .await
+            .expect_err("the server must refuse a client without a certificate")
+        }
+    };
+    assert!(
+        matches!(&error, Error::CertificateRefused(m) if m.contains("requires a client certificate") && m.contains("dynakv ca issue-client")),
+        "got {error}"
+    );
+    assert!(!bounded("the server task", server_task).await.expect("task"));
 }
 
 #[tokio::test]
 async fn another_protocol_version_is_refused_at_the_handshake_on_both_sides() {
     let ca = ClusterCa::generate().expect("ca");
     let (server_ep, addr) = server(&ca, &ca.issue_node(NodeId(1)).expect("node 1"));
-    let old = client_config_with_alpn(&ca.cert_pem(), b"dynakv/1").expect("cfg");
+    let old = client_config_with_alpn(&ca.cert_pem(), None, b"dynakv/1").expect("cfg");
     let client_ep = client_endpoint(localhost(), old).expect("bind");
     let server_task = tokio::spawn(async move { accept_one(&server_ep).await.map(|_| ()) });
     let result = bounded("the client handshake", connect(&client_ep, addr)).await;
@@ -207,8 +247,12 @@ async fn server_refuses_a_client_cert_from_another_cluster() {
 async fn oversized_and_garbage_frames_are_rejected_without_panicking() {
     let ca = ClusterCa::generate().expect("ca");
     let (server_ep, addr) = server(&ca, &ca.issue_node(NodeId(1)).expect("node 1"));
-    let client_ep =
-        client_endpoint(localhost(), client_config(&ca.cert_pem()).expect("cfg")).expect("bind");
+    let cert = ca.issue_client("fuzzer", Role::Write).expect("client cert");
+    let client_ep = client_endpoint(
+        localhost(),
+        client_config(&ca.cert_pem(), Some(&cert)).expect("cfg"),
+    )
+    .expect("bind");
     let server_task = tokio::spawn(async move {
         let conn = accept_one(&server_ep).await.expect("server handshake");
         // Stream 1: announces 4 GiB - 1 and sends three payload bytes, keeping the stream open.
@@ -301,7 +345,7 @@ fn ca_and_node_certs_survive_save_and_load() {
     // A node issued by the loaded CA is trusted under the original CA certificate.
     let node = loaded.issue_node(NodeId(7)).expect("issue");
     node.save(dir.path()).expect("save node");
-    let node = NodeCert::load(dir.path()).expect("load node");
+    let node = NodeCert::load(dir.path(), false).expect("load node");
     assert_eq!(node.node_id(), Some(NodeId(7)));
     server_config(&ca.cert_pem(), &node).expect("server config from loaded cert");
 
@@ -315,6 +359,15 @@ fn ca_and_node_certs_survive_save_and_load() {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{key}");
         }
+        // A key other users can read is refused (naming the fix) unless allowed explicitly.
+        let key = dir.path().join("node-key.pem");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = NodeCert::load(dir.path(), false).expect_err("open key");
+        assert!(
+            err.to_string().contains("chmod 600") && err.to_string().contains("node-key.pem"),
+            "{err}"
+        );
+        NodeCert::load(dir.path(), true).expect("allowed explicitly");
     }
 }
 
@@ -351,7 +404,7 @@ fn loading_from_a_bad_dir_names_the_file() {
         matches!(&err, Error::Tls(m) if m.contains("missing") && m.contains("ca.pem")),
         "{err}"
     );
-    let err = NodeCert::load(dir.path()).expect_err("empty dir");
+    let err = NodeCert::load(dir.path(), false).expect_err("empty dir");
     assert!(
         matches!(&err, Error::Tls(m) if m.contains("node.pem")),
         "{err}"
