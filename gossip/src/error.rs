@@ -21,7 +21,7 @@ pub enum GossipError {
         status: Status,
     },
     /// The node was removed; removed ids never come back (a replacement needs a fresh id).
-    #[error("node {0} was removed from the cluster; a removed id cannot be reused")]
+    #[error("node {0} was removed from the cluster; removed ids are never reused (to bring that machine back, wipe it, issue a certificate for a new id with `dynakv ca issue --id NEW` and join with that id)")]
     Removed(NodeId),
     /// A change that needs another status, e.g. `mark_valid` on a node that is not joining.
     #[error("node {node} is {actual}, but this change needs it to be {expected}")]

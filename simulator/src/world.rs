@@ -961,7 +961,13 @@ impl World {
         }) else {
             return;
         };
-        if self.admin(member, AdminRequest::Remove(id)) {
+        // The operator knows the process is gone, even if the members' failure detectors
+        // have not noticed yet: `dynakv remove --force`.
+        let remove = AdminRequest::Remove {
+            node: id,
+            force: true,
+        };
+        if self.admin(member, remove) {
             self.trace_line(format!(
                 "t={now}us operator removes node {id} via node {member}"
             ));

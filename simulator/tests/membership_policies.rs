@@ -23,7 +23,13 @@ fn links_follow_the_membership_and_a_removed_node_stops_itself_after_its_linger(
             "node {me} links to every other member"
         );
     }
-    let reply = c.request(n(1), ClientRequest::Admin(AdminRequest::Remove(n(4))));
+    let reply = c.request(
+        n(1),
+        ClientRequest::Admin(AdminRequest::Remove {
+            node: n(4),
+            force: true,
+        }),
+    );
     assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
     // Gossip spreads the removal; node 4 learns it too, lingers 2 s, then asks to stop.
     c.run_for(1_000);
@@ -47,7 +53,13 @@ fn links_follow_the_membership_and_a_removed_node_stops_itself_after_its_linger(
 fn a_removed_node_refuses_requests_with_a_clear_error_until_it_stops() {
     let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| cfg.removed_linger_ms = 60_000);
     c.run_for(200);
-    let reply = c.request(n(1), ClientRequest::Admin(AdminRequest::Remove(n(4))));
+    let reply = c.request(
+        n(1),
+        ClientRequest::Admin(AdminRequest::Remove {
+            node: n(4),
+            force: true,
+        }),
+    );
     assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
     c.run_for(3_000);
     let reply = c.request(n(4), ClientRequest::PartitionMap);
@@ -113,4 +125,80 @@ fn a_joining_node_turns_valid_only_once_its_partitions_have_arrived() {
             .is_empty(),
         "node 4 replicates something"
     );
+}
+
+#[test]
+fn removing_a_live_node_is_refused_without_force_and_points_to_leave() {
+    let mut c = Cluster::new(4, 3, 2, 2);
+    c.run_for(2_000);
+    let remove = |force| ClientRequest::Admin(AdminRequest::Remove { node: n(4), force });
+    match c.request(n(1), remove(false)) {
+        ClientReply::Error(dynakv_core::RequestError::ChangeRefused(why)) => {
+            assert!(
+                why.contains("up and reachable") && why.contains("dynakv leave"),
+                "{why}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    c.run_for(1_000);
+    assert_eq!(
+        c.nodes[&n(4)].member_status(),
+        Some(dynakv_gossip::Status::Valid),
+        "nothing changed"
+    );
+    // Once it is down (cut off for longer than the failure detector needs), no force is needed.
+    c.isolate(n(4));
+    c.run_for(15_000);
+    let reply = c.request(n(1), remove(false));
+    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+}
+
+#[test]
+fn a_removed_node_hands_its_hints_over_before_it_stops() {
+    let mut c = Cluster::with_config(5, 3, 2, 2, |cfg| cfg.removed_linger_ms = 2_000);
+    c.run_for(2_000);
+    // A key replicated on nodes 1-3: with 2 and 3 cut off from node 1, a W=3 write there
+    // lands on the fallbacks 4 and 5 as hints.
+    let map = c.map();
+    let key = (0..1000)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            let list = map.preference_list(map.partition_for_key(k.as_bytes()), 3);
+            list.first() == Some(&n(1)) && !list.contains(&n(4)) && !list.contains(&n(5))
+        })
+        .expect("a key replicated on nodes 1-3 with node 1 first");
+    for o in [2, 3] {
+        c.cut_both(n(1), n(o));
+        c.cut_both(n(5), n(o));
+    }
+    let opts = dynakv_core::RequestOptions {
+        w: Some(3),
+        ..Default::default()
+    };
+    let reply = c.put(n(1), &key, "v", &Default::default(), opts);
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    let held = |c: &Cluster| c.nodes[&n(5)].hints_pending().values().sum::<u64>();
+    assert!(held(&c) > 0, "node 5 holds a hint");
+    // The operator force-removes node 5 (through node 4) while its hints' owners are cut off.
+    let reply = c.request(
+        n(4),
+        ClientRequest::Admin(AdminRequest::Remove {
+            node: n(5),
+            force: true,
+        }),
+    );
+    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    // Well past the linger, it still holds its hints and keeps running.
+    c.run_for(8_000);
+    assert!(c.nodes[&n(5)].is_removed(), "node 5 learned its removal");
+    assert!(held(&c) > 0);
+    assert!(
+        !c.stopped.contains(&n(5)),
+        "a removed node must not stop while it holds hints it can still hand over"
+    );
+    c.heal();
+    c.run_for(5_000);
+    assert_eq!(held(&c), 0, "every hint was handed over");
+    assert!(c.stopped.contains(&n(5)), "then it stops");
 }

@@ -1,6 +1,7 @@
 //! Who may talk to a node, through real processes: every client presents a certificate from
 //! the cluster CA, the role in it decides what it may do, node certificates are for peers, and
-//! a node refuses to start on a private key other users can read.
+//! a live member cannot be removed by accident, and a node refuses to start on a private key
+//! other users can read.
 
 use std::time::Duration;
 
@@ -63,6 +64,15 @@ fn clients_must_present_a_certificate_and_its_role_decides_what_they_may_do() ->
     assert!(ok, "{stderr}");
     let (ok, stderr) = run(&c, &wc, &wk, &["remove", "3"])?;
     assert!(!ok && stderr.contains("needs the admin role"), "{stderr}");
+    // Even an admin may not remove a live, reachable member without --force: it should leave.
+    let out = c.cli(&["remove", "3"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("up and reachable")
+            && stderr.contains("dynakv leave"),
+        "{stderr}"
+    );
     // Nothing changed: node 3 is still a member and up.
     let status = c.status(1)?;
     let members = status["members"].as_array().cloned().unwrap_or_default();

@@ -27,6 +27,9 @@ pub fn static_addr(node: NodeId) -> String {
     format!("node-{node}")
 }
 
+/// How many lingers a removed node waits at most for its hints to reach their owners.
+pub(super) const REMOVED_HANDOFF_FACTOR: u64 = 30;
+
 /// How a node enters the cluster when it starts.
 #[derive(Debug, Clone)]
 pub enum Bootstrap {
@@ -241,7 +244,9 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// A removed node keeps gossiping for `removed_linger_ms` so its removal spreads, then
-    /// asks its driver to stop it (once). Called from the maintenance tick.
+    /// asks its driver to stop it (once). It first hands over the hints it holds (they may be
+    /// the only copy of a write), waiting up to [`REMOVED_HANDOFF_FACTOR`] lingers for owners
+    /// that are unreachable. Called from the maintenance tick.
     pub(super) fn removed_linger(&mut self) {
         if !self.is_removed() || self.membership.stop_sent {
             return;
@@ -252,12 +257,37 @@ impl<S: Store> NodeCore<S> {
                 "this node was removed from the cluster; it keeps running a little so the removal spreads, then stops");
             now
         });
-        if now >= since + u64::from(self.cfg.removed_linger_ms) * 1000 {
-            self.membership.stop_sent = true;
-            self.effects.push(Effect::Stop {
-                reason: "removed from the cluster".into(),
-            });
+        let linger = u64::from(self.cfg.removed_linger_ms) * 1000;
+        let held: u64 = self.handoff.pending.values().sum();
+        if now < since + linger || (held > 0 && now < since + linger * REMOVED_HANDOFF_FACTOR) {
+            return;
         }
+        if held > 0 {
+            tracing::error!(hints = held, "stopping with hints this node could not hand over (their owners stayed unreachable); those writes survive only where other replicas took them");
+        }
+        self.membership.stop_sent = true;
+        self.effects.push(Effect::Stop {
+            reason: "removed from the cluster".into(),
+        });
+    }
+
+    /// Why `dynakv remove NODE` must not go ahead without `--force`: the node is up and
+    /// reachable (this node has a link to it, or hears it through gossip), so removing it would
+    /// throw away whatever only it holds, while `leave` hands that off first.
+    pub(super) fn remove_refusal(&self, node: NodeId, force: bool) -> Option<String> {
+        let member = self.cluster_state().and_then(|s| s.member(node).cloned())?;
+        if force || member.status == Status::Removed {
+            return None; // the gossiper reports a second removal itself
+        }
+        let reachable = node == self.id() || !self.is_down(node);
+        reachable.then(|| {
+            format!(
+                "node {node} is up and reachable: removing it would drop the writes and hints only \
+                 it holds. Make it leave instead (`dynakv leave --node {}`: it hands its data off, \
+                 then stops), or pass --force if it must go now",
+                member.addr
+            )
+        })
     }
 
     /// Stage an operator's change on this node (`dynakv leave` / `remove`) and gossip it.

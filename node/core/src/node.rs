@@ -608,10 +608,19 @@ impl<S: Store> NodeCore<S> {
                         dynakv_gossip::Change::Leave(me),
                         format!("node {me} is leaving"),
                     ),
-                    super::types::AdminRequest::Remove(node) => (
-                        dynakv_gossip::Change::Remove(node),
-                        format!("node {node} removed"),
-                    ),
+                    super::types::AdminRequest::Remove { node, force } => {
+                        if let Some(why) = self.remove_refusal(node, force) {
+                            self.respond(
+                                origin,
+                                ClientReply::Error(super::types::RequestError::ChangeRefused(why)),
+                            );
+                            return;
+                        }
+                        (
+                            dynakv_gossip::Change::Remove(node),
+                            format!("node {node} removed"),
+                        )
+                    }
                 };
                 let reply = match self.stage_change(change) {
                     Ok(()) => ClientReply::Admin(what),

@@ -83,8 +83,10 @@ pub enum ClientRequest {
 pub enum AdminRequest {
     /// The receiving node leaves the cluster gracefully, handing its partitions off.
     Leave,
-    /// Remove a (dead) node for good; its partitions are re-planned onto the others.
-    Remove(NodeId),
+    /// Remove a node for good; its partitions are re-planned onto the others. Meant for a dead
+    /// node: one that is up and reachable is refused unless `force` (it should `Leave`, which
+    /// hands its data off first).
+    Remove { node: NodeId, force: bool },
 }
 
 impl ClientRequest {

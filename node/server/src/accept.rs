@@ -364,7 +364,10 @@ mod tests {
             context: Default::default(),
             opts: RequestOptions::default(),
         });
-        let remove = ClientFrame::Core(ClientRequest::Admin(AdminRequest::Remove(NodeId(3))));
+        let remove = ClientFrame::Core(ClientRequest::Admin(AdminRequest::Remove {
+            node: NodeId(3),
+            force: false,
+        }));
         let allowed = |who: &Identity, f: &ClientFrame| permission(who, f, false).is_ok();
         for f in [&get, &ClientFrame::Status, &ClientFrame::ClusterInfo] {
             assert!(allowed(&client(Role::Read), f));

@@ -27,9 +27,14 @@ pub async fn leave(target: Target) -> anyhow::Result<()> {
     admin(&target, AdminRequest::Leave).await
 }
 
-/// `dynakv remove NODE`: the node at --node removes (dead) node NODE from the cluster.
-pub async fn remove(node: u32, target: Target) -> anyhow::Result<()> {
-    admin(&target, AdminRequest::Remove(NodeId(node))).await
+/// `dynakv remove NODE [--force]`: the node at --node removes (dead) node NODE from the
+/// cluster; a node it can still reach is refused unless `force`.
+pub async fn remove(node: u32, force: bool, target: Target) -> anyhow::Result<()> {
+    let request = AdminRequest::Remove {
+        node: NodeId(node),
+        force,
+    };
+    admin(&target, request).await
 }
 
 async fn admin(target: &Target, request: AdminRequest) -> anyhow::Result<()> {

@@ -68,7 +68,8 @@ pub enum Command {
     /// stops by itself once removed. Prints {"node":"ADDR","result":"node 2 is leaving"}.
     Leave(AdminArgs),
     /// Remove a dead node NODE from the cluster for good (run against any live member);
-    /// its partitions are rebuilt from the other replicas. Prints one JSON line.
+    /// its partitions are rebuilt from the other replicas. A node that is still up and
+    /// reachable is refused unless --force (use `leave` for it). Prints one JSON line.
     Remove(RemoveArgs),
     /// Create a cluster CA or issue node certificates (for nodes started by hand).
     #[command(subcommand)]
@@ -157,6 +158,10 @@ pub struct RemoveArgs {
     /// The id of the node to remove.
     #[arg(value_name = "NODE")]
     pub id: u32,
+    /// Remove it even if it is up and reachable (whatever only it holds is lost; prefer
+    /// `dynakv leave --node ADDR`, which hands its data off first).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub target: Target,
 }
@@ -342,7 +347,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args).await,
         Command::Join(args) => admin::join(args.seed, args.target).await,
         Command::Leave(args) => admin::leave(args.target).await,
-        Command::Remove(args) => admin::remove(args.id, args.target).await,
+        Command::Remove(args) => admin::remove(args.id, args.force, args.target).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -35,9 +35,9 @@ pub const SERVER_NAME: &str = "dynakv-node";
 /// every incompatible change of `dynakv_proto`'s wire types: nodes and clients of different
 /// versions then refuse each other at the handshake with a clear message, instead of failing
 /// to decode each other's frames.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The ALPN protocol that carries [`PROTOCOL_VERSION`] in the TLS handshake.
-pub const ALPN: &[u8] = b"dynakv/3";
+pub const ALPN: &[u8] = b"dynakv/4";
 
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
