@@ -78,7 +78,7 @@ use dynakv_proto::{ClientReply, ClientRequest};
 use tokio::sync::Mutex;
 
 pub use credentials::Credentials;
-pub use dynakv_proto::wire::{ClusterInfo, StatusReport};
+pub use dynakv_proto::wire::{AdmissionStats, ClusterInfo, StatusReport};
 pub use dynakv_proto::{AdminRequest, GetReply, PutReply, RequestError};
 pub use dynakv_ring::NodeId;
 pub use env::{

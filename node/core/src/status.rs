@@ -98,6 +98,7 @@ impl<S: Store> NodeCore<S> {
             down: self.down_peers(),
             stats: self.stats(),
             storage_failure: self.storage_failure().map(str::to_string),
+            admission: Default::default(),
         }
     }
 

@@ -161,6 +161,23 @@ pub struct StatusReport {
     pub stats: CoreStats,
     /// Set when a store sync failed: the node serves nothing until it is restarted.
     pub storage_failure: Option<String>,
+    /// The node's admission control: what it refused so it would not grow without bound
+    /// (filled in by the server; zero in a core's own report).
+    pub admission: AdmissionStats,
+}
+
+/// Load a node refused at its front door, and what it holds now (see the node config keys
+/// `max_inflight_requests` and `max_client_connections_per_ip`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionStats {
+    /// Client requests being served right now.
+    pub requests_in_flight: u64,
+    /// The limit on that.
+    pub max_inflight_requests: u64,
+    /// Client requests answered "overloaded" at once because the limit was reached.
+    pub requests_shed: u64,
+    /// Client connections closed at once because their address had too many.
+    pub connections_refused: u64,
 }
 
 /// What a node sends to a peer on its outgoing stream.

@@ -53,6 +53,92 @@ pub(crate) struct AcceptCtx {
     pub(crate) default_timeout_ms: Arc<AtomicU32>,
     /// Serve client requests from node certificates too (node config `allow_node_clients`).
     pub(crate) allow_node_clients: bool,
+    /// Front-door limits and their counters.
+    pub(crate) admission: Arc<Admission>,
+}
+
+/// Admission control at the front door: bounds on client requests in flight and on client
+/// connections per address, with counters for `dynakv status`. A request beyond the bound is
+/// answered "overloaded" without reaching the core, so an open-loop flood costs the node a
+/// reply per request, not memory.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub(crate) max_inflight: usize,
+    pub(crate) max_conns_per_ip: usize,
+    in_flight: std::sync::atomic::AtomicUsize,
+    shed: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+    conns: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One admitted request; dropping it frees its slot.
+pub(crate) struct Slot<'a>(&'a Admission);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One admitted client connection; dropping it frees its slot.
+pub(crate) struct ConnSlot(Arc<Admission>, std::net::IpAddr);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut conns = lock(&self.0.conns);
+        if let Some(n) = conns.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                conns.remove(&self.1);
+            }
+        }
+    }
+}
+
+impl Admission {
+    pub(crate) fn new(max_inflight: usize, max_conns_per_ip: usize) -> Self {
+        Admission {
+            max_inflight,
+            max_conns_per_ip,
+            in_flight: Default::default(),
+            shed: Default::default(),
+            refused: Default::default(),
+            conns: Default::default(),
+        }
+    }
+
+    /// A slot for one request, or `Err(in_flight)` when the node is at its limit.
+    pub(crate) fn admit(&self) -> Result<Slot<'_>, usize> {
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= self.max_inflight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            return Err(before);
+        }
+        Ok(Slot(self))
+    }
+
+    /// A slot for one client connection from `ip`, or `None` when that address has too many.
+    pub(crate) fn admit_conn(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ConnSlot> {
+        let mut conns = lock(&self.conns);
+        let n = conns.entry(ip).or_insert(0);
+        if *n >= self.max_conns_per_ip {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot(self.clone(), ip))
+    }
+
+    /// The counters, for `dynakv status`.
+    pub(crate) fn stats(&self) -> dynakv_proto::wire::AdmissionStats {
+        dynakv_proto::wire::AdmissionStats {
+            requests_in_flight: self.in_flight.load(Ordering::Relaxed) as u64,
+            max_inflight_requests: self.max_inflight as u64,
+            requests_shed: self.shed.load(Ordering::Relaxed),
+            connections_refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Accepts connections until shutdown.
@@ -142,10 +228,33 @@ async fn serve_connection(conn: quinn::Connection, ctx: AcceptCtx) {
             ));
         }
         None => {
+            let Some(slot) = ctx.admission.admit_conn(remote.ip()) else {
+                tracing::warn!(%remote, %who, limit = ctx.admission.max_conns_per_ip,
+                    "too many client connections from this address; connection closed");
+                conn.close(
+                    codes::NOT_ALLOWED.into(),
+                    b"too many connections from this address",
+                );
+                return;
+            };
             tracing::debug!(%remote, %who, "client connected");
             tokio::spawn(refuse_uni_streams(conn.clone(), remote));
+            // The slot lives as long as the connection serves streams (below).
+            serve_streams(&conn, &ctx, remote, &who).await;
+            drop(slot);
+            return;
         }
     }
+    serve_streams(&conn, &ctx, remote, &who).await;
+}
+
+/// One task per bidirectional stream (one request each) until the connection closes.
+async fn serve_streams(
+    conn: &quinn::Connection,
+    ctx: &AcceptCtx,
+    remote: SocketAddr,
+    who: &Identity,
+) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         tokio::spawn(serve_request(send, recv, ctx.clone(), remote, who.clone()));
     }
@@ -166,6 +275,20 @@ async fn serve_request(
     remote: SocketAddr,
     who: Identity,
 ) {
+    // Admission first: a request over the limit costs a short reply, not a buffer or a task
+    // waiting on the core.
+    let admission = ctx.admission.clone();
+    let _slot = match admission.admit() {
+        Ok(slot) => slot,
+        Err(in_flight) => {
+            let _ = recv.stop(codes::NOT_ALLOWED.into());
+            let reply = ServerFrame::Core(ClientReply::Error(RequestError::Overloaded {
+                pending: in_flight as u64,
+            }));
+            respond(&mut send, &reply).await;
+            return;
+        }
+    };
     let read = tokio::time::timeout(
         REQUEST_READ_TIMEOUT,
         read_frame(&mut recv, ctx.client_max_frame),
@@ -304,7 +427,10 @@ async fn answer(frame: ClientFrame, ctx: &AcceptCtx) -> ServerFrame {
                 return gone();
             }
             rx.await
-                .map(|report| ServerFrame::Status(Box::new(report)))
+                .map(|mut report| {
+                    report.admission = ctx.admission.stats();
+                    ServerFrame::Status(Box::new(report))
+                })
                 .unwrap_or_else(|_| gone())
         }
     }

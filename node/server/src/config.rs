@@ -90,10 +90,14 @@ impl ClusterFile {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!("cannot read cluster file {}: {e}", path.display()))
         })?;
-        let file: ClusterFile = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("bad cluster file {}: {e}", path.display())))?;
-        file.check()
-            .map_err(|e| Error::Config(format!("bad cluster file {}: {e}", path.display())))?;
+        ClusterFile::parse(&text)
+            .map_err(|e| Error::Config(format!("bad cluster file {}: {e}", path.display())))
+    }
+
+    /// Parses and checks the text of a cluster file; the error says what is wrong.
+    pub fn parse(text: &str) -> std::result::Result<ClusterFile, String> {
+        let file: ClusterFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        file.check()?;
         Ok(file)
     }
 
@@ -196,6 +200,12 @@ pub struct NodeConfigFile {
     /// Serve client requests on connections that present a node certificate (default false:
     /// node certificates are for peers; clients use `dynakv ca issue-client` certificates).
     pub allow_node_clients: Option<bool>,
+    /// Client requests served at the same time at most; more are answered "overloaded" at
+    /// once (default 256).
+    pub max_inflight_requests: Option<usize>,
+    /// Client connections from one IP address at the same time at most; more are closed at
+    /// the handshake (default 256).
+    pub max_client_connections_per_ip: Option<usize>,
 }
 
 impl NodeConfigFile {

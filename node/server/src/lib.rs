@@ -81,6 +81,11 @@ enum Entry {
     Join(Vec<SocketAddr>),
 }
 
+/// Client requests served at once by default (node config `max_inflight_requests`).
+pub const DEFAULT_MAX_INFLIGHT: usize = 256;
+/// Client connections per IP address by default (`max_client_connections_per_ip`).
+pub const DEFAULT_MAX_CONNS_PER_IP: usize = 256;
+
 /// Runs a node until `shutdown` completes (or until the node is removed from the cluster),
 /// then stops accepting, flushes the store and closes every connection. Errors (bad data
 /// directory, bad files, port in use) are returned before anything is served; each renders as
@@ -131,6 +136,14 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         peer_max_frame,
         default_timeout_ms: Arc::new(AtomicU32::new(d.request_timeout_ms)),
         allow_node_clients: node_cfg.allow_node_clients.unwrap_or(false),
+        admission: Arc::new(accept::Admission::new(
+            node_cfg
+                .max_inflight_requests
+                .unwrap_or(DEFAULT_MAX_INFLIGHT),
+            node_cfg
+                .max_client_connections_per_ip
+                .unwrap_or(DEFAULT_MAX_CONNS_PER_IP),
+        )),
     };
     let default_timeout_ms = ctx.default_timeout_ms.clone();
     tokio::spawn(accept_loop(endpoint.clone(), ctx, shutdown_rx.clone()));

@@ -186,7 +186,9 @@ pub struct NodeArgs {
     /// timers: max_key_bytes, max_value_bytes, sibling_warn, sibling_max, read_repair,
     /// peer_queue, fallback_after_ms, tick_ms, handoff_batch, handoff_backoff_max_ms,
     /// aae_interval_ms, read_repair_per_sec, tombstone_grace_ms, gossip_interval_ms,
-    /// max_transfers, transfer_batch (see docs/AVAILABILITY.md). Unknown keys are an error.
+    /// max_transfers, transfer_batch (see docs/AVAILABILITY.md), allow_node_clients,
+    /// max_inflight_requests, max_client_connections_per_ip (see docs/SECURITY.md). Unknown
+    /// keys are an error.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Cluster file (TOML: partitions, n, r, w, request_timeout_ms, `[[members]]` id/addr).

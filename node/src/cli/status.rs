@@ -43,6 +43,13 @@ fn render(s: &StatusReport) -> String {
             "STORAGE FAILED: {reason}\n  this node serves nothing until its disk is fixed and it is restarted"
         ));
     }
+    let a = &s.admission;
+    if a.max_inflight_requests > 0 {
+        line(format!(
+            "admission: {} of {} requests in flight; shed {} requests (overloaded), refused {} connections",
+            a.requests_in_flight, a.max_inflight_requests, a.requests_shed, a.connections_refused
+        ));
+    }
     line(String::new());
     line(format!(
         "  {:>4}  {:<22} {:<10} {:<10} {:>10}",
@@ -162,9 +169,19 @@ mod tests {
                 ..CoreStats::default()
             },
             storage_failure: Some("fsync failed: EIO".into()),
+            admission: dynakv_client::AdmissionStats {
+                requests_in_flight: 3,
+                max_inflight_requests: 4096,
+                requests_shed: 17,
+                connections_refused: 2,
+            },
         };
         let text = render(&report);
         assert!(text.contains("STORAGE FAILED: fsync failed: EIO"), "{text}");
+        assert!(
+            text.contains("admission: 3 of 4096 requests in flight; shed 17 requests (overloaded), refused 2 connections"),
+            "{text}"
+        );
         assert!(
             text.contains("127.0.0.1:7102         down       valid"),
             "{text}"

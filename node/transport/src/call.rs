@@ -38,11 +38,19 @@ pub async fn call(
     match tokio::time::timeout(wait, exchange).await {
         // A node that refused our certificate closes the connection right after the
         // handshake: report that rather than a broken stream.
-        Ok(Err(e)) => Err(conn
-            .close_reason()
-            .as_ref()
-            .and_then(crate::endpoint::certificate_refusal)
-            .unwrap_or(e)),
+        Ok(Err(e)) => Err(match conn.close_reason() {
+            Some(reason) => crate::endpoint::certificate_refusal(&reason).unwrap_or_else(|| {
+                match reason {
+                    // The node said why (too many connections, removed, ...): pass it on.
+                    quinn::ConnectionError::ApplicationClosed(a) => Error::Transport(format!(
+                        "the node closed the connection: {}",
+                        String::from_utf8_lossy(&a.reason)
+                    )),
+                    _ => e,
+                }
+            }),
+            None => e,
+        }),
         Ok(result) => result,
         Err(_) => Err(Error::Transport(format!(
             "timed out after {} ms waiting for the reply",
