@@ -1050,8 +1050,9 @@ impl World {
             .iter()
             .map(|n| match &n.core {
                 Some(c) => format!(
-                    "node {} down_view={:?} joined={} status={:?} map_counts={:?} members={:?} out={} in={}",
+                    "node {} links={:?} down_view={:?} joined={} status={:?} map_counts={:?} members={:?} out={} in={}",
                     n.id,
+                    n.links.keys().map(|k| k.0).collect::<Vec<_>>(),
                     c.down_peers(),
                     c.is_joined(),
                     c.member_status(),

@@ -11,10 +11,24 @@ fn ids(list: &[u32]) -> BTreeSet<dynakv_ring::NodeId> {
     list.iter().map(|i| n(*i)).collect()
 }
 
+/// What a driver does when a link comes up or goes down: tell the core.
+fn report_link(c: &mut Cluster, me: u32, peer: u32, up: bool) {
+    let now = c.now;
+    if let Some(core) = c.nodes.get_mut(&n(me)) {
+        core.handle(now, dynakv_core::Input::PeerStatus { peer: n(peer), up });
+    }
+}
+
 #[test]
 fn links_follow_the_membership_and_a_removed_node_stops_itself_after_its_linger() {
     let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| cfg.removed_linger_ms = 2_000);
     c.run_for(200);
+    // Every link is up, as the drivers report.
+    for me in 1..=4u32 {
+        for peer in (1..=4u32).filter(|p| *p != me) {
+            report_link(&mut c, me, peer, true);
+        }
+    }
     for me in 1..=4u32 {
         let others: Vec<u32> = (1..=4).filter(|i| *i != me).collect();
         assert_eq!(
@@ -38,6 +52,18 @@ fn links_follow_the_membership_and_a_removed_node_stops_itself_after_its_linger(
         "nobody stops before the linger is over"
     );
     c.run_for(6_000);
+    assert_eq!(c.stopped, ids(&[4]), "only the removed node stops");
+    // While its process may still run, the members keep their link to it (it may have hints
+    // to hand over); once it is gone and their drivers report the link down, they drop it.
+    c.isolate(n(4));
+    for me in 1..=3u32 {
+        assert!(
+            c.links[&n(me)].contains(&n(4)),
+            "node {me} still links to 4"
+        );
+        report_link(&mut c, me, 4, false);
+    }
+    c.run_for(1_000);
     for me in 1..=3u32 {
         let others: Vec<u32> = (1..=3).filter(|i| *i != me).collect();
         assert_eq!(

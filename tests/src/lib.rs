@@ -341,6 +341,15 @@ impl Cluster {
         wait_exit(&mut child, within)
     }
 
+    /// Has node `id`'s process exited by itself? Its exit status if so (it is then
+    /// forgotten); `None` while it runs. Never waits.
+    pub fn exited(&mut self, id: u32) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[id as usize - 1];
+        let status = node.child.as_mut()?.try_wait().ok().flatten()?;
+        node.child = None;
+        Some(status)
+    }
+
     /// Starts node `id` again on its data without waiting for anything.
     pub fn spawn_again(&mut self, id: u32) -> anyhow::Result<()> {
         self.spawn(id)

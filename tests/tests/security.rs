@@ -131,3 +131,74 @@ fn a_node_refuses_to_start_on_a_private_key_others_can_read() -> anyhow::Result<
     c.restart(1)?;
     Ok(())
 }
+
+#[test]
+fn a_force_removed_live_node_hands_its_hints_over_before_it_stops() -> anyhow::Result<()> {
+    let mut c = Cluster::start(4)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let info = rt.block_on(async {
+        let client = Client::direct(c.addr(1), &c.creds()?)?;
+        let info = client.cluster_info().await;
+        client.close().await;
+        anyhow::Ok(info?)
+    })?;
+    // A key whose replicas are three of the four nodes; the fourth (F) is its only fallback.
+    let key = "handover";
+    let replicas: Vec<u32> = info
+        .map
+        .preference_list(info.map.partition_for_key(key.as_bytes()), 3)
+        .iter()
+        .map(|id| id.0)
+        .collect();
+    let Some(f) = (1..=4u32).find(|id| !replicas.contains(id)) else {
+        anyhow::bail!("no fallback for {key}: {replicas:?}");
+    };
+    let (x, coordinator) = (replicas[1], replicas[0]);
+    // X hangs: a W=3 put then lands on F as a hint for X.
+    c.pause(x);
+    let put = c.cli_json(&[
+        "put",
+        key,
+        "only-hinted-for-x",
+        "--w",
+        "3",
+        "--node",
+        &c.addr(coordinator).to_string(),
+    ])?;
+    assert_eq!(put["fallback_acks"].as_u64(), Some(1), "{put}");
+    // F is removed while it holds that hint (forced: it is up and reachable).
+    let out = c.cli(&[
+        "remove",
+        &f.to_string(),
+        "--force",
+        "--node",
+        &c.addr(coordinator).to_string(),
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Past its 10 s linger it is still running: the hint has nowhere to go yet.
+    std::thread::sleep(Duration::from_secs(13));
+    assert!(
+        c.exited(f).is_none(),
+        "F must not stop while it holds a hint: {}",
+        c.log(f)
+    );
+    // X is back: F hands the hint over, then stops by itself.
+    c.resume(x);
+    let status = c.wait_exit(f, Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "F should stop cleanly once its hints are over ({status:?}): {}",
+        c.log(f)
+    );
+    assert!(!c.log(f).contains("could not hand over"), "{}", c.log(f));
+    let x_status = c.status(x)?;
+    assert!(
+        x_status["stats"]["hints_received"].as_u64() >= Some(1),
+        "X took the hint from F: {x_status}"
+    );
+    Ok(())
+}

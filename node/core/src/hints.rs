@@ -374,6 +374,7 @@ impl<S: Store> NodeCore<S> {
                 result = Err(e);
                 break;
             }
+            self.stats.hints_received += 1;
         }
         self.send(from, HandoffMsg::BatchAck { batch, result });
     }

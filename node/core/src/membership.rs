@@ -73,6 +73,10 @@ pub(super) struct Membership {
     pub(super) links: BTreeMap<NodeId, String>,
     /// Since when this node knows it was removed (local clock).
     pub(super) removed_since: Option<u64>,
+    /// Peers this node saw removed, and when (local clock): it keeps its link to each while
+    /// the peer is up, for at most [`REMOVED_HANDOFF_FACTOR`] lingers, so a removed node can
+    /// hand over the hints it holds before it stops.
+    pub(super) removed_peers: BTreeMap<NodeId, u64>,
     /// The stop effect was emitted.
     pub(super) stop_sent: bool,
 }
@@ -163,15 +167,30 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Decide which peers this node keeps a link to: every member of the cluster state that is
-    /// not removed (at its advertised address), plus the seeds while joining. Emits
+    /// not removed (at its advertised address), plus the seeds while joining, plus peers
+    /// removed a short while ago that are still up (they hand their hints over before they
+    /// stop; see `removed_peers`). Emits
     /// [`Effect::Link`] for a new peer or a changed address and [`Effect::Unlink`] for a peer
     /// that is gone. Called whenever the cluster state or the seeds change.
     pub(super) fn sync_links(&mut self) {
         let me = self.id();
         let mut wanted: BTreeMap<NodeId, String> = BTreeMap::new();
+        let window = u64::from(self.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
+        // While the driver reports the link up, or for two lingers after the removal was seen
+        // (time for the removed node to connect, e.g. to a member that was paused); once its
+        // process is gone the link goes down and is not made again.
+        let grace = u64::from(self.cfg.removed_linger_ms) * 1000 * 2;
+        let lingering = |id: &NodeId| {
+            self.membership.removed_peers.get(id).is_some_and(|since| {
+                self.now < since + window
+                    && (self.liveness.links_up.contains(id) || self.now < since + grace)
+            })
+        };
         if let Some(state) = self.cluster_state() {
             for (id, m) in state.members() {
-                if *id != me && m.status != Status::Removed {
+                if *id != me
+                    && (m.status != Status::Removed || (!self.is_removed() && lingering(id)))
+                {
                     wanted.insert(*id, m.addr.clone());
                 }
             }
@@ -248,6 +267,16 @@ impl<S: Store> NodeCore<S> {
     /// the only copy of a write), waiting up to [`REMOVED_HANDOFF_FACTOR`] lingers for owners
     /// that are unreachable. Called from the maintenance tick.
     pub(super) fn removed_linger(&mut self) {
+        // Links kept to removed peers end when the peer goes down or the window passes.
+        if !self.membership.removed_peers.is_empty() {
+            let window = u64::from(self.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
+            let now = self.now;
+            self.membership
+                .removed_peers
+                .retain(|_, since| now < *since + window);
+            // Emits effects only for links that change.
+            self.sync_links();
+        }
         if !self.is_removed() || self.membership.stop_sent {
             return;
         }
@@ -378,6 +407,9 @@ impl<S: Store> NodeCore<S> {
                 }
                 GossipEvent::MemberChanged { node, status } => {
                     tracing::info!(%node, %status, "member changed");
+                    if status == Status::Removed && node != self.id() {
+                        self.membership.removed_peers.insert(node, self.now);
+                    }
                 }
                 GossipEvent::JoinRefused { seed, reason } => {
                     tracing::error!(%seed, %reason, "join refused");

@@ -272,6 +272,9 @@ pub struct CoreStats {
     pub transfer_batches_retried: u64,
     /// Unreadable or malformed records skipped (hints, transfers, anti-entropy).
     pub corrupt_records: u64,
+    /// Hinted objects other nodes handed to this node and it took in (as their owner, or
+    /// re-hinted for the current owners).
+    pub hints_received: u64,
     /// Objects from hint or transfer batches this node could not apply (malformed, or past
     /// the size or sibling limits once merged), kept in its `quarantine` space instead of
     /// being dropped, so the sender may delete its copy without losing data.

@@ -198,8 +198,10 @@ async fn serve_connection(conn: quinn::Connection, ctx: AcceptCtx) {
         );
         return;
     };
+    // A peer link needs both a node certificate and the peer protocol: a client holding a
+    // node's certificate stays a client (and is refused unless `allow_node_clients`).
     let peer = match &who {
-        Identity::Node(id) if *id != ctx.me => Some(*id),
+        Identity::Node(id) if *id != ctx.me && dynakv_transport::is_peer_link(&conn) => Some(*id),
         _ => None,
     };
     match peer {

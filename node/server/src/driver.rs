@@ -284,7 +284,8 @@ impl Driver {
             .cluster_state()
             .and_then(|s| s.member(peer))
             .is_some_and(|m| m.status == Status::Removed);
-        if peer == self.me || removed {
+        // A removed peer the core still links to (it is handing its hints over) is let in.
+        if peer == self.me || (removed && !self.peers.contains_key(&peer)) {
             tracing::warn!(%peer, remote = %conn.remote_address(),
                 "connection from a node removed from the cluster (or using this node's id); refused");
             conn.close(codes::NOT_ALLOWED.into(), b"removed from the cluster");

@@ -38,6 +38,8 @@ use dynakv_transport::{connect, peer_node_id, Backoff, FrameDecoder, DIAL_TIMEOU
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest reconnect delay, so a restarted peer is found again within a few seconds.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A connection that lived at least this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(2);
 /// Most bytes gathered from the queue into one stream write.
 const MAX_WRITE_BATCH: usize = 256 * 1024;
 
@@ -159,6 +161,7 @@ impl Link {
             };
             tracing::info!(peer = %self.peer, addr = %conn.remote_address(), "peer connection up");
             self.report(true);
+            let connected_at = std::time::Instant::now();
             next = self.pump(&conn).await;
             if next.is_none() {
                 self.report(false);
@@ -172,6 +175,18 @@ impl Link {
             }
             if next.is_none() {
                 tracing::info!(peer = %self.peer, reason = %conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| "stream error".into()), "peer connection down");
+                // A connection the peer closes at once (it refuses us) must not turn into a
+                // tight reconnect loop: back off unless it was up for a while.
+                if connected_at.elapsed() >= STABLE_CONNECTION {
+                    backoff.reset();
+                } else {
+                    let delay = backoff.next_delay(&mut rand::thread_rng());
+                    let mut stop = self.shutdown.clone();
+                    tokio::select! {
+                        _ = stopped(&mut stop) => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
         }
     }
@@ -207,10 +222,7 @@ impl Link {
                 _ = tokio::time::sleep(MAX_BACKOFF), if !dialer => continue,
             };
             match dialed {
-                Ok(conn) => {
-                    backoff.reset();
-                    return Some(conn);
-                }
+                Ok(conn) => return Some(conn),
                 Err(e) => {
                     let delay = backoff.next_delay(&mut rand::thread_rng());
                     if matches!(

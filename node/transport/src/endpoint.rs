@@ -113,3 +113,12 @@ pub fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
     // The end-entity certificate comes first.
     node_id_from_cert(chain.first()?)
 }
+
+/// Did `conn` negotiate the node-to-node protocol ([`crate::tls::PEER_ALPN`])? Call after the
+/// handshake.
+pub fn is_peer_link(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == crate::tls::PEER_ALPN)
+}

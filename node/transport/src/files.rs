@@ -15,13 +15,15 @@ fn tls_err(what: impl std::fmt::Display) -> Error {
 
 /// The first certificate of a PEM file read from `path` (named in errors).
 pub(super) fn parse_cert_pem(pem: &str, path: &Path) -> Result<CertificateDer<'static>> {
-    match rustls_pemfile::certs(&mut pem.as_bytes()).next() {
-        Some(Ok(der)) => Ok(der),
-        Some(Err(e)) => Err(tls_err(format!(
+    match crate::x509::pem_certs(pem) {
+        Ok(certs) => certs
+            .into_iter()
+            .next()
+            .ok_or_else(|| tls_err(format!("no certificate in {}", path.display()))),
+        Err(e) => Err(tls_err(format!(
             "corrupt certificate {}: {e}",
             path.display()
         ))),
-        None => Err(tls_err(format!("no certificate in {}", path.display()))),
     }
 }
 

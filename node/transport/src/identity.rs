@@ -13,10 +13,10 @@ use rcgen::PKCS_ECDSA_P256_SHA256;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::CertificateDer;
 
-use crate::der;
 use crate::error::{Error, Result};
 use crate::files::{check_private, parse_cert_pem, read_file, write_file};
 use crate::tls::{node_id_from_cert, ClusterCa};
+use crate::x509;
 
 /// Suffix of the SAN DNS name that carries a client's name and role.
 const CLIENT_SUFFIX: &str = ".client.dynakv";
@@ -95,9 +95,9 @@ pub fn identity_from_cert(der: &[u8]) -> Option<Identity> {
     if let Some(id) = node_id_from_cert(der) {
         return Some(Identity::Node(id));
     }
-    der::san_dns_names(der)
-        .into_iter()
-        .find_map(|name| parse_client_name(std::str::from_utf8(name).ok()?))
+    x509::dns_names(der)
+        .iter()
+        .find_map(|name| parse_client_name(name))
 }
 
 /// The authenticated identity on the other end of `conn` (its certificate was verified against

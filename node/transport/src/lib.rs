@@ -15,23 +15,24 @@
 //! - [`backoff`]: exponential backoff with jitter for the async retry loops (client failover,
 //!   peer reconnects, joining through seeds).
 //! - [`error`]: the crate's error enum.
-//! - `der` (private): the minimal DER reader behind [`tls::node_id_from_cert`].
+//! - `x509` (private): SAN names, subject and public key of a certificate (rustls-webpki) and
+//!   PEM reading (rustls-pki-types).
 //! - `files` (private): reading PEM files and writing them atomically (keys with mode 0600).
 
 pub mod backoff;
 pub mod call;
-mod der;
 pub mod endpoint;
 pub mod error;
 mod files;
 pub mod frame;
 pub mod identity;
 pub mod tls;
+mod x509;
 
 pub use backoff::Backoff;
 pub use call::call;
 pub use endpoint::{
-    certificate_refusal, client_endpoint, connect, is_version_mismatch, peer_node_id,
+    certificate_refusal, client_endpoint, connect, is_peer_link, is_version_mismatch, peer_node_id,
     server_endpoint, DIAL_TIMEOUT,
 };
 pub use error::{Error, Result};
@@ -41,5 +42,5 @@ pub use identity::{
 };
 pub use tls::{
     client_config, client_config_with_alpn, node_client_config, node_id_from_cert, server_config,
-    ClusterCa, NodeCert, ALPN, PROTOCOL_VERSION, SERVER_NAME,
+    ClusterCa, NodeCert, ALPN, PEER_ALPN, PROTOCOL_VERSION, SERVER_NAME,
 };

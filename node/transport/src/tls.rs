@@ -24,10 +24,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
-use crate::der;
 use crate::error::{Error, Result};
 use crate::files::{check_private, parse_cert_pem, read_file, write_file};
 use crate::identity::ClientCert;
+use crate::x509;
 
 /// The TLS server name every node certificate carries and every client and peer verifies.
 pub const SERVER_NAME: &str = "dynakv-node";
@@ -38,6 +38,10 @@ pub const SERVER_NAME: &str = "dynakv-node";
 pub const PROTOCOL_VERSION: u32 = 4;
 /// The ALPN protocol that carries [`PROTOCOL_VERSION`] in the TLS handshake.
 pub const ALPN: &[u8] = b"dynakv/4";
+/// The ALPN protocol of node-to-node links (same version). A connection is a peer link only if
+/// it negotiated this protocol *and* presents a node certificate, so a client that holds a
+/// node's certificate can never take over that node's link.
+pub const PEER_ALPN: &[u8] = b"dynakv-peer/4";
 
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
@@ -123,7 +127,9 @@ impl ClusterCa {
                 key_path.display()
             ))
         })?;
-        if der::subject_public_key_info(&cert_der) != Some(key.public_key_der().as_slice()) {
+        if x509::subject_public_key_info(&cert_der).as_deref()
+            != Some(key.public_key_der().as_slice())
+        {
             return Err(tls_err(format!(
                 "CA private key {} does not match certificate {}",
                 key_path.display(),
@@ -133,9 +139,8 @@ impl ClusterCa {
         let issuer = ca_params()?.self_signed(&key).map_err(tls_err)?;
         // Issued certificates take their issuer name from `issuer`; it must equal the saved
         // certificate's subject or they would not chain to it.
-        if der::subject(&cert_der).is_none()
-            || der::subject(&cert_der) != der::subject(issuer.der())
-        {
+        let subject = x509::subject(&cert_der);
+        if subject.is_none() || subject != x509::subject(issuer.der()) {
             return Err(tls_err(format!(
                 "{} is not a dynakv cluster CA certificate",
                 cert_path.display()
@@ -229,7 +234,9 @@ impl NodeCert {
                 key_path.display()
             ))
         })?;
-        if der::subject_public_key_info(&cert_der) != Some(key.public_key_der().as_slice()) {
+        if x509::subject_public_key_info(&cert_der).as_deref()
+            != Some(key.public_key_der().as_slice())
+        {
             return Err(tls_err(format!(
                 "node private key {} does not match certificate {}",
                 key_path.display(),
@@ -241,9 +248,7 @@ impl NodeCert {
 
     /// The node id this certificate names, or `None` if the certificate is unreadable.
     pub fn node_id(&self) -> Option<NodeId> {
-        let der = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
-            .next()?
-            .ok()?;
+        let der = x509::pem_certs(&self.cert_pem).ok()?.into_iter().next()?;
         node_id_from_cert(&der)
     }
 }
@@ -256,9 +261,9 @@ fn identity_name(id: NodeId) -> String {
 /// `None` for a certificate without one (a plain client) or for malformed input; never panics.
 /// Only meaningful for a certificate whose chain has been verified against the cluster CA.
 pub fn node_id_from_cert(der: &[u8]) -> Option<NodeId> {
-    der::san_dns_names(der)
-        .into_iter()
-        .find_map(parse_identity_name)
+    x509::dns_names(der)
+        .iter()
+        .find_map(|name| parse_identity_name(name.as_bytes()))
 }
 
 fn parse_identity_name(name: &[u8]) -> Option<NodeId> {
@@ -280,8 +285,9 @@ fn provider() -> Arc<CryptoProvider> {
 fn root_store(ca_pem: &str) -> Result<Arc<RootCertStore>> {
     let mut roots = RootCertStore::empty();
     // Every certificate in the bundle is trusted, which leaves room for CA rotation later.
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| tls_err(format!("corrupt CA certificate PEM: {e}")))?;
+    let certs =
+        x509::pem_certs(ca_pem).map_err(|e| tls_err(format!("corrupt CA certificate PEM: {e}")))?;
+    for cert in certs {
         roots
             .add(cert)
             .map_err(|e| tls_err(format!("invalid CA certificate: {e}")))?;
@@ -296,15 +302,13 @@ fn cert_chain(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(format!("corrupt certificate PEM: {e}")))?;
+    let chain =
+        x509::pem_certs(cert_pem).map_err(|e| tls_err(format!("corrupt certificate PEM: {e}")))?;
     if chain.is_empty() {
         return Err(tls_err("no certificate in the certificate PEM"));
     }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .map_err(|e| tls_err(format!("corrupt private key PEM: {e}")))?
-        .ok_or_else(|| tls_err("no private key in the key PEM"))?;
+    let key = x509::pem_key(key_pem)
+        .map_err(|e| tls_err(format!("no usable private key in the key PEM: {e}")))?;
     Ok((chain, key))
 }
 
@@ -339,7 +343,7 @@ pub fn server_config(ca_pem: &str, node: &NodeCert) -> Result<quinn::ServerConfi
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| tls_err(format!("node certificate/key: {e}")))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), PEER_ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));
@@ -353,7 +357,7 @@ pub fn node_client_config(ca_pem: &str, node: &NodeCert) -> Result<quinn::Client
     let tls = client_builder(ca_pem)?
         .with_client_auth_cert(chain, key)
         .map_err(|e| tls_err(format!("node certificate/key: {e}")))?;
-    finish_client(tls, ALPN)
+    finish_client(tls, PEER_ALPN)
 }
 
 /// The config of a client: verifies the server against the CA in `ca_pem` and presents `cert`
@@ -410,8 +414,8 @@ mod tests {
         let node = ca.issue_node(NodeId(42))?;
         assert_eq!(node.node_id(), Some(NodeId(42)));
         let der = parse_cert_pem(&node.cert_pem, Path::new("node.pem"))?;
-        let names = der::san_dns_names(&der);
-        assert!(names.contains(&SERVER_NAME.as_bytes()));
+        let names = x509::dns_names(&der);
+        assert!(names.iter().any(|n| n == SERVER_NAME));
         // The CA itself is not a node.
         let ca_der = parse_cert_pem(&ca.cert_pem(), Path::new("ca.pem"))?;
         assert_eq!(node_id_from_cert(&ca_der), None);
