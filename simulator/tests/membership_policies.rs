@@ -228,3 +228,34 @@ fn a_removed_node_hands_its_hints_over_before_it_stops() {
     assert_eq!(held(&c), 0, "every hint was handed over");
     assert!(c.stopped.contains(&n(5)), "then it stops");
 }
+
+#[test]
+fn a_removed_id_that_tries_to_join_again_is_refused() {
+    let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| cfg.removed_linger_ms = 1_000);
+    c.run_for(500);
+    let reply = c.request(
+        n(1),
+        ClientRequest::Admin(AdminRequest::Remove {
+            node: n(4),
+            force: true,
+        }),
+    );
+    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    c.run_for(3_000);
+    // The machine is wiped and started again under the same id, joining through node 1.
+    c.join(n(4), n(1));
+    c.run_for(5_000);
+    let again = &c.nodes[&n(4)];
+    assert!(!again.is_joined(), "a removed id never comes back");
+    assert!(again.stats().join_refusals > 0, "the seed refused it");
+    for m in 1..=3u32 {
+        assert_eq!(
+            c.nodes[&n(m)]
+                .cluster_state()
+                .and_then(|s| s.member(n(4)))
+                .map(|m| m.status),
+            Some(dynakv_gossip::Status::Removed),
+            "node {m} still has 4 removed"
+        );
+    }
+}
