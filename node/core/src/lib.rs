@@ -13,6 +13,7 @@
 //! - `write`: the coordinator's write path (minting, W/PW acks, run-time fallbacks).
 //! - `read`: the coordinator's read path (R/PR replies, bounded read repair).
 //! - `hints`: durable hints on fallbacks and hinted handoff with backoff, resumable.
+//! - `liveness`: local failure detection (peers believed down, links the driver reports up).
 //! - `aae`: per-partition hash trees and the anti-entropy exchange.
 //! - `reaper`: removing tombstones for good without resurrecting old values.
 //! - `membership`: the gossiper, the persisted cluster state, operator changes.
@@ -30,6 +31,7 @@ pub mod config;
 mod coordinator;
 pub mod error;
 mod hints;
+mod liveness;
 mod membership;
 mod node;
 mod ops;

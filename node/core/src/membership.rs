@@ -300,6 +300,40 @@ impl<S: Store> NodeCore<S> {
         });
     }
 
+    /// An operator's membership request (`dynakv leave`, `dynakv remove`): refused with a
+    /// reason, or staged and gossiped.
+    pub(super) fn handle_admin(
+        &mut self,
+        origin: super::node::Origin,
+        admin: super::types::AdminRequest,
+    ) {
+        let me = self.id();
+        let (change, what) = match admin {
+            super::types::AdminRequest::Leave => {
+                (Change::Leave(me), format!("node {me} is leaving"))
+            }
+            super::types::AdminRequest::Remove { node, force } => {
+                if let Some(why) = self.remove_refusal(node, force) {
+                    self.respond(
+                        origin,
+                        super::types::ClientReply::Error(
+                            super::types::RequestError::ChangeRefused(why),
+                        ),
+                    );
+                    return;
+                }
+                (Change::Remove(node), format!("node {node} removed"))
+            }
+        };
+        let reply = match self.stage_change(change) {
+            Ok(()) => super::types::ClientReply::Admin(what),
+            Err(e) => super::types::ClientReply::Error(super::types::RequestError::ChangeRefused(
+                e.to_string(),
+            )),
+        };
+        self.respond(origin, reply);
+    }
+
     /// Why `dynakv remove NODE` must not go ahead without `--force`: the node is up and
     /// reachable (this node has a link to it, or hears it through gossip), so removing it would
     /// throw away whatever only it holds, while `leave` hands that off first.

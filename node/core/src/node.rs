@@ -14,6 +14,7 @@ use super::aae::AntiEntropy;
 use super::config::{CoreConfig, PlantedBug};
 use super::coordinator::Coordinator;
 use super::hints::HintedHandoff;
+pub(super) use super::liveness::Liveness;
 use super::membership::Membership;
 use super::ops::PendingOp;
 use super::reaper::Reaper;
@@ -36,36 +37,6 @@ const IDENTITY_KEY: &[u8] = b"identity";
 struct Identity {
     node: NodeId,
     incarnation: u64,
-}
-
-impl Liveness {
-    /// Does this node itself believe `peer` down (not counting the gossip detector)?
-    pub(super) fn believes_down(&self, peer: NodeId) -> bool {
-        self.down.contains_key(&peer)
-    }
-
-    /// `peer` stayed silent (or its link went down) at `now`; true if it was not down yet.
-    pub(super) fn mark_down(&mut self, peer: NodeId, now: u64) -> bool {
-        if self.down.contains_key(&peer) {
-            return false;
-        }
-        self.down.insert(peer, now);
-        true
-    }
-
-    /// `peer` was heard from; true if it was believed down until now.
-    pub(super) fn mark_up(&mut self, peer: NodeId) -> bool {
-        self.down.remove(&peer).is_some()
-    }
-
-    /// The driver reported `peer`'s link up or down (`Input::PeerStatus`).
-    pub(super) fn link_reported(&mut self, peer: NodeId, up: bool) {
-        if up {
-            self.links_up.insert(peer);
-        } else {
-            self.links_up.remove(&peer);
-        }
-    }
 }
 
 /// Most self-sent messages delivered per input (a bound on any self-message chain).
@@ -138,21 +109,6 @@ pub struct NodeCore<S: Store> {
     pub(super) reaper: Reaper,
     pub(super) membership: Membership,
     pub(super) transfers: Transfers,
-}
-
-/// Local failure detection: which peers this node believes down (unanswered requests, lost
-/// connections), and when to probe them next.
-///
-/// Inputs (through `NodeCore`): `Input::PeerStatus`, any message from a peer (`mark_up`),
-/// operations whose targets stayed silent (`mark_down`), and the maintenance tick (probes).
-#[derive(Debug, Default)]
-pub(super) struct Liveness {
-    /// Peers believed down, since when (local opinion; feeds sloppy quorum).
-    pub(super) down: BTreeMap<NodeId, u64>,
-    /// When the down peers are probed next.
-    pub(super) next_probe: u64,
-    /// Peers the driver reports a live connection to (for status).
-    pub(super) links_up: BTreeSet<NodeId>,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -303,32 +259,6 @@ impl<S: Store> NodeCore<S> {
                 tracing::error!(error = %e, "cannot persist a new incarnation; keeping the data");
                 false
             }
-        }
-    }
-
-    /// Does this node currently believe `peer` is down?
-    pub fn is_down(&self, peer: NodeId) -> bool {
-        peer != self.id() && (self.liveness.believes_down(peer) || self.gossip_says_down(peer))
-    }
-
-    /// Peers this node currently believes down.
-    pub fn down_peers(&self) -> Vec<NodeId> {
-        let mut peers: BTreeSet<NodeId> = self.liveness.down.keys().copied().collect();
-        peers.extend(self.members.iter().copied());
-        peers.into_iter().filter(|p| self.is_down(*p)).collect()
-    }
-
-    pub(super) fn mark_down(&mut self, peer: NodeId) {
-        if peer != self.id() && self.liveness.mark_down(peer, self.now) {
-            tracing::info!(%peer, "peer considered down");
-        }
-    }
-
-    pub(super) fn mark_up(&mut self, peer: NodeId) {
-        if self.liveness.mark_up(peer) {
-            tracing::info!(%peer, "peer is back");
-            // Hints for it may go at once.
-            self.handoff.peer_is_back(peer);
         }
     }
 
@@ -601,35 +531,7 @@ impl<S: Store> NodeCore<S> {
                 let map = self.map.clone();
                 self.respond(origin, ClientReply::PartitionMap(map));
             }
-            ClientRequest::Admin(admin) => {
-                let me = self.id();
-                let (change, what) = match admin {
-                    super::types::AdminRequest::Leave => (
-                        dynakv_gossip::Change::Leave(me),
-                        format!("node {me} is leaving"),
-                    ),
-                    super::types::AdminRequest::Remove { node, force } => {
-                        if let Some(why) = self.remove_refusal(node, force) {
-                            self.respond(
-                                origin,
-                                ClientReply::Error(super::types::RequestError::ChangeRefused(why)),
-                            );
-                            return;
-                        }
-                        (
-                            dynakv_gossip::Change::Remove(node),
-                            format!("node {node} removed"),
-                        )
-                    }
-                };
-                let reply = match self.stage_change(change) {
-                    Ok(()) => ClientReply::Admin(what),
-                    Err(e) => {
-                        ClientReply::Error(super::types::RequestError::ChangeRefused(e.to_string()))
-                    }
-                };
-                self.respond(origin, reply);
-            }
+            ClientRequest::Admin(admin) => self.handle_admin(origin, admin),
         }
     }
 
