@@ -11,6 +11,16 @@ fn ids(list: &[u32]) -> BTreeSet<dynakv_ring::NodeId> {
     list.iter().map(|i| n(*i)).collect()
 }
 
+/// `dynakv remove NODE --force` through node `via`; the removal must be staged.
+fn force_remove(c: &mut Cluster, via: u32, node: u32) {
+    let request = ClientRequest::Admin(AdminRequest::Remove {
+        node: n(node),
+        force: true,
+    });
+    let reply = c.request(n(via), request);
+    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+}
+
 /// What a driver does when a link comes up or goes down: tell the core.
 fn report_link(c: &mut Cluster, me: u32, peer: u32, up: bool) {
     let now = c.now;
@@ -37,14 +47,7 @@ fn links_follow_the_membership_and_a_removed_node_stops_itself_after_its_linger(
             "node {me} links to every other member"
         );
     }
-    let reply = c.request(
-        n(1),
-        ClientRequest::Admin(AdminRequest::Remove {
-            node: n(4),
-            force: true,
-        }),
-    );
-    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    force_remove(&mut c, 1, 4);
     // Gossip spreads the removal; node 4 learns it too, lingers 2 s, then asks to stop.
     c.run_for(1_000);
     assert!(
@@ -79,14 +82,7 @@ fn links_follow_the_membership_and_a_removed_node_stops_itself_after_its_linger(
 fn a_removed_node_refuses_requests_with_a_clear_error_until_it_stops() {
     let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| cfg.removed_linger_ms = 60_000);
     c.run_for(200);
-    let reply = c.request(
-        n(1),
-        ClientRequest::Admin(AdminRequest::Remove {
-            node: n(4),
-            force: true,
-        }),
-    );
-    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    force_remove(&mut c, 1, 4);
     c.run_for(3_000);
     let reply = c.request(n(4), ClientRequest::PartitionMap);
     match reply {
@@ -207,14 +203,7 @@ fn a_removed_node_hands_its_hints_over_before_it_stops() {
     let held = |c: &Cluster| c.nodes[&n(5)].hints_pending().values().sum::<u64>();
     assert!(held(&c) > 0, "node 5 holds a hint");
     // The operator force-removes node 5 (through node 4) while its hints' owners are cut off.
-    let reply = c.request(
-        n(4),
-        ClientRequest::Admin(AdminRequest::Remove {
-            node: n(5),
-            force: true,
-        }),
-    );
-    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    force_remove(&mut c, 4, 5);
     // Well past the linger, it still holds its hints and keeps running.
     c.run_for(8_000);
     assert!(c.nodes[&n(5)].is_removed(), "node 5 learned its removal");
@@ -233,14 +222,7 @@ fn a_removed_node_hands_its_hints_over_before_it_stops() {
 fn a_removed_id_that_tries_to_join_again_is_refused() {
     let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| cfg.removed_linger_ms = 1_000);
     c.run_for(500);
-    let reply = c.request(
-        n(1),
-        ClientRequest::Admin(AdminRequest::Remove {
-            node: n(4),
-            force: true,
-        }),
-    );
-    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    force_remove(&mut c, 1, 4);
     c.run_for(3_000);
     // The machine is wiped and started again under the same id, joining through node 1.
     c.join(n(4), n(1));

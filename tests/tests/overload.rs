@@ -10,7 +10,10 @@ use dynakv_tests::{Cluster, Setup};
 fn an_open_loop_flood_is_shed_with_overloaded_errors_and_the_node_keeps_serving(
 ) -> anyhow::Result<()> {
     let setup = Setup {
-        node_config: Some("max_inflight_requests = 4\nmax_client_connections_per_ip = 3\n".into()),
+        node_config: Some(
+            "max_inflight_requests = 4\nmax_requests_per_connection = 3\nmax_client_connections_per_ip = 3\n"
+                .into(),
+        ),
         ..Setup::nodes(3)
     };
     let c = Cluster::start_with(&setup)?;
@@ -54,6 +57,10 @@ fn an_open_loop_flood_is_shed_with_overloaded_errors_and_the_node_keeps_serving(
         assert_eq!(
             status["admission"]["max_inflight_requests"].as_u64(),
             Some(4)
+        );
+        assert_eq!(
+            status["admission"]["max_requests_per_connection"].as_u64(),
+            Some(3)
         );
     }
     assert!(shed > 0);

@@ -57,6 +57,19 @@ pub struct IncomingTransfer {
     pub done: bool,
 }
 
+impl IncomingTransfer {
+    /// A transfer of `partition` from `from` that has not started.
+    pub fn new(partition: PartitionId, from: NodeId) -> Self {
+        IncomingTransfer {
+            partition,
+            from,
+            checkpoint: None,
+            received: 0,
+            done: false,
+        }
+    }
+}
+
 /// In-memory progress of an outgoing transfer.
 #[derive(Debug, Clone)]
 pub(super) struct Sending {
@@ -217,15 +230,7 @@ impl<S: Store> NodeCore<S> {
             }
             if added.contains(&me) {
                 for from in senders.into_iter().filter(|s| *s != me) {
-                    let rec = IncomingTransfer {
-                        partition: p,
-                        from,
-                        checkpoint: None,
-                        received: 0,
-                        done: false,
-                    };
-                    self.persist_in(&rec);
-                    self.transfers.receiving.insert((p, from), rec);
+                    self.expect_incoming(p, from);
                 }
             }
         }

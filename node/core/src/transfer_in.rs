@@ -44,15 +44,7 @@ impl<S: Store> NodeCore<S> {
                 if self.transfers.receiving.contains_key(&(p, from)) {
                     continue;
                 }
-                let rec = IncomingTransfer {
-                    partition: p,
-                    from,
-                    checkpoint: None,
-                    received: 0,
-                    done: false,
-                };
-                self.persist_in(&rec);
-                self.transfers.receiving.insert((p, from), rec);
+                self.expect_incoming(p, from);
                 self.transfers.progress.insert((p, from), first_probe);
             }
         }
@@ -103,13 +95,7 @@ impl<S: Store> NodeCore<S> {
                 .transfers
                 .receiving
                 .entry((p, from))
-                .or_insert(IncomingTransfer {
-                    partition: p,
-                    from,
-                    checkpoint: None,
-                    received: 0,
-                    done: false,
-                });
+                .or_insert_with(|| IncomingTransfer::new(p, from));
             rec.received += items.len() as u64;
             if let Some(k) = &upto {
                 rec.checkpoint = Some(k.to_vec());
@@ -165,6 +151,13 @@ impl<S: Store> NodeCore<S> {
                     .is_some_and(|m| m.status != dynakv_gossip::Status::Removed)
             })
             .count()
+    }
+
+    /// Record (durably) that `p` is expected from `from`.
+    pub(super) fn expect_incoming(&mut self, p: PartitionId, from: NodeId) {
+        let rec = IncomingTransfer::new(p, from);
+        self.persist_in(&rec);
+        self.transfers.receiving.insert((p, from), rec);
     }
 
     pub(super) fn persist_in(&mut self, rec: &IncomingTransfer) {

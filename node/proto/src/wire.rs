@@ -167,13 +167,15 @@ pub struct StatusReport {
 }
 
 /// Load a node refused at its front door, and what it holds now (see the node config keys
-/// `max_inflight_requests` and `max_client_connections_per_ip`).
+/// `max_inflight_requests`, `max_requests_per_connection` and `max_client_connections_per_ip`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdmissionStats {
     /// Client requests being served right now.
     pub requests_in_flight: u64,
     /// The limit on that.
     pub max_inflight_requests: u64,
+    /// The limit on one connection's requests in flight.
+    pub max_requests_per_connection: u64,
     /// Client requests answered "overloaded" at once because the limit was reached.
     pub requests_shed: u64,
     /// Client connections closed at once because their address had too many.

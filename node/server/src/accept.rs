@@ -64,6 +64,7 @@ pub(crate) struct AcceptCtx {
 #[derive(Debug)]
 pub(crate) struct Admission {
     pub(crate) max_inflight: usize,
+    pub(crate) max_per_connection: usize,
     pub(crate) max_conns_per_ip: usize,
     in_flight: std::sync::atomic::AtomicUsize,
     shed: std::sync::atomic::AtomicU64,
@@ -71,13 +72,23 @@ pub(crate) struct Admission {
     conns: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
-/// One admitted request; dropping it frees its slot.
-pub(crate) struct Slot<'a>(&'a Admission);
+/// One place taken under a limit; dropping it frees the place.
+pub(crate) struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Takes a place under `limit` in `counter`, or says how many were taken.
+fn take(counter: &std::sync::atomic::AtomicUsize, limit: usize) -> Result<Slot<'_>, usize> {
+    let before = counter.fetch_add(1, Ordering::AcqRel);
+    if before >= limit {
+        counter.fetch_sub(1, Ordering::AcqRel);
+        return Err(before);
+    }
+    Ok(Slot(counter))
 }
 
 /// One admitted client connection; dropping it frees its slot.
@@ -96,9 +107,14 @@ impl Drop for ConnSlot {
 }
 
 impl Admission {
-    pub(crate) fn new(max_inflight: usize, max_conns_per_ip: usize) -> Self {
+    pub(crate) fn new(
+        max_inflight: usize,
+        max_per_connection: usize,
+        max_conns_per_ip: usize,
+    ) -> Self {
         Admission {
             max_inflight,
+            max_per_connection,
             max_conns_per_ip,
             in_flight: Default::default(),
             shed: Default::default(),
@@ -107,15 +123,18 @@ impl Admission {
         }
     }
 
-    /// A slot for one request, or `Err(in_flight)` when the node is at its limit.
-    pub(crate) fn admit(&self) -> Result<Slot<'_>, usize> {
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= self.max_inflight {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// Places for one request on the node and on its connection (`conn` counts that
+    /// connection's requests), or `Err(in_flight)` when either is at its limit.
+    pub(crate) fn admit<'a>(
+        &'a self,
+        conn: &'a std::sync::atomic::AtomicUsize,
+    ) -> Result<(Slot<'a>, Slot<'a>), usize> {
+        let taken = take(&self.in_flight, self.max_inflight)
+            .and_then(|node| take(conn, self.max_per_connection).map(|c| (node, c)));
+        if taken.is_err() {
             self.shed.fetch_add(1, Ordering::Relaxed);
-            return Err(before);
         }
-        Ok(Slot(self))
+        taken
     }
 
     /// A slot for one client connection from `ip`, or `None` when that address has too many.
@@ -135,6 +154,7 @@ impl Admission {
         dynakv_proto::wire::AdmissionStats {
             requests_in_flight: self.in_flight.load(Ordering::Relaxed) as u64,
             max_inflight_requests: self.max_inflight as u64,
+            max_requests_per_connection: self.max_per_connection as u64,
             requests_shed: self.shed.load(Ordering::Relaxed),
             connections_refused: self.refused.load(Ordering::Relaxed),
         }
@@ -257,8 +277,18 @@ async fn serve_streams(
     remote: SocketAddr,
     who: &Identity,
 ) {
+    // This connection's requests in flight (bounded by `max_requests_per_connection`).
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_request(send, recv, ctx.clone(), remote, who.clone()));
+        let in_flight = in_flight.clone();
+        tokio::spawn(serve_request(
+            send,
+            recv,
+            ctx.clone(),
+            remote,
+            who.clone(),
+            in_flight,
+        ));
     }
 }
 
@@ -276,11 +306,12 @@ async fn serve_request(
     ctx: AcceptCtx,
     remote: SocketAddr,
     who: Identity,
+    conn_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     // Admission first: a request over the limit costs a short reply, not a buffer or a task
     // waiting on the core.
     let admission = ctx.admission.clone();
-    let _slot = match admission.admit() {
+    let _slots = match admission.admit(&conn_in_flight) {
         Ok(slot) => slot,
         Err(in_flight) => {
             let _ = recv.stop(codes::NOT_ALLOWED.into());
@@ -479,6 +510,33 @@ mod tests {
             name: "t".into(),
             role,
         }
+    }
+
+    #[test]
+    fn admission_bounds_requests_per_node_and_per_connection_and_counts_sheds() {
+        use std::sync::atomic::AtomicUsize;
+        let adm = Admission::new(3, 2, 8);
+        let (a, b, c) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
+        let a1 = adm.admit(&a);
+        let a2 = adm.admit(&a);
+        assert!(a1.is_ok() && a2.is_ok());
+        assert_eq!(adm.admit(&a).err(), Some(2), "connection a is at its limit");
+        let b1 = adm.admit(&b);
+        assert!(b1.is_ok());
+        assert_eq!(adm.admit(&c).err(), Some(3), "the node is at its limit");
+        let stats = adm.stats();
+        assert_eq!((stats.requests_in_flight, stats.requests_shed), (3, 2));
+        drop(a1);
+        assert!(
+            adm.admit(&c).is_ok(),
+            "a finished request frees both places"
+        );
+        assert_eq!(a.load(Ordering::Relaxed), 1);
+        drop((a2, b1));
     }
 
     #[test]

@@ -203,6 +203,9 @@ pub struct NodeConfigFile {
     /// Client requests served at the same time at most; more are answered "overloaded" at
     /// once (default 256).
     pub max_inflight_requests: Option<usize>,
+    /// Client requests served at the same time on one connection at most; more are answered
+    /// "overloaded" at once (default 128).
+    pub max_requests_per_connection: Option<usize>,
     /// Client connections from one IP address at the same time at most; more are closed at
     /// the handshake (default 256).
     pub max_client_connections_per_ip: Option<usize>,

@@ -83,6 +83,8 @@ enum Entry {
 
 /// Client requests served at once by default (node config `max_inflight_requests`).
 pub const DEFAULT_MAX_INFLIGHT: usize = 256;
+/// Client requests in flight per connection by default (`max_requests_per_connection`).
+pub const DEFAULT_MAX_PER_CONNECTION: usize = 128;
 /// Client connections per IP address by default (`max_client_connections_per_ip`).
 pub const DEFAULT_MAX_CONNS_PER_IP: usize = 256;
 
@@ -140,6 +142,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             node_cfg
                 .max_inflight_requests
                 .unwrap_or(DEFAULT_MAX_INFLIGHT),
+            node_cfg
+                .max_requests_per_connection
+                .unwrap_or(DEFAULT_MAX_PER_CONNECTION),
             node_cfg
                 .max_client_connections_per_ip
                 .unwrap_or(DEFAULT_MAX_CONNS_PER_IP),

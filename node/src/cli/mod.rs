@@ -187,7 +187,8 @@ pub struct NodeArgs {
     /// peer_queue, fallback_after_ms, tick_ms, handoff_batch, handoff_backoff_max_ms,
     /// aae_interval_ms, read_repair_per_sec, tombstone_grace_ms, gossip_interval_ms,
     /// max_transfers, transfer_batch (see docs/AVAILABILITY.md), allow_node_clients,
-    /// max_inflight_requests, max_client_connections_per_ip (see docs/SECURITY.md). Unknown
+    /// max_inflight_requests, max_requests_per_connection, max_client_connections_per_ip (see
+    /// docs/SECURITY.md). Unknown
     /// keys are an error.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -46,8 +46,12 @@ fn render(s: &StatusReport) -> String {
     let a = &s.admission;
     if a.max_inflight_requests > 0 {
         line(format!(
-            "admission: {} of {} requests in flight; shed {} requests (overloaded), refused {} connections",
-            a.requests_in_flight, a.max_inflight_requests, a.requests_shed, a.connections_refused
+            "admission: {} of {} requests in flight (at most {} per connection); shed {} requests (overloaded), refused {} connections",
+            a.requests_in_flight,
+            a.max_inflight_requests,
+            a.max_requests_per_connection,
+            a.requests_shed,
+            a.connections_refused
         ));
     }
     line(String::new());
@@ -172,6 +176,7 @@ mod tests {
             admission: dynakv_client::AdmissionStats {
                 requests_in_flight: 3,
                 max_inflight_requests: 4096,
+                max_requests_per_connection: 128,
                 requests_shed: 17,
                 connections_refused: 2,
             },
@@ -179,7 +184,7 @@ mod tests {
         let text = render(&report);
         assert!(text.contains("STORAGE FAILED: fsync failed: EIO"), "{text}");
         assert!(
-            text.contains("admission: 3 of 4096 requests in flight; shed 17 requests (overloaded), refused 2 connections"),
+            text.contains("admission: 3 of 4096 requests in flight (at most 128 per connection); shed 17 requests (overloaded), refused 2 connections"),
             "{text}"
         );
         assert!(
