@@ -748,6 +748,10 @@ impl World {
             if wipe { " WIPED" } else { "" }
         );
         self.trace_line(line);
+        // A real driver arms the core's timers as soon as it starts; without this a node that
+        // crashed while joining would never tick again (nobody talks to a node that is not yet a
+        // member), so it would never ask its seed again.
+        self.input(id, Input::Timeout);
     }
 
     /// Let a paused node run again, handling everything that arrived meanwhile.
