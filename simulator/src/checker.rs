@@ -11,6 +11,8 @@
 //!    `dot-reused`: two acknowledged writes of a key never carry the same dot.
 //! 4. `divergence`: after the quiet phase, every replica of a key holds the same object.
 //! 5. `liveness`: after healing, quorum requests succeed and the run finishes in bounded time.
+//! 6. `orphan-copy`: after the quiet phase no running member keeps data of a partition it does not
+//!    replicate (such a copy is read, transferred and repaired by nobody).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -134,6 +136,7 @@ pub fn check(world: &World) -> Vec<Violation> {
             events: effects.clone(),
         });
     }
+    check_orphans(world, &mut out);
     let mut by_key: BTreeMap<&str, Vec<&WriteRecord>> = BTreeMap::new();
     for w in &h.writes {
         by_key.entry(w.key.as_str()).or_default().push(w);
@@ -293,6 +296,45 @@ fn check_key(
                     w.client,
                     w.at,
                     describe(&final_obj)
+                ),
+            ));
+        }
+    }
+}
+
+/// Invariant 6, `orphan-copy`: after the quiet phase (every transfer done, every member on the
+/// final map), no running member keeps partition data it does not replicate. Such a copy is
+/// read, transferred and repaired by nobody, and may hold the only copy of a write.
+fn check_orphans(world: &World, out: &mut Vec<Violation>) {
+    let map = world.final_map();
+    for node in world.nodes.iter().filter(|n| n.is_active()) {
+        let Some(core) = node.core.as_ref() else {
+            continue;
+        };
+        let Ok(held) = core.store().partitions() else {
+            continue;
+        };
+        for p in held {
+            if map
+                .preference_list(p, usize::from(world.cfg.n))
+                .contains(&node.id)
+            {
+                continue;
+            }
+            let keys = core
+                .store()
+                .scan(Space::Partition(p), None, 3)
+                .unwrap_or_default();
+            let key = keys
+                .first()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            out.push(violation(
+                "orphan-copy",
+                &key,
+                format!(
+                    "node {} still holds partition {p} (keys from {key:?}), which it does not replicate",
+                    node.id
                 ),
             ));
         }

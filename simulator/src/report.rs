@@ -153,6 +153,7 @@ fn mechanisms(world: &World) -> BTreeMap<String, u64> {
             ("partitions_dropped", s.partitions_dropped),
             ("transfer_batches_retried", s.transfer_batches_retried),
             ("non_owner_writes", s.non_owner_writes),
+            ("stray_partitions", s.stray_partitions),
             ("quarantined", s.quarantined),
             ("sync_failures", s.sync_failures),
         ] {

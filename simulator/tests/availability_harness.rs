@@ -344,3 +344,89 @@ fn a_stale_coordinators_write_to_a_former_owner_counts_as_a_fallback() {
         "{err:?}"
     );
 }
+
+/// A read's coordinator repairs its own stale copy when the read ends. If the map moved on
+/// meanwhile and the coordinator no longer replicates the key, that repair must go where a
+/// remote one would (hints for the current replicas), not into a partition store that nobody
+/// reads, transfers or repairs (the simulator's `orphan-copy` check found this at seed 808).
+#[test]
+fn a_read_repair_at_a_coordinator_that_lost_the_partition_leaves_no_orphan_copy() {
+    let mut c = Cluster::new(4, 3, 2, 2);
+    let (key, prim) = key_with_primaries(&c);
+    let coord = prim[0];
+    // The coordinator misses the write, so its own copy is stale.
+    c.isolate(coord);
+    c.put_ok(prim[1], &key, "v1", &VersionVector::new());
+    c.heal();
+    // The read waits for prim[2] until its deadline, so it ends (and repairs) later.
+    c.cut_both(coord, prim[2]);
+    let got = c.get_ok(coord, &key);
+    assert_eq!(strings(&got.values), set(&["v1"]));
+    // Before the read ends, the coordinator moves to a map without itself.
+    let others: std::collections::BTreeSet<NodeId> =
+        (1..=4).map(n).filter(|id| *id != coord).collect();
+    let newer = dynakv_ring::PartitionMap::initial(64, &others).unwrap();
+    c.nodes
+        .get_mut(&coord)
+        .unwrap()
+        .set_partition_map(newer.clone());
+    c.advance(1_500);
+    let core = &c.nodes[&coord];
+    assert!(
+        core.stats().read_repairs >= 1,
+        "the read repaired something"
+    );
+    let p = newer.partition_for_key(key.as_bytes());
+    let held = core
+        .store()
+        .scan(dynakv_core::store::Space::Partition(p), None, 10)
+        .unwrap();
+    assert!(held.is_empty(), "orphan copy left behind: {held:?}");
+    assert_eq!(core.stats().non_owner_writes, 1, "hinted on instead");
+}
+
+/// A copy of a partition left on a node that no longer replicates it, with no transfer under way
+/// (a drop that failed on a full disk, or that a crash undid after the transfer's "done" record
+/// was synced), may hold the only copy of a write. The sweep hands it to the current replicas
+/// and drops it only once they confirmed.
+#[test]
+fn a_stray_partition_copy_is_handed_over_then_dropped() {
+    let mut c = Cluster::new(4, 3, 2, 2);
+    let (key, prim) = key_with_primaries(&c);
+    let stray = (1..=4).map(n).find(|id| !prim.contains(id)).unwrap();
+    let p = c.map().partition_for_key(key.as_bytes());
+    let space = dynakv_core::store::Space::Partition(p);
+    let v1 = c.put_ok(prim[0], &key, "v1", &VersionVector::new());
+    // v2 reaches only prim[0]; its record then survives only as the stray copy.
+    c.isolate(prim[0]);
+    c.put_w1(prim[0], &key, "v2", &v1.context);
+    c.heal();
+    let record = c.nodes[&prim[0]]
+        .store()
+        .get(space, key.as_bytes())
+        .unwrap()
+        .unwrap();
+    c.nodes
+        .get_mut(&stray)
+        .unwrap()
+        .store_mut()
+        .put(space, key.as_bytes(), &record)
+        .unwrap();
+    c.nodes
+        .get_mut(&prim[0])
+        .unwrap()
+        .store_mut()
+        .remove(space, key.as_bytes())
+        .unwrap();
+    c.run_for(8_000);
+    let core = &c.nodes[&stray];
+    assert_eq!(core.stats().stray_partitions, 1);
+    assert!(
+        core.store().scan(space, None, 1).unwrap().is_empty(),
+        "dropped"
+    );
+    for r in &prim {
+        let (values, _) = c.local(*r, &key);
+        assert_eq!(values, set(&["v2"]), "replica {r} got the stray copy");
+    }
+}

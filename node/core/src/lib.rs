@@ -20,6 +20,7 @@
 //! - `timers`: the one timer table (maintenance tick, operation timers).
 //! - `transfer`: moving partitions to new replicas, checkpointed and resumable.
 //! - `transfer_in`: the receiving side of transfers.
+//! - `stray`: copies of partitions this node no longer replicates, handed over, then dropped.
 //! - [`error`]: the crate's error enum.
 //!
 //! The core never reads a clock, the OS RNG or a socket and never spawns: time comes in with each
@@ -40,6 +41,7 @@ mod reaper;
 mod replica;
 mod status;
 pub mod store;
+mod stray;
 mod timers;
 mod transfer;
 mod transfer_in;

@@ -550,6 +550,7 @@ impl<S: Store> NodeCore<S> {
     fn maintenance(&mut self) {
         self.gossip_tick();
         self.transfer_tick();
+        self.stray_tick();
         self.handoff_tick();
         if self.now >= self.aae.next_exchange {
             self.aae.next_exchange = self.now + u64::from(self.cfg.aae_interval_ms) * 1000;

@@ -130,7 +130,10 @@ impl<S: Store> NodeCore<S> {
             }
             self.stats.read_repairs += 1;
             if *node == self.id() {
-                if let Err(e) = self.merge_into_store(r.partition, &r.key, &merged) {
+                // The same path as a remote repair: the map may have moved since the read
+                // started, and a node that no longer replicates the key hints it on instead of
+                // keeping an orphan copy.
+                if let Err(e) = self.replica_write(r.partition, &r.key, &merged, None) {
                     tracing::warn!(?e, "local read repair failed");
                 }
             } else {

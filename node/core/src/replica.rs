@@ -126,6 +126,19 @@ impl<S: Store> NodeCore<S> {
         incoming: &Object,
     ) -> std::result::Result<Object, ReplicaError> {
         self.check_peer_object(p, key, incoming)?;
+        // The one guard for every path into a partition store: a copy of a partition this node
+        // does not replicate would be read, transferred and repaired by nobody (an orphan).
+        // Callers that may meet this (stale maps) hint the object on instead.
+        if !self
+            .map
+            .preference_list(p, usize::from(self.cfg.n))
+            .contains(&self.id())
+        {
+            return Err(ReplicaError::Retry(format!(
+                "node {} does not replicate partition {p}",
+                self.id()
+            )));
+        }
         let local = self
             .load(p, key)
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
@@ -221,7 +234,7 @@ impl<S: Store> NodeCore<S> {
     /// map is stale: this node handed the partition off) as hints for the partition's current
     /// replicas, acknowledged as a fallback, so no orphan copy is left where no read, transfer
     /// or reap will look and the coordinator does not count a primary that is not one.
-    fn replica_write(
+    pub(super) fn replica_write(
         &mut self,
         p: PartitionId,
         key: &[u8],

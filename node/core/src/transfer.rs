@@ -91,6 +91,8 @@ pub(super) struct Transfers {
     pub(super) receiving: BTreeMap<(PartitionId, NodeId), IncomingTransfer>,
     /// When each incoming transfer last made progress (local clock).
     pub(super) progress: BTreeMap<(PartitionId, NodeId), u64>,
+    /// When the next sweep for stray partition copies runs (see `stray.rs`).
+    pub(super) next_sweep: u64,
 }
 
 fn out_key(p: PartitionId, to: NodeId) -> Vec<u8> {
@@ -299,14 +301,14 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    fn count_keys(&self, p: PartitionId) -> u64 {
+    pub(super) fn count_keys(&self, p: PartitionId) -> u64 {
         let mut count = 0;
         let _ = self.scan_each(Space::Partition(p), |_, _| count += 1);
         count
     }
 
     /// Record (durably) that this node must send partition `p` to `to`.
-    fn start_outgoing(&mut self, p: PartitionId, to: NodeId, total: u64) {
+    pub(super) fn start_outgoing(&mut self, p: PartitionId, to: NodeId, total: u64) {
         let rec = OutgoingTransfer {
             partition: p,
             to,
@@ -522,7 +524,7 @@ impl<S: Store> NodeCore<S> {
 
     /// Drop a partition's data once every transfer of it is confirmed and this node is no
     /// longer one of its replicas.
-    fn maybe_drop_partition(&mut self, p: PartitionId) {
+    pub(super) fn maybe_drop_partition(&mut self, p: PartitionId) {
         let n = usize::from(self.cfg.n);
         if self.map.preference_list(p, n).contains(&self.id()) {
             return;

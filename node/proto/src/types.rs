@@ -282,6 +282,9 @@ pub struct CoreStats {
     /// Replica writes that reached this node after it stopped replicating the partition (the
     /// coordinator's map was stale): kept as hints for the current replicas.
     pub non_owner_writes: u64,
+    /// Copies of partitions this node no longer replicates found with no transfer under way (a
+    /// failed or lost drop) and handed to the current replicas again.
+    pub stray_partitions: u64,
 }
 
 /// A failure reported by a replica to a coordinator.

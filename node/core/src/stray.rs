@@ -1,0 +1,75 @@
+//! Stray partition copies: data of a partition this node does not replicate under its map, with
+//! no transfer of it under way.
+//!
+//! A copy normally leaves through a planned transfer and is dropped once every receiver
+//! confirmed (`transfer.rs`). Two things can leave one behind: a drop that failed (a full disk)
+//! and was never tried again, or a crash that lost the drop while the transfer's "done" record
+//! had already reached the disk. Such a copy is read, transferred and repaired by nobody, and it
+//! may hold the only copy of a write. So a periodic sweep hands every stray copy to the
+//! partition's current replicas (merging is idempotent) and drops it only once they all
+//! confirmed. The simulator's `orphan-copy` check holds the sweep to this.
+
+use dynakv_ring::NodeId;
+
+use super::node::NodeCore;
+use crate::store::Store;
+
+/// How often the sweep runs: stray copies are rare, and listing partitions touches every tree.
+const SWEEP_INTERVAL_US: u64 = 5_000_000;
+
+impl<S: Store> NodeCore<S> {
+    /// Maintenance: every few seconds, hand over or drop the stray partition copies.
+    pub(super) fn stray_tick(&mut self) {
+        if self.now < self.transfers.next_sweep {
+            return;
+        }
+        self.transfers.next_sweep = self.now + SWEEP_INTERVAL_US;
+        // A joining node has no say yet; a removed one hands over hints, and its data is the
+        // operator's call (`dynakv remove --force`).
+        if !self.membership.joined || self.is_removed() {
+            return;
+        }
+        let held = match self.store.partitions() {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list partitions for the stray-copy sweep");
+                return;
+            }
+        };
+        let n = usize::from(self.cfg.n);
+        let me = self.id();
+        for p in held {
+            let replicas = self.map.preference_list(p, n);
+            if replicas.contains(&me) {
+                continue;
+            }
+            let records: Vec<(NodeId, bool)> = self
+                .transfers
+                .sending
+                .iter()
+                .filter(|((q, _), _)| *q == p)
+                .map(|((_, to), s)| (*to, s.rec.done))
+                .collect();
+            if records.iter().any(|(_, done)| !done) {
+                continue; // a transfer of it is under way; it drops the copy when done
+            }
+            let missing: Vec<NodeId> = replicas
+                .iter()
+                .copied()
+                .filter(|r| !records.iter().any(|(to, _)| to == r))
+                .collect();
+            if missing.is_empty() {
+                // Every current replica confirmed a transfer of it: only the drop was lost.
+                self.maybe_drop_partition(p);
+                continue;
+            }
+            tracing::warn!(partition = %p, receivers = ?missing,
+                "a copy of a partition this node does not replicate was left behind: handing it over");
+            self.stats.stray_partitions += 1;
+            let total = self.count_keys(p);
+            for to in missing {
+                self.start_outgoing(p, to, total);
+            }
+        }
+    }
+}
