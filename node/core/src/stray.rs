@@ -9,8 +9,6 @@
 //! partition's current replicas (merging is idempotent) and drops it only once they all
 //! confirmed. The simulator's `orphan-copy` check holds the sweep to this.
 
-use dynakv_ring::NodeId;
-
 use super::node::NodeCore;
 use crate::store::Store;
 
@@ -43,31 +41,30 @@ impl<S: Store> NodeCore<S> {
             if replicas.contains(&me) {
                 continue;
             }
-            let records: Vec<(NodeId, bool)> = self
+            let records: Vec<bool> = self
                 .transfers
                 .sending
                 .iter()
                 .filter(|((q, _), _)| *q == p)
-                .map(|((_, to), s)| (*to, s.rec.done))
+                .map(|(_, s)| s.rec.done)
                 .collect();
-            if records.iter().any(|(_, done)| !done) {
+            if records.iter().any(|done| !done) {
                 continue; // a transfer of it is under way; it drops the copy when done
             }
-            let missing: Vec<NodeId> = replicas
-                .iter()
-                .copied()
-                .filter(|r| !records.iter().any(|(to, _)| to == r))
-                .collect();
-            if missing.is_empty() {
-                // Every current replica confirmed a transfer of it: only the drop was lost.
+            if !records.is_empty() {
+                // Every transfer of it finished: the receivers have it (the others already
+                // were replicas), and nothing enters a partition this node does not replicate
+                // (`merge_into_store`), so only the drop failed or was lost.
                 self.maybe_drop_partition(p);
                 continue;
             }
-            tracing::warn!(partition = %p, receivers = ?missing,
+            // No record at all (they are forgotten at the next map change): send it to every
+            // current replica; merging what they already have is idempotent.
+            tracing::warn!(partition = %p, receivers = ?replicas,
                 "a copy of a partition this node does not replicate was left behind: handing it over");
             self.stats.stray_partitions += 1;
             let total = self.count_keys(p);
-            for to in missing {
+            for to in replicas {
                 self.start_outgoing(p, to, total);
             }
         }
