@@ -4,7 +4,9 @@
 //! serde support today) can be swapped in one place. Decoding never trusts its input: sizes are
 //! bounded before allocation, trailing bytes are an error, and decoded objects are validated.
 
+pub mod clock;
 pub mod token;
+mod varint;
 
 use serde::{de::DeserializeOwned, Serialize};
 

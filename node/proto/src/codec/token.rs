@@ -20,6 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use dynakv_ring::NodeId;
 
+use super::varint::{put_varint, Reader};
 use crate::dvv::{Actor, VersionVector};
 use crate::error::Error;
 
@@ -98,7 +99,7 @@ fn decode(bytes: &[u8]) -> Result<VersionVector, String> {
             "unknown format byte {format:#04x} (expected {FORMAT_V1:#04x})"
         ));
     }
-    let mut reader = Reader { rest, pos: 1 };
+    let mut reader = Reader::new(rest, 1);
     let count = reader.varint("entry count", u64::MAX)?;
     let count = usize::try_from(count)
         .ok()
@@ -141,56 +142,6 @@ fn decode(bytes: &[u8]) -> Result<VersionVector, String> {
         ));
     }
     VersionVector::try_from(entries).map_err(|e| e.to_string())
-}
-
-/// A cursor over the input that remembers its byte position for error messages.
-struct Reader<'a> {
-    rest: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    /// Reads one minimal unsigned LEB128 varint not above `max`; `what` names it in errors.
-    fn varint(&mut self, what: &str, max: u64) -> Result<u64, String> {
-        let start = self.pos;
-        let mut value: u64 = 0;
-        let mut shift: u32 = 0;
-        loop {
-            let Some((&byte, rest)) = self.rest.split_first() else {
-                return Err(format!("truncated: {what} at byte {start} is incomplete"));
-            };
-            self.rest = rest;
-            self.pos += 1;
-            let low = u64::from(byte & 0x7f);
-            if shift == 63 && low > 1 || shift > 63 {
-                return Err(format!(
-                    "varint overflow: {what} at byte {start} exceeds 64 bits"
-                ));
-            }
-            value |= low << shift;
-            if byte & 0x80 == 0 {
-                if byte == 0 && shift > 0 {
-                    return Err(format!("non-minimal varint: {what} at byte {start}"));
-                }
-                break;
-            }
-            shift += 7;
-        }
-        if value > max {
-            return Err(format!(
-                "varint overflow: {what} at byte {start} is {value}, above {max}"
-            ));
-        }
-        Ok(value)
-    }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value & 0x7f) as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 #[cfg(test)]

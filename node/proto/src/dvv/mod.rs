@@ -45,9 +45,11 @@
 //! cannot make it reissue a counter, because counters restart at 1 under an incarnation nobody has
 //! seen.
 
+mod clock;
 mod set;
 mod version_vector;
 
+pub use clock::{ClockEntry, NodeClock};
 pub use set::DvvSet;
 pub use version_vector::{VersionVector, MAX_COUNTER};
 
