@@ -8,6 +8,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(clock) = decode_clock(data) {
         assert_eq!(encode_clock(&clock), data);
-        assert!(clock.entries().iter().all(|(_, e)| e.validate() && !e.is_empty()));
+        assert!(clock
+            .entries()
+            .iter()
+            .all(|(_, e)| e.validate() && !e.is_empty()));
     }
 });

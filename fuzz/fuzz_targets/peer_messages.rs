@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let bytes = wire::encode(&frame).expect("a decoded frame encodes");
-    assert_eq!(wire::decode::<PeerFrame>(&bytes).ok().as_ref(), Some(&frame));
+    assert_eq!(
+        wire::decode::<PeerFrame>(&bytes).ok().as_ref(),
+        Some(&frame)
+    );
     let PeerFrame::Msg(msg) = frame;
     if let PeerMsg::Gossip(g) = msg {
         let _ = g.validate(None);
