@@ -54,8 +54,12 @@ async fn main() -> anyhow::Result<()> {
         let next = Arc::new(AtomicU64::new(0));
         let mut set = tokio::task::JoinSet::new();
         for w in 0..args.concurrency {
-            let (mut c, next, value, keys) =
-                (clients[w % clients.len()].clone(), next.clone(), value.clone(), args.keys);
+            let (mut c, next, value, keys) = (
+                clients[w % clients.len()].clone(),
+                next.clone(),
+                value.clone(),
+                args.keys,
+            );
             set.spawn(async move {
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
@@ -75,7 +79,11 @@ async fn main() -> anyhow::Result<()> {
     let end = started + Duration::from_secs(args.duration);
     let mut set = tokio::task::JoinSet::new();
     for w in 0..args.concurrency {
-        let (mut c, value, failed) = (clients[w % clients.len()].clone(), value.clone(), failed.clone());
+        let (mut c, value, failed) = (
+            clients[w % clients.len()].clone(),
+            value.clone(),
+            failed.clone(),
+        );
         let (keys, ratio, serializable) = (args.keys, args.read_ratio, args.serializable);
         set.spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
