@@ -30,10 +30,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A node runs its network tasks on one thread, beside the core's own thread: requests then
+    // move between two threads only, instead of between the core and a pool of workers (each
+    // hop between pool threads is a futex wake; with several nodes per machine the pool threads
+    // mostly fight each other). Commands that are clients keep the multi-threaded runtime.
+    let mut builder = match cli.command {
+        cli::Command::Node(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
