@@ -24,6 +24,7 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 use rand::Rng;
 
+use super::ctx::{tombstone_only, DataEvent};
 use super::node::NodeCore;
 use super::types::{AaeMsg, Object};
 use crate::error::Result;
@@ -125,18 +126,22 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn tree(&mut self, p: PartitionId) -> Result<&mut PartitionTree> {
         if !self.aae.trees.contains_key(&p) {
             let mut tree = PartitionTree::default();
-            let mut decoded = Vec::new();
-            self.scan_each(Space::Partition(p), |k, v| {
+            let mut scanned = Vec::new();
+            self.ctx.scan_each(Space::Partition(p), |k, v| {
                 tree.update(k, Some(object_hash(v)));
                 if let Ok(o) = crate::codec::decode_object(v) {
-                    decoded.push((k.to_vec(), o));
+                    scanned.push((Bytes::copy_from_slice(k), tombstone_only(&o)));
                 }
             })?;
-            // Rebuild the reaper's view of tombstone-only keys as well.
-            for (k, o) in decoded {
-                self.note_tombstone(p, &k, &o);
+            // The reaper rebuilds its view of tombstone-only keys from the same scan.
+            for (key, tombstone_only) in scanned {
+                self.ctx.events.push(DataEvent::Scanned {
+                    partition: p,
+                    key,
+                    tombstone_only,
+                });
             }
-            self.stats.aae_tree_builds += 1;
+            self.ctx.stats.aae_tree_builds += 1;
             self.aae.trees.insert(p, tree);
         }
         self.aae
@@ -145,17 +150,10 @@ impl<S: Store> NodeCore<S> {
             .ok_or_else(|| crate::Error::Storage("tree vanished".into()))
     }
 
-    /// Keep a built tree in step with a write or removal (a `DataChange` routed here).
-    pub(super) fn tree_note(&mut self, p: PartitionId, key: &[u8], record: Option<&[u8]>) {
-        if let Some(tree) = self.aae.trees.get_mut(&p) {
-            tree.update(key, record.map(object_hash));
-        }
-    }
-
     /// Called from the maintenance tick: start one exchange (next partition, random peer).
     pub(super) fn aae_tick(&mut self) {
-        let n = usize::from(self.cfg.n);
-        let mine = &self.mine;
+        let n = usize::from(self.ctx.cfg.n);
+        let mine = &self.ctx.mine;
         if mine.is_empty() {
             return;
         }
@@ -163,15 +161,16 @@ impl<S: Store> NodeCore<S> {
         let p = mine[self.aae.cursor];
         let _ = n;
         let peers: Vec<NodeId> = self
+            .ctx
             .map
             .preference_list(p, n)
             .into_iter()
-            .filter(|x| *x != self.id() && !self.is_down(*x))
+            .filter(|x| *x != self.ctx.id() && !self.is_down(*x))
             .collect();
         if peers.is_empty() {
             return;
         }
-        let peer = peers[self.rng.gen_range(0..peers.len())];
+        let peer = peers[self.ctx.rng.gen_range(0..peers.len())];
         let hashes = match self.tree(p) {
             Ok(t) => t.segments(),
             Err(e) => {
@@ -179,9 +178,9 @@ impl<S: Store> NodeCore<S> {
                 return;
             }
         };
-        let session = self.next_op_id();
-        self.stats.aae_exchanges += 1;
-        self.send(
+        let session = self.ctx.next_op_id();
+        self.ctx.stats.aae_exchanges += 1;
+        self.ctx.send(
             peer,
             AaeMsg::Segments {
                 session,
@@ -196,11 +195,16 @@ impl<S: Store> NodeCore<S> {
     /// fit is repaired by the next exchange). A key that cannot be read is skipped, not fatal.
     pub(super) fn on_aae(&mut self, from: NodeId, msg: AaeMsg) -> Result<()> {
         let partition = msg.partition();
-        let n = usize::from(self.cfg.n);
-        if !self.map.preference_list(partition, n).contains(&self.id()) {
+        let n = usize::from(self.ctx.cfg.n);
+        if !self
+            .ctx
+            .map
+            .preference_list(partition, n)
+            .contains(&self.ctx.id())
+        {
             return Ok(()); // not ours (maps may differ for a moment): ignore, never build a tree
         }
-        let budget = self.cfg.max_message_bytes / 2;
+        let budget = self.ctx.cfg.max_message_bytes / 2;
         match msg {
             AaeMsg::Segments {
                 session, hashes, ..
@@ -216,7 +220,7 @@ impl<S: Store> NodeCore<S> {
                     .collect();
                 if !differing.is_empty() {
                     let buckets = tree.buckets_under(&differing);
-                    self.send(
+                    self.ctx.send(
                         from,
                         AaeMsg::Buckets {
                             session,
@@ -244,7 +248,7 @@ impl<S: Store> NodeCore<S> {
                     }
                 }
                 if !out.is_empty() {
-                    self.send(
+                    self.ctx.send(
                         from,
                         AaeMsg::Keys {
                             session,
@@ -279,7 +283,7 @@ impl<S: Store> NodeCore<S> {
                             want.push(k.clone());
                         }
                         if send && bytes <= budget {
-                            match self.load(partition, k) {
+                            match self.ctx.load(partition, k) {
                                 Ok(Some(o)) => {
                                     bytes += k.len() + o.value_count() * 64;
                                     bytes += o
@@ -292,14 +296,14 @@ impl<S: Store> NodeCore<S> {
                                 Ok(None) => {}
                                 Err(e) => {
                                     tracing::warn!(partition = %partition, error = %e, "skipping an unreadable key");
-                                    self.stats.corrupt_records += 1;
+                                    self.ctx.stats.corrupt_records += 1;
                                 }
                             }
                         }
                     }
                 }
-                self.stats.aae_keys_repaired += (objects.len() + want.len()) as u64;
-                self.send(
+                self.ctx.stats.aae_keys_repaired += (objects.len() + want.len()) as u64;
+                self.ctx.send(
                     from,
                     AaeMsg::Exchange {
                         session,
@@ -317,7 +321,7 @@ impl<S: Store> NodeCore<S> {
                     if bytes > budget {
                         break;
                     }
-                    match self.load(partition, &k) {
+                    match self.ctx.load(partition, &k) {
                         Ok(Some(o)) => {
                             bytes += k.len()
                                 + o.values()
@@ -329,12 +333,12 @@ impl<S: Store> NodeCore<S> {
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(partition = %partition, error = %e, "skipping an unreadable key");
-                            self.stats.corrupt_records += 1;
+                            self.ctx.stats.corrupt_records += 1;
                         }
                     }
                 }
                 if !back.is_empty() {
-                    self.send(
+                    self.ctx.send(
                         from,
                         AaeMsg::Objects {
                             partition,
@@ -350,7 +354,7 @@ impl<S: Store> NodeCore<S> {
 
     fn merge_objects(&mut self, p: PartitionId, objects: Vec<(Bytes, Object)>) {
         for (k, o) in objects {
-            if let Err(e) = self.merge_into_store(p, &k, &o) {
+            if let Err(e) = self.ctx.merge_into_store(p, &k, &o) {
                 tracing::warn!(partition = %p, ?e, "anti-entropy merge failed");
             }
         }
@@ -404,4 +408,31 @@ pub(super) struct AntiEntropy {
     pub(super) cursor: usize,
     /// When the next exchange starts (local clock).
     pub(super) next_exchange: u64,
+}
+
+impl AntiEntropy {
+    /// Keep the built trees in step with the data ([`DataEvent`]s routed here by `NodeCore`).
+    pub(super) fn on_data_event(&mut self, event: &DataEvent) {
+        match event {
+            DataEvent::Written {
+                partition,
+                key,
+                hash,
+                ..
+            } => {
+                if let Some(tree) = self.trees.get_mut(partition) {
+                    tree.update(key, Some(*hash));
+                }
+            }
+            DataEvent::Removed { partition, key } => {
+                if let Some(tree) = self.trees.get_mut(partition) {
+                    tree.update(key, None);
+                }
+            }
+            DataEvent::PartitionDropped { partition } => {
+                self.trees.remove(partition);
+            }
+            DataEvent::Scanned { .. } => {}
+        }
+    }
 }

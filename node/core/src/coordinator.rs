@@ -37,8 +37,6 @@ const SEEN_FORWARDS: usize = 4096;
 /// table (`on_deadline`).
 #[derive(Debug)]
 pub(super) struct Coordinator {
-    /// The next operation id (random start per incarnation, so ids do not repeat).
-    pub(super) next_op: OpId,
     /// Operations waiting for replies or their deadline.
     pub(super) ops: BTreeMap<OpId, PendingOp>,
     /// Forwarded writes already accepted, so a duplicated or replayed `Forward` message is not
@@ -50,21 +48,14 @@ pub(super) struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator with no operation, numbering its operations from `next_op`.
-    pub(super) fn new(next_op: OpId, now: u64) -> Self {
+    /// A coordinator with no operation.
+    pub(super) fn new(now: u64) -> Self {
         Self {
-            next_op,
             ops: BTreeMap::new(),
             seen_forwards: BTreeSet::new(),
             seen_forwards_order: std::collections::VecDeque::new(),
             repair_window: (now, 0),
         }
-    }
-
-    /// A fresh operation id.
-    pub(super) fn next_op_id(&mut self) -> OpId {
-        self.next_op = self.next_op.wrapping_add(1);
-        self.next_op
     }
 
     /// Take one unit of the read-repair budget (`per_sec` per one-second window starting at
@@ -127,26 +118,26 @@ pub(super) fn error(e: RequestError) -> ClientReply {
 impl<S: Store> NodeCore<S> {
     /// Resolve and validate N/R/W and the timeout of a request against the cluster defaults.
     pub(super) fn quorum(&self, opts: &RequestOptions, read: bool) -> Result<Quorum, RequestError> {
-        let n = opts.n.unwrap_or(self.cfg.n);
-        if n == 0 || n > self.cfg.n {
+        let n = opts.n.unwrap_or(self.ctx.cfg.n);
+        if n == 0 || n > self.ctx.cfg.n {
             // More replicas than the cluster's N would put copies where anti-entropy and the
             // reaper never look.
             return Err(RequestError::InvalidOptions(format!(
                 "n must be between 1 and the cluster's n={}, got {n}",
-                self.cfg.n
+                self.ctx.cfg.n
             )));
         }
         let (name, needed, pname, primaries) = if read {
             (
                 "r",
-                opts.r.unwrap_or(self.cfg.r.min(n)),
+                opts.r.unwrap_or(self.ctx.cfg.r.min(n)),
                 "pr",
                 opts.pr.unwrap_or(0),
             )
         } else {
             (
                 "w",
-                opts.w.unwrap_or(self.cfg.w.min(n)),
+                opts.w.unwrap_or(self.ctx.cfg.w.min(n)),
                 "pw",
                 opts.pw.unwrap_or(0),
             )
@@ -161,7 +152,7 @@ impl<S: Store> NodeCore<S> {
                 "{pname} must be at most {name}={needed}, got {primaries}"
             )));
         }
-        let timeout_ms = opts.timeout_ms.unwrap_or(self.cfg.request_timeout_ms);
+        let timeout_ms = opts.timeout_ms.unwrap_or(self.ctx.cfg.request_timeout_ms);
         if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
             return Err(RequestError::InvalidOptions(format!(
                 "timeout must be between 1 and {MAX_TIMEOUT_MS} ms, got {timeout_ms}"
@@ -178,7 +169,7 @@ impl<S: Store> NodeCore<S> {
     /// The nodes a request for partition `p` goes to: each primary believed up, and for each
     /// one believed down the next healthy node further along the ring (sloppy quorum).
     pub(super) fn select_targets(&self, p: PartitionId, n: u8) -> Vec<Target> {
-        let walk = self.map.walk(p);
+        let walk = self.ctx.map.walk(p);
         let n = usize::from(n).min(walk.len());
         let mut fallbacks = walk[n..].iter().copied().filter(|f| !self.is_down(*f));
         let mut targets = Vec::with_capacity(n);
@@ -205,7 +196,7 @@ impl<S: Store> NodeCore<S> {
         n: u8,
         targets: &[Target],
     ) -> Option<NodeId> {
-        let walk = self.map.walk(p);
+        let walk = self.ctx.map.walk(p);
         let n = usize::from(n).min(walk.len());
         walk[n..]
             .iter()
@@ -217,18 +208,14 @@ impl<S: Store> NodeCore<S> {
         if key.is_empty() {
             return Err(RequestError::BadKey("the key is empty".into()));
         }
-        if key.len() > self.cfg.max_key_bytes {
+        if key.len() > self.ctx.cfg.max_key_bytes {
             return Err(RequestError::BadKey(format!(
                 "key of {} bytes exceeds the limit of {} bytes",
                 key.len(),
-                self.cfg.max_key_bytes
+                self.ctx.cfg.max_key_bytes
             )));
         }
         Ok(())
-    }
-
-    pub(super) fn deadline(&self, timeout_ms: u32) -> u64 {
-        self.now + u64::from(timeout_ms) * 1000
     }
 
     /// Refuse at once when the targets cannot possibly make the quorum.
@@ -287,8 +274,8 @@ impl<S: Store> NodeCore<S> {
             },
             Value::Tombstone => ClientRequest::Delete { key, context, opts },
         };
-        let op = self.next_op_id();
-        let deadline = self.deadline(quorum.timeout_ms) + FORWARD_GRACE_MS * 1000;
+        let op = self.ctx.next_op_id();
+        let deadline = self.ctx.deadline(quorum.timeout_ms) + FORWARD_GRACE_MS * 1000;
         self.add_op(
             op,
             deadline,
@@ -299,7 +286,7 @@ impl<S: Store> NodeCore<S> {
                 deadline,
             }),
         );
-        self.send(to, CoordMsg::Forward { op, request });
+        self.ctx.send(to, CoordMsg::Forward { op, request });
     }
 
     pub(super) fn on_forward_reply(&mut self, op: OpId, reply: ClientReply) {
@@ -314,7 +301,7 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn on_deadline(&mut self, op: OpId) {
         if let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) {
             if let Some(at) = w.fallback_at {
-                if self.now >= at && self.now < w.deadline {
+                if self.ctx.now >= at && self.ctx.now < w.deadline {
                     w.fallback_at = None;
                     self.fallback_writes(op);
                     self.check_write_done(op);
@@ -325,7 +312,7 @@ impl<S: Store> NodeCore<S> {
         let Some(pending) = self.coord.ops.get(&op) else {
             return;
         };
-        if self.now < pending.timers().into_iter().max().unwrap_or(0) {
+        if self.ctx.now < pending.timers().into_iter().max().unwrap_or(0) {
             return; // an earlier timer of an op whose deadline has not come
         }
         let Some(pending) = self.remove_op(op) else {

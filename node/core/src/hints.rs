@@ -85,7 +85,7 @@ impl<S: Store> NodeCore<S> {
     /// Count the hints on disk per owner (at startup).
     pub(super) fn recount_hints(&mut self) -> Result<()> {
         let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
-        self.scan_each(Space::Hints, |k, _| {
+        self.ctx.scan_each(Space::Hints, |k, _| {
             if let Some((owner, _, _)) = parse_hint_key(k) {
                 *counts.entry(owner).or_insert(0) += 1;
             }
@@ -106,7 +106,7 @@ impl<S: Store> NodeCore<S> {
         p: PartitionId,
         key: &[u8],
     ) -> Result<Option<Object>> {
-        match self.store.get(Space::Hints, &hint_key(owner, p, key))? {
+        match self.ctx.store.get(Space::Hints, &hint_key(owner, p, key))? {
             Some(b) => Ok(Some(codec::decode_object(&b)?)),
             None => Ok(None),
         }
@@ -120,8 +120,8 @@ impl<S: Store> NodeCore<S> {
         key: &[u8],
         incoming: &Object,
     ) -> std::result::Result<Object, ReplicaError> {
-        self.check_peer_object(p, key, incoming)?;
-        let known = self.members.contains(&owner)
+        self.ctx.check_peer_object(p, key, incoming)?;
+        let known = self.ctx.members.contains(&owner)
             || self
                 .cluster_state()
                 .is_some_and(|s| s.member(owner).is_some());
@@ -133,10 +133,10 @@ impl<S: Store> NodeCore<S> {
         let storage = |e: crate::Error| ReplicaError::Storage(e.to_string());
         let existing = self.load_hint(owner, p, key).map_err(storage)?;
         let merged = match &existing {
-            Some(h) => self.merge(h, incoming),
+            Some(h) => self.ctx.merge(h, incoming),
             None => incoming.clone(),
         };
-        self.check_limits(&merged)?;
+        self.ctx.check_limits(&merged)?;
         self.store_hint(owner, p, key, &merged).map_err(storage)?;
         if existing.is_none() {
             *self.handoff.pending.entry(owner).or_insert(0) += 1;
@@ -152,9 +152,10 @@ impl<S: Store> NodeCore<S> {
         o: &Object,
     ) -> Result<()> {
         let bytes = codec::encode_object(o)?;
-        self.store
+        self.ctx
+            .store
             .put(Space::Hints, &hint_key(owner, p, key), &bytes)?;
-        self.dirty = true;
+        self.ctx.dirty = true;
         Ok(())
     }
 
@@ -167,7 +168,7 @@ impl<S: Store> NodeCore<S> {
         replicas: &[NodeId],
     ) -> std::result::Result<Object, ReplicaError> {
         let mut last = Err(ReplicaError::Rejected("partition has no replicas".into()));
-        let me = self.id();
+        let me = self.ctx.id();
         for r in replicas.iter().copied().filter(|r| *r != me) {
             last = self.merge_into_hint(r, p, key, object);
             last.as_ref().map_err(Clone::clone)?;
@@ -178,10 +179,10 @@ impl<S: Store> NodeCore<S> {
     /// Hints for a node that no longer owns anything (it left or was removed) can never be
     /// handed to it: give them to the current primaries of their partitions instead.
     fn redirect_hints(&mut self, owner: NodeId) -> Result<()> {
-        let n = usize::from(self.cfg.n);
+        let n = usize::from(self.ctx.cfg.n);
         let prefix = owner.0.to_be_bytes();
         loop {
-            let page = self.store.scan(Space::Hints, Some(&prefix[..]), 64)?;
+            let page = self.ctx.store.scan(Space::Hints, Some(&prefix[..]), 64)?;
             let mine: Vec<_> = page
                 .into_iter()
                 .filter(|(k, _)| parse_hint_key(k).is_some_and(|(o, _, _)| o == owner))
@@ -193,18 +194,18 @@ impl<S: Store> NodeCore<S> {
                 if let (Some((_, p, key)), Ok(object)) =
                     (parse_hint_key(&k), codec::decode_object(&v))
                 {
-                    let replicas = self.map.preference_list(p, n);
+                    let replicas = self.ctx.map.preference_list(p, n);
                     let key = key.to_vec();
                     let mut outcome = Ok(());
-                    if replicas.contains(&self.id()) {
-                        outcome = self.merge_into_store(p, &key, &object).map(|_| ());
+                    if replicas.contains(&self.ctx.id()) {
+                        outcome = self.ctx.merge_into_store(p, &key, &object).map(|_| ());
                     }
                     if outcome.is_ok() {
                         outcome = self.rehint(p, &key, &object, &replicas).map(|_| ());
                     }
                     let outcome = match outcome {
                         Err(ReplicaError::Rejected(why)) => {
-                            self.quarantine(owner, p, &key, &object, &why)
+                            self.ctx.quarantine(owner, p, &key, &object, &why)
                         }
                         other => other,
                     };
@@ -216,8 +217,8 @@ impl<S: Store> NodeCore<S> {
                     }
                 }
                 // Written again above (durable at the same sync, in order) before this removal.
-                self.store.remove(Space::Hints, &k)?;
-                self.dirty = true;
+                self.ctx.store.remove(Space::Hints, &k)?;
+                self.ctx.dirty = true;
             }
         }
         self.handoff.pending.remove(&owner);
@@ -230,7 +231,7 @@ impl<S: Store> NodeCore<S> {
         if self.handoff.pending.is_empty() {
             return;
         }
-        let owners_now = self.members.clone();
+        let owners_now = self.ctx.members.clone();
         let gone: Vec<NodeId> = self
             .handoff
             .pending
@@ -251,7 +252,7 @@ impl<S: Store> NodeCore<S> {
             .map(|(o, _)| *o)
             .collect();
         for owner in owners {
-            let now = self.now;
+            let now = self.ctx.now;
             let state = self.handoff.peers.entry(owner).or_default();
             if let Some(inflight) = &state.inflight {
                 if now < inflight.deadline {
@@ -260,11 +261,11 @@ impl<S: Store> NodeCore<S> {
                 // No answer: back off exponentially, with jitter so fallbacks do not stampede.
                 state.inflight = None;
                 state.failures = state.failures.saturating_add(1);
-                let max = u64::from(self.cfg.handoff_backoff_max_ms) * 1000;
+                let max = u64::from(self.ctx.cfg.handoff_backoff_max_ms) * 1000;
                 let backoff = BACKOFF_BASE_US
                     .saturating_mul(1u64 << state.failures.min(20))
                     .min(max);
-                let jitter = self.rng.gen_range(0..=backoff / 2);
+                let jitter = self.ctx.rng.gen_range(0..=backoff / 2);
                 let state = self.handoff.peers.entry(owner).or_default();
                 state.next_attempt = now + backoff / 2 + jitter;
                 continue;
@@ -279,9 +280,10 @@ impl<S: Store> NodeCore<S> {
 
     fn send_handoff_batch(&mut self, owner: NodeId) -> Result<()> {
         let prefix = owner.0.to_be_bytes();
-        let page = self
-            .store
-            .scan(Space::Hints, Some(&prefix[..]), self.cfg.handoff_batch)?;
+        let page =
+            self.ctx
+                .store
+                .scan(Space::Hints, Some(&prefix[..]), self.ctx.cfg.handoff_batch)?;
         let mut items = Vec::new();
         let mut sent = Vec::new();
         let mut bytes = 0usize;
@@ -293,7 +295,7 @@ impl<S: Store> NodeCore<S> {
                 break;
             }
             // Keep batches well inside the transport's frame limit.
-            if !items.is_empty() && bytes + v.len() > self.cfg.max_message_bytes / 2 {
+            if !items.is_empty() && bytes + v.len() > self.ctx.cfg.max_message_bytes / 2 {
                 break;
             }
             bytes += v.len();
@@ -303,9 +305,9 @@ impl<S: Store> NodeCore<S> {
                     // An unreadable hint cannot be delivered anywhere; keep it out of the way
                     // so it does not block every hint behind it.
                     tracing::error!(%owner, error = %e, "dropping an unreadable hint");
-                    self.stats.corrupt_records += 1;
-                    let _ = self.store.remove(Space::Hints, &k);
-                    self.dirty = true;
+                    self.ctx.stats.corrupt_records += 1;
+                    let _ = self.ctx.store.remove(Space::Hints, &k);
+                    self.ctx.dirty = true;
                     if let Some(c) = self.handoff.pending.get_mut(&owner) {
                         *c = c.saturating_sub(1);
                     }
@@ -324,26 +326,26 @@ impl<S: Store> NodeCore<S> {
             self.handoff.pending.remove(&owner);
             return Ok(());
         }
-        let batch = self.next_op_id();
-        let deadline = self.now + u64::from(self.cfg.request_timeout_ms) * 1000;
+        let batch = self.ctx.next_op_id();
+        let deadline = self.ctx.now + u64::from(self.ctx.cfg.request_timeout_ms) * 1000;
         self.handoff.peers.entry(owner).or_default().inflight = Some(Inflight {
             batch,
             deadline,
             sent,
         });
-        self.stats.handoff_batches_sent += 1;
-        self.send(owner, HandoffMsg::Batch { batch, items });
+        self.ctx.stats.handoff_batches_sent += 1;
+        self.ctx.send(owner, HandoffMsg::Batch { batch, items });
         Ok(())
     }
 
     /// The owner's side: merge handed-off objects like replica writes; ack once durable.
     pub(super) fn on_hint_batch(&mut self, from: NodeId, batch: u64, items: Vec<HandoffItem>) {
         let mut result = Ok(());
-        let n = usize::from(self.cfg.n);
+        let n = usize::from(self.ctx.cfg.n);
         if !self.membership.joined {
             // Without the cluster state there is nowhere safe to put them: let the fallback
             // keep its hints and retry.
-            self.send(
+            self.ctx.send(
                 from,
                 HandoffMsg::BatchAck {
                     batch,
@@ -353,9 +355,10 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         for item in items {
-            let replicas = self.map.preference_list(item.partition, n);
-            let outcome = if replicas.contains(&self.id()) {
-                self.merge_into_store(item.partition, &item.key, &item.object)
+            let replicas = self.ctx.map.preference_list(item.partition, n);
+            let outcome = if replicas.contains(&self.ctx.id()) {
+                self.ctx
+                    .merge_into_store(item.partition, &item.key, &item.object)
             } else {
                 // Not (or no longer) a replica of this partition (the map moved on): keep the
                 // object as hints for the current primaries rather than in a store no read or
@@ -366,7 +369,8 @@ impl<S: Store> NodeCore<S> {
                 // It can never be applied here: keep it aside (the fallback deletes its copy
                 // on our ack) and take the rest, so one bad hint does not block the others.
                 Err(ReplicaError::Rejected(why)) => {
-                    self.quarantine(from, item.partition, &item.key, &item.object, &why)
+                    self.ctx
+                        .quarantine(from, item.partition, &item.key, &item.object, &why)
                 }
                 other => other.map(|_| ()),
             };
@@ -374,9 +378,9 @@ impl<S: Store> NodeCore<S> {
                 result = Err(e);
                 break;
             }
-            self.stats.hints_received += 1;
+            self.ctx.stats.hints_received += 1;
         }
-        self.send(from, HandoffMsg::BatchAck { batch, result });
+        self.ctx.send(from, HandoffMsg::BatchAck { batch, result });
     }
 
     /// The fallback's side: the owner has the batch durably; drop the hints it covered.
@@ -395,38 +399,38 @@ impl<S: Store> NodeCore<S> {
         if let Err(e) = result {
             tracing::warn!(owner = %from, ?e, "owner refused a hint batch; will retry");
             state.failures = state.failures.saturating_add(1);
-            state.next_attempt = self.now + BACKOFF_BASE_US;
+            state.next_attempt = self.ctx.now + BACKOFF_BASE_US;
             return;
         }
         state.failures = 0;
-        state.next_attempt = self.now;
+        state.next_attempt = self.ctx.now;
         // Which hints are unchanged since they were sent (only those may go), and did this node
         // mint dots in any of them?
         let mut removable = Vec::new();
         let mut minted_here = false;
         for (k, h) in inflight.sent {
-            if let Ok(Some(current)) = self.store.get(Space::Hints, &k) {
+            if let Ok(Some(current)) = self.ctx.store.get(Space::Hints, &k) {
                 if hash(&current) == h {
-                    minted_here |=
-                        codec::decode_object(&current).is_ok_and(|o| o.join().get(&self.actor) > 0);
+                    minted_here |= codec::decode_object(&current)
+                        .is_ok_and(|o| o.join().get(&self.ctx.actor) > 0);
                     removable.push(k);
                 }
             }
         }
         // Retire the actor BEFORE dropping data minted under it (the store applies writes in
         // order, so a crash cannot keep the removal and lose the new identity).
-        if minted_here && !self.retire_actor() {
+        if minted_here && !self.ctx.retire_actor() {
             return;
         }
         let mut removed = 0u64;
         for k in removable {
-            if self.store.remove(Space::Hints, &k).is_ok() {
+            if self.ctx.store.remove(Space::Hints, &k).is_ok() {
                 removed += 1;
             }
         }
         if removed > 0 {
-            self.dirty = true;
-            self.stats.hints_delivered += removed;
+            self.ctx.dirty = true;
+            self.ctx.stats.hints_delivered += removed;
             if let Some(c) = self.handoff.pending.get_mut(&from) {
                 *c = c.saturating_sub(removed);
                 if *c == 0 {

@@ -4,9 +4,11 @@
 //! - [`config`]: quorum defaults, limits, and the test-only planted bugs.
 //! - `status`: `status_report` and `cluster_info`, assembled from the core's state.
 //! - [`store`]: the `Store` trait, its durability contract, and the in-memory store.
-//! - `node`: the state machine: identity/incarnation, dispatch, the replica role, timers, effects.
-//! - `replica`: the replica role and the data path; every data change routed to the
-//!   mechanisms that derive state from it.
+//! - `ctx`: the shared context every mechanism takes as an argument (config, identity, map,
+//!   store and data path, time, RNG, timers, outputs) and the `DataEvent`s the data path emits.
+//! - `node`: `NodeCore`, the router: identity/incarnation, dispatch of inputs to the
+//!   mechanisms, data events to the mechanisms that derive state from the data, effects.
+//! - `replica`: the replica role (replica, fallback, or hinting on for a stale coordinator).
 //! - `ops`: pending operations as small state machines (`on_ack`/`on_reply` -> `Progress`).
 //! - `coordinator`: get/put/delete against the preference list with N/R/W and PR/PW, sloppy
 //!   quorum (fallbacks with hints), forwarding, bounded read repair.
@@ -30,6 +32,7 @@
 mod aae;
 pub mod config;
 mod coordinator;
+mod ctx;
 pub mod error;
 mod hints;
 mod liveness;

@@ -57,18 +57,18 @@ impl Liveness {
 impl<S: Store> NodeCore<S> {
     /// Does this node currently believe `peer` is down?
     pub fn is_down(&self, peer: NodeId) -> bool {
-        peer != self.id() && (self.liveness.believes_down(peer) || self.gossip_says_down(peer))
+        peer != self.ctx.id() && (self.liveness.believes_down(peer) || self.gossip_says_down(peer))
     }
 
     /// Peers this node currently believes down.
     pub fn down_peers(&self) -> Vec<NodeId> {
         let mut peers: BTreeSet<NodeId> = self.liveness.down.keys().copied().collect();
-        peers.extend(self.members.iter().copied());
+        peers.extend(self.ctx.members.iter().copied());
         peers.into_iter().filter(|p| self.is_down(*p)).collect()
     }
 
     pub(super) fn mark_down(&mut self, peer: NodeId) {
-        if peer != self.id() && self.liveness.mark_down(peer, self.now) {
+        if peer != self.ctx.id() && self.liveness.mark_down(peer, self.ctx.now) {
             tracing::info!(%peer, "peer considered down");
         }
     }

@@ -84,21 +84,21 @@ pub(super) struct Membership {
 impl<S: Store> NodeCore<S> {
     /// Set up the gossiper: from the persisted state if there is one, else per `boot`.
     pub(super) fn init_membership(&mut self, boot: Bootstrap) -> Result<()> {
-        let seed: u64 = self.rng.gen();
+        let seed: u64 = self.ctx.rng.gen();
         let cfg = GossipConfig {
-            interval_us: u64::from(self.cfg.gossip_interval_ms) * 1000,
+            interval_us: u64::from(self.ctx.cfg.gossip_interval_ms) * 1000,
             ..GossipConfig::default()
         };
-        let persisted: Option<ClusterState> = match self.store.get(Space::Meta, CLUSTER_KEY)? {
+        let persisted: Option<ClusterState> = match self.ctx.store.get(Space::Meta, CLUSTER_KEY)? {
             Some(bytes) => Some(
                 codec::decode(&bytes)
                     .map_err(|e| Error::DataDir(format!("unreadable cluster state: {e}")))?,
             ),
             None => None,
         };
-        let me = self.id();
+        let me = self.ctx.id();
         let gossiper = match (persisted, boot) {
-            (Some(state), _) => Gossiper::with_state(me, state, 1, seed, cfg, self.now),
+            (Some(state), _) => Gossiper::with_state(me, state, 1, seed, cfg, self.ctx.now),
             (None, Bootstrap::Founder { map }) => {
                 self.found_cluster(&map, &BTreeMap::new(), seed, cfg)
             }
@@ -123,7 +123,7 @@ impl<S: Store> NodeCore<S> {
         .map_err(|e| Error::Config(format!("membership: {e}")))?;
         if let Some(state) = gossiper.state() {
             let map = state.map().map.clone();
-            self.install_map(map);
+            self.ctx.install_map(map);
             self.membership.joined = true;
         }
         self.membership.gossip = Some(gossiper);
@@ -142,7 +142,7 @@ impl<S: Store> NodeCore<S> {
     ) -> std::result::Result<Gossiper, dynakv_gossip::GossipError> {
         let params = ClusterParams {
             partitions: map.partition_count(),
-            replicas: self.cfg.n,
+            replicas: self.ctx.cfg.n,
         };
         let founders = map
             .members()
@@ -150,13 +150,13 @@ impl<S: Store> NodeCore<S> {
             .map(|m| (m, addrs.get(&m).cloned().unwrap_or_else(|| static_addr(m))))
             .collect();
         let state = ClusterState::new(params, &founders)?;
-        Gossiper::with_state(self.id(), state, 1, seed, cfg, self.now)
+        Gossiper::with_state(self.ctx.id(), state, 1, seed, cfg, self.ctx.now)
     }
 
     /// Ask `seed` (at `addr`) for the cluster state: how a running node that is not in a
     /// cluster joins one (`dynakv join`). Ignored once the node has joined.
     pub fn add_join_seed(&mut self, seed: NodeId, addr: String) {
-        if self.membership.joined || seed == self.id() {
+        if self.membership.joined || seed == self.ctx.id() {
             return;
         }
         if let Some(g) = self.membership.gossip.as_mut() {
@@ -173,17 +173,17 @@ impl<S: Store> NodeCore<S> {
     /// [`Effect::Link`] for a new peer or a changed address and [`Effect::Unlink`] for a peer
     /// that is gone. Called whenever the cluster state or the seeds change.
     pub(super) fn sync_links(&mut self) {
-        let me = self.id();
+        let me = self.ctx.id();
         let mut wanted: BTreeMap<NodeId, String> = BTreeMap::new();
-        let window = u64::from(self.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
+        let window = u64::from(self.ctx.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
         // While the driver reports the link up, or for two lingers after the removal was seen
         // (time for the removed node to connect, e.g. to a member that was paused); once its
         // process is gone the link goes down and is not made again.
-        let grace = u64::from(self.cfg.removed_linger_ms) * 1000 * 2;
+        let grace = u64::from(self.ctx.cfg.removed_linger_ms) * 1000 * 2;
         let lingering = |id: &NodeId| {
             self.membership.removed_peers.get(id).is_some_and(|since| {
-                self.now < since + window
-                    && (self.liveness.links_up.contains(id) || self.now < since + grace)
+                self.ctx.now < since + window
+                    && (self.liveness.links_up.contains(id) || self.ctx.now < since + grace)
             })
         };
         if let Some(state) = self.cluster_state() {
@@ -208,11 +208,11 @@ impl<S: Store> NodeCore<S> {
             .copied()
             .collect();
         for peer in gone {
-            self.effects.push(Effect::Unlink { peer });
+            self.ctx.effects.push(Effect::Unlink { peer });
         }
         for (peer, addr) in &wanted {
             if self.membership.links.get(peer) != Some(addr) {
-                self.effects.push(Effect::Link {
+                self.ctx.effects.push(Effect::Link {
                     peer: *peer,
                     addr: addr.clone(),
                 });
@@ -236,7 +236,7 @@ impl<S: Store> NodeCore<S> {
     /// This node's membership status, if it is in the cluster.
     pub fn member_status(&self) -> Option<Status> {
         self.cluster_state()
-            .and_then(|s| s.member(self.id()))
+            .and_then(|s| s.member(self.ctx.id()))
             .map(|m| m.status)
     }
 
@@ -257,7 +257,7 @@ impl<S: Store> NodeCore<S> {
         };
         let Some(state) = g.state() else { return false };
         match state.member(peer) {
-            Some(m) if m.status != Status::Removed => !g.is_up(peer, self.now),
+            Some(m) if m.status != Status::Removed => !g.is_up(peer, self.ctx.now),
             _ => false,
         }
     }
@@ -269,8 +269,8 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn removed_linger(&mut self) {
         // Links kept to removed peers end when the peer goes down or the window passes.
         if !self.membership.removed_peers.is_empty() {
-            let window = u64::from(self.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
-            let now = self.now;
+            let window = u64::from(self.ctx.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
+            let now = self.ctx.now;
             self.membership
                 .removed_peers
                 .retain(|_, since| now < *since + window);
@@ -280,13 +280,13 @@ impl<S: Store> NodeCore<S> {
         if !self.is_removed() || self.membership.stop_sent {
             return;
         }
-        let now = self.now;
+        let now = self.ctx.now;
         let since = *self.membership.removed_since.get_or_insert_with(|| {
-            tracing::warn!(linger_ms = self.cfg.removed_linger_ms,
+            tracing::warn!(linger_ms = self.ctx.cfg.removed_linger_ms,
                 "this node was removed from the cluster; it keeps running a little so the removal spreads, then stops");
             now
         });
-        let linger = u64::from(self.cfg.removed_linger_ms) * 1000;
+        let linger = u64::from(self.ctx.cfg.removed_linger_ms) * 1000;
         let held: u64 = self.handoff.pending.values().sum();
         if now < since + linger || (held > 0 && now < since + linger * REMOVED_HANDOFF_FACTOR) {
             return;
@@ -295,7 +295,7 @@ impl<S: Store> NodeCore<S> {
             tracing::error!(hints = held, "stopping with hints this node could not hand over (their owners stayed unreachable); those writes survive only where other replicas took them");
         }
         self.membership.stop_sent = true;
-        self.effects.push(Effect::Stop {
+        self.ctx.effects.push(Effect::Stop {
             reason: "removed from the cluster".into(),
         });
     }
@@ -307,7 +307,7 @@ impl<S: Store> NodeCore<S> {
         origin: super::node::Origin,
         admin: super::types::AdminRequest,
     ) {
-        let me = self.id();
+        let me = self.ctx.id();
         let (change, what) = match admin {
             super::types::AdminRequest::Leave => {
                 (Change::Leave(me), format!("node {me} is leaving"))
@@ -342,7 +342,7 @@ impl<S: Store> NodeCore<S> {
         if force || member.status == Status::Removed {
             return None; // the gossiper reports a second removal itself
         }
-        let reachable = node == self.id() || !self.is_down(node);
+        let reachable = node == self.ctx.id() || !self.is_down(node);
         reachable.then(|| {
             format!(
                 "node {node} is up and reachable: removing it would drop the writes and hints only \
@@ -358,7 +358,7 @@ impl<S: Store> NodeCore<S> {
     /// Errors: [`Error::NotJoined`] before this node has a cluster state, and the gossiper's
     /// refusal ([`Error::Gossip`]: a removed or unknown node, the last member, ...).
     pub fn stage_change(&mut self, change: Change) -> Result<()> {
-        let now = self.now;
+        let now = self.ctx.now;
         let g = self.membership.gossip.as_mut().ok_or(Error::NotJoined)?;
         let outbox = g.stage(now, change)?;
         self.send_gossip(outbox);
@@ -368,13 +368,13 @@ impl<S: Store> NodeCore<S> {
 
     fn send_gossip(&mut self, outbox: Vec<(NodeId, GossipMsg)>) {
         for (to, msg) in outbox {
-            self.send(to, PeerMsg::Gossip(msg));
+            self.ctx.send(to, PeerMsg::Gossip(msg));
         }
     }
 
     /// Called from the maintenance tick: one gossip round when it is due.
     pub(super) fn gossip_tick(&mut self) {
-        let now = self.now;
+        let now = self.ctx.now;
         let Some(g) = self.membership.gossip.as_mut() else {
             return;
         };
@@ -395,7 +395,7 @@ impl<S: Store> NodeCore<S> {
 
     /// A gossip message from a peer.
     pub(super) fn on_gossip(&mut self, from: NodeId, msg: GossipMsg) {
-        let now = self.now;
+        let now = self.ctx.now;
         let Some(g) = self.membership.gossip.as_mut() else {
             return;
         };
@@ -422,9 +422,9 @@ impl<S: Store> NodeCore<S> {
                     let Some(current) = current.clone() else {
                         continue;
                     };
-                    tracing::info!(node = %self.id(), "joined the cluster");
+                    tracing::info!(node = %self.ctx.id(), "joined the cluster");
                     self.membership.joined = true;
-                    self.install_map(current);
+                    self.ctx.install_map(current);
                     self.expect_join_transfers();
                 }
                 GossipEvent::MapChanged { previous, .. } => {
@@ -434,20 +434,20 @@ impl<S: Store> NodeCore<S> {
                     if self.membership.joined && previous != current {
                         self.plan_transfers(&previous, &current);
                     }
-                    self.install_map(current.clone());
+                    self.ctx.install_map(current.clone());
                     // Forget hash trees of partitions this node no longer replicates.
-                    let mine = self.mine.clone();
+                    let mine = self.ctx.mine.clone();
                     self.aae.trees.retain(|p, _| mine.contains(p));
                 }
                 GossipEvent::MemberChanged { node, status } => {
                     tracing::info!(%node, %status, "member changed");
-                    if status == Status::Removed && node != self.id() {
-                        self.membership.removed_peers.insert(node, self.now);
+                    if status == Status::Removed && node != self.ctx.id() {
+                        self.membership.removed_peers.insert(node, self.ctx.now);
                     }
                 }
                 GossipEvent::JoinRefused { seed, reason } => {
                     tracing::error!(%seed, %reason, "join refused");
-                    self.stats.join_refusals += 1;
+                    self.ctx.stats.join_refusals += 1;
                 }
             }
         }
@@ -464,9 +464,9 @@ impl<S: Store> NodeCore<S> {
         };
         match codec::encode(state)
             .map_err(Error::from)
-            .and_then(|b| self.store.put(Space::Meta, CLUSTER_KEY, &b))
+            .and_then(|b| self.ctx.store.put(Space::Meta, CLUSTER_KEY, &b))
         {
-            Ok(()) => self.dirty = true,
+            Ok(()) => self.ctx.dirty = true,
             Err(e) => tracing::error!(error = %e, "cannot persist the cluster state"),
         }
     }
@@ -474,7 +474,7 @@ impl<S: Store> NodeCore<S> {
     /// A joining node becomes valid once it received every partition it expects; a leaving
     /// node is removed once it handed everything off.
     pub(super) fn membership_progress(&mut self) {
-        let me = self.id();
+        let me = self.ctx.id();
         let change = match self.member_status() {
             // Only once the map is planned with this node in it: before, no transfer to it is
             // known, and "nothing pending" would mean nothing.
@@ -489,7 +489,7 @@ impl<S: Store> NodeCore<S> {
             Some(Status::Leaving)
                 if self.outgoing_pending() == 0
                     && self.handoff.pending.values().all(|c| *c == 0)
-                    && self.map.partitions_of(me).is_empty() =>
+                    && self.ctx.map.partitions_of(me).is_empty() =>
             {
                 Change::FinishLeave(me)
             }

@@ -5,14 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use dynakv_ring::{NodeId, PartitionId, PartitionMap};
+use dynakv_ring::{NodeId, PartitionMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use super::aae::AntiEntropy;
 use super::config::{CoreConfig, PlantedBug};
 use super::coordinator::Coordinator;
+use super::ctx::{Ctx, Identity, IDENTITY_KEY};
 use super::hints::HintedHandoff;
 pub(super) use super::liveness::Liveness;
 use super::membership::Membership;
@@ -21,46 +21,16 @@ use super::reaper::Reaper;
 use super::timers::{Timer, TimerTable};
 use super::transfer::Transfers;
 use super::types::{
-    ClientReply, ClientRequest, CoordMsg, CoreStats, Effect, HandoffMsg, Input, Object, OpId,
-    PeerMsg, ProbeMsg, RequestId,
+    ClientReply, ClientRequest, CoordMsg, CoreStats, Effect, HandoffMsg, Input, OpId, PeerMsg,
+    ProbeMsg, RequestId,
 };
 use crate::codec;
 use crate::dvv::Actor;
 use crate::error::{Error, Result};
 use crate::store::{Space, Store};
 
-/// Key of the identity record in [`Space::Meta`].
-const IDENTITY_KEY: &[u8] = b"identity";
-
-/// What a data directory remembers about its node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Identity {
-    node: NodeId,
-    incarnation: u64,
-}
-
 /// Most self-sent messages delivered per input (a bound on any self-message chain).
 const MAX_LOOPBACK_PER_INPUT: usize = 1024;
-
-/// A change to a partition's replicated data, routed by `NodeCore::on_data_change` to every
-/// mechanism that keeps state derived from the data.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum DataChange<'a> {
-    /// `key` now holds `object`, encoded as `record`.
-    Written {
-        partition: PartitionId,
-        key: &'a [u8],
-        record: &'a [u8],
-        object: &'a Object,
-    },
-    /// `key` was removed (a reaped tombstone).
-    Removed {
-        partition: PartitionId,
-        key: &'a [u8],
-    },
-    /// The whole partition was dropped (handed off to its new replicas).
-    PartitionDropped { partition: PartitionId },
-}
 
 /// Where the answer to an operation goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,28 +49,8 @@ pub(super) enum Origin {
 /// has come. Time is handed in as microseconds on the node's own monotonic clock.
 #[derive(Debug)]
 pub struct NodeCore<S: Store> {
-    // Shared context: what every mechanism reads or writes.
-    pub(super) cfg: CoreConfig,
-    pub(super) actor: Actor,
-    pub(super) map: PartitionMap,
-    /// Members of the current map (cached: asked for on hot paths).
-    pub(super) members: BTreeSet<NodeId>,
-    /// Partitions this node replicates under the current map (cached).
-    pub(super) mine: Vec<PartitionId>,
-    pub(super) store: S,
-    pub(super) rng: ChaCha8Rng,
-    pub(super) now: u64,
-    /// The one timer table: the maintenance tick and the operations' timers.
-    pub(super) timers: TimerTable,
-    pub(super) effects: Vec<Effect>,
-    /// Messages this node sent to itself, delivered after the current input.
-    pub(super) loopback: VecDeque<PeerMsg>,
-    /// Writes since the last sync: `drain_effects` syncs before any effect leaves.
-    pub(super) dirty: bool,
-    /// Set when a store sync failed: the node then acknowledges nothing until it restarts
-    /// (fail-stop; see [`NodeCore::storage_failure`]).
-    pub(super) fenced: Option<String>,
-    pub(super) stats: CoreStats,
+    /// The shared context: configuration, identity, map, store, time, outputs.
+    pub(super) ctx: Ctx<S>,
     // The mechanisms, each with its own state (see each type's doc for its inputs).
     pub(super) liveness: Liveness,
     pub(super) coord: Coordinator,
@@ -185,29 +135,33 @@ impl<S: Store> NodeCore<S> {
         let mut timers = TimerTable::default();
         timers.set(now + tick, Timer::Maintenance);
         let mut core = Self {
-            actor: Actor {
-                node: cfg.node,
-                incarnation,
+            ctx: Ctx {
+                actor: Actor {
+                    node: cfg.node,
+                    incarnation,
+                },
+                cfg,
+                map,
+                members: BTreeSet::new(),
+                mine: Vec::new(),
+                store,
+                rng,
+                now,
+                timers,
+                effects: Vec::new(),
+                loopback: VecDeque::new(),
+                events: Vec::new(),
+                dirty: false,
+                fenced: None,
+                stats: CoreStats::default(),
+                next_id: next_op,
             },
-            cfg,
-            map,
-            members: BTreeSet::new(),
-            mine: Vec::new(),
-            store,
-            rng,
-            now,
-            timers,
-            effects: Vec::new(),
-            loopback: VecDeque::new(),
-            dirty: false,
-            fenced: None,
-            stats: CoreStats::default(),
             liveness: Liveness {
                 down: BTreeMap::new(),
                 next_probe: now + tick,
                 links_up: BTreeSet::new(),
             },
-            coord: Coordinator::new(next_op, now),
+            coord: Coordinator::new(now),
             handoff: HintedHandoff::default(),
             aae: AntiEntropy {
                 next_exchange: now + tick,
@@ -217,86 +171,52 @@ impl<S: Store> NodeCore<S> {
             membership: Membership::default(),
             transfers: Transfers::default(),
         };
-        let initial = core.map.clone();
-        core.install_map(initial);
+        let initial = core.ctx.map.clone();
+        core.ctx.install_map(initial);
         core.recount_hints()?;
         core.load_transfers()?;
         core.init_membership(boot)?;
         if core.membership.joined {
-            let map = core.map.clone();
+            let map = core.ctx.map.clone();
             core.prune_moot_transfers(&map);
         }
         core.sync_links();
-        if core.dirty {
-            core.store.sync()?;
-            core.dirty = false;
+        core.route_events();
+        if core.ctx.dirty {
+            core.ctx.store.sync()?;
+            core.ctx.dirty = false;
         }
         Ok(core)
     }
 
-    /// Retire the current actor identity: draw a new random incarnation and persist it. Called
-    /// when this node drops data it may have minted dots for (delivered hints, reaped
-    /// tombstones, handed-off partitions): with the data gone it could no longer tell which
-    /// counters it used, so it must never mint under the old identity again. Random, not the
-    /// next number, so it cannot meet an incarnation drawn at some other start.
-    pub(super) fn retire_actor(&mut self) -> bool {
-        let incarnation: u64 = self.rng.gen();
-        let id = Identity {
-            node: self.cfg.node,
-            incarnation,
-        };
-        match codec::encode(&id)
-            .map_err(Error::from)
-            .and_then(|b| self.store.put(Space::Meta, IDENTITY_KEY, &b))
-        {
-            Ok(()) => {
-                self.actor.incarnation = incarnation;
-                self.dirty = true;
-                self.stats.actor_retirements += 1;
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot persist a new incarnation; keeping the data");
-                false
-            }
-        }
-    }
-
     /// This node's id.
     pub fn id(&self) -> NodeId {
-        self.cfg.node
+        self.ctx.cfg.node
     }
 
     /// The actor identity that new dots minted here carry.
     pub fn actor(&self) -> Actor {
-        self.actor
+        self.ctx.actor
     }
 
     /// The partition map the node routes by.
     pub fn partition_map(&self) -> &PartitionMap {
-        &self.map
+        &self.ctx.map
     }
 
     /// Replace the partition map (when the cluster changes).
     pub fn set_partition_map(&mut self, map: PartitionMap) {
-        self.install_map(map);
-    }
-
-    /// Route by `map` from now on, and refresh what is derived from it.
-    pub(super) fn install_map(&mut self, map: PartitionMap) {
-        self.members = map.members();
-        self.mine = map.replicated_partitions(self.cfg.node, usize::from(self.cfg.n));
-        self.map = map;
+        self.ctx.install_map(map);
     }
 
     /// The settings the core runs with.
     pub fn config(&self) -> &CoreConfig {
-        &self.cfg
+        &self.ctx.cfg
     }
 
     /// Counters for status pages and tests.
     pub fn stats(&self) -> CoreStats {
-        self.stats
+        self.ctx.stats
     }
 
     /// Operations still waiting for replies or their deadline.
@@ -306,34 +226,34 @@ impl<S: Store> NodeCore<S> {
 
     /// The store (read-only), for status and checkers.
     pub fn store(&self) -> &S {
-        &self.store
+        &self.ctx.store
     }
 
     /// The store, writable: only for injecting disk faults (the simulator's failing disk).
     /// Writing data through it would bypass the core's bookkeeping.
     pub fn store_mut(&mut self) -> &mut S {
-        &mut self.store
+        &mut self.ctx.store
     }
 
     /// Give the store back (when the driver shuts the node down or the simulator crashes it).
     pub fn into_store(self) -> S {
-        self.store
+        self.ctx.store
     }
 
     /// Feed one input at time `now` (microseconds). Effects queue up until
     /// [`NodeCore::drain_effects`].
     pub fn handle(&mut self, now: u64, input: Input) {
-        self.now = self.now.max(now);
-        if let Some(reason) = &self.fenced {
+        self.ctx.now = self.ctx.now.max(now);
+        if let Some(reason) = &self.ctx.fenced {
             // Fail-stop: answer clients with the reason, take part in nothing else. Peers see
             // silence and route around this node (sloppy quorum, hints).
             if let Input::Client { id, .. } = input {
                 let e = super::types::RequestError::StorageFailed {
-                    node: self.cfg.node,
+                    node: self.ctx.cfg.node,
                     reason: reason.clone(),
                 };
-                self.stats.requests_failed += 1;
-                self.effects.push(Effect::Reply {
+                self.ctx.stats.requests_failed += 1;
+                self.ctx.effects.push(Effect::Reply {
                     id,
                     reply: ClientReply::Error(e),
                 });
@@ -355,6 +275,7 @@ impl<S: Store> NodeCore<S> {
                 }
             }
         }
+        self.route_events();
         self.deliver_loopback();
     }
 
@@ -362,24 +283,43 @@ impl<S: Store> NodeCore<S> {
     /// them: no network, no loss, the same in production and in the simulator. Bounded per
     /// input; what is left waits for the next call (`poll_timeout` asks for one at once).
     fn deliver_loopback(&mut self) {
-        let me = self.id();
+        let me = self.ctx.id();
         for _ in 0..MAX_LOOPBACK_PER_INPUT {
-            let Some(msg) = self.loopback.pop_front() else {
+            let Some(msg) = self.ctx.loopback.pop_front() else {
                 return;
             };
             self.handle_peer(me, msg);
+            self.route_events();
+        }
+    }
+
+    /// Hand the data events of the last step to the mechanisms that derive state from the
+    /// data, in the order they happened. Called after every input, every self-sent message and
+    /// every step of the maintenance tick, so no mechanism acts on state that lags the store.
+    pub(super) fn route_events(&mut self) {
+        if self.ctx.events.is_empty() {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.ctx.events);
+        for event in events.drain(..) {
+            self.aae.on_data_event(&event);
+            self.reaper.on_data_event(&event, &self.ctx);
+        }
+        // Keep the buffer's capacity for the next step.
+        if self.ctx.events.is_empty() {
+            self.ctx.events = events;
         }
     }
 
     /// The next time at which the core wants [`Input::Timeout`], if any.
     pub fn poll_timeout(&self) -> Option<u64> {
-        if self.fenced.is_some() {
+        if self.ctx.fenced.is_some() {
             return None;
         }
-        if !self.loopback.is_empty() {
-            return Some(self.now);
+        if !self.ctx.loopback.is_empty() {
+            return Some(self.ctx.now);
         }
-        self.timers.next()
+        self.ctx.timers.next()
     }
 
     /// Take every queued effect. Syncs the store first when anything was written, so no ack,
@@ -392,26 +332,26 @@ impl<S: Store> NodeCore<S> {
     /// sync that "succeeds" would not prove the earlier writes durable (PostgreSQL's fsyncgate).
     /// A restart re-reads the store and takes a new actor identity.
     pub fn drain_effects(&mut self) -> Vec<Effect> {
-        if self.dirty && self.fenced.is_none() {
-            let synced = if self.cfg.has_bug(PlantedBug::AckBeforeStore) {
+        if self.ctx.dirty && self.ctx.fenced.is_none() {
+            let synced = if self.ctx.cfg.has_bug(PlantedBug::AckBeforeStore) {
                 // Planted bug: acknowledge without making the writes durable.
                 Ok(())
             } else {
-                self.store.sync()
+                self.ctx.store.sync()
             };
             match synced {
-                Ok(()) => self.dirty = false,
-                Err(e) if self.cfg.has_bug(PlantedBug::RetryFailedSync) => {
+                Ok(()) => self.ctx.dirty = false,
+                Err(e) if self.ctx.cfg.has_bug(PlantedBug::RetryFailedSync) => {
                     // Planted bug: drop this batch but keep serving, trusting the next sync.
-                    self.stats.sync_failures += 1;
+                    self.ctx.stats.sync_failures += 1;
                     tracing::error!(error = %e, "store sync failed");
-                    self.effects.clear();
+                    self.ctx.effects.clear();
                     return Vec::new();
                 }
                 Err(e) => self.fence(e.to_string()),
             }
         }
-        std::mem::take(&mut self.effects)
+        std::mem::take(&mut self.ctx.effects)
     }
 
     /// Stop acknowledging anything after a failed sync (see [`NodeCore::drain_effects`]).
@@ -421,45 +361,28 @@ impl<S: Store> NodeCore<S> {
             "store sync failed: this node stops serving until it is restarted; \
              check the disk, then restart the node"
         );
-        self.stats.sync_failures += 1;
-        self.fenced = Some(reason);
-        self.effects.clear();
-        self.loopback.clear();
+        self.ctx.stats.sync_failures += 1;
+        self.ctx.fenced = Some(reason);
+        self.ctx.effects.clear();
+        self.ctx.loopback.clear();
         self.coord.ops.clear();
     }
 
     /// Why the node stopped serving, if a store sync failed (it then answers every client
     /// request with [`super::types::RequestError::StorageFailed`] until restarted).
     pub fn storage_failure(&self) -> Option<&str> {
-        self.fenced.as_deref()
-    }
-
-    pub(super) fn next_op_id(&mut self) -> OpId {
-        self.coord.next_op_id()
-    }
-
-    /// Send `msg` to `to`; a message to this node itself is delivered by the core
-    /// (`deliver_loopback`), never by the driver.
-    pub(super) fn send(&mut self, to: NodeId, msg: impl Into<PeerMsg>) {
-        if to == self.id() {
-            self.loopback.push_back(msg.into());
-            return;
-        }
-        self.effects.push(Effect::Send {
-            to,
-            msg: msg.into(),
-        });
+        self.ctx.fenced.as_deref()
     }
 
     pub(super) fn respond(&mut self, origin: Origin, reply: ClientReply) {
         if matches!(reply, ClientReply::Error(_)) {
-            self.stats.requests_failed += 1;
+            self.ctx.stats.requests_failed += 1;
         } else {
-            self.stats.requests_ok += 1;
+            self.ctx.stats.requests_ok += 1;
         }
         match origin {
-            Origin::Client(id) => self.effects.push(Effect::Reply { id, reply }),
-            Origin::Peer { node, op } => self.send(node, CoordMsg::ForwardReply { op, reply }),
+            Origin::Client(id) => self.ctx.effects.push(Effect::Reply { id, reply }),
+            Origin::Peer { node, op } => self.ctx.send(node, CoordMsg::ForwardReply { op, reply }),
         }
     }
 
@@ -469,7 +392,9 @@ impl<S: Store> NodeCore<S> {
         match msg {
             PeerMsg::Replica(m) => self.on_replica_msg(from, m),
             PeerMsg::Coord(m) => self.on_coord_msg(from, m),
-            PeerMsg::Probe(ProbeMsg::Ping { nonce }) => self.send(from, ProbeMsg::Pong { nonce }),
+            PeerMsg::Probe(ProbeMsg::Ping { nonce }) => {
+                self.ctx.send(from, ProbeMsg::Pong { nonce })
+            }
             PeerMsg::Probe(ProbeMsg::Pong { .. }) => {}
             PeerMsg::Handoff(HandoffMsg::Batch { batch, items }) => {
                 self.on_hint_batch(from, batch, items)
@@ -502,18 +427,22 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn handle_client(&mut self, origin: Origin, request: ClientRequest) {
-        if self.coord.ops.len() >= self.cfg.max_pending_ops {
+        if self.coord.ops.len() >= self.ctx.cfg.max_pending_ops {
             let e = super::types::RequestError::Overloaded {
                 pending: self.coord.ops.len() as u64,
             };
             return self.respond(origin, ClientReply::Error(e));
         }
         if self.is_removed() {
-            let e = super::types::RequestError::Removed { node: self.id() };
+            let e = super::types::RequestError::Removed {
+                node: self.ctx.id(),
+            };
             return self.respond(origin, ClientReply::Error(e));
         }
         if !self.membership.joined {
-            let e = super::types::RequestError::NotJoined { node: self.id() };
+            let e = super::types::RequestError::NotJoined {
+                node: self.ctx.id(),
+            };
             return self.respond(origin, ClientReply::Error(e));
         }
         match request {
@@ -528,7 +457,7 @@ impl<S: Store> NodeCore<S> {
                 self.start_write(origin, key, super::types::Value::Tombstone, context, opts)
             }
             ClientRequest::PartitionMap => {
-                let map = self.map.clone();
+                let map = self.ctx.map.clone();
                 self.respond(origin, ClientReply::PartitionMap(map));
             }
             ClientRequest::Admin(admin) => self.handle_admin(origin, admin),
@@ -536,12 +465,12 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn handle_timeouts(&mut self) {
-        if self.timers.take_maintenance(self.now) {
-            let next = self.now + u64::from(self.cfg.tick_ms) * 1000;
-            self.timers.set(next, Timer::Maintenance);
+        if self.ctx.timers.take_maintenance(self.ctx.now) {
+            let next = self.ctx.now + u64::from(self.ctx.cfg.tick_ms) * 1000;
+            self.ctx.timers.set(next, Timer::Maintenance);
             self.maintenance();
         }
-        while let Some(op) = self.timers.pop_due_op(self.now) {
+        while let Some(op) = self.ctx.timers.pop_due_op(self.ctx.now) {
             self.on_deadline(op);
         }
     }
@@ -549,22 +478,28 @@ impl<S: Store> NodeCore<S> {
     /// Periodic work: hinted handoff, anti-entropy, probes of down peers, tombstone reaping.
     fn maintenance(&mut self) {
         self.gossip_tick();
+        self.route_events();
         self.transfer_tick();
+        self.route_events();
         self.stray_tick();
+        self.route_events();
         self.handoff_tick();
-        if self.now >= self.aae.next_exchange {
-            self.aae.next_exchange = self.now + u64::from(self.cfg.aae_interval_ms) * 1000;
+        self.route_events();
+        if self.ctx.now >= self.aae.next_exchange {
+            self.aae.next_exchange = self.ctx.now + u64::from(self.ctx.cfg.aae_interval_ms) * 1000;
             self.aae_tick();
+            self.route_events();
         }
-        if self.now >= self.liveness.next_probe {
-            self.liveness.next_probe = self.now + 1_000_000;
+        if self.ctx.now >= self.liveness.next_probe {
+            self.liveness.next_probe = self.ctx.now + 1_000_000;
             let down: Vec<NodeId> = self.liveness.down.keys().copied().collect();
             for peer in down {
-                let nonce = self.next_op_id();
-                self.send(peer, ProbeMsg::Ping { nonce });
+                let nonce = self.ctx.next_op_id();
+                self.ctx.send(peer, ProbeMsg::Ping { nonce });
             }
         }
         self.reaper_tick();
+        self.route_events();
         self.removed_linger();
     }
 
@@ -572,16 +507,16 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn repair_budget(&mut self) -> bool {
         let ok = self
             .coord
-            .take_repair_budget(self.now, self.cfg.read_repair_per_sec);
+            .take_repair_budget(self.ctx.now, self.ctx.cfg.read_repair_per_sec);
         if !ok {
-            self.stats.read_repairs_skipped += 1;
+            self.ctx.stats.read_repairs_skipped += 1;
         }
         ok
     }
 
     /// Register an operation with its deadline.
     pub(super) fn add_op(&mut self, op: OpId, deadline: u64, pending: PendingOp) {
-        self.timers.set(deadline, Timer::Op(op));
+        self.ctx.timers.set(deadline, Timer::Op(op));
         self.coord.ops.insert(op, pending);
     }
 
@@ -589,7 +524,7 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn remove_op(&mut self, op: OpId) -> Option<PendingOp> {
         let pending = self.coord.ops.remove(&op)?;
         for t in pending.timers() {
-            self.timers.cancel(t, Timer::Op(op));
+            self.ctx.timers.cancel(t, Timer::Op(op));
         }
         Some(pending)
     }

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use dynakv_ring::NodeId;
 
 use super::coordinator::{error, is_primary, READ_REPAIR_WINDOW_US};
+use super::ctx::merge_objects;
 use super::node::{NodeCore, Origin};
 use super::ops::{PendingOp, ReadOp};
-use super::replica::merge_objects;
 use super::timers::Timer;
 use super::types::{Object, OpId, ReplicaError, ReplicaMsg, RequestOptions};
 use crate::store::Store;
@@ -26,13 +26,13 @@ impl<S: Store> NodeCore<S> {
             Ok(q) => q,
             Err(e) => return self.respond(origin, error(e)),
         };
-        let partition = self.map.partition_for_key(&key);
+        let partition = self.ctx.map.partition_for_key(&key);
         let targets = self.select_targets(partition, quorum.n);
         if let Err(e) = self.check_reachable("get", &targets, quorum) {
             return self.respond(origin, error(e));
         }
-        let op = self.next_op_id();
-        let deadline = self.deadline(quorum.timeout_ms);
+        let op = self.ctx.next_op_id();
+        let deadline = self.ctx.deadline(quorum.timeout_ms);
         self.add_op(
             op,
             deadline,
@@ -49,14 +49,14 @@ impl<S: Store> NodeCore<S> {
             }),
         );
         for t in targets {
-            if t.node == self.id() {
+            if t.node == self.ctx.id() {
                 let result = self
                     .local_object(partition, &key, t.hint_for)
                     .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o))
                     .map_err(|e| ReplicaError::Storage(e.to_string()));
                 self.on_read_reply(t.node, op, result);
             } else {
-                self.send(
+                self.ctx.send(
                     t.node,
                     ReplicaMsg::Read {
                         op,
@@ -86,16 +86,16 @@ impl<S: Store> NodeCore<S> {
     /// Act on the read's progress: reply (then wait for stragglers only briefly), and repair
     /// once every target answered.
     pub(super) fn check_read_done(&mut self, op: OpId) {
-        let window = self.now + READ_REPAIR_WINDOW_US;
-        let cfg = &self.cfg;
+        let window = self.ctx.now + READ_REPAIR_WINDOW_US;
+        let cfg = &self.ctx.cfg;
         let Some(PendingOp::Read(r)) = self.coord.ops.get_mut(&op) else {
             return;
         };
         let progress = r.progress(|a, b| merge_objects(cfg, a, b));
         if let Some((origin, reply)) = progress.reply {
             if let Some(old) = r.shorten_deadline(window) {
-                self.timers.cancel(old, Timer::Op(op));
-                self.timers.set(window, Timer::Op(op));
+                self.ctx.timers.cancel(old, Timer::Op(op));
+                self.ctx.timers.set(window, Timer::Op(op));
             }
             self.respond(origin, reply);
         }
@@ -110,10 +110,10 @@ impl<S: Store> NodeCore<S> {
         let Some(PendingOp::Read(r)) = self.remove_op(op) else {
             return;
         };
-        if !self.cfg.read_repair || r.replies.len() < 2 {
+        if !self.ctx.cfg.read_repair || r.replies.len() < 2 {
             return;
         }
-        let merged = r.merged(|a, b| self.merge(a, b));
+        let merged = r.merged(|a, b| self.ctx.merge(a, b));
         if merged.join().is_empty() {
             return;
         }
@@ -128,8 +128,8 @@ impl<S: Store> NodeCore<S> {
             if !stale || !self.repair_budget() {
                 continue;
             }
-            self.stats.read_repairs += 1;
-            if *node == self.id() {
+            self.ctx.stats.read_repairs += 1;
+            if *node == self.ctx.id() {
                 // The same path as a remote repair: the map may have moved since the read
                 // started, and a node that no longer replicates the key hints it on instead of
                 // keeping an orphan copy.
@@ -137,8 +137,8 @@ impl<S: Store> NodeCore<S> {
                     tracing::warn!(?e, "local read repair failed");
                 }
             } else {
-                let repair_op = self.next_op_id();
-                self.send(
+                let repair_op = self.ctx.next_op_id();
+                self.ctx.send(
                     *node,
                     ReplicaMsg::Write {
                         op: repair_op,

@@ -17,8 +17,9 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
 use super::aae::object_hash;
+use super::ctx::{tombstone_only, Ctx, DataEvent};
 use super::node::NodeCore;
-use super::types::{Object, ReapMsg, Value};
+use super::types::ReapMsg;
 use crate::store::{Space, Store};
 
 /// Reap rounds started per maintenance tick at most.
@@ -41,27 +42,45 @@ pub(super) struct Reaper {
     pub(super) tombstones: BTreeMap<(PartitionId, Bytes), u64>,
 }
 
-fn tombstone_only(o: &Object) -> bool {
-    o.value_count() > 0 && o.values().iter().all(|v| matches!(v, Value::Tombstone))
+impl Reaper {
+    /// Track tombstone-only keys ([`DataEvent`]s routed here by `NodeCore`).
+    pub(super) fn on_data_event<S: Store>(&mut self, event: &DataEvent, ctx: &Ctx<S>) {
+        match event {
+            DataEvent::Written {
+                partition,
+                key,
+                tombstone_only,
+                ..
+            }
+            | DataEvent::Scanned {
+                partition,
+                key,
+                tombstone_only,
+            } => {
+                if ctx.cfg.tombstone_grace_ms == 0 {
+                    return;
+                }
+                let k = (*partition, key.clone());
+                if *tombstone_only {
+                    // The grace counts from the last change: a newer tombstone (a delete that
+                    // covers a write this node never saw) restarts it, since copies of that
+                    // write may be in flight.
+                    self.tombstones.insert(k, ctx.now);
+                } else {
+                    self.tombstones.remove(&k);
+                }
+            }
+            DataEvent::Removed { partition, key } => {
+                self.tombstones.remove(&(*partition, key.clone()));
+            }
+            DataEvent::PartitionDropped { partition } => {
+                self.tombstones.retain(|(p, _), _| p != partition);
+            }
+        }
+    }
 }
 
 impl<S: Store> NodeCore<S> {
-    /// Track tombstone-only keys (a [`super::node::DataChange`] routed here).
-    pub(super) fn note_tombstone(&mut self, p: PartitionId, key: &[u8], o: &Object) {
-        if self.cfg.tombstone_grace_ms == 0 {
-            return;
-        }
-        let k = (p, Bytes::copy_from_slice(key));
-        if tombstone_only(o) {
-            // The grace counts from the last change: a newer tombstone (a delete that covers a
-            // write this node never saw) restarts it, since copies of that write may be in flight.
-            let now = self.now;
-            self.reaper.tombstones.insert(k, now);
-        } else {
-            self.reaper.tombstones.remove(&k);
-        }
-    }
-
     /// Tombstone-only keys this node tracks (for status and tests).
     pub fn tombstones_tracked(&self) -> usize {
         self.reaper.tombstones.len()
@@ -69,18 +88,18 @@ impl<S: Store> NodeCore<S> {
 
     /// Called from the maintenance tick: expire rounds, start new ones.
     pub(super) fn reaper_tick(&mut self) {
-        let now = self.now;
+        let now = self.ctx.now;
         self.reaper.rounds.retain(|_, r| r.deadline > now);
-        if self.cfg.tombstone_grace_ms == 0 {
+        if self.ctx.cfg.tombstone_grace_ms == 0 {
             return;
         }
-        let eager = self.cfg.has_bug(super::config::PlantedBug::EagerReap);
+        let eager = self.ctx.cfg.has_bug(super::config::PlantedBug::EagerReap);
         let grace = if eager {
             0
         } else {
-            u64::from(self.cfg.tombstone_grace_ms) * 1000
+            u64::from(self.ctx.cfg.tombstone_grace_ms) * 1000
         };
-        let n = usize::from(self.cfg.n);
+        let n = usize::from(self.ctx.cfg.n);
         if self.reaper.tombstones.is_empty() {
             return;
         }
@@ -100,7 +119,7 @@ impl<S: Store> NodeCore<S> {
             .iter()
             .filter(|((p, _), since)| {
                 now >= **since + grace
-                    && self.map.preference_list(*p, n).first() == Some(&self.id())
+                    && self.ctx.map.preference_list(*p, n).first() == Some(&self.ctx.id())
             })
             .map(|(k, _)| k.clone())
             .filter(|k| !in_round.contains(k))
@@ -120,7 +139,7 @@ impl<S: Store> NodeCore<S> {
                 members
                     .iter()
                     .copied()
-                    .filter(|m| *m != self.id())
+                    .filter(|m| *m != self.ctx.id())
                     .collect()
             };
             if self.has_hint_for(p, &key)
@@ -128,9 +147,9 @@ impl<S: Store> NodeCore<S> {
             {
                 continue;
             }
-            let round = self.next_op_id();
+            let round = self.ctx.next_op_id();
             for m in &waiting {
-                self.send(
+                self.ctx.send(
                     *m,
                     ReapMsg::Query {
                         round,
@@ -140,7 +159,7 @@ impl<S: Store> NodeCore<S> {
                     },
                 );
             }
-            let deadline = now + u64::from(self.cfg.request_timeout_ms) * 1000;
+            let deadline = now + u64::from(self.ctx.cfg.request_timeout_ms) * 1000;
             self.reaper.rounds.insert(
                 round,
                 Round {
@@ -165,7 +184,7 @@ impl<S: Store> NodeCore<S> {
     /// The hash of the stored object if it is tombstone-only (never trust the tracking map
     /// alone: a write may have landed since).
     fn reapable_hash(&self, p: PartitionId, key: &[u8]) -> Option<u64> {
-        let bytes = self.store.get(Space::Partition(p), key).ok()??;
+        let bytes = self.ctx.store.get(Space::Partition(p), key).ok()??;
         let object = crate::codec::decode_object(&bytes).ok()?;
         tombstone_only(&object).then(|| object_hash(&bytes))
     }
@@ -173,7 +192,7 @@ impl<S: Store> NodeCore<S> {
     /// Who must vote on a reap: every member that may hold a copy, leaving and joining ones
     /// included (a leaving node still sends its partitions until its transfers finish).
     fn reap_voters(&self) -> BTreeSet<NodeId> {
-        let mut voters = self.members.clone();
+        let mut voters = self.ctx.members.clone();
         if let Some(state) = self.cluster_state() {
             voters.extend(
                 state
@@ -241,19 +260,20 @@ impl<S: Store> NodeCore<S> {
         key: Bytes,
         hash: u64,
     ) {
-        let same = match self.store.get(Space::Partition(p), &key) {
+        let same = match self.ctx.store.get(Space::Partition(p), &key) {
             Ok(Some(_)) => self.reapable_hash(p, &key) == Some(hash),
             Ok(None) => !self
+                .ctx
                 .map
-                .preference_list(p, usize::from(self.cfg.n))
-                .contains(&self.id()),
+                .preference_list(p, usize::from(self.ctx.cfg.n))
+                .contains(&self.ctx.id()),
             Err(_) => false,
         };
         let ok = same
             && !self.has_hint_for(p, &key)
             && !self.transfer_pending_for(p)
             && !self.op_pending_for(&key);
-        self.send(from, ReapMsg::Vote { round, key, ok });
+        self.ctx.send(from, ReapMsg::Vote { round, key, ok });
     }
 
     pub(super) fn on_reap_vote(&mut self, from: NodeId, round: u64, key: Bytes, ok: bool) {
@@ -267,7 +287,7 @@ impl<S: Store> NodeCore<S> {
             // Someone holds something else (or a hint): wait another grace period.
             let k = (r.partition, r.key.clone());
             self.reaper.rounds.remove(&round);
-            let now = self.now;
+            let now = self.ctx.now;
             // Re-arm only if the key is still tombstone-only here (a write may have landed).
             if let Some(since) = self.reaper.tombstones.get_mut(&k) {
                 *since = now;
@@ -284,10 +304,10 @@ impl<S: Store> NodeCore<S> {
         let Some(r) = self.reaper.rounds.remove(&round) else {
             return;
         };
-        let n = usize::from(self.cfg.n);
-        for replica in self.map.preference_list(r.partition, n) {
-            if replica != self.id() {
-                self.send(
+        let n = usize::from(self.ctx.cfg.n);
+        for replica in self.ctx.map.preference_list(r.partition, n) {
+            if replica != self.ctx.id() {
+                self.ctx.send(
                     replica,
                     ReapMsg::Reap {
                         partition: r.partition,
@@ -306,18 +326,19 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         let minted_here = self
+            .ctx
             .load(p, key)
             .ok()
             .flatten()
-            .is_some_and(|o| o.join().get(&self.actor) > 0);
+            .is_some_and(|o| o.join().get(&self.ctx.actor) > 0);
         // Retire first: the new identity is written before the removal (see hints.rs).
-        if minted_here && !self.retire_actor() {
+        if minted_here && !self.ctx.retire_actor() {
             return;
         }
-        if let Err(e) = self.remove_key(p, key) {
+        if let Err(e) = self.ctx.remove_key(p, key) {
             tracing::warn!(partition = %p, error = %e, "cannot reap a tombstone");
             return;
         }
-        self.stats.tombstones_reaped += 1;
+        self.ctx.stats.tombstones_reaped += 1;
     }
 }

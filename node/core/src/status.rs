@@ -39,7 +39,7 @@ impl<S: Store> NodeCore<S> {
             rows.entry(*id).or_insert((parse_addr(addr), None));
         }
         let mine = self.membership.my_addr.as_deref().map(parse_addr);
-        rows.entry(self.id()).or_insert((
+        rows.entry(self.ctx.id()).or_insert((
             mine.unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
             None,
         ));
@@ -59,11 +59,11 @@ impl<S: Store> NodeCore<S> {
             .collect();
         ClusterInfo {
             members,
-            map: self.map.clone(),
-            n: self.cfg.n,
-            r: self.cfg.r,
-            w: self.cfg.w,
-            request_timeout_ms: self.cfg.request_timeout_ms,
+            map: self.ctx.map.clone(),
+            n: self.ctx.cfg.n,
+            r: self.ctx.cfg.r,
+            w: self.ctx.cfg.w,
+            request_timeout_ms: self.ctx.cfg.request_timeout_ms,
         }
     }
 
@@ -71,8 +71,8 @@ impl<S: Store> NodeCore<S> {
     /// failure detectors' opinion, membership status and partitions owned), hints, transfers
     /// and counters.
     pub fn status_report(&self) -> StatusReport {
-        let counts = self.map.counts();
-        let me = self.id();
+        let counts = self.ctx.map.counts();
+        let me = self.ctx.id();
         let members = self
             .member_rows()
             .into_iter()
@@ -88,10 +88,10 @@ impl<S: Store> NodeCore<S> {
         StatusReport {
             node: me,
             members,
-            partition_count: self.map.partition_count(),
-            n: self.cfg.n,
-            r: self.cfg.r,
-            w: self.cfg.w,
+            partition_count: self.ctx.map.partition_count(),
+            n: self.ctx.cfg.n,
+            r: self.ctx.cfg.r,
+            w: self.ctx.cfg.w,
             pending_ops: self.pending_ops() as u64,
             hints_pending: self.hints_pending(),
             transfers: self.transfer_rows(),

@@ -18,26 +18,26 @@ const SWEEP_INTERVAL_US: u64 = 5_000_000;
 impl<S: Store> NodeCore<S> {
     /// Maintenance: every few seconds, hand over or drop the stray partition copies.
     pub(super) fn stray_tick(&mut self) {
-        if self.now < self.transfers.next_sweep {
+        if self.ctx.now < self.transfers.next_sweep {
             return;
         }
-        self.transfers.next_sweep = self.now + SWEEP_INTERVAL_US;
+        self.transfers.next_sweep = self.ctx.now + SWEEP_INTERVAL_US;
         // A joining node has no say yet; a removed one hands over hints, and its data is the
         // operator's call (`dynakv remove --force`).
         if !self.membership.joined || self.is_removed() {
             return;
         }
-        let held = match self.store.partitions() {
+        let held = match self.ctx.store.partitions() {
             Ok(held) => held,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list partitions for the stray-copy sweep");
                 return;
             }
         };
-        let n = usize::from(self.cfg.n);
-        let me = self.id();
+        let n = usize::from(self.ctx.cfg.n);
+        let me = self.ctx.id();
         for p in held {
-            let replicas = self.map.preference_list(p, n);
+            let replicas = self.ctx.map.preference_list(p, n);
             if replicas.contains(&me) {
                 continue;
             }
@@ -62,7 +62,7 @@ impl<S: Store> NodeCore<S> {
             // current replica; merging what they already have is idempotent.
             tracing::warn!(partition = %p, receivers = ?replicas,
                 "a copy of a partition this node does not replicate was left behind: handing it over");
-            self.stats.stray_partitions += 1;
+            self.ctx.stats.stray_partitions += 1;
             let total = self.count_keys(p);
             for to in replicas {
                 self.start_outgoing(p, to, total);

@@ -114,7 +114,10 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn load_transfers(&mut self) -> crate::Result<()> {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = self.store.scan(Space::Transfers, after.as_deref(), 256)?;
+            let page = self
+                .ctx
+                .store
+                .scan(Space::Transfers, after.as_deref(), 256)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
             for (k, v) in page {
@@ -160,8 +163,8 @@ impl<S: Store> NodeCore<S> {
 
     /// The map changed from `old` to `new`: record what this node must send and expect.
     pub(super) fn plan_transfers(&mut self, old: &PartitionMap, new: &PartitionMap) {
-        let n = usize::from(self.cfg.n);
-        let me = self.id();
+        let n = usize::from(self.ctx.cfg.n);
+        let me = self.ctx.id();
         // Finished transfers of earlier changes are history: forget them (status shows the
         // transfers of the current change).
         let finished_out: Vec<(PartitionId, NodeId)> = self
@@ -173,8 +176,13 @@ impl<S: Store> NodeCore<S> {
             .collect();
         for (p, to) in finished_out {
             self.transfers.sending.remove(&(p, to));
-            if self.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
-                self.dirty = true;
+            if self
+                .ctx
+                .store
+                .remove(Space::Transfers, &out_key(p, to))
+                .is_ok()
+            {
+                self.ctx.dirty = true;
             }
         }
         let finished_in: Vec<(PartitionId, NodeId)> = self
@@ -188,11 +196,12 @@ impl<S: Store> NodeCore<S> {
             self.transfers.receiving.remove(&(p, from));
             self.transfers.progress.remove(&(p, from));
             if self
+                .ctx
                 .store
                 .remove(Space::Transfers, &in_key(p, from))
                 .is_ok()
             {
-                self.dirty = true;
+                self.ctx.dirty = true;
             }
         }
         self.prune_moot_transfers(new);
@@ -249,8 +258,8 @@ impl<S: Store> NodeCore<S> {
     /// where it also clears records a failed store write left behind (a full disk).
     pub(super) fn prune_moot_transfers(&mut self, map: &PartitionMap) {
         let new = map;
-        let n = usize::from(self.cfg.n);
-        let me = self.id();
+        let n = usize::from(self.ctx.cfg.n);
+        let me = self.ctx.id();
         // Transfers to nodes that are no longer replicas of the partition are moot: the new map
         // gave it to someone else, who gets it from this plan.
         let moot: Vec<(PartitionId, NodeId)> = self
@@ -263,8 +272,13 @@ impl<S: Store> NodeCore<S> {
         let mut orphaned = BTreeMap::new();
         for (p, to) in moot {
             self.transfers.sending.remove(&(p, to));
-            if self.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
-                self.dirty = true;
+            if self
+                .ctx
+                .store
+                .remove(Space::Transfers, &out_key(p, to))
+                .is_ok()
+            {
+                self.ctx.dirty = true;
             }
             orphaned.insert(p, ());
         }
@@ -292,18 +306,19 @@ impl<S: Store> NodeCore<S> {
         for (p, from) in moot_in {
             self.transfers.receiving.remove(&(p, from));
             if self
+                .ctx
                 .store
                 .remove(Space::Transfers, &in_key(p, from))
                 .is_ok()
             {
-                self.dirty = true;
+                self.ctx.dirty = true;
             }
         }
     }
 
     pub(super) fn count_keys(&self, p: PartitionId) -> u64 {
         let mut count = 0;
-        let _ = self.scan_each(Space::Partition(p), |_, _| count += 1);
+        let _ = self.ctx.scan_each(Space::Partition(p), |_, _| count += 1);
         count
     }
 
@@ -325,7 +340,7 @@ impl<S: Store> NodeCore<S> {
                 rec,
                 inflight: None,
                 failures: 0,
-                next_attempt: self.now,
+                next_attempt: self.ctx.now,
             },
         );
     }
@@ -339,8 +354,8 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn persist_checkpoint(&mut self, key: &[u8], rec: &impl serde::Serialize) {
         match codec::encode(rec) {
             Ok(b) => {
-                if self.store.put(Space::Transfers, key, &b).is_ok() {
-                    self.dirty = true;
+                if self.ctx.store.put(Space::Transfers, key, &b).is_ok() {
+                    self.ctx.dirty = true;
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a transfer checkpoint"),
@@ -350,7 +365,7 @@ impl<S: Store> NodeCore<S> {
     /// Called from the maintenance tick: retry unanswered batches, start transfers within the
     /// concurrency limit.
     pub(super) fn transfer_tick(&mut self) {
-        let now = self.now;
+        let now = self.ctx.now;
         // Receivers: ask about transfers that went silent (the sender may have lost its state).
         let stalled: Vec<(PartitionId, NodeId)> = self
             .transfers
@@ -366,7 +381,7 @@ impl<S: Store> NodeCore<S> {
         for (p, from) in stalled {
             self.transfers.progress.insert((p, from), now);
             let epoch = self.cluster_state().map_or(0, |s| s.map().version.epoch);
-            self.send(
+            self.ctx.send(
                 from,
                 TransferMsg::Status {
                     partition: p,
@@ -394,7 +409,7 @@ impl<S: Store> NodeCore<S> {
                 }
                 s.inflight = None;
                 s.rec.resent += items;
-                self.stats.transfer_batches_retried += 1;
+                self.ctx.stats.transfer_batches_retried += 1;
                 let Some(s) = self.transfers.sending.get_mut(&key) else {
                     continue;
                 };
@@ -402,14 +417,14 @@ impl<S: Store> NodeCore<S> {
                 let backoff = BACKOFF_BASE_US
                     .saturating_mul(1u64 << s.failures.min(20))
                     .min(BACKOFF_MAX_US);
-                let jitter = self.rng.gen_range(0..=backoff / 2);
+                let jitter = self.ctx.rng.gen_range(0..=backoff / 2);
                 if let Some(s) = self.transfers.sending.get_mut(&key) {
                     s.next_attempt = now + backoff / 2 + jitter;
                 }
                 continue;
             }
             let fresh = s.rec.sent == 0;
-            if now < s.next_attempt || (fresh && active >= self.cfg.max_transfers) {
+            if now < s.next_attempt || (fresh && active >= self.ctx.cfg.max_transfers) {
                 continue;
             }
             if fresh {
@@ -424,10 +439,10 @@ impl<S: Store> NodeCore<S> {
             return;
         };
         let (p, to) = key;
-        let page = match self.store.scan(
+        let page = match self.ctx.store.scan(
             Space::Partition(p),
             s.rec.cursor.as_deref(),
-            self.cfg.transfer_batch,
+            self.ctx.cfg.transfer_batch,
         ) {
             Ok(page) => page,
             Err(e) => {
@@ -435,11 +450,11 @@ impl<S: Store> NodeCore<S> {
                 return;
             }
         };
-        let mut last = page.len() < self.cfg.transfer_batch;
+        let mut last = page.len() < self.ctx.cfg.transfer_batch;
         let mut items = Vec::with_capacity(page.len());
         let mut bytes = 0usize;
         for (k, v) in page {
-            if !items.is_empty() && bytes + v.len() > self.cfg.max_message_bytes / 2 {
+            if !items.is_empty() && bytes + v.len() > self.ctx.cfg.max_message_bytes / 2 {
                 last = false; // cut to fit the frame limit; the rest follows
                 break;
             }
@@ -451,20 +466,20 @@ impl<S: Store> NodeCore<S> {
                 }
             }
         }
-        let batch = self.next_op_id();
-        let deadline = self.now + u64::from(self.cfg.request_timeout_ms) * 1000;
+        let batch = self.ctx.next_op_id();
+        let deadline = self.ctx.now + u64::from(self.ctx.cfg.request_timeout_ms) * 1000;
         let count = items.len() as u64;
         if let Some(s) = self.transfers.sending.get_mut(&key) {
             s.inflight = Some((batch, deadline, count));
         }
-        self.stats.transfer_batches_sent += 1;
+        self.ctx.stats.transfer_batches_sent += 1;
         let after = self
             .transfers
             .sending
             .get(&key)
             .and_then(|s| s.rec.cursor.clone())
             .map(Bytes::from);
-        self.send(
+        self.ctx.send(
             to,
             TransferMsg::Batch {
                 batch,
@@ -501,11 +516,11 @@ impl<S: Store> NodeCore<S> {
         if let Err(e) = result {
             tracing::warn!(partition = %p, to = %from, ?e, "transfer batch refused; will retry");
             s.failures = s.failures.saturating_add(1);
-            s.next_attempt = self.now + BACKOFF_BASE_US;
+            s.next_attempt = self.ctx.now + BACKOFF_BASE_US;
             return;
         }
         s.failures = 0;
-        s.next_attempt = self.now;
+        s.next_attempt = self.ctx.now;
         s.rec.sent += items;
         if let Some(k) = upto {
             s.rec.cursor = Some(k.to_vec());
@@ -513,7 +528,7 @@ impl<S: Store> NodeCore<S> {
         s.rec.done |= done;
         let rec = s.rec.clone();
         self.persist_out(&rec);
-        self.stats.transfer_keys_sent += items;
+        self.ctx.stats.transfer_keys_sent += items;
         if rec.done {
             self.maybe_drop_partition(p);
             self.membership_progress();
@@ -525,8 +540,8 @@ impl<S: Store> NodeCore<S> {
     /// Drop a partition's data once every transfer of it is confirmed and this node is no
     /// longer one of its replicas.
     pub(super) fn maybe_drop_partition(&mut self, p: PartitionId) {
-        let n = usize::from(self.cfg.n);
-        if self.map.preference_list(p, n).contains(&self.id()) {
+        let n = usize::from(self.ctx.cfg.n);
+        if self.ctx.map.preference_list(p, n).contains(&self.ctx.id()) {
             return;
         }
         let pending = self
@@ -539,14 +554,14 @@ impl<S: Store> NodeCore<S> {
         }
         // Retire first: the dropped copy may hold dots this node minted, and the new identity
         // must be written before the data goes (see hints.rs).
-        if !self.retire_actor() {
+        if !self.ctx.retire_actor() {
             return;
         }
-        if let Err(e) = self.drop_partition_data(p) {
+        if let Err(e) = self.ctx.drop_partition_data(p) {
             tracing::warn!(partition = %p, error = %e, "cannot drop a handed-off partition");
             return;
         }
-        self.stats.partitions_dropped += 1;
+        self.ctx.stats.partitions_dropped += 1;
         tracing::info!(partition = %p, "partition handed off and dropped");
     }
 
@@ -585,7 +600,8 @@ impl<S: Store> NodeCore<S> {
         // yet: stay silent, the asker asks again.
         let current = self.cluster_state().map_or(0, |s| s.map().version.epoch);
         if !live && current >= epoch {
-            self.send(from, TransferMsg::NoTransfer { partition: p });
+            self.ctx
+                .send(from, TransferMsg::NoTransfer { partition: p });
         }
     }
 

@@ -26,7 +26,7 @@ impl<S: Store> NodeCore<S> {
         if self.member_status() != Some(dynakv_gossip::Status::Joining) {
             return;
         }
-        let me = self.id();
+        let me = self.ctx.id();
         // Leaving members too: they may be handing a partition to this node.
         let senders: Vec<NodeId> = self.cluster_state().map_or_else(Vec::new, |s| {
             s.members()
@@ -36,9 +36,10 @@ impl<S: Store> NodeCore<S> {
                 .collect()
         });
         let first_probe = self
+            .ctx
             .now
             .saturating_sub(STALL_US.saturating_sub(JOIN_PROBE_AFTER_US));
-        let mine: Vec<PartitionId> = self.mine.to_vec();
+        let mine: Vec<PartitionId> = self.ctx.mine.to_vec();
         for p in mine {
             for from in senders.iter().copied() {
                 if self.transfers.receiving.contains_key(&(p, from)) {
@@ -63,9 +64,10 @@ impl<S: Store> NodeCore<S> {
         let mut upto = None;
         if !self.membership.joined
             || !self
+                .ctx
                 .map
-                .preference_list(p, usize::from(self.cfg.n))
-                .contains(&self.id())
+                .preference_list(p, usize::from(self.ctx.cfg.n))
+                .contains(&self.ctx.id())
         {
             // Not ready (still joining) or our map does not have us as a replica yet: refuse
             // the whole batch so the sender keeps its copy and retries. Acknowledging here
@@ -78,10 +80,10 @@ impl<S: Store> NodeCore<S> {
             .iter()
             .take(if result.is_ok() { usize::MAX } else { 0 })
         {
-            let outcome = match self.merge_into_store(p, k, o) {
+            let outcome = match self.ctx.merge_into_store(p, k, o) {
                 // Cannot be applied here: kept aside, since the sender drops its copy once the
                 // transfer is done.
-                Err(ReplicaError::Rejected(why)) => self.quarantine(from, p, k, o, &why),
+                Err(ReplicaError::Rejected(why)) => self.ctx.quarantine(from, p, k, o, &why),
                 other => other.map(|_| ()),
             };
             if let Err(e) = outcome {
@@ -103,10 +105,10 @@ impl<S: Store> NodeCore<S> {
             rec.done |= last;
             let rec = rec.clone();
             self.persist_in(&rec);
-            self.transfers.progress.insert((p, from), self.now);
-            self.stats.transfer_keys_received += items.len() as u64;
+            self.transfers.progress.insert((p, from), self.ctx.now);
+            self.ctx.stats.transfer_keys_received += items.len() as u64;
         }
-        self.send(
+        self.ctx.send(
             from,
             TransferMsg::Ack {
                 batch,

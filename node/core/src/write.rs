@@ -37,10 +37,10 @@ impl<S: Store> NodeCore<S> {
         };
         let checked = self.check_key(&key).and_then(|_| {
             if let Value::Data(v) = &value {
-                if v.len() > self.cfg.max_value_bytes {
+                if v.len() > self.ctx.cfg.max_value_bytes {
                     return Err(RequestError::ValueTooLarge {
                         len: v.len() as u64,
-                        max: self.cfg.max_value_bytes as u64,
+                        max: self.ctx.cfg.max_value_bytes as u64,
                     });
                 }
             }
@@ -59,12 +59,12 @@ impl<S: Store> NodeCore<S> {
                 ))),
             );
         }
-        let partition = self.map.partition_for_key(&key);
+        let partition = self.ctx.map.partition_for_key(&key);
         let mut targets = self.select_targets(partition, quorum.n);
         if let Err(e) = self.check_reachable(kind, &targets, quorum) {
             return self.respond(origin, error(e));
         }
-        let me = self.id();
+        let me = self.ctx.id();
         let i_am_primary = targets.iter().any(|t| t.node == me && t.hint_for.is_none());
         let up_primary = targets
             .iter()
@@ -83,6 +83,7 @@ impl<S: Store> NodeCore<S> {
             // Forwarded to us although our view says we are no target: coordinate anyway as
             // an extra fallback for the first primary, so the write is not bounced around.
             let owner = self
+                .ctx
                 .map
                 .preference_list(partition, usize::from(quorum.n))
                 .first()
@@ -110,10 +111,14 @@ impl<S: Store> NodeCore<S> {
         let object = DvvSet::update(
             DvvSet::new_with_context(&context, value),
             &local,
-            self.actor,
+            self.ctx.actor,
         );
         #[cfg(feature = "planted-bugs")]
-        let object = if self.cfg.has_bug(super::config::PlantedBug::LastWriteWins) {
+        let object = if self
+            .ctx
+            .cfg
+            .has_bug(super::config::PlantedBug::LastWriteWins)
+        {
             object.keep_only_newest()
         } else {
             object
@@ -127,27 +132,28 @@ impl<S: Store> NodeCore<S> {
         let encoded = crate::codec::encode_object(&object)
             .map(|b| b.len())
             .unwrap_or(usize::MAX);
-        if encoded > self.cfg.max_message_bytes / 2 {
+        if encoded > self.ctx.cfg.max_message_bytes / 2 {
             return self.respond(
                 origin,
                 error(RequestError::ValueTooLarge {
                     len: encoded as u64,
-                    max: (self.cfg.max_message_bytes / 2) as u64,
+                    max: (self.ctx.cfg.max_message_bytes / 2) as u64,
                 }),
             );
         }
         let count = object.value_count();
-        if count > self.cfg.sibling_max as usize {
+        if count > self.ctx.cfg.sibling_max as usize {
             return self.respond(
                 origin,
                 error(RequestError::TooManySiblings {
                     count: count as u32,
-                    max: self.cfg.sibling_max,
+                    max: self.ctx.cfg.sibling_max,
                 }),
             );
         }
         let stored = match my_target.hint_for {
             None => self
+                .ctx
                 .save(partition, &key, &object)
                 .map_err(|e| e.to_string()),
             Some(owner) => self
@@ -159,18 +165,18 @@ impl<S: Store> NodeCore<S> {
             return self.respond(origin, error(RequestError::Storage(e)));
         }
         let dot = Some(Dot {
-            actor: self.actor,
-            counter: object.join().get(&self.actor),
+            actor: self.ctx.actor,
+            counter: object.join().get(&self.ctx.actor),
         });
-        let op = self.next_op_id();
-        let deadline = self.deadline(quorum.timeout_ms);
-        let fallback_at = self.now + u64::from(self.cfg.fallback_after_ms) * 1000;
+        let op = self.ctx.next_op_id();
+        let deadline = self.ctx.deadline(quorum.timeout_ms);
+        let fallback_at = self.ctx.now + u64::from(self.ctx.cfg.fallback_after_ms) * 1000;
         let fallback_at = (fallback_at < deadline).then_some(fallback_at);
         for t in targets.iter().filter(|t| t.node != me) {
             if t.hint_for.is_some() {
-                self.stats.sloppy_writes += 1;
+                self.ctx.stats.sloppy_writes += 1;
             }
-            self.send(
+            self.ctx.send(
                 t.node,
                 ReplicaMsg::Write {
                     op,
@@ -204,7 +210,7 @@ impl<S: Store> NodeCore<S> {
             }),
         );
         if let Some(at) = fallback_at {
-            self.timers.set(at, Timer::Op(op));
+            self.ctx.timers.set(at, Timer::Op(op));
         }
         self.check_write_done(op);
     }
@@ -247,8 +253,8 @@ impl<S: Store> NodeCore<S> {
                     hint_for: Some(owner),
                 });
             }
-            self.stats.sloppy_writes += 1;
-            self.send(fallback, msg);
+            self.ctx.stats.sloppy_writes += 1;
+            self.ctx.send(fallback, msg);
         }
     }
 

@@ -1,0 +1,394 @@
+//! The shared context every mechanism works in ([`Ctx`]): configuration, identity, the
+//! partition map, the store and the data path, time, randomness, the timer table, and the
+//! outputs (effects, self-sent messages, data events).
+//!
+//! Mechanisms take `&mut Ctx` as an argument next to their own state; they never reach each
+//! other's state through it. What one mechanism's action means for another travels as a value:
+//! a write to a partition's data pushes a [`DataEvent`] that `NodeCore` routes to the mechanisms
+//! that derive state from the data (anti-entropy trees, the reaper).
+
+use std::collections::{BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use dynakv_ring::{NodeId, PartitionId, PartitionMap};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::config::{CoreConfig, PlantedBug};
+use super::timers::TimerTable;
+use super::types::{CoreStats, Effect, Object, OpId, PeerMsg, ReplicaError, Value};
+use crate::codec;
+use crate::dvv::Actor;
+use crate::error::{Error, Result};
+use crate::store::{Space, Store};
+
+/// Key of the identity record in [`Space::Meta`].
+pub(super) const IDENTITY_KEY: &[u8] = b"identity";
+
+/// What a data directory remembers about its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Identity {
+    pub(super) node: NodeId,
+    pub(super) incarnation: u64,
+}
+
+/// A change to a partition's replicated data (or a key read back while rebuilding state
+/// derived from it). Pushed by the data path ([`Ctx::save`], [`Ctx::remove_key`],
+/// [`Ctx::drop_partition_data`]) and routed by `NodeCore` to anti-entropy and the reaper
+/// before the next input is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum DataEvent {
+    /// `key` now holds an object whose encoded record hashes to `hash`.
+    Written {
+        partition: PartitionId,
+        key: Bytes,
+        hash: u64,
+        tombstone_only: bool,
+    },
+    /// `key` was read back from the store while a hash tree was rebuilt (the reaper rebuilds
+    /// its view of tombstone-only keys from it; the tree already holds it).
+    Scanned {
+        partition: PartitionId,
+        key: Bytes,
+        tombstone_only: bool,
+    },
+    /// `key` was removed (a reaped tombstone).
+    Removed { partition: PartitionId, key: Bytes },
+    /// The whole partition was dropped (handed off to its new replicas).
+    PartitionDropped { partition: PartitionId },
+}
+
+/// Does the object hold tombstones and nothing else (a reap candidate)?
+pub(super) fn tombstone_only(o: &Object) -> bool {
+    o.value_count() > 0 && o.values().iter().all(|v| matches!(v, Value::Tombstone))
+}
+
+/// Merge two objects with a node's config: the DVVSet sync (commutative, associative,
+/// idempotent), or the planted last-write-wins bug when that is planted.
+pub(super) fn merge_objects(cfg: &CoreConfig, a: &Object, b: &Object) -> Object {
+    let merged = a.sync(b);
+    #[cfg(feature = "planted-bugs")]
+    if cfg.has_bug(PlantedBug::LastWriteWins) {
+        return merged.keep_only_newest();
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    let _ = cfg;
+    merged
+}
+
+/// The shared context: what every mechanism reads, and where their outputs go.
+#[derive(Debug)]
+pub(super) struct Ctx<S: Store> {
+    pub(super) cfg: CoreConfig,
+    pub(super) actor: Actor,
+    pub(super) map: PartitionMap,
+    /// Members of the current map (cached: asked for on hot paths).
+    pub(super) members: BTreeSet<NodeId>,
+    /// Partitions this node replicates under the current map (cached).
+    pub(super) mine: Vec<PartitionId>,
+    pub(super) store: S,
+    pub(super) rng: ChaCha8Rng,
+    /// The node's monotonic clock at the input being handled (microseconds).
+    pub(super) now: u64,
+    /// The one timer table: the maintenance tick and the operations' timers.
+    pub(super) timers: TimerTable,
+    /// Effects for the driver, taken by `NodeCore::drain_effects`.
+    pub(super) effects: Vec<Effect>,
+    /// Messages this node sent to itself, delivered after the current input.
+    pub(super) loopback: VecDeque<PeerMsg>,
+    /// Data changes not yet routed to the mechanisms that derive state from the data.
+    pub(super) events: Vec<DataEvent>,
+    /// Writes since the last sync: `drain_effects` syncs before any effect leaves.
+    pub(super) dirty: bool,
+    /// Set when a store sync failed: the node then acknowledges nothing until it restarts.
+    pub(super) fenced: Option<String>,
+    pub(super) stats: CoreStats,
+    /// The next message/operation id (random start per incarnation, so ids do not repeat).
+    pub(super) next_id: OpId,
+}
+
+impl<S: Store> Ctx<S> {
+    /// This node's id.
+    pub(super) fn id(&self) -> NodeId {
+        self.cfg.node
+    }
+
+    /// A fresh id for an operation, a batch, a round or a session.
+    pub(super) fn next_op_id(&mut self) -> OpId {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
+    }
+
+    /// The time `timeout_ms` from now.
+    pub(super) fn deadline(&self, timeout_ms: u32) -> u64 {
+        self.now + u64::from(timeout_ms) * 1000
+    }
+
+    /// The replicas of partition `p` under the current map.
+    pub(super) fn replicas(&self, p: PartitionId) -> Vec<NodeId> {
+        self.map.preference_list(p, usize::from(self.cfg.n))
+    }
+
+    /// Does this node replicate partition `p` under the current map?
+    pub(super) fn replicates(&self, p: PartitionId) -> bool {
+        self.replicas(p).contains(&self.id())
+    }
+
+    /// Route by `map` from now on, and refresh what is derived from it.
+    pub(super) fn install_map(&mut self, map: PartitionMap) {
+        self.members = map.members();
+        self.mine = map.replicated_partitions(self.cfg.node, usize::from(self.cfg.n));
+        self.map = map;
+    }
+
+    /// Send `msg` to `to`; a message to this node itself is delivered by the core
+    /// (`NodeCore::deliver_loopback`), never by the driver.
+    pub(super) fn send(&mut self, to: NodeId, msg: impl Into<PeerMsg>) {
+        if to == self.id() {
+            self.loopback.push_back(msg.into());
+            return;
+        }
+        self.effects.push(Effect::Send {
+            to,
+            msg: msg.into(),
+        });
+    }
+
+    /// Retire the current actor identity: draw a new random incarnation and persist it. Called
+    /// when this node drops data it may have minted dots for (delivered hints, reaped
+    /// tombstones, handed-off partitions): with the data gone it could no longer tell which
+    /// counters it used, so it must never mint under the old identity again. Random, not the
+    /// next number, so it cannot meet an incarnation drawn at some other start.
+    pub(super) fn retire_actor(&mut self) -> bool {
+        let incarnation: u64 = self.rng.gen();
+        let id = Identity {
+            node: self.cfg.node,
+            incarnation,
+        };
+        match codec::encode(&id)
+            .map_err(Error::from)
+            .and_then(|b| self.store.put(Space::Meta, IDENTITY_KEY, &b))
+        {
+            Ok(()) => {
+                self.actor.incarnation = incarnation;
+                self.dirty = true;
+                self.stats.actor_retirements += 1;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot persist a new incarnation; keeping the data");
+                false
+            }
+        }
+    }
+
+    /// Read and decode the stored object for a key.
+    pub(super) fn load(&self, p: PartitionId, key: &[u8]) -> Result<Option<Object>> {
+        match self.store.get(Space::Partition(p), key)? {
+            Some(bytes) => Ok(Some(codec::decode_object(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Encode and write an object; durable at the next drain. Pushes a
+    /// [`DataEvent::Written`] for the mechanisms that derive state from the data.
+    pub(super) fn save(&mut self, p: PartitionId, key: &[u8], object: &Object) -> Result<()> {
+        let bytes = codec::encode_object(object)?;
+        self.store.put(Space::Partition(p), key, &bytes)?;
+        self.dirty = true;
+        self.events.push(DataEvent::Written {
+            partition: p,
+            key: Bytes::copy_from_slice(key),
+            hash: super::aae::object_hash(&bytes),
+            tombstone_only: tombstone_only(object),
+        });
+        self.warn_siblings(object);
+        Ok(())
+    }
+
+    /// Remove a key from a partition's store; durable at the next drain. Pushes a
+    /// [`DataEvent::Removed`].
+    pub(super) fn remove_key(&mut self, p: PartitionId, key: &[u8]) -> Result<()> {
+        self.store.remove(Space::Partition(p), key)?;
+        self.dirty = true;
+        self.events.push(DataEvent::Removed {
+            partition: p,
+            key: Bytes::copy_from_slice(key),
+        });
+        Ok(())
+    }
+
+    /// Remove a whole partition's data (handed off); pushes a [`DataEvent::PartitionDropped`].
+    pub(super) fn drop_partition_data(&mut self, p: PartitionId) -> Result<()> {
+        self.store.drop_partition(p)?;
+        self.dirty = true;
+        self.events
+            .push(DataEvent::PartitionDropped { partition: p });
+        Ok(())
+    }
+
+    fn warn_siblings(&mut self, object: &Object) {
+        let count = object.value_count();
+        if count > self.cfg.sibling_warn as usize {
+            self.stats.sibling_warnings += 1;
+            tracing::warn!(
+                siblings = count,
+                warn_at = self.cfg.sibling_warn,
+                "key has many siblings: clients should read and write back a merged value"
+            );
+        }
+    }
+
+    /// Merge two objects: the DVVSet sync, or the planted last-write-wins bug
+    /// ([`merge_objects`] with this node's config).
+    pub(super) fn merge(&self, a: &Object, b: &Object) -> Object {
+        merge_objects(&self.cfg, a, b)
+    }
+
+    /// Merge `incoming` into what this node stores for `key` (the replica role).
+    pub(super) fn merge_into_store(
+        &mut self,
+        p: PartitionId,
+        key: &[u8],
+        incoming: &Object,
+    ) -> std::result::Result<Object, ReplicaError> {
+        self.check_peer_object(p, key, incoming)?;
+        // The one guard for every path into a partition store: a copy of a partition this node
+        // does not replicate would be read, transferred and repaired by nobody (an orphan).
+        // Callers that may meet this (stale maps) hint the object on instead.
+        if !self.replicates(p) {
+            return Err(ReplicaError::Retry(format!(
+                "node {} does not replicate partition {p}",
+                self.id()
+            )));
+        }
+        let local = self
+            .load(p, key)
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let merged = match local {
+            Some(local) if !self.cfg.has_bug(PlantedBug::OverwriteOnReplica) => {
+                self.merge(&local, incoming)
+            }
+            _ => incoming.clone(),
+        };
+        self.check_limits(&merged)?;
+        self.save(p, key, &merged)
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        self.stats.replica_writes += 1;
+        Ok(merged)
+    }
+
+    /// The limits a coordinator applies to a new object, applied to what a merge would store:
+    /// replicas may hold siblings the coordinator never saw, and an object past the peer frame
+    /// limit could no longer be read remotely, handed off or transferred. Refused with a clear
+    /// reason; the sender keeps its copy, and a client write that resolves the siblings (its
+    /// context covers them) shrinks the merge below the limits again.
+    pub(super) fn check_limits(&self, merged: &Object) -> std::result::Result<(), ReplicaError> {
+        let count = merged.value_count();
+        if count > self.cfg.sibling_max as usize {
+            return Err(ReplicaError::Rejected(format!(
+                "merged object would hold {count} siblings, past the limit of {}; read the key and write back a resolved value",
+                self.cfg.sibling_max
+            )));
+        }
+        let len = codec::encode_object(merged)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        let max = self.cfg.max_message_bytes / 2;
+        if len > max {
+            return Err(ReplicaError::Rejected(format!(
+                "merged object would take {len} bytes, past the limit of {max}; read the key and write back a resolved value"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Keep an object this node received in a batch but cannot apply (`why`), instead of
+    /// dropping it: the sender deletes its copy once the batch is acknowledged. Durable with
+    /// the batch's ack. The key is `from` (4 bytes), the partition (2 bytes), then the key.
+    pub(super) fn quarantine(
+        &mut self,
+        from: NodeId,
+        p: PartitionId,
+        key: &[u8],
+        object: &Object,
+        why: &str,
+    ) -> std::result::Result<(), ReplicaError> {
+        tracing::error!(%from, partition = %p, %why, "quarantining an object that cannot be applied");
+        let mut k = Vec::with_capacity(6 + key.len());
+        k.extend_from_slice(&from.0.to_be_bytes());
+        k.extend_from_slice(&p.0.to_be_bytes());
+        k.extend_from_slice(key);
+        let bytes = codec::encode(object).map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        self.store
+            .put(Space::Quarantine, &k, &bytes)
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        self.dirty = true;
+        self.stats.quarantined += 1;
+        Ok(())
+    }
+
+    /// Refuse a key from a peer that is too long or does not belong to the partition it came
+    /// with (a peer with another map or a bug would otherwise store data no read can find).
+    pub(super) fn check_peer_key(
+        &self,
+        p: PartitionId,
+        key: &[u8],
+    ) -> std::result::Result<(), ReplicaError> {
+        if key.is_empty() || key.len() > self.cfg.max_key_bytes {
+            return Err(ReplicaError::Rejected(format!(
+                "bad key length {}",
+                key.len()
+            )));
+        }
+        if self.map.partition_for_key(key) != p || p.0 >= self.map.partition_count() {
+            return Err(ReplicaError::Retry(format!(
+                "key does not belong to partition {p} (partition maps differ?)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuse a key/object pair from a peer that is misplaced or not a replica state.
+    pub(super) fn check_peer_object(
+        &self,
+        p: PartitionId,
+        key: &[u8],
+        object: &Object,
+    ) -> std::result::Result<(), ReplicaError> {
+        self.check_peer_key(p, key)?;
+        codec::check_replica_object(object).map_err(|e| ReplicaError::Rejected(e.to_string()))
+    }
+
+    /// Visit every entry of a space in key order, a page at a time.
+    pub(super) fn scan_each(&self, space: Space, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan(space, after.as_deref(), 1024)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, v) in &page {
+                f(k, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read every key of a partition (for checkers, anti-entropy and transfers).
+    pub(super) fn partition_objects(&self, p: PartitionId) -> Result<Vec<(Bytes, Object)>> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan(Space::Partition(p), after.as_deref(), 1024)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, v) in page {
+                out.push((Bytes::from(k), codec::decode_object(&v)?));
+            }
+        }
+        Ok(out)
+    }
+}
