@@ -24,8 +24,9 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 use rand::Rng;
 
+use super::ctx::Ctx;
 use super::ctx::{tombstone_only, DataEvent};
-use super::node::NodeCore;
+use super::liveness::PeerView;
 use super::types::{AaeMsg, Object};
 use crate::error::Result;
 use crate::store::{Space, Store};
@@ -121,13 +122,17 @@ impl PartitionTree {
     }
 }
 
-impl<S: Store> NodeCore<S> {
+impl AntiEntropy {
     /// The tree of a partition, built from the store the first time it is needed.
-    pub(super) fn tree(&mut self, p: PartitionId) -> Result<&mut PartitionTree> {
-        if !self.aae.trees.contains_key(&p) {
+    pub(super) fn tree<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        p: PartitionId,
+    ) -> Result<&mut PartitionTree> {
+        if !self.trees.contains_key(&p) {
             let mut tree = PartitionTree::default();
             let mut scanned = Vec::new();
-            self.ctx.scan_each(Space::Partition(p), |k, v| {
+            ctx.scan_each(Space::Partition(p), |k, v| {
                 tree.update(k, Some(object_hash(v)));
                 if let Ok(o) = crate::codec::decode_object(v) {
                     scanned.push((Bytes::copy_from_slice(k), tombstone_only(&o)));
@@ -135,52 +140,55 @@ impl<S: Store> NodeCore<S> {
             })?;
             // The reaper rebuilds its view of tombstone-only keys from the same scan.
             for (key, tombstone_only) in scanned {
-                self.ctx.events.push(DataEvent::Scanned {
+                ctx.events.push(DataEvent::Scanned {
                     partition: p,
                     key,
                     tombstone_only,
                 });
             }
-            self.ctx.stats.aae_tree_builds += 1;
-            self.aae.trees.insert(p, tree);
+            ctx.stats.aae_tree_builds += 1;
+            self.trees.insert(p, tree);
         }
-        self.aae
-            .trees
+        self.trees
             .get_mut(&p)
             .ok_or_else(|| crate::Error::Storage("tree vanished".into()))
     }
 
-    /// Called from the maintenance tick: start one exchange (next partition, random peer).
-    pub(super) fn aae_tick(&mut self) {
-        let n = usize::from(self.ctx.cfg.n);
-        let mine = &self.ctx.mine;
+    /// Called from the maintenance tick: once `next_exchange` has come, start one exchange
+    /// (next partition, random peer believed up).
+    pub(super) fn tick<S: Store>(&mut self, ctx: &mut Ctx<S>, peers: &PeerView<'_>) {
+        if ctx.now < self.next_exchange {
+            return;
+        }
+        self.next_exchange = ctx.now + u64::from(ctx.cfg.aae_interval_ms) * 1000;
+        let n = usize::from(ctx.cfg.n);
+        let mine = &ctx.mine;
         if mine.is_empty() {
             return;
         }
-        self.aae.cursor = (self.aae.cursor + 1) % mine.len();
-        let p = mine[self.aae.cursor];
+        self.cursor = (self.cursor + 1) % mine.len();
+        let p = mine[self.cursor];
         let _ = n;
-        let peers: Vec<NodeId> = self
-            .ctx
+        let peers: Vec<NodeId> = ctx
             .map
             .preference_list(p, n)
             .into_iter()
-            .filter(|x| *x != self.ctx.id() && !self.is_down(*x))
+            .filter(|x| *x != ctx.id() && !peers.is_down(*x))
             .collect();
         if peers.is_empty() {
             return;
         }
-        let peer = peers[self.ctx.rng.gen_range(0..peers.len())];
-        let hashes = match self.tree(p) {
+        let peer = peers[ctx.rng.gen_range(0..peers.len())];
+        let hashes = match self.tree(ctx, p) {
             Ok(t) => t.segments(),
             Err(e) => {
                 tracing::warn!(partition = %p, error = %e, "cannot build hash tree");
                 return;
             }
         };
-        let session = self.ctx.next_op_id();
-        self.ctx.stats.aae_exchanges += 1;
-        self.ctx.send(
+        let session = ctx.next_op_id();
+        ctx.stats.aae_exchanges += 1;
+        ctx.send(
             peer,
             AaeMsg::Segments {
                 session,
@@ -193,23 +201,23 @@ impl<S: Store> NodeCore<S> {
     /// Steps 2-5 of an exchange (see the module doc). Only partitions this node replicates are
     /// compared; every list is capped, and objects are sent up to a byte budget (what does not
     /// fit is repaired by the next exchange). A key that cannot be read is skipped, not fatal.
-    pub(super) fn on_aae(&mut self, from: NodeId, msg: AaeMsg) -> Result<()> {
+    pub(super) fn on_msg<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        from: NodeId,
+        msg: AaeMsg,
+    ) -> Result<()> {
         let partition = msg.partition();
-        let n = usize::from(self.ctx.cfg.n);
-        if !self
-            .ctx
-            .map
-            .preference_list(partition, n)
-            .contains(&self.ctx.id())
-        {
+        let n = usize::from(ctx.cfg.n);
+        if !ctx.map.preference_list(partition, n).contains(&ctx.id()) {
             return Ok(()); // not ours (maps may differ for a moment): ignore, never build a tree
         }
-        let budget = self.ctx.cfg.max_message_bytes / 2;
+        let budget = ctx.cfg.max_message_bytes / 2;
         match msg {
             AaeMsg::Segments {
                 session, hashes, ..
             } => {
-                let tree = self.tree(partition)?;
+                let tree = self.tree(ctx, partition)?;
                 let differing: Vec<usize> = tree
                     .segments()
                     .iter()
@@ -220,7 +228,7 @@ impl<S: Store> NodeCore<S> {
                     .collect();
                 if !differing.is_empty() {
                     let buckets = tree.buckets_under(&differing);
-                    self.ctx.send(
+                    ctx.send(
                         from,
                         AaeMsg::Buckets {
                             session,
@@ -233,7 +241,7 @@ impl<S: Store> NodeCore<S> {
             AaeMsg::Buckets {
                 session, buckets, ..
             } => {
-                let tree = self.tree(partition)?;
+                let tree = self.tree(ctx, partition)?;
                 let mut out = Vec::new();
                 let mut bytes = 0usize;
                 for (b, theirs) in buckets.into_iter().take(BUCKETS) {
@@ -248,7 +256,7 @@ impl<S: Store> NodeCore<S> {
                     }
                 }
                 if !out.is_empty() {
-                    self.ctx.send(
+                    ctx.send(
                         from,
                         AaeMsg::Keys {
                             session,
@@ -266,7 +274,7 @@ impl<S: Store> NodeCore<S> {
                 let mut bytes = 0usize;
                 for (b, their_keys) in buckets.into_iter().take(BUCKETS) {
                     let ours: BTreeMap<Bytes, u64> = self
-                        .tree(partition)?
+                        .tree(ctx, partition)?
                         .keys_in(usize::from(b))
                         .into_iter()
                         .collect();
@@ -283,7 +291,7 @@ impl<S: Store> NodeCore<S> {
                             want.push(k.clone());
                         }
                         if send && bytes <= budget {
-                            match self.ctx.load(partition, k) {
+                            match ctx.load(partition, k) {
                                 Ok(Some(o)) => {
                                     bytes += k.len() + o.value_count() * 64;
                                     bytes += o
@@ -296,14 +304,14 @@ impl<S: Store> NodeCore<S> {
                                 Ok(None) => {}
                                 Err(e) => {
                                     tracing::warn!(partition = %partition, error = %e, "skipping an unreadable key");
-                                    self.ctx.stats.corrupt_records += 1;
+                                    ctx.stats.corrupt_records += 1;
                                 }
                             }
                         }
                     }
                 }
-                self.ctx.stats.aae_keys_repaired += (objects.len() + want.len()) as u64;
-                self.ctx.send(
+                ctx.stats.aae_keys_repaired += (objects.len() + want.len()) as u64;
+                ctx.send(
                     from,
                     AaeMsg::Exchange {
                         session,
@@ -314,14 +322,14 @@ impl<S: Store> NodeCore<S> {
                 );
             }
             AaeMsg::Exchange { objects, want, .. } => {
-                self.merge_objects(partition, objects);
+                Self::merge_objects(ctx, partition, objects);
                 let mut back = Vec::new();
                 let mut bytes = 0usize;
                 for k in want {
                     if bytes > budget {
                         break;
                     }
-                    match self.ctx.load(partition, &k) {
+                    match ctx.load(partition, &k) {
                         Ok(Some(o)) => {
                             bytes += k.len()
                                 + o.values()
@@ -333,12 +341,12 @@ impl<S: Store> NodeCore<S> {
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(partition = %partition, error = %e, "skipping an unreadable key");
-                            self.ctx.stats.corrupt_records += 1;
+                            ctx.stats.corrupt_records += 1;
                         }
                     }
                 }
                 if !back.is_empty() {
-                    self.ctx.send(
+                    ctx.send(
                         from,
                         AaeMsg::Objects {
                             partition,
@@ -347,14 +355,14 @@ impl<S: Store> NodeCore<S> {
                     );
                 }
             }
-            AaeMsg::Objects { objects, .. } => self.merge_objects(partition, objects),
+            AaeMsg::Objects { objects, .. } => Self::merge_objects(ctx, partition, objects),
         }
         Ok(())
     }
 
-    fn merge_objects(&mut self, p: PartitionId, objects: Vec<(Bytes, Object)>) {
+    fn merge_objects<S: Store>(ctx: &mut Ctx<S>, p: PartitionId, objects: Vec<(Bytes, Object)>) {
         for (k, o) in objects {
-            if let Err(e) = self.ctx.merge_into_store(p, &k, &o) {
+            if let Err(e) = ctx.merge_into_store(p, &k, &o) {
                 tracing::warn!(partition = %p, ?e, "anti-entropy merge failed");
             }
         }

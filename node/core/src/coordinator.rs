@@ -8,8 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
-use super::node::{NodeCore, Origin};
+use super::ctx::Ctx;
+use super::liveness::{suspect, Liveness, PeerView};
+use super::node::Origin;
 use super::ops::{ForwardOp, PendingOp};
+use super::replica::ReplicaRole;
+use super::timers::Timer;
 use super::types::{
     ClientReply, ClientRequest, CoordMsg, OpId, RequestError, RequestOptions, Value,
 };
@@ -56,6 +60,16 @@ impl Coordinator {
             seen_forwards_order: std::collections::VecDeque::new(),
             repair_window: (now, 0),
         }
+    }
+
+    /// Does this node coordinate an operation on `key` that may still send an old copy (a
+    /// read's repair, a write's fallback)? Its deadline may be long (per-request timeouts).
+    pub(super) fn op_pending_for(&self, key: &[u8]) -> bool {
+        self.ops.values().any(|op| match op {
+            PendingOp::Write(w) => w.key.as_ref() == key,
+            PendingOp::Read(r) => r.key.as_ref() == key,
+            PendingOp::Forward(_) => false,
+        })
     }
 
     /// Take one unit of the read-repair budget (`per_sec` per one-second window starting at
@@ -115,29 +129,86 @@ pub(super) fn error(e: RequestError) -> ClientReply {
     ClientReply::Error(e)
 }
 
-impl<S: Store> NodeCore<S> {
+/// The rest of the node as the coordinator sees it: failure detection (it reads it, and
+/// reports targets that stayed silent) and the replica role, for the copy of a write or a read
+/// that this node keeps or answers itself. Built by `NodeCore::split_for_coordinator`.
+#[derive(Debug)]
+pub(super) struct CoordEnv<'a> {
+    pub(super) me: NodeId,
+    pub(super) now: u64,
+    pub(super) liveness: &'a mut Liveness,
+    pub(super) replica: ReplicaRole<'a>,
+}
+
+impl CoordEnv<'_> {
+    /// Does this node currently believe `peer` is down (its own opinion or gossip's)?
+    pub(super) fn is_down(&self, peer: NodeId) -> bool {
+        PeerView::new(self.me, self.now, self.liveness, self.replica.membership).is_down(peer)
+    }
+
+    /// `peer` stayed silent: believe it down from now on (until it is heard from).
+    pub(super) fn mark_down(&mut self, peer: NodeId) {
+        suspect(self.liveness, self.me, self.now, peer);
+    }
+}
+
+impl Coordinator {
+    /// Take one unit of the read-repair budget (a bounded number per second).
+    pub(super) fn repair_budget<S: Store>(&mut self, ctx: &mut Ctx<S>) -> bool {
+        let ok = self.take_repair_budget(ctx.now, ctx.cfg.read_repair_per_sec);
+        if !ok {
+            ctx.stats.read_repairs_skipped += 1;
+        }
+        ok
+    }
+
+    /// Register an operation with its deadline.
+    pub(super) fn add_op<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        op: OpId,
+        deadline: u64,
+        pending: PendingOp,
+    ) {
+        ctx.timers.set(deadline, Timer::Op(op));
+        self.ops.insert(op, pending);
+    }
+
+    /// Forget an operation and its deadline.
+    pub(super) fn remove_op<S: Store>(&mut self, ctx: &mut Ctx<S>, op: OpId) -> Option<PendingOp> {
+        let pending = self.ops.remove(&op)?;
+        for t in pending.timers() {
+            ctx.timers.cancel(t, Timer::Op(op));
+        }
+        Some(pending)
+    }
+
     /// Resolve and validate N/R/W and the timeout of a request against the cluster defaults.
-    pub(super) fn quorum(&self, opts: &RequestOptions, read: bool) -> Result<Quorum, RequestError> {
-        let n = opts.n.unwrap_or(self.ctx.cfg.n);
-        if n == 0 || n > self.ctx.cfg.n {
+    pub(super) fn quorum<S: Store>(
+        ctx: &Ctx<S>,
+        opts: &RequestOptions,
+        read: bool,
+    ) -> Result<Quorum, RequestError> {
+        let n = opts.n.unwrap_or(ctx.cfg.n);
+        if n == 0 || n > ctx.cfg.n {
             // More replicas than the cluster's N would put copies where anti-entropy and the
             // reaper never look.
             return Err(RequestError::InvalidOptions(format!(
                 "n must be between 1 and the cluster's n={}, got {n}",
-                self.ctx.cfg.n
+                ctx.cfg.n
             )));
         }
         let (name, needed, pname, primaries) = if read {
             (
                 "r",
-                opts.r.unwrap_or(self.ctx.cfg.r.min(n)),
+                opts.r.unwrap_or(ctx.cfg.r.min(n)),
                 "pr",
                 opts.pr.unwrap_or(0),
             )
         } else {
             (
                 "w",
-                opts.w.unwrap_or(self.ctx.cfg.w.min(n)),
+                opts.w.unwrap_or(ctx.cfg.w.min(n)),
                 "pw",
                 opts.pw.unwrap_or(0),
             )
@@ -152,7 +223,7 @@ impl<S: Store> NodeCore<S> {
                 "{pname} must be at most {name}={needed}, got {primaries}"
             )));
         }
-        let timeout_ms = opts.timeout_ms.unwrap_or(self.ctx.cfg.request_timeout_ms);
+        let timeout_ms = opts.timeout_ms.unwrap_or(ctx.cfg.request_timeout_ms);
         if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
             return Err(RequestError::InvalidOptions(format!(
                 "timeout must be between 1 and {MAX_TIMEOUT_MS} ms, got {timeout_ms}"
@@ -168,13 +239,18 @@ impl<S: Store> NodeCore<S> {
 
     /// The nodes a request for partition `p` goes to: each primary believed up, and for each
     /// one believed down the next healthy node further along the ring (sloppy quorum).
-    pub(super) fn select_targets(&self, p: PartitionId, n: u8) -> Vec<Target> {
-        let walk = self.ctx.map.walk(p);
+    pub(super) fn select_targets<S: Store>(
+        ctx: &Ctx<S>,
+        env: &CoordEnv<'_>,
+        p: PartitionId,
+        n: u8,
+    ) -> Vec<Target> {
+        let walk = ctx.map.walk(p);
         let n = usize::from(n).min(walk.len());
-        let mut fallbacks = walk[n..].iter().copied().filter(|f| !self.is_down(*f));
+        let mut fallbacks = walk[n..].iter().copied().filter(|f| !env.is_down(*f));
         let mut targets = Vec::with_capacity(n);
         for primary in &walk[..n] {
-            if !self.is_down(*primary) {
+            if !env.is_down(*primary) {
                 targets.push(Target {
                     node: *primary,
                     hint_for: None,
@@ -190,29 +266,30 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// The next fallback for `primary` that is not already a target and not believed down.
-    pub(super) fn next_fallback(
-        &self,
+    pub(super) fn next_fallback<S: Store>(
+        ctx: &Ctx<S>,
+        env: &CoordEnv<'_>,
         p: PartitionId,
         n: u8,
         targets: &[Target],
     ) -> Option<NodeId> {
-        let walk = self.ctx.map.walk(p);
+        let walk = ctx.map.walk(p);
         let n = usize::from(n).min(walk.len());
         walk[n..]
             .iter()
             .copied()
-            .find(|f| !self.is_down(*f) && !targets.iter().any(|t| t.node == *f))
+            .find(|f| !env.is_down(*f) && !targets.iter().any(|t| t.node == *f))
     }
 
-    pub(super) fn check_key(&self, key: &[u8]) -> Result<(), RequestError> {
+    pub(super) fn check_key<S: Store>(ctx: &Ctx<S>, key: &[u8]) -> Result<(), RequestError> {
         if key.is_empty() {
             return Err(RequestError::BadKey("the key is empty".into()));
         }
-        if key.len() > self.ctx.cfg.max_key_bytes {
+        if key.len() > ctx.cfg.max_key_bytes {
             return Err(RequestError::BadKey(format!(
                 "key of {} bytes exceeds the limit of {} bytes",
                 key.len(),
-                self.ctx.cfg.max_key_bytes
+                ctx.cfg.max_key_bytes
             )));
         }
         Ok(())
@@ -220,7 +297,6 @@ impl<S: Store> NodeCore<S> {
 
     /// Refuse at once when the targets cannot possibly make the quorum.
     pub(super) fn check_reachable(
-        &self,
         op: &str,
         targets: &[Target],
         q: Quorum,
@@ -244,8 +320,9 @@ impl<S: Store> NodeCore<S> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward(
+    pub(super) fn forward<S: Store>(
         &mut self,
+        ctx: &mut Ctx<S>,
         origin: Origin,
         kind: &'static str,
         quorum: Quorum,
@@ -257,7 +334,7 @@ impl<S: Store> NodeCore<S> {
     ) {
         if let Origin::Peer { .. } = origin {
             // Already forwarded once: the maps of the two nodes disagree. Refuse rather than loop.
-            return self.respond(
+            return ctx.respond(
                 origin,
                 error(RequestError::Internal(
                     "forwarded write reached a node that is not a replica (partition maps differ)"
@@ -274,9 +351,10 @@ impl<S: Store> NodeCore<S> {
             },
             Value::Tombstone => ClientRequest::Delete { key, context, opts },
         };
-        let op = self.ctx.next_op_id();
-        let deadline = self.ctx.deadline(quorum.timeout_ms) + FORWARD_GRACE_MS * 1000;
+        let op = ctx.next_op_id();
+        let deadline = ctx.deadline(quorum.timeout_ms) + FORWARD_GRACE_MS * 1000;
         self.add_op(
+            ctx,
             op,
             deadline,
             PendingOp::Forward(ForwardOp {
@@ -286,43 +364,53 @@ impl<S: Store> NodeCore<S> {
                 deadline,
             }),
         );
-        self.ctx.send(to, CoordMsg::Forward { op, request });
+        ctx.send(to, CoordMsg::Forward { op, request });
     }
 
-    pub(super) fn on_forward_reply(&mut self, op: OpId, reply: ClientReply) {
-        if let Some(PendingOp::Forward(f)) = self.coord.ops.get(&op) {
+    pub(super) fn on_forward_reply<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        op: OpId,
+        reply: ClientReply,
+    ) {
+        if let Some(PendingOp::Forward(f)) = self.ops.get(&op) {
             let origin = f.origin;
-            self.remove_op(op);
-            self.respond(origin, reply);
+            self.remove_op(ctx, op);
+            ctx.respond(origin, reply);
         }
     }
 
     /// A timer of an operation fired: the fallback timer of a write, or a deadline.
-    pub(super) fn on_deadline(&mut self, op: OpId) {
-        if let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) {
+    pub(super) fn on_deadline<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        env: &mut CoordEnv<'_>,
+        op: OpId,
+    ) {
+        if let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) {
             if let Some(at) = w.fallback_at {
-                if self.ctx.now >= at && self.ctx.now < w.deadline {
+                if ctx.now >= at && ctx.now < w.deadline {
                     w.fallback_at = None;
-                    self.fallback_writes(op);
-                    self.check_write_done(op);
+                    self.fallback_writes(ctx, env, op);
+                    self.check_write_done(ctx, op);
                     return;
                 }
             }
         }
-        let Some(pending) = self.coord.ops.get(&op) else {
+        let Some(pending) = self.ops.get(&op) else {
             return;
         };
-        if self.ctx.now < pending.timers().into_iter().max().unwrap_or(0) {
+        if ctx.now < pending.timers().into_iter().max().unwrap_or(0) {
             return; // an earlier timer of an op whose deadline has not come
         }
-        let Some(pending) = self.remove_op(op) else {
+        let Some(pending) = self.remove_op(ctx, op) else {
             return;
         };
         match pending {
             PendingOp::Write(w) => {
                 for t in &w.targets {
                     if !w.acked.contains(&t.node) && !w.failed.contains_key(&t.node) {
-                        self.mark_down(t.node);
+                        env.mark_down(t.node);
                     }
                 }
                 if !w.replied {
@@ -342,23 +430,23 @@ impl<S: Store> NodeCore<S> {
                             asked: w.targets.len() as u8,
                         }
                     };
-                    self.respond(w.origin, error(e));
+                    ctx.respond(w.origin, error(e));
                 }
             }
             PendingOp::Read(r) => {
                 for t in &r.targets {
                     if !r.replies.contains_key(&t.node) && !r.failed.contains_key(&t.node) {
-                        self.mark_down(t.node);
+                        env.mark_down(t.node);
                     }
                 }
                 let replied = r.replied;
                 let (origin, answered, quorum, asked) =
                     (r.origin, r.replies.len(), r.quorum, r.targets.len());
                 // Put it back so finish_read can repair what did answer.
-                self.coord.ops.insert(op, PendingOp::Read(r));
-                self.finish_read(op);
+                self.ops.insert(op, PendingOp::Read(r));
+                self.finish_read(ctx, env, op);
                 if !replied {
-                    self.respond(
+                    ctx.respond(
                         origin,
                         error(RequestError::Timeout {
                             op: "get".into(),
@@ -370,7 +458,7 @@ impl<S: Store> NodeCore<S> {
                     );
                 }
             }
-            PendingOp::Forward(f) => self.respond(
+            PendingOp::Forward(f) => ctx.respond(
                 f.origin,
                 error(RequestError::Timeout {
                     op: f.kind.into(),

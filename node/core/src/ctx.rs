@@ -16,8 +16,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::config::{CoreConfig, PlantedBug};
+use super::node::Origin;
 use super::timers::TimerTable;
-use super::types::{CoreStats, Effect, Object, OpId, PeerMsg, ReplicaError, Value};
+use super::types::{
+    ClientReply, CoordMsg, CoreStats, Effect, Object, OpId, PeerMsg, ReplicaError, Value,
+};
 use crate::codec;
 use crate::dvv::Actor;
 use crate::error::{Error, Result};
@@ -153,6 +156,19 @@ impl<S: Store> Ctx<S> {
             to,
             msg: msg.into(),
         });
+    }
+
+    /// Answer an operation: a client's reply as an effect, a forwarding node's as a message.
+    pub(super) fn respond(&mut self, origin: Origin, reply: ClientReply) {
+        if matches!(reply, ClientReply::Error(_)) {
+            self.stats.requests_failed += 1;
+        } else {
+            self.stats.requests_ok += 1;
+        }
+        match origin {
+            Origin::Client(id) => self.effects.push(Effect::Reply { id, reply }),
+            Origin::Peer { node, op } => self.send(node, CoordMsg::ForwardReply { op, reply }),
+        }
     }
 
     /// Retire the current actor identity: draw a new random incarnation and persist it. Called

@@ -7,12 +7,14 @@
 //! hint is kept for the next batch). Removing acknowledged hints is the checkpoint: after a crash
 //! or restart, handoff resumes with what is left instead of starting over.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 use rand::Rng;
 
+use super::ctx::Ctx;
+use super::membership::Membership;
 use super::node::NodeCore;
 use super::types::{HandoffItem, HandoffMsg, Object, ReplicaError};
 use crate::codec;
@@ -81,49 +83,61 @@ fn hash(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
-impl<S: Store> NodeCore<S> {
+/// The hint this node keeps for `owner` for a key, if any.
+pub(super) fn load_hint<S: Store>(
+    store: &S,
+    owner: NodeId,
+    p: PartitionId,
+    key: &[u8],
+) -> Result<Option<Object>> {
+    match store.get(Space::Hints, &hint_key(owner, p, key))? {
+        Some(b) => Ok(Some(codec::decode_object(&b)?)),
+        None => Ok(None),
+    }
+}
+
+/// Owners this node may hold hints for: the members, and anyone it already holds hints for.
+pub(super) fn hint_owners<S: Store>(
+    ctx: &Ctx<S>,
+    membership: &Membership,
+    handoff: &HintedHandoff,
+) -> BTreeSet<NodeId> {
+    let mut owners = ctx.members.clone();
+    if let Some(state) = membership.state() {
+        owners.extend(state.members().keys().copied());
+    }
+    owners.extend(handoff.pending.keys().copied());
+    owners.remove(&ctx.id());
+    owners
+}
+
+impl HintedHandoff {
     /// Count the hints on disk per owner (at startup).
-    pub(super) fn recount_hints(&mut self) -> Result<()> {
+    pub(super) fn recount<S: Store>(&mut self, ctx: &Ctx<S>) -> Result<()> {
         let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
-        self.ctx.scan_each(Space::Hints, |k, _| {
+        ctx.scan_each(Space::Hints, |k, _| {
             if let Some((owner, _, _)) = parse_hint_key(k) {
                 *counts.entry(owner).or_insert(0) += 1;
             }
         })?;
-        self.handoff.pending = counts;
+        self.pending = counts;
         Ok(())
     }
 
-    /// Pending hints per owner, for status.
-    pub fn hints_pending(&self) -> BTreeMap<NodeId, u64> {
-        self.handoff.pending.clone()
-    }
-
-    /// The hint this node holds for `owner`, if any.
-    pub(super) fn load_hint(
-        &self,
-        owner: NodeId,
-        p: PartitionId,
-        key: &[u8],
-    ) -> Result<Option<Object>> {
-        match self.ctx.store.get(Space::Hints, &hint_key(owner, p, key))? {
-            Some(b) => Ok(Some(codec::decode_object(&b)?)),
-            None => Ok(None),
-        }
-    }
-
     /// Merge `incoming` into the hint for `owner` (the fallback role of a replica write).
-    pub(super) fn merge_into_hint(
+    pub(super) fn merge_into_hint<S: Store>(
         &mut self,
+        ctx: &mut Ctx<S>,
+        membership: &Membership,
         owner: NodeId,
         p: PartitionId,
         key: &[u8],
         incoming: &Object,
     ) -> std::result::Result<Object, ReplicaError> {
-        self.ctx.check_peer_object(p, key, incoming)?;
-        let known = self.ctx.members.contains(&owner)
-            || self
-                .cluster_state()
+        ctx.check_peer_object(p, key, incoming)?;
+        let known = ctx.members.contains(&owner)
+            || membership
+                .state()
                 .is_some_and(|s| s.member(owner).is_some());
         if !known {
             return Err(ReplicaError::Rejected(format!(
@@ -131,46 +145,47 @@ impl<S: Store> NodeCore<S> {
             )));
         }
         let storage = |e: crate::Error| ReplicaError::Storage(e.to_string());
-        let existing = self.load_hint(owner, p, key).map_err(storage)?;
+        let existing = load_hint(&ctx.store, owner, p, key).map_err(storage)?;
         let merged = match &existing {
-            Some(h) => self.ctx.merge(h, incoming),
+            Some(h) => ctx.merge(h, incoming),
             None => incoming.clone(),
         };
-        self.ctx.check_limits(&merged)?;
-        self.store_hint(owner, p, key, &merged).map_err(storage)?;
+        ctx.check_limits(&merged)?;
+        Self::store_hint(ctx, owner, p, key, &merged).map_err(storage)?;
         if existing.is_none() {
-            *self.handoff.pending.entry(owner).or_insert(0) += 1;
+            *self.pending.entry(owner).or_insert(0) += 1;
         }
         Ok(merged)
     }
 
-    pub(super) fn store_hint(
-        &mut self,
+    fn store_hint<S: Store>(
+        ctx: &mut Ctx<S>,
         owner: NodeId,
         p: PartitionId,
         key: &[u8],
         o: &Object,
     ) -> Result<()> {
         let bytes = codec::encode_object(o)?;
-        self.ctx
-            .store
+        ctx.store
             .put(Space::Hints, &hint_key(owner, p, key), &bytes)?;
-        self.ctx.dirty = true;
+        ctx.dirty = true;
         Ok(())
     }
 
     /// Keep `object` as hints for each of `replicas` (this node excluded).
-    pub(super) fn rehint(
+    pub(super) fn rehint<S: Store>(
         &mut self,
+        ctx: &mut Ctx<S>,
+        membership: &Membership,
         p: PartitionId,
         key: &[u8],
         object: &Object,
         replicas: &[NodeId],
     ) -> std::result::Result<Object, ReplicaError> {
         let mut last = Err(ReplicaError::Rejected("partition has no replicas".into()));
-        let me = self.ctx.id();
+        let me = ctx.id();
         for r in replicas.iter().copied().filter(|r| *r != me) {
-            last = self.merge_into_hint(r, p, key, object);
+            last = self.merge_into_hint(ctx, membership, r, p, key, object);
             last.as_ref().map_err(Clone::clone)?;
         }
         last
@@ -178,11 +193,16 @@ impl<S: Store> NodeCore<S> {
 
     /// Hints for a node that no longer owns anything (it left or was removed) can never be
     /// handed to it: give them to the current primaries of their partitions instead.
-    fn redirect_hints(&mut self, owner: NodeId) -> Result<()> {
-        let n = usize::from(self.ctx.cfg.n);
+    fn redirect_hints<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        membership: &Membership,
+        owner: NodeId,
+    ) -> Result<()> {
+        let n = usize::from(ctx.cfg.n);
         let prefix = owner.0.to_be_bytes();
         loop {
-            let page = self.ctx.store.scan(Space::Hints, Some(&prefix[..]), 64)?;
+            let page = ctx.store.scan(Space::Hints, Some(&prefix[..]), 64)?;
             let mine: Vec<_> = page
                 .into_iter()
                 .filter(|(k, _)| parse_hint_key(k).is_some_and(|(o, _, _)| o == owner))
@@ -194,18 +214,20 @@ impl<S: Store> NodeCore<S> {
                 if let (Some((_, p, key)), Ok(object)) =
                     (parse_hint_key(&k), codec::decode_object(&v))
                 {
-                    let replicas = self.ctx.map.preference_list(p, n);
+                    let replicas = ctx.map.preference_list(p, n);
                     let key = key.to_vec();
                     let mut outcome = Ok(());
-                    if replicas.contains(&self.ctx.id()) {
-                        outcome = self.ctx.merge_into_store(p, &key, &object).map(|_| ());
+                    if replicas.contains(&ctx.id()) {
+                        outcome = ctx.merge_into_store(p, &key, &object).map(|_| ());
                     }
                     if outcome.is_ok() {
-                        outcome = self.rehint(p, &key, &object, &replicas).map(|_| ());
+                        outcome = self
+                            .rehint(ctx, membership, p, &key, &object, &replicas)
+                            .map(|_| ());
                     }
                     let outcome = match outcome {
                         Err(ReplicaError::Rejected(why)) => {
-                            self.ctx.quarantine(owner, p, &key, &object, &why)
+                            ctx.quarantine(owner, p, &key, &object, &why)
                         }
                         other => other,
                     };
@@ -217,43 +239,41 @@ impl<S: Store> NodeCore<S> {
                     }
                 }
                 // Written again above (durable at the same sync, in order) before this removal.
-                self.ctx.store.remove(Space::Hints, &k)?;
-                self.ctx.dirty = true;
+                ctx.store.remove(Space::Hints, &k)?;
+                ctx.dirty = true;
             }
         }
-        self.handoff.pending.remove(&owner);
-        self.handoff.peers.remove(&owner);
+        self.pending.remove(&owner);
+        self.peers.remove(&owner);
         Ok(())
     }
 
     /// Called from the maintenance tick: start or retry handoff to every owner with hints.
-    pub(super) fn handoff_tick(&mut self) {
-        if self.handoff.pending.is_empty() {
+    pub(super) fn tick<S: Store>(&mut self, ctx: &mut Ctx<S>, membership: &Membership) {
+        if self.pending.is_empty() {
             return;
         }
-        let owners_now = self.ctx.members.clone();
+        let owners_now = ctx.members.clone();
         let gone: Vec<NodeId> = self
-            .handoff
             .pending
             .keys()
             .copied()
-            .filter(|o| !owners_now.contains(o) && self.membership.joined)
+            .filter(|o| !owners_now.contains(o) && membership.joined)
             .collect();
         for owner in gone {
-            if let Err(e) = self.redirect_hints(owner) {
+            if let Err(e) = self.redirect_hints(ctx, membership, owner) {
                 tracing::warn!(%owner, error = %e, "cannot redirect hints");
             }
         }
         let owners: Vec<NodeId> = self
-            .handoff
             .pending
             .iter()
             .filter(|(_, c)| **c > 0)
             .map(|(o, _)| *o)
             .collect();
         for owner in owners {
-            let now = self.ctx.now;
-            let state = self.handoff.peers.entry(owner).or_default();
+            let now = ctx.now;
+            let state = self.peers.entry(owner).or_default();
             if let Some(inflight) = &state.inflight {
                 if now < inflight.deadline {
                     continue;
@@ -261,29 +281,28 @@ impl<S: Store> NodeCore<S> {
                 // No answer: back off exponentially, with jitter so fallbacks do not stampede.
                 state.inflight = None;
                 state.failures = state.failures.saturating_add(1);
-                let max = u64::from(self.ctx.cfg.handoff_backoff_max_ms) * 1000;
+                let max = u64::from(ctx.cfg.handoff_backoff_max_ms) * 1000;
                 let backoff = BACKOFF_BASE_US
                     .saturating_mul(1u64 << state.failures.min(20))
                     .min(max);
-                let jitter = self.ctx.rng.gen_range(0..=backoff / 2);
-                let state = self.handoff.peers.entry(owner).or_default();
+                let jitter = ctx.rng.gen_range(0..=backoff / 2);
+                let state = self.peers.entry(owner).or_default();
                 state.next_attempt = now + backoff / 2 + jitter;
                 continue;
             }
             if now >= state.next_attempt {
-                if let Err(e) = self.send_handoff_batch(owner) {
+                if let Err(e) = self.send_handoff_batch(ctx, owner) {
                     tracing::warn!(%owner, error = %e, "cannot read hints for handoff");
                 }
             }
         }
     }
 
-    fn send_handoff_batch(&mut self, owner: NodeId) -> Result<()> {
+    fn send_handoff_batch<S: Store>(&mut self, ctx: &mut Ctx<S>, owner: NodeId) -> Result<()> {
         let prefix = owner.0.to_be_bytes();
-        let page =
-            self.ctx
-                .store
-                .scan(Space::Hints, Some(&prefix[..]), self.ctx.cfg.handoff_batch)?;
+        let page = ctx
+            .store
+            .scan(Space::Hints, Some(&prefix[..]), ctx.cfg.handoff_batch)?;
         let mut items = Vec::new();
         let mut sent = Vec::new();
         let mut bytes = 0usize;
@@ -295,7 +314,7 @@ impl<S: Store> NodeCore<S> {
                 break;
             }
             // Keep batches well inside the transport's frame limit.
-            if !items.is_empty() && bytes + v.len() > self.ctx.cfg.max_message_bytes / 2 {
+            if !items.is_empty() && bytes + v.len() > ctx.cfg.max_message_bytes / 2 {
                 break;
             }
             bytes += v.len();
@@ -305,10 +324,10 @@ impl<S: Store> NodeCore<S> {
                     // An unreadable hint cannot be delivered anywhere; keep it out of the way
                     // so it does not block every hint behind it.
                     tracing::error!(%owner, error = %e, "dropping an unreadable hint");
-                    self.ctx.stats.corrupt_records += 1;
-                    let _ = self.ctx.store.remove(Space::Hints, &k);
-                    self.ctx.dirty = true;
-                    if let Some(c) = self.handoff.pending.get_mut(&owner) {
+                    ctx.stats.corrupt_records += 1;
+                    let _ = ctx.store.remove(Space::Hints, &k);
+                    ctx.dirty = true;
+                    if let Some(c) = self.pending.get_mut(&owner) {
                         *c = c.saturating_sub(1);
                     }
                     continue;
@@ -323,29 +342,36 @@ impl<S: Store> NodeCore<S> {
         }
         if items.is_empty() {
             // The count was stale (hints removed by a reap, say): fix it.
-            self.handoff.pending.remove(&owner);
+            self.pending.remove(&owner);
             return Ok(());
         }
-        let batch = self.ctx.next_op_id();
-        let deadline = self.ctx.now + u64::from(self.ctx.cfg.request_timeout_ms) * 1000;
-        self.handoff.peers.entry(owner).or_default().inflight = Some(Inflight {
+        let batch = ctx.next_op_id();
+        let deadline = ctx.now + u64::from(ctx.cfg.request_timeout_ms) * 1000;
+        self.peers.entry(owner).or_default().inflight = Some(Inflight {
             batch,
             deadline,
             sent,
         });
-        self.ctx.stats.handoff_batches_sent += 1;
-        self.ctx.send(owner, HandoffMsg::Batch { batch, items });
+        ctx.stats.handoff_batches_sent += 1;
+        ctx.send(owner, HandoffMsg::Batch { batch, items });
         Ok(())
     }
 
     /// The owner's side: merge handed-off objects like replica writes; ack once durable.
-    pub(super) fn on_hint_batch(&mut self, from: NodeId, batch: u64, items: Vec<HandoffItem>) {
+    pub(super) fn on_hint_batch<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        membership: &Membership,
+        from: NodeId,
+        batch: u64,
+        items: Vec<HandoffItem>,
+    ) {
         let mut result = Ok(());
-        let n = usize::from(self.ctx.cfg.n);
-        if !self.membership.joined {
+        let n = usize::from(ctx.cfg.n);
+        if !membership.joined {
             // Without the cluster state there is nowhere safe to put them: let the fallback
             // keep its hints and retry.
-            self.ctx.send(
+            ctx.send(
                 from,
                 HandoffMsg::BatchAck {
                     batch,
@@ -355,22 +381,27 @@ impl<S: Store> NodeCore<S> {
             return;
         }
         for item in items {
-            let replicas = self.ctx.map.preference_list(item.partition, n);
-            let outcome = if replicas.contains(&self.ctx.id()) {
-                self.ctx
-                    .merge_into_store(item.partition, &item.key, &item.object)
+            let replicas = ctx.map.preference_list(item.partition, n);
+            let outcome = if replicas.contains(&ctx.id()) {
+                ctx.merge_into_store(item.partition, &item.key, &item.object)
             } else {
                 // Not (or no longer) a replica of this partition (the map moved on): keep the
                 // object as hints for the current primaries rather than in a store no read or
                 // anti-entropy exchange looks at.
-                self.rehint(item.partition, &item.key, &item.object, &replicas)
+                self.rehint(
+                    ctx,
+                    membership,
+                    item.partition,
+                    &item.key,
+                    &item.object,
+                    &replicas,
+                )
             };
             let outcome = match outcome {
                 // It can never be applied here: keep it aside (the fallback deletes its copy
                 // on our ack) and take the rest, so one bad hint does not block the others.
                 Err(ReplicaError::Rejected(why)) => {
-                    self.ctx
-                        .quarantine(from, item.partition, &item.key, &item.object, &why)
+                    ctx.quarantine(from, item.partition, &item.key, &item.object, &why)
                 }
                 other => other.map(|_| ()),
             };
@@ -378,19 +409,20 @@ impl<S: Store> NodeCore<S> {
                 result = Err(e);
                 break;
             }
-            self.ctx.stats.hints_received += 1;
+            ctx.stats.hints_received += 1;
         }
-        self.ctx.send(from, HandoffMsg::BatchAck { batch, result });
+        ctx.send(from, HandoffMsg::BatchAck { batch, result });
     }
 
     /// The fallback's side: the owner has the batch durably; drop the hints it covered.
-    pub(super) fn on_hint_batch_ack(
+    pub(super) fn on_hint_batch_ack<S: Store>(
         &mut self,
+        ctx: &mut Ctx<S>,
         from: NodeId,
         batch: u64,
         result: Result<(), ReplicaError>,
     ) {
-        let Some(state) = self.handoff.peers.get_mut(&from) else {
+        let Some(state) = self.peers.get_mut(&from) else {
             return;
         };
         let Some(inflight) = state.inflight.take_if(|i| i.batch == batch) else {
@@ -399,51 +431,58 @@ impl<S: Store> NodeCore<S> {
         if let Err(e) = result {
             tracing::warn!(owner = %from, ?e, "owner refused a hint batch; will retry");
             state.failures = state.failures.saturating_add(1);
-            state.next_attempt = self.ctx.now + BACKOFF_BASE_US;
+            state.next_attempt = ctx.now + BACKOFF_BASE_US;
             return;
         }
         state.failures = 0;
-        state.next_attempt = self.ctx.now;
+        state.next_attempt = ctx.now;
         // Which hints are unchanged since they were sent (only those may go), and did this node
         // mint dots in any of them?
         let mut removable = Vec::new();
         let mut minted_here = false;
         for (k, h) in inflight.sent {
-            if let Ok(Some(current)) = self.ctx.store.get(Space::Hints, &k) {
+            if let Ok(Some(current)) = ctx.store.get(Space::Hints, &k) {
                 if hash(&current) == h {
-                    minted_here |= codec::decode_object(&current)
-                        .is_ok_and(|o| o.join().get(&self.ctx.actor) > 0);
+                    minted_here |=
+                        codec::decode_object(&current).is_ok_and(|o| o.join().get(&ctx.actor) > 0);
                     removable.push(k);
                 }
             }
         }
         // Retire the actor BEFORE dropping data minted under it (the store applies writes in
         // order, so a crash cannot keep the removal and lose the new identity).
-        if minted_here && !self.ctx.retire_actor() {
+        if minted_here && !ctx.retire_actor() {
             return;
         }
         let mut removed = 0u64;
         for k in removable {
-            if self.ctx.store.remove(Space::Hints, &k).is_ok() {
+            if ctx.store.remove(Space::Hints, &k).is_ok() {
                 removed += 1;
             }
         }
         if removed > 0 {
-            self.ctx.dirty = true;
-            self.ctx.stats.hints_delivered += removed;
-            if let Some(c) = self.handoff.pending.get_mut(&from) {
+            ctx.dirty = true;
+            ctx.stats.hints_delivered += removed;
+            if let Some(c) = self.pending.get_mut(&from) {
                 *c = c.saturating_sub(removed);
                 if *c == 0 {
-                    self.handoff.pending.remove(&from);
+                    self.pending.remove(&from);
                 }
             }
             // More to send? Go on at once rather than waiting for the next tick.
-            if self.handoff.pending.get(&from).is_some_and(|c| *c > 0) {
-                if let Err(e) = self.send_handoff_batch(from) {
+            if self.pending.get(&from).is_some_and(|c| *c > 0) {
+                if let Err(e) = self.send_handoff_batch(ctx, from) {
                     tracing::warn!(owner = %from, error = %e, "cannot read hints for handoff");
                 }
             }
         }
+    }
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Pending hints per owner, for status.
+    pub fn hints_pending(&self) -> BTreeMap<NodeId, u64> {
+        self.handoff.pending.clone()
     }
 }
 

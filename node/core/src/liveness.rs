@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use dynakv_ring::NodeId;
 
+use super::membership::Membership;
 use super::node::NodeCore;
 use crate::store::Store;
 
@@ -54,10 +55,61 @@ impl Liveness {
     }
 }
 
+/// What the other mechanisms may ask of failure detection (read-only): this node's own
+/// opinion combined with the gossip detector's. Built by `NodeCore` for the call that needs it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PeerView<'a> {
+    me: NodeId,
+    now: u64,
+    liveness: &'a Liveness,
+    membership: &'a Membership,
+}
+
+impl<'a> PeerView<'a> {
+    /// The view of node `me` at `now`.
+    pub(super) fn new(
+        me: NodeId,
+        now: u64,
+        liveness: &'a Liveness,
+        membership: &'a Membership,
+    ) -> Self {
+        Self {
+            me,
+            now,
+            liveness,
+            membership,
+        }
+    }
+
+    /// Does this node currently believe `peer` is down?
+    pub(super) fn is_down(&self, peer: NodeId) -> bool {
+        peer != self.me
+            && (self.liveness.believes_down(peer)
+                || self.membership.gossip_says_down(peer, self.now))
+    }
+}
+
+/// Node `me` heard nothing from `peer` (or its link went down) at `now`: believe it down.
+pub(super) fn suspect(liveness: &mut Liveness, me: NodeId, now: u64, peer: NodeId) {
+    if peer != me && liveness.mark_down(peer, now) {
+        tracing::info!(%peer, "peer considered down");
+    }
+}
+
 impl<S: Store> NodeCore<S> {
+    /// The failure-detection view handed to mechanisms.
+    pub(super) fn peers(&self) -> PeerView<'_> {
+        PeerView::new(
+            self.ctx.id(),
+            self.ctx.now,
+            &self.liveness,
+            &self.membership,
+        )
+    }
+
     /// Does this node currently believe `peer` is down?
     pub fn is_down(&self, peer: NodeId) -> bool {
-        peer != self.ctx.id() && (self.liveness.believes_down(peer) || self.gossip_says_down(peer))
+        self.peers().is_down(peer)
     }
 
     /// Peers this node currently believes down.
@@ -68,9 +120,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub(super) fn mark_down(&mut self, peer: NodeId) {
-        if peer != self.ctx.id() && self.liveness.mark_down(peer, self.ctx.now) {
-            tracing::info!(%peer, "peer considered down");
-        }
+        suspect(&mut self.liveness, self.ctx.id(), self.ctx.now, peer);
     }
 
     pub(super) fn mark_up(&mut self, peer: NodeId) {

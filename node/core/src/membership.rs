@@ -250,18 +250,6 @@ impl<S: Store> NodeCore<S> {
         self.membership.joined
     }
 
-    /// The gossip failure detector's opinion of `peer` (`None`: it does not watch that peer).
-    pub(super) fn gossip_says_down(&self, peer: NodeId) -> bool {
-        let Some(g) = &self.membership.gossip else {
-            return false;
-        };
-        let Some(state) = g.state() else { return false };
-        match state.member(peer) {
-            Some(m) if m.status != Status::Removed => !g.is_up(peer, self.ctx.now),
-            _ => false,
-        }
-    }
-
     /// A removed node keeps gossiping for `removed_linger_ms` so its removal spreads, then
     /// asks its driver to stop it (once). It first hands over the hints it holds (they may be
     /// the only copy of a write), waiting up to [`REMOVED_HANDOFF_FACTOR`] lingers for owners
@@ -314,7 +302,7 @@ impl<S: Store> NodeCore<S> {
             }
             super::types::AdminRequest::Remove { node, force } => {
                 if let Some(why) = self.remove_refusal(node, force) {
-                    self.respond(
+                    self.ctx.respond(
                         origin,
                         super::types::ClientReply::Error(
                             super::types::RequestError::ChangeRefused(why),
@@ -331,7 +319,7 @@ impl<S: Store> NodeCore<S> {
                 e.to_string(),
             )),
         };
-        self.respond(origin, reply);
+        self.ctx.respond(origin, reply);
     }
 
     /// Why `dynakv remove NODE` must not go ahead without `--force`: the node is up and
@@ -425,14 +413,16 @@ impl<S: Store> NodeCore<S> {
                     tracing::info!(node = %self.ctx.id(), "joined the cluster");
                     self.membership.joined = true;
                     self.ctx.install_map(current);
-                    self.expect_join_transfers();
+                    self.transfers
+                        .expect_join_transfers(&mut self.ctx, &self.membership);
                 }
                 GossipEvent::MapChanged { previous, .. } => {
                     let Some(current) = current.clone() else {
                         continue;
                     };
                     if self.membership.joined && previous != current {
-                        self.plan_transfers(&previous, &current);
+                        self.transfers
+                            .plan(&mut self.ctx, &self.membership, &previous, &current);
                     }
                     self.ctx.install_map(current.clone());
                     // Forget hash trees of partitions this node no longer replicates.
@@ -498,5 +488,35 @@ impl<S: Store> NodeCore<S> {
         if let Err(e) = self.stage_change(change) {
             tracing::debug!(error = %e, "membership change not staged yet");
         }
+    }
+}
+
+impl Membership {
+    /// The gossip failure detector's opinion of `peer` at `now` (`false` for a peer it does
+    /// not watch).
+    pub(super) fn gossip_says_down(&self, peer: NodeId, now: u64) -> bool {
+        let Some(g) = &self.gossip else {
+            return false;
+        };
+        let Some(state) = g.state() else { return false };
+        match state.member(peer) {
+            Some(m) if m.status != Status::Removed => !g.is_up(peer, now),
+            _ => false,
+        }
+    }
+
+    /// `node`'s membership status, if it is in the cluster.
+    pub(super) fn status_of(&self, node: NodeId) -> Option<Status> {
+        self.state().and_then(|s| s.member(node)).map(|m| m.status)
+    }
+
+    /// Has `node` been removed from the cluster?
+    pub(super) fn is_removed(&self, node: NodeId) -> bool {
+        self.status_of(node) == Some(Status::Removed)
+    }
+
+    /// The cluster state gossip agreed on, once this node has it.
+    pub(super) fn state(&self) -> Option<&ClusterState> {
+        self.gossip.as_ref().and_then(|g| g.state())
     }
 }

@@ -14,10 +14,9 @@ use super::config::{CoreConfig, PlantedBug};
 use super::coordinator::Coordinator;
 use super::ctx::{Ctx, Identity, IDENTITY_KEY};
 use super::hints::HintedHandoff;
-pub(super) use super::liveness::Liveness;
+pub(super) use super::liveness::{Liveness, PeerView};
 use super::membership::Membership;
-use super::ops::PendingOp;
-use super::reaper::Reaper;
+use super::reaper::{ReapGuards, Reaper};
 use super::timers::{Timer, TimerTable};
 use super::transfer::Transfers;
 use super::types::{
@@ -173,12 +172,12 @@ impl<S: Store> NodeCore<S> {
         };
         let initial = core.ctx.map.clone();
         core.ctx.install_map(initial);
-        core.recount_hints()?;
-        core.load_transfers()?;
+        core.handoff.recount(&core.ctx)?;
+        core.transfers.load(&core.ctx)?;
         core.init_membership(boot)?;
         if core.membership.joined {
             let map = core.ctx.map.clone();
-            core.prune_moot_transfers(&map);
+            core.transfers.prune_moot_transfers(&mut core.ctx, &map);
         }
         core.sync_links();
         core.route_events();
@@ -374,18 +373,6 @@ impl<S: Store> NodeCore<S> {
         self.ctx.fenced.as_deref()
     }
 
-    pub(super) fn respond(&mut self, origin: Origin, reply: ClientReply) {
-        if matches!(reply, ClientReply::Error(_)) {
-            self.ctx.stats.requests_failed += 1;
-        } else {
-            self.ctx.stats.requests_ok += 1;
-        }
-        match origin {
-            Origin::Client(id) => self.ctx.effects.push(Effect::Reply { id, reply }),
-            Origin::Peer { node, op } => self.ctx.send(node, CoordMsg::ForwardReply { op, reply }),
-        }
-    }
-
     /// Route a peer message to the mechanism that owns it.
     fn handle_peer(&mut self, from: NodeId, msg: PeerMsg) {
         self.mark_up(from);
@@ -397,19 +384,41 @@ impl<S: Store> NodeCore<S> {
             }
             PeerMsg::Probe(ProbeMsg::Pong { .. }) => {}
             PeerMsg::Handoff(HandoffMsg::Batch { batch, items }) => {
-                self.on_hint_batch(from, batch, items)
+                self.handoff
+                    .on_hint_batch(&mut self.ctx, &self.membership, from, batch, items)
             }
-            PeerMsg::Handoff(HandoffMsg::BatchAck { batch, result }) => {
-                self.on_hint_batch_ack(from, batch, result)
-            }
+            PeerMsg::Handoff(HandoffMsg::BatchAck { batch, result }) => self
+                .handoff
+                .on_hint_batch_ack(&mut self.ctx, from, batch, result),
             PeerMsg::Aae(m) => {
-                if let Err(e) = self.on_aae(from, m) {
+                if let Err(e) = self.aae.on_msg(&mut self.ctx, from, m) {
                     tracing::warn!(%from, error = %e, "anti-entropy step failed");
                 }
             }
-            PeerMsg::Reap(m) => self.on_reap_msg(from, m),
+            PeerMsg::Reap(m) => {
+                let guards = ReapGuards {
+                    peers: PeerView::new(
+                        self.ctx.id(),
+                        self.ctx.now,
+                        &self.liveness,
+                        &self.membership,
+                    ),
+                    membership: &self.membership,
+                    handoff: &self.handoff,
+                    coord: &self.coord,
+                    transfers: &self.transfers,
+                };
+                self.reaper.on_msg(&mut self.ctx, from, m, &guards);
+            }
             PeerMsg::Gossip(m) => self.on_gossip(from, m),
-            PeerMsg::Transfer(m) => self.on_transfer_msg(from, m),
+            PeerMsg::Transfer(m) => {
+                if self
+                    .transfers
+                    .on_msg(&mut self.ctx, &self.membership, from, m)
+                {
+                    self.membership_progress();
+                }
+            }
         }
     }
 
@@ -422,7 +431,9 @@ impl<S: Store> NodeCore<S> {
                 }
                 self.handle_client(Origin::Peer { node: from, op }, request);
             }
-            CoordMsg::ForwardReply { op, reply } => self.on_forward_reply(op, reply),
+            CoordMsg::ForwardReply { op, reply } => {
+                self.coord.on_forward_reply(&mut self.ctx, op, reply)
+            }
         }
     }
 
@@ -431,34 +442,49 @@ impl<S: Store> NodeCore<S> {
             let e = super::types::RequestError::Overloaded {
                 pending: self.coord.ops.len() as u64,
             };
-            return self.respond(origin, ClientReply::Error(e));
+            return self.ctx.respond(origin, ClientReply::Error(e));
         }
         if self.is_removed() {
             let e = super::types::RequestError::Removed {
                 node: self.ctx.id(),
             };
-            return self.respond(origin, ClientReply::Error(e));
+            return self.ctx.respond(origin, ClientReply::Error(e));
         }
         if !self.membership.joined {
             let e = super::types::RequestError::NotJoined {
                 node: self.ctx.id(),
             };
-            return self.respond(origin, ClientReply::Error(e));
+            return self.ctx.respond(origin, ClientReply::Error(e));
         }
+        let (ctx, coord, mut env) = self.split_for_coordinator();
         match request {
-            ClientRequest::Get { key, opts } => self.start_get(origin, key, opts),
+            ClientRequest::Get { key, opts } => coord.start_get(ctx, &mut env, origin, key, opts),
             ClientRequest::Put {
                 key,
                 value,
                 context,
                 opts,
-            } => self.start_write(origin, key, super::types::Value::Data(value), context, opts),
-            ClientRequest::Delete { key, context, opts } => {
-                self.start_write(origin, key, super::types::Value::Tombstone, context, opts)
-            }
+            } => coord.start_write(
+                ctx,
+                &mut env,
+                origin,
+                key,
+                super::types::Value::Data(value),
+                context,
+                opts,
+            ),
+            ClientRequest::Delete { key, context, opts } => coord.start_write(
+                ctx,
+                &mut env,
+                origin,
+                key,
+                super::types::Value::Tombstone,
+                context,
+                opts,
+            ),
             ClientRequest::PartitionMap => {
-                let map = self.ctx.map.clone();
-                self.respond(origin, ClientReply::PartitionMap(map));
+                let map = ctx.map.clone();
+                ctx.respond(origin, ClientReply::PartitionMap(map));
             }
             ClientRequest::Admin(admin) => self.handle_admin(origin, admin),
         }
@@ -471,7 +497,8 @@ impl<S: Store> NodeCore<S> {
             self.maintenance();
         }
         while let Some(op) = self.ctx.timers.pop_due_op(self.ctx.now) {
-            self.on_deadline(op);
+            let (ctx, coord, mut env) = self.split_for_coordinator();
+            coord.on_deadline(ctx, &mut env, op);
         }
     }
 
@@ -479,17 +506,20 @@ impl<S: Store> NodeCore<S> {
     fn maintenance(&mut self) {
         self.gossip_tick();
         self.route_events();
-        self.transfer_tick();
+        self.transfers.tick(&mut self.ctx, &self.membership);
         self.route_events();
-        self.stray_tick();
+        self.transfers.stray_tick(&mut self.ctx, &self.membership);
         self.route_events();
-        self.handoff_tick();
+        self.handoff.tick(&mut self.ctx, &self.membership);
         self.route_events();
-        if self.ctx.now >= self.aae.next_exchange {
-            self.aae.next_exchange = self.ctx.now + u64::from(self.ctx.cfg.aae_interval_ms) * 1000;
-            self.aae_tick();
-            self.route_events();
-        }
+        let peers = PeerView::new(
+            self.ctx.id(),
+            self.ctx.now,
+            &self.liveness,
+            &self.membership,
+        );
+        self.aae.tick(&mut self.ctx, &peers);
+        self.route_events();
         if self.ctx.now >= self.liveness.next_probe {
             self.liveness.next_probe = self.ctx.now + 1_000_000;
             let down: Vec<NodeId> = self.liveness.down.keys().copied().collect();
@@ -498,34 +528,20 @@ impl<S: Store> NodeCore<S> {
                 self.ctx.send(peer, ProbeMsg::Ping { nonce });
             }
         }
-        self.reaper_tick();
+        let guards = ReapGuards {
+            peers: PeerView::new(
+                self.ctx.id(),
+                self.ctx.now,
+                &self.liveness,
+                &self.membership,
+            ),
+            membership: &self.membership,
+            handoff: &self.handoff,
+            coord: &self.coord,
+            transfers: &self.transfers,
+        };
+        self.reaper.tick(&mut self.ctx, &guards);
         self.route_events();
         self.removed_linger();
-    }
-
-    /// Take one unit of the read-repair budget (a bounded number per second).
-    pub(super) fn repair_budget(&mut self) -> bool {
-        let ok = self
-            .coord
-            .take_repair_budget(self.ctx.now, self.ctx.cfg.read_repair_per_sec);
-        if !ok {
-            self.ctx.stats.read_repairs_skipped += 1;
-        }
-        ok
-    }
-
-    /// Register an operation with its deadline.
-    pub(super) fn add_op(&mut self, op: OpId, deadline: u64, pending: PendingOp) {
-        self.ctx.timers.set(deadline, Timer::Op(op));
-        self.coord.ops.insert(op, pending);
-    }
-
-    /// Forget an operation and its deadline.
-    pub(super) fn remove_op(&mut self, op: OpId) -> Option<PendingOp> {
-        let pending = self.coord.ops.remove(&op)?;
-        for t in pending.timers() {
-            self.ctx.timers.cancel(t, Timer::Op(op));
-        }
-        Some(pending)
     }
 }

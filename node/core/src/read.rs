@@ -12,28 +12,39 @@ use bytes::Bytes;
 use dynakv_ring::NodeId;
 
 use super::coordinator::{error, is_primary, READ_REPAIR_WINDOW_US};
+use super::coordinator::{CoordEnv, Coordinator};
 use super::ctx::merge_objects;
-use super::node::{NodeCore, Origin};
+use super::ctx::Ctx;
+use super::node::Origin;
 use super::ops::{PendingOp, ReadOp};
+use super::replica::ReplicaRole;
 use super::timers::Timer;
 use super::types::{Object, OpId, ReplicaError, ReplicaMsg, RequestOptions};
 use crate::store::Store;
 
-impl<S: Store> NodeCore<S> {
+impl Coordinator {
     /// Start a get: ask the targets, answer after R replies (PR of them primaries) with their merge.
-    pub(super) fn start_get(&mut self, origin: Origin, key: Bytes, opts: RequestOptions) {
-        let quorum = match self.check_key(&key).and_then(|_| self.quorum(&opts, true)) {
+    pub(super) fn start_get<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        env: &mut CoordEnv<'_>,
+        origin: Origin,
+        key: Bytes,
+        opts: RequestOptions,
+    ) {
+        let quorum = match Self::check_key(ctx, &key).and_then(|_| Self::quorum(ctx, &opts, true)) {
             Ok(q) => q,
-            Err(e) => return self.respond(origin, error(e)),
+            Err(e) => return ctx.respond(origin, error(e)),
         };
-        let partition = self.ctx.map.partition_for_key(&key);
-        let targets = self.select_targets(partition, quorum.n);
-        if let Err(e) = self.check_reachable("get", &targets, quorum) {
-            return self.respond(origin, error(e));
+        let partition = ctx.map.partition_for_key(&key);
+        let targets = Self::select_targets(ctx, env, partition, quorum.n);
+        if let Err(e) = Self::check_reachable("get", &targets, quorum) {
+            return ctx.respond(origin, error(e));
         }
-        let op = self.ctx.next_op_id();
-        let deadline = self.ctx.deadline(quorum.timeout_ms);
+        let op = ctx.next_op_id();
+        let deadline = ctx.deadline(quorum.timeout_ms);
         self.add_op(
+            ctx,
             op,
             deadline,
             PendingOp::Read(ReadOp {
@@ -49,14 +60,13 @@ impl<S: Store> NodeCore<S> {
             }),
         );
         for t in targets {
-            if t.node == self.ctx.id() {
-                let result = self
-                    .local_object(partition, &key, t.hint_for)
+            if t.node == ctx.id() {
+                let result = ReplicaRole::local_object(ctx, partition, &key, t.hint_for)
                     .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o))
                     .map_err(|e| ReplicaError::Storage(e.to_string()));
-                self.on_read_reply(t.node, op, result);
+                self.on_read_reply(ctx, env, t.node, op, result);
             } else {
-                self.ctx.send(
+                ctx.send(
                     t.node,
                     ReplicaMsg::Read {
                         op,
@@ -69,51 +79,63 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    pub(super) fn on_read_reply(
+    pub(super) fn on_read_reply<S: Store>(
         &mut self,
+        ctx: &mut Ctx<S>,
+        env: &mut CoordEnv<'_>,
         from: NodeId,
         op: OpId,
         result: Result<Option<Object>, ReplicaError>,
     ) {
-        let Some(PendingOp::Read(r)) = self.coord.ops.get_mut(&op) else {
+        let Some(PendingOp::Read(r)) = self.ops.get_mut(&op) else {
             return;
         };
         if r.on_reply(from, result) {
-            self.check_read_done(op);
+            self.check_read_done(ctx, env, op);
         }
     }
 
     /// Act on the read's progress: reply (then wait for stragglers only briefly), and repair
     /// once every target answered.
-    pub(super) fn check_read_done(&mut self, op: OpId) {
-        let window = self.ctx.now + READ_REPAIR_WINDOW_US;
-        let cfg = &self.ctx.cfg;
-        let Some(PendingOp::Read(r)) = self.coord.ops.get_mut(&op) else {
+    pub(super) fn check_read_done<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        env: &mut CoordEnv<'_>,
+        op: OpId,
+    ) {
+        let window = ctx.now + READ_REPAIR_WINDOW_US;
+        let cfg = &ctx.cfg;
+        let Some(PendingOp::Read(r)) = self.ops.get_mut(&op) else {
             return;
         };
         let progress = r.progress(|a, b| merge_objects(cfg, a, b));
         if let Some((origin, reply)) = progress.reply {
             if let Some(old) = r.shorten_deadline(window) {
-                self.ctx.timers.cancel(old, Timer::Op(op));
-                self.ctx.timers.set(window, Timer::Op(op));
+                ctx.timers.cancel(old, Timer::Op(op));
+                ctx.timers.set(window, Timer::Op(op));
             }
-            self.respond(origin, reply);
+            ctx.respond(origin, reply);
         }
         if progress.finished {
-            self.finish_read(op);
+            self.finish_read(ctx, env, op);
         }
     }
 
     /// The read is over (every target answered, or the deadline passed): repair the primaries
     /// that answered with stale data (within the read-repair budget).
-    pub(super) fn finish_read(&mut self, op: OpId) {
-        let Some(PendingOp::Read(r)) = self.remove_op(op) else {
+    pub(super) fn finish_read<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        env: &mut CoordEnv<'_>,
+        op: OpId,
+    ) {
+        let Some(PendingOp::Read(r)) = self.remove_op(ctx, op) else {
             return;
         };
-        if !self.ctx.cfg.read_repair || r.replies.len() < 2 {
+        if !ctx.cfg.read_repair || r.replies.len() < 2 {
             return;
         }
-        let merged = r.merged(|a, b| self.ctx.merge(a, b));
+        let merged = r.merged(|a, b| ctx.merge(a, b));
         if merged.join().is_empty() {
             return;
         }
@@ -125,20 +147,20 @@ impl<S: Store> NodeCore<S> {
                 None => true,
                 Some(o) => o.sync(&merged) != *o,
             };
-            if !stale || !self.repair_budget() {
+            if !stale || !self.repair_budget(ctx) {
                 continue;
             }
-            self.ctx.stats.read_repairs += 1;
-            if *node == self.ctx.id() {
+            ctx.stats.read_repairs += 1;
+            if *node == ctx.id() {
                 // The same path as a remote repair: the map may have moved since the read
                 // started, and a node that no longer replicates the key hints it on instead of
                 // keeping an orphan copy.
-                if let Err(e) = self.replica_write(r.partition, &r.key, &merged, None) {
+                if let Err(e) = env.replica.write(ctx, r.partition, &r.key, &merged, None) {
                     tracing::warn!(?e, "local read repair failed");
                 }
             } else {
-                let repair_op = self.ctx.next_op_id();
-                self.ctx.send(
+                let repair_op = ctx.next_op_id();
+                ctx.send(
                     *node,
                     ReplicaMsg::Write {
                         op: repair_op,

@@ -17,8 +17,13 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
 use super::aae::object_hash;
+use super::coordinator::Coordinator;
 use super::ctx::{tombstone_only, Ctx, DataEvent};
+use super::hints::{hint_owners, load_hint, HintedHandoff};
+use super::liveness::PeerView;
+use super::membership::Membership;
 use super::node::NodeCore;
+use super::transfer::Transfers;
 use super::types::ReapMsg;
 use crate::store::{Space, Store};
 
@@ -80,120 +85,23 @@ impl Reaper {
     }
 }
 
-impl<S: Store> NodeCore<S> {
-    /// Tombstone-only keys this node tracks (for status and tests).
-    pub fn tombstones_tracked(&self) -> usize {
-        self.reaper.tombstones.len()
-    }
+/// What the reaper must know of the other mechanisms before it votes or reaps (read-only):
+/// who is down, who votes, and whether a hint, a transfer or an operation may still carry an
+/// old copy of the key.
+pub(super) struct ReapGuards<'a> {
+    pub(super) peers: PeerView<'a>,
+    pub(super) membership: &'a Membership,
+    pub(super) handoff: &'a HintedHandoff,
+    pub(super) coord: &'a Coordinator,
+    pub(super) transfers: &'a Transfers,
+}
 
-    /// Called from the maintenance tick: expire rounds, start new ones.
-    pub(super) fn reaper_tick(&mut self) {
-        let now = self.ctx.now;
-        self.reaper.rounds.retain(|_, r| r.deadline > now);
-        if self.ctx.cfg.tombstone_grace_ms == 0 {
-            return;
-        }
-        let eager = self.ctx.cfg.has_bug(super::config::PlantedBug::EagerReap);
-        let grace = if eager {
-            0
-        } else {
-            u64::from(self.ctx.cfg.tombstone_grace_ms) * 1000
-        };
-        let n = usize::from(self.ctx.cfg.n);
-        if self.reaper.tombstones.is_empty() {
-            return;
-        }
-        let members = self.reap_voters();
-        if !eager && members.iter().any(|m| self.is_down(*m)) {
-            return; // a member that cannot vote blocks every reap
-        }
-        let in_round: BTreeSet<(PartitionId, Bytes)> = self
-            .reaper
-            .rounds
-            .values()
-            .map(|r| (r.partition, r.key.clone()))
-            .collect();
-        let candidates: Vec<(PartitionId, Bytes)> = self
-            .reaper
-            .tombstones
-            .iter()
-            .filter(|((p, _), since)| {
-                now >= **since + grace
-                    && self.ctx.map.preference_list(*p, n).first() == Some(&self.ctx.id())
-            })
-            .map(|(k, _)| k.clone())
-            .filter(|k| !in_round.contains(k))
-            .take(ROUNDS_PER_TICK)
-            .collect();
-        for (p, key) in candidates {
-            let hash = match self.reapable_hash(p, &key) {
-                Some(h) => h,
-                None => {
-                    self.reaper.tombstones.remove(&(p, key));
-                    continue;
-                }
-            };
-            let waiting: BTreeSet<NodeId> = if eager {
-                BTreeSet::new() // planted bug: nobody is asked
-            } else {
-                members
-                    .iter()
-                    .copied()
-                    .filter(|m| *m != self.ctx.id())
-                    .collect()
-            };
-            if self.has_hint_for(p, &key)
-                || (!eager && (self.transfer_pending_for(p) || self.op_pending_for(&key)))
-            {
-                continue;
-            }
-            let round = self.ctx.next_op_id();
-            for m in &waiting {
-                self.ctx.send(
-                    *m,
-                    ReapMsg::Query {
-                        round,
-                        partition: p,
-                        key: key.clone(),
-                        hash,
-                    },
-                );
-            }
-            let deadline = now + u64::from(self.ctx.cfg.request_timeout_ms) * 1000;
-            self.reaper.rounds.insert(
-                round,
-                Round {
-                    partition: p,
-                    key,
-                    hash,
-                    waiting,
-                    deadline,
-                },
-            );
-            if self
-                .reaper
-                .rounds
-                .get(&round)
-                .is_some_and(|r| r.waiting.is_empty())
-            {
-                self.finish_round(round);
-            }
-        }
-    }
-
-    /// The hash of the stored object if it is tombstone-only (never trust the tracking map
-    /// alone: a write may have landed since).
-    fn reapable_hash(&self, p: PartitionId, key: &[u8]) -> Option<u64> {
-        let bytes = self.ctx.store.get(Space::Partition(p), key).ok()??;
-        let object = crate::codec::decode_object(&bytes).ok()?;
-        tombstone_only(&object).then(|| object_hash(&bytes))
-    }
-
+impl ReapGuards<'_> {
     /// Who must vote on a reap: every member that may hold a copy, leaving and joining ones
     /// included (a leaving node still sends its partitions until its transfers finish).
-    fn reap_voters(&self) -> BTreeSet<NodeId> {
-        let mut voters = self.ctx.members.clone();
-        if let Some(state) = self.cluster_state() {
+    fn voters<S: Store>(&self, ctx: &Ctx<S>) -> BTreeSet<NodeId> {
+        let mut voters = ctx.members.clone();
+        if let Some(state) = self.membership.state() {
             voters.extend(
                 state
                     .members()
@@ -205,79 +113,168 @@ impl<S: Store> NodeCore<S> {
         voters
     }
 
-    /// Does this node coordinate an operation on `key` that may still send an old copy (a
-    /// read's repair, a write's fallback)? Its deadline may be long (per-request timeouts).
-    fn op_pending_for(&self, key: &[u8]) -> bool {
-        self.coord.ops.values().any(|op| match op {
-            super::ops::PendingOp::Write(w) => w.key.as_ref() == key,
-            super::ops::PendingOp::Read(r) => r.key.as_ref() == key,
-            super::ops::PendingOp::Forward(_) => false,
-        })
-    }
-
-    /// Is a copy of partition `p` moving to or from this node? Its old values may still land.
-    pub(super) fn transfer_pending_for(&self, p: PartitionId) -> bool {
-        self.transfers
-            .receiving
-            .values()
-            .any(|r| r.partition == p && !r.done)
-            || self
-                .transfers
-                .sending
-                .values()
-                .any(|s| s.rec.partition == p && !s.rec.done)
-    }
-
-    fn has_hint_for(&self, p: PartitionId, key: &[u8]) -> bool {
-        self.hint_owners()
+    /// Does this node hold a hint for the key (or cannot tell)?
+    fn has_hint_for<S: Store>(&self, ctx: &Ctx<S>, p: PartitionId, key: &[u8]) -> bool {
+        hint_owners(ctx, self.membership, self.handoff)
             .into_iter()
-            .any(|owner| matches!(self.load_hint(owner, p, key), Ok(Some(_)) | Err(_)))
+            .any(|owner| matches!(load_hint(&ctx.store, owner, p, key), Ok(Some(_)) | Err(_)))
+    }
+}
+
+impl Reaper {
+    /// Called from the maintenance tick: expire rounds, start new ones.
+    pub(super) fn tick<S: Store>(&mut self, ctx: &mut Ctx<S>, guards: &ReapGuards<'_>) {
+        let now = ctx.now;
+        self.rounds.retain(|_, r| r.deadline > now);
+        if ctx.cfg.tombstone_grace_ms == 0 {
+            return;
+        }
+        let eager = ctx.cfg.has_bug(super::config::PlantedBug::EagerReap);
+        let grace = if eager {
+            0
+        } else {
+            u64::from(ctx.cfg.tombstone_grace_ms) * 1000
+        };
+        let n = usize::from(ctx.cfg.n);
+        if self.tombstones.is_empty() {
+            return;
+        }
+        let members = guards.voters(ctx);
+        if !eager && members.iter().any(|m| guards.peers.is_down(*m)) {
+            return; // a member that cannot vote blocks every reap
+        }
+        let in_round: BTreeSet<(PartitionId, Bytes)> = self
+            .rounds
+            .values()
+            .map(|r| (r.partition, r.key.clone()))
+            .collect();
+        let candidates: Vec<(PartitionId, Bytes)> = self
+            .tombstones
+            .iter()
+            .filter(|((p, _), since)| {
+                now >= **since + grace && ctx.map.preference_list(*p, n).first() == Some(&ctx.id())
+            })
+            .map(|(k, _)| k.clone())
+            .filter(|k| !in_round.contains(k))
+            .take(ROUNDS_PER_TICK)
+            .collect();
+        for (p, key) in candidates {
+            let hash = match Self::reapable_hash(ctx, p, &key) {
+                Some(h) => h,
+                None => {
+                    self.tombstones.remove(&(p, key));
+                    continue;
+                }
+            };
+            let waiting: BTreeSet<NodeId> = if eager {
+                BTreeSet::new() // planted bug: nobody is asked
+            } else {
+                members.iter().copied().filter(|m| *m != ctx.id()).collect()
+            };
+            if guards.has_hint_for(ctx, p, &key)
+                || (!eager
+                    && (guards.transfers.pending_for(p) || guards.coord.op_pending_for(&key)))
+            {
+                continue;
+            }
+            let round = ctx.next_op_id();
+            for m in &waiting {
+                ctx.send(
+                    *m,
+                    ReapMsg::Query {
+                        round,
+                        partition: p,
+                        key: key.clone(),
+                        hash,
+                    },
+                );
+            }
+            let deadline = now + u64::from(ctx.cfg.request_timeout_ms) * 1000;
+            self.rounds.insert(
+                round,
+                Round {
+                    partition: p,
+                    key,
+                    hash,
+                    waiting,
+                    deadline,
+                },
+            );
+            if self
+                .rounds
+                .get(&round)
+                .is_some_and(|r| r.waiting.is_empty())
+            {
+                self.finish_round(ctx, round);
+            }
+        }
+    }
+
+    /// The hash of the stored object if it is tombstone-only (never trust the tracking map
+    /// alone: a write may have landed since).
+    fn reapable_hash<S: Store>(ctx: &Ctx<S>, p: PartitionId, key: &[u8]) -> Option<u64> {
+        let bytes = ctx.store.get(Space::Partition(p), key).ok()??;
+        let object = crate::codec::decode_object(&bytes).ok()?;
+        tombstone_only(&object).then(|| object_hash(&bytes))
     }
 
     /// Route a reaping message to its phase.
-    pub(super) fn on_reap_msg(&mut self, from: NodeId, msg: ReapMsg) {
+    pub(super) fn on_msg<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        from: NodeId,
+        msg: ReapMsg,
+        guards: &ReapGuards<'_>,
+    ) {
         match msg {
             ReapMsg::Query {
                 round,
                 partition,
                 key,
                 hash,
-            } => self.on_reap_query(from, round, partition, key, hash),
-            ReapMsg::Vote { round, key, ok } => self.on_reap_vote(from, round, key, ok),
+            } => Self::on_reap_query(ctx, guards, from, round, partition, key, hash),
+            ReapMsg::Vote { round, key, ok } => self.on_reap_vote(ctx, from, round, key, ok),
             ReapMsg::Reap {
                 partition,
                 key,
                 hash,
-            } => self.on_reap(partition, &key, hash),
+            } => Self::on_reap(ctx, partition, &key, hash),
         }
     }
 
-    pub(super) fn on_reap_query(
-        &mut self,
+    fn on_reap_query<S: Store>(
+        ctx: &mut Ctx<S>,
+        guards: &ReapGuards<'_>,
         from: NodeId,
         round: u64,
         p: PartitionId,
         key: Bytes,
         hash: u64,
     ) {
-        let same = match self.ctx.store.get(Space::Partition(p), &key) {
-            Ok(Some(_)) => self.reapable_hash(p, &key) == Some(hash),
-            Ok(None) => !self
-                .ctx
+        let same = match ctx.store.get(Space::Partition(p), &key) {
+            Ok(Some(_)) => Self::reapable_hash(ctx, p, &key) == Some(hash),
+            Ok(None) => !ctx
                 .map
-                .preference_list(p, usize::from(self.ctx.cfg.n))
-                .contains(&self.ctx.id()),
+                .preference_list(p, usize::from(ctx.cfg.n))
+                .contains(&ctx.id()),
             Err(_) => false,
         };
         let ok = same
-            && !self.has_hint_for(p, &key)
-            && !self.transfer_pending_for(p)
-            && !self.op_pending_for(&key);
-        self.ctx.send(from, ReapMsg::Vote { round, key, ok });
+            && !guards.has_hint_for(ctx, p, &key)
+            && !guards.transfers.pending_for(p)
+            && !guards.coord.op_pending_for(&key);
+        ctx.send(from, ReapMsg::Vote { round, key, ok });
     }
 
-    pub(super) fn on_reap_vote(&mut self, from: NodeId, round: u64, key: Bytes, ok: bool) {
-        let Some(r) = self.reaper.rounds.get_mut(&round) else {
+    fn on_reap_vote<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        from: NodeId,
+        round: u64,
+        key: Bytes,
+        ok: bool,
+    ) {
+        let Some(r) = self.rounds.get_mut(&round) else {
             return;
         };
         if r.key != key {
@@ -286,28 +283,28 @@ impl<S: Store> NodeCore<S> {
         if !ok {
             // Someone holds something else (or a hint): wait another grace period.
             let k = (r.partition, r.key.clone());
-            self.reaper.rounds.remove(&round);
-            let now = self.ctx.now;
+            self.rounds.remove(&round);
+            let now = ctx.now;
             // Re-arm only if the key is still tombstone-only here (a write may have landed).
-            if let Some(since) = self.reaper.tombstones.get_mut(&k) {
+            if let Some(since) = self.tombstones.get_mut(&k) {
                 *since = now;
             }
             return;
         }
         r.waiting.remove(&from);
         if r.waiting.is_empty() {
-            self.finish_round(round);
+            self.finish_round(ctx, round);
         }
     }
 
-    fn finish_round(&mut self, round: u64) {
-        let Some(r) = self.reaper.rounds.remove(&round) else {
+    fn finish_round<S: Store>(&mut self, ctx: &mut Ctx<S>, round: u64) {
+        let Some(r) = self.rounds.remove(&round) else {
             return;
         };
-        let n = usize::from(self.ctx.cfg.n);
-        for replica in self.ctx.map.preference_list(r.partition, n) {
-            if replica != self.ctx.id() {
-                self.ctx.send(
+        let n = usize::from(ctx.cfg.n);
+        for replica in ctx.map.preference_list(r.partition, n) {
+            if replica != ctx.id() {
+                ctx.send(
                     replica,
                     ReapMsg::Reap {
                         partition: r.partition,
@@ -317,28 +314,34 @@ impl<S: Store> NodeCore<S> {
                 );
             }
         }
-        self.on_reap(r.partition, &r.key, r.hash);
+        Self::on_reap(ctx, r.partition, &r.key, r.hash);
     }
 
     /// Compare-and-delete: remove the key if it still holds exactly the object voted on.
-    pub(super) fn on_reap(&mut self, p: PartitionId, key: &[u8], hash: u64) {
-        if self.reapable_hash(p, key) != Some(hash) {
+    fn on_reap<S: Store>(ctx: &mut Ctx<S>, p: PartitionId, key: &[u8], hash: u64) {
+        if Self::reapable_hash(ctx, p, key) != Some(hash) {
             return;
         }
-        let minted_here = self
-            .ctx
+        let minted_here = ctx
             .load(p, key)
             .ok()
             .flatten()
-            .is_some_and(|o| o.join().get(&self.ctx.actor) > 0);
+            .is_some_and(|o| o.join().get(&ctx.actor) > 0);
         // Retire first: the new identity is written before the removal (see hints.rs).
-        if minted_here && !self.ctx.retire_actor() {
+        if minted_here && !ctx.retire_actor() {
             return;
         }
-        if let Err(e) = self.ctx.remove_key(p, key) {
+        if let Err(e) = ctx.remove_key(p, key) {
             tracing::warn!(partition = %p, error = %e, "cannot reap a tombstone");
             return;
         }
-        self.ctx.stats.tombstones_reaped += 1;
+        ctx.stats.tombstones_reaped += 1;
+    }
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Tombstone-only keys this node tracks (for status and tests).
+    pub fn tombstones_tracked(&self) -> usize {
+        self.reaper.tombstones.len()
     }
 }

@@ -2,44 +2,53 @@
 //! (hints) or, when the coordinator's map is stale, by hinting the write on to the current
 //! replicas. The data path it stores through (load, merge, save, limits) is on [`Ctx`].
 //!
-//! Inputs: [`ReplicaMsg`] from coordinators (`on_replica_msg`), and the coordinator's own
-//! local writes and reads (`replica_write`, `local_object`, `local_knowledge`).
-
-use std::collections::BTreeSet;
+//! Inputs: [`ReplicaMsg::Write`] and [`ReplicaMsg::Read`] from coordinators (routed by
+//! `NodeCore::on_replica_msg`), and the local coordinator's own copy of a write or a read
+//! ([`ReplicaRole::write`], [`ReplicaRole::local_object`], [`ReplicaRole::local_knowledge`]).
 
 use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
-#[allow(unused_imports)]
+use super::coordinator::CoordEnv;
 use super::ctx::Ctx;
+use super::hints::{hint_owners, load_hint, HintedHandoff};
+use super::membership::Membership;
 use super::node::NodeCore;
+use super::transfer::Transfers;
 use super::types::{Object, ReplicaError, ReplicaMsg, Stored};
 use crate::error::Result;
 use crate::store::Store;
 
-impl<S: Store> NodeCore<S> {
+/// The replica role, with what it needs of the other mechanisms to decide where a copy goes:
+/// membership (joined, removed, known owners), the hint store, and the transfers in progress
+/// (a partition still being handed off is still answered for).
+#[derive(Debug)]
+pub(super) struct ReplicaRole<'a> {
+    pub(super) membership: &'a Membership,
+    pub(super) handoff: &'a mut HintedHandoff,
+    pub(super) transfers: &'a Transfers,
+}
+
+impl ReplicaRole<'_> {
     /// A read asked of this node as a primary: answer only if it replicates the partition under
     /// its own map, or still holds it (an outgoing transfer of it is not finished). A former
     /// owner that handed the partition off would otherwise answer "nothing here" and a stale
     /// coordinator would count that toward R and PR.
-    fn check_read_owner(
+    fn check_read_owner<S: Store>(
         &self,
+        ctx: &Ctx<S>,
         p: PartitionId,
         fallback_for: Option<NodeId>,
     ) -> std::result::Result<(), ReplicaError> {
-        if fallback_for.is_some_and(|o| o != self.ctx.id())
-            || self
-                .ctx
-                .map
-                .preference_list(p, usize::from(self.ctx.cfg.n))
-                .contains(&self.ctx.id())
-            || self.transfer_pending_for(p)
+        if fallback_for.is_some_and(|o| o != ctx.id())
+            || ctx.replicates(p)
+            || self.transfers.pending_for(p)
         {
             return Ok(());
         }
         Err(ReplicaError::Retry(format!(
             "node {} no longer replicates partition {p}",
-            self.ctx.id()
+            ctx.id()
         )))
     }
 
@@ -48,8 +57,9 @@ impl<S: Store> NodeCore<S> {
     /// map is stale: this node handed the partition off) as hints for the partition's current
     /// replicas, acknowledged as a fallback, so no orphan copy is left where no read, transfer
     /// or reap will look and the coordinator does not count a primary that is not one.
-    pub(super) fn replica_write(
+    pub(super) fn write<S: Store>(
         &mut self,
+        ctx: &mut Ctx<S>,
         p: PartitionId,
         key: &[u8],
         object: &Object,
@@ -57,52 +67,59 @@ impl<S: Store> NodeCore<S> {
     ) -> std::result::Result<Stored, ReplicaError> {
         // A removed node stops soon (after its linger): anything it took in now, as a replica
         // or as hints, could leave with it. The coordinator tries another node instead.
-        if self.is_removed() {
+        if self.membership.is_removed(ctx.id()) {
             return Err(ReplicaError::Retry("removed from the cluster".into()));
         }
-        if let Some(owner) = hint.filter(|o| *o != self.ctx.id()) {
+        if let Some(owner) = hint.filter(|o| *o != ctx.id()) {
             return self
-                .merge_into_hint(owner, p, key, object)
+                .handoff
+                .merge_into_hint(ctx, self.membership, owner, p, key, object)
                 .map(|_| Stored::Hint);
         }
         if !self.membership.joined {
             return Err(ReplicaError::Retry("not joined yet".into()));
         }
-        let replicas = self.ctx.map.preference_list(p, usize::from(self.ctx.cfg.n));
-        if replicas.contains(&self.ctx.id()) {
-            return self
-                .ctx
+        let replicas = ctx.replicas(p);
+        if replicas.contains(&ctx.id()) {
+            return ctx
                 .merge_into_store(p, key, object)
                 .map(|_| Stored::Replica);
         }
-        self.ctx.check_peer_object(p, key, object)?;
-        self.ctx.stats.non_owner_writes += 1;
-        self.rehint(p, key, object, &replicas).map(|_| Stored::Hint)
+        ctx.check_peer_object(p, key, object)?;
+        ctx.stats.non_owner_writes += 1;
+        self.handoff
+            .rehint(ctx, self.membership, p, key, object, &replicas)
+            .map(|_| Stored::Hint)
     }
 
-    /// Owners this node may hold hints for: the members, and anyone it already holds hints for.
-    pub(super) fn hint_owners(&self) -> BTreeSet<NodeId> {
-        let mut owners = self.ctx.members.clone();
-        if let Some(state) = self.cluster_state() {
-            owners.extend(state.members().keys().copied());
-        }
-        owners.extend(self.handoff.pending.keys().copied());
-        owners.remove(&self.ctx.id());
-        owners
+    /// A coordinator's read: what this node holds for the key, if it may answer for it
+    /// (`None` when it holds nothing at all).
+    pub(super) fn read<S: Store>(
+        &self,
+        ctx: &Ctx<S>,
+        p: PartitionId,
+        key: &[u8],
+        fallback_for: Option<NodeId>,
+    ) -> std::result::Result<Option<Object>, ReplicaError> {
+        ctx.check_peer_key(p, key)?;
+        self.check_read_owner(ctx, p, fallback_for)?;
+        Self::local_object(ctx, p, key, fallback_for)
+            .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o))
+            .map_err(|e| ReplicaError::Storage(e.to_string()))
     }
 
     /// What this node holds for a key: its replica copy, plus (when standing in for `owner`)
     /// the hint it keeps for that owner.
-    pub(super) fn local_object(
-        &self,
+    pub(super) fn local_object<S: Store>(
+        ctx: &Ctx<S>,
         p: PartitionId,
         key: &[u8],
         fallback_for: Option<NodeId>,
     ) -> Result<Object> {
-        let mut o = self.ctx.load(p, key)?.unwrap_or_else(Object::empty);
-        if let Some(owner) = fallback_for.filter(|o| *o != self.ctx.id()) {
-            if let Some(h) = self.load_hint(owner, p, key)? {
-                o = self.ctx.merge(&o, &h);
+        let mut o = ctx.load(p, key)?.unwrap_or_else(Object::empty);
+        if let Some(owner) = fallback_for.filter(|o| *o != ctx.id()) {
+            if let Some(h) = load_hint(&ctx.store, owner, p, key)? {
+                o = ctx.merge(&o, &h);
             }
         }
         Ok(o)
@@ -110,19 +127,27 @@ impl<S: Store> NodeCore<S> {
 
     /// Everything this node holds for a key: its replica copy and every hint, for any owner.
     /// A coordinator mints from this, so a new dot is above every dot of its actor it holds.
-    pub(super) fn local_knowledge(&self, p: PartitionId, key: &[u8]) -> Result<Object> {
-        let mut o = self.ctx.load(p, key)?.unwrap_or_else(Object::empty);
-        for owner in self.hint_owners() {
-            if let Some(h) = self.load_hint(owner, p, key)? {
-                o = self.ctx.merge(&o, &h);
+    pub(super) fn local_knowledge<S: Store>(
+        &self,
+        ctx: &Ctx<S>,
+        p: PartitionId,
+        key: &[u8],
+    ) -> Result<Object> {
+        let mut o = ctx.load(p, key)?.unwrap_or_else(Object::empty);
+        for owner in hint_owners(ctx, self.membership, self.handoff) {
+            if let Some(h) = load_hint(&ctx.store, owner, p, key)? {
+                o = ctx.merge(&o, &h);
             }
         }
         Ok(o)
     }
+}
 
-    /// The replica role: merge writes into the store (or a hint), answer reads; and the
-    /// coordinator's side of the same exchange (acks and read replies).
+impl<S: Store> NodeCore<S> {
+    /// Route a replica message: writes and reads to the replica role, acks and read replies to
+    /// the coordinator that is waiting for them.
     pub(super) fn on_replica_msg(&mut self, from: NodeId, msg: ReplicaMsg) {
+        let (ctx, coord, mut env) = self.split_for_coordinator();
         match msg {
             ReplicaMsg::Write {
                 op,
@@ -131,8 +156,8 @@ impl<S: Store> NodeCore<S> {
                 object,
                 hint,
             } => {
-                let result = self.replica_write(partition, &key, &object, hint);
-                self.ctx.send(from, ReplicaMsg::WriteAck { op, result });
+                let result = env.replica.write(ctx, partition, &key, &object, hint);
+                ctx.send(from, ReplicaMsg::WriteAck { op, result });
             }
             ReplicaMsg::Read {
                 op,
@@ -140,20 +165,45 @@ impl<S: Store> NodeCore<S> {
                 key,
                 fallback_for,
             } => {
-                let result = self
-                    .ctx
-                    .check_peer_key(partition, &key)
-                    .and_then(|_| self.check_read_owner(partition, fallback_for))
-                    .and_then(|_| {
-                        self.local_object(partition, &key, fallback_for)
-                            .map_err(|e| ReplicaError::Storage(e.to_string()))
-                    })
-                    .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o));
-                self.ctx.send(from, ReplicaMsg::ReadReply { op, result });
+                let result = env.replica.read(ctx, partition, &key, fallback_for);
+                ctx.send(from, ReplicaMsg::ReadReply { op, result });
             }
-            ReplicaMsg::WriteAck { op, result } => self.on_write_ack(from, op, result),
-            ReplicaMsg::ReadReply { op, result } => self.on_read_reply(from, op, result),
+            ReplicaMsg::WriteAck { op, result } => coord.on_write_ack(ctx, from, op, result),
+            ReplicaMsg::ReadReply { op, result } => {
+                coord.on_read_reply(ctx, &mut env, from, op, result)
+            }
         }
+    }
+
+    /// The coordinator, the shared context, and the rest of the node as the coordinator sees
+    /// it, borrowed apart.
+    pub(super) fn split_for_coordinator(
+        &mut self,
+    ) -> (
+        &mut Ctx<S>,
+        &mut super::coordinator::Coordinator,
+        CoordEnv<'_>,
+    ) {
+        let NodeCore {
+            ctx,
+            liveness,
+            coord,
+            handoff,
+            membership,
+            transfers,
+            ..
+        } = self;
+        let env = CoordEnv {
+            me: ctx.id(),
+            now: ctx.now,
+            liveness,
+            replica: ReplicaRole {
+                membership,
+                handoff,
+                transfers,
+            },
+        };
+        (ctx, coord, env)
     }
 
     /// Read every key of a partition (for checkers, anti-entropy and transfers).

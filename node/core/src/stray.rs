@@ -9,40 +9,43 @@
 //! partition's current replicas (merging is idempotent) and drops it only once they all
 //! confirmed. The simulator's `orphan-copy` check holds the sweep to this.
 
-use super::node::NodeCore;
+use super::ctx::Ctx;
+use super::membership::Membership;
+use super::transfer::Transfers;
 use crate::store::Store;
 
 /// How often the sweep runs: stray copies are rare, and listing partitions touches every tree.
 const SWEEP_INTERVAL_US: u64 = 5_000_000;
 
-impl<S: Store> NodeCore<S> {
+impl Transfers {
     /// Maintenance: every few seconds, hand over or drop the stray partition copies.
-    pub(super) fn stray_tick(&mut self) {
-        if self.ctx.now < self.transfers.next_sweep {
+    pub(super) fn stray_tick<S: Store>(&mut self, ctx: &mut Ctx<S>, membership: &Membership) {
+        if ctx.now < self.next_sweep {
             return;
         }
-        self.transfers.next_sweep = self.ctx.now + SWEEP_INTERVAL_US;
+        self.next_sweep = ctx.now + SWEEP_INTERVAL_US;
         // A joining node has no say yet; a removed one hands over hints, and its data is the
         // operator's call (`dynakv remove --force`).
-        if !self.membership.joined || self.is_removed() {
+        if !membership.joined
+            || (membership.status_of(ctx.id()) == Some(dynakv_gossip::Status::Removed))
+        {
             return;
         }
-        let held = match self.ctx.store.partitions() {
+        let held = match ctx.store.partitions() {
             Ok(held) => held,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list partitions for the stray-copy sweep");
                 return;
             }
         };
-        let n = usize::from(self.ctx.cfg.n);
-        let me = self.ctx.id();
+        let n = usize::from(ctx.cfg.n);
+        let me = ctx.id();
         for p in held {
-            let replicas = self.ctx.map.preference_list(p, n);
+            let replicas = ctx.map.preference_list(p, n);
             if replicas.contains(&me) {
                 continue;
             }
             let records: Vec<bool> = self
-                .transfers
                 .sending
                 .iter()
                 .filter(|((q, _), _)| *q == p)
@@ -55,17 +58,17 @@ impl<S: Store> NodeCore<S> {
                 // Every transfer of it finished: the receivers have it (the others already
                 // were replicas), and nothing enters a partition this node does not replicate
                 // (`merge_into_store`), so only the drop failed or was lost.
-                self.maybe_drop_partition(p);
+                self.maybe_drop_partition(ctx, p);
                 continue;
             }
             // No record at all (they are forgotten at the next map change): send it to every
             // current replica; merging what they already have is idempotent.
             tracing::warn!(partition = %p, receivers = ?replicas,
                 "a copy of a partition this node does not replicate was left behind: handing it over");
-            self.ctx.stats.stray_partitions += 1;
-            let total = self.count_keys(p);
+            ctx.stats.stray_partitions += 1;
+            let total = Self::count_keys(ctx, p);
             for to in replicas {
-                self.start_outgoing(p, to, total);
+                self.start_outgoing(ctx, p, to, total);
             }
         }
     }

@@ -18,6 +18,8 @@ use dynakv_ring::{NodeId, PartitionId, PartitionMap};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::ctx::Ctx;
+use super::membership::Membership;
 use super::node::NodeCore;
 use super::types::{ReplicaError, TransferMsg};
 use crate::codec;
@@ -109,21 +111,34 @@ pub(super) fn in_key(p: PartitionId, from: NodeId) -> Vec<u8> {
     k
 }
 
-impl<S: Store> NodeCore<S> {
+impl Transfers {
+    /// Outgoing transfers not finished.
+    pub(super) fn outgoing_pending(&self) -> usize {
+        self.sending.values().filter(|s| !s.rec.done).count()
+    }
+
+    /// Is a copy of partition `p` moving to or from this node? Its old values may still land.
+    pub(super) fn pending_for(&self, p: PartitionId) -> bool {
+        self.receiving.values().any(|r| r.partition == p && !r.done)
+            || self
+                .sending
+                .values()
+                .any(|s| s.rec.partition == p && !s.rec.done)
+    }
+}
+
+impl Transfers {
     /// Load persisted transfers at startup.
-    pub(super) fn load_transfers(&mut self) -> crate::Result<()> {
+    pub(super) fn load<S: Store>(&mut self, ctx: &Ctx<S>) -> crate::Result<()> {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = self
-                .ctx
-                .store
-                .scan(Space::Transfers, after.as_deref(), 256)?;
+            let page = ctx.store.scan(Space::Transfers, after.as_deref(), 256)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
             for (k, v) in page {
                 if k.starts_with(b"out") {
                     let rec: OutgoingTransfer = codec::decode(&v)?;
-                    self.transfers.sending.insert(
+                    self.sending.insert(
                         (rec.partition, rec.to),
                         Sending {
                             rec,
@@ -134,77 +149,51 @@ impl<S: Store> NodeCore<S> {
                     );
                 } else if k.starts_with(b"in") {
                     let rec: IncomingTransfer = codec::decode(&v)?;
-                    self.transfers
-                        .receiving
-                        .insert((rec.partition, rec.from), rec);
+                    self.receiving.insert((rec.partition, rec.from), rec);
                 }
             }
         }
         Ok(())
     }
 
-    /// Outgoing transfers (for status).
-    pub fn outgoing_transfers(&self) -> Vec<OutgoingTransfer> {
-        self.transfers
-            .sending
-            .values()
-            .map(|s| s.rec.clone())
-            .collect()
-    }
-
-    /// Outgoing transfers not finished yet.
-    pub fn outgoing_pending(&self) -> usize {
-        self.transfers
-            .sending
-            .values()
-            .filter(|s| !s.rec.done)
-            .count()
-    }
-
     /// The map changed from `old` to `new`: record what this node must send and expect.
-    pub(super) fn plan_transfers(&mut self, old: &PartitionMap, new: &PartitionMap) {
-        let n = usize::from(self.ctx.cfg.n);
-        let me = self.ctx.id();
+    pub(super) fn plan<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        membership: &Membership,
+        old: &PartitionMap,
+        new: &PartitionMap,
+    ) {
+        let n = usize::from(ctx.cfg.n);
+        let me = ctx.id();
         // Finished transfers of earlier changes are history: forget them (status shows the
         // transfers of the current change).
         let finished_out: Vec<(PartitionId, NodeId)> = self
-            .transfers
             .sending
             .iter()
             .filter(|(_, s)| s.rec.done)
             .map(|(k, _)| *k)
             .collect();
         for (p, to) in finished_out {
-            self.transfers.sending.remove(&(p, to));
-            if self
-                .ctx
-                .store
-                .remove(Space::Transfers, &out_key(p, to))
-                .is_ok()
-            {
-                self.ctx.dirty = true;
+            self.sending.remove(&(p, to));
+            if ctx.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
+                ctx.dirty = true;
             }
         }
         let finished_in: Vec<(PartitionId, NodeId)> = self
-            .transfers
             .receiving
             .iter()
             .filter(|(_, r)| r.done)
             .map(|(k, _)| *k)
             .collect();
         for (p, from) in finished_in {
-            self.transfers.receiving.remove(&(p, from));
-            self.transfers.progress.remove(&(p, from));
-            if self
-                .ctx
-                .store
-                .remove(Space::Transfers, &in_key(p, from))
-                .is_ok()
-            {
-                self.ctx.dirty = true;
+            self.receiving.remove(&(p, from));
+            self.progress.remove(&(p, from));
+            if ctx.store.remove(Space::Transfers, &in_key(p, from)).is_ok() {
+                ctx.dirty = true;
             }
         }
-        self.prune_moot_transfers(new);
+        self.prune_moot_transfers(ctx, new);
         let q = new.partition_count().min(old.partition_count());
         for i in 0..q {
             let p = PartitionId(i);
@@ -234,20 +223,20 @@ impl<S: Store> NodeCore<S> {
                 removed
             };
             if senders.contains(&me) {
-                let total = self.count_keys(p);
+                let total = Self::count_keys(ctx, p);
                 for to in added.iter().copied().filter(|t| *t != me) {
-                    self.start_outgoing(p, to, total);
+                    self.start_outgoing(ctx, p, to, total);
                 }
             }
             if added.contains(&me) {
                 for from in senders.into_iter().filter(|s| *s != me) {
-                    self.expect_incoming(p, from);
+                    self.expect_incoming(ctx, p, from);
                 }
             }
         }
         tracing::info!(
             sending = self.outgoing_pending(),
-            receiving = self.incoming_pending(),
+            receiving = self.incoming_pending(membership),
             "partition map changed: transfers planned"
         );
     }
@@ -256,14 +245,13 @@ impl<S: Store> NodeCore<S> {
     /// partition (its data goes to the current replicas instead) and incoming ones for
     /// partitions this node no longer replicates. Called on every map change and at startup,
     /// where it also clears records a failed store write left behind (a full disk).
-    pub(super) fn prune_moot_transfers(&mut self, map: &PartitionMap) {
+    pub(super) fn prune_moot_transfers<S: Store>(&mut self, ctx: &mut Ctx<S>, map: &PartitionMap) {
         let new = map;
-        let n = usize::from(self.ctx.cfg.n);
-        let me = self.ctx.id();
+        let n = usize::from(ctx.cfg.n);
+        let me = ctx.id();
         // Transfers to nodes that are no longer replicas of the partition are moot: the new map
         // gave it to someone else, who gets it from this plan.
         let moot: Vec<(PartitionId, NodeId)> = self
-            .transfers
             .sending
             .iter()
             .filter(|((p, to), s)| !s.rec.done && !new.preference_list(*p, n).contains(to))
@@ -271,14 +259,9 @@ impl<S: Store> NodeCore<S> {
             .collect();
         let mut orphaned = BTreeMap::new();
         for (p, to) in moot {
-            self.transfers.sending.remove(&(p, to));
-            if self
-                .ctx
-                .store
-                .remove(Space::Transfers, &out_key(p, to))
-                .is_ok()
-            {
-                self.ctx.dirty = true;
+            self.sending.remove(&(p, to));
+            if ctx.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
+                ctx.dirty = true;
             }
             orphaned.insert(p, ());
         }
@@ -289,41 +272,41 @@ impl<S: Store> NodeCore<S> {
             if replicas.contains(&me) {
                 continue;
             }
-            let total = self.count_keys(p);
+            let total = Self::count_keys(ctx, p);
             for to in replicas {
-                if !self.transfers.sending.contains_key(&(p, to)) {
-                    self.start_outgoing(p, to, total);
+                if !self.sending.contains_key(&(p, to)) {
+                    self.start_outgoing(ctx, p, to, total);
                 }
             }
         }
         let moot_in: Vec<(PartitionId, NodeId)> = self
-            .transfers
             .receiving
             .iter()
             .filter(|((p, _), r)| !r.done && !new.preference_list(*p, n).contains(&me))
             .map(|(k, _)| *k)
             .collect();
         for (p, from) in moot_in {
-            self.transfers.receiving.remove(&(p, from));
-            if self
-                .ctx
-                .store
-                .remove(Space::Transfers, &in_key(p, from))
-                .is_ok()
-            {
-                self.ctx.dirty = true;
+            self.receiving.remove(&(p, from));
+            if ctx.store.remove(Space::Transfers, &in_key(p, from)).is_ok() {
+                ctx.dirty = true;
             }
         }
     }
 
-    pub(super) fn count_keys(&self, p: PartitionId) -> u64 {
+    pub(super) fn count_keys<S: Store>(ctx: &Ctx<S>, p: PartitionId) -> u64 {
         let mut count = 0;
-        let _ = self.ctx.scan_each(Space::Partition(p), |_, _| count += 1);
+        let _ = ctx.scan_each(Space::Partition(p), |_, _| count += 1);
         count
     }
 
     /// Record (durably) that this node must send partition `p` to `to`.
-    pub(super) fn start_outgoing(&mut self, p: PartitionId, to: NodeId, total: u64) {
+    pub(super) fn start_outgoing<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        p: PartitionId,
+        to: NodeId,
+        total: u64,
+    ) {
         let rec = OutgoingTransfer {
             partition: p,
             to,
@@ -333,29 +316,34 @@ impl<S: Store> NodeCore<S> {
             resent: 0,
             done: false,
         };
-        self.persist_out(&rec);
-        self.transfers.sending.insert(
+        self.persist_out(ctx, &rec);
+        self.sending.insert(
             (p, to),
             Sending {
                 rec,
                 inflight: None,
                 failures: 0,
-                next_attempt: self.ctx.now,
+                next_attempt: ctx.now,
             },
         );
     }
 
-    fn persist_out(&mut self, rec: &OutgoingTransfer) {
-        self.persist_checkpoint(&out_key(rec.partition, rec.to), rec);
+    fn persist_out<S: Store>(&mut self, ctx: &mut Ctx<S>, rec: &OutgoingTransfer) {
+        self.persist_checkpoint(ctx, &out_key(rec.partition, rec.to), rec);
     }
 
     /// Write one transfer checkpoint (either side); durable at the next drain. A checkpoint that
     /// cannot be written only costs a resend after a restart.
-    pub(super) fn persist_checkpoint(&mut self, key: &[u8], rec: &impl serde::Serialize) {
+    pub(super) fn persist_checkpoint<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        key: &[u8],
+        rec: &impl serde::Serialize,
+    ) {
         match codec::encode(rec) {
             Ok(b) => {
-                if self.ctx.store.put(Space::Transfers, key, &b).is_ok() {
-                    self.ctx.dirty = true;
+                if ctx.store.put(Space::Transfers, key, &b).is_ok() {
+                    ctx.dirty = true;
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a transfer checkpoint"),
@@ -364,24 +352,23 @@ impl<S: Store> NodeCore<S> {
 
     /// Called from the maintenance tick: retry unanswered batches, start transfers within the
     /// concurrency limit.
-    pub(super) fn transfer_tick(&mut self) {
-        let now = self.ctx.now;
+    pub(super) fn tick<S: Store>(&mut self, ctx: &mut Ctx<S>, membership: &Membership) {
+        let now = ctx.now;
         // Receivers: ask about transfers that went silent (the sender may have lost its state).
         let stalled: Vec<(PartitionId, NodeId)> = self
-            .transfers
             .receiving
             .iter()
             .filter(|(_, r)| !r.done)
             .map(|(k, _)| *k)
             .filter(|k| {
-                let last = *self.transfers.progress.entry(*k).or_insert(now);
+                let last = *self.progress.entry(*k).or_insert(now);
                 now >= last + STALL_US
             })
             .collect();
         for (p, from) in stalled {
-            self.transfers.progress.insert((p, from), now);
-            let epoch = self.cluster_state().map_or(0, |s| s.map().version.epoch);
-            self.ctx.send(
+            self.progress.insert((p, from), now);
+            let epoch = membership.state().map_or(0, |s| s.map().version.epoch);
+            ctx.send(
                 from,
                 TransferMsg::Status {
                     partition: p,
@@ -389,15 +376,14 @@ impl<S: Store> NodeCore<S> {
                 },
             );
         }
-        let keys: Vec<(PartitionId, NodeId)> = self.transfers.sending.keys().copied().collect();
+        let keys: Vec<(PartitionId, NodeId)> = self.sending.keys().copied().collect();
         let mut active = self
-            .transfers
             .sending
             .values()
             .filter(|s| !s.rec.done && (s.inflight.is_some() || s.rec.sent > 0))
             .count();
         for key in keys {
-            let Some(s) = self.transfers.sending.get_mut(&key) else {
+            let Some(s) = self.sending.get_mut(&key) else {
                 continue;
             };
             if s.rec.done {
@@ -409,40 +395,40 @@ impl<S: Store> NodeCore<S> {
                 }
                 s.inflight = None;
                 s.rec.resent += items;
-                self.ctx.stats.transfer_batches_retried += 1;
-                let Some(s) = self.transfers.sending.get_mut(&key) else {
+                ctx.stats.transfer_batches_retried += 1;
+                let Some(s) = self.sending.get_mut(&key) else {
                     continue;
                 };
                 s.failures = s.failures.saturating_add(1);
                 let backoff = BACKOFF_BASE_US
                     .saturating_mul(1u64 << s.failures.min(20))
                     .min(BACKOFF_MAX_US);
-                let jitter = self.ctx.rng.gen_range(0..=backoff / 2);
-                if let Some(s) = self.transfers.sending.get_mut(&key) {
+                let jitter = ctx.rng.gen_range(0..=backoff / 2);
+                if let Some(s) = self.sending.get_mut(&key) {
                     s.next_attempt = now + backoff / 2 + jitter;
                 }
                 continue;
             }
             let fresh = s.rec.sent == 0;
-            if now < s.next_attempt || (fresh && active >= self.ctx.cfg.max_transfers) {
+            if now < s.next_attempt || (fresh && active >= ctx.cfg.max_transfers) {
                 continue;
             }
             if fresh {
                 active += 1;
             }
-            self.send_transfer_batch(key);
+            self.send_transfer_batch(ctx, key);
         }
     }
 
-    fn send_transfer_batch(&mut self, key: (PartitionId, NodeId)) {
-        let Some(s) = self.transfers.sending.get(&key) else {
+    fn send_transfer_batch<S: Store>(&mut self, ctx: &mut Ctx<S>, key: (PartitionId, NodeId)) {
+        let Some(s) = self.sending.get(&key) else {
             return;
         };
         let (p, to) = key;
-        let page = match self.ctx.store.scan(
+        let page = match ctx.store.scan(
             Space::Partition(p),
             s.rec.cursor.as_deref(),
-            self.ctx.cfg.transfer_batch,
+            ctx.cfg.transfer_batch,
         ) {
             Ok(page) => page,
             Err(e) => {
@@ -450,11 +436,11 @@ impl<S: Store> NodeCore<S> {
                 return;
             }
         };
-        let mut last = page.len() < self.ctx.cfg.transfer_batch;
+        let mut last = page.len() < ctx.cfg.transfer_batch;
         let mut items = Vec::with_capacity(page.len());
         let mut bytes = 0usize;
         for (k, v) in page {
-            if !items.is_empty() && bytes + v.len() > self.ctx.cfg.max_message_bytes / 2 {
+            if !items.is_empty() && bytes + v.len() > ctx.cfg.max_message_bytes / 2 {
                 last = false; // cut to fit the frame limit; the rest follows
                 break;
             }
@@ -466,20 +452,19 @@ impl<S: Store> NodeCore<S> {
                 }
             }
         }
-        let batch = self.ctx.next_op_id();
-        let deadline = self.ctx.now + u64::from(self.ctx.cfg.request_timeout_ms) * 1000;
+        let batch = ctx.next_op_id();
+        let deadline = ctx.now + u64::from(ctx.cfg.request_timeout_ms) * 1000;
         let count = items.len() as u64;
-        if let Some(s) = self.transfers.sending.get_mut(&key) {
+        if let Some(s) = self.sending.get_mut(&key) {
             s.inflight = Some((batch, deadline, count));
         }
-        self.ctx.stats.transfer_batches_sent += 1;
+        ctx.stats.transfer_batches_sent += 1;
         let after = self
-            .transfers
             .sending
             .get(&key)
             .and_then(|s| s.rec.cursor.clone())
             .map(Bytes::from);
-        self.ctx.send(
+        ctx.send(
             to,
             TransferMsg::Batch {
                 batch,
@@ -492,60 +477,60 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// The sender's side: advance the cursor; after the last batch, drop the partition if this
-    /// node is no longer a replica of it.
-    pub(super) fn on_transfer_ack(
+    /// node is no longer a replica of it. True when the transfer finished.
+    fn on_transfer_ack<S: Store>(
         &mut self,
+        ctx: &mut Ctx<S>,
         from: NodeId,
         batch: u64,
         p: PartitionId,
         upto: Option<Bytes>,
         done: bool,
         result: Result<(), ReplicaError>,
-    ) {
+    ) -> bool {
         let key = (p, from);
-        let Some(s) = self.transfers.sending.get_mut(&key) else {
-            return;
+        let Some(s) = self.sending.get_mut(&key) else {
+            return false;
         };
         let Some((expected, _, items)) = s.inflight else {
-            return;
+            return false;
         };
         if expected != batch {
-            return;
+            return false;
         }
         s.inflight = None;
         if let Err(e) = result {
             tracing::warn!(partition = %p, to = %from, ?e, "transfer batch refused; will retry");
             s.failures = s.failures.saturating_add(1);
-            s.next_attempt = self.ctx.now + BACKOFF_BASE_US;
-            return;
+            s.next_attempt = ctx.now + BACKOFF_BASE_US;
+            return false;
         }
         s.failures = 0;
-        s.next_attempt = self.ctx.now;
+        s.next_attempt = ctx.now;
         s.rec.sent += items;
         if let Some(k) = upto {
             s.rec.cursor = Some(k.to_vec());
         }
         s.rec.done |= done;
         let rec = s.rec.clone();
-        self.persist_out(&rec);
-        self.ctx.stats.transfer_keys_sent += items;
+        self.persist_out(ctx, &rec);
+        ctx.stats.transfer_keys_sent += items;
         if rec.done {
-            self.maybe_drop_partition(p);
-            self.membership_progress();
-        } else {
-            self.send_transfer_batch(key);
+            self.maybe_drop_partition(ctx, p);
+            return true;
         }
+        self.send_transfer_batch(ctx, key);
+        false
     }
 
     /// Drop a partition's data once every transfer of it is confirmed and this node is no
     /// longer one of its replicas.
-    pub(super) fn maybe_drop_partition(&mut self, p: PartitionId) {
-        let n = usize::from(self.ctx.cfg.n);
-        if self.ctx.map.preference_list(p, n).contains(&self.ctx.id()) {
+    pub(super) fn maybe_drop_partition<S: Store>(&mut self, ctx: &mut Ctx<S>, p: PartitionId) {
+        let n = usize::from(ctx.cfg.n);
+        if ctx.map.preference_list(p, n).contains(&ctx.id()) {
             return;
         }
         let pending = self
-            .transfers
             .sending
             .values()
             .any(|s| s.rec.partition == p && !s.rec.done);
@@ -554,19 +539,26 @@ impl<S: Store> NodeCore<S> {
         }
         // Retire first: the dropped copy may hold dots this node minted, and the new identity
         // must be written before the data goes (see hints.rs).
-        if !self.ctx.retire_actor() {
+        if !ctx.retire_actor() {
             return;
         }
-        if let Err(e) = self.ctx.drop_partition_data(p) {
+        if let Err(e) = ctx.drop_partition_data(p) {
             tracing::warn!(partition = %p, error = %e, "cannot drop a handed-off partition");
             return;
         }
-        self.ctx.stats.partitions_dropped += 1;
+        ctx.stats.partitions_dropped += 1;
         tracing::info!(partition = %p, "partition handed off and dropped");
     }
 
-    /// Route a transfer message to the sending or the receiving side.
-    pub(super) fn on_transfer_msg(&mut self, from: NodeId, msg: TransferMsg) {
+    /// Route a transfer message to the sending or the receiving side. True when a transfer
+    /// finished: the caller lets membership check whether this node's join or leave is done.
+    pub(super) fn on_msg<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        membership: &Membership,
+        from: NodeId,
+        msg: TransferMsg,
+    ) -> bool {
         match msg {
             TransferMsg::Batch {
                 batch,
@@ -574,35 +566,54 @@ impl<S: Store> NodeCore<S> {
                 items,
                 last,
                 ..
-            } => self.on_transfer_batch(from, batch, partition, items, last),
+            } => self.on_transfer_batch(ctx, membership, from, batch, partition, items, last),
             TransferMsg::Ack {
                 batch,
                 partition,
                 upto,
                 done,
                 result,
-            } => self.on_transfer_ack(from, batch, partition, upto, done, result),
+            } => self.on_transfer_ack(ctx, from, batch, partition, upto, done, result),
             TransferMsg::Status { partition, epoch } => {
-                self.on_transfer_status(from, partition, epoch)
+                self.on_transfer_status(ctx, membership, from, partition, epoch);
+                false
             }
-            TransferMsg::NoTransfer { partition } => self.on_transfer_none(from, partition),
+            TransferMsg::NoTransfer { partition } => self.on_transfer_none(ctx, from, partition),
         }
     }
 
     /// A receiver asks whether a transfer of `p` to it still exists.
-    pub(super) fn on_transfer_status(&mut self, from: NodeId, p: PartitionId, epoch: u64) {
-        let live = self
-            .transfers
-            .sending
-            .get(&(p, from))
-            .is_some_and(|s| !s.rec.done);
+    fn on_transfer_status<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        membership: &Membership,
+        from: NodeId,
+        p: PartitionId,
+        epoch: u64,
+    ) {
+        let live = self.sending.get(&(p, from)).is_some_and(|s| !s.rec.done);
         // With an older map than the asker's, this node may not have planned the transfer
         // yet: stay silent, the asker asks again.
-        let current = self.cluster_state().map_or(0, |s| s.map().version.epoch);
+        let current = membership.state().map_or(0, |s| s.map().version.epoch);
         if !live && current >= epoch {
-            self.ctx
-                .send(from, TransferMsg::NoTransfer { partition: p });
+            ctx.send(from, TransferMsg::NoTransfer { partition: p });
         }
+    }
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Outgoing transfers (for status).
+    pub fn outgoing_transfers(&self) -> Vec<OutgoingTransfer> {
+        self.transfers
+            .sending
+            .values()
+            .map(|s| s.rec.clone())
+            .collect()
+    }
+
+    /// Outgoing transfers not finished.
+    pub fn outgoing_pending(&self) -> usize {
+        self.transfers.outgoing_pending()
     }
 
     /// Transfers per partition, for status: (partition, peer, sent, total, done, outgoing).

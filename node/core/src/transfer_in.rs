@@ -8,7 +8,10 @@
 use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
+use super::ctx::Ctx;
+use super::membership::Membership;
 use super::node::NodeCore;
+use super::transfer::Transfers;
 use super::transfer::{in_key, IncomingTransfer, STALL_US};
 use super::types::{Object, ReplicaError, TransferMsg};
 use crate::store::Store;
@@ -16,58 +19,62 @@ use crate::store::Store;
 /// How soon a joining node first asks the members whether they send it a partition.
 const JOIN_PROBE_AFTER_US: u64 = 1_000_000;
 
-impl<S: Store> NodeCore<S> {
+impl Transfers {
     /// This node just joined: it never saw the map before its join, so it cannot tell which
     /// members will send it which partition. It expects each partition it now replicates from
     /// every other member, and asks them soon (`TransferMsg::Status`): a member with the
     /// current map and no such transfer answers `NoTransfer`, a sender streams. The node turns
     /// `valid` only once every member answered one way or the other (`membership_progress`).
-    pub(super) fn expect_join_transfers(&mut self) {
-        if self.member_status() != Some(dynakv_gossip::Status::Joining) {
+    pub(super) fn expect_join_transfers<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        membership: &Membership,
+    ) {
+        if membership.status_of(ctx.id()) != Some(dynakv_gossip::Status::Joining) {
             return;
         }
-        let me = self.ctx.id();
+        let me = ctx.id();
         // Leaving members too: they may be handing a partition to this node.
-        let senders: Vec<NodeId> = self.cluster_state().map_or_else(Vec::new, |s| {
+        let senders: Vec<NodeId> = membership.state().map_or_else(Vec::new, |s| {
             s.members()
                 .iter()
                 .filter(|(id, m)| **id != me && m.status != dynakv_gossip::Status::Removed)
                 .map(|(id, _)| *id)
                 .collect()
         });
-        let first_probe = self
-            .ctx
+        let first_probe = ctx
             .now
             .saturating_sub(STALL_US.saturating_sub(JOIN_PROBE_AFTER_US));
-        let mine: Vec<PartitionId> = self.ctx.mine.to_vec();
+        let mine: Vec<PartitionId> = ctx.mine.to_vec();
         for p in mine {
             for from in senders.iter().copied() {
-                if self.transfers.receiving.contains_key(&(p, from)) {
+                if self.receiving.contains_key(&(p, from)) {
                     continue;
                 }
-                self.expect_incoming(p, from);
-                self.transfers.progress.insert((p, from), first_probe);
+                self.expect_incoming(ctx, p, from);
+                self.progress.insert((p, from), first_probe);
             }
         }
     }
 
     /// The receiver's side: merge the batch, checkpoint durably, acknowledge.
-    pub(super) fn on_transfer_batch(
+    pub(super) fn on_transfer_batch<S: Store>(
         &mut self,
+        ctx: &mut Ctx<S>,
+        membership: &Membership,
         from: NodeId,
         batch: u64,
         p: PartitionId,
         items: Vec<(Bytes, Object)>,
         last: bool,
-    ) {
+    ) -> bool {
         let mut result = Ok(());
         let mut upto = None;
-        if !self.membership.joined
-            || !self
-                .ctx
+        if !membership.joined
+            || !ctx
                 .map
-                .preference_list(p, usize::from(self.ctx.cfg.n))
-                .contains(&self.ctx.id())
+                .preference_list(p, usize::from(ctx.cfg.n))
+                .contains(&ctx.id())
         {
             // Not ready (still joining) or our map does not have us as a replica yet: refuse
             // the whole batch so the sender keeps its copy and retries. Acknowledging here
@@ -80,10 +87,10 @@ impl<S: Store> NodeCore<S> {
             .iter()
             .take(if result.is_ok() { usize::MAX } else { 0 })
         {
-            let outcome = match self.ctx.merge_into_store(p, k, o) {
+            let outcome = match ctx.merge_into_store(p, k, o) {
                 // Cannot be applied here: kept aside, since the sender drops its copy once the
                 // transfer is done.
-                Err(ReplicaError::Rejected(why)) => self.ctx.quarantine(from, p, k, o, &why),
+                Err(ReplicaError::Rejected(why)) => ctx.quarantine(from, p, k, o, &why),
                 other => other.map(|_| ()),
             };
             if let Err(e) = outcome {
@@ -94,7 +101,6 @@ impl<S: Store> NodeCore<S> {
         }
         if result.is_ok() {
             let rec = self
-                .transfers
                 .receiving
                 .entry((p, from))
                 .or_insert_with(|| IncomingTransfer::new(p, from));
@@ -104,11 +110,11 @@ impl<S: Store> NodeCore<S> {
             }
             rec.done |= last;
             let rec = rec.clone();
-            self.persist_in(&rec);
-            self.transfers.progress.insert((p, from), self.ctx.now);
-            self.ctx.stats.transfer_keys_received += items.len() as u64;
+            self.persist_in(ctx, &rec);
+            self.progress.insert((p, from), ctx.now);
+            ctx.stats.transfer_keys_received += items.len() as u64;
         }
-        self.ctx.send(
+        ctx.send(
             from,
             TransferMsg::Ack {
                 batch,
@@ -118,33 +124,48 @@ impl<S: Store> NodeCore<S> {
                 result,
             },
         );
-        self.membership_progress();
+        true
     }
 
     /// The sender has no transfer of `p` for this node: stop waiting for it.
-    pub(super) fn on_transfer_none(&mut self, from: NodeId, p: PartitionId) {
-        if let Some(rec) = self.transfers.receiving.get_mut(&(p, from)) {
+    pub(super) fn on_transfer_none<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        from: NodeId,
+        p: PartitionId,
+    ) -> bool {
+        if let Some(rec) = self.receiving.get_mut(&(p, from)) {
             if !rec.done {
                 rec.done = true;
                 let rec = rec.clone();
-                self.persist_in(&rec);
+                self.persist_in(ctx, &rec);
                 tracing::info!(partition = %p, %from, "sender has no transfer for us; anti-entropy covers the rest");
-                self.membership_progress();
+                return true;
             }
         }
+        false
     }
 
-    /// Incoming transfers (for status).
-    pub fn incoming_transfers(&self) -> Vec<IncomingTransfer> {
-        self.transfers.receiving.values().cloned().collect()
+    /// Record (durably) that `p` is expected from `from`.
+    pub(super) fn expect_incoming<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        p: PartitionId,
+        from: NodeId,
+    ) {
+        let rec = IncomingTransfer::new(p, from);
+        self.persist_in(ctx, &rec);
+        self.receiving.insert((p, from), rec);
     }
 
+    pub(super) fn persist_in<S: Store>(&mut self, ctx: &mut Ctx<S>, rec: &IncomingTransfer) {
+        self.persist_checkpoint(ctx, &in_key(rec.partition, rec.from), rec);
+    }
     /// Incoming transfers expected but not finished (a sender that left the cluster for good
     /// no longer counts: anti-entropy fills in what it had).
-    pub fn incoming_pending(&self) -> usize {
-        let state = self.cluster_state();
-        self.transfers
-            .receiving
+    pub(super) fn incoming_pending(&self, membership: &Membership) -> usize {
+        let state = membership.state();
+        self.receiving
             .values()
             .filter(|r| !r.done)
             .filter(|r| {
@@ -154,15 +175,17 @@ impl<S: Store> NodeCore<S> {
             })
             .count()
     }
+}
 
-    /// Record (durably) that `p` is expected from `from`.
-    pub(super) fn expect_incoming(&mut self, p: PartitionId, from: NodeId) {
-        let rec = IncomingTransfer::new(p, from);
-        self.persist_in(&rec);
-        self.transfers.receiving.insert((p, from), rec);
+impl<S: Store> NodeCore<S> {
+    /// Incoming transfers (for status).
+    pub fn incoming_transfers(&self) -> Vec<IncomingTransfer> {
+        self.transfers.receiving.values().cloned().collect()
     }
 
-    pub(super) fn persist_in(&mut self, rec: &IncomingTransfer) {
-        self.persist_checkpoint(&in_key(rec.partition, rec.from), rec);
+    /// Incoming transfers expected but not finished (a sender that left the cluster for good
+    /// no longer counts: anti-entropy fills in what it had).
+    pub fn incoming_pending(&self) -> usize {
+        self.transfers.incoming_pending(&self.membership)
     }
 }

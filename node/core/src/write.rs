@@ -13,17 +13,21 @@ use bytes::Bytes;
 use dynakv_ring::NodeId;
 
 use super::coordinator::{error, Target};
-use super::node::{NodeCore, Origin};
+use super::coordinator::{CoordEnv, Coordinator};
+use super::ctx::Ctx;
+use super::node::Origin;
 use super::ops::{PendingOp, WriteOp};
 use super::timers::Timer;
 use super::types::{OpId, ReplicaError, ReplicaMsg, RequestError, RequestOptions, Value};
 use crate::dvv::{Dot, DvvSet, VersionVector};
 use crate::store::Store;
 
-impl<S: Store> NodeCore<S> {
+impl Coordinator {
     /// Start a put (or, with a tombstone, a delete).
-    pub(super) fn start_write(
+    pub(super) fn start_write<S: Store>(
         &mut self,
+        ctx: &mut Ctx<S>,
+        env: &mut CoordEnv<'_>,
         origin: Origin,
         key: Bytes,
         value: Value,
@@ -35,36 +39,36 @@ impl<S: Store> NodeCore<S> {
         } else {
             "put"
         };
-        let checked = self.check_key(&key).and_then(|_| {
+        let checked = Self::check_key(ctx, &key).and_then(|_| {
             if let Value::Data(v) = &value {
-                if v.len() > self.ctx.cfg.max_value_bytes {
+                if v.len() > ctx.cfg.max_value_bytes {
                     return Err(RequestError::ValueTooLarge {
                         len: v.len() as u64,
-                        max: self.ctx.cfg.max_value_bytes as u64,
+                        max: ctx.cfg.max_value_bytes as u64,
                     });
                 }
             }
-            self.quorum(&opts, false)
+            Self::quorum(ctx, &opts, false)
         });
         let quorum = match checked {
             Ok(q) => q,
-            Err(e) => return self.respond(origin, error(e)),
+            Err(e) => return ctx.respond(origin, error(e)),
         };
         let max_counter = crate::codec::token::MAX_TOKEN_COUNTER;
         if context.entries().iter().any(|(_, c)| *c > max_counter) {
-            return self.respond(
+            return ctx.respond(
                 origin,
                 error(RequestError::InvalidOptions(format!(
                     "context has a counter above {max_counter}; it did not come from this cluster"
                 ))),
             );
         }
-        let partition = self.ctx.map.partition_for_key(&key);
-        let mut targets = self.select_targets(partition, quorum.n);
-        if let Err(e) = self.check_reachable(kind, &targets, quorum) {
-            return self.respond(origin, error(e));
+        let partition = ctx.map.partition_for_key(&key);
+        let mut targets = Self::select_targets(ctx, env, partition, quorum.n);
+        if let Err(e) = Self::check_reachable(kind, &targets, quorum) {
+            return ctx.respond(origin, error(e));
         }
-        let me = self.ctx.id();
+        let me = ctx.id();
         let i_am_primary = targets.iter().any(|t| t.node == me && t.hint_for.is_none());
         let up_primary = targets
             .iter()
@@ -73,17 +77,18 @@ impl<S: Store> NodeCore<S> {
         if let (false, Some(primary), Origin::Client(_)) = (i_am_primary, up_primary, origin) {
             // Prefer a primary to coordinate (and mint the dot): fallbacks mint only when every
             // primary is down, which keeps actor identities stable (see `retire_actor`).
-            return self.forward(origin, kind, quorum, primary, key, value, context, opts);
+            return self.forward(
+                ctx, origin, kind, quorum, primary, key, value, context, opts,
+            );
         }
         if !targets.iter().any(|t| t.node == me) {
             if let Origin::Client(_) = origin {
                 let to = targets[0].node;
-                return self.forward(origin, kind, quorum, to, key, value, context, opts);
+                return self.forward(ctx, origin, kind, quorum, to, key, value, context, opts);
             }
             // Forwarded to us although our view says we are no target: coordinate anyway as
             // an extra fallback for the first primary, so the write is not bounced around.
-            let owner = self
-                .ctx
+            let owner = ctx
                 .map
                 .preference_list(partition, usize::from(quorum.n))
                 .first()
@@ -104,27 +109,19 @@ impl<S: Store> NodeCore<S> {
             });
 
         // Mint the new dot here: update against what this node holds for the key.
-        let local = match self.local_knowledge(partition, &key) {
+        let local = match env.replica.local_knowledge(ctx, partition, &key) {
             Ok(local) => local,
-            Err(e) => return self.respond(origin, error(RequestError::Storage(e.to_string()))),
+            Err(e) => return ctx.respond(origin, error(RequestError::Storage(e.to_string()))),
         };
-        let object = DvvSet::update(
-            DvvSet::new_with_context(&context, value),
-            &local,
-            self.ctx.actor,
-        );
+        let object = DvvSet::update(DvvSet::new_with_context(&context, value), &local, ctx.actor);
         #[cfg(feature = "planted-bugs")]
-        let object = if self
-            .ctx
-            .cfg
-            .has_bug(super::config::PlantedBug::LastWriteWins)
-        {
+        let object = if ctx.cfg.has_bug(super::config::PlantedBug::LastWriteWins) {
             object.keep_only_newest()
         } else {
             object
         };
         if let Err(e) = crate::codec::check_replica_object(&object) {
-            return self.respond(
+            return ctx.respond(
                 origin,
                 error(RequestError::InvalidOptions(format!("bad context: {e}"))),
             );
@@ -132,51 +129,52 @@ impl<S: Store> NodeCore<S> {
         let encoded = crate::codec::encode_object(&object)
             .map(|b| b.len())
             .unwrap_or(usize::MAX);
-        if encoded > self.ctx.cfg.max_message_bytes / 2 {
-            return self.respond(
+        if encoded > ctx.cfg.max_message_bytes / 2 {
+            return ctx.respond(
                 origin,
                 error(RequestError::ValueTooLarge {
                     len: encoded as u64,
-                    max: (self.ctx.cfg.max_message_bytes / 2) as u64,
+                    max: (ctx.cfg.max_message_bytes / 2) as u64,
                 }),
             );
         }
         let count = object.value_count();
-        if count > self.ctx.cfg.sibling_max as usize {
-            return self.respond(
+        if count > ctx.cfg.sibling_max as usize {
+            return ctx.respond(
                 origin,
                 error(RequestError::TooManySiblings {
                     count: count as u32,
-                    max: self.ctx.cfg.sibling_max,
+                    max: ctx.cfg.sibling_max,
                 }),
             );
         }
         let stored = match my_target.hint_for {
-            None => self
-                .ctx
+            None => ctx
                 .save(partition, &key, &object)
                 .map_err(|e| e.to_string()),
-            Some(owner) => self
-                .merge_into_hint(owner, partition, &key, &object)
+            Some(owner) => env
+                .replica
+                .handoff
+                .merge_into_hint(ctx, env.replica.membership, owner, partition, &key, &object)
                 .map(|_| ())
                 .map_err(|e| format!("{e:?}")),
         };
         if let Err(e) = stored {
-            return self.respond(origin, error(RequestError::Storage(e)));
+            return ctx.respond(origin, error(RequestError::Storage(e)));
         }
         let dot = Some(Dot {
-            actor: self.ctx.actor,
-            counter: object.join().get(&self.ctx.actor),
+            actor: ctx.actor,
+            counter: object.join().get(&ctx.actor),
         });
-        let op = self.ctx.next_op_id();
-        let deadline = self.ctx.deadline(quorum.timeout_ms);
-        let fallback_at = self.ctx.now + u64::from(self.ctx.cfg.fallback_after_ms) * 1000;
+        let op = ctx.next_op_id();
+        let deadline = ctx.deadline(quorum.timeout_ms);
+        let fallback_at = ctx.now + u64::from(ctx.cfg.fallback_after_ms) * 1000;
         let fallback_at = (fallback_at < deadline).then_some(fallback_at);
         for t in targets.iter().filter(|t| t.node != me) {
             if t.hint_for.is_some() {
-                self.ctx.stats.sloppy_writes += 1;
+                ctx.stats.sloppy_writes += 1;
             }
-            self.ctx.send(
+            ctx.send(
                 t.node,
                 ReplicaMsg::Write {
                     op,
@@ -189,6 +187,7 @@ impl<S: Store> NodeCore<S> {
         }
         let context = object.join();
         self.add_op(
+            ctx,
             op,
             deadline,
             PendingOp::Write(WriteOp {
@@ -210,15 +209,20 @@ impl<S: Store> NodeCore<S> {
             }),
         );
         if let Some(at) = fallback_at {
-            self.ctx.timers.set(at, Timer::Op(op));
+            ctx.timers.set(at, Timer::Op(op));
         }
-        self.check_write_done(op);
+        self.check_write_done(ctx, op);
     }
 
     /// Sloppy quorum at run time: targets that did not answer within `fallback_after_ms` are
     /// counted as down, and the write also goes to fallbacks with hints for them.
-    pub(super) fn fallback_writes(&mut self, op: OpId) {
-        let Some(PendingOp::Write(w)) = self.coord.ops.get(&op) else {
+    pub(super) fn fallback_writes<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        env: &mut CoordEnv<'_>,
+        op: OpId,
+    ) {
+        let Some(PendingOp::Write(w)) = self.ops.get(&op) else {
             return;
         };
         if w.replied && w.acked.len() + w.failed.len() >= w.targets.len() {
@@ -232,12 +236,12 @@ impl<S: Store> NodeCore<S> {
             .collect();
         let (partition, n) = (w.partition, w.quorum.n);
         for t in silent {
-            self.mark_down(t.node);
+            env.mark_down(t.node);
             let owner = t.hint_for.unwrap_or(t.node);
-            let Some(PendingOp::Write(w)) = self.coord.ops.get(&op) else {
+            let Some(PendingOp::Write(w)) = self.ops.get(&op) else {
                 return;
             };
-            let Some(fallback) = self.next_fallback(partition, n, &w.targets) else {
+            let Some(fallback) = Self::next_fallback(ctx, env, partition, n, &w.targets) else {
                 break;
             };
             let msg = ReplicaMsg::Write {
@@ -247,42 +251,43 @@ impl<S: Store> NodeCore<S> {
                 object: w.object.clone(),
                 hint: Some(owner),
             };
-            if let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) {
+            if let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) {
                 w.targets.push(Target {
                     node: fallback,
                     hint_for: Some(owner),
                 });
             }
-            self.ctx.stats.sloppy_writes += 1;
-            self.ctx.send(fallback, msg);
+            ctx.stats.sloppy_writes += 1;
+            ctx.send(fallback, msg);
         }
     }
 
-    pub(super) fn on_write_ack(
+    pub(super) fn on_write_ack<S: Store>(
         &mut self,
+        ctx: &mut Ctx<S>,
         from: NodeId,
         op: OpId,
         result: Result<super::types::Stored, ReplicaError>,
     ) {
-        let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) else {
+        let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) else {
             return; // late, duplicated or unknown: harmless
         };
         if w.on_ack(from, result) {
-            self.check_write_done(op);
+            self.check_write_done(ctx, op);
         }
     }
 
     /// Act on the write's progress: reply, and forget it once every target answered.
-    pub(super) fn check_write_done(&mut self, op: OpId) {
-        let Some(PendingOp::Write(w)) = self.coord.ops.get_mut(&op) else {
+    pub(super) fn check_write_done<S: Store>(&mut self, ctx: &mut Ctx<S>, op: OpId) {
+        let Some(PendingOp::Write(w)) = self.ops.get_mut(&op) else {
             return;
         };
         let progress = w.progress();
         if let Some((origin, reply)) = progress.reply {
-            self.respond(origin, reply);
+            ctx.respond(origin, reply);
         }
         if progress.finished {
-            self.remove_op(op);
+            self.remove_op(ctx, op);
         }
     }
 }
