@@ -129,7 +129,7 @@ impl AntiEntropy {
         ctx: &mut Ctx<S>,
         p: PartitionId,
     ) -> Result<&mut PartitionTree> {
-        if !self.trees.contains_key(&p) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.trees.entry(p) {
             let mut tree = PartitionTree::default();
             let mut scanned = Vec::new();
             ctx.scan_each(Space::Partition(p), |k, v| {
@@ -147,7 +147,7 @@ impl AntiEntropy {
                 });
             }
             ctx.stats.aae_tree_builds += 1;
-            self.trees.insert(p, tree);
+            slot.insert(tree);
         }
         self.trees
             .get_mut(&p)
@@ -406,8 +406,10 @@ mod tests {
 
 /// Anti-entropy's state: the hash trees of the partitions compared so far and the schedule.
 ///
-/// Inputs (through `NodeCore`): `PeerMsg::Aae` (`on_aae`), the maintenance tick (`aae_tick`
-/// once `next_exchange` has come), and every [`crate::node::DataChange`] (`tree_note`).
+/// Inputs (routed by `NodeCore`, each with the shared [`Ctx`]): `PeerMsg::Aae` (`on_msg`), the
+/// maintenance tick (`tick`, with a [`PeerView`] to pick a peer believed up; it starts an
+/// exchange once `next_exchange` has come), and every [`DataEvent`] (`on_data_event`, before
+/// the next input). Outputs: messages through `Ctx::send`, merges through the data path.
 #[derive(Debug, Default)]
 pub(super) struct AntiEntropy {
     /// Built trees, per partition; rebuilt from the store on first use.

@@ -35,10 +35,13 @@ const SEEN_FORWARDS: usize = 4096;
 
 /// The coordinator's state: the operations this node coordinates and what bounds them.
 ///
-/// Inputs (all through `NodeCore`): client requests (`start_get` in read.rs, `start_write` in
-/// write.rs), `ReplicaMsg::WriteAck`/`ReadReply` (`on_write_ack`, `on_read_reply`),
-/// `CoordMsg` (forwarded writes and their replies), and the operation timers of the timer
-/// table (`on_deadline`).
+/// Inputs (routed by `NodeCore`, each with the shared [`Ctx`] and, where it needs failure
+/// detection or the local replica, a [`CoordEnv`]): client requests (`start_get` in read.rs,
+/// `start_write` in write.rs), `ReplicaMsg::WriteAck`/`ReadReply` (`on_write_ack`,
+/// `on_read_reply`), `CoordMsg::ForwardReply` (`on_forward_reply`; a `Forward` is checked with
+/// `first_forward`, then started like a client request), and the operation timers of the
+/// timer table (`on_deadline`). Outputs: replies through `Ctx::respond`, messages through
+/// `Ctx::send`, timers in `Ctx::timers`, silent targets through `CoordEnv::mark_down`.
 #[derive(Debug)]
 pub(super) struct Coordinator {
     /// Operations waiting for replies or their deadline.

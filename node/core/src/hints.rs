@@ -34,9 +34,11 @@ pub(super) struct Handoff {
 
 /// Hinted handoff's state: how many hints this node holds per owner, and the handoff to each.
 ///
-/// Inputs (through `NodeCore`): writes taken as a fallback (`merge_into_hint`),
-/// `HandoffMsg::Batch`/`BatchAck` (`on_hint_batch`, `on_hint_batch_ack`), the maintenance tick
-/// (`handoff_tick`), and a peer coming back (`mark_up` resets its backoff).
+/// Inputs (each with the shared [`Ctx`]; `Membership` is read for who is joined and known):
+/// writes taken as a fallback or for a stale coordinator (`merge_into_hint`, `rehint`, from the
+/// replica role), `HandoffMsg::Batch`/`BatchAck` (`on_hint_batch`, `on_hint_batch_ack`), the
+/// maintenance tick (`tick`), a peer coming back (`peer_is_back` resets its backoff), and the
+/// start (`recount`).
 #[derive(Debug, Default)]
 pub(super) struct HintedHandoff {
     /// Hints held per owner.

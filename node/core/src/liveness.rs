@@ -13,8 +13,10 @@ use crate::store::Store;
 /// Local failure detection: which peers this node believes down (unanswered requests, lost
 /// connections), and when to probe them next.
 ///
-/// Inputs (through `NodeCore`): `Input::PeerStatus`, any message from a peer (`mark_up`),
-/// operations whose targets stayed silent (`mark_down`), and the maintenance tick (probes).
+/// Inputs (through `NodeCore`): `Input::PeerStatus` (`link_reported`), any message from a peer
+/// (`mark_up`), operations whose targets stayed silent (`mark_down`, also through
+/// `CoordEnv::mark_down`), and the maintenance tick (probes of down peers). Other mechanisms
+/// read it through a [`PeerView`].
 #[derive(Debug, Default)]
 pub(super) struct Liveness {
     /// Peers believed down, since when (local opinion; feeds sloppy quorum).

@@ -5,7 +5,7 @@
 //! restarts with the membership it last knew. A map change plans partition transfers
 //! (`transfer.rs`) before the node routes by the new map.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dynakv_gossip::{
     Change, ClusterParams, ClusterState, GossipConfig, GossipEvent, GossipMsg, Gossiper, Status,
@@ -13,7 +13,9 @@ use dynakv_gossip::{
 use dynakv_ring::{NodeId, PartitionMap};
 use rand::Rng;
 
-use super::node::NodeCore;
+use super::ctx::Ctx;
+use super::liveness::PeerView;
+use super::node::{NodeCore, Origin};
 use super::types::{Effect, PeerMsg};
 use crate::codec;
 use crate::error::{Error, Result};
@@ -55,9 +57,11 @@ pub enum Bootstrap {
 
 /// Membership's state: the gossiper (cluster state, failure detector) and joining progress.
 ///
-/// Inputs (through `NodeCore`): `PeerMsg::Gossip` (`on_gossip`), the maintenance tick
-/// (`gossip_tick`), operator changes (`stage_change`), and transfer progress
-/// (`membership_progress`).
+/// Inputs (routed by `NodeCore`): `PeerMsg::Gossip` (`on_gossip`), the maintenance tick
+/// (`gossip_tick`, `removed_linger`), operator changes (`stage`), and transfer progress
+/// (`progress_change`, with [`TransferFacts`]). What the gossiper decided comes back from
+/// `take_events` as [`MembershipEvent`]s for `NodeCore` to route (plan transfers, route by the
+/// new map, forget trees).
 #[derive(Debug, Default)]
 pub(super) struct Membership {
     /// The gossiper (`None` only while the core is being built).
@@ -81,29 +85,54 @@ pub(super) struct Membership {
     pub(super) stop_sent: bool,
 }
 
-impl<S: Store> NodeCore<S> {
+/// What the gossiper decided that other mechanisms act on, in the order it happened.
+#[derive(Debug, Clone)]
+pub(super) enum MembershipEvent {
+    /// This node joined: route by `map`, then expect the partitions it now replicates.
+    Joined { map: PartitionMap },
+    /// The map changed from `previous` to `current`: plan transfers first when `plan` (this
+    /// node had joined when the change came), then route by `current`.
+    MapChanged {
+        previous: PartitionMap,
+        current: PartitionMap,
+        plan: bool,
+    },
+}
+
+/// What membership must know of transfers and handoff to finish a join or a leave.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TransferFacts {
+    /// Incoming transfers not finished.
+    pub(super) incoming_pending: usize,
+    /// Outgoing transfers not finished.
+    pub(super) outgoing_pending: usize,
+    /// Hints this node still holds.
+    pub(super) hints_held: u64,
+}
+
+impl Membership {
     /// Set up the gossiper: from the persisted state if there is one, else per `boot`.
-    pub(super) fn init_membership(&mut self, boot: Bootstrap) -> Result<()> {
-        let seed: u64 = self.ctx.rng.gen();
+    pub(super) fn init<S: Store>(&mut self, ctx: &mut Ctx<S>, boot: Bootstrap) -> Result<()> {
+        let seed: u64 = ctx.rng.gen();
         let cfg = GossipConfig {
-            interval_us: u64::from(self.ctx.cfg.gossip_interval_ms) * 1000,
+            interval_us: u64::from(ctx.cfg.gossip_interval_ms) * 1000,
             ..GossipConfig::default()
         };
-        let persisted: Option<ClusterState> = match self.ctx.store.get(Space::Meta, CLUSTER_KEY)? {
+        let persisted: Option<ClusterState> = match ctx.store.get(Space::Meta, CLUSTER_KEY)? {
             Some(bytes) => Some(
                 codec::decode(&bytes)
                     .map_err(|e| Error::DataDir(format!("unreadable cluster state: {e}")))?,
             ),
             None => None,
         };
-        let me = self.ctx.id();
+        let me = ctx.id();
         let gossiper = match (persisted, boot) {
-            (Some(state), _) => Gossiper::with_state(me, state, 1, seed, cfg, self.ctx.now),
+            (Some(state), _) => Gossiper::with_state(me, state, 1, seed, cfg, ctx.now),
             (None, Bootstrap::Founder { map }) => {
-                self.found_cluster(&map, &BTreeMap::new(), seed, cfg)
+                Self::found_cluster(ctx, &map, &BTreeMap::new(), seed, cfg)
             }
             (None, Bootstrap::Founders { map, addrs }) => {
-                self.found_cluster(&map, &addrs, seed, cfg)
+                Self::found_cluster(ctx, &map, &addrs, seed, cfg)
             }
             (
                 None,
@@ -113,28 +142,28 @@ impl<S: Store> NodeCore<S> {
                     seed_addr,
                 },
             ) => {
-                self.membership.my_addr = Some(addr.clone());
+                self.my_addr = Some(addr.clone());
                 let mut g = Gossiper::new(me, addr, 1, seed, cfg);
                 g.add_seed(seed_node, seed_addr.clone());
-                self.membership.join_seeds.push((seed_node, seed_addr));
+                self.join_seeds.push((seed_node, seed_addr));
                 Ok(g)
             }
         }
         .map_err(|e| Error::Config(format!("membership: {e}")))?;
         if let Some(state) = gossiper.state() {
             let map = state.map().map.clone();
-            self.ctx.install_map(map);
-            self.membership.joined = true;
+            ctx.install_map(map);
+            self.joined = true;
         }
-        self.membership.gossip = Some(gossiper);
-        self.persist_cluster();
+        self.gossip = Some(gossiper);
+        self.persist(ctx);
         Ok(())
     }
 
     /// A new cluster whose founders own `map`; their addresses from `addrs`, placeholders
     /// for the ones not listed.
-    fn found_cluster(
-        &self,
+    fn found_cluster<S: Store>(
+        ctx: &Ctx<S>,
         map: &PartitionMap,
         addrs: &BTreeMap<NodeId, String>,
         seed: u64,
@@ -142,7 +171,7 @@ impl<S: Store> NodeCore<S> {
     ) -> std::result::Result<Gossiper, dynakv_gossip::GossipError> {
         let params = ClusterParams {
             partitions: map.partition_count(),
-            replicas: self.ctx.cfg.n,
+            replicas: ctx.cfg.n,
         };
         let founders = map
             .members()
@@ -150,187 +179,132 @@ impl<S: Store> NodeCore<S> {
             .map(|m| (m, addrs.get(&m).cloned().unwrap_or_else(|| static_addr(m))))
             .collect();
         let state = ClusterState::new(params, &founders)?;
-        Gossiper::with_state(self.ctx.id(), state, 1, seed, cfg, self.ctx.now)
+        Gossiper::with_state(ctx.id(), state, 1, seed, cfg, ctx.now)
     }
 
-    /// Ask `seed` (at `addr`) for the cluster state: how a running node that is not in a
-    /// cluster joins one (`dynakv join`). Ignored once the node has joined.
-    pub fn add_join_seed(&mut self, seed: NodeId, addr: String) {
-        if self.membership.joined || seed == self.ctx.id() {
-            return;
+    /// Ask `seed` (at `addr`) for the cluster state; false when there is nothing to do (this
+    /// node has joined, or `seed` is itself). The caller then re-syncs the links.
+    pub(super) fn add_join_seed(&mut self, me: NodeId, seed: NodeId, addr: String) -> bool {
+        if self.joined || seed == me {
+            return false;
         }
-        if let Some(g) = self.membership.gossip.as_mut() {
+        if let Some(g) = self.gossip.as_mut() {
             g.add_seed(seed, addr.clone());
         }
-        self.membership.join_seeds.push((seed, addr));
-        self.sync_links();
+        self.join_seeds.push((seed, addr));
+        true
     }
 
     /// Decide which peers this node keeps a link to: every member of the cluster state that is
     /// not removed (at its advertised address), plus the seeds while joining, plus peers
-    /// removed a short while ago that are still up (they hand their hints over before they
-    /// stop; see `removed_peers`). Emits
+    /// removed a short while ago that are still up (`links_up`: the links the driver reports
+    /// up; they hand their hints over before they stop; see `removed_peers`). Emits
     /// [`Effect::Link`] for a new peer or a changed address and [`Effect::Unlink`] for a peer
     /// that is gone. Called whenever the cluster state or the seeds change.
-    pub(super) fn sync_links(&mut self) {
-        let me = self.ctx.id();
+    pub(super) fn sync_links<S: Store>(&mut self, ctx: &mut Ctx<S>, links_up: &BTreeSet<NodeId>) {
+        let me = ctx.id();
         let mut wanted: BTreeMap<NodeId, String> = BTreeMap::new();
-        let window = u64::from(self.ctx.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
+        let window = u64::from(ctx.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
         // While the driver reports the link up, or for two lingers after the removal was seen
         // (time for the removed node to connect, e.g. to a member that was paused); once its
         // process is gone the link goes down and is not made again.
-        let grace = u64::from(self.ctx.cfg.removed_linger_ms) * 1000 * 2;
+        let grace = u64::from(ctx.cfg.removed_linger_ms) * 1000 * 2;
+        let now = ctx.now;
         let lingering = |id: &NodeId| {
-            self.membership.removed_peers.get(id).is_some_and(|since| {
-                self.ctx.now < since + window
-                    && (self.liveness.links_up.contains(id) || self.ctx.now < since + grace)
+            self.removed_peers.get(id).is_some_and(|since| {
+                now < since + window && (links_up.contains(id) || now < since + grace)
             })
         };
-        if let Some(state) = self.cluster_state() {
+        if let Some(state) = self.state() {
             for (id, m) in state.members() {
                 if *id != me
-                    && (m.status != Status::Removed || (!self.is_removed() && lingering(id)))
+                    && (m.status != Status::Removed || (!self.is_removed(me) && lingering(id)))
                 {
                     wanted.insert(*id, m.addr.clone());
                 }
             }
         }
-        if !self.membership.joined {
-            for (id, addr) in &self.membership.join_seeds {
+        if !self.joined {
+            for (id, addr) in &self.join_seeds {
                 wanted.entry(*id).or_insert_with(|| addr.clone());
             }
         }
         let gone: Vec<NodeId> = self
-            .membership
             .links
             .keys()
             .filter(|id| !wanted.contains_key(id))
             .copied()
             .collect();
         for peer in gone {
-            self.ctx.effects.push(Effect::Unlink { peer });
+            ctx.effects.push(Effect::Unlink { peer });
         }
         for (peer, addr) in &wanted {
-            if self.membership.links.get(peer) != Some(addr) {
-                self.ctx.effects.push(Effect::Link {
+            if self.links.get(peer) != Some(addr) {
+                ctx.effects.push(Effect::Link {
                     peer: *peer,
                     addr: addr.clone(),
                 });
             }
         }
-        self.membership.links = wanted;
-    }
-
-    /// The address `node` advertises in the cluster state.
-    pub fn member_addr(&self, node: NodeId) -> Option<String> {
-        self.cluster_state()
-            .and_then(|s| s.member(node))
-            .map(|m| m.addr.clone())
-    }
-
-    /// The cluster state this node knows (`None` before it has joined).
-    pub fn cluster_state(&self) -> Option<&ClusterState> {
-        self.membership.gossip.as_ref().and_then(|g| g.state())
-    }
-
-    /// This node's membership status, if it is in the cluster.
-    pub fn member_status(&self) -> Option<Status> {
-        self.cluster_state()
-            .and_then(|s| s.member(self.ctx.id()))
-            .map(|m| m.status)
-    }
-
-    /// Has this node been removed from the cluster (the driver should stop it)?
-    pub fn is_removed(&self) -> bool {
-        self.member_status() == Some(Status::Removed)
-    }
-
-    /// Has this node got the cluster state (a joining node has not, until its seed answers)?
-    pub fn is_joined(&self) -> bool {
-        self.membership.joined
+        self.links = wanted;
     }
 
     /// A removed node keeps gossiping for `removed_linger_ms` so its removal spreads, then
-    /// asks its driver to stop it (once). It first hands over the hints it holds (they may be
-    /// the only copy of a write), waiting up to [`REMOVED_HANDOFF_FACTOR`] lingers for owners
-    /// that are unreachable. Called from the maintenance tick.
-    pub(super) fn removed_linger(&mut self) {
+    /// asks its driver to stop it (once). It first hands over the `hints_held` it holds (they
+    /// may be the only copy of a write), waiting up to [`REMOVED_HANDOFF_FACTOR`] lingers for
+    /// owners that are unreachable. Called from the maintenance tick.
+    pub(super) fn removed_linger<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        links_up: &BTreeSet<NodeId>,
+        hints_held: u64,
+    ) {
         // Links kept to removed peers end when the peer goes down or the window passes.
-        if !self.membership.removed_peers.is_empty() {
-            let window = u64::from(self.ctx.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
-            let now = self.ctx.now;
-            self.membership
-                .removed_peers
-                .retain(|_, since| now < *since + window);
+        if !self.removed_peers.is_empty() {
+            let window = u64::from(ctx.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
+            let now = ctx.now;
+            self.removed_peers.retain(|_, since| now < *since + window);
             // Emits effects only for links that change.
-            self.sync_links();
+            self.sync_links(ctx, links_up);
         }
-        if !self.is_removed() || self.membership.stop_sent {
+        if !self.is_removed(ctx.id()) || self.stop_sent {
             return;
         }
-        let now = self.ctx.now;
-        let since = *self.membership.removed_since.get_or_insert_with(|| {
-            tracing::warn!(linger_ms = self.ctx.cfg.removed_linger_ms,
+        let now = ctx.now;
+        let since = *self.removed_since.get_or_insert_with(|| {
+            tracing::warn!(linger_ms = ctx.cfg.removed_linger_ms,
                 "this node was removed from the cluster; it keeps running a little so the removal spreads, then stops");
             now
         });
-        let linger = u64::from(self.ctx.cfg.removed_linger_ms) * 1000;
-        let held: u64 = self.handoff.pending.values().sum();
+        let linger = u64::from(ctx.cfg.removed_linger_ms) * 1000;
+        let held = hints_held;
         if now < since + linger || (held > 0 && now < since + linger * REMOVED_HANDOFF_FACTOR) {
             return;
         }
         if held > 0 {
             tracing::error!(hints = held, "stopping with hints this node could not hand over (their owners stayed unreachable); those writes survive only where other replicas took them");
         }
-        self.membership.stop_sent = true;
-        self.ctx.effects.push(Effect::Stop {
+        self.stop_sent = true;
+        ctx.effects.push(Effect::Stop {
             reason: "removed from the cluster".into(),
         });
-    }
-
-    /// An operator's membership request (`dynakv leave`, `dynakv remove`): refused with a
-    /// reason, or staged and gossiped.
-    pub(super) fn handle_admin(
-        &mut self,
-        origin: super::node::Origin,
-        admin: super::types::AdminRequest,
-    ) {
-        let me = self.ctx.id();
-        let (change, what) = match admin {
-            super::types::AdminRequest::Leave => {
-                (Change::Leave(me), format!("node {me} is leaving"))
-            }
-            super::types::AdminRequest::Remove { node, force } => {
-                if let Some(why) = self.remove_refusal(node, force) {
-                    self.ctx.respond(
-                        origin,
-                        super::types::ClientReply::Error(
-                            super::types::RequestError::ChangeRefused(why),
-                        ),
-                    );
-                    return;
-                }
-                (Change::Remove(node), format!("node {node} removed"))
-            }
-        };
-        let reply = match self.stage_change(change) {
-            Ok(()) => super::types::ClientReply::Admin(what),
-            Err(e) => super::types::ClientReply::Error(super::types::RequestError::ChangeRefused(
-                e.to_string(),
-            )),
-        };
-        self.ctx.respond(origin, reply);
     }
 
     /// Why `dynakv remove NODE` must not go ahead without `--force`: the node is up and
     /// reachable (this node has a link to it, or hears it through gossip), so removing it would
     /// throw away whatever only it holds, while `leave` hands that off first.
-    pub(super) fn remove_refusal(&self, node: NodeId, force: bool) -> Option<String> {
-        let member = self.cluster_state().and_then(|s| s.member(node).cloned())?;
+    pub(super) fn remove_refusal(
+        &self,
+        me: NodeId,
+        peers: &PeerView<'_>,
+        node: NodeId,
+        force: bool,
+    ) -> Option<String> {
+        let member = self.state().and_then(|s| s.member(node).cloned())?;
         if force || member.status == Status::Removed {
             return None; // the gossiper reports a second removal itself
         }
-        let reachable = node == self.ctx.id() || !self.is_down(node);
+        let reachable = node == me || !peers.is_down(node);
         reachable.then(|| {
             format!(
                 "node {node} is up and reachable: removing it would drop the writes and hints only \
@@ -341,67 +315,75 @@ impl<S: Store> NodeCore<S> {
         })
     }
 
-    /// Stage an operator's change on this node (`dynakv leave` / `remove`) and gossip it.
-    ///
-    /// Errors: [`Error::NotJoined`] before this node has a cluster state, and the gossiper's
-    /// refusal ([`Error::Gossip`]: a removed or unknown node, the last member, ...).
-    pub fn stage_change(&mut self, change: Change) -> Result<()> {
-        let now = self.ctx.now;
-        let g = self.membership.gossip.as_mut().ok_or(Error::NotJoined)?;
-        let outbox = g.stage(now, change)?;
-        self.send_gossip(outbox);
-        self.after_gossip();
+    /// Stage an operator's change on this node and gossip it (the caller then routes
+    /// `take_events`).
+    pub(super) fn stage<S: Store>(&mut self, ctx: &mut Ctx<S>, change: Change) -> Result<()> {
+        let g = self.gossip.as_mut().ok_or(Error::NotJoined)?;
+        let outbox = g.stage(ctx.now, change)?;
+        Self::send_gossip(ctx, outbox);
         Ok(())
     }
 
-    fn send_gossip(&mut self, outbox: Vec<(NodeId, GossipMsg)>) {
+    fn send_gossip<S: Store>(ctx: &mut Ctx<S>, outbox: Vec<(NodeId, GossipMsg)>) {
         for (to, msg) in outbox {
-            self.ctx.send(to, PeerMsg::Gossip(msg));
+            ctx.send(to, PeerMsg::Gossip(msg));
         }
     }
 
-    /// Called from the maintenance tick: one gossip round when it is due.
-    pub(super) fn gossip_tick(&mut self) {
-        let now = self.ctx.now;
-        let Some(g) = self.membership.gossip.as_mut() else {
-            return;
+    /// Called from the maintenance tick: one gossip round when it is due. True when a round
+    /// ran (the caller then routes `take_events`).
+    pub(super) fn gossip_tick<S: Store>(&mut self, ctx: &mut Ctx<S>) -> bool {
+        let now = ctx.now;
+        let Some(g) = self.gossip.as_mut() else {
+            return false;
         };
         if now < g.next_tick_us() {
-            return;
+            return false;
         }
         if g.state().is_none() {
             // Still joining: keep asking every seed (a refusal may be passing, e.g. a seed that
             // was itself restarting); the refusal reasons are logged for the operator.
-            for (seed, addr) in &self.membership.join_seeds {
+            for (seed, addr) in &self.join_seeds {
                 g.add_seed(*seed, addr.clone());
             }
         }
         let outbox = g.tick(now);
-        self.send_gossip(outbox);
-        self.after_gossip();
+        Self::send_gossip(ctx, outbox);
+        true
     }
 
-    /// A gossip message from a peer.
-    pub(super) fn on_gossip(&mut self, from: NodeId, msg: GossipMsg) {
-        let now = self.ctx.now;
-        let Some(g) = self.membership.gossip.as_mut() else {
-            return;
+    /// A gossip message from a peer. True when the gossiper took it (the caller then routes
+    /// `take_events`).
+    pub(super) fn on_gossip<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        from: NodeId,
+        msg: GossipMsg,
+    ) -> bool {
+        let now = ctx.now;
+        let Some(g) = self.gossip.as_mut() else {
+            return false;
         };
         match g.handle(now, from, msg) {
-            Ok(outbox) => self.send_gossip(outbox),
+            Ok(outbox) => Self::send_gossip(ctx, outbox),
             Err(e) => tracing::warn!(%from, error = %e, "gossip message refused"),
         }
-        self.after_gossip();
+        true
     }
 
-    /// Act on what the gossiper decided: a new map (plan transfers, then route by it),
-    /// membership changes (persist), our own removal.
-    fn after_gossip(&mut self) {
-        let Some(g) = self.membership.gossip.as_mut() else {
-            return;
+    /// Take what the gossiper decided, updating membership's own state as it goes (joined,
+    /// removed peers), and return what the other mechanisms act on, in order. The flag says
+    /// whether anything changed (the caller then persists and re-syncs the links).
+    pub(super) fn take_events<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+    ) -> (Vec<MembershipEvent>, bool) {
+        let Some(g) = self.gossip.as_mut() else {
+            return (Vec::new(), false);
         };
         let events = g.take_events();
         let current = g.state().map(|s| s.map().map.clone());
+        let mut out = Vec::new();
         let mut changed = false;
         for event in events {
             changed = true;
@@ -410,88 +392,80 @@ impl<S: Store> NodeCore<S> {
                     let Some(current) = current.clone() else {
                         continue;
                     };
-                    tracing::info!(node = %self.ctx.id(), "joined the cluster");
-                    self.membership.joined = true;
-                    self.ctx.install_map(current);
-                    self.transfers
-                        .expect_join_transfers(&mut self.ctx, &self.membership);
+                    tracing::info!(node = %ctx.id(), "joined the cluster");
+                    self.joined = true;
+                    out.push(MembershipEvent::Joined { map: current });
                 }
                 GossipEvent::MapChanged { previous, .. } => {
                     let Some(current) = current.clone() else {
                         continue;
                     };
-                    if self.membership.joined && previous != current {
-                        self.transfers
-                            .plan(&mut self.ctx, &self.membership, &previous, &current);
-                    }
-                    self.ctx.install_map(current.clone());
-                    // Forget hash trees of partitions this node no longer replicates.
-                    let mine = self.ctx.mine.clone();
-                    self.aae.trees.retain(|p, _| mine.contains(p));
+                    let plan = self.joined && previous != current;
+                    out.push(MembershipEvent::MapChanged {
+                        previous,
+                        current,
+                        plan,
+                    });
                 }
                 GossipEvent::MemberChanged { node, status } => {
                     tracing::info!(%node, %status, "member changed");
-                    if status == Status::Removed && node != self.ctx.id() {
-                        self.membership.removed_peers.insert(node, self.ctx.now);
+                    if status == Status::Removed && node != ctx.id() {
+                        self.removed_peers.insert(node, ctx.now);
                     }
                 }
                 GossipEvent::JoinRefused { seed, reason } => {
                     tracing::error!(%seed, %reason, "join refused");
-                    self.ctx.stats.join_refusals += 1;
+                    ctx.stats.join_refusals += 1;
                 }
             }
         }
-        if changed {
-            self.persist_cluster();
-            self.sync_links();
-        }
-        self.membership_progress();
+        (out, changed)
     }
 
-    fn persist_cluster(&mut self) {
-        let Some(state) = self.cluster_state() else {
+    /// Persist the cluster state (durable with the next drain).
+    pub(super) fn persist<S: Store>(&self, ctx: &mut Ctx<S>) {
+        let Some(state) = self.state() else {
             return;
         };
         match codec::encode(state)
             .map_err(Error::from)
-            .and_then(|b| self.ctx.store.put(Space::Meta, CLUSTER_KEY, &b))
+            .and_then(|b| ctx.store.put(Space::Meta, CLUSTER_KEY, &b))
         {
-            Ok(()) => self.ctx.dirty = true,
+            Ok(()) => ctx.dirty = true,
             Err(e) => tracing::error!(error = %e, "cannot persist the cluster state"),
         }
     }
 
     /// A joining node becomes valid once it received every partition it expects; a leaving
-    /// node is removed once it handed everything off.
-    pub(super) fn membership_progress(&mut self) {
-        let me = self.ctx.id();
-        let change = match self.member_status() {
+    /// node is removed once it handed everything off. The change to stage, if any.
+    pub(super) fn progress_change<S: Store>(
+        &self,
+        ctx: &Ctx<S>,
+        facts: TransferFacts,
+    ) -> Option<Change> {
+        let me = ctx.id();
+        match self.status_of(me) {
             // Only once the map is planned with this node in it: before, no transfer to it is
             // known, and "nothing pending" would mean nothing.
             Some(Status::Joining)
-                if self.incoming_pending() == 0
+                if facts.incoming_pending == 0
                     && self
-                        .cluster_state()
+                        .state()
                         .is_some_and(|s| s.map().planned_for.contains(&me)) =>
             {
-                Change::MarkValid(me)
+                Some(Change::MarkValid(me))
             }
             Some(Status::Leaving)
-                if self.outgoing_pending() == 0
-                    && self.handoff.pending.values().all(|c| *c == 0)
-                    && self.ctx.map.partitions_of(me).is_empty() =>
+                if facts.outgoing_pending == 0
+                    && facts.hints_held == 0
+                    && ctx.map.partitions_of(me).is_empty() =>
             {
-                Change::FinishLeave(me)
+                Some(Change::FinishLeave(me))
             }
-            _ => return,
-        };
-        if let Err(e) = self.stage_change(change) {
-            tracing::debug!(error = %e, "membership change not staged yet");
+            _ => None,
         }
     }
-}
 
-impl Membership {
     /// The gossip failure detector's opinion of `peer` at `now` (`false` for a peer it does
     /// not watch).
     pub(super) fn gossip_says_down(&self, peer: NodeId, now: u64) -> bool {
@@ -518,5 +492,164 @@ impl Membership {
     /// The cluster state gossip agreed on, once this node has it.
     pub(super) fn state(&self) -> Option<&ClusterState> {
         self.gossip.as_ref().and_then(|g| g.state())
+    }
+}
+
+/// The router's side of membership: what the gossiper decides reaches transfers, the map and
+/// anti-entropy here, and transfer progress reaches membership.
+impl<S: Store> NodeCore<S> {
+    /// Ask `seed` (at `addr`) for the cluster state: how a running node that is not in a
+    /// cluster joins one (`dynakv join`). Ignored once the node has joined.
+    pub fn add_join_seed(&mut self, seed: NodeId, addr: String) {
+        if self.membership.add_join_seed(self.ctx.id(), seed, addr) {
+            self.sync_links();
+        }
+    }
+
+    /// Re-decide the peer links (see [`Membership::sync_links`]).
+    pub(super) fn sync_links(&mut self) {
+        self.membership
+            .sync_links(&mut self.ctx, &self.liveness.links_up);
+    }
+
+    /// The address `node` advertises in the cluster state.
+    pub fn member_addr(&self, node: NodeId) -> Option<String> {
+        self.cluster_state()
+            .and_then(|s| s.member(node))
+            .map(|m| m.addr.clone())
+    }
+
+    /// The cluster state this node knows (`None` before it has joined).
+    pub fn cluster_state(&self) -> Option<&ClusterState> {
+        self.membership.state()
+    }
+
+    /// This node's membership status, if it is in the cluster.
+    pub fn member_status(&self) -> Option<Status> {
+        self.membership.status_of(self.ctx.id())
+    }
+
+    /// Has this node been removed from the cluster (the driver should stop it)?
+    pub fn is_removed(&self) -> bool {
+        self.membership.is_removed(self.ctx.id())
+    }
+
+    /// Has this node got the cluster state (a joining node has not, until its seed answers)?
+    pub fn is_joined(&self) -> bool {
+        self.membership.joined
+    }
+
+    /// Maintenance: the removed-node linger (see [`Membership::removed_linger`]).
+    pub(super) fn removed_linger(&mut self) {
+        let held: u64 = self.handoff.pending.values().sum();
+        self.membership
+            .removed_linger(&mut self.ctx, &self.liveness.links_up, held);
+    }
+
+    /// An operator's membership request (`dynakv leave`, `dynakv remove`): refused with a
+    /// reason, or staged and gossiped.
+    pub(super) fn handle_admin(&mut self, origin: Origin, admin: super::types::AdminRequest) {
+        let me = self.ctx.id();
+        let (change, what) = match admin {
+            super::types::AdminRequest::Leave => {
+                (Change::Leave(me), format!("node {me} is leaving"))
+            }
+            super::types::AdminRequest::Remove { node, force } => {
+                let refusal = self
+                    .membership
+                    .remove_refusal(me, &self.peers(), node, force);
+                if let Some(why) = refusal {
+                    self.ctx.respond(
+                        origin,
+                        super::types::ClientReply::Error(
+                            super::types::RequestError::ChangeRefused(why),
+                        ),
+                    );
+                    return;
+                }
+                (Change::Remove(node), format!("node {node} removed"))
+            }
+        };
+        let reply = match self.stage_change(change) {
+            Ok(()) => super::types::ClientReply::Admin(what),
+            Err(e) => super::types::ClientReply::Error(super::types::RequestError::ChangeRefused(
+                e.to_string(),
+            )),
+        };
+        self.ctx.respond(origin, reply);
+    }
+
+    /// Stage an operator's change on this node (`dynakv leave` / `remove`) and gossip it.
+    ///
+    /// Errors: [`Error::NotJoined`] before this node has a cluster state, and the gossiper's
+    /// refusal ([`Error::Gossip`]: a removed or unknown node, the last member, ...).
+    pub fn stage_change(&mut self, change: Change) -> Result<()> {
+        self.membership.stage(&mut self.ctx, change)?;
+        self.after_gossip();
+        Ok(())
+    }
+
+    /// Maintenance: one gossip round when it is due.
+    pub(super) fn gossip_tick(&mut self) {
+        if self.membership.gossip_tick(&mut self.ctx) {
+            self.after_gossip();
+        }
+    }
+
+    /// A gossip message from a peer.
+    pub(super) fn on_gossip(&mut self, from: NodeId, msg: GossipMsg) {
+        if self.membership.on_gossip(&mut self.ctx, from, msg) {
+            self.after_gossip();
+        }
+    }
+
+    /// Route what the gossiper decided: a new map plans transfers, then the node routes by it
+    /// and forgets the trees of partitions it no longer replicates; a join expects the
+    /// partitions the node now replicates. Then persist, re-sync links, and check progress.
+    fn after_gossip(&mut self) {
+        let (events, changed) = self.membership.take_events(&mut self.ctx);
+        for event in events {
+            match event {
+                MembershipEvent::Joined { map } => {
+                    self.ctx.install_map(map);
+                    self.transfers
+                        .expect_join_transfers(&mut self.ctx, &self.membership);
+                }
+                MembershipEvent::MapChanged {
+                    previous,
+                    current,
+                    plan,
+                } => {
+                    if plan {
+                        self.transfers
+                            .plan(&mut self.ctx, &self.membership, &previous, &current);
+                    }
+                    self.ctx.install_map(current);
+                    let mine = &self.ctx.mine;
+                    self.aae.trees.retain(|p, _| mine.contains(p));
+                }
+            }
+        }
+        if changed {
+            self.membership.persist(&mut self.ctx);
+            self.sync_links();
+        }
+        self.membership_progress();
+    }
+
+    /// A joining node becomes valid once it received every partition it expects; a leaving
+    /// node is removed once it handed everything off.
+    pub(super) fn membership_progress(&mut self) {
+        let facts = TransferFacts {
+            incoming_pending: self.transfers.incoming_pending(&self.membership),
+            outgoing_pending: self.transfers.outgoing_pending(),
+            hints_held: self.handoff.pending.values().sum(),
+        };
+        let Some(change) = self.membership.progress_change(&self.ctx, facts) else {
+            return;
+        };
+        if let Err(e) = self.stage_change(change) {
+            tracing::debug!(error = %e, "membership change not staged yet");
+        }
     }
 }

@@ -174,7 +174,7 @@ impl<S: Store> NodeCore<S> {
         core.ctx.install_map(initial);
         core.handoff.recount(&core.ctx)?;
         core.transfers.load(&core.ctx)?;
-        core.init_membership(boot)?;
+        core.membership.init(&mut core.ctx, boot)?;
         if core.membership.joined {
             let map = core.ctx.map.clone();
             core.transfers.prune_moot_transfers(&mut core.ctx, &map);

@@ -2,9 +2,9 @@
 //! them from primaries) with their merge, then waits briefly for the rest to repair stale
 //! primaries (bounded read repair).
 //!
-//! Inputs: a client get (`start_get`), [`super::types::ReplicaMsg::ReadReply`]s
-//! (`on_read_reply`), and the operation's deadline (`on_deadline` in `coordinator.rs`, which
-//! calls `finish_read`).
+//! Inputs (methods of [`Coordinator`]): a client get (`start_get`),
+//! [`super::types::ReplicaMsg::ReadReply`]s (`on_read_reply`), and the operation's deadline
+//! (`on_deadline` in `coordinator.rs`, which calls `finish_read`).
 
 use std::collections::BTreeMap;
 

@@ -40,6 +40,10 @@ struct Round {
 }
 
 /// State of the reaper on one node.
+///
+/// Inputs (routed by `NodeCore`, each with the shared [`Ctx`] and, to vote or reap, the
+/// [`ReapGuards`]): `PeerMsg::Reap` (`on_msg`), the maintenance tick (`tick`: expire rounds,
+/// start new ones), and every [`DataEvent`] (`on_data_event`: which keys are tombstone-only).
 #[derive(Debug, Default)]
 pub(super) struct Reaper {
     rounds: BTreeMap<u64, Round>,

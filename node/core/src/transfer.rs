@@ -83,8 +83,11 @@ pub(super) struct Sending {
 
 /// Partition transfers' state: both sides, with their checkpoints.
 ///
-/// Inputs (through `NodeCore`): a map change (`plan_transfers`), `PeerMsg::Transfer`
-/// (`on_transfer_msg`), and the maintenance tick (`transfer_tick`: send, resend, probe).
+/// Inputs (routed by `NodeCore`, each with the shared [`Ctx`] and `Membership` to read): a map
+/// change (`plan`, before the node routes by the new map), a join (`expect_join_transfers`),
+/// `PeerMsg::Transfer` (`on_msg`; true when a transfer finished, so the router lets
+/// membership check its progress), the maintenance tick (`tick`: send, resend, probe; and
+/// `stray_tick`), and the start (`load`, `prune_moot_transfers`).
 #[derive(Debug, Default)]
 pub(super) struct Transfers {
     /// Outgoing transfers, per (partition, receiver).
@@ -478,6 +481,7 @@ impl Transfers {
 
     /// The sender's side: advance the cursor; after the last batch, drop the partition if this
     /// node is no longer a replica of it. True when the transfer finished.
+    #[allow(clippy::too_many_arguments)] // the fields of one message, plus the context
     fn on_transfer_ack<S: Store>(
         &mut self,
         ctx: &mut Ctx<S>,

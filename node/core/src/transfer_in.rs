@@ -3,7 +3,7 @@
 //!
 //! Inputs: [`super::types::TransferMsg::Batch`] and `NoTransfer` (`on_transfer_batch`,
 //! `on_transfer_none`), and the moment this node joins (`expect_join_transfers`). Stalled
-//! receivers are probed from `transfer_tick` in `transfer.rs`.
+//! receivers are probed from `Transfers::tick` in `transfer.rs`.
 
 use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
@@ -58,6 +58,7 @@ impl Transfers {
     }
 
     /// The receiver's side: merge the batch, checkpoint durably, acknowledge.
+    #[allow(clippy::too_many_arguments)] // the fields of one message, plus the context
     pub(super) fn on_transfer_batch<S: Store>(
         &mut self,
         ctx: &mut Ctx<S>,

@@ -3,9 +3,9 @@
 //! from primaries); targets silent past `fallback_after_ms` get a hinted fallback (sloppy
 //! quorum at run time).
 //!
-//! Inputs: a client put/delete (`start_write`), [`super::types::ReplicaMsg::WriteAck`]s
-//! (`on_write_ack`), and the write's fallback timer (`on_deadline` in `coordinator.rs`, which
-//! calls `fallback_writes`).
+//! Inputs (methods of [`Coordinator`]): a client put/delete (`start_write`),
+//! [`super::types::ReplicaMsg::WriteAck`]s (`on_write_ack`), and the write's fallback timer
+//! (`on_deadline` in `coordinator.rs`, which calls `fallback_writes`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +24,7 @@ use crate::store::Store;
 
 impl Coordinator {
     /// Start a put (or, with a tombstone, a delete).
+    #[allow(clippy::too_many_arguments)] // the fields of one message, plus the context
     pub(super) fn start_write<S: Store>(
         &mut self,
         ctx: &mut Ctx<S>,
