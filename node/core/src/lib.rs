@@ -18,10 +18,13 @@
 //! - `liveness`: local failure detection (peers believed down, links the driver reports up).
 //! - `aae`: per-partition hash trees and the anti-entropy exchange.
 //! - `reaper`: removing tombstones for good without resurrecting old values.
-//! - `membership`: the gossiper, the persisted cluster state, operator changes.
+//! - `membership`: the gossiper, the persisted cluster state, join/leave progress.
+//! - `membership_router`: what membership decides, routed to transfers, the map and
+//!   anti-entropy; operator changes; the membership accessors.
 //! - `timers`: the one timer table (maintenance tick, operation timers).
 //! - `transfer`: moving partitions to new replicas, checkpointed and resumable.
 //! - `transfer_in`: the receiving side of transfers.
+//! - `transfer_plan`: what to send and expect after a map change.
 //! - `stray`: copies of partitions this node no longer replicates, handed over, then dropped.
 //! - [`error`]: the crate's error enum.
 //!
@@ -37,6 +40,7 @@ pub mod error;
 mod hints;
 mod liveness;
 mod membership;
+mod membership_router;
 mod node;
 mod ops;
 mod read;
@@ -48,6 +52,7 @@ mod stray;
 mod timers;
 mod transfer;
 mod transfer_in;
+mod transfer_plan;
 mod write;
 
 /// The formats the core speaks, re-exported for the core's modules and its users.

@@ -1,7 +1,11 @@
-//! The node state machine: identity, input dispatch, the replica role, timers and effects.
-//!
-//! The coordinator role (get/put/delete with quorums) lives in `coordinator.rs`, as another
-//! `impl` block of the same type.
+//! `NodeCore`, the router: it owns the shared context ([`Ctx`]) and one state machine per
+//! mechanism, and does nothing but route. Every input goes to the mechanism that owns it, with
+//! the context and a read-only view of what that mechanism may know of the others
+//! (`PeerView`, `ReapGuards`, `CoordEnv`); what one mechanism's step means for another comes
+//! back as a value (a `DataEvent`, a `MembershipEvent`, a finished transfer) that the router
+//! hands on. Also here: identity/incarnation at start, the loopback of self-sent messages, the
+//! maintenance tick's order, and `drain_effects` (sync, then effects; fail-stop on a failed
+//! sync).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -292,6 +296,29 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// The reaper, the shared context, and what the reaper must know of the others, borrowed
+    /// apart.
+    fn split_for_reaper(&mut self) -> (&mut Ctx<S>, &mut Reaper, ReapGuards<'_>) {
+        let NodeCore {
+            ctx,
+            liveness,
+            coord,
+            handoff,
+            reaper,
+            membership,
+            transfers,
+            ..
+        } = self;
+        let guards = ReapGuards {
+            peers: PeerView::new(ctx.id(), ctx.now, liveness, membership),
+            membership,
+            handoff,
+            coord,
+            transfers,
+        };
+        (ctx, reaper, guards)
+    }
+
     /// Hand the data events of the last step to the mechanisms that derive state from the
     /// data, in the order they happened. Called after every input, every self-sent message and
     /// every step of the maintenance tick, so no mechanism acts on state that lags the store.
@@ -396,19 +423,8 @@ impl<S: Store> NodeCore<S> {
                 }
             }
             PeerMsg::Reap(m) => {
-                let guards = ReapGuards {
-                    peers: PeerView::new(
-                        self.ctx.id(),
-                        self.ctx.now,
-                        &self.liveness,
-                        &self.membership,
-                    ),
-                    membership: &self.membership,
-                    handoff: &self.handoff,
-                    coord: &self.coord,
-                    transfers: &self.transfers,
-                };
-                self.reaper.on_msg(&mut self.ctx, from, m, &guards);
+                let (ctx, reaper, guards) = self.split_for_reaper();
+                reaper.on_msg(ctx, from, m, &guards);
             }
             PeerMsg::Gossip(m) => self.on_gossip(from, m),
             PeerMsg::Transfer(m) => {
@@ -528,19 +544,8 @@ impl<S: Store> NodeCore<S> {
                 self.ctx.send(peer, ProbeMsg::Ping { nonce });
             }
         }
-        let guards = ReapGuards {
-            peers: PeerView::new(
-                self.ctx.id(),
-                self.ctx.now,
-                &self.liveness,
-                &self.membership,
-            ),
-            membership: &self.membership,
-            handoff: &self.handoff,
-            coord: &self.coord,
-            transfers: &self.transfers,
-        };
-        self.reaper.tick(&mut self.ctx, &guards);
+        let (ctx, reaper, guards) = self.split_for_reaper();
+        reaper.tick(ctx, &guards);
         self.route_events();
         self.removed_linger();
     }
