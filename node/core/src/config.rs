@@ -119,53 +119,69 @@ impl CoreConfig {
     /// Check the quorum defaults: 1 <= R, W <= N, and the limits are sane. The error
     /// ([`crate::Error::Config`]) names the first setting that is wrong.
     pub fn validate(&self) -> Result<(), crate::Error> {
-        self.check().map_err(crate::Error::Config)
-    }
-
-    fn check(&self) -> Result<(), String> {
         if self.n == 0 {
-            return Err("n must be at least 1".into());
+            return Err(crate::Error::Config("n must be at least 1".into()));
         }
         if self.r == 0 || self.r > self.n {
-            return Err(format!("r must be in 1..={} (n), got {}", self.n, self.r));
+            return Err(crate::Error::Config(format!(
+                "r must be in 1..={} (n), got {}",
+                self.n, self.r
+            )));
         }
         if self.w == 0 || self.w > self.n {
-            return Err(format!("w must be in 1..={} (n), got {}", self.n, self.w));
+            return Err(crate::Error::Config(format!(
+                "w must be in 1..={} (n), got {}",
+                self.n, self.w
+            )));
         }
         if self.request_timeout_ms == 0 {
-            return Err("request_timeout_ms must be positive".into());
+            return Err(crate::Error::Config(
+                "request_timeout_ms must be positive".into(),
+            ));
         }
         if self.sibling_warn == 0 || self.sibling_max < self.sibling_warn {
-            return Err("need 0 < sibling_warn <= sibling_max".into());
+            return Err(crate::Error::Config(
+                "need 0 < sibling_warn <= sibling_max".into(),
+            ));
         }
         if self.tick_ms == 0 || self.fallback_after_ms == 0 || self.aae_interval_ms == 0 {
-            return Err("tick_ms, fallback_after_ms and aae_interval_ms must be positive".into());
+            return Err(crate::Error::Config(
+                "tick_ms, fallback_after_ms and aae_interval_ms must be positive".into(),
+            ));
         }
         if self.handoff_batch == 0 || self.transfer_batch == 0 || self.max_transfers == 0 {
-            return Err("handoff_batch, transfer_batch and max_transfers must be positive".into());
+            return Err(crate::Error::Config(
+                "handoff_batch, transfer_batch and max_transfers must be positive".into(),
+            ));
         }
         if self.max_message_bytes < 2 * (self.max_value_bytes + self.max_key_bytes) {
-            return Err(
+            return Err(crate::Error::Config(
                 "max_message_bytes must be at least twice max_value_bytes + max_key_bytes".into(),
-            );
+            ));
         }
         if self.tombstone_grace_ms != 0
             && u64::from(self.tombstone_grace_ms) < 2 * u64::from(self.request_timeout_ms) + 1_000
         {
-            return Err(
+            return Err(crate::Error::Config(
                 "tombstone_grace_ms must exceed twice request_timeout_ms (plus a second), so \
                  writes and repairs in flight land before a tombstone is reaped"
                     .into(),
-            );
+            ));
         }
         if self.max_pending_ops == 0 {
-            return Err("max_pending_ops must be positive".into());
+            return Err(crate::Error::Config(
+                "max_pending_ops must be positive".into(),
+            ));
         }
         if self.gossip_interval_ms == 0 {
-            return Err("gossip_interval_ms must be positive".into());
+            return Err(crate::Error::Config(
+                "gossip_interval_ms must be positive".into(),
+            ));
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
-            return Err("key and value limits must be positive".into());
+            return Err(crate::Error::Config(
+                "key and value limits must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -16,5 +16,23 @@ pub enum Error {
     Encode(String),
 }
 
+impl Error {
+    /// The same decode failure, said of a part of a larger input (`what`, e.g. "node clock").
+    pub(crate) fn within(self, what: &str) -> Self {
+        match self {
+            Error::Decode(m) => Error::Decode(format!("{what}: {m}")),
+            other => other,
+        }
+    }
+
+    /// A decode failure of a client's causal-context token.
+    pub(crate) fn into_context(self) -> Self {
+        match self {
+            Error::Decode(m) => Error::MalformedContext(m),
+            other => other,
+        }
+    }
+}
+
 /// Result alias for the proto crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

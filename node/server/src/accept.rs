@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::driver::DriverInput;
 use super::join::JoinAsk;
 use super::peers::{lock, read_peer_streams, Registry};
+use super::refusal::PermissionDenied;
 use super::stopped;
 use dynakv_core::{ClientReply, ClientRequest, RequestError};
 use dynakv_proto::wire::{self, codes, ClientFrame, ServerFrame};
@@ -351,7 +352,7 @@ async fn serve_request(
         Ok(()) => answer(frame, &ctx).await,
         Err(why) => {
             tracing::warn!(%remote, %who, "request refused: {why}");
-            ServerFrame::Error(why)
+            ServerFrame::Error(why.to_string())
         }
     };
     respond(&mut send, &reply).await;
@@ -379,23 +380,21 @@ pub(crate) fn permission(
     who: &Identity,
     frame: &ClientFrame,
     allow_node_clients: bool,
-) -> Result<(), String> {
+) -> Result<(), PermissionDenied> {
     let (needed, what) = needed_role(frame);
     match who {
         Identity::Client { role, .. } if role.allows(needed) => Ok(()),
-        Identity::Client { name, role } => Err(format!(
-            "permission denied: {what} needs the {needed} role; client {name:?} has the {role} \
-             role (issue another certificate with `dynakv ca issue-client --role {needed}`)"
-        )),
+        Identity::Client { name, role } => Err(PermissionDenied::Role {
+            what,
+            needed,
+            name: name.clone(),
+            role: *role,
+        }),
         // A joining node asks its seed for the cluster's settings with its node certificate.
         Identity::Node(_) if allow_node_clients || matches!(frame, ClientFrame::ClusterInfo) => {
             Ok(())
         }
-        Identity::Node(id) => Err(format!(
-            "permission denied: node certificates are for peers (this one is node {id}'s); use a \
-             client certificate from `dynakv ca issue-client`, or set allow_node_clients = true \
-             in the node config"
-        )),
+        Identity::Node(id) => Err(PermissionDenied::NodeCertificate { node: *id }),
     }
 }
 
@@ -408,7 +407,7 @@ async fn answer(frame: ClientFrame, ctx: &AcceptCtx) -> ServerFrame {
         }
         return match rx.await {
             Ok(Ok(msg)) => ServerFrame::Core(ClientReply::Admin(msg)),
-            Ok(Err(e)) => ServerFrame::Error(e),
+            Ok(Err(e)) => ServerFrame::Error(e.to_string()),
             Err(_) => gone(),
         };
     }
@@ -567,7 +566,7 @@ mod tests {
         assert!(!allowed(&client(Role::Write), &join));
         assert!(allowed(&client(Role::Admin), &remove));
         let refusal = permission(&client(Role::Write), &remove, false).err();
-        assert!(refusal.is_some_and(|m| m.contains("needs the admin role")));
+        assert!(refusal.is_some_and(|m| m.to_string().contains("needs the admin role")));
         // Node certificates: only what a joining node asks, unless configured otherwise.
         let node = Identity::Node(NodeId(2));
         assert!(allowed(&node, &ClientFrame::ClusterInfo));

@@ -21,6 +21,7 @@ use dynakv_ring::NodeId;
 use tokio::sync::oneshot;
 
 use super::peers::{lock, PeerHandle, PeerSpawner};
+use super::refusal::JoinRefused;
 use crate::error::Result;
 use crate::sled_store::SledStore;
 use dynakv_core::store::Store;
@@ -55,7 +56,7 @@ pub(crate) enum DriverInput {
         addr: SocketAddr,
         /// The connection used to ask the seed, reused for the link.
         conn: Option<quinn::Connection>,
-        reply: oneshot::Sender<std::result::Result<String, String>>,
+        reply: oneshot::Sender<std::result::Result<String, JoinRefused>>,
     },
     /// A client request and where its reply goes.
     Client {
@@ -312,11 +313,11 @@ impl Driver {
         seed: NodeId,
         addr: SocketAddr,
         conn: Option<quinn::Connection>,
-    ) -> std::result::Result<String, String> {
+    ) -> std::result::Result<String, JoinRefused> {
         let refused = if self.core.is_joined() {
-            Some(format!("node {} is already in a cluster", self.me))
+            Some(JoinRefused::AlreadyInCluster(self.me))
         } else if seed == self.me {
-            Some(format!("{addr} is this node itself"))
+            Some(JoinRefused::IsSelf(addr))
         } else {
             None
         };

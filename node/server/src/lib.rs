@@ -21,6 +21,7 @@ mod accept;
 mod driver;
 mod join;
 mod peers;
+mod refusal;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -39,6 +40,7 @@ use self::config::{ClusterFile, DataDir, NodeConfigFile};
 use self::driver::{Driver, DriverInput};
 use self::join::{ask_seed, find_seed, JoinAsk, JoinFile, Seed};
 use self::peers::PeerSpawner;
+use self::refusal::JoinRefused;
 use crate::sled_store::SledStore;
 use dynakv_core::{Bootstrap, CoreConfig, NodeCore};
 use dynakv_proto::wire::codes;
@@ -214,7 +216,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
                         }
                         Err(e) => {
                             tracing::warn!(seed = %ask.seed, error = %e, "cannot join through this seed");
-                            let _ = ask.reply.send(Err(format!("cannot join through {}: {e}", ask.seed)));
+                            let _ = ask.reply.send(Err(JoinRefused::SeedFailed { seed: ask.seed, reason: e.to_string() }));
                             seeds.retain(|s| *s != ask.seed);
                         }
                     },
@@ -346,9 +348,7 @@ async fn later_joins(
 ) {
     while let Some(ask) = asks.recv().await {
         if !joining.load(Ordering::Relaxed) {
-            let _ = ask
-                .reply
-                .send(Err(format!("node {me} is already in a cluster")));
+            let _ = ask.reply.send(Err(JoinRefused::AlreadyInCluster(me)));
             continue;
         }
         let answer = match ask_seed(&endpoint, me, ask.seed).await {
@@ -369,10 +369,12 @@ async fn later_joins(
                 if driver.send(input).is_err() {
                     return;
                 }
-                rx.await
-                    .unwrap_or_else(|_| Err("the node is shutting down".into()))
+                rx.await.unwrap_or(Err(JoinRefused::ShuttingDown))
             }
-            Err(e) => Err(format!("cannot join through {}: {e}", ask.seed)),
+            Err(e) => Err(JoinRefused::SeedFailed {
+                seed: ask.seed,
+                reason: e.to_string(),
+            }),
         };
         let _ = ask.reply.send(answer);
     }

@@ -57,17 +57,17 @@ pub fn encode_clock(clock: &NodeClock) -> Vec<u8> {
 /// overflows or is not minimal, too many actors or ranges, actors out of order or repeated, an
 /// empty entry, and counters above [`MAX_COUNTER`].
 pub fn decode_clock(bytes: &[u8]) -> Result<NodeClock, Error> {
-    decode(bytes).map_err(|e| Error::Decode(format!("node clock: {e}")))
+    decode(bytes).map_err(|e| e.within("node clock"))
 }
 
-fn decode(bytes: &[u8]) -> Result<NodeClock, String> {
+fn decode(bytes: &[u8]) -> Result<NodeClock, Error> {
     let Some((&format, rest)) = bytes.split_first() else {
-        return Err("empty input".into());
+        return Err(Error::Decode("empty input".into()));
     };
     if format != CLOCK_V1 {
-        return Err(format!(
+        return Err(Error::Decode(format!(
             "unknown format byte {format:#04x} (expected {CLOCK_V1:#04x})"
-        ));
+        )));
     }
     let mut r = Reader::new(rest, 1);
     let count = bounded(
@@ -80,11 +80,15 @@ fn decode(bytes: &[u8]) -> Result<NodeClock, String> {
     for i in 0..count {
         let node = r.varint("node id", u64::from(u32::MAX))?;
         let incarnation = r.varint("incarnation", u64::MAX)?;
-        let node = NodeId(u32::try_from(node).map_err(|_| "node id overflows 32 bits")?);
+        let node = NodeId(
+            u32::try_from(node).map_err(|_| Error::Decode("node id overflows 32 bits".into()))?,
+        );
         let actor = Actor::new(node, incarnation);
         if let Some((prev, _)) = entries.last() {
             if *prev >= actor {
-                return Err(format!("actor {i} is repeated or out of order"));
+                return Err(Error::Decode(format!(
+                    "actor {i} is repeated or out of order"
+                )));
             }
         }
         let base = r.varint("base", MAX_COUNTER)?;
@@ -106,27 +110,33 @@ fn decode(bytes: &[u8]) -> Result<NodeClock, String> {
                 .and_then(|lo| lo.checked_add(length))
                 .filter(|&x| x <= MAX_COUNTER);
             let (Some(lo), Some(hi)) = (lo, hi) else {
-                return Err(format!("actor {i} has a range above the counter limit"));
+                return Err(Error::Decode(format!(
+                    "actor {i} has a range above the counter limit"
+                )));
             };
             ranges.push((lo, hi));
             floor = hi;
         }
         let entry = ClockEntry::new(base, ranges)
             .filter(|e| !e.is_empty())
-            .ok_or_else(|| format!("actor {i} has an empty entry"))?;
+            .ok_or_else(|| Error::Decode(format!("actor {i} has an empty entry")))?;
         entries.push((actor, entry));
     }
     if !r.rest.is_empty() {
-        return Err(format!("{} trailing bytes after the clock", r.rest.len()));
+        return Err(Error::Decode(format!(
+            "{} trailing bytes after the clock",
+            r.rest.len()
+        )));
     }
-    NodeClock::from_entries(entries).ok_or_else(|| "entries are not in normal form".into())
+    NodeClock::from_entries(entries)
+        .ok_or_else(|| Error::Decode("entries are not in normal form".into()))
 }
 
-fn bounded(value: u64, max: usize, what: &str) -> Result<usize, String> {
+fn bounded(value: u64, max: usize, what: &str) -> Result<usize, Error> {
     usize::try_from(value)
         .ok()
         .filter(|&v| v <= max)
-        .ok_or_else(|| format!("{value} {what} exceed the limit of {max}"))
+        .ok_or_else(|| Error::Decode(format!("{value} {what} exceed the limit of {max}")))
 }
 
 fn len_u64(n: usize) -> u64 {

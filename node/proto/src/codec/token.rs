@@ -64,7 +64,7 @@ pub fn encode_context(vv: &VersionVector) -> Vec<u8> {
 /// varint that overflows or is not minimal, more than [`MAX_CONTEXT_ENTRIES`] entries, actors out of
 /// order or repeated, and counters that are zero or above [`MAX_TOKEN_COUNTER`].
 pub fn decode_context(bytes: &[u8]) -> Result<VersionVector, Error> {
-    decode(bytes).map_err(Error::MalformedContext)
+    decode(bytes).map_err(Error::into_context)
 }
 
 /// Encodes a context as text: base64url without padding of [`encode_context`]. Use it wherever a
@@ -90,21 +90,25 @@ pub fn context_from_token(token: &str) -> Result<VersionVector, Error> {
     decode_context(&bytes)
 }
 
-fn decode(bytes: &[u8]) -> Result<VersionVector, String> {
+fn decode(bytes: &[u8]) -> Result<VersionVector, Error> {
     let Some((&format, rest)) = bytes.split_first() else {
         return Ok(VersionVector::new());
     };
     if format != FORMAT_V1 {
-        return Err(format!(
+        return Err(Error::Decode(format!(
             "unknown format byte {format:#04x} (expected {FORMAT_V1:#04x})"
-        ));
+        )));
     }
     let mut reader = Reader::new(rest, 1);
     let count = reader.varint("entry count", u64::MAX)?;
     let count = usize::try_from(count)
         .ok()
         .filter(|&c| c <= MAX_CONTEXT_ENTRIES)
-        .ok_or_else(|| format!("{count} entries exceed the limit of {MAX_CONTEXT_ENTRIES}"))?;
+        .ok_or_else(|| {
+            Error::Decode(format!(
+                "{count} entries exceed the limit of {MAX_CONTEXT_ENTRIES}"
+            ))
+        })?;
     // Every entry takes at least 3 bytes: never allocate more than the input can fill.
     let mut entries: Vec<(Actor, u64)> = Vec::with_capacity(count.min(reader.rest.len() / 3));
     for i in 0..count {
@@ -112,36 +116,39 @@ fn decode(bytes: &[u8]) -> Result<VersionVector, String> {
         let incarnation = reader.varint("incarnation", u64::MAX)?;
         let counter = reader.varint("counter", u64::MAX)?;
         let actor = Actor::new(
-            NodeId(u32::try_from(node).map_err(|_| "node id overflows 32 bits".to_string())?),
+            NodeId(
+                u32::try_from(node)
+                    .map_err(|_| Error::Decode("node id overflows 32 bits".into()))?,
+            ),
             incarnation,
         );
         if counter == 0 {
-            return Err(format!("entry {i} has a zero counter"));
+            return Err(Error::Decode(format!("entry {i} has a zero counter")));
         }
         if counter > MAX_TOKEN_COUNTER {
-            return Err(format!(
+            return Err(Error::Decode(format!(
                 "entry {i} has counter {counter} above the limit of {MAX_TOKEN_COUNTER}"
-            ));
+            )));
         }
         if let Some((prev, _)) = entries.last() {
             if *prev == actor {
-                return Err(format!("entry {i} repeats an actor"));
+                return Err(Error::Decode(format!("entry {i} repeats an actor")));
             }
             if *prev > actor {
-                return Err(format!(
+                return Err(Error::Decode(format!(
                     "entry {i} is out of actor order (entries must be sorted)"
-                ));
+                )));
             }
         }
         entries.push((actor, counter));
     }
     if !reader.rest.is_empty() {
-        return Err(format!(
+        return Err(Error::Decode(format!(
             "{} trailing bytes after the last entry",
             reader.rest.len()
-        ));
+        )));
     }
-    VersionVector::try_from(entries).map_err(|e| e.to_string())
+    VersionVector::try_from(entries)
 }
 
 #[cfg(test)]

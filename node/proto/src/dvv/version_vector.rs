@@ -126,7 +126,7 @@ impl VersionVector {
     /// Checks the invariants (sorted, unique actors, counters in `1..=MAX_COUNTER`). Deserialization
     /// and [`VersionVector::try_from`] already run it; call it on values built by other means.
     pub fn validate(&self) -> Result<(), Error> {
-        check_entries(&self.entries).map_err(Error::Decode)
+        check_entries(&self.entries)
     }
 
     fn position(&self, actor: &Actor) -> Option<usize> {
@@ -141,30 +141,36 @@ impl TryFrom<Vec<(Actor, u64)>> for VersionVector {
     type Error = Error;
 
     fn try_from(entries: Vec<(Actor, u64)>) -> Result<Self, Error> {
-        check_entries(&entries).map_err(Error::Decode)?;
+        check_entries(&entries)?;
         Ok(VersionVector { entries })
     }
 }
 
 /// The shared rule check; the message names the first problem found.
-pub(crate) fn check_entries(entries: &[(Actor, u64)]) -> Result<(), String> {
+pub(crate) fn check_entries(entries: &[(Actor, u64)]) -> Result<(), Error> {
     for (i, (actor, n)) in entries.iter().enumerate() {
         if *n == 0 {
-            return Err(format!("version vector entry {i} has a zero counter"));
+            return Err(Error::Decode(format!(
+                "version vector entry {i} has a zero counter"
+            )));
         }
         if *n > MAX_COUNTER {
-            return Err(format!(
+            return Err(Error::Decode(format!(
                 "version vector entry {i} has counter {n} above the limit"
-            ));
+            )));
         }
         if let Some(prev) = i.checked_sub(1).and_then(|p| entries.get(p)) {
             match prev.0.cmp(actor) {
                 Ordering::Less => {}
                 Ordering::Equal => {
-                    return Err(format!("version vector entry {i} repeats an actor"))
+                    return Err(Error::Decode(format!(
+                        "version vector entry {i} repeats an actor"
+                    )))
                 }
                 Ordering::Greater => {
-                    return Err(format!("version vector entry {i} is out of actor order"))
+                    return Err(Error::Decode(format!(
+                        "version vector entry {i} is out of actor order"
+                    )))
                 }
             }
         }
