@@ -21,9 +21,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::driver::DriverInput;
 use super::join::JoinAsk;
 use super::peers::{lock, read_peer_streams, Registry};
-use super::refusal::PermissionDenied;
 use super::stopped;
 use dynakv_core::{ClientReply, ClientRequest, RequestError};
+
+use crate::error::Error;
 use dynakv_proto::wire::{self, codes, ClientFrame, ServerFrame};
 use dynakv_transport::{peer_identity, read_frame, write_frame, Identity, Role};
 
@@ -380,11 +381,11 @@ pub(crate) fn permission(
     who: &Identity,
     frame: &ClientFrame,
     allow_node_clients: bool,
-) -> Result<(), PermissionDenied> {
+) -> Result<(), Error> {
     let (needed, what) = needed_role(frame);
     match who {
         Identity::Client { role, .. } if role.allows(needed) => Ok(()),
-        Identity::Client { name, role } => Err(PermissionDenied::Role {
+        Identity::Client { name, role } => Err(Error::RoleTooLow {
             what,
             needed,
             name: name.clone(),
@@ -394,7 +395,7 @@ pub(crate) fn permission(
         Identity::Node(_) if allow_node_clients || matches!(frame, ClientFrame::ClusterInfo) => {
             Ok(())
         }
-        Identity::Node(id) => Err(PermissionDenied::NodeCertificate { node: *id }),
+        Identity::Node(id) => Err(Error::NodeCertificate { node: *id }),
     }
 }
 

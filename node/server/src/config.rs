@@ -90,13 +90,12 @@ impl ClusterFile {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!("cannot read cluster file {}: {e}", path.display()))
         })?;
-        ClusterFile::parse(&text)
-            .map_err(|e| Error::Config(format!("bad cluster file {}: {e}", path.display())))
+        ClusterFile::parse(&text).map_err(|e| e.in_file("cluster file", path))
     }
 
     /// Parses and checks the text of a cluster file; the error says what is wrong.
-    pub fn parse(text: &str) -> std::result::Result<ClusterFile, String> {
-        let file: ClusterFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<ClusterFile> {
+        let file: ClusterFile = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         file.check()?;
         Ok(file)
     }
@@ -109,17 +108,17 @@ impl ClusterFile {
             .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))
     }
 
-    fn check(&self) -> std::result::Result<(), String> {
+    fn check(&self) -> Result<()> {
         if self.members.is_empty() {
-            return Err("no [[members]]".into());
+            return Err(Error::Config("no [[members]]".into()));
         }
         let ids: BTreeSet<u32> = self.members.iter().map(|m| m.id).collect();
         if ids.len() != self.members.len() {
-            return Err("duplicate member id".into());
+            return Err(Error::Config("duplicate member id".into()));
         }
         let addrs: BTreeSet<SocketAddr> = self.members.iter().map(|m| m.addr).collect();
         if addrs.len() != self.members.len() {
-            return Err("duplicate member address".into());
+            return Err(Error::Config("duplicate member address".into()));
         }
         Ok(())
     }
@@ -217,20 +216,22 @@ impl NodeConfigFile {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        NodeConfigFile::parse(&text)
-            .map_err(|e| Error::Config(format!("bad config file {}: {e}", path.display())))
+        NodeConfigFile::parse(&text).map_err(|e| e.in_file("config file", path))
     }
 
     /// Parses the text of a node config file; the error is one line ("line L: what").
-    pub fn parse(text: &str) -> std::result::Result<NodeConfigFile, String> {
+    pub fn parse(text: &str) -> Result<NodeConfigFile> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
             let message = e.message().trim_end().replace('\n', " ");
             match e.span() {
                 Some(span) => {
                     let upto = text.get(..span.start).unwrap_or(text);
-                    format!("line {}: {message}", upto.matches('\n').count() + 1)
+                    Error::Config(format!(
+                        "line {}: {message}",
+                        upto.matches('\n').count() + 1
+                    ))
                 }
-                None => message,
+                None => Error::Config(message),
             }
         })
     }
@@ -356,9 +357,7 @@ mod tests {
 
     #[test]
     fn empty_node_config_keeps_every_core_default() -> Result<()> {
-        let cfg = NodeConfigFile::parse("")
-            .map_err(Error::Config)?
-            .core_config(NodeId(1), &cluster())?;
+        let cfg = NodeConfigFile::parse("")?.core_config(NodeId(1), &cluster())?;
         let d = CoreConfig::default();
         assert_eq!(
             cfg,
@@ -380,7 +379,7 @@ mod tests {
             tombstone_grace_ms = 12000\nsibling_warn = 5\nsibling_max = 9\n\
             gossip_interval_ms = 250\nmax_transfers = 3\ntransfer_batch = 32\n\
             read_repair = false\nmax_key_bytes = 100\nmax_value_bytes = 1000\npeer_queue = 7\n";
-        let file = NodeConfigFile::parse(text).map_err(Error::Config)?;
+        let file = NodeConfigFile::parse(text)?;
         assert_eq!(file.peer_queue, Some(7));
         let cfg = file.core_config(NodeId(1), &cluster())?;
         assert_eq!(
@@ -418,10 +417,12 @@ mod tests {
     fn node_config_refuses_unknown_keys_and_bad_combinations() {
         let err = NodeConfigFile::parse("aae_interval = 200\n")
             .err()
+            .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("unknown field `aae_interval`"), "{err}");
         let err = NodeConfigFile::parse("[core]\ntick_ms = 5\n")
             .err()
+            .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("unknown field `core`"), "{err}");
         let short_grace = NodeConfigFile {

@@ -21,8 +21,7 @@ use dynakv_ring::NodeId;
 use tokio::sync::oneshot;
 
 use super::peers::{lock, PeerHandle, PeerSpawner};
-use super::refusal::JoinRefused;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sled_store::SledStore;
 use dynakv_core::store::Store;
 use dynakv_core::{ClientReply, ClientRequest, Effect, Input, NodeCore, PeerMsg, RequestId};
@@ -56,7 +55,7 @@ pub(crate) enum DriverInput {
         addr: SocketAddr,
         /// The connection used to ask the seed, reused for the link.
         conn: Option<quinn::Connection>,
-        reply: oneshot::Sender<std::result::Result<String, JoinRefused>>,
+        reply: oneshot::Sender<std::result::Result<String, Error>>,
     },
     /// A client request and where its reply goes.
     Client {
@@ -313,11 +312,11 @@ impl Driver {
         seed: NodeId,
         addr: SocketAddr,
         conn: Option<quinn::Connection>,
-    ) -> std::result::Result<String, JoinRefused> {
+    ) -> std::result::Result<String, Error> {
         let refused = if self.core.is_joined() {
-            Some(JoinRefused::AlreadyInCluster(self.me))
+            Some(Error::AlreadyInCluster(self.me))
         } else if seed == self.me {
-            Some(JoinRefused::IsSelf(addr))
+            Some(Error::JoinSelf(addr))
         } else {
             None
         };

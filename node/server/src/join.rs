@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::config::ClusterFile;
-use super::refusal::JoinRefused;
 use crate::error::{Error, Result};
 use dynakv_proto::wire::{codes, ClientFrame, ClusterInfo, ServerFrame};
 use dynakv_transport::{connect, peer_node_id, Backoff};
@@ -38,7 +37,7 @@ pub(crate) struct JoinAsk {
     /// The seed's address.
     pub(crate) seed: SocketAddr,
     /// What to tell the CLI.
-    pub(crate) reply: oneshot::Sender<std::result::Result<String, JoinRefused>>,
+    pub(crate) reply: oneshot::Sender<std::result::Result<String, Error>>,
 }
 
 /// What a seed told us.

@@ -21,7 +21,6 @@ mod accept;
 mod driver;
 mod join;
 mod peers;
-mod refusal;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -40,7 +39,6 @@ use self::config::{ClusterFile, DataDir, NodeConfigFile};
 use self::driver::{Driver, DriverInput};
 use self::join::{ask_seed, find_seed, JoinAsk, JoinFile, Seed};
 use self::peers::PeerSpawner;
-use self::refusal::JoinRefused;
 use crate::sled_store::SledStore;
 use dynakv_core::{Bootstrap, CoreConfig, NodeCore};
 use dynakv_proto::wire::codes;
@@ -216,7 +214,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
                         }
                         Err(e) => {
                             tracing::warn!(seed = %ask.seed, error = %e, "cannot join through this seed");
-                            let _ = ask.reply.send(Err(JoinRefused::SeedFailed { seed: ask.seed, reason: e.to_string() }));
+                            let _ = ask.reply.send(Err(Error::SeedFailed { seed: ask.seed, reason: e.to_string() }));
                             seeds.retain(|s| *s != ask.seed);
                         }
                     },
@@ -348,7 +346,7 @@ async fn later_joins(
 ) {
     while let Some(ask) = asks.recv().await {
         if !joining.load(Ordering::Relaxed) {
-            let _ = ask.reply.send(Err(JoinRefused::AlreadyInCluster(me)));
+            let _ = ask.reply.send(Err(Error::AlreadyInCluster(me)));
             continue;
         }
         let answer = match ask_seed(&endpoint, me, ask.seed).await {
@@ -369,9 +367,9 @@ async fn later_joins(
                 if driver.send(input).is_err() {
                     return;
                 }
-                rx.await.unwrap_or(Err(JoinRefused::ShuttingDown))
+                rx.await.unwrap_or(Err(Error::ShuttingDown))
             }
-            Err(e) => Err(JoinRefused::SeedFailed {
+            Err(e) => Err(Error::SeedFailed {
                 seed: ask.seed,
                 reason: e.to_string(),
             }),
