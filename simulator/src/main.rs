@@ -2,7 +2,6 @@
 //!
 //! Exit status: 0 when every invariant holds, 1 on a violation, 2 on bad arguments.
 
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -349,23 +348,20 @@ fn batch(
             }
         }));
     }
-    // The progress line redraws in place: only on a terminal (a log or a pipe gets nothing
-    // but the summary below).
-    let progress = std::io::stderr().is_terminal();
+    // The progress bar redraws in place on stderr; indicatif hides it when stderr is not a
+    // terminal, so a log or a pipe gets nothing but the summary below.
+    let bar = progress_bar(seeds);
     loop {
         let finished = handles.iter().all(|h| h.is_finished());
-        if progress {
-            let failed = failures.lock().map_or(0, |f| f.len());
-            draw_progress(done.load(Ordering::Relaxed), seeds, failed, started);
-        }
+        let failed = failures.lock().map_or(0, |f| f.len());
+        bar.set_position(done.load(Ordering::Relaxed));
+        bar.set_message(format!("{failed} failed"));
         if finished {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    if progress {
-        eprintln!();
-    }
+    bar.finish_and_clear();
     for h in handles {
         let _ = h.join();
     }
@@ -442,15 +438,16 @@ fn soak_summary(failed: &[RunReport], done: u64, secs: f64, cfg: &SimConfig) -> 
     }
 }
 
-/// Redraws the progress line on stderr: a bar, seeds done of `seeds`, failures, and the rate.
-fn draw_progress(done: u64, seeds: u64, failed: usize, started: Instant) {
-    const WIDTH: u64 = 30;
-    let filled = (done * WIDTH / seeds.max(1)).min(WIDTH) as usize;
-    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    eprint!(
-        "\r[{}{}] {done}/{seeds} seeds  {failed} failed  {rate:.0} seeds/s",
-        "#".repeat(filled),
-        " ".repeat(WIDTH as usize - filled)
+/// The progress bar of a batch or a soak: seeds done of `seeds`, failures, rate and time left.
+fn progress_bar(seeds: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(seeds),
+        indicatif::ProgressDrawTarget::stderr_with_hz(5),
     );
-    let _ = std::io::stderr().flush();
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "[{bar:30}] {pos}/{len} seeds  {msg}  {per_sec}  eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("#> "));
+    }
+    bar
 }

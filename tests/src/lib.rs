@@ -54,6 +54,47 @@ pub fn free_ports(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+/// `count` distinct TCP ports on 127.0.0.1 that were free a moment ago.
+pub fn free_tcp_ports(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(std::net::TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// `GET path` over plain HTTP/1.1 on `addr` (loopback): the status code and the body. Bounded
+/// by a 10 s timeout on connect, read and write.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+/// Like [`http_get`] with any method.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let limit = Duration::from_secs(10);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, limit)?;
+    stream.set_read_timeout(Some(limit))?;
+    stream.set_write_timeout(Some(limit))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP header end in {raw:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status code in {head:?}"))?;
+    Ok((code, body.to_string()))
+}
+
 /// Sends a signal to a child process.
 pub fn signal(child: &Child, sig: rustix::process::Signal) {
     if let Some(pid) = i32::try_from(child.id())
@@ -90,6 +131,8 @@ pub struct Setup {
     pub request_timeout_ms: Option<u32>,
     /// Text of the node config file; `None` starts the nodes without `--config`.
     pub node_config: Option<String>,
+    /// Give every node a metrics listener (`--metrics-addr`, a free TCP port on loopback).
+    pub metrics: bool,
 }
 
 impl Setup {
@@ -100,6 +143,7 @@ impl Setup {
             partitions: None,
             request_timeout_ms: None,
             node_config: None,
+            metrics: false,
         }
     }
 }
@@ -115,6 +159,8 @@ pub struct TestNode {
     pub dir: PathBuf,
     /// For a node that is not in the cluster file: the seed it joins through.
     pub join: Option<SocketAddr>,
+    /// Where it serves `/metrics`, `/health` and `/ready`, if it does.
+    pub metrics: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -166,6 +212,12 @@ impl Cluster {
             ],
         )?;
         let addrs = free_ports(n as usize)?;
+        let mut metrics = if setup.metrics {
+            free_tcp_ports(n as usize)?
+        } else {
+            Vec::new()
+        }
+        .into_iter();
         let mut nodes = Vec::new();
         let mut members = Vec::new();
         for (i, addr) in addrs.into_iter().enumerate() {
@@ -190,6 +242,7 @@ impl Cluster {
                 addr,
                 dir: ndir,
                 join: None,
+                metrics: metrics.next(),
                 child: None,
             });
         }
@@ -328,6 +381,7 @@ impl Cluster {
             addr,
             dir: ndir,
             join: seed.map(|s| self.addr(s)),
+            metrics: free_tcp_ports(1)?.pop(),
             child: None,
         });
         self.spawn(id)?;
@@ -380,6 +434,11 @@ impl Cluster {
                 self.node_config
                     .iter()
                     .flat_map(|path| [std::ffi::OsStr::new("--config"), path.as_os_str()]),
+            )
+            .args(
+                node.metrics
+                    .iter()
+                    .flat_map(|a| ["--metrics-addr".to_string(), a.to_string()]),
             )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

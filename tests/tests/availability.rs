@@ -34,6 +34,7 @@ fn setup(read_repair: bool) -> Setup {
             "aae_interval_ms = 200\ntombstone_grace_ms = 3000\nhandoff_backoff_max_ms = 1000\n\
              read_repair = {read_repair}\n"
         )),
+        metrics: false,
     }
 }
 

@@ -37,6 +37,7 @@ fn setup(nodes: u32, partitions: u16, batch: usize, max_transfers: usize) -> Set
             "gossip_interval_ms = 200\ntick_ms = 50\ntransfer_batch = {batch}\n\
              max_transfers = {max_transfers}\n"
         )),
+        metrics: false,
     }
 }
 

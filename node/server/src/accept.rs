@@ -57,6 +57,8 @@ pub(crate) struct AcceptCtx {
     pub(crate) allow_node_clients: bool,
     /// Front-door limits and their counters.
     pub(crate) admission: Arc<Admission>,
+    /// Request latencies and outcomes, for `/metrics`.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// Admission control at the front door: bounds on client requests in flight and on client
@@ -349,14 +351,56 @@ async fn serve_request(
             return refuse(send, recv, remote, codes::MALFORMED, e).await;
         }
     };
+    let started = std::time::Instant::now();
+    let op = op_name(&frame);
     let reply = match permission(&who, &frame, ctx.allow_node_clients) {
         Ok(()) => answer(frame, &ctx).await,
         Err(why) => {
             tracing::warn!(%remote, %who, "request refused: {why}");
-            ServerFrame::Error(why.to_string())
+            ctx.metrics
+                .request(op, "refused", started.elapsed().as_secs_f64());
+            respond(&mut send, &ServerFrame::Error(why.to_string())).await;
+            return;
         }
     };
+    if let ServerFrame::Core(ClientReply::Got(got)) = &reply {
+        ctx.metrics.read_siblings(got.values.len());
+    }
+    ctx.metrics
+        .request(op, outcome(&reply), started.elapsed().as_secs_f64());
     respond(&mut send, &reply).await;
+}
+
+/// The operation a request is, as the `op` label of the metrics.
+fn op_name(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Join { .. } => "join",
+        ClientFrame::ClusterInfo => "cluster_info",
+        ClientFrame::Status => "status",
+        ClientFrame::Core(request) => match request {
+            ClientRequest::Get { .. } => "get",
+            ClientRequest::PartitionMap => "partition_map",
+            ClientRequest::Put { .. } => "put",
+            ClientRequest::Delete { .. } => "delete",
+            ClientRequest::Admin(_) => "admin",
+        },
+    }
+}
+
+/// How a request ended, as the `outcome` label: quorum failures apart from other errors.
+fn outcome(reply: &ServerFrame) -> &'static str {
+    match reply {
+        ServerFrame::Core(ClientReply::Error(e)) => match e {
+            RequestError::Timeout { .. }
+            | RequestError::Unavailable { .. }
+            | RequestError::PrimariesUnavailable { .. }
+            | RequestError::ReplicasRefused { .. } => "quorum_failed",
+            RequestError::Overloaded { .. } => "overloaded",
+            _ => "error",
+        },
+        ServerFrame::Error(_) => "error",
+        _ => "ok",
+    }
 }
 
 /// The role a request needs: reads and cluster information `read`; puts and deletes

@@ -160,6 +160,7 @@ impl ClusterFile {
 /// gossip_interval_ms = 1000      # gossip round length
 /// max_transfers = 2              # partition transfers sent at the same time
 /// transfer_batch = 256           # keys per transfer batch
+/// metrics_addr = "127.0.0.1:9101" # plain-HTTP /metrics, /health, /ready (default: off)
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -208,6 +209,9 @@ pub struct NodeConfigFile {
     /// Client connections from one IP address at the same time at most; more are closed at
     /// the handshake (default 256).
     pub max_client_connections_per_ip: Option<usize>,
+    /// Where to serve `/metrics`, `/health` and `/ready` over plain HTTP, e.g.
+    /// "127.0.0.1:9101" (default: nowhere; `dynakv node --metrics-addr` overrides it).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl NodeConfigFile {

@@ -84,6 +84,9 @@ pub(crate) struct Driver {
     next_request: RequestId,
     started: Instant,
     dropped_sends: u64,
+    metrics: crate::metrics::Metrics,
+    /// When the store's size on disk was last read for the metrics.
+    sized_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -106,6 +109,7 @@ impl Driver {
         seeds: Vec<(NodeId, SocketAddr, Option<quinn::Connection>)>,
         on_removed: oneshot::Sender<()>,
         started: Instant,
+        metrics: crate::metrics::Metrics,
     ) -> Driver {
         let mut driver = Driver {
             me: core.id(),
@@ -118,6 +122,8 @@ impl Driver {
             next_request: 0,
             started,
             dropped_sends: 0,
+            metrics,
+            sized_at: None,
         };
         for (seed, addr, conn) in seeds {
             if seed != driver.me && !driver.peers.contains_key(&seed) {
@@ -174,7 +180,13 @@ impl Driver {
             if self.core.poll_timeout().is_some_and(|at| at <= now) {
                 self.core.handle(now, Input::Timeout);
             }
+            let barriers = self.core.store().barriers();
+            let syncing = Instant::now();
             let effects = self.core.drain_effects();
+            if self.core.store().barriers() != barriers {
+                self.metrics.sync(syncing.elapsed().as_secs_f64(), handled);
+            }
+            self.refresh_store_size();
             // New members get their links before the first message for them is routed.
             self.membership();
             self.route(effects);
@@ -183,6 +195,18 @@ impl Driver {
             }
         }
         self.finish()
+    }
+
+    /// Reads the store's size on disk for the metrics, at most once a second.
+    fn refresh_store_size(&mut self) {
+        if self
+            .sized_at
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.sized_at = Some(Instant::now());
+        self.metrics.store_bytes(self.core.store().size_on_disk());
     }
 
     /// Makes everything durable before the process exits.

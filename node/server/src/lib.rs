@@ -20,6 +20,7 @@ pub mod sled_store;
 mod accept;
 mod driver;
 mod join;
+pub mod metrics;
 mod peers;
 
 use std::collections::BTreeMap;
@@ -69,6 +70,9 @@ pub struct NodeOptions {
     /// Start even if the node's private key file is readable by other users (unix); by
     /// default such a node refuses to start.
     pub insecure_key_permissions: bool,
+    /// Where to serve `/metrics`, `/health` and `/ready` over plain HTTP (`None`: the node
+    /// config's `metrics_addr`, else nowhere).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// How this start enters the cluster.
@@ -149,8 +153,24 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
                 .max_client_connections_per_ip
                 .unwrap_or(DEFAULT_MAX_CONNS_PER_IP),
         )),
+        metrics: metrics::Metrics::new(),
     };
     let default_timeout_ms = ctx.default_timeout_ms.clone();
+    let metrics_state = metrics::MetricsState {
+        metrics: ctx.metrics.clone(),
+        driver: driver_tx.clone(),
+        admission: ctx.admission.clone(),
+        serving: serving.clone(),
+    };
+    if let Some(addr) = opts.metrics_addr.or(node_cfg.metrics_addr) {
+        let listener = metrics::bind(addr).await?;
+        tracing::info!(%addr, "serving /metrics, /health and /ready over HTTP");
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics_state.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     tokio::spawn(accept_loop(endpoint.clone(), ctx, shutdown_rx.clone()));
 
     // Founder, rejoin, or join through a seed (waiting for one if need be).
@@ -266,7 +286,15 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     };
     let joining = spawner.joining.clone();
     let (removed_tx, removed_rx) = oneshot::channel();
-    let driver = Driver::new(core, spawner, file_addrs, seeds, removed_tx, Instant::now());
+    let driver = Driver::new(
+        core,
+        spawner,
+        file_addrs,
+        seeds,
+        removed_tx,
+        Instant::now(),
+        metrics_state.metrics.clone(),
+    );
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name(format!("dynakv-core-{}", opts.id))

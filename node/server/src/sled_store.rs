@@ -90,6 +90,11 @@ impl SledStore {
         self.barriers
     }
 
+    /// Bytes the store takes on disk (0 when sled cannot tell).
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     fn tree(&self, space: Space) -> Result<sled::Tree> {
         self.db.open_tree(space.name()).map_err(storage)
     }

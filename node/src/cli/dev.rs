@@ -67,6 +67,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         if let Err(e) = UdpSocket::bind(addr) {
             bail!("port {addr} for node {id} is busy ({e}); stop what uses it or pick another --base-port");
         }
+        // The node's metrics listen on the same port number over TCP.
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            bail!("TCP port {addr} (metrics of node {id}) is busy ({e}); stop what uses it or pick another --base-port");
+        }
     }
     let exe = std::env::current_exe().context("cannot locate the dynakv executable")?;
     let mut procs = Vec::new();
@@ -115,10 +119,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let addrs: Vec<String> = members.iter().map(|(_, a)| a.to_string()).collect();
     for &(id, addr) in &members {
         println!(
-            "node {id}: {addr}  (data {}, log {})",
+            "node {id}: {addr}  (data {}, log {}, metrics http://{addr}/metrics)",
             node_dir(&dir, id).display(),
             node_dir(&dir, id).join("node.log").display()
         );
+    }
+    if let Some((_, first)) = members.first() {
+        println!("metrics: curl -s http://{first}/metrics | grep '^dynakv_requests_total'   (and /health, /ready)");
     }
     println!(
         "export DYNAKV_NODES={} DYNAKV_CA={} DYNAKV_CERT={} DYNAKV_KEY={}",
@@ -188,6 +195,8 @@ fn spawn(
         .arg(&ndir)
         .arg("--cluster")
         .arg(cluster)
+        .arg("--metrics-addr")
+        .arg(addr.to_string())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)

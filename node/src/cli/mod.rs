@@ -200,6 +200,11 @@ pub struct NodeArgs {
     /// and says which `chmod` fixes it).
     #[arg(long)]
     pub insecure_key_permissions: bool,
+    /// Serve Prometheus `/metrics`, `/health` (live) and `/ready` (valid member, storage
+    /// working) over plain HTTP on this address, e.g. 127.0.0.1:9101 (overrides the node
+    /// config's `metrics_addr`; default: not served).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// `dynakv ca` subcommands.
@@ -339,6 +344,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config: args.config,
                 cluster: args.cluster,
                 insecure_key_permissions: args.insecure_key_permissions,
+                metrics_addr: args.metrics_addr,
             };
             dynakv_server::run(opts, dynakv_server::shutdown_signal()).await?;
             Ok(())
