@@ -135,5 +135,21 @@ fn a_node_serves_metrics_health_and_readiness_over_http() -> anyhow::Result<()> 
     assert_eq!(http_get(m1, "/nope")?.0, 404);
     assert_eq!(http_request(m1, "POST", "/metrics")?.0, 405);
     assert_eq!(http_get(m1, "/health")?.0, 200);
+
+    // A node waiting to be joined is alive but not ready, and says why.
+    let id = c.add_node(None)?;
+    let m = c.nodes[id as usize - 1]
+        .metrics
+        .context("the new node serves metrics")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(m, "/health").is_err() {
+        if Instant::now() > deadline {
+            bail!("the new node never answered /health");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = http_get(m, "/ready")?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not in a cluster yet"), "{body}");
     Ok(())
 }
