@@ -15,8 +15,8 @@ fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<Scrape> {
     Ok(Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?)
 }
 
-/// The value of the sample `name` whose labels include every `(label, value)` of `labels`.
-fn sample(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+/// The sample `name` whose labels include every `(label, value)` of `labels`.
+fn find<'a>(s: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> Option<&'a Value> {
     s.samples
         .iter()
         .find(|x| {
@@ -25,26 +25,23 @@ fn sample(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                     .iter()
                     .all(|(k, v)| x.labels.get(k).is_some_and(|got| got == *v))
         })
-        .and_then(|x| match &x.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
-            Value::Histogram(_) | Value::Summary(_) => None,
-        })
+        .map(|x| &x.value)
+}
+
+/// The value of counter or gauge `name` with `labels`.
+fn sample(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    match find(s, name, labels)? {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
+        Value::Histogram(_) | Value::Summary(_) => None,
+    }
 }
 
 /// The `_count` of histogram `name` with `labels`.
 fn histogram_count(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    s.samples
-        .iter()
-        .find(|x| {
-            x.metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| x.labels.get(k).is_some_and(|got| got == *v))
-        })
-        .and_then(|x| match &x.value {
-            Value::Histogram(buckets) => buckets.last().map(|b| b.count),
-            _ => None,
-        })
+    match find(s, name, labels)? {
+        Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+        _ => None,
+    }
 }
 
 #[test]
