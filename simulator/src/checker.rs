@@ -13,6 +13,8 @@
 //! 5. `liveness`: after healing, quorum requests succeed and the run finishes in bounded time.
 //! 6. `orphan-copy`: after the quiet phase no running member keeps data of a partition it does not
 //!    replicate (such a copy is read, transferred and repaired by nobody).
+//! 7. `primary-ack` (checked by the world as messages leave): a node acknowledges a replica write
+//!    as a primary only for a partition it replicates under its own map at that moment.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,7 +23,7 @@ use dynakv_core::{Object, Value};
 use dynakv_proto::dvv::{Dot, VersionVector};
 use serde::Serialize;
 
-use crate::world::World;
+use crate::world::{Applied, World};
 
 /// The outcome of a write as the client saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -135,6 +137,9 @@ pub fn check(world: &World) -> Vec<Violation> {
             detail: detail.clone(),
             events: effects.clone(),
         });
+    }
+    for (key, detail) in &world.primary_ack_breaches {
+        out.push(violation("primary-ack", key, detail.clone()));
     }
     check_orphans(world, &mut out);
     let mut by_key: BTreeMap<&str, Vec<&WriteRecord>> = BTreeMap::new();
@@ -262,6 +267,37 @@ fn check_key(
         }
     }
     // 1. No acknowledged write lost.
+    for w in lost_acked_writes(key, writes, &final_values, &world.applied, world.cfg.n) {
+        out.push(violation(
+            "acked-write-lost",
+            key,
+            format!(
+                "value {:?} ({}) acknowledged to client {} at t={}us is gone and no later write covered it; final siblings {:?}",
+                w.value.as_deref().unwrap_or_default(),
+                w.dot.map(|d| format!("{d:?}")).unwrap_or_default(),
+                w.client,
+                w.at,
+                describe(&final_obj)
+            ),
+        ));
+    }
+}
+
+/// Invariant 1 for one key: the acknowledged puts whose value is not among the final siblings
+/// and whose dot no *applied* write covers. A later write excuses a missing value only if its
+/// context covers the value's dot and it was applied: acknowledged, or (its client never
+/// learned the outcome) seen sent to replicas by its coordinator (`applied`). A write that
+/// failed, or that timed out before any replica got it, cannot hide a lost acknowledged one,
+/// whatever its context claims. With `n < 2` there are no replica messages to see, so any
+/// write that was not refused counts.
+fn lost_acked_writes<'a>(
+    key: &str,
+    writes: &[&'a WriteRecord],
+    final_values: &BTreeSet<&str>,
+    applied: &Applied,
+    n: u8,
+) -> Vec<&'a WriteRecord> {
+    let mut lost = Vec::new();
     for w in writes.iter().filter(|w| w.outcome == Outcome::Acked) {
         let (Some(value), Some(dot)) = (&w.value, w.dot) else {
             continue;
@@ -269,37 +305,26 @@ fn check_key(
         if final_values.contains(value.as_str()) {
             continue;
         }
-        // A later write superseded it if that write covered its dot and was applied: acked,
-        // or (outcome unknown to its client) seen sent to replicas by its coordinator. A write
-        // nobody applied cannot excuse a lost acknowledged one. With N=1 there are no replica
-        // messages to see, so any write not refused counts.
-        let applied = |x: &WriteRecord| match x.outcome {
+        let was_applied = |x: &WriteRecord| match x.outcome {
             Outcome::Acked => true,
             Outcome::Failed => false,
-            Outcome::Pending | Outcome::Unknown if world.cfg.n < 2 => true,
+            Outcome::Pending | Outcome::Unknown if n < 2 => true,
             Outcome::Pending | Outcome::Unknown => match &x.value {
-                Some(v) => world.applied.values.contains(v.as_bytes()),
-                None => world
-                    .applied
+                Some(v) => applied.values.contains(v.as_bytes()),
+                None => applied
                     .tombstones
                     .get(key.as_bytes())
                     .is_some_and(|t| t.covers(&dot)),
             },
         };
-        let superseded = writes.iter().any(|x| x.context.covers(&dot) && applied(x));
-        if !superseded {
-            out.push(violation(
-                "acked-write-lost",
-                key,
-                format!(
-                    "value {value:?} ({dot:?}) acknowledged to client {} at t={}us is gone and no later write covered it; final siblings {:?}",
-                    w.client,
-                    w.at,
-                    describe(&final_obj)
-                ),
-            ));
+        if !writes
+            .iter()
+            .any(|x| x.context.covers(&dot) && was_applied(x))
+        {
+            lost.push(*w);
         }
     }
+    lost
 }
 
 /// Invariant 6, `orphan-copy`: after the quiet phase (every transfer done, every member on the
@@ -347,5 +372,112 @@ fn violation(invariant: &'static str, key: &str, detail: String) -> Violation {
         key: key.to_string(),
         detail,
         events: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynakv_proto::dvv::Actor;
+
+    fn actor() -> Actor {
+        Actor::new(dynakv_ring::NodeId(1), 7)
+    }
+
+    fn record(
+        value: Option<&str>,
+        context: &[u64],
+        outcome: Outcome,
+        dot: Option<u64>,
+    ) -> WriteRecord {
+        WriteRecord {
+            client: 0,
+            key: "k".into(),
+            value: value.map(str::to_string),
+            context: VersionVector::from_entries(context.iter().map(|c| (actor(), *c)).collect()),
+            outcome,
+            dot: dot.map(|c| Dot::new(actor(), c)),
+            at: 0,
+        }
+    }
+
+    /// The acknowledged put "a" (dot 1) is gone and "b" (if `later` writes it) survives;
+    /// `later` is the only other write. Returns the values reported lost.
+    fn lost_with(later: WriteRecord, applied: &Applied, n: u8) -> Vec<String> {
+        let acked = record(Some("a"), &[], Outcome::Acked, Some(1));
+        let writes = [&acked, &later];
+        let finals: BTreeSet<&str> = ["b"].into_iter().collect();
+        lost_acked_writes("k", &writes, &finals, applied, n)
+            .into_iter()
+            .filter_map(|w| w.value.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_value_still_among_the_siblings_is_not_lost() {
+        let acked = record(Some("a"), &[], Outcome::Acked, Some(1));
+        let finals: BTreeSet<&str> = ["a"].into_iter().collect();
+        assert!(lost_acked_writes("k", &[&acked], &finals, &Applied::default(), 3).is_empty());
+        assert_eq!(
+            lost_acked_writes("k", &[&acked], &BTreeSet::new(), &Applied::default(), 3).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_later_write_that_covers_the_dot_excuses_it() {
+        let later = record(Some("b"), &[1], Outcome::Acked, Some(2));
+        assert!(lost_with(later, &Applied::default(), 3).is_empty());
+        // A context that does not cover the dot excuses nothing.
+        let blind = record(Some("b"), &[], Outcome::Acked, Some(2));
+        assert_eq!(lost_with(blind, &Applied::default(), 3), ["a"]);
+    }
+
+    /// The rule of the safety issue: a write whose outcome is unknown hides a lost acknowledged
+    /// write only if some coordinator was seen applying it.
+    #[test]
+    fn an_unknown_write_hides_nothing_unless_it_was_seen_applied() {
+        for outcome in [Outcome::Unknown, Outcome::Pending] {
+            let later = || record(Some("b"), &[1], outcome, None);
+            assert_eq!(
+                lost_with(later(), &Applied::default(), 3),
+                ["a"],
+                "{outcome:?}"
+            );
+            let mut applied = Applied::default();
+            applied.values.insert(b"b".to_vec());
+            assert!(lost_with(later(), &applied, 3).is_empty(), "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_delete_excuses_only_through_a_tombstone_seen_covering_the_dot() {
+        let delete = || record(None, &[1], Outcome::Unknown, None);
+        assert_eq!(lost_with(delete(), &Applied::default(), 3), ["a"]);
+        let mut applied = Applied::default();
+        applied.tombstones.insert(
+            b"k".to_vec(),
+            VersionVector::from_entries(vec![(actor(), 1)]),
+        );
+        assert!(lost_with(delete(), &applied, 3).is_empty());
+        // A tombstone of this key that does not cover the dot, or one of another key, is no excuse.
+        let mut other = Applied::default();
+        other.tombstones.insert(b"k".to_vec(), VersionVector::new());
+        other.tombstones.insert(
+            b"j".to_vec(),
+            VersionVector::from_entries(vec![(actor(), 1)]),
+        );
+        assert_eq!(lost_with(delete(), &other, 3), ["a"]);
+    }
+
+    #[test]
+    fn a_failed_write_never_excuses_and_n1_trusts_every_write_not_refused() {
+        let mut applied = Applied::default();
+        applied.values.insert(b"b".to_vec());
+        let failed = || record(Some("b"), &[1], Outcome::Failed, None);
+        assert_eq!(lost_with(failed(), &applied, 3), ["a"]);
+        assert_eq!(lost_with(failed(), &applied, 1), ["a"]);
+        let unknown = record(Some("b"), &[1], Outcome::Unknown, None);
+        assert!(lost_with(unknown, &Applied::default(), 1).is_empty());
     }
 }

@@ -83,6 +83,11 @@ impl Cluster {
         self.cut.insert((b, a));
     }
 
+    /// Drop every message from `from` to `to` (one way) until `heal`.
+    pub fn cut_one(&mut self, from: NodeId, to: NodeId) {
+        self.cut.insert((from, to));
+    }
+
     /// Cut `id` off from every other node.
     pub fn isolate(&mut self, id: NodeId) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -236,8 +241,9 @@ impl Cluster {
             .clone()
     }
 
-    /// Send a request to `at`, deliver until quiet, and wait up to the timeout for a reply.
-    pub fn request(&mut self, at: NodeId, request: ClientRequest) -> ClientReply {
+    /// Send a request to `at` and deliver until quiet, without waiting for the reply: see
+    /// [`Cluster::take_reply`].
+    pub fn submit(&mut self, at: NodeId, request: ClientRequest) -> u64 {
         let id = self.next_req;
         self.next_req += 1;
         let now = self.now;
@@ -247,6 +253,17 @@ impl Cluster {
             .handle(now, Input::Client { id, request });
         self.collect(at);
         self.run();
+        id
+    }
+
+    /// The reply to a submitted request, if it has come.
+    pub fn take_reply(&mut self, id: u64) -> Option<ClientReply> {
+        self.replies.remove(&id)
+    }
+
+    /// Send a request to `at`, deliver until quiet, and wait up to the timeout for a reply.
+    pub fn request(&mut self, at: NodeId, request: ClientRequest) -> ClientReply {
+        let id = self.submit(at, request);
         for _ in 0..20 {
             if let Some(r) = self.replies.remove(&id) {
                 return r;

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use dynakv_core::store::MemStore;
 use dynakv_core::{
     static_addr, AaeMsg, AdminRequest, Bootstrap, ClientReply, ClientRequest, CoreConfig, Effect,
-    HandoffMsg, Input, NodeCore, PeerMsg, ReapMsg, ReplicaMsg, RequestId, TransferMsg,
+    HandoffMsg, Input, NodeCore, PeerMsg, ReapMsg, ReplicaMsg, RequestId, Stored, TransferMsg,
 };
-use dynakv_ring::{NodeId, PartitionMap};
+use dynakv_ring::{NodeId, PartitionId, PartitionMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use xxhash_rust::xxh3::Xxh3;
@@ -230,6 +230,12 @@ pub struct World {
     pub(crate) contract_breaches: Vec<(String, Vec<String>)>,
     /// What coordinators were seen applying (values, and per key the contexts of tombstones).
     pub(crate) applied: Applied,
+    /// Replica writes delivered and not yet acknowledged: (replica, coordinator, op) -> the
+    /// partition, so the ack can be checked against the replica's own map.
+    pending_replica_writes: BTreeMap<(NodeId, NodeId, u64), (PartitionId, bytes::Bytes)>,
+    /// Acks a node sent as a primary for a partition it did not replicate under its own map
+    /// (the checker's `primary-ack`): the key and what happened.
+    pub(crate) primary_ack_breaches: Vec<(String, String)>,
     /// Until when the current `hold` fault holds its link.
     pub(crate) hold_until: u64,
     pub(crate) trace: Option<Vec<String>>,
@@ -331,6 +337,8 @@ impl World {
             past_stats: Vec::new(),
             contract_breaches: Vec::new(),
             applied: Applied::default(),
+            pending_replica_writes: BTreeMap::new(),
+            primary_ack_breaches: Vec::new(),
             hold_until: 0,
             cfg,
             params,
@@ -433,6 +441,16 @@ impl World {
     /// Hand an input to a node (dropped if it is down, held if it is paused).
     pub(crate) fn input(&mut self, id: NodeId, input: Input) {
         let now = self.now;
+        let replica_write = match &input {
+            Input::Peer {
+                from,
+                msg:
+                    PeerMsg::Replica(ReplicaMsg::Write {
+                        op, partition, key, ..
+                    }),
+            } => Some(((id, *from, *op), (*partition, key.clone()))),
+            _ => None,
+        };
         let node = self.node_mut(id);
         if node.paused {
             node.held.push(input);
@@ -443,7 +461,41 @@ impl World {
             return;
         };
         core.handle(local, input);
+        if let Some((write, target)) = replica_write {
+            self.pending_replica_writes.insert(write, target);
+        }
         self.after_input(id);
+    }
+
+    /// The `primary-ack` check, on every ack a node sends: an ack as a primary
+    /// (`Stored::Replica`) comes only from a node that replicates the partition under its own
+    /// map at that moment. A node that handed the partition off must keep the write as hints
+    /// for the current owners and ack as a fallback; otherwise a coordinator with a stale map
+    /// counts a primary that is not one (toward `pw`, and toward the copies reads look at).
+    fn check_primary_ack(&mut self, id: NodeId, to: NodeId, msg: &PeerMsg) {
+        let PeerMsg::Replica(ReplicaMsg::WriteAck { op, result }) = msg else {
+            return;
+        };
+        let Some((p, key)) = self.pending_replica_writes.remove(&(id, to, *op)) else {
+            return;
+        };
+        if !matches!(result, Ok(Stored::Replica)) {
+            return;
+        }
+        let now = self.now;
+        let Some(core) = self.node_mut(id).core.as_ref() else {
+            return;
+        };
+        let n = usize::from(core.config().n);
+        let owns = core.partition_map().preference_list(p, n).contains(&id);
+        if !owns && self.primary_ack_breaches.len() < 10 {
+            self.primary_ack_breaches.push((
+                String::from_utf8_lossy(&key).into_owned(),
+                format!(
+                    "t={now}us node {id} acked op {op} of node {to} as a primary for partition {p}, which it does not replicate under its own map"
+                ),
+            ));
+        }
     }
 
     /// Carry out a node's effects and arm its timer.
@@ -486,7 +538,10 @@ impl World {
         let mut stop = false;
         for effect in effects {
             match effect {
-                Effect::Send { to, msg } => self.send(id, to, msg),
+                Effect::Send { to, msg } => {
+                    self.check_primary_ack(id, to, &msg);
+                    self.send(id, to, msg);
+                }
                 Effect::Stop { .. } => stop = true,
                 Effect::Link { peer, addr } => {
                     self.node_mut(id).links.insert(peer, addr);

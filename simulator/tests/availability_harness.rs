@@ -238,6 +238,70 @@ fn a_down_member_blocks_reaping() {
     assert!(reaped >= 1);
 }
 
+/// Item 3 of the safety issue: a read may carry a copy of the key's old value for as long as
+/// its own deadline (up to 10 minutes per request, far past any grace), and its read repair
+/// would write that copy back after a reap. So the node coordinating any operation on a key
+/// vetoes the key's reap until the operation has ended, however long its timeout.
+#[test]
+fn an_operation_in_flight_on_a_key_blocks_its_reap_whatever_its_timeout() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+    });
+    let map = c.map();
+    let p = map.partition_for_key(b"k");
+    let prefs = map.preference_list(p, 3);
+    let (owner, coord, other) = (prefs[0], prefs[1], prefs[2]);
+    let ctx = c.put_ok(owner, "k", "v", &VersionVector::new()).context;
+    let reply = c.request(
+        owner,
+        dynakv_core::ClientRequest::Delete {
+            key: "k".into(),
+            context: ctx,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)));
+    // An R=3 read at a node that is not the reap's owner, with a 60 s deadline; one replica's
+    // answer never reaches it, so the read stays open. Every member still votes (no message
+    // the reap needs is cut).
+    c.cut_one(other, coord);
+    let read = c.submit(
+        coord,
+        dynakv_core::ClientRequest::Get {
+            key: "k".into(),
+            opts: RequestOptions {
+                r: Some(3),
+                timeout_ms: Some(60_000),
+                ..RequestOptions::default()
+            },
+        },
+    );
+    c.run_for(20_000);
+    assert!(
+        c.take_reply(read).is_none(),
+        "the read should still be open"
+    );
+    let reaped =
+        |c: &Cluster| -> u64 { c.nodes.values().map(|n| n.stats().tombstones_reaped).sum() };
+    assert_eq!(
+        reaped(&c),
+        0,
+        "reaped while a read of the key was in flight"
+    );
+    // Once the read has ended (at its deadline), the tombstone goes.
+    c.heal();
+    c.run_for(45_000);
+    assert!(
+        c.take_reply(read).is_some(),
+        "the read ends at its deadline"
+    );
+    c.run_for(10_000);
+    assert!(
+        reaped(&c) >= 1,
+        "the tombstone is reaped once the read has ended"
+    );
+}
+
 #[test]
 fn read_repair_is_bounded_per_second() {
     let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {

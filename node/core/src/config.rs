@@ -207,11 +207,16 @@ pub enum PlantedBug {
     /// After a failed store sync, keep serving and trust the next sync (PostgreSQL's fsyncgate
     /// mistake) instead of stopping.
     RetryFailedSync,
+    /// No ownership check on the data path: a node that does not replicate a partition under
+    /// its own map (the coordinator's map is stale) stores a replica write as its own data and
+    /// acknowledges it as a primary, instead of hinting it to the current owners and
+    /// acknowledging as a fallback.
+    NonOwnerAck,
 }
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 7] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
@@ -219,6 +224,7 @@ impl PlantedBug {
         PlantedBug::EagerReap,
         PlantedBug::KeepIncarnation,
         PlantedBug::RetryFailedSync,
+        PlantedBug::NonOwnerAck,
     ];
 
     /// The kebab-case name used on command lines.
@@ -231,6 +237,7 @@ impl PlantedBug {
             PlantedBug::EagerReap => "eager-reap",
             PlantedBug::KeepIncarnation => "keep-incarnation",
             PlantedBug::RetryFailedSync => "retry-failed-sync",
+            PlantedBug::NonOwnerAck => "non-owner-ack",
         }
     }
 }

@@ -273,7 +273,7 @@ impl<S: Store> Ctx<S> {
         // The one guard for every path into a partition store: a copy of a partition this node
         // does not replicate would be read, transferred and repaired by nobody (an orphan).
         // Callers that may meet this (stale maps) hint the object on instead.
-        if !self.replicates(p) {
+        if !self.replicates(p) && !self.cfg.has_bug(super::config::PlantedBug::NonOwnerAck) {
             return Err(ReplicaError::Retry(format!(
                 "node {} does not replicate partition {p}",
                 self.id()

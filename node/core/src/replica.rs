@@ -80,7 +80,7 @@ impl ReplicaRole<'_> {
             return Err(ReplicaError::Retry("not joined yet".into()));
         }
         let replicas = ctx.replicas(p);
-        if replicas.contains(&ctx.id()) {
+        if replicas.contains(&ctx.id()) || ctx.cfg.has_bug(super::config::PlantedBug::NonOwnerAck) {
             return ctx
                 .merge_into_store(p, key, object)
                 .map(|_| Stored::Replica);
