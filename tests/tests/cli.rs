@@ -182,12 +182,37 @@ fn free_base_port() -> anyhow::Result<u16> {
     bail!("no free port range found")
 }
 
+/// `dynakv dev --config` checks the file before it starts anything: a typo is one clear line.
+#[test]
+fn dev_refuses_a_bad_node_config_before_starting_nodes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("node-typo.toml");
+    std::fs::write(&config, "cache_mbs = 16\n")?;
+    let out = Command::new(dynakv_bin()?)
+        .args(["dev", "--base-port", "1", "--config"])
+        .arg(&config)
+        .arg("--dir")
+        .arg(dir.path().join("dk"))
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node-typo.toml") && err.contains("cache_mbs"), "{err}");
+    assert!(!dir.path().join("dk").join("node-1").exists(), "a node was set up");
+    Ok(())
+}
+
 #[test]
 fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let base = free_base_port()?;
+    // A node config file for every node (a small page cache): the nodes must start with it.
+    let config = dir.path().join("tuning.toml");
+    std::fs::write(&config, "cache_mb = 16\nsibling_warn = 20\n")?;
     let mut dev = Command::new(dynakv_bin()?)
-        .args(["dev", "--base-port", &base.to_string(), "--dir"])
+        .args(["dev", "--base-port", &base.to_string(), "--config"])
+        .arg(&config)
+        .arg("--dir")
         .arg(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

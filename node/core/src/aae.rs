@@ -24,6 +24,7 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 use rand::Rng;
 
+use super::aae_bucket::Bucket;
 use super::ctx::Ctx;
 use super::ctx::{tombstone_only, DataEvent};
 use super::liveness::PeerView;
@@ -41,14 +42,14 @@ const PER_SEGMENT: usize = BUCKETS / SEGMENTS;
 #[derive(Debug, Clone)]
 pub struct PartitionTree {
     buckets: Vec<u64>,
-    keys: Vec<BTreeMap<Bytes, u64>>,
+    keys: Vec<Bucket>,
 }
 
 impl Default for PartitionTree {
     fn default() -> Self {
         Self {
             buckets: vec![0; BUCKETS],
-            keys: vec![BTreeMap::new(); BUCKETS],
+            keys: vec![Bucket::default(); BUCKETS],
         }
     }
 }
@@ -71,7 +72,7 @@ impl PartitionTree {
     pub fn update(&mut self, key: &[u8], hash: Option<u64>) {
         let b = bucket_of(key);
         let old = match hash {
-            Some(h) => self.keys[b].insert(Bytes::copy_from_slice(key), h),
+            Some(h) => self.keys[b].insert(key, h),
             None => self.keys[b].remove(key),
         };
         if let Some(old) = old {
@@ -105,15 +106,12 @@ impl PartitionTree {
 
     /// The keys and object hashes in a bucket.
     pub fn keys_in(&self, bucket: usize) -> Vec<(Bytes, u64)> {
-        self.keys
-            .get(bucket)
-            .map(|m| m.iter().map(|(k, h)| (k.clone(), *h)).collect())
-            .unwrap_or_default()
+        self.keys.get(bucket).map(Bucket::to_vec).unwrap_or_default()
     }
 
     /// Number of keys in the tree.
     pub fn len(&self) -> usize {
-        self.keys.iter().map(BTreeMap::len).sum()
+        self.keys.iter().map(Bucket::len).sum()
     }
 
     /// Does the tree hold no keys?

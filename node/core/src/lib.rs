@@ -17,6 +17,7 @@
 //! - `hints`: durable hints on fallbacks and hinted handoff with backoff, resumable.
 //! - `liveness`: local failure detection (peers believed down, links the driver reports up).
 //! - `aae`: per-partition hash trees and the anti-entropy exchange.
+//! - `aae_bucket`: one tree bucket's keys and object hashes, packed in one buffer.
 //! - `reaper`: removing tombstones for good without resurrecting old values.
 //! - `membership`: the gossiper, the persisted cluster state, join/leave progress.
 //! - `membership_router`: what membership decides, routed to transfers, the map and
@@ -33,6 +34,7 @@
 //! Cargo.toml has no tokio, quinn, sled, clap or rcgen, and CI checks `cargo tree` for them.
 
 mod aae;
+mod aae_bucket;
 pub mod config;
 mod coordinator;
 mod ctx;

@@ -161,6 +161,7 @@ impl ClusterFile {
 /// max_transfers = 2              # partition transfers sent at the same time
 /// transfer_batch = 256           # keys per transfer batch
 /// metrics_addr = "127.0.0.1:9101" # plain-HTTP /metrics, /health, /ready (default: off)
+/// cache_mb = 256                 # storage page cache (sled), MiB
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -212,7 +213,13 @@ pub struct NodeConfigFile {
     /// Where to serve `/metrics`, `/health` and `/ready` over plain HTTP, e.g.
     /// "127.0.0.1:9101" (default: nowhere; `dynakv node --metrics-addr` overrides it).
     pub metrics_addr: Option<SocketAddr>,
+    /// The storage engine's page cache in MiB (sled's `cache_capacity`), the bound on what the
+    /// store keeps in memory (default [`DEFAULT_CACHE_MB`]).
+    pub cache_mb: Option<u64>,
 }
+
+/// The storage page cache of a node without `cache_mb` in its config file, in MiB.
+pub const DEFAULT_CACHE_MB: u64 = 256;
 
 impl NodeConfigFile {
     /// Reads a node config file; errors name the file (and an unknown key by name).
@@ -221,6 +228,11 @@ impl NodeConfigFile {
             Error::Config(format!("cannot read config file {}: {e}", path.display()))
         })?;
         NodeConfigFile::parse(&text).map_err(|e| e.in_file("config file", path))
+    }
+
+    /// The storage page cache in bytes (`cache_mb`, or the default); at least 1 MiB.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_mb.unwrap_or(DEFAULT_CACHE_MB).max(1).saturating_mul(1 << 20)
     }
 
     /// Parses the text of a node config file; the error is one line ("line L: what").
@@ -382,9 +394,14 @@ mod tests {
             handoff_backoff_max_ms = 2000\naae_interval_ms = 200\nread_repair_per_sec = 10\n\
             tombstone_grace_ms = 12000\nsibling_warn = 5\nsibling_max = 9\n\
             gossip_interval_ms = 250\nmax_transfers = 3\ntransfer_batch = 32\n\
-            read_repair = false\nmax_key_bytes = 100\nmax_value_bytes = 1000\npeer_queue = 7\n";
+            read_repair = false\nmax_key_bytes = 100\nmax_value_bytes = 1000\npeer_queue = 7\n\
+            cache_mb = 32\n";
         let file = NodeConfigFile::parse(text)?;
         assert_eq!(file.peer_queue, Some(7));
+        assert_eq!(file.cache_bytes(), 32 << 20);
+        assert_eq!(NodeConfigFile::default().cache_bytes(), DEFAULT_CACHE_MB << 20);
+        // Zero would leave sled no cache at all; the floor is 1 MiB.
+        assert_eq!(NodeConfigFile::parse("cache_mb = 0\n")?.cache_bytes(), 1 << 20);
         let cfg = file.core_config(NodeId(1), &cluster())?;
         assert_eq!(
             (cfg.fallback_after_ms, cfg.tick_ms, cfg.handoff_batch),

@@ -269,7 +269,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     // cluster's request timeout, known only now (cluster file or seed). Nothing but joins is
     // served before `serving` is set below, so no request used the placeholder.
     default_timeout_ms.store(core_cfg.request_timeout_ms, Ordering::Relaxed);
-    let store = SledStore::open(&dir.db())?;
+    let store = SledStore::open_with_cache(&dir.db(), node_cfg.cache_bytes())?;
     let seed = rand::rngs::OsRng.next_u64();
     let core = NodeCore::open_with(core_cfg, store, boot, seed, 0)?;
 

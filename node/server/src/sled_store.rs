@@ -47,13 +47,21 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
 }
 
 impl SledStore {
-    /// Open (or create) the database in `dir`. A directory sled cannot read gives a clear error
-    /// naming the directory instead of a panic.
+    /// Open (or create) the database in `dir` with the default page cache
+    /// ([`crate::config::DEFAULT_CACHE_MB`]).
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_cache(dir, crate::config::DEFAULT_CACHE_MB << 20)
+    }
+
+    /// Open (or create) the database in `dir`, keeping at most about `cache_bytes` of pages in
+    /// memory. A directory sled cannot read gives a clear error naming the directory instead
+    /// of a panic.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::DataDir(format!("cannot create {}: {e}", dir.display())))?;
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             // The core syncs explicitly (group commit); the background flush only bounds what an
             // unsynced run could lose.
             .flush_every_ms(Some(1000))

@@ -46,6 +46,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+    if let Some(config) = &args.config {
+        // Checked here, so a typo is one clear line instead of three node logs.
+        dynakv_server::config::NodeConfigFile::load(config)?;
+        std::fs::copy(config, node_config(&dir))
+            .with_context(|| format!("cannot copy {} into {}", config.display(), dir.display()))?;
+    }
     let cluster_path = dir.join("cluster.toml");
     let cluster = if cluster_path.exists() {
         let cluster = ClusterFile::load(&cluster_path)?;
@@ -185,8 +191,8 @@ fn spawn(
 ) -> anyhow::Result<Child> {
     let ndir = node_dir(dir, id);
     let (log, log2) = log_files(&ndir)?;
-    Command::new(exe)
-        .arg("node")
+    let mut cmd = Command::new(exe);
+    cmd.arg("node")
         .arg("--id")
         .arg(id.0.to_string())
         .arg("--listen")
@@ -196,8 +202,11 @@ fn spawn(
         .arg("--cluster")
         .arg(cluster)
         .arg("--metrics-addr")
-        .arg(addr.to_string())
-        .stdin(Stdio::null())
+        .arg(addr.to_string());
+    if node_config(dir).exists() {
+        cmd.arg("--config").arg(node_config(dir));
+    }
+    cmd.stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
         // A terminal's Ctrl-C reaches the whole process group; the nodes are stopped by us, in
@@ -205,6 +214,12 @@ fn spawn(
         .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start node {id}"))
+}
+
+/// The node config file every node of the dev cluster in `dir` reads, if it exists
+/// (`dynakv dev --config` puts it there).
+pub(super) fn node_config(dir: &Path) -> PathBuf {
+    dir.join("node.toml")
 }
 
 /// The dev cluster's admin client certificate and key (`DIR/admin.pem`, `DIR/admin-key.pem`,

@@ -143,8 +143,13 @@ pub(super) fn spawn_joining(
         .arg("--dir")
         .arg(ndir)
         .arg("--join")
-        .arg(added.seed.to_string())
-        .stdin(Stdio::null())
+        .arg(added.seed.to_string());
+    if let Some(config) = ndir.parent().map(super::dev::node_config) {
+        if config.exists() {
+            cmd.arg("--config").arg(config);
+        }
+    }
+    cmd.stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

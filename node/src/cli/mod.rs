@@ -117,6 +117,11 @@ pub struct DevArgs {
     /// Node I listens on UDP 127.0.0.1:(P+I).
     #[arg(long, default_value_t = 7100)]
     pub base_port: u16,
+    /// A node config file (docs/AVAILABILITY.md, "Knobs") for every node of the dev cluster:
+    /// copied to DIR/node.toml, which every node started in DIR (added ones too) reads, this
+    /// run and later ones.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `dynakv dev` subcommands.
