@@ -197,8 +197,14 @@ fn dev_refuses_a_bad_node_config_before_starting_nodes() -> anyhow::Result<()> {
         .output()?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("node-typo.toml") && err.contains("cache_mbs"), "{err}");
-    assert!(!dir.path().join("dk").join("node-1").exists(), "a node was set up");
+    assert!(
+        err.contains("node-typo.toml") && err.contains("cache_mbs"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("dk").join("node-1").exists(),
+        "a node was set up"
+    );
     Ok(())
 }
 

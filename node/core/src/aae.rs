@@ -106,7 +106,10 @@ impl PartitionTree {
 
     /// The keys and object hashes in a bucket.
     pub fn keys_in(&self, bucket: usize) -> Vec<(Bytes, u64)> {
-        self.keys.get(bucket).map(Bucket::to_vec).unwrap_or_default()
+        self.keys
+            .get(bucket)
+            .map(Bucket::to_vec)
+            .unwrap_or_default()
     }
 
     /// Number of keys in the tree.

@@ -232,7 +232,10 @@ impl NodeConfigFile {
 
     /// The storage page cache in bytes (`cache_mb`, or the default); at least 1 MiB.
     pub fn cache_bytes(&self) -> u64 {
-        self.cache_mb.unwrap_or(DEFAULT_CACHE_MB).max(1).saturating_mul(1 << 20)
+        self.cache_mb
+            .unwrap_or(DEFAULT_CACHE_MB)
+            .max(1)
+            .saturating_mul(1 << 20)
     }
 
     /// Parses the text of a node config file; the error is one line ("line L: what").
@@ -399,9 +402,15 @@ mod tests {
         let file = NodeConfigFile::parse(text)?;
         assert_eq!(file.peer_queue, Some(7));
         assert_eq!(file.cache_bytes(), 32 << 20);
-        assert_eq!(NodeConfigFile::default().cache_bytes(), DEFAULT_CACHE_MB << 20);
+        assert_eq!(
+            NodeConfigFile::default().cache_bytes(),
+            DEFAULT_CACHE_MB << 20
+        );
         // Zero would leave sled no cache at all; the floor is 1 MiB.
-        assert_eq!(NodeConfigFile::parse("cache_mb = 0\n")?.cache_bytes(), 1 << 20);
+        assert_eq!(
+            NodeConfigFile::parse("cache_mb = 0\n")?.cache_bytes(),
+            1 << 20
+        );
         let cfg = file.core_config(NodeId(1), &cluster())?;
         assert_eq!(
             (cfg.fallback_after_ms, cfg.tick_ms, cfg.handoff_batch),

@@ -149,9 +149,7 @@ pub(super) fn spawn_joining(
             cmd.arg("--config").arg(config);
         }
     }
-    cmd.stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+    cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     if detached {
         let child = cmd
