@@ -208,18 +208,18 @@ fn dev_refuses_a_bad_node_config_before_starting_nodes() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let base = free_base_port()?;
-    // A node config file for every node (a small page cache): the nodes must start with it.
-    let config = dir.path().join("tuning.toml");
-    std::fs::write(&config, "cache_mb = 16\nsibling_warn = 20\n")?;
+/// Starts `dynakv dev` on `dir` and `base` (plus `extra` flags) and waits for "cluster ready";
+/// returns the process, the channel of its later stdout lines, and the lines so far.
+fn start_dev(
+    dir: &std::path::Path,
+    base: u16,
+    extra: &[&std::ffi::OsStr],
+) -> anyhow::Result<(std::process::Child, mpsc::Receiver<String>, Vec<String>)> {
     let mut dev = Command::new(dynakv_bin()?)
-        .args(["dev", "--base-port", &base.to_string(), "--config"])
-        .arg(&config)
+        .args(["dev", "--base-port", &base.to_string()])
+        .args(extra)
         .arg("--dir")
-        .arg(dir.path())
+        .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -240,6 +240,7 @@ fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
             Ok(line) => lines.push(line),
             Err(_) => {
                 let _ = dev.kill();
+                let _ = dev.wait();
                 bail!(
                     "dev printed no 'cluster ready' in {:?}: {lines:?}",
                     start.elapsed()
@@ -247,6 +248,106 @@ fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
             }
         }
     }
+    Ok((dev, rx, lines))
+}
+
+/// Runs `dynakv ARGS` with the dev cluster's export line; (success, stdout, stderr).
+fn dynakv(vars: &[(String, String)], args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new(dynakv_bin()?)
+        .args(args)
+        .env_remove("DYNAKV_NODES")
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(std::env::temp_dir())
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Issue 13, part 6: `dynakv dev kill|stop|start N` control single nodes of a running dev
+/// cluster; the foreground `dev` reports a node that dies and keeps the others running, and
+/// stops every node (the restarted one included) at the end.
+#[test]
+fn dev_kill_stop_and_start_single_nodes_while_the_others_serve() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = free_base_port()?;
+    let (mut dev, rx, lines) = start_dev(dir.path(), base, &[])?;
+    let export = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("export "))
+        .with_context(|| format!("no export line: {lines:?}"))?;
+    let vars: Vec<(String, String)> = export
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let d = dir.path().to_str().context("temp dir path")?;
+    let node = |i: u16| format!("127.0.0.1:{}", base + i);
+    let result = (|| -> anyhow::Result<()> {
+        let (ok, out, err) = dynakv(&vars, &["dev", "kill", "2", "--dir", d])?;
+        assert!(ok && out.contains("node 2: killed"), "{out}{err}");
+        // The foreground dev reports it and keeps going.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match rx.recv_timeout(WAIT) {
+                Ok(line) if line.contains("node 2 exited") => {
+                    assert!(line.contains("the others keep running"), "{line}");
+                    break;
+                }
+                Ok(_) if Instant::now() < deadline => {}
+                other => bail!("dev did not report node 2: {other:?}"),
+            }
+        }
+        assert!(dev.try_wait()?.is_none(), "dev stopped when one node died");
+        // Nodes 1 and 3 are a write quorum.
+        let (ok, out, err) = dynakv(&vars, &["put", "k", "v", "--w", "2", "--node", &node(1)])?;
+        assert!(ok && out.contains("\"acks\":2"), "{out}{err}");
+        // Node 2 is down: stopping it again is a clear error; starting it brings it back.
+        let (ok, _, err) = dynakv(&vars, &["dev", "stop", "2", "--dir", d])?;
+        assert!(!ok && err.contains("node 2 is not running"), "{err}");
+        let (ok, out, err) = dynakv(&vars, &["dev", "start", "2", "--dir", d])?;
+        assert!(ok && out.contains("node 2: started"), "{out}{err}");
+        let (ok, _, err) = dynakv(&vars, &["dev", "start", "2", "--dir", d])?;
+        assert!(!ok && err.contains("already running"), "{err}");
+        let deadline = Instant::now() + WAIT;
+        while !dynakv(&vars, &["status", "--node", &node(2)])?.0 {
+            assert!(Instant::now() < deadline, "node 2 did not come back");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        // A clean stop frees node 3's port; an unknown id is refused.
+        let (ok, out, err) = dynakv(&vars, &["dev", "stop", "3", "--dir", d])?;
+        assert!(ok && out.contains("node 3: stopped"), "{out}{err}");
+        assert!(UdpSocket::bind((Ipv4Addr::LOCALHOST, base + 3)).is_ok());
+        let (ok, _, err) = dynakv(&vars, &["dev", "kill", "9", "--dir", d])?;
+        assert!(!ok && err.contains("no node 9"), "{err}");
+        Ok(())
+    })();
+    signal(&dev, rustix::process::Signal::TERM);
+    let status = wait_exit(&mut dev, WAIT).context("dev did not exit after SIGTERM")?;
+    result?;
+    assert!(status.success(), "dev exited with {status}");
+    // Every node is gone, the one `dev start` brought back included.
+    for i in 1..=3u16 {
+        assert!(
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok(),
+            "port {} still busy",
+            base + i
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = free_base_port()?;
+    // A node config file for every node (a small page cache): the nodes must start with it.
+    let config = dir.path().join("tuning.toml");
+    std::fs::write(&config, "cache_mb = 16\nsibling_warn = 20\n")?;
+    let (mut dev, _rx, lines) =
+        start_dev(dir.path(), base, &["--config".as_ref(), config.as_os_str()])?;
     // The export line a user copies: it must set everything the CLI needs (nodes, CA, and the
     // admin client certificate every node requires).
     let export = lines

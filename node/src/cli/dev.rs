@@ -16,16 +16,17 @@ use dynakv_client::Client;
 use dynakv_ring::NodeId;
 use dynakv_server::config::{ClusterFile, MemberEntry};
 use dynakv_transport::ClusterCa;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use super::dev_add::{
     add, added_nodes, log_files, node_dir, running_pid, spawn_joining, stop_detached, write_pid,
     Child as AddedChild,
 };
+use super::dev_ctl::{self, Control};
 use super::{ca, DevAction, DevArgs};
 
 /// How long a node gets to stop after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long to wait for every node to answer after starting.
 const READY_WAIT: Duration = Duration::from_secs(20);
 
@@ -39,8 +40,12 @@ struct NodeProc {
 
 /// Runs the dev cluster until SIGINT/SIGTERM (or until a node dies), or `dev add`.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    if let Some(DevAction::Add { dir, base_port }) = args.action {
-        return add(&dir, base_port).await;
+    match args.action {
+        Some(DevAction::Add { dir, base_port }) => return add(&dir, base_port).await,
+        Some(DevAction::Stop { id, dir }) => return dev_ctl::run(Control::Stop, &dir, id).await,
+        Some(DevAction::Start { id, dir }) => return dev_ctl::run(Control::Start, &dir, id).await,
+        Some(DevAction::Kill { id, dir }) => return dev_ctl::run(Control::Kill, &dir, id).await,
+        None => {}
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
@@ -86,11 +91,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             continue;
         }
         match spawn(&exe, &dir, &cluster_path, id, addr) {
-            Ok(child) => procs.push(NodeProc {
-                id: id.0,
-                child,
-                dir: node_dir(&dir, id),
-            }),
+            Ok(child) => {
+                write_pid(&node_dir(&dir, id), child.id().unwrap_or(0));
+                procs.push(NodeProc {
+                    id: id.0,
+                    child,
+                    dir: node_dir(&dir, id),
+                })
+            }
             Err(e) => {
                 stop_all(&mut procs).await;
                 return Err(e);
@@ -144,19 +152,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Ok(()) => println!("cluster ready; Ctrl-C stops every node"),
         Err(e) => tracing::warn!("{e:#}"),
     }
-    let outcome = tokio::select! {
-        _ = dynakv_server::shutdown_signal() => Ok(()),
-        died = first_exit(&mut procs) => Err(died),
-    };
+    // A node that dies is reported and the others keep running: `dynakv dev start N` brings
+    // it back (detached, so it is stopped below with the rest of the directory).
+    let shutdown = dynakv_server::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            (id, died) = first_exit(&mut procs) => println!(
+                "{died}; the others keep running (`dynakv dev start {id} --dir {}` starts it again)",
+                dir.display()
+            ),
+        }
+    }
     stop_all(&mut procs).await;
     stop_detached(&dir, &members).await;
-    match outcome {
-        Ok(()) => {
-            println!("all nodes stopped");
-            Ok(())
-        }
-        Err(died) => bail!("{died}; stopped the other nodes"),
-    }
+    println!("all nodes stopped");
+    Ok(())
 }
 
 /// First run: CA, node certificates and the cluster file.
@@ -189,9 +201,25 @@ fn spawn(
     id: NodeId,
     addr: SocketAddr,
 ) -> anyhow::Result<Child> {
+    let cmd = node_command(exe, dir, cluster, id, addr)?;
+    tokio::process::Command::from(cmd)
+        .spawn()
+        .with_context(|| format!("cannot start node {id}"))
+}
+
+/// The command that runs node `id` of the dev cluster in `dir`: its own process group (a
+/// terminal's Ctrl-C reaches the whole group; the nodes are stopped by `dev`, in order,
+/// instead), its log files, the cluster's node config file if there is one.
+pub(super) fn node_command(
+    exe: &Path,
+    dir: &Path,
+    cluster: &Path,
+    id: NodeId,
+    addr: SocketAddr,
+) -> anyhow::Result<std::process::Command> {
     let ndir = node_dir(dir, id);
     let (log, log2) = log_files(&ndir)?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = std::process::Command::new(exe);
     cmd.arg("node")
         .arg("--id")
         .arg(id.0.to_string())
@@ -206,14 +234,9 @@ fn spawn(
     if node_config(dir).exists() {
         cmd.arg("--config").arg(node_config(dir));
     }
-    cmd.stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        // A terminal's Ctrl-C reaches the whole process group; the nodes are stopped by us, in
-        // order, instead.
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start node {id}"))
+    cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    Ok(cmd)
 }
 
 /// The node config file every node of the dev cluster in `dir` reads, if it exists
@@ -266,23 +289,28 @@ async fn wait_ready(dir: &Path, members: &[(NodeId, SocketAddr)]) -> anyhow::Res
     Ok(())
 }
 
-/// Completes when any node exits unexpectedly, describing it. A node that left the cluster
-/// (exit 0 and its `removed` marker) is reported and forgotten.
-async fn first_exit(procs: &mut Vec<NodeProc>) -> String {
+/// Completes when any node exits unexpectedly (killed, crashed, stopped with `dev stop`),
+/// removing it from `procs` and describing it. A node that left the cluster (exit 0 and its
+/// `removed` marker) is reported and forgotten.
+async fn first_exit(procs: &mut Vec<NodeProc>) -> (u32, String) {
     loop {
-        let mut left = None;
+        let mut exited = None;
         for (i, p) in procs.iter_mut().enumerate() {
             if let Ok(Some(status)) = p.child.try_wait() {
-                if status.success() && p.dir.join("removed").exists() {
-                    left = Some(i);
-                    break;
-                }
-                return format!("node {} exited ({status}; see its node.log)", p.id);
+                exited = Some((i, status));
+                break;
             }
         }
-        if let Some(i) = left {
+        if let Some((i, status)) = exited {
             let p = procs.remove(i);
-            println!("node {} left the cluster and stopped", p.id);
+            if status.success() && p.dir.join("removed").exists() {
+                println!("node {} left the cluster and stopped", p.id);
+                continue;
+            }
+            return (
+                p.id,
+                format!("node {} exited ({status}; see its node.log)", p.id),
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -240,14 +240,11 @@ pub(super) fn running_pid(ndir: &Path) -> Option<rustix::process::Pid> {
     rustix::process::Pid::from_raw(raw)
 }
 
-/// SIGTERM every added node still running detached, and wait for them (bounded).
+/// SIGTERM every node of the directory still running detached (added with `dev add`, or
+/// brought back with `dev start`), and wait for them (bounded).
 pub(super) async fn stop_detached(dir: &Path, members: &[(NodeId, SocketAddr)]) {
-    let Ok(added) = added_nodes(dir, members) else {
-        return;
-    };
     let mut pending = Vec::new();
-    for (id, _) in added {
-        let ndir = node_dir(dir, id);
+    for (id, ndir) in super::dev_ctl::all_node_dirs(dir, members) {
         if let Some(pid) = running_pid(&ndir) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             pending.push((id, ndir, pid));

@@ -17,6 +17,7 @@ mod ca;
 mod conn;
 mod dev;
 mod dev_add;
+mod dev_ctl;
 mod kv;
 mod status;
 
@@ -105,7 +106,8 @@ pub enum Command {
 /// Flags of `dynakv dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// `add`: grow the running dev cluster by one node.
+    /// `add`: grow the running dev cluster by one node; `stop`, `start`, `kill`: control one
+    /// node of it.
     #[command(subcommand)]
     pub action: Option<DevAction>,
     /// Number of nodes (used when DIR holds no cluster yet).
@@ -138,6 +140,30 @@ pub enum DevAction {
         /// The dev cluster's base port (node I listens on 127.0.0.1:(P+I)).
         #[arg(long, default_value_t = 7100)]
         base_port: u16,
+    },
+    /// Stop node ID of the running dev cluster cleanly (SIGTERM; waits until it has stopped).
+    Stop {
+        /// The node's id.
+        id: u32,
+        /// Directory of the dev cluster.
+        #[arg(long, default_value = "./dynakv-dev")]
+        dir: PathBuf,
+    },
+    /// Start node ID of the dev cluster again, in the background (pid in DIR/node-ID/pid).
+    Start {
+        /// The node's id.
+        id: u32,
+        /// Directory of the dev cluster.
+        #[arg(long, default_value = "./dynakv-dev")]
+        dir: PathBuf,
+    },
+    /// Kill node ID of the running dev cluster (SIGKILL: a crash).
+    Kill {
+        /// The node's id.
+        id: u32,
+        /// Directory of the dev cluster.
+        #[arg(long, default_value = "./dynakv-dev")]
+        dir: PathBuf,
     },
 }
 
