@@ -52,3 +52,102 @@ pub enum ClientError {
     #[error("protocol error: {0}")]
     Protocol(String),
 }
+
+impl ClientError {
+    /// May the same request succeed if sent again (after a short wait)? True for failures of
+    /// the moment: no node reachable, a quorum not met in time, replicas down or refusing,
+    /// an overloaded, joining, removed or failed node (another node may serve), a storage
+    /// error. False for requests that can never succeed as they are: bad options, keys,
+    /// sizes, contexts or settings, too many siblings (resolve them first), TLS and protocol
+    /// errors. A retried put that had been applied makes at worst an equal sibling.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Unreachable(_) | ClientError::Timeout { .. } => true,
+            ClientError::Refused { .. } => true,
+            ClientError::Request { error, .. } => matches!(
+                error,
+                RequestError::Timeout { .. }
+                    | RequestError::Unavailable { .. }
+                    | RequestError::PrimariesUnavailable { .. }
+                    | RequestError::ReplicasRefused { .. }
+                    | RequestError::Storage(_)
+                    | RequestError::StorageFailed { .. }
+                    | RequestError::Overloaded { .. }
+                    | RequestError::Removed { .. }
+                    | RequestError::NotJoined { .. }
+            ),
+            ClientError::MalformedContext(_)
+            | ClientError::Tls(_)
+            | ClientError::Config(_)
+            | ClientError::Protocol(_) => false,
+        }
+    }
+
+    /// Does this failure hint that the client's cluster view is out of date (a node gone,
+    /// removed, not joined, or too few replicas where the view expected them)?
+    pub(crate) fn suggests_stale_view(&self) -> bool {
+        match self {
+            ClientError::Unreachable(_) | ClientError::Refused { .. } => true,
+            ClientError::Request { error, .. } => matches!(
+                error,
+                RequestError::Unavailable { .. }
+                    | RequestError::PrimariesUnavailable { .. }
+                    | RequestError::Removed { .. }
+                    | RequestError::NotJoined { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7101))
+    }
+
+    fn request(error: RequestError) -> ClientError {
+        ClientError::Request { error, node: at() }
+    }
+
+    #[test]
+    fn failures_of_the_moment_are_retryable_and_bad_requests_are_not() {
+        let retry = [
+            ClientError::Unreachable("no answer".into()),
+            request(RequestError::Overloaded { pending: 300 }),
+            request(RequestError::Unavailable {
+                op: "put".into(),
+                needed: 2,
+                available: 1,
+            }),
+            request(RequestError::NotJoined {
+                node: dynakv_ring::NodeId(4),
+            }),
+        ];
+        for e in &retry {
+            assert!(e.is_retryable(), "{e}");
+        }
+        let final_ = [
+            request(RequestError::ValueTooLarge { len: 10, max: 5 }),
+            request(RequestError::InvalidOptions("r=9".into())),
+            request(RequestError::TooManySiblings {
+                count: 101,
+                max: 100,
+            }),
+            ClientError::MalformedContext("bad base64".into()),
+            ClientError::Tls("unknown CA".into()),
+        ];
+        for e in &final_ {
+            assert!(!e.is_retryable(), "{e}");
+        }
+        // A node that is gone or not joined makes the client learn the cluster again; a value
+        // that is too large does not.
+        assert!(request(RequestError::Removed {
+            node: dynakv_ring::NodeId(2)
+        })
+        .suggests_stale_view());
+        assert!(!request(RequestError::ValueTooLarge { len: 10, max: 5 }).suggests_stale_view());
+    }
+}

@@ -33,6 +33,12 @@
 //! value, two dots: two equal siblings at worst); a failed quorum is NOT retried, it is
 //! reported as [`ClientError::Timeout`]. A node that failed is tried last for a while (500 ms,
 //! doubling per failure up to 10 s), so a dead node does not cost every request a dial timeout.
+//! A routed client keeps its view of the cluster current: in the background it asks for the
+//! members and partition map again when the view is older than [`VIEW_REFRESH`] (10 s), and at
+//! once after a request failed over to another node or was told a node is gone, removed, not
+//! joined or short of replicas; [`Client::refresh`] does it on demand and [`Client::cluster`]
+//! shows the view. [`ClientError::is_retryable`] says whether a failed request may succeed if
+//! sent again.
 //! [`Client::direct`] sends everything to one node, which coordinates; [`Client::direct_many`]
 //! sends each request to the first of several nodes that answers (what the CLI does).
 //!
@@ -101,6 +107,16 @@ const STATUS_WAIT: Duration = Duration::from_secs(10);
 const ADMIN_WAIT: Duration = Duration::from_secs(20);
 /// How long [`Client::close`] waits for the nodes to learn the connections are closed.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// Age past which a routed client refreshes its cluster view (in the background, at the next
+/// request); a failover or an answer that says the view is stale refreshes it at once.
+pub const VIEW_REFRESH: Duration = Duration::from_secs(10);
+
+/// A routed client's view of the cluster.
+#[derive(Debug, Clone)]
+struct View {
+    info: Arc<ClusterInfo>,
+    learned: Instant,
+}
 
 /// A connection to a dynakv cluster. Cheap to clone; share it between tasks.
 #[derive(Debug, Clone)]
@@ -111,8 +127,10 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     endpoint: quinn::Endpoint,
-    /// `None` for a direct client.
-    cluster: Option<ClusterInfo>,
+    /// The cluster view and when it was learned; `None` for a direct client.
+    cluster: std::sync::RwLock<Option<View>>,
+    /// A refresh of the view is under way (at most one at a time).
+    refreshing: std::sync::atomic::AtomicBool,
     /// Where every request goes when there is no cluster view (the seeds of a routed client).
     direct: Vec<SocketAddr>,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
@@ -133,9 +151,13 @@ impl Client {
         let info = direct.cluster_info().await?;
         let inner = Arc::try_unwrap(direct.inner)
             .map_err(|_| ClientError::Protocol("client shared during connect".into()))?;
+        let view = View {
+            info: Arc::new(info),
+            learned: Instant::now(),
+        };
         Ok(Client {
             inner: Arc::new(Inner {
-                cluster: Some(info),
+                cluster: std::sync::RwLock::new(Some(view)),
                 ..inner
             }),
         })
@@ -157,7 +179,8 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 endpoint: endpoint_for(addrs, creds)?,
-                cluster: None,
+                cluster: std::sync::RwLock::new(None),
+                refreshing: std::sync::atomic::AtomicBool::new(false),
                 direct: addrs.to_vec(),
                 conns: Mutex::new(HashMap::new()),
                 suspect: std::sync::Mutex::new(HashMap::new()),
@@ -165,9 +188,58 @@ impl Client {
         })
     }
 
-    /// The cluster as learned at connect time (`None` for a direct client).
-    pub fn cluster(&self) -> Option<&ClusterInfo> {
-        self.inner.cluster.as_ref()
+    /// The client's current view of the cluster: members, partition map, defaults (`None` for
+    /// a direct client). Learned at connect time and refreshed as the cluster changes (see
+    /// "Routing and retries").
+    pub fn cluster(&self) -> Option<Arc<ClusterInfo>> {
+        let view = self.inner.cluster.read().ok()?;
+        view.as_ref().map(|v| v.info.clone())
+    }
+
+    /// Asks the cluster for its members and partition map now and routes by the answer from
+    /// then on. For a direct client, this only checks that a node answers.
+    pub async fn refresh(&self) -> Result<(), ClientError> {
+        let info = self.cluster_info().await?;
+        if let Ok(mut view) = self.inner.cluster.write() {
+            if view.is_some() {
+                *view = Some(View {
+                    info: Arc::new(info),
+                    learned: Instant::now(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refresh the view in the background if it is older than [`VIEW_REFRESH`], or at once
+    /// when `stale` (a node failed or answered that it no longer serves); one refresh at a
+    /// time. A failed refresh keeps the old view.
+    fn refresh_soon(&self, stale: bool) {
+        let due = match self.inner.cluster.read() {
+            Ok(view) => match view.as_ref() {
+                Some(v) => stale || v.learned.elapsed() >= VIEW_REFRESH,
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if !due
+            || self
+                .inner
+                .refreshing
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let client = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.refresh().await {
+                tracing::debug!(error = %e, "cluster view refresh failed; keeping the old view");
+            }
+            client
+                .inner
+                .refreshing
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     /// Reads every sibling of `key` with the cluster defaults.
@@ -370,9 +442,22 @@ impl Client {
         request: ClientRequest,
         opts: Options,
     ) -> Result<Answered<ClientReply>, ClientError> {
+        self.refresh_soon(false);
         let nodes = self.candidates(key, opts.n);
-        self.core(nodes, request, opts.wait(), Failover::Always)
-            .await
+        let first = nodes.first().copied();
+        let result = self
+            .core(nodes, request, opts.wait(), Failover::Always)
+            .await;
+        // Answered by another node than the key's first choice (it failed over), or told the
+        // view is stale: learn the cluster again.
+        let stale = match &result {
+            Ok(answered) => Some(answered.node) != first,
+            Err(e) => e.suggests_stale_view(),
+        };
+        if stale {
+            self.refresh_soon(true);
+        }
+        result
     }
 
     async fn write(

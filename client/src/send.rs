@@ -71,7 +71,7 @@ impl Client {
     /// The nodes to try for `key`, best first: its preference list, then the other members;
     /// for a direct client, its addresses.
     pub(crate) fn candidates(&self, key: &[u8], n: Option<u8>) -> Vec<SocketAddr> {
-        let Some(info) = &self.inner.cluster else {
+        let Some(info) = self.cluster() else {
             return self.inner.direct.clone();
         };
         let addr_of = |id| info.members.iter().find(|(m, _)| *m == id).map(|(_, a)| *a);
@@ -95,7 +95,7 @@ impl Client {
     /// client's own addresses (the seeds of a routed client), then the other members.
     pub(crate) fn node_targets(&self) -> Vec<SocketAddr> {
         let mut out = self.inner.direct.clone();
-        if let Some(info) = &self.inner.cluster {
+        if let Some(info) = self.cluster() {
             for (_, addr) in &info.members {
                 if !out.contains(addr) {
                     out.push(*addr);

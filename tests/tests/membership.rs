@@ -125,6 +125,13 @@ fn all_settled(c: &Cluster, owners: &[u32]) -> anyhow::Result<bool> {
 async fn grow_from_3_to_5_and_shrink_back_under_writes() -> anyhow::Result<()> {
     let mut c = Cluster::start_with(&setup(3, 16, 64, 2))?;
     let client = Client::connect(&c.addrs(), &c.creds()?).await?;
+    // The writer's client, watched: its cluster view must follow the joins and leaves.
+    let view = client.clone();
+    let view_members = |v: &Client| -> Vec<u32> {
+        v.cluster()
+            .map(|i| i.members.iter().map(|(id, _)| id.0).collect())
+            .unwrap_or_default()
+    };
     let w2 = Options {
         w: Some(2),
         timeout: Some(Duration::from_secs(2)),
@@ -172,6 +179,11 @@ async fn grow_from_3_to_5_and_shrink_back_under_writes() -> anyhow::Result<()> {
             .any(|t| t["peer"].as_u64() >= Some(4)),
         "node 1 moved partitions to the new nodes: {grown}"
     );
+    // The routed client learned the new members and map by itself (it refreshes its view
+    // as it goes), so its writes go to the partitions' new owners.
+    wait_until("the writer's client sees 5 members", || {
+        Ok(view_members(&view) == [1, 2, 3, 4, 5])
+    })?;
 
     // Shrink: nodes 4 and 5 leave, hand their partitions back and stop by themselves.
     for id in [4, 5] {
@@ -191,6 +203,9 @@ async fn grow_from_3_to_5_and_shrink_back_under_writes() -> anyhow::Result<()> {
     }
     wait_until("3 valid members, balanced, transfers done", || {
         all_settled(&c, &[1, 2, 3])
+    })?;
+    wait_until("the writer's client sees 3 members again", || {
+        Ok(view_members(&view) == [1, 2, 3])
     })?;
     for id in 1..=3 {
         let s = c.status(id)?;
