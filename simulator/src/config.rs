@@ -56,12 +56,15 @@ pub enum FaultKind {
     /// A node's disk fails a sync (the node stops serving until the operator restarts it) or
     /// fills up for a while (writes refused).
     Disk,
+    /// Bits flip in up to 8 stored records of one node (a failing disk); shares the wipe
+    /// budget, since each hit record loses the node's copy of the key.
+    Corrupt,
 }
 
 impl FaultKind {
     /// Every fault kind, in declaration order (the same list as [`ValueEnum::value_variants`];
     /// a test checks they agree).
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Loss,
         FaultKind::Dup,
         FaultKind::Reorder,
@@ -76,6 +79,7 @@ impl FaultKind {
         FaultKind::PowerLoss,
         FaultKind::Hold,
         FaultKind::Disk,
+        FaultKind::Corrupt,
     ];
 }
 
@@ -341,7 +345,10 @@ impl FaultParams {
             jitter_us,
             fault_interval_us: rng.gen_range(100_000..1_000_000),
             max_down: rng.gen_range(1..=(cfg.nodes.saturating_sub(1) / 2).max(1)),
-            max_wipes: if f.has(FaultKind::Wipe) || f.has(FaultKind::PowerLoss) {
+            max_wipes: if f.has(FaultKind::Wipe)
+                || f.has(FaultKind::PowerLoss)
+                || f.has(FaultKind::Corrupt)
+            {
                 u32::from(cfg.w.saturating_sub(1))
             } else {
                 0

@@ -57,6 +57,7 @@ impl World {
             FaultKind::Membership,
             FaultKind::Hold,
             FaultKind::Disk,
+            FaultKind::Corrupt,
         ] {
             if f.has(k) {
                 kinds.push(k);
@@ -172,6 +173,7 @@ impl World {
             }
             FaultKind::Membership => self.change_membership(),
             FaultKind::Disk => self.disk_fault(),
+            FaultKind::Corrupt => self.corrupt_fault(),
             FaultKind::Hold => {
                 let x = self.random_node();
                 let y = self.random_node();
@@ -220,6 +222,39 @@ impl World {
         self.trace_line(format!("t={}us node {id} {what}", self.now));
         let at = self.now + fixed_after;
         self.schedule(at, Event::FixDisk { node: id });
+    }
+
+    /// Flip bits in up to 8 stored records of one running node. Each hit record loses the
+    /// node's copy of its key, so the fault takes one unit of the wipe budget (one copy of
+    /// every acknowledged write must survive).
+    fn corrupt_fault(&mut self) {
+        if self.wipes_left == 0 {
+            return;
+        }
+        let id = self.random_node();
+        let count = self.rng.gen_range(1..=8);
+        let idx = (id.0 as usize).saturating_sub(1);
+        let (nodes, rng) = (&mut self.nodes, &mut self.rng);
+        let Some(node) = nodes.get_mut(idx) else {
+            return;
+        };
+        let hit = match node.core.as_mut() {
+            Some(core) if !node.paused => core
+                .store_mut()
+                .corrupt(count, |n| rng.gen_range(0..n.max(1))),
+            _ => Vec::new(),
+        };
+        if hit.is_empty() {
+            return;
+        }
+        self.wipes_left -= 1;
+        self.count_fault("corrupt");
+        let keys: Vec<String> = hit
+            .iter()
+            .map(|(p, k)| format!("{p}/{}", String::from_utf8_lossy(k)))
+            .collect();
+        let line = format!("t={}us node {id} CORRUPTED {keys:?}", self.now);
+        self.trace_line(line);
     }
 
     /// A spare joins, or a member leaves (at most one leave per run; never below N owners).

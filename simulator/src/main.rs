@@ -92,6 +92,9 @@ fn bug_help(bug: PlantedBug) -> &'static str {
         PlantedBug::RetryFailedSync => {
             "After a failed fsync keep serving and trust the next sync (fsyncgate)"
         }
+        PlantedBug::KeepActorAfterCorruption => {
+            "After removing a corrupt record keep the same actor (its lost dots can be minted again)"
+        }
         PlantedBug::NonOwnerAck => {
             "A replica that handed a partition off still stores writes for it and acks as a primary"
         }

@@ -156,6 +156,8 @@ fn mechanisms(world: &World) -> BTreeMap<String, u64> {
             ("stray_partitions", s.stray_partitions),
             ("quarantined", s.quarantined),
             ("sync_failures", s.sync_failures),
+            ("corrupt_records", s.corrupt_records),
+            ("scrubbed_records", s.scrubbed_records),
         ] {
             *m.entry(k.to_string()).or_insert(0) += v;
         }

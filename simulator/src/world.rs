@@ -270,6 +270,8 @@ impl World {
                 tick_ms: 50,
                 fallback_after_ms: rng.gen_range(100..=300),
                 aae_interval_ms: rng.gen_range(150..=400),
+                // Some nodes without a scrub: corruption is then found by reads and transfers.
+                scrub_per_sec: rng.gen_range(0..=200),
                 read_repair: rng.gen_bool(0.85),
                 handoff_batch: rng.gen_range(1..=64),
                 transfer_batch: rng.gen_range(1..=256),

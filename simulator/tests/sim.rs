@@ -72,6 +72,8 @@ fn fixed_seeds_with_all_faults_hold_every_invariant() {
         "transfer_keys_sent",
         "partitions_dropped",
         "transfer_batches_retried",
+        "corrupt_records",
+        "scrubbed_records",
     ] {
         assert!(
             mechanisms.get(m).copied().unwrap_or(0) > 0,
@@ -92,6 +94,7 @@ fn fixed_seeds_with_all_faults_hold_every_invariant() {
         "hold",
         "sync-failure",
         "disk-full",
+        "corrupt",
     ] {
         assert!(faults_seen.contains(f), "no {f} injected in 150 seeds");
     }

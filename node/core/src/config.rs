@@ -41,6 +41,8 @@ pub struct CoreConfig {
     pub aae_interval_ms: u32,
     /// Read repairs sent per second at most; the rest is left to anti-entropy.
     pub read_repair_per_sec: u32,
+    /// Stored records the background scrub checks per second at most (0: no scrub).
+    pub scrub_per_sec: u32,
     /// How long an object must have been tombstone-only before it may be reaped; 0 (the
     /// default) keeps tombstones forever, which keeps deletes safe whatever the delays.
     /// Reaping rests on no old copy staying in flight longer than this (docs/AVAILABILITY.md).
@@ -87,6 +89,7 @@ impl Default for CoreConfig {
             handoff_backoff_max_ms: 30_000,
             aae_interval_ms: 1_000,
             read_repair_per_sec: 2_000,
+            scrub_per_sec: 1_000,
             tombstone_grace_ms: 0,
             gossip_interval_ms: 1_000,
             max_transfers: 2,
@@ -212,11 +215,14 @@ pub enum PlantedBug {
     /// acknowledges it as a primary, instead of hinting it to the current owners and
     /// acknowledging as a fallback.
     NonOwnerAck,
+    /// After removing a corrupt record, keep minting under the same actor (the lost record
+    /// may have held this node's own dots for the key, so a later write can reuse one).
+    KeepActorAfterCorruption,
 }
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
@@ -225,6 +231,7 @@ impl PlantedBug {
         PlantedBug::KeepIncarnation,
         PlantedBug::RetryFailedSync,
         PlantedBug::NonOwnerAck,
+        PlantedBug::KeepActorAfterCorruption,
     ];
 
     /// The kebab-case name used on command lines.
@@ -238,6 +245,7 @@ impl PlantedBug {
             PlantedBug::KeepIncarnation => "keep-incarnation",
             PlantedBug::RetryFailedSync => "retry-failed-sync",
             PlantedBug::NonOwnerAck => "non-owner-ack",
+            PlantedBug::KeepActorAfterCorruption => "keep-actor-after-corruption",
         }
     }
 }

@@ -109,6 +109,9 @@ pub(super) struct Ctx<S: Store> {
     pub(super) stats: CoreStats,
     /// The next message/operation id (random start per incarnation, so ids do not repeat).
     pub(super) next_id: OpId,
+    /// Stored records found corrupt by [`Ctx::load`] (which stays `&self`, for the read
+    /// path): partition, key and why. Set aside by [`Ctx::set_aside_corrupt`] after the input.
+    pub(super) corrupt: std::cell::RefCell<Vec<(PartitionId, Bytes, String)>>,
 }
 
 impl<S: Store> Ctx<S> {
@@ -200,10 +203,63 @@ impl<S: Store> Ctx<S> {
     }
 
     /// Read and decode the stored object for a key.
+    ///
+    /// A record that fails its checksum or does not decode is treated as missing (the other
+    /// replicas hold the key: read repair and anti-entropy bring it back) and noted for
+    /// [`Ctx::set_aside_corrupt`]; it is never served and never stops the node.
     pub(super) fn load(&self, p: PartitionId, key: &[u8]) -> Result<Option<Object>> {
         match self.store.get(Space::Partition(p), key)? {
-            Some(bytes) => Ok(Some(codec::decode_object(&bytes)?)),
+            Some(bytes) => match codec::decode_object(&bytes) {
+                Ok(object) => Ok(Some(object)),
+                Err(e) => {
+                    self.corrupt
+                        .borrow_mut()
+                        .push((p, Bytes::copy_from_slice(key), e.to_string()));
+                    Ok(None)
+                }
+            },
             None => Ok(None),
+        }
+    }
+
+    /// Deal with the corrupt records [`Ctx::load`] found: each is counted (`corrupt_records`),
+    /// logged with its partition and key, and removed from the partition, which tells
+    /// anti-entropy the key is missing here so the other replicas repair it. A record that
+    /// reads fine again (a write merged into the missing key meanwhile) is left alone. The
+    /// node then retires its actor: a lost record may have held dots it minted, and minting
+    /// the same key again under that actor could reuse one. Called by `NodeCore` after every
+    /// input and maintenance step, and by a coordinator before it mints.
+    pub(super) fn set_aside_corrupt(&mut self) {
+        if self.corrupt.get_mut().is_empty() {
+            return;
+        }
+        let found = std::mem::take(self.corrupt.get_mut());
+        let mut removed = false;
+        for (p, key, why) in found {
+            match self.store.get(Space::Partition(p), &key) {
+                Ok(Some(bytes)) if codec::decode_object(&bytes).is_err() => {}
+                _ => continue,
+            }
+            self.stats.corrupt_records += 1;
+            tracing::error!(
+                partition = %p,
+                key = %String::from_utf8_lossy(&key),
+                error = %why,
+                "corrupt record removed; the other replicas will repair the key"
+            );
+            match self.remove_key(p, &key) {
+                Ok(()) => removed = true,
+                Err(e) => {
+                    tracing::error!(partition = %p, error = %e, "cannot remove a corrupt record")
+                }
+            }
+        }
+        if removed
+            && !self
+                .cfg
+                .has_bug(super::config::PlantedBug::KeepActorAfterCorruption)
+        {
+            self.retire_actor();
         }
     }
 
@@ -391,7 +447,8 @@ impl<S: Store> Ctx<S> {
         Ok(())
     }
 
-    /// Read every key of a partition (for checkers, anti-entropy and transfers).
+    /// Read every key of a partition (for checkers, anti-entropy and transfers). Corrupt
+    /// records are left out and noted, as [`Ctx::load`] does.
     pub(super) fn partition_objects(&self, p: PartitionId) -> Result<Vec<(Bytes, Object)>> {
         let mut out = Vec::new();
         let mut after: Option<Vec<u8>> = None;
@@ -402,7 +459,13 @@ impl<S: Store> Ctx<S> {
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
             for (k, v) in page {
-                out.push((Bytes::from(k), codec::decode_object(&v)?));
+                match codec::decode_object(&v) {
+                    Ok(o) => out.push((Bytes::from(k), o)),
+                    Err(e) => self
+                        .corrupt
+                        .borrow_mut()
+                        .push((p, Bytes::from(k), e.to_string())),
+                }
             }
         }
         Ok(out)

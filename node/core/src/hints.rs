@@ -325,10 +325,13 @@ impl HintedHandoff {
                 Err(e) => {
                     // An unreadable hint cannot be delivered anywhere; keep it out of the way
                     // so it does not block every hint behind it.
+                    // It may have held dots this node minted as a fallback coordinator: retire
+                    // the actor so they are never minted again.
                     tracing::error!(%owner, error = %e, "dropping an unreadable hint");
                     ctx.stats.corrupt_records += 1;
                     let _ = ctx.store.remove(Space::Hints, &k);
                     ctx.dirty = true;
+                    ctx.retire_actor();
                     if let Some(c) = self.pending.get_mut(&owner) {
                         *c = c.saturating_sub(1);
                     }

@@ -19,6 +19,7 @@
 //! - `aae`: per-partition hash trees and the anti-entropy exchange.
 //! - `aae_bucket`: one tree bucket's keys and object hashes, packed in one buffer.
 //! - `reaper`: removing tombstones for good without resurrecting old values.
+//! - `scrub`: the background walk that checks every stored record at a bounded rate.
 //! - `membership`: the gossiper, the persisted cluster state, join/leave progress.
 //! - `membership_router`: what membership decides, routed to transfers, the map and
 //!   anti-entropy; operator changes; the membership accessors.
@@ -48,6 +49,7 @@ mod ops;
 mod read;
 mod reaper;
 mod replica;
+mod scrub;
 mod status;
 pub mod store;
 mod stray;

@@ -21,6 +21,7 @@ use super::hints::HintedHandoff;
 pub(super) use super::liveness::{Liveness, PeerView};
 use super::membership::Membership;
 use super::reaper::{ReapGuards, Reaper};
+use super::scrub::Scrub;
 use super::timers::{Timer, TimerTable};
 use super::transfer::Transfers;
 use super::types::{
@@ -60,6 +61,7 @@ pub struct NodeCore<S: Store> {
     pub(super) handoff: HintedHandoff,
     pub(super) aae: AntiEntropy,
     pub(super) reaper: Reaper,
+    pub(super) scrub: Scrub,
     pub(super) membership: Membership,
     pub(super) transfers: Transfers,
 }
@@ -158,6 +160,7 @@ impl<S: Store> NodeCore<S> {
                 fenced: None,
                 stats: CoreStats::default(),
                 next_id: next_op,
+                corrupt: std::cell::RefCell::new(Vec::new()),
             },
             liveness: Liveness {
                 down: BTreeMap::new(),
@@ -171,6 +174,7 @@ impl<S: Store> NodeCore<S> {
                 ..AntiEntropy::default()
             },
             reaper: Reaper::default(),
+            scrub: Scrub::default(),
             membership: Membership::default(),
             transfers: Transfers::default(),
         };
@@ -323,6 +327,7 @@ impl<S: Store> NodeCore<S> {
     /// data, in the order they happened. Called after every input, every self-sent message and
     /// every step of the maintenance tick, so no mechanism acts on state that lags the store.
     pub(super) fn route_events(&mut self) {
+        self.ctx.set_aside_corrupt();
         if self.ctx.events.is_empty() {
             return;
         }
@@ -546,6 +551,8 @@ impl<S: Store> NodeCore<S> {
         }
         let (ctx, reaper, guards) = self.split_for_reaper();
         reaper.tick(ctx, &guards);
+        self.route_events();
+        self.scrub.tick(&mut self.ctx);
         self.route_events();
         self.removed_linger();
     }

@@ -313,9 +313,12 @@ impl Transfers {
             bytes += v.len();
             match codec::decode_object(&v) {
                 Ok(o) => items.push((Bytes::from(k), o)),
-                Err(e) => {
-                    tracing::error!(partition = %p, error = %e, "skipping a corrupt record in a transfer")
-                }
+                // Not sent: set aside after this step, and repaired from the other replicas
+                // by anti-entropy (here and at the receiver, which is one of them).
+                Err(e) => ctx
+                    .corrupt
+                    .get_mut()
+                    .push((p, Bytes::from(k), e.to_string())),
             }
         }
         let batch = ctx.next_op_id();

@@ -114,6 +114,12 @@ impl Coordinator {
             Ok(local) => local,
             Err(e) => return ctx.respond(origin, error(RequestError::Storage(e.to_string()))),
         };
+        // A corrupt local record was read as missing: it may have held dots this node minted
+        // for the key, so mint under a new actor (setting it aside retires the current one),
+        // never again under one whose dots for this key are lost (Riak's kv679).
+        if !ctx.corrupt.get_mut().is_empty() {
+            ctx.set_aside_corrupt();
+        }
         let object = DvvSet::update(DvvSet::new_with_context(&context, value), &local, ctx.actor);
         #[cfg(feature = "planted-bugs")]
         let object = if ctx.cfg.has_bug(super::config::PlantedBug::LastWriteWins) {

@@ -11,6 +11,9 @@ pub enum Error {
     /// A frame or stored record could not be decoded.
     #[error("decode error: {0}")]
     Decode(String),
+    /// A stored record failed its checksum (the disk or memory changed it).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
     /// A value could not be encoded.
     #[error("encode error: {0}")]
     Encode(String),

@@ -270,8 +270,12 @@ pub struct CoreStats {
     pub partitions_dropped: u64,
     /// Transfer batches that went unanswered and were resent from the checkpoint.
     pub transfer_batches_retried: u64,
-    /// Unreadable or malformed records skipped (hints, transfers, anti-entropy).
+    /// Stored records that failed their checksum or did not decode: found by a read, a
+    /// transfer, anti-entropy or the scrub, and removed so the other replicas repair the key
+    /// (unreadable hints are dropped).
     pub corrupt_records: u64,
+    /// Stored records the background scrub has checked.
+    pub scrubbed_records: u64,
     /// Hinted objects other nodes handed to this node and it took in (as their owner, or
     /// re-hinted for the current owners).
     pub hints_received: u64,

@@ -153,6 +153,7 @@ impl ClusterFile {
 /// handoff_batch = 64             # hints per handoff batch
 /// handoff_backoff_max_ms = 30000 # longest wait between handoff attempts
 /// aae_interval_ms = 1000         # one anti-entropy exchange per this period
+/// scrub_per_sec = 1000           # stored records checked per second (0: no scrub)
 /// read_repair_per_sec = 2000     # read-repair budget
 /// tombstone_grace_ms = 0         # tombstone-only age before reaping (0 = keep, the default)
 /// sibling_warn = 25              # siblings per key before a warning
@@ -188,6 +189,8 @@ pub struct NodeConfigFile {
     pub handoff_backoff_max_ms: Option<u32>,
     /// One anti-entropy exchange per this period (ms).
     pub aae_interval_ms: Option<u32>,
+    /// Stored records the background scrub checks per second (0: no scrub).
+    pub scrub_per_sec: Option<u32>,
     /// Read repairs sent per second at most.
     pub read_repair_per_sec: Option<u32>,
     /// Tombstone-only age (ms) before a tombstone may be reaped; 0 keeps tombstones forever.
@@ -277,6 +280,7 @@ impl NodeConfigFile {
                 .handoff_backoff_max_ms
                 .unwrap_or(d.handoff_backoff_max_ms),
             aae_interval_ms: self.aae_interval_ms.unwrap_or(d.aae_interval_ms),
+            scrub_per_sec: self.scrub_per_sec.unwrap_or(d.scrub_per_sec),
             read_repair_per_sec: self.read_repair_per_sec.unwrap_or(d.read_repair_per_sec),
             tombstone_grace_ms: self.tombstone_grace_ms.unwrap_or(d.tombstone_grace_ms),
             gossip_interval_ms: self.gossip_interval_ms.unwrap_or(d.gossip_interval_ms),

@@ -283,8 +283,13 @@ impl Collector for CoreFigures {
             ),
             (
                 "corrupt_records",
-                "Unreadable records skipped",
+                "Stored records that failed their checksum or did not decode, removed for repair",
                 s.corrupt_records,
+            ),
+            (
+                "scrubbed_records",
+                "Stored records the background scrub has checked",
+                s.scrubbed_records,
             ),
             (
                 "quarantined",

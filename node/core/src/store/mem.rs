@@ -91,6 +91,48 @@ impl MemStore {
         taken
     }
 
+    /// A failing disk: flip one bit of up to `count` stored partition records (`pick(n)`
+    /// chooses among `n` candidates; the bit comes from `pick` too). The change hits the
+    /// synced copy, and the cached one unless a newer write is still unsynced. Returns the
+    /// partition and key of each record hit.
+    pub fn corrupt(
+        &mut self,
+        count: usize,
+        mut pick: impl FnMut(usize) -> usize,
+    ) -> Vec<(PartitionId, Vec<u8>)> {
+        let mut hit = Vec::new();
+        for _ in 0..count {
+            let candidates: Vec<(Space, Vec<u8>)> = self
+                .durable
+                .iter()
+                .filter(|(s, _)| matches!(s, Space::Partition(_)))
+                .flat_map(|(s, t)| t.keys().map(move |k| (*s, k.clone())))
+                .collect();
+            if candidates.is_empty() {
+                break;
+            }
+            let (space, key) = candidates[pick(candidates.len()) % candidates.len()].clone();
+            let Space::Partition(p) = space else { continue };
+            let Some(value) = self.durable.get_mut(&space).and_then(|t| t.get_mut(&key)) else {
+                continue;
+            };
+            if value.is_empty() {
+                continue;
+            }
+            let before = value.clone();
+            let bit = pick(value.len() * 8);
+            value[bit / 8] ^= 1 << (bit % 8);
+            let after = value.clone();
+            if let Some(cached) = self.live.get_mut(&space).and_then(|t| t.get_mut(&key)) {
+                if *cached == before {
+                    *cached = after;
+                }
+            }
+            hit.push((p, key));
+        }
+        hit
+    }
+
     /// Writes that a crash right now would lose and that a sync could still save.
     pub fn unsynced_ops(&self) -> usize {
         self.journal.len()

@@ -17,8 +17,13 @@ use crate::types::Object;
 /// instead of allocating.
 pub const DECODE_LIMIT: usize = 64 << 20;
 
-/// Version byte in front of every stored record, so the format can evolve.
+/// Version byte of records written before records carried a checksum (still read).
 const RECORD_V1: u8 = 1;
+/// Version byte of every record written now: `2 ‖ payload ‖ checksum`, where the checksum is
+/// the xxh3-64 of the version byte and the payload, 8 bytes little-endian.
+const RECORD_V2: u8 = 2;
+/// Bytes of a record's checksum.
+const CHECKSUM_LEN: usize = 8;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
@@ -44,8 +49,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 /// Encode a stored object (a record on disk).
 pub fn encode_object(object: &Object) -> Result<Vec<u8>> {
-    let mut out = vec![RECORD_V1];
+    let mut out = vec![RECORD_V2];
     out.extend(encode(object)?);
+    let sum = xxhash_rust::xxh3::xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
     Ok(out)
 }
 
@@ -63,6 +70,22 @@ pub fn check_replica_object(object: &Object) -> Result<()> {
 /// Decode and validate a stored object.
 pub fn decode_object(bytes: &[u8]) -> Result<Object> {
     match bytes.split_first() {
+        Some((&RECORD_V2, _)) => {
+            let Some(split) = bytes.len().checked_sub(CHECKSUM_LEN).filter(|s| *s > 0) else {
+                return Err(Error::Corrupt("record shorter than its checksum".into()));
+            };
+            let (body, sum) = bytes.split_at(split);
+            let stored = u64::from_le_bytes(
+                sum.try_into()
+                    .map_err(|_| Error::Corrupt("record shorter than its checksum".into()))?,
+            );
+            if xxhash_rust::xxh3::xxh3_64(body) != stored {
+                return Err(Error::Corrupt("record checksum mismatch".into()));
+            }
+            let object: Object = decode(&body[1..])?;
+            check_replica_object(&object)?;
+            Ok(object)
+        }
         Some((&RECORD_V1, rest)) => {
             let object: Object = decode(rest)?;
             check_replica_object(&object)?;
@@ -95,6 +118,46 @@ mod tests {
         let mut trailing = b.clone();
         trailing.push(0);
         assert!(decode_object(&trailing).is_err());
+        Ok(())
+    }
+
+    /// Every stored record carries a checksum: any flipped bit, a truncation or a record cut
+    /// to its checksum is reported as corruption, never decoded into another object.
+    #[test]
+    fn a_corrupted_record_is_reported_not_decoded() -> Result<()> {
+        let actor = crate::dvv::Actor {
+            node: dynakv_ring::NodeId(1),
+            incarnation: 7,
+        };
+        let o = Object::update(
+            Object::new(Value::Data(bytes::Bytes::from_static(b"hello"))),
+            &Object::empty(),
+            actor,
+        );
+        let b = encode_object(&o)?;
+        assert_eq!(b[0], RECORD_V2);
+        for i in 1..b.len() {
+            for bit in 0..8 {
+                let mut bad = b.clone();
+                bad[i] ^= 1 << bit;
+                assert!(
+                    matches!(decode_object(&bad), Err(Error::Corrupt(_))),
+                    "byte {i} bit {bit}"
+                );
+            }
+        }
+        assert!(matches!(
+            decode_object(&b[..b.len() - 1]),
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode_object(&b[..CHECKSUM_LEN]),
+            Err(Error::Corrupt(_))
+        ));
+        // Records written before checksums still read.
+        let mut v1 = vec![RECORD_V1];
+        v1.extend(encode(&o)?);
+        assert_eq!(decode_object(&v1)?, o);
         Ok(())
     }
 }
