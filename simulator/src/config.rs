@@ -395,7 +395,7 @@ mod tests {
         let but: FaultSet = "-wipe,-skew".parse().expect("a valid list");
         assert_eq!(
             but.to_string(),
-            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,powerloss,hold,disk"
+            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,powerloss,hold,disk,corrupt"
         );
     }
 
