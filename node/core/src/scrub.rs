@@ -47,7 +47,7 @@ impl Scrub {
             };
             for (k, v) in &page {
                 ctx.stats.scrubbed_records += 1;
-                if let Err(e) = codec::decode_object(v) {
+                if let Err(e) = codec::verify_record(v) {
                     ctx.corrupt
                         .get_mut()
                         .push((p, Bytes::copy_from_slice(k), e.to_string()));
