@@ -35,31 +35,35 @@ impl Scrub {
                 break;
             }
             let p = ctx.mine[self.partition % ctx.mine.len()];
-            let page = match ctx
-                .store
-                .scan(Space::Partition(p), self.after.as_deref(), left)
-            {
-                Ok(page) => page,
+            let mut found = Vec::new();
+            let mut checked = 0u64;
+            let visited = ctx.store.visit(
+                Space::Partition(p),
+                self.after.as_deref(),
+                left,
+                &mut |k, v| {
+                    checked += 1;
+                    if let Err(e) = codec::verify_record(v) {
+                        found.push((p, Bytes::copy_from_slice(k), e.to_string()));
+                    }
+                },
+            );
+            let (seen, last) = match visited {
+                Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(partition = %p, error = %e, "scrub cannot read the partition");
                     return;
                 }
             };
-            for (k, v) in &page {
-                ctx.stats.scrubbed_records += 1;
-                if let Err(e) = codec::verify_record(v) {
-                    ctx.corrupt
-                        .get_mut()
-                        .push((p, Bytes::copy_from_slice(k), e.to_string()));
-                }
-            }
-            if page.len() < left {
+            ctx.stats.scrubbed_records += checked;
+            ctx.corrupt.get_mut().extend(found);
+            if seen < left {
                 self.partition = (self.partition + 1) % ctx.mine.len();
                 self.after = None;
             } else {
-                self.after = page.last().map(|(k, _)| k.clone());
+                self.after = last;
             }
-            left -= page.len();
+            left -= seen;
         }
     }
 }

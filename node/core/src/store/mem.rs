@@ -222,6 +222,32 @@ impl Store for MemStore {
             .collect())
     }
 
+    fn visit(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<(usize, Option<Vec<u8>>)> {
+        let Some(tree) = self.live.get(&space) else {
+            return Ok((0, None));
+        };
+        let iter: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match after {
+            Some(a) => Box::new(
+                tree.range::<[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            ),
+            None => Box::new(tree.iter()),
+        };
+        let mut seen = 0;
+        let mut last: Option<&Vec<u8>> = None;
+        for (k, v) in iter.take(limit) {
+            f(k, v);
+            seen += 1;
+            last = Some(k);
+        }
+        Ok((seen, last.cloned()))
+    }
+
     fn partitions(&self) -> Result<Vec<PartitionId>> {
         Ok(self
             .live

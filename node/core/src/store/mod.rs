@@ -79,6 +79,22 @@ pub trait Store {
     fn remove(&mut self, space: Space, key: &[u8]) -> Result<()>;
     /// Up to `limit` entries of a space in key order, starting after `after` (exclusive).
     fn scan(&self, space: Space, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>>;
+    /// Like [`Store::scan`], but lends each key and value to `f` instead of returning copies
+    /// (the background scrub reads every record and keeps none); returns how many entries `f`
+    /// saw and the last key. The default goes through `scan`.
+    fn visit(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<(usize, Option<Vec<u8>>)> {
+        let page = self.scan(space, after, limit)?;
+        for (k, v) in &page {
+            f(k, v);
+        }
+        Ok((page.len(), page.last().map(|(k, _)| k.clone())))
+    }
     /// Partitions that hold at least one key.
     fn partitions(&self) -> Result<Vec<PartitionId>>;
     /// Drop a whole partition (after it has been handed to its new owner).
