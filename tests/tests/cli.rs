@@ -329,14 +329,7 @@ fn dev_kill_stop_and_start_single_nodes_while_the_others_serve() -> anyhow::Resu
     result?;
     assert!(status.success(), "dev exited with {status}");
     // Every node is gone, the one `dev start` brought back included.
-    for i in 1..=3u16 {
-        assert!(
-            UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok(),
-            "port {} still busy",
-            base + i
-        );
-    }
-    Ok(())
+    assert_ports_free(base)
 }
 
 #[test]
@@ -387,12 +380,15 @@ fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
     let status = wait_exit(&mut dev, WAIT).context("dev did not exit after SIGTERM")?;
     assert!(status.success(), "dev exited with {status}");
     // Every node process is gone: their ports are free again.
+    assert_ports_free(base)
+}
+
+/// The three dev node ports after `base` are free again (their processes are gone).
+fn assert_ports_free(base: u16) -> anyhow::Result<()> {
     for i in 1..=3u16 {
-        assert!(
-            UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok(),
-            "port {} still busy",
-            base + i
-        );
+        if UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_err() {
+            bail!("port {} still busy", base + i);
+        }
     }
     Ok(())
 }

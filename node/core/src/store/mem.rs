@@ -163,6 +163,23 @@ impl MemStore {
         Ok(())
     }
 
+    /// The live entries of `space` in key order, after `after` (exclusive).
+    fn entries_after<'a>(
+        &'a self,
+        space: Space,
+        after: Option<&[u8]>,
+    ) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> + 'a> {
+        let Some(tree) = self.live.get(&space) else {
+            return Box::new(std::iter::empty());
+        };
+        match after {
+            Some(a) => Box::new(
+                tree.range::<[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            ),
+            None => Box::new(tree.iter()),
+        }
+    }
+
     /// How many times [`Store::sync`] ran.
     pub fn sync_count(&self) -> u64 {
         self.syncs
@@ -207,16 +224,8 @@ impl Store for MemStore {
     }
 
     fn scan(&self, space: Space, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>> {
-        let Some(tree) = self.live.get(&space) else {
-            return Ok(Vec::new());
-        };
-        let iter: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match after {
-            Some(a) => Box::new(
-                tree.range::<[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-            ),
-            None => Box::new(tree.iter()),
-        };
-        Ok(iter
+        Ok(self
+            .entries_after(space, after)
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
@@ -229,18 +238,9 @@ impl Store for MemStore {
         limit: usize,
         f: &mut dyn FnMut(&[u8], &[u8]),
     ) -> Result<(usize, Option<Vec<u8>>)> {
-        let Some(tree) = self.live.get(&space) else {
-            return Ok((0, None));
-        };
-        let iter: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match after {
-            Some(a) => Box::new(
-                tree.range::<[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-            ),
-            None => Box::new(tree.iter()),
-        };
         let mut seen = 0;
         let mut last: Option<&Vec<u8>> = None;
-        for (k, v) in iter.take(limit) {
+        for (k, v) in self.entries_after(space, after).take(limit) {
             f(k, v);
             seen += 1;
             last = Some(k);
