@@ -235,6 +235,8 @@ pub struct SimConfig {
     pub bug: Option<PlantedBug>,
     /// Record a trace of events touching this key (used to explain a violation).
     pub trace_key: Option<String>,
+    /// How many of the last trace lines of the violating key a report keeps.
+    pub trace_lines: usize,
     /// Reap tombstones (a 3 s grace). Off by default, as in production: tombstones are kept,
     /// which is safe whatever the delays; reaping still rests on a delay bound (see
     /// docs/AVAILABILITY.md) and is exercised with this on and the `hold` fault off.
@@ -259,6 +261,7 @@ impl Default for SimConfig {
             max_dup: 0.50,
             bug: None,
             trace_key: None,
+            trace_lines: 40,
             reap: false,
         }
     }

@@ -233,15 +233,27 @@ impl World {
         }
         let id = self.random_node();
         let count = self.rng.gen_range(1..=8);
+        // Half the time only keys the clients keep writing: a coordinator that finds one of
+        // those corrupt is about to mint for it (the kv679 case), which a record of a preloaded
+        // key, never written again, cannot show.
+        let hot_only = self.rng.gen_bool(0.5);
+        let hot: Vec<Vec<u8>> = self
+            .workload
+            .hot_keys()
+            .iter()
+            .map(|k| k.as_bytes().to_vec())
+            .collect();
         let idx = (id.0 as usize).saturating_sub(1);
         let (nodes, rng) = (&mut self.nodes, &mut self.rng);
         let Some(node) = nodes.get_mut(idx) else {
             return;
         };
         let hit = match node.core.as_mut() {
-            Some(core) if !node.paused => core
-                .store_mut()
-                .corrupt(count, |n| rng.gen_range(0..n.max(1))),
+            Some(core) if !node.paused => core.store_mut().corrupt(
+                count,
+                |n| rng.gen_range(0..n.max(1)),
+                |k| !hot_only || hot.iter().any(|h| h == k),
+            ),
             _ => Vec::new(),
         };
         if hit.is_empty() {

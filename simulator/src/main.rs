@@ -39,6 +39,10 @@ enum Cmd {
         /// Print one JSON object instead of the human summary.
         #[arg(long)]
         json: bool,
+        /// How many of the last events touching a violating key to print (a large number
+        /// prints its whole history).
+        #[arg(long, default_value_t = 40)]
+        trace_lines: usize,
     },
     /// Long runs before a release: run many seeds on every core without stopping at failures,
     /// with a progress bar, then print every failing seed with its reproduce command and a
@@ -173,9 +177,14 @@ fn main() -> ExitCode {
     // A soak is a batch that does not stop at the first failure.
     let keep_going = matches!(cli.cmd, Cmd::Soak { .. });
     match cli.cmd {
-        Cmd::Run { seed, opts, json } => {
+        Cmd::Run {
+            seed,
+            opts,
+            json,
+            trace_lines,
+        } => {
             let cfg = match opts.config() {
-                Ok(c) => c,
+                Ok(c) => SimConfig { trace_lines, ..c },
                 Err(e) => return bad_args(&e),
             };
             match run(seed, &cfg) {

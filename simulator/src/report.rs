@@ -15,8 +15,10 @@ use crate::world::World;
 const QUIET_BUDGET_US: u64 = 120_000_000;
 /// Virtual time the quiet phase lasts at least, so anti-entropy compares every partition.
 const QUIET_SETTLE_US: u64 = 15_000_000;
-/// How many trace lines of the violating key a report keeps.
-const TRACE_TAIL: usize = 40;
+/// Virtual time the quiet phase's end conditions must hold without a break: the last hint
+/// or transfer may land just before they first hold, and what it brought must still reach
+/// the other replicas (the receiver compares the partition at once, `DataEvent::CompareSoon`).
+const QUIET_STABLE_US: u64 = 3_000_000;
 
 /// The result of one simulated run.
 #[derive(Debug, Clone, Serialize)]
@@ -91,7 +93,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<RunReport, SimError> {
             let mut world = World::new(seed, traced_cfg)?;
             drive(&mut world);
             let trace = world.trace.take().unwrap_or_default();
-            let tail = trace[trace.len().saturating_sub(TRACE_TAIL)..].to_vec();
+            let tail = trace[trace.len().saturating_sub(cfg.trace_lines)..].to_vec();
             for v in report.violations.iter_mut().filter(|v| v.key == key) {
                 v.events = tail.clone();
             }
@@ -121,13 +123,20 @@ fn drive(world: &mut World) -> bool {
     let quiet_start = world.now;
     let deadline = quiet_start + QUIET_BUDGET_US;
     // Background work (handoff, anti-entropy, reaping) never stops, so the quiet phase ends when
-    // the quorum reads are done, every hint is delivered, and anti-entropy had time to go round.
+    // the quorum reads are done, every hint and transfer is delivered, membership is settled,
+    // anti-entropy had time to go round, and all of that has held for a while.
+    let mut settled_since: Option<u64> = None;
     world.run_until(deadline, &mut |w| {
-        w.workload.phase == Phase::Done
+        let settled = w.workload.phase == Phase::Done
             && w.hints_pending() == 0
             && w.transfers_pending() == 0
-            && w.membership_settled()
-            && w.now >= quiet_start + QUIET_SETTLE_US
+            && w.membership_settled();
+        if !settled {
+            settled_since = None;
+            return false;
+        }
+        let since = *settled_since.get_or_insert(w.now);
+        w.now >= quiet_start + QUIET_SETTLE_US && w.now >= since + QUIET_STABLE_US
     });
     chaos_finished && world.workload.phase == Phase::Done
 }

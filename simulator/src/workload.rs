@@ -118,6 +118,11 @@ impl Workload {
         self.issued >= self.target && self.pending.is_empty()
     }
 
+    /// The keys the clients write and read during the chaos phase.
+    pub fn hot_keys(&self) -> &[String] {
+        &self.keys
+    }
+
     pub fn checked_keys(&self) -> &[String] {
         &self.all_keys
     }

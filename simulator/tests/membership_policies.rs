@@ -241,3 +241,62 @@ fn a_removed_id_that_tries_to_join_again_is_refused() {
         );
     }
 }
+
+/// Writes only the old owner held (their quorum failed) reach every new replica as soon as
+/// the transfer that moves them finishes: the receiver compares the partition with the other
+/// replicas at once instead of waiting for anti-entropy's round (simulator seeds 688766 and
+/// 690476 diverged because the round did not come before the run ended).
+#[test]
+fn after_a_handoff_what_only_the_old_owner_held_reaches_every_new_replica() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.aae_interval_ms = 600_000;
+        cfg.scrub_per_sec = 0;
+    });
+    c.run_for(2_000);
+    // Each write reaches node 1 alone.
+    c.isolate(n(1));
+    let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
+    for k in &keys {
+        c.put_w1(n(1), k, "v", &Default::default());
+    }
+    c.heal();
+    c.join(n(4), n(1));
+    for _ in 0..1_200 {
+        c.run_for(50);
+        let settled = c.nodes.values().all(|core| {
+            core.member_status() == Some(dynakv_gossip::Status::Valid)
+                && core.outgoing_pending() == 0
+                && core.incoming_pending() == 0
+        });
+        if settled {
+            break;
+        }
+    }
+    assert_eq!(
+        c.nodes[&n(4)].member_status(),
+        Some(dynakv_gossip::Status::Valid),
+        "node 4 joined within 60 s"
+    );
+    c.run_for(2_000);
+    // The keys of partitions node 1 handed to node 4: before the transfer, node 1 was the only
+    // node to hold them.
+    let map = c.nodes[&n(4)].partition_map().clone();
+    let moved: Vec<String> = keys
+        .iter()
+        .filter(|k| {
+            let p = map.partition_for_key(k.as_bytes());
+            !map.preference_list(p, 3).contains(&n(1))
+        })
+        .cloned()
+        .collect();
+    assert!(!moved.is_empty(), "node 4 took some of node 1's partitions");
+    for at in [2, 3, 4] {
+        let missing = missing_at(&c, n(at), &moved);
+        assert!(
+            missing.is_empty(),
+            "node {at} lacks {} of the handed-off keys: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}

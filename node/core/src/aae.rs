@@ -155,21 +155,35 @@ impl AntiEntropy {
             .ok_or_else(|| crate::Error::Storage("tree vanished".into()))
     }
 
-    /// Called from the maintenance tick: once `next_exchange` has come, start one exchange
-    /// (next partition, random peer believed up).
+    /// Called from the maintenance tick: first compare one partition waiting out of turn
+    /// (`soon`) with every other replica believed up; otherwise, once `next_exchange` has
+    /// come, start one exchange (next partition, random peer believed up).
     pub(super) fn tick<S: Store>(&mut self, ctx: &mut Ctx<S>, peers: &PeerView<'_>) {
+        let n = usize::from(ctx.cfg.n);
+        if let Some(p) = self.soon.pop_first() {
+            if ctx.mine.contains(&p) {
+                let others: Vec<NodeId> = ctx
+                    .map
+                    .preference_list(p, n)
+                    .into_iter()
+                    .filter(|x| *x != ctx.id() && !peers.is_down(*x))
+                    .collect();
+                for peer in others {
+                    self.start_exchange(ctx, p, peer);
+                }
+            }
+            return;
+        }
         if ctx.now < self.next_exchange {
             return;
         }
         self.next_exchange = ctx.now + u64::from(ctx.cfg.aae_interval_ms) * 1000;
-        let n = usize::from(ctx.cfg.n);
         let mine = &ctx.mine;
         if mine.is_empty() {
             return;
         }
         self.cursor = (self.cursor + 1) % mine.len();
         let p = mine[self.cursor];
-        let _ = n;
         let peers: Vec<NodeId> = ctx
             .map
             .preference_list(p, n)
@@ -180,6 +194,11 @@ impl AntiEntropy {
             return;
         }
         let peer = peers[ctx.rng.gen_range(0..peers.len())];
+        self.start_exchange(ctx, p, peer);
+    }
+
+    /// Step 1 of an exchange: send `peer` the segment hashes of this node's tree of `p`.
+    fn start_exchange<S: Store>(&mut self, ctx: &mut Ctx<S>, p: PartitionId, peer: NodeId) {
         let hashes = match self.tree(ctx, p) {
             Ok(t) => t.segments(),
             Err(e) => {
@@ -419,6 +438,9 @@ pub(super) struct AntiEntropy {
     pub(super) cursor: usize,
     /// When the next exchange starts (local clock).
     pub(super) next_exchange: u64,
+    /// Partitions to compare with every other replica at the next tick, out of turn
+    /// ([`DataEvent::CompareSoon`]).
+    pub(super) soon: BTreeSet<PartitionId>,
 }
 
 impl AntiEntropy {
@@ -442,6 +464,10 @@ impl AntiEntropy {
             }
             DataEvent::PartitionDropped { partition } => {
                 self.trees.remove(partition);
+                self.soon.remove(partition);
+            }
+            DataEvent::CompareSoon { partition } => {
+                self.soon.insert(*partition);
             }
             DataEvent::Scanned { .. } => {}
         }

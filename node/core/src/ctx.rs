@@ -60,6 +60,11 @@ pub(super) enum DataEvent {
     Removed { partition: PartitionId, key: Bytes },
     /// The whole partition was dropped (handed off to its new replicas).
     PartitionDropped { partition: PartitionId },
+    /// This node's copy of the partition changed in a way its other replicas cannot know of:
+    /// a transfer into it finished, or a corrupt record was removed. Anti-entropy compares it
+    /// with every other replica at the next tick instead of waiting for its turn in the round,
+    /// so what only the old owner held, or what this node lost, spreads within a round trip.
+    CompareSoon { partition: PartitionId },
 }
 
 /// Does the object hold tombstones and nothing else (a reap candidate)?
@@ -225,39 +230,40 @@ impl<S: Store> Ctx<S> {
     /// Deal with the corrupt records [`Ctx::load`] found: each is counted (`corrupt_records`),
     /// logged with its partition and key, and removed from the partition, which tells
     /// anti-entropy the key is missing here so the other replicas repair it. A record that
-    /// reads fine again (a write merged into the missing key meanwhile) is left alone. The
-    /// node then retires its actor: a lost record may have held dots it minted, and minting
-    /// the same key again under that actor could reuse one. Called by `NodeCore` after every
+    /// reads fine again (a write merged into the missing key meanwhile) is left in place.
+    /// Either way the node then retires its actor: the lost record may have held dots it
+    /// minted, and minting the key again under that actor could reuse one (Riak's kv679). A
+    /// write merged over the corrupt record does not bring those dots back, so the retirement
+    /// must not depend on the record still being corrupt. Called by `NodeCore` after every
     /// input and maintenance step, and by a coordinator before it mints.
     pub(super) fn set_aside_corrupt(&mut self) {
         if self.corrupt.get_mut().is_empty() {
             return;
         }
         let found = std::mem::take(self.corrupt.get_mut());
-        let mut removed = false;
         for (p, key, why) in found {
-            match self.store.get(Space::Partition(p), &key) {
-                Ok(Some(bytes)) if codec::decode_object(&bytes).is_err() => {}
-                _ => continue,
-            }
             self.stats.corrupt_records += 1;
+            let still_corrupt = matches!(
+                self.store.get(Space::Partition(p), &key),
+                Ok(Some(bytes)) if codec::decode_object(&bytes).is_err()
+            );
             tracing::error!(
                 partition = %p,
                 key = %String::from_utf8_lossy(&key),
                 error = %why,
-                "corrupt record removed; the other replicas will repair the key"
+                removed = still_corrupt,
+                "corrupt record found; the other replicas will repair the key"
             );
-            match self.remove_key(p, &key) {
-                Ok(()) => removed = true,
-                Err(e) => {
+            if still_corrupt {
+                if let Err(e) = self.remove_key(p, &key) {
                     tracing::error!(partition = %p, error = %e, "cannot remove a corrupt record")
                 }
             }
+            self.events.push(DataEvent::CompareSoon { partition: p });
         }
-        if removed
-            && !self
-                .cfg
-                .has_bug(super::config::PlantedBug::KeepActorAfterCorruption)
+        if !self
+            .cfg
+            .has_bug(super::config::PlantedBug::KeepActorAfterCorruption)
         {
             self.retire_actor();
         }

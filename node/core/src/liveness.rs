@@ -128,8 +128,9 @@ impl<S: Store> NodeCore<S> {
     pub(super) fn mark_up(&mut self, peer: NodeId) {
         if self.liveness.mark_up(peer) {
             tracing::info!(%peer, "peer is back");
-            // Hints for it may go at once.
+            // Hints and transfer batches for it may go at once.
             self.handoff.peer_is_back(peer);
+            self.transfers.peer_is_back(peer);
         }
     }
 }

@@ -85,6 +85,7 @@ impl Reaper {
             DataEvent::PartitionDropped { partition } => {
                 self.tombstones.retain(|(p, _), _| p != partition);
             }
+            DataEvent::CompareSoon { .. } => {}
         }
     }
 }

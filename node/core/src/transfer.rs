@@ -28,9 +28,11 @@ use crate::store::{Space, Store};
 /// Silence after which a receiver asks its sender whether a transfer still exists.
 pub(super) const STALL_US: u64 = 10_000_000;
 
-/// First retry delay of a transfer batch; doubles per failure up to 30 s.
+/// First retry delay of a transfer batch; doubles per failure up to 10 s, and starts over
+/// when the receiver is seen again ([`Transfers::peer_is_back`]): a handoff must not sit out
+/// a long backoff after the network heals.
 const BACKOFF_BASE_US: u64 = 200_000;
-const BACKOFF_MAX_US: u64 = 30_000_000;
+const BACKOFF_MAX_US: u64 = 10_000_000;
 
 /// A transfer this node sends, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +129,14 @@ impl Transfers {
                 .sending
                 .values()
                 .any(|s| s.rec.partition == p && !s.rec.done)
+    }
+
+    /// `peer` is reachable again: batches waiting out a backoff to it go at the next tick.
+    pub(super) fn peer_is_back(&mut self, peer: NodeId) {
+        for s in self.sending.values_mut().filter(|s| s.rec.to == peer) {
+            s.failures = 0;
+            s.next_attempt = 0;
+        }
     }
 }
 

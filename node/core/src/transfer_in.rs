@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
-use super::ctx::Ctx;
+use super::ctx::{Ctx, DataEvent};
 use super::membership::Membership;
 use super::node::NodeCore;
 use super::transfer::Transfers;
@@ -112,6 +112,11 @@ impl Transfers {
             rec.done |= last;
             let rec = rec.clone();
             self.persist_in(ctx, &rec);
+            if last {
+                // The old owner may have held writes the other replicas never got (a write
+                // whose quorum failed): spread them now rather than in anti-entropy's round.
+                ctx.events.push(DataEvent::CompareSoon { partition: p });
+            }
             self.progress.insert((p, from), ctx.now);
             ctx.stats.transfer_keys_received += items.len() as u64;
         }
@@ -141,6 +146,7 @@ impl Transfers {
                 let rec = rec.clone();
                 self.persist_in(ctx, &rec);
                 tracing::info!(partition = %p, %from, "sender has no transfer for us; anti-entropy covers the rest");
+                ctx.events.push(DataEvent::CompareSoon { partition: p });
                 return true;
             }
         }

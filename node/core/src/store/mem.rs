@@ -91,14 +91,15 @@ impl MemStore {
         taken
     }
 
-    /// A failing disk: flip one bit of up to `count` stored partition records (`pick(n)`
-    /// chooses among `n` candidates; the bit comes from `pick` too). The change hits the
-    /// synced copy, and the cached one unless a newer write is still unsynced. Returns the
-    /// partition and key of each record hit.
+    /// A failing disk: flip one bit of up to `count` stored partition records whose key
+    /// passes `only` (`pick(n)` chooses among `n` candidates; the bit comes from `pick` too).
+    /// The change hits the synced copy, and the cached one unless a newer write is still
+    /// unsynced. Returns the partition and key of each record hit.
     pub fn corrupt(
         &mut self,
         count: usize,
         mut pick: impl FnMut(usize) -> usize,
+        only: impl Fn(&[u8]) -> bool,
     ) -> Vec<(PartitionId, Vec<u8>)> {
         let mut hit = Vec::new();
         for _ in 0..count {
@@ -107,6 +108,7 @@ impl MemStore {
                 .iter()
                 .filter(|(s, _)| matches!(s, Space::Partition(_)))
                 .flat_map(|(s, t)| t.keys().map(move |k| (*s, k.clone())))
+                .filter(|(_, k)| only(k))
                 .collect();
             if candidates.is_empty() {
                 break;

@@ -1,0 +1,139 @@
+//! Integrity in the in-memory harness: a record the disk corrupted is never served, is
+//! repaired from the other replicas, and never lets its node mint a dot twice.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use dynakv_core::store::Store;
+use dynakv_core::{ClientReply, RequestOptions};
+use dynakv_proto::dvv::VersionVector;
+use dynakv_ring::NodeId;
+use dynakv_simulator::harness::{n, set, strings, Cluster};
+
+/// Flip one bit of `key`'s stored record on `node` (a failing disk).
+fn corrupt_record(c: &mut Cluster, node: NodeId, key: &str) {
+    let p = c.map().partition_for_key(key.as_bytes());
+    let store = c.nodes.get_mut(&node).expect("node").store_mut();
+    let space = dynakv_core::store::Space::Partition(p);
+    let mut bytes = store
+        .get(space, key.as_bytes())
+        .expect("read")
+        .expect("stored");
+    let last = bytes.len() - 1;
+    bytes[last / 2] ^= 0x10;
+    store.put(space, key.as_bytes(), &bytes).expect("write");
+}
+
+/// Whether `node` holds a record of `key` that passes its checksum, and its values.
+fn readable(c: &Cluster, node: NodeId, key: &str) -> Option<std::collections::BTreeSet<String>> {
+    let p = c.map().partition_for_key(key.as_bytes());
+    let bytes = c.nodes[&node]
+        .store()
+        .get(dynakv_core::store::Space::Partition(p), key.as_bytes())
+        .ok()??;
+    let o = dynakv_proto::codec::decode_object(&bytes).ok()?;
+    Some(
+        o.values()
+            .into_iter()
+            .filter_map(|v| match v {
+                dynakv_core::Value::Data(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                dynakv_core::Value::Tombstone => None,
+            })
+            .collect(),
+    )
+}
+
+/// Issue 13, part 4: a record the disk corrupted is never served. A read treats it as missing
+/// (the other replicas answer and read repair writes the key back), the node counts it, and
+/// mints later writes under a new actor (its own dots for the key may be lost with it).
+#[test]
+fn a_corrupt_record_is_not_served_and_read_repair_restores_it() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.scrub_per_sec = 0;
+        cfg.aae_interval_ms = 600_000;
+    });
+    c.put_ok(n(1), "k", "v1", &VersionVector::new());
+    corrupt_record(&mut c, n(2), "k");
+    assert_eq!(readable(&c, n(2), "k"), None);
+    let actor_before = c.actor(n(2));
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    let ClientReply::Got(got) = c.get(n(2), "k", all) else {
+        panic!("the read failed")
+    };
+    assert_eq!(strings(&got.values), set(&["v1"]));
+    assert_eq!(c.nodes[&n(2)].stats().corrupt_records, 1);
+    assert_eq!(
+        readable(&c, n(2), "k"),
+        Some(set(&["v1"])),
+        "read repair rewrote it"
+    );
+    assert_ne!(c.actor(n(2)), actor_before, "the actor is retired");
+}
+
+/// The scrub finds a corrupt record nobody reads, and anti-entropy restores it from the other
+/// replicas; without the scrub it stays corrupt (the trees, built before the disk went bad,
+/// still hold the good record's hash, so anti-entropy sees no difference).
+#[test]
+fn the_scrub_finds_a_corrupt_record_and_anti_entropy_repairs_it() {
+    for scrub in [0, 1_000] {
+        let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+            cfg.scrub_per_sec = scrub;
+            cfg.aae_interval_ms = 200;
+        });
+        for i in 0..20 {
+            c.put_ok(n(1), &format!("k{i}"), "v", &VersionVector::new());
+        }
+        // Anti-entropy compares every partition once, so every tree is built (from good
+        // records) before the disk goes bad.
+        c.run_for(60_000);
+        corrupt_record(&mut c, n(3), "k7");
+        // Long enough for the scrub's pass and for anti-entropy to compare every partition.
+        c.run_for(60_000);
+        let s = c.nodes[&n(3)].stats();
+        if scrub == 0 {
+            assert_eq!(readable(&c, n(3), "k7"), None, "nothing looked at it");
+            assert_eq!(s.corrupt_records, 0);
+        } else {
+            assert!(s.scrubbed_records >= 20, "{s:?}");
+            assert_eq!(s.corrupt_records, 1);
+            assert_eq!(readable(&c, n(3), "k7"), Some(set(&["v"])), "repaired");
+        }
+    }
+}
+
+/// A write that lands on a key whose record is corrupt overwrites it, but the dots this node
+/// had minted for the key are lost all the same: the actor must be retired even though the
+/// record reads fine again, or the node's next blind write of the key mints a dot it already
+/// gave to another value (simulator seeds 641034, 651179, 660724 and 697377: `dot-reused`).
+#[test]
+fn a_corrupt_record_overwritten_by_a_replica_write_still_retires_the_actor() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.scrub_per_sec = 0;
+        cfg.aae_interval_ms = 600_000;
+    });
+    let first = c.put_ok(n(2), "k", "v1", &VersionVector::new());
+    let minted = first.dot.expect("a put mints a dot");
+    c.run_for(2_000);
+    // Node 1 never got v1 (its copy is taken away: the write reached nodes 2 and 3 only).
+    let p = c.map().partition_for_key(b"k");
+    c.nodes
+        .get_mut(&n(1))
+        .expect("node")
+        .store_mut()
+        .remove(dynakv_core::store::Space::Partition(p), b"k")
+        .expect("remove");
+    corrupt_record(&mut c, n(2), "k");
+    // Node 3, the only other holder of v1, is out of node 2's reach: nothing brings v1 back.
+    c.cut_both(n(2), n(3));
+    let actor_before = c.actor(n(2));
+    // A blind write through node 1 carries v2 alone; its replica write to node 2 merges into
+    // the key node 2 reads as missing, and overwrites the corrupt record.
+    c.put_ok(n(1), "k", "v2", &VersionVector::new());
+    c.run_for(2_000);
+    assert_eq!(readable(&c, n(2), "k"), Some(set(&["v2"])), "overwritten");
+    assert_eq!(c.nodes[&n(2)].stats().corrupt_records, 1);
+    assert_ne!(c.actor(n(2)), actor_before, "the actor is retired");
+    let again = c.put_ok(n(2), "k", "v3", &VersionVector::new());
+    assert_ne!(again.dot, Some(minted), "a dot minted twice");
+}
