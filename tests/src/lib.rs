@@ -6,6 +6,8 @@
 //! in time and in tries; every child is killed when its [`Cluster`] is dropped. Clusters are
 //! started one at a time (a global lock held by each [`Cluster`]) so the tests do not starve
 //! each other on a small machine.
+//!
+//! [`https`] is the HTTPS client of the API tests.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use dynakv_server::config::{ClusterFile, MemberEntry};
+
+pub mod https;
 
 /// Bound on any single wait in the harness.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -133,6 +137,8 @@ pub struct Setup {
     pub node_config: Option<String>,
     /// Give every node a metrics listener (`--metrics-addr`, a free TCP port on loopback).
     pub metrics: bool,
+    /// Give every node the HTTPS API (`--http-addr`, a free TCP port on loopback).
+    pub http: bool,
 }
 
 impl Setup {
@@ -144,6 +150,7 @@ impl Setup {
             request_timeout_ms: None,
             node_config: None,
             metrics: false,
+            http: false,
         }
     }
 }
@@ -161,6 +168,8 @@ pub struct TestNode {
     pub join: Option<SocketAddr>,
     /// Where it serves `/metrics`, `/health` and `/ready`, if it does.
     pub metrics: Option<SocketAddr>,
+    /// Where it serves the HTTPS API, if it does.
+    pub http: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -218,6 +227,12 @@ impl Cluster {
             Vec::new()
         }
         .into_iter();
+        let mut http = if setup.http {
+            free_tcp_ports(n as usize)?
+        } else {
+            Vec::new()
+        }
+        .into_iter();
         let mut nodes = Vec::new();
         let mut members = Vec::new();
         for (i, addr) in addrs.into_iter().enumerate() {
@@ -243,6 +258,7 @@ impl Cluster {
                 dir: ndir,
                 join: None,
                 metrics: metrics.next(),
+                http: http.next(),
                 child: None,
             });
         }
@@ -382,6 +398,7 @@ impl Cluster {
             dir: ndir,
             join: seed.map(|s| self.addr(s)),
             metrics: free_tcp_ports(1)?.pop(),
+            http: None,
             child: None,
         });
         self.spawn(id)?;
@@ -439,6 +456,11 @@ impl Cluster {
                 node.metrics
                     .iter()
                     .flat_map(|a| ["--metrics-addr".to_string(), a.to_string()]),
+            )
+            .args(
+                node.http
+                    .iter()
+                    .flat_map(|a| ["--http-addr".to_string(), a.to_string()]),
             )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

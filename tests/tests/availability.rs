@@ -35,6 +35,7 @@ fn setup(read_repair: bool) -> Setup {
              read_repair = {read_repair}\n"
         )),
         metrics: false,
+        http: false,
     }
 }
 

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+use dynakv_tests::https::https_request;
 use dynakv_tests::{dynakv_bin, signal, wait_exit, Cluster, WAIT};
 
 fn siblings(v: &serde_json::Value) -> BTreeSet<String> {
@@ -164,17 +165,23 @@ fn bad_input_and_quorum_failures_give_one_clear_line() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A base port P with P+1..=P+3 free on UDP.
+/// A base port P with P+1..=P+3 free on UDP and TCP (QUIC and metrics) and P+1001..=P+1003
+/// free on TCP (the HTTPS API).
 fn free_base_port() -> anyhow::Result<u16> {
     for _ in 0..50 {
         let probe = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
         let p = probe.local_addr()?.port();
         drop(probe);
-        if !(2..=65_000).contains(&p) {
+        if !(2..=64_000).contains(&p) {
             continue;
         }
         let base = p - 1;
-        let ok = (1..=3).all(|i| UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok());
+        let tcp = |port: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
+        let ok = (1..=3).all(|i| {
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok()
+                && tcp(base + i)
+                && tcp(base + 1000 + i)
+        });
         if ok {
             return Ok(base);
         }
@@ -376,6 +383,32 @@ fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The printed curl line works as printed: its certificates and port reach the HTTPS API.
+    let curl = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("http api: "))
+        .with_context(|| format!("no curl line: {lines:?}"))?;
+    let words: Vec<&str> = curl.split_whitespace().collect();
+    let after = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1).copied())
+            .with_context(|| format!("no {flag} in {curl}"))
+    };
+    let port: u16 = after("--resolve")?
+        .split(':')
+        .nth(1)
+        .context("--resolve NAME:PORT:IP")?
+        .parse()?;
+    let api = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let (ca, cert, key) = (after("--cacert")?, after("--cert")?, after("--key")?);
+    let cert = Some((std::path::Path::new(cert), std::path::Path::new(key)));
+    let ca = std::path::Path::new(ca);
+    let put = https_request(api, ca, cert, "PUT", "/v1/kv/hello", &[], b"world")?;
+    assert_eq!(put.status, 200, "{:?}", put.json()?);
+    let got = https_request(api, ca, cert, "GET", "/v1/kv/hello", &[], b"")?;
+    assert_eq!(got.json()?["siblings"][0], "world");
     signal(&dev, rustix::process::Signal::TERM);
     let status = wait_exit(&mut dev, WAIT).context("dev did not exit after SIGTERM")?;
     assert!(status.success(), "dev exited with {status}");
@@ -383,11 +416,15 @@ fn dev_starts_three_processes_and_sigterm_stops_them() -> anyhow::Result<()> {
     assert_ports_free(base)
 }
 
-/// The three dev node ports after `base` are free again (their processes are gone).
+/// The three dev node ports after `base` are free again (their processes are gone), the
+/// HTTPS API's included.
 fn assert_ports_free(base: u16) -> anyhow::Result<()> {
     for i in 1..=3u16 {
         if UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_err() {
             bail!("port {} still busy", base + i);
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, base + 1000 + i)).is_err() {
+            bail!("TCP port {} (HTTP API) still busy", base + 1000 + i);
         }
     }
     Ok(())

@@ -38,6 +38,7 @@ fn setup(nodes: u32, partitions: u16, batch: usize, max_transfers: usize) -> Set
              max_transfers = {max_transfers}\n"
         )),
         metrics: false,
+        http: false,
     }
 }
 

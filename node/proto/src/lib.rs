@@ -9,11 +9,13 @@
 //! - [`peer`]: the messages between nodes, one enum per mechanism.
 //! - [`wire`]: the frames on QUIC streams (client <-> node, node <-> node), the status report,
 //!   the protocol version.
+//! - [`json`]: the JSON shapes of read and write replies (the CLI's output, the HTTP API).
 //! - [`error`]: the crate's error enum.
 
 pub mod codec;
 pub mod dvv;
 pub mod error;
+pub mod json;
 pub mod peer;
 pub mod types;
 pub mod wire;

@@ -372,7 +372,7 @@ async fn serve_request(
 }
 
 /// The operation a request is, as the `op` label of the metrics.
-fn op_name(frame: &ClientFrame) -> &'static str {
+pub(crate) fn op_name(frame: &ClientFrame) -> &'static str {
     match frame {
         ClientFrame::Join { .. } => "join",
         ClientFrame::ClusterInfo => "cluster_info",
@@ -388,7 +388,7 @@ fn op_name(frame: &ClientFrame) -> &'static str {
 }
 
 /// How a request ended, as the `outcome` label: quorum failures apart from other errors.
-fn outcome(reply: &ServerFrame) -> &'static str {
+pub(crate) fn outcome(reply: &ServerFrame) -> &'static str {
     match reply {
         ServerFrame::Core(ClientReply::Error(e)) => match e {
             RequestError::Timeout { .. }
@@ -443,7 +443,7 @@ pub(crate) fn permission(
     }
 }
 
-async fn answer(frame: ClientFrame, ctx: &AcceptCtx) -> ServerFrame {
+pub(crate) async fn answer(frame: ClientFrame, ctx: &AcceptCtx) -> ServerFrame {
     let gone = || ServerFrame::Error("the node is shutting down".into());
     if let ClientFrame::Join { seed } = frame {
         let (tx, rx) = oneshot::channel();

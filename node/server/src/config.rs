@@ -162,6 +162,7 @@ impl ClusterFile {
 /// max_transfers = 2              # partition transfers sent at the same time
 /// transfer_batch = 256           # keys per transfer batch
 /// metrics_addr = "127.0.0.1:9101" # plain-HTTP /metrics, /health, /ready (default: off)
+/// http_addr = "127.0.0.1:8101"   # HTTPS/JSON API, /v1/kv/{key} (default: off)
 /// cache_mb = 256                 # storage page cache (sled), MiB
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +217,9 @@ pub struct NodeConfigFile {
     /// Where to serve `/metrics`, `/health` and `/ready` over plain HTTP, e.g.
     /// "127.0.0.1:9101" (default: nowhere; `dynakv node --metrics-addr` overrides it).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where to serve the HTTPS/JSON API (`/v1/kv/{key}`, client certificates as for QUIC
+    /// clients), e.g. "127.0.0.1:8101" (default: nowhere; `dynakv node --http-addr` overrides).
+    pub http_addr: Option<SocketAddr>,
     /// The storage engine's page cache in MiB (sled's `cache_capacity`), the bound on what the
     /// store keeps in memory (default [`DEFAULT_CACHE_MB`]).
     pub cache_mb: Option<u64>,

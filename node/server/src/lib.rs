@@ -9,6 +9,8 @@
 //! - `driver`: the thread that owns the core, batches inputs, group-commits and routes effects.
 //! - `peers`: one long-lived QUIC connection per peer pair, with reconnects.
 //! - `accept`: the accept loop and the per-request client streams.
+//! - `http_api`: the HTTPS/JSON API (`/v1/kv/{key}`), answered through `accept`'s path.
+//! - [`metrics`]: `/metrics`, `/health` and `/ready` over plain HTTP.
 //!
 //! [`run`] wires them together and shuts down gracefully when asked.
 
@@ -19,6 +21,7 @@ pub mod sled_store;
 
 mod accept;
 mod driver;
+mod http_api;
 mod join;
 pub mod metrics;
 mod peers;
@@ -73,6 +76,9 @@ pub struct NodeOptions {
     /// Where to serve `/metrics`, `/health` and `/ready` over plain HTTP (`None`: the node
     /// config's `metrics_addr`, else nowhere).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where to serve the HTTPS/JSON API over TCP (`None`: the node config's `http_addr`,
+    /// else nowhere).
+    pub http_addr: Option<SocketAddr>,
 }
 
 /// How this start enters the cluster.
@@ -168,6 +174,17 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         tokio::spawn(metrics::serve(
             listener,
             metrics_state.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    if let Some(addr) = opts.http_addr.or(node_cfg.http_addr) {
+        let listener = http_api::bind(addr).await?;
+        let tls = dynakv_transport::https_server_config(&ca_pem, &cert)?;
+        tracing::info!(%addr, "serving the HTTPS API (/v1/kv/{{key}})");
+        tokio::spawn(http_api::serve(
+            listener,
+            tls,
+            ctx.clone(),
             shutdown_rx.clone(),
         ));
     }

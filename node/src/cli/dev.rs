@@ -78,9 +78,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         if let Err(e) = UdpSocket::bind(addr) {
             bail!("port {addr} for node {id} is busy ({e}); stop what uses it or pick another --base-port");
         }
-        // The node's metrics listen on the same port number over TCP.
+        // The node's metrics listen on the same port number over TCP, its HTTPS API
+        // DEV_HTTP_OFFSET above.
         if let Err(e) = std::net::TcpListener::bind(addr) {
             bail!("TCP port {addr} (metrics of node {id}) is busy ({e}); stop what uses it or pick another --base-port");
+        }
+        let Some(http) = dev_http_addr(addr) else {
+            bail!("no TCP port {DEV_HTTP_OFFSET} above {addr} for node {id}'s HTTP API; pick a lower --base-port");
+        };
+        if let Err(e) = std::net::TcpListener::bind(http) {
+            bail!("TCP port {http} (HTTP API of node {id}) is busy ({e}); stop what uses it or pick another --base-port");
         }
     }
     let exe = std::env::current_exe().context("cannot locate the dynakv executable")?;
@@ -132,14 +139,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let addrs: Vec<String> = members.iter().map(|(_, a)| a.to_string()).collect();
     for &(id, addr) in &members {
+        let api = dev_http_addr(addr).map_or(String::new(), |a| format!(", api https://{a}"));
         println!(
-            "node {id}: {addr}  (data {}, log {}, metrics http://{addr}/metrics)",
+            "node {id}: {addr}  (data {}, log {}, metrics http://{addr}/metrics{api})",
             node_dir(&dir, id).display(),
             node_dir(&dir, id).join("node.log").display()
         );
     }
     if let Some((_, first)) = members.first() {
         println!("metrics: curl -s http://{first}/metrics | grep '^dynakv_requests_total'   (and /health, /ready)");
+        if let Some(http) = dev_http_addr(*first) {
+            println!("http api: {}", curl_line(&dir, &cert, &key, http));
+        }
     }
     println!(
         "export DYNAKV_NODES={} DYNAKV_CA={} DYNAKV_CERT={} DYNAKV_KEY={}",
@@ -231,12 +242,40 @@ pub(super) fn node_command(
         .arg(cluster)
         .arg("--metrics-addr")
         .arg(addr.to_string());
+    if let Some(http) = dev_http_addr(addr) {
+        cmd.arg("--http-addr").arg(http.to_string());
+    }
     if node_config(dir).exists() {
         cmd.arg("--config").arg(node_config(dir));
     }
     cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     Ok(cmd)
+}
+
+/// How far above its QUIC port a dev node serves its HTTPS API (TCP): node 1 of the default
+/// cluster at 127.0.0.1:8101.
+pub(super) const DEV_HTTP_OFFSET: u16 = 1000;
+
+/// The HTTPS API address of the dev node at `addr`, if the port exists.
+pub(super) fn dev_http_addr(addr: SocketAddr) -> Option<SocketAddr> {
+    addr.port()
+        .checked_add(DEV_HTTP_OFFSET)
+        .map(|port| SocketAddr::new(addr.ip(), port))
+}
+
+/// A `curl` command that reads `hello` through the HTTPS API at `http` with the dev cluster's
+/// admin certificate (the node certificate names `dynakv-node`, hence `--resolve`).
+pub(super) fn curl_line(dir: &Path, cert: &Path, key: &Path, http: SocketAddr) -> String {
+    format!(
+        "curl -s --cacert {} --cert {} --key {} --resolve {name}:{port}:{ip} https://{name}:{port}/v1/kv/hello   (PUT with -X PUT --data-binary VALUE; docs/HTTP.md)",
+        dir.join("ca.pem").display(),
+        cert.display(),
+        key.display(),
+        name = dynakv_transport::SERVER_NAME,
+        port = http.port(),
+        ip = http.ip(),
+    )
 }
 
 /// The node config file every node of the dev cluster in `dir` reads, if it exists

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::anyhow;
-use base64::Engine as _;
 use dynakv_client::{Context, Options, PutReply};
+use dynakv_proto::json::{GetJson, WriteJson};
 
 use super::{DeleteArgs, GetArgs, PutArgs, QuorumArgs};
 
@@ -36,23 +36,8 @@ fn options(q: QuorumArgs, quorum: Quorum) -> Options {
     }
 }
 
-/// The output line of `put` and `delete`, fields in the documented order (context first).
-#[derive(serde::Serialize)]
-struct WriteLine {
-    context: String,
-    acks: u8,
-    primary_acks: u8,
-    fallback_acks: u8,
-}
-
 fn print_written(w: PutReply) -> anyhow::Result<()> {
-    let line = WriteLine {
-        context: Context::from(w.context).to_token(),
-        acks: w.acks,
-        primary_acks: w.primary_acks,
-        fallback_acks: w.fallback_acks,
-    };
-    println!("{}", serde_json::to_string(&line)?);
+    println!("{}", serde_json::to_string(&WriteJson::new(&w))?);
     Ok(())
 }
 
@@ -92,17 +77,6 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     print_written(reply?.reply)
 }
 
-/// The output line of `get`, fields in the documented order.
-#[derive(serde::Serialize)]
-struct GetLine<'a> {
-    key: &'a str,
-    siblings: Vec<String>,
-    /// Present (as "base64") only when some value is not UTF-8; then every sibling is base64.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    encoding: Option<&'static str>,
-    context: String,
-}
-
 /// `dynakv get`.
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let client = args.target.client()?;
@@ -116,25 +90,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let reply = client.get_detailed(args.key.as_bytes(), opts).await;
     client.close().await;
     let got = reply?.reply;
-    let texts: Option<Vec<&str>> = got
-        .values
-        .iter()
-        .map(|v| std::str::from_utf8(v).ok())
-        .collect();
-    let (siblings, encoding) = match texts {
-        Some(texts) => (texts.into_iter().map(str::to_string).collect(), None),
-        None => {
-            let b64 = base64::engine::general_purpose::STANDARD;
-            let encoded = got.values.iter().map(|v| b64.encode(v)).collect();
-            (encoded, Some("base64"))
-        }
-    };
-    let line = GetLine {
-        key: &args.key,
-        siblings,
-        encoding,
-        context: Context::from(got.context).to_token(),
-    };
+    let line = GetJson::new(args.key.as_bytes(), &got.values, &got.context);
     println!("{}", serde_json::to_string(&line)?);
     Ok(())
 }

@@ -236,6 +236,11 @@ pub struct NodeArgs {
     /// config's `metrics_addr`; default: not served).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the HTTPS/JSON API (`GET|PUT|DELETE /v1/kv/{key}`, docs/HTTP.md) over TCP on this
+    /// address, e.g. 127.0.0.1:8101; clients present the same certificates as QUIC clients
+    /// (overrides the node config's `http_addr`; default: not served).
+    #[arg(long, value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
 }
 
 /// `dynakv ca` subcommands.
@@ -376,6 +381,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 cluster: args.cluster,
                 insecure_key_permissions: args.insecure_key_permissions,
                 metrics_addr: args.metrics_addr,
+                http_addr: args.http_addr,
             };
             dynakv_server::run(opts, dynakv_server::shutdown_signal()).await?;
             Ok(())

@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`tls`]: the cluster CA, node certificates (identity `node-{id}.dynakv`) and the
 //!   rustls/quinn server and client configs (mutual TLS between nodes, CA-only for clients);
-//!   the ALPN string that carries the protocol version.
+//!   the ALPN string that carries the protocol version; the TLS config of the HTTPS API.
 //! - [`identity`]: who a verified certificate names (a node, or a client and its role), client
 //!   certificates, and the roles.
 //! - [`frame`]: `u32` big-endian length-prefixed frames on QUIC streams, size-limited before
@@ -41,6 +41,7 @@ pub use identity::{
     check_client_name, identity_from_cert, peer_identity, ClientCert, Identity, Role,
 };
 pub use tls::{
-    client_config, client_config_with_alpn, node_client_config, node_id_from_cert, server_config,
-    ClusterCa, NodeCert, ALPN, PEER_ALPN, PROTOCOL_VERSION, SERVER_NAME,
+    client_config, client_config_with_alpn, https_client_config, https_server_config,
+    node_client_config, node_id_from_cert, server_config, ClusterCa, NodeCert, ALPN, PEER_ALPN,
+    PROTOCOL_VERSION, SERVER_NAME,
 };

@@ -329,25 +329,48 @@ pub fn transport_config() -> quinn::TransportConfig {
 /// present a certificate that chains to the CA in `ca_pem` (a peer node's or a client's); a
 /// connection without one, or with another CA's, is refused at the handshake.
 pub fn server_config(ca_pem: &str, node: &NodeCert) -> Result<quinn::ServerConfig> {
-    let provider = provider();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        root_store(ca_pem)?,
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| tls_err(format!("client verifier: {e}")))?;
-    let (chain, key) = cert_chain(&node.cert_pem, &node.key_pem)?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| tls_err(format!("node certificate/key: {e}")))?;
+    let mut tls = node_server_tls(ca_pem, node, true)?;
     tls.alpn_protocols = vec![ALPN.to_vec(), PEER_ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));
     Ok(config)
+}
+
+/// The TLS config of a node's HTTPS API (HTTP/1.1 over TCP): presents `node`'s certificate
+/// (server name [`SERVER_NAME`]) and asks every client for a certificate from the CA in
+/// `ca_pem`. Unlike [`server_config`], a connection *without* a certificate is let in, so the
+/// API can answer it `401` with a message instead of a bare handshake failure; one with a
+/// certificate from another CA is still refused at the handshake. The caller reads the
+/// verified identity from the connection and checks it on every request.
+pub fn https_server_config(ca_pem: &str, node: &NodeCert) -> Result<Arc<rustls::ServerConfig>> {
+    let mut tls = node_server_tls(ca_pem, node, false)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// TLS 1.3 with `node`'s certificate, verifying client certificates against the CA in
+/// `ca_pem`; `require`: refuse a client without one at the handshake.
+fn node_server_tls(ca_pem: &str, node: &NodeCert, require: bool) -> Result<rustls::ServerConfig> {
+    let provider = provider();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        root_store(ca_pem)?,
+        provider.clone(),
+    );
+    let verifier = if require {
+        verifier
+    } else {
+        verifier.allow_unauthenticated()
+    }
+    .build()
+    .map_err(|e| tls_err(format!("client verifier: {e}")))?;
+    let (chain, key) = cert_chain(&node.cert_pem, &node.key_pem)?;
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls_err(format!("node certificate/key: {e}")))
 }
 
 /// The client config a node uses to dial peers: mutual TLS with `node`'s certificate, the
@@ -374,8 +397,24 @@ pub fn client_config_with_alpn(
     cert: Option<&ClientCert>,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig> {
+    finish_client(client_tls(ca_pem, cert)?, alpn)
+}
+
+/// The TLS config of an HTTPS client of a node's API ([`https_server_config`]), e.g. the
+/// real-process tests: the node verified against the CA in `ca_pem` (server name
+/// [`SERVER_NAME`]), `cert` presented if given.
+pub fn https_client_config(
+    ca_pem: &str,
+    cert: Option<&ClientCert>,
+) -> Result<Arc<rustls::ClientConfig>> {
+    let mut tls = client_tls(ca_pem, cert)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+fn client_tls(ca_pem: &str, cert: Option<&ClientCert>) -> Result<rustls::ClientConfig> {
     let builder = client_builder(ca_pem)?;
-    let tls = match cert {
+    Ok(match cert {
         Some(c) => {
             let (chain, key) = cert_chain(&c.cert_pem, &c.key_pem)?;
             builder
@@ -383,8 +422,7 @@ pub fn client_config_with_alpn(
                 .map_err(|e| tls_err(format!("client certificate/key: {e}")))?
         }
         None => builder.with_no_client_auth(),
-    };
-    finish_client(tls, alpn)
+    })
 }
 
 fn client_builder(
@@ -446,6 +484,7 @@ mod tests {
         let ca = ClusterCa::generate()?;
         let node = ca.issue_node(NodeId(1))?;
         server_config(&ca.cert_pem(), &node)?;
+        https_server_config(&ca.cert_pem(), &node)?;
         node_client_config(&ca.cert_pem(), &node)?;
         client_config(&ca.cert_pem(), None)?;
         assert!(client_config("not a pem", None).is_err());
@@ -454,6 +493,8 @@ mod tests {
             key_pem: String::new(),
         };
         assert!(server_config(&ca.cert_pem(), &broken).is_err());
+        assert!(https_server_config(&ca.cert_pem(), &broken).is_err());
+        assert!(https_server_config("not a pem", &node).is_err());
         Ok(())
     }
 }
