@@ -65,8 +65,10 @@
 //! - `env`: [`Client::from_env`] and the variable names and defaults;
 //! - `send`: node order, connections, failover, backoff and suspicion of failed nodes;
 //! - `types`: [`Context`], [`Object`], [`Options`], [`Answered`];
+//! - `backup`: [`Client::scan_page`] and [`Client::restore`], for backups;
 //! - `error`: [`ClientError`].
 
+mod backup;
 mod credentials;
 mod env;
 mod error;
@@ -85,7 +87,10 @@ use tokio::sync::Mutex;
 
 pub use credentials::Credentials;
 pub use dynakv_proto::wire::{AdmissionStats, ClusterInfo, StatusReport};
-pub use dynakv_proto::{AdminRequest, GetReply, PutReply, RequestError};
+/// A key's object as a replica stores it (siblings with their dots, tombstones, the causal
+/// context): what [`Client::scan_page`] returns and [`Client::restore`] takes.
+pub use dynakv_proto::Object as StoredObject;
+pub use dynakv_proto::{AdminRequest, GetReply, PutReply, RequestError, ScanReply};
 pub use dynakv_ring::NodeId;
 pub use env::{
     CA_ENV, CERT_ENV, DEFAULT_CA, DEFAULT_CERT, DEFAULT_KEY, DEFAULT_NODES, KEY_ENV, NODES_ENV,
@@ -460,7 +465,7 @@ impl Client {
         result
     }
 
-    async fn write(
+    pub(crate) async fn write(
         &self,
         key: &[u8],
         request: ClientRequest,

@@ -17,7 +17,6 @@ use super::timers::Timer;
 use super::types::{
     ClientReply, ClientRequest, CoordMsg, OpId, RequestError, RequestOptions, Value,
 };
-use crate::dvv::VersionVector;
 use crate::store::Store;
 
 /// Longest request timeout a client may ask for.
@@ -331,8 +330,7 @@ impl Coordinator {
         quorum: Quorum,
         to: NodeId,
         key: Bytes,
-        value: Value,
-        context: VersionVector,
+        body: super::write::WriteBody,
         opts: RequestOptions,
     ) {
         if let Origin::Peer { .. } = origin {
@@ -345,14 +343,22 @@ impl Coordinator {
                 )),
             );
         }
-        let request = match value {
-            Value::Data(value) => ClientRequest::Put {
+        use super::write::WriteBody;
+        let request = match body {
+            WriteBody::Mint {
+                value: Value::Data(value),
+                context,
+            } => ClientRequest::Put {
                 key,
                 value,
                 context,
                 opts,
             },
-            Value::Tombstone => ClientRequest::Delete { key, context, opts },
+            WriteBody::Mint {
+                value: Value::Tombstone,
+                context,
+            } => ClientRequest::Delete { key, context, opts },
+            WriteBody::Merge(object) => ClientRequest::Restore { key, object, opts },
         };
         let op = ctx.next_op_id();
         let deadline = ctx.deadline(quorum.timeout_ms) + FORWARD_GRACE_MS * 1000;

@@ -19,6 +19,7 @@
 //! - `aae`: per-partition hash trees and the anti-entropy exchange.
 //! - `aae_bucket`: one tree bucket's keys and object hashes, packed in one buffer.
 //! - `reaper`: removing tombstones for good without resurrecting old values.
+//! - `scan`: one page of a partition's stored keys, for `dynakv backup`.
 //! - `scrub`: the background walk that checks every stored record at a bounded rate.
 //! - `membership`: the gossiper, the persisted cluster state, join/leave progress.
 //! - `membership_router`: what membership decides, routed to transfers, the map and
@@ -49,6 +50,7 @@ mod ops;
 mod read;
 mod reaper;
 mod replica;
+mod scan;
 mod scrub;
 mod status;
 pub mod store;

@@ -28,6 +28,7 @@ use super::types::{
     ClientReply, ClientRequest, CoordMsg, CoreStats, Effect, HandoffMsg, Input, OpId, PeerMsg,
     ProbeMsg, RequestId,
 };
+use super::write::WriteBody;
 use crate::codec;
 use crate::dvv::Actor;
 use crate::error::{Error, Result};
@@ -485,24 +486,28 @@ impl<S: Store> NodeCore<S> {
                 value,
                 context,
                 opts,
-            } => coord.start_write(
-                ctx,
-                &mut env,
-                origin,
-                key,
-                super::types::Value::Data(value),
-                context,
-                opts,
-            ),
-            ClientRequest::Delete { key, context, opts } => coord.start_write(
-                ctx,
-                &mut env,
-                origin,
-                key,
-                super::types::Value::Tombstone,
-                context,
-                opts,
-            ),
+            } => {
+                let value = super::types::Value::Data(value);
+                let body = WriteBody::Mint { value, context };
+                coord.start_write(ctx, &mut env, origin, key, body, opts)
+            }
+            ClientRequest::Delete { key, context, opts } => {
+                let value = super::types::Value::Tombstone;
+                let body = WriteBody::Mint { value, context };
+                coord.start_write(ctx, &mut env, origin, key, body, opts)
+            }
+            ClientRequest::Restore { key, object, opts } => {
+                let body = WriteBody::Merge(object);
+                coord.start_write(ctx, &mut env, origin, key, body, opts)
+            }
+            ClientRequest::Scan {
+                partition,
+                after,
+                limit,
+            } => {
+                let reply = super::scan::scan_page(ctx, partition, after.as_deref(), limit);
+                ctx.respond(origin, reply);
+            }
             ClientRequest::PartitionMap => {
                 let map = ctx.map.clone();
                 ctx.respond(origin, ClientReply::PartitionMap(map));

@@ -18,30 +18,57 @@ use super::ctx::Ctx;
 use super::node::Origin;
 use super::ops::{PendingOp, WriteOp};
 use super::timers::Timer;
+use super::types::Object;
 use super::types::{OpId, ReplicaError, ReplicaMsg, RequestError, RequestOptions, Value};
 use crate::dvv::{Dot, DvvSet, VersionVector};
 use crate::store::Store;
 
+/// What a write stores on the key's replicas.
+#[derive(Debug, Clone)]
+pub(super) enum WriteBody {
+    /// A put (a value) or a delete (a tombstone): the coordinator mints a new version that
+    /// supersedes what `context` covers.
+    Mint {
+        value: Value,
+        context: VersionVector,
+    },
+    /// A restore: a stored object (from a backup) merged as it is, as anti-entropy merges;
+    /// nothing is minted.
+    Merge(Object),
+}
+
+impl WriteBody {
+    /// The operation's name in replies and logs.
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            WriteBody::Mint {
+                value: Value::Tombstone,
+                ..
+            } => "delete",
+            WriteBody::Mint { .. } => "put",
+            WriteBody::Merge(_) => "restore",
+        }
+    }
+}
+
 impl Coordinator {
-    /// Start a put (or, with a tombstone, a delete).
-    #[allow(clippy::too_many_arguments)] // the fields of one message, plus the context
+    /// Start a put, a delete or a restore.
     pub(super) fn start_write<S: Store>(
         &mut self,
         ctx: &mut Ctx<S>,
         env: &mut CoordEnv<'_>,
         origin: Origin,
         key: Bytes,
-        value: Value,
-        context: VersionVector,
+        body: WriteBody,
         opts: RequestOptions,
     ) {
-        let kind = if matches!(value, Value::Tombstone) {
-            "delete"
-        } else {
-            "put"
-        };
+        let kind = body.kind();
         let checked = Self::check_key(ctx, &key).and_then(|_| {
-            if let Value::Data(v) = &value {
+            if let WriteBody::Mint {
+                value: Value::Data(v),
+                ..
+            } = &body
+            {
                 if v.len() > ctx.cfg.max_value_bytes {
                     return Err(RequestError::ValueTooLarge {
                         len: v.len() as u64,
@@ -56,7 +83,11 @@ impl Coordinator {
             Err(e) => return ctx.respond(origin, error(e)),
         };
         let max_counter = crate::codec::token::MAX_TOKEN_COUNTER;
-        if context.entries().iter().any(|(_, c)| *c > max_counter) {
+        let claimed = match &body {
+            WriteBody::Mint { context, .. } => context.clone(),
+            WriteBody::Merge(object) => object.join(),
+        };
+        if claimed.entries().iter().any(|(_, c)| *c > max_counter) {
             return ctx.respond(
                 origin,
                 error(RequestError::InvalidOptions(format!(
@@ -78,14 +109,12 @@ impl Coordinator {
         if let (false, Some(primary), Origin::Client(_)) = (i_am_primary, up_primary, origin) {
             // Prefer a primary to coordinate (and mint the dot): fallbacks mint only when every
             // primary is down, which keeps actor identities stable (see `retire_actor`).
-            return self.forward(
-                ctx, origin, kind, quorum, primary, key, value, context, opts,
-            );
+            return self.forward(ctx, origin, kind, quorum, primary, key, body, opts);
         }
         if !targets.iter().any(|t| t.node == me) {
             if let Origin::Client(_) = origin {
                 let to = targets[0].node;
-                return self.forward(ctx, origin, kind, quorum, to, key, value, context, opts);
+                return self.forward(ctx, origin, kind, quorum, to, key, body, opts);
             }
             // Forwarded to us although our view says we are no target: coordinate anyway as
             // an extra fallback for the first primary, so the write is not bounced around.
@@ -120,7 +149,13 @@ impl Coordinator {
         if !ctx.corrupt.get_mut().is_empty() {
             ctx.set_aside_corrupt();
         }
-        let object = DvvSet::update(DvvSet::new_with_context(&context, value), &local, ctx.actor);
+        let minting = matches!(body, WriteBody::Mint { .. });
+        let object = match body {
+            WriteBody::Mint { value, context } => {
+                DvvSet::update(DvvSet::new_with_context(&context, value), &local, ctx.actor)
+            }
+            WriteBody::Merge(given) => super::ctx::merge_objects(&ctx.cfg, &local, &given),
+        };
         #[cfg(feature = "planted-bugs")]
         let object = if ctx.cfg.has_bug(super::config::PlantedBug::LastWriteWins) {
             object.keep_only_newest()
@@ -169,7 +204,7 @@ impl Coordinator {
         if let Err(e) = stored {
             return ctx.respond(origin, error(RequestError::Storage(e)));
         }
-        let dot = Some(Dot {
+        let dot = minting.then(|| Dot {
             actor: ctx.actor,
             counter: object.join().get(&ctx.actor),
         });

@@ -4,7 +4,7 @@
 //! [`crate::codec`], and `Clone`/`PartialEq` so the simulator can duplicate, replay and compare it.
 
 use bytes::Bytes;
-use dynakv_ring::NodeId;
+use dynakv_ring::{NodeId, PartitionId};
 use serde::{Deserialize, Serialize};
 
 use crate::dvv::{Dot, DvvSet, VersionVector};
@@ -76,6 +76,23 @@ pub enum ClientRequest {
     PartitionMap,
     /// A membership change asked for by an operator.
     Admin(AdminRequest),
+    /// One page of the keys this node stores for `partition`, a partition it replicates, as
+    /// stored: every sibling, tombstones and the causal context. Answered by the node itself,
+    /// never forwarded: `dynakv backup` asks every replica and merges. `after` is the last key of
+    /// the previous page; at most `limit` keys (and a frame's worth of bytes) come back.
+    Scan {
+        partition: PartitionId,
+        after: Option<Bytes>,
+        limit: u32,
+    },
+    /// Merge a stored object (from a backup) into the key on its replicas, as anti-entropy
+    /// does: no new version is minted, versions the cluster holds that are newer stay, and a
+    /// value a stored delete covers stays deleted. `dynakv restore` sends one per key.
+    Restore {
+        key: Bytes,
+        object: Object,
+        opts: RequestOptions,
+    },
 }
 
 /// Membership changes an operator asks a node for (`dynakv leave`, `dynakv remove`).
@@ -98,6 +115,8 @@ impl ClientRequest {
             ClientRequest::Delete { .. } => "delete",
             ClientRequest::PartitionMap => "partition-map",
             ClientRequest::Admin(_) => "admin",
+            ClientRequest::Scan { .. } => "scan",
+            ClientRequest::Restore { .. } => "restore",
         }
     }
 }
@@ -131,6 +150,16 @@ pub struct PutReply {
     pub fallback_acks: u8,
 }
 
+/// One page of a partition's stored keys ([`ClientRequest::Scan`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanReply {
+    /// Keys in order, with their stored objects (records that fail their checksum are left
+    /// out: the node repairs them from the other replicas).
+    pub items: Vec<(Bytes, Object)>,
+    /// Where the next page starts (pass it as `after`); `None`: this was the last page.
+    pub next: Option<Bytes>,
+}
+
 /// The reply to a [`ClientRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientReply {
@@ -142,6 +171,8 @@ pub enum ClientReply {
     PartitionMap(dynakv_ring::PartitionMap),
     /// Reply to [`ClientRequest::Admin`]: what was staged.
     Admin(String),
+    /// Reply to [`ClientRequest::Scan`].
+    Scanned(ScanReply),
     /// The request failed.
     Error(RequestError),
 }
@@ -220,6 +251,13 @@ pub enum RequestError {
     /// A membership change (leave, remove) was refused; the message says why.
     #[error("membership change refused: {0}")]
     ChangeRefused(String),
+    /// A scan asked a node for a partition it does not replicate (its map moved on, or the
+    /// client's view is stale).
+    #[error("node {node} does not replicate partition {partition}; ask one of its replicas")]
+    NotReplica {
+        node: NodeId,
+        partition: PartitionId,
+    },
     /// Something the node did not expect; the message says what.
     #[error("internal error: {0}")]
     Internal(String),

@@ -383,6 +383,8 @@ pub(crate) fn op_name(frame: &ClientFrame) -> &'static str {
             ClientRequest::Put { .. } => "put",
             ClientRequest::Delete { .. } => "delete",
             ClientRequest::Admin(_) => "admin",
+            ClientRequest::Scan { .. } => "scan",
+            ClientRequest::Restore { .. } => "restore",
         },
     }
 }
@@ -404,7 +406,9 @@ pub(crate) fn outcome(reply: &ServerFrame) -> &'static str {
 }
 
 /// The role a request needs: reads and cluster information `read`; puts and deletes
-/// `write`; membership changes (join, leave, remove) `admin`.
+/// `write`; membership changes (join, leave, remove), backup scans and restores `admin` (a
+/// scan lists every key; a restore merges objects with any dots, which only an operator's
+/// backup should carry).
 pub(crate) fn needed_role(frame: &ClientFrame) -> (Role, &'static str) {
     match frame {
         ClientFrame::Join { .. } => (Role::Admin, "join"),
@@ -416,6 +420,8 @@ pub(crate) fn needed_role(frame: &ClientFrame) -> (Role, &'static str) {
             ClientRequest::Put { .. } => (Role::Write, "put"),
             ClientRequest::Delete { .. } => (Role::Write, "delete"),
             ClientRequest::Admin(_) => (Role::Admin, "membership change"),
+            ClientRequest::Scan { .. } => (Role::Admin, "backup scan"),
+            ClientRequest::Restore { .. } => (Role::Admin, "restore"),
         },
     }
 }
@@ -468,8 +474,11 @@ pub(crate) async fn answer(frame: ClientFrame, ctx: &AcceptCtx) -> ServerFrame {
             let timeout_ms = match &request {
                 ClientRequest::Get { opts, .. }
                 | ClientRequest::Put { opts, .. }
-                | ClientRequest::Delete { opts, .. } => opts.timeout_ms,
-                ClientRequest::PartitionMap | ClientRequest::Admin(_) => None,
+                | ClientRequest::Delete { opts, .. }
+                | ClientRequest::Restore { opts, .. } => opts.timeout_ms,
+                ClientRequest::PartitionMap
+                | ClientRequest::Admin(_)
+                | ClientRequest::Scan { .. } => None,
             }
             .unwrap_or_else(|| ctx.default_timeout_ms.load(Ordering::Relaxed));
             let (tx, rx) = oneshot::channel();

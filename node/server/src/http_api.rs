@@ -379,7 +379,9 @@ fn error_response(e: &RequestError) -> Response<Full<Bytes>> {
         E::Storage(_) | E::StorageFailed { .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, "storage_failed")
         }
-        E::Removed { .. } | E::NotJoined { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_member"),
+        E::Removed { .. } | E::NotJoined { .. } | E::NotReplica { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "not_member")
+        }
         E::ChangeRefused(_) => (StatusCode::CONFLICT, "change_refused"),
         E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };

@@ -4,6 +4,7 @@
 //! serde support today) can be swapped in one place. Decoding never trusts its input: sizes are
 //! bounded before allocation, trailing bytes are an error, and decoded objects are validated.
 
+pub mod backup;
 pub mod clock;
 pub mod token;
 mod varint;
