@@ -141,13 +141,20 @@ impl ClusterFile {
     }
 }
 
-/// The optional node config file (`--config FILE`): overrides of the core's limits and timers,
-/// one flat `key = value` line each. Every key is optional (an absent key keeps the core
-/// default, [`CoreConfig::default`]); an unknown key is an error naming it. The quorum defaults
-/// and the request timeout come from the cluster file.
+/// The node config file, `dynakv.toml` (`--config FILE`): who the node is and where it listens,
+/// and overrides of the core's limits and timers, one flat `key = value` line each (the full
+/// reference is `deploy/dynakv.toml`). Every key is optional: flags and `DYNAKV_<KEY>`
+/// environment variables override it ([`crate::settings`]), and an absent tuning key keeps the
+/// core default ([`CoreConfig::default`]); an unknown key is an error naming it. The quorum
+/// defaults and the request timeout come from the cluster file.
 ///
 /// ```toml
-/// # node.toml
+/// # dynakv.toml
+/// id = 1                         # this node's id (its certificate names it)
+/// listen = "0.0.0.0:7101"        # UDP address to bind (QUIC, clients and peers)
+/// advertise = "node1:7101"       # the address peers dial, HOST:PORT or IP:PORT
+/// dir = "/var/lib/dynakv"        # data dir: node.pem, node-key.pem, ca.pem, data/
+/// join = ["node2:7101"]          # seeds, for a node not in the cluster file
 /// fallback_after_ms = 300        # silence before a write also goes to a fallback
 /// tick_ms = 100                  # maintenance period (handoff, anti-entropy, probes, reaping)
 /// handoff_batch = 64             # hints per handoff batch
@@ -168,6 +175,21 @@ impl ClusterFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfigFile {
+    /// This node's id (`--id`).
+    pub id: Option<u32>,
+    /// The UDP address to bind (`--listen`).
+    pub listen: Option<SocketAddr>,
+    /// The address the cluster dials, when it is not `listen` (a container, a NAT, a bind to
+    /// 0.0.0.0): `HOST:PORT` or `IP:PORT`, resolved at start (`--advertise`).
+    pub advertise: Option<String>,
+    /// The data directory (`--dir`).
+    pub dir: Option<PathBuf>,
+    /// Members to join through, `HOST:PORT` or `IP:PORT` (`--join`).
+    pub join: Option<Vec<String>>,
+    /// The cluster file (`--cluster`; default DIR/cluster.toml).
+    pub cluster: Option<PathBuf>,
+    /// Start even if the key file is readable by other users (`--insecure-key-permissions`).
+    pub insecure_key_permissions: Option<bool>,
     /// Longest key accepted.
     pub max_key_bytes: Option<usize>,
     /// Longest value accepted.

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the cluster file, the node config file and the data directory layout.
+//! - [`settings`]: a node's settings from flags, `DYNAKV_<KEY>` variables and `dynakv.toml`,
+//!   merged and resolved (host names) into [`NodeOptions`].
 //! - [`sled_store`]: the production `Store`, on sled.
 //! - `join`: asking a seed to let this node in.
 //! - [`error`]: the crate's error enum.
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod error;
 pub use error::{Error, Result};
+pub mod settings;
 pub mod sled_store;
 
 mod accept;
@@ -55,19 +58,23 @@ const DEFAULT_PEER_QUEUE: usize = 16 * 1024;
 /// Bound on waiting for connections to close at shutdown.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// How to start one node (the `dynakv node` flags).
+/// How to start one node: the `dynakv node` flags, the node config file and the environment,
+/// merged by [`settings::node_options`].
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     /// This node's id; must match its certificate (and its cluster file entry, for a founder).
     pub id: NodeId,
-    /// UDP address to listen on; a joining node advertises it to the cluster.
+    /// UDP address to listen on.
     pub listen: SocketAddr,
+    /// The address a joining node advertises to the cluster (default: `listen`).
+    pub advertise: Option<SocketAddr>,
     /// The data directory (sled db, certificate, key, CA copy).
     pub dir: PathBuf,
     /// Seeds to join through, for a node that is not in the cluster file.
     pub join: Vec<SocketAddr>,
-    /// Node config file with overrides of the core limits.
-    pub config: Option<PathBuf>,
+    /// The node config file's settings (environment overrides applied): limits, timers,
+    /// listeners.
+    pub settings: NodeConfigFile,
     /// The cluster file; default `DIR/cluster.toml`.
     pub cluster: Option<PathBuf>,
     /// Start even if the node's private key file is readable by other users (unix); by
@@ -106,10 +113,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     tokio::pin!(shutdown);
     let dir = DataDir::new(&opts.dir);
     dir.check()?;
-    let node_cfg = match &opts.config {
-        Some(path) => NodeConfigFile::load(path)?,
-        None => NodeConfigFile::default(),
-    };
+    let node_cfg = opts.settings.clone();
+    // The address the cluster dials this node at (a joining node advertises it).
+    let advertised = opts.advertise.unwrap_or(opts.listen);
     let entry = entry(&opts, &dir)?;
     let cert = NodeCert::load(dir.root(), opts.insecure_key_permissions)?;
     if cert.node_id() != Some(opts.id) {
@@ -197,10 +203,10 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             let my_addr = members
                 .iter()
                 .find(|(id, _)| *id == opts.id)
-                .map_or(opts.listen, |(_, a)| *a);
-            if my_addr != opts.listen {
+                .map_or(advertised, |(_, a)| *a);
+            if my_addr != advertised {
                 tracing::warn!(listen = %opts.listen, advertised = %my_addr,
-                    "--listen differs from this node's address in the cluster file; peers dial the latter");
+                    "--listen/--advertise differs from this node's address in the cluster file; peers dial the latter");
             }
             let addrs = members.iter().map(|(id, a)| (*id, a.to_string())).collect();
             let boot = Bootstrap::Founders {
@@ -214,7 +220,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             tracing::info!(seed = file.seed, seed_addr = %file.seed_addr,
                 "restarting a node that joined before (settings from join.toml)");
             let boot = Bootstrap::Join {
-                addr: opts.listen.to_string(),
+                addr: advertised.to_string(),
                 seed: NodeId(file.seed),
                 seed_addr: file.seed_addr.to_string(),
             };
@@ -222,7 +228,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             (
                 file.cluster_file(),
                 boot,
-                opts.listen,
+                advertised,
                 BTreeMap::new(),
                 seeds,
             )
@@ -260,7 +266,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             let file = JoinFile::from_seed(&seed);
             file.save(dir.root())?;
             let boot = Bootstrap::Join {
-                addr: opts.listen.to_string(),
+                addr: advertised.to_string(),
                 seed: seed.id,
                 seed_addr: seed.addr.to_string(),
             };
@@ -275,7 +281,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             (
                 file.cluster_file(),
                 boot,
-                opts.listen,
+                advertised,
                 BTreeMap::new(),
                 seeds,
             )

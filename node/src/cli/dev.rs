@@ -53,7 +53,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
     if let Some(config) = &args.config {
         // Checked here, so a typo is one clear line instead of three node logs.
-        dynakv_server::config::NodeConfigFile::load(config)?;
+        let file = dynakv_server::config::NodeConfigFile::load(config)?;
+        // Every dev node reads the file: who a node is and where it listens is dev's to say.
+        let own = [
+            ("id", file.id.is_some()),
+            ("listen", file.listen.is_some()),
+            ("advertise", file.advertise.is_some()),
+            ("dir", file.dir.is_some()),
+            ("join", file.join.is_some()),
+            ("cluster", file.cluster.is_some()),
+            ("metrics_addr", file.metrics_addr.is_some()),
+            ("http_addr", file.http_addr.is_some()),
+        ];
+        let set: Vec<&str> = own.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
+        if !set.is_empty() {
+            bail!(
+                "{} sets {}: `dev --config` takes limits and timers only (dev gives each node its id, addresses and directory)",
+                config.display(),
+                set.join(", ")
+            );
+        }
         std::fs::copy(config, node_config(&dir))
             .with_context(|| format!("cannot copy {} into {}", config.display(), dir.display()))?;
     }

@@ -6,7 +6,10 @@
 //!   `dynakv_client::Client` through which every command talks to nodes.
 //! - `kv`: `put`, `get` and `delete`.
 //! - `status`: `status`, as a readable listing or one JSON object.
+//! - `rolling`: `safe-to-stop`, the check before stopping a node in a rolling restart.
 //! - `ca`: `ca init` and `ca issue`.
+//! - `config_check`: `config check`, and the options `node` starts with (flags, environment
+//!   and dynakv.toml merged).
 //! - `admin`: `join`, `leave` and `remove` (membership changes).
 //! - `dev`: the one-command local cluster, and `dev add` to grow it.
 //! - `bench`: the closed-loop load generator.
@@ -18,12 +21,14 @@ mod backup;
 mod backup_files;
 mod bench;
 mod ca;
+mod config_check;
 mod conn;
 mod dev;
 mod dev_add;
 mod dev_ctl;
 mod kv;
 mod restore;
+mod rolling;
 mod status;
 
 use std::net::SocketAddr;
@@ -80,6 +85,9 @@ pub enum Command {
     /// Create a cluster CA or issue node certificates (for nodes started by hand).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Check a node's configuration without starting it.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Write a value; prints {"context":"TOKEN","acks":A,"primary_acks":P,"fallback_acks":F}.
     ///
     /// `context` is the context after the write. Without --context the write is blind: it
@@ -104,6 +112,11 @@ pub enum Command {
     /// node marked down), stats (the core's counters) and storage_failure (null, or why the node
     /// stopped serving after a failed disk sync).
     Status(StatusArgs),
+    /// May the node at --node be stopped now (rolling restart, upgrade)? Safe when every key
+    /// keeps its read and write quorums without it (given the members already down) and no
+    /// partition transfer or membership change is in progress. Prints
+    /// {"node":ID,"safe":BOOL,"reasons":[..],"notes":[..]}; exit 0 when safe, 1 when not.
+    SafeToStop(StatusArgs),
     /// Closed-loop load generator: reports throughput and p50/p99/p999 latency.
     Bench(bench::BenchArgs),
     /// Back up every key of a live cluster into --out DIR (needs the admin role).
@@ -221,25 +234,27 @@ pub struct RemoveArgs {
 pub struct NodeArgs {
     /// This node's id (must match its certificate, and its cluster file entry if it has one).
     #[arg(long)]
-    pub id: u32,
-    /// UDP address to listen on, e.g. 127.0.0.1:7101.
+    pub id: Option<u32>,
+    /// UDP address to listen on, e.g. 127.0.0.1:7101 or 0.0.0.0:7101.
     #[arg(long)]
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
+    /// The address the cluster dials this node at, when it is not --listen (a container, a
+    /// bind to 0.0.0.0): HOST:PORT or IP:PORT, resolved at start.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
     /// Data directory (node.pem, node-key.pem, ca.pem; the database goes to DIR/data).
     #[arg(long)]
-    pub dir: PathBuf,
-    /// Address of a member to join through (repeatable; tried in turn, with backoff), for a
-    /// node that is not in the cluster file. LISTEN is the address the cluster will dial.
-    #[arg(long, value_name = "ADDR")]
-    pub join: Vec<SocketAddr>,
-    /// Node config file (TOML, flat `key = value` lines) overriding the node's limits and
-    /// timers: max_key_bytes, max_value_bytes, sibling_warn, sibling_max, read_repair,
-    /// peer_queue, fallback_after_ms, tick_ms, handoff_batch, handoff_backoff_max_ms,
-    /// aae_interval_ms, read_repair_per_sec, tombstone_grace_ms, gossip_interval_ms,
-    /// max_transfers, transfer_batch (see docs/AVAILABILITY.md), allow_node_clients,
-    /// max_inflight_requests, max_requests_per_connection, max_client_connections_per_ip (see
-    /// docs/SECURITY.md). Unknown
-    /// keys are an error.
+    pub dir: Option<PathBuf>,
+    /// Address of a member to join through, HOST:PORT or IP:PORT (repeatable; tried in turn,
+    /// with backoff), for a node that is not in the cluster file.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Vec<String>,
+    /// The node config file, dynakv.toml (deploy/dynakv.toml is the commented reference):
+    /// id, listen, advertise, dir, join, cluster, metrics_addr, http_addr, and the limits and
+    /// timers (docs/AVAILABILITY.md "Knobs", docs/SECURITY.md). Every key can also be set by
+    /// the environment variable DYNAKV_<KEY> (DYNAKV_CACHE_MB=64); flags override both, and
+    /// the environment overrides the file. Unknown keys are an error. With every setting in
+    /// the file, `dynakv node --config FILE` alone starts the node.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Cluster file (TOML: partitions, n, r, w, request_timeout_ms, `[[members]]` id/addr).
@@ -260,6 +275,16 @@ pub struct NodeArgs {
     /// (overrides the node config's `http_addr`; default: not served).
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
+}
+
+/// `dynakv config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check what `dynakv node` with the same flags would start with (dynakv.toml, the
+    /// DYNAKV_<KEY> variables and the flags merged; host names resolved): the data directory,
+    /// the certificate, the cluster file, the limits. Prints the effective settings as one
+    /// JSON line, or the first problem (exit 1).
+    Check(NodeArgs),
 }
 
 /// `dynakv ca` subcommands.
@@ -391,25 +416,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Node(args) => {
-            let opts = dynakv_server::NodeOptions {
-                id: dynakv_ring::NodeId(args.id),
-                listen: args.listen,
-                dir: args.dir,
-                join: args.join,
-                config: args.config,
-                cluster: args.cluster,
-                insecure_key_permissions: args.insecure_key_permissions,
-                metrics_addr: args.metrics_addr,
-                http_addr: args.http_addr,
-            };
+            let opts = config_check::node_options(&args).await?;
             dynakv_server::run(opts, dynakv_server::shutdown_signal()).await?;
             Ok(())
         }
+        Command::Config(ConfigCommand::Check(args)) => config_check::run(args).await,
         Command::Ca(cmd) => ca::run(cmd),
         Command::Put(args) => kv::put(args).await,
         Command::Get(args) => kv::get(args).await,
         Command::Delete(args) => kv::delete(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::SafeToStop(args) => rolling::run(args).await,
         Command::Join(args) => admin::join(args.seed, args.target).await,
         Command::Leave(args) => admin::leave(args.target).await,
         Command::Remove(args) => admin::remove(args.id, args.force, args.target).await,
