@@ -61,6 +61,8 @@ pub struct History {
     pub written_values: BTreeSet<String>,
     pub gets_ok: u64,
     pub gets_failed: u64,
+    /// Restores of old copies (the workload's stand-in for `dynakv restore`) acknowledged.
+    pub restores_ok: u64,
     pub sibling_reads: u64,
     pub max_siblings: usize,
     pub quiet_failures: Vec<String>,

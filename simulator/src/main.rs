@@ -268,8 +268,8 @@ fn print_human(r: &RunReport, cfg: &SimConfig) {
         .collect();
     println!("  mechanisms: {}", mech.join(", "));
     println!(
-        "  ops: {} acked, {} failed ({} writes with unknown outcome); {} reads saw siblings (max {})",
-        r.ops_acked, r.ops_failed, r.writes_unknown, r.sibling_reads, r.max_siblings
+        "  ops: {} acked, {} failed ({} writes with unknown outcome); {} reads saw siblings (max {}); {} old copies restored",
+        r.ops_acked, r.ops_failed, r.writes_unknown, r.sibling_reads, r.max_siblings, r.restores_ok
     );
     println!(
         "  virtual time {} ms, wall time {:.1} ms, {} events ({:.0} events/s), trace digest {}",

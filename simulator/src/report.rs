@@ -37,6 +37,8 @@ pub struct RunReport {
     pub writes_unknown: u64,
     pub gets_ok: u64,
     pub sibling_reads: u64,
+    /// Old copies restored (as `dynakv restore` would) and acknowledged.
+    pub restores_ok: u64,
     pub max_siblings: usize,
     pub messages_sent: u64,
     pub messages_dropped: u64,
@@ -242,6 +244,7 @@ fn run_once(seed: u64, cfg: &SimConfig) -> Result<RunReport, SimError> {
         writes_unknown: unknown,
         gets_ok: h.gets_ok,
         sibling_reads: h.sibling_reads,
+        restores_ok: h.restores_ok,
         max_siblings: h.max_siblings,
         messages_sent: world.net.sent,
         messages_dropped: world.net.dropped,

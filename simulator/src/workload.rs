@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use dynakv_core::store::Store as _;
 use dynakv_core::{ClientReply, ClientRequest, RequestError, RequestId, RequestOptions};
 use dynakv_proto::dvv::VersionVector;
 use rand::Rng;
@@ -47,6 +48,9 @@ enum PendingKind {
     Preload {
         record: usize,
     },
+    /// A restore of a stored object copied from a replica earlier (an operator's backup):
+    /// it mints nothing, so the history records nothing; the checks must hold all the same.
+    Restore,
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +282,25 @@ impl World {
         self.submit(client, key, request, PendingKind::Write { record });
     }
 
+    /// A copy of `key` as a random running node stores it now (a backup of it), if it has one
+    /// that reads back (a corrupt record is no backup).
+    fn backup_copy(&mut self, key: &str) -> Option<dynakv_core::Object> {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].core.is_some())
+            .collect();
+        if running.is_empty() {
+            return None;
+        }
+        let i = running[self.rng.gen_range(0..running.len())];
+        let core = self.nodes[i].core.as_ref()?;
+        let p = core.partition_map().partition_for_key(key.as_bytes());
+        let bytes = core
+            .store()
+            .get(dynakv_core::store::Space::Partition(p), key.as_bytes())
+            .ok()??;
+        dynakv_proto::codec::decode_object(&bytes).ok()
+    }
+
     /// A client picks its next operation.
     pub(crate) fn client_next(&mut self, client: usize) {
         if self.workload.phase != Phase::Chaos || self.workload.issued >= self.workload.target {
@@ -298,6 +321,23 @@ impl World {
             )
         };
         match roll {
+            // One operation in a hundred restores an old copy of the key, as `dynakv restore`
+            // of a backup taken earlier would (not with reaping: restoring a backup older than
+            // a reaped delete brings the value back, as docs/OPERATIONS.md says).
+            0 if !self.cfg.reap => match self.backup_copy(&key) {
+                Some(object) => {
+                    let request = ClientRequest::Restore {
+                        key: key_bytes(&key),
+                        object,
+                        opts,
+                    };
+                    self.submit(client, key, request, PendingKind::Restore);
+                }
+                None => {
+                    let (r, k) = get(AfterGet::Nothing);
+                    self.submit(client, key, r, k);
+                }
+            },
             0..=29 => {
                 let (r, k) = get(AfterGet::Nothing);
                 self.submit(client, key, r, k);
@@ -406,6 +446,14 @@ impl World {
                 h.quiet_failures
                     .push(format!("unexpected write reply {other:?}"));
             }
+            (PendingKind::Restore, ClientReply::Written(w)) => {
+                h.restores_ok += 1;
+                if w.dot.is_some() {
+                    h.quiet_failures
+                        .push(format!("a restore minted a dot: {w:?}"));
+                }
+            }
+            (PendingKind::Restore, _) => {}
         }
         self.think(p.client);
     }
@@ -427,7 +475,9 @@ impl World {
                     return;
                 }
             }
-            PendingKind::Get { .. } => self.workload.history.gets_failed += 1,
+            PendingKind::Get { .. } | PendingKind::Restore => {
+                self.workload.history.gets_failed += 1
+            }
             PendingKind::QuietGet => {
                 self.quiet_retry(p.key, "no reply".into());
                 return;

@@ -47,6 +47,7 @@ fn fixed_seeds_with_all_faults_hold_every_invariant() {
     let mut faults_seen = std::collections::BTreeSet::new();
     let mut mechanisms = std::collections::BTreeMap::<String, u64>::new();
     let mut acked = 0;
+    let mut restores = 0;
     for seed in 0..150 {
         let config = if seed % 2 == 0 { &keep } else { &reap };
         let r = run(seed, config).unwrap();
@@ -61,7 +62,12 @@ fn fixed_seeds_with_all_faults_hold_every_invariant() {
             *mechanisms.entry(k.clone()).or_insert(0) += v;
         }
         acked += r.ops_acked;
+        restores += r.restores_ok;
     }
+    assert!(
+        restores > 100,
+        "old copies were restored under faults: {restores}"
+    );
     // The availability mechanisms really ran under the faults (not just the happy path).
     for m in [
         "sloppy_writes",
