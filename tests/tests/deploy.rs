@@ -200,6 +200,13 @@ fn nodes_start_from_dynakv_toml_or_the_environment_and_config_check_explains() -
     let no_id = dynakv(&["config", "check", "--listen", &a1.to_string()], &[])?;
     let err = String::from_utf8_lossy(&no_id.stderr);
     assert!(err.contains("--id") && err.contains("DYNAKV_ID"), "{err}");
+    // A joining node bound to every interface must say which address peers dial.
+    let mut wildcard = node2_env.to_vec();
+    wildcard.retain(|(k, _)| *k != "DYNAKV_ADVERTISE" && *k != "DYNAKV_LISTEN");
+    wildcard.push(("DYNAKV_LISTEN", format!("0.0.0.0:{}", a2.port())));
+    let out = dynakv(&["config", "check"], &wildcard)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("advertise"), "{err}");
     let wrong = dynakv(&["config", "check", "--config", &t, "--id", "2"], &[])?;
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert!(
@@ -224,6 +231,11 @@ fn safe_to_stop_says_no_once_another_replica_is_down() -> anyhow::Result<()> {
     let node1 = c.addr(1).to_string();
     let safe = c.cli_json(&["safe-to-stop", "--node", &node1])?;
     assert_eq!(safe["safe"], true, "{safe}");
+    // About one node only: a list could fail over and answer for another.
+    let two = format!("{node1},{}", c.addr(2));
+    let out = c.cli(&["safe-to-stop", "--node", &two])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one node"));
     c.stop(3)?;
     let deadline = Instant::now() + WAIT;
     let verdict = loop {

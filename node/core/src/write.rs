@@ -82,6 +82,17 @@ impl Coordinator {
             Ok(q) => q,
             Err(e) => return ctx.respond(origin, error(e)),
         };
+        if let WriteBody::Merge(given) = &body {
+            // A backup's object from a client: a valid replica state, or nothing is done.
+            if let Err(e) = crate::codec::check_replica_object(given) {
+                return ctx.respond(
+                    origin,
+                    error(RequestError::InvalidOptions(format!(
+                        "bad object to restore: {e}"
+                    ))),
+                );
+            }
+        }
         let max_counter = crate::codec::token::MAX_TOKEN_COUNTER;
         let claimed = match &body {
             WriteBody::Mint { context, .. } => context.clone(),

@@ -61,8 +61,14 @@ pub(crate) async fn serve(
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((stream, remote)) = accepted else {
-            continue;
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, say: do not spin on it.
+                tracing::warn!(error = %e, "cannot accept an HTTPS connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         // The same per-address bound as QUIC client connections.
         let Some(slot) = ctx.admission.admit_conn(remote.ip()) else {

@@ -117,6 +117,11 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     // The address the cluster dials this node at (a joining node advertises it).
     let advertised = opts.advertise.unwrap_or(opts.listen);
     let entry = entry(&opts, &dir)?;
+    if !matches!(entry, Entry::Founder(_)) && advertised.ip().is_unspecified() {
+        return Err(Error::Config(format!(
+            "this node would advertise {advertised}, which no peer can dial: set `advertise` (or --advertise) to the address peers reach it at"
+        )));
+    }
     let cert = NodeCert::load(dir.root(), opts.insecure_key_permissions)?;
     if cert.node_id() != Some(opts.id) {
         return Err(Error::DataDir(format!(

@@ -497,8 +497,14 @@ pub(crate) async fn serve(
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((stream, _)) = accepted else {
-            continue;
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: do not spin on it.
+                tracing::warn!(error = %e, "cannot accept a metrics connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue; // dropped: the scraper retries

@@ -13,7 +13,10 @@ use super::NodeArgs;
 
 /// The options `dynakv node ARGS` starts with.
 pub async fn node_options(args: &NodeArgs) -> anyhow::Result<NodeOptions> {
-    let file = settings::load(args.config.as_deref(), std::env::vars())?;
+    // Variables that are not UTF-8 cannot be settings (and `std::env::vars` would panic).
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let file = settings::load(args.config.as_deref(), env)?;
     let flags = NodeFlags {
         id: args.id,
         listen: args.listen,
@@ -60,6 +63,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     } else {
         "waits for `dynakv join SEED --node ADDR`".to_string()
     };
+    let advertised = opts.advertise.unwrap_or(opts.listen);
+    if !founder && advertised.ip().is_unspecified() {
+        bail!("this node would advertise {advertised}, which no peer can dial: set `advertise` (or --advertise) to the address peers reach it at");
+    }
     // The limits, checked as the node checks them (with the cluster file's quorum, or the
     // defaults of a joining node).
     let quorum = cluster

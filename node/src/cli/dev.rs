@@ -264,6 +264,11 @@ pub(super) fn node_command(
     if let Some(http) = dev_http_addr(addr) {
         cmd.arg("--http-addr").arg(http.to_string());
     }
+    // A dev node's settings come from dev and DIR/node.toml only, never from DYNAKV_<KEY>
+    // variables the user's shell happens to hold.
+    for key in dynakv_server::settings::KEYS {
+        cmd.env_remove(dynakv_server::settings::env_name(key));
+    }
     if node_config(dir).exists() {
         cmd.arg("--config").arg(node_config(dir));
     }

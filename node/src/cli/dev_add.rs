@@ -149,6 +149,9 @@ pub(super) fn spawn_joining(
             cmd.arg("--config").arg(config);
         }
     }
+    for key in dynakv_server::settings::KEYS {
+        cmd.env_remove(dynakv_server::settings::env_name(key));
+    }
     cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     if detached {

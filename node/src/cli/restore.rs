@@ -39,9 +39,13 @@ pub struct RestoreArgs {
     pub target: Target,
 }
 
-/// The checkpoint: which files of which backups are restored.
+/// The checkpoint: which files of which backups are restored, into which cluster.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Progress {
+    /// The cluster restored into (its CA certificate and member ids, hashed): a checkpoint of a
+    /// restore into another cluster (a drill into staging) must not skip anything here.
+    #[serde(default)]
+    cluster: String,
     /// (backup id, partition file) pairs already restored.
     done: Vec<(String, String)>,
 }
@@ -59,14 +63,47 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         .checkpoint
         .clone()
         .unwrap_or_else(|| args.dir.join("restore-progress.json"));
-    let mut done = read_progress(&checkpoint)?;
     let client = Arc::new(Client::connect(&args.target.nodes, &args.target.credentials()?).await?);
+    let info = client.cluster_info().await?;
+    let mut ids: Vec<u32> = info.members.iter().map(|(id, _)| id.0).collect();
+    ids.sort_unstable();
+    let ca = std::fs::read(&args.target.ca)
+        .with_context(|| format!("cannot read {}", args.target.ca.display()))?;
+    let cluster = super::backup_files::hex(xxhash_rust::xxh3::xxh3_64(
+        format!(
+            "{}:{ids:?}",
+            super::backup_files::hex(xxhash_rust::xxh3::xxh3_64(&ca))
+        )
+        .as_bytes(),
+    ));
+    let mut done = read_progress(&checkpoint)?;
+    if done.cluster != cluster {
+        if !done.done.is_empty() {
+            eprintln!(
+                "note: {} is the checkpoint of a restore into another cluster; starting over",
+                checkpoint.display()
+            );
+        }
+        done = Progress {
+            cluster,
+            done: Vec::new(),
+        };
+    }
+    // Written before anything is sent: a checkpoint that cannot be written (a read-only
+    // backup directory) is said now, not after the first file.
+    write_progress(&checkpoint, &done).with_context(|| {
+        format!(
+            "cannot write the restore checkpoint {} (pass --checkpoint FILE)",
+            checkpoint.display()
+        )
+    })?;
     let opts = Options {
         w: args.w,
         ..Options::default()
     };
     let started = Instant::now();
     let (mut restored, mut skipped) = (0u64, 0u64);
+    let mut failed: Vec<String> = Vec::new();
     for (d, m) in &chain {
         for entry in &m.files {
             let key = (m.id.clone(), entry.file.clone());
@@ -76,19 +113,26 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
             }
             let items = read_checked(d, entry)?;
             let mut tasks = tokio::task::JoinSet::new();
+            let mut failed_here = Vec::new();
             for (k, o) in items {
                 while tasks.len() >= IN_FLIGHT {
-                    join_one(&mut tasks).await?;
+                    join_one(&mut tasks, &mut failed_here).await;
                 }
                 let client = client.clone();
                 tasks.spawn(async move { restore_key(&client, k, o, opts).await });
                 restored += 1;
             }
             while !tasks.is_empty() {
-                join_one(&mut tasks).await?;
+                join_one(&mut tasks, &mut failed_here).await;
             }
-            done.done.push(key);
-            write_durable(&checkpoint, &serde_json::to_vec(&done)?)?;
+            if failed_here.is_empty() {
+                done.done.push(key);
+                write_progress(&checkpoint, &done)?;
+            } else {
+                // Not checkpointed: a later run retries this file (the rest of it merges
+                // again harmlessly).
+                failed.append(&mut failed_here);
+            }
             progress(&format!("restored {}/{total} keys", restored + skipped));
         }
     }
@@ -99,12 +143,30 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         serde_json::json!({
             "restored": args.dir.display().to_string(),
             "backups_in_chain": chain.len(),
-            "keys": restored,
+            "keys": restored - failed.len() as u64,
+            "failed": failed.len(),
             "skipped_from_checkpoint": skipped,
             "seconds": started.elapsed().as_secs_f64(),
         })
     );
+    if !failed.is_empty() {
+        bail!(
+            "{} keys could not be restored (their files stay unchecked in the checkpoint, so running again retries them):\n  {}",
+            failed.len(),
+            failed.iter().take(10).cloned().collect::<Vec<_>>().join("\n  ")
+        );
+    }
     Ok(())
+}
+
+/// Writes the checkpoint atomically (temporary file, rename), so a crash never leaves a
+/// half-written one.
+fn write_progress(path: &Path, progress: &Progress) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write_durable(&tmp, &serde_json::to_vec(progress)?)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
 fn read_progress(path: &Path) -> anyhow::Result<Progress> {
@@ -120,11 +182,13 @@ fn read_progress(path: &Path) -> anyhow::Result<Progress> {
     }
 }
 
-async fn join_one(tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>) -> anyhow::Result<()> {
+/// Waits for one restore; a key that failed for good is added to `failed` and the restore
+/// goes on with the others.
+async fn join_one(tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>, failed: &mut Vec<String>) {
     match tasks.join_next().await {
-        Some(Ok(result)) => result,
-        Some(Err(e)) => bail!("a restore task failed: {e}"),
-        None => Ok(()),
+        Some(Ok(Ok(()))) | None => {}
+        Some(Ok(Err(e))) => failed.push(format!("{e:#}")),
+        Some(Err(e)) => failed.push(format!("a restore task failed: {e}")),
     }
 }
 
@@ -144,12 +208,7 @@ async fn restore_key(
                 wait *= 2;
             }
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot restore key {:?} (the checkpoint keeps what is done; run the same command again to resume)",
-                        String::from_utf8_lossy(&key)
-                    )
-                })
+                return Err(e).with_context(|| format!("key {:?}", String::from_utf8_lossy(&key)))
             }
         }
     }

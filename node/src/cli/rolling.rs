@@ -9,7 +9,15 @@ use super::StatusArgs;
 
 /// `dynakv safe-to-stop`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let client = args.target.client()?;
+    // Exactly the node asked about: failing over to another (as other commands do with a
+    // list of nodes) would answer for the wrong one.
+    let [addr] = args.target.nodes[..] else {
+        anyhow::bail!(
+            "safe-to-stop is about one node: pass --node ADDR with one address (got {})",
+            args.target.nodes.len()
+        );
+    };
+    let client = dynakv_client::Client::direct(addr, &args.target.credentials()?)?;
     let reply = client.status().await;
     client.close().await;
     let report = reply?;
