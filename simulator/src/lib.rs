@@ -16,6 +16,7 @@
 //! - `workload`: simulated clients (gets, blind puts, stale-context puts, merges, deletes).
 //! - [`checker`]: the client history and the invariant checks.
 //! - [`report`]: one run's summary (human text or JSON) and [`run`], the entry point.
+//! - [`metadata`]: `dynakv-sim metadata`, the causal metadata the stores keep under churn.
 //! - [`error`]: the crate's error enum.
 
 pub mod checker;
@@ -24,6 +25,7 @@ pub mod error;
 mod faults;
 pub mod harness;
 mod links;
+pub mod metadata;
 pub mod report;
 mod workload;
 mod world;
