@@ -63,26 +63,7 @@ enum Cmd {
     /// Measure the causal metadata the stores keep under churn: clients read a key and write
     /// back with its context, or delete it; every --every operations, one line per
     /// measurement (records, tombstone records, bytes, context entries, token bytes, actors).
-    Metadata {
-        #[arg(long, default_value_t = 5)]
-        nodes: u32,
-        #[arg(long, default_value_t = 3)]
-        n: u8,
-        #[arg(long, default_value_t = 1_000_000)]
-        ops: u64,
-        #[arg(long, default_value_t = 100)]
-        keys: u32,
-        /// Share of operations that delete what they read.
-        #[arg(long, default_value_t = 0.2)]
-        delete_ratio: f64,
-        /// Reap tombstones (3.5 s grace), as `tombstone_grace_ms` does.
-        #[arg(long)]
-        reap: bool,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long, default_value_t = 100_000)]
-        every: u64,
-    },
+    Metadata(dynakv_simulator::metadata::MetadataConfig),
 }
 
 /// Which seeds a batch or soak runs, and on how many threads.
@@ -229,32 +210,13 @@ fn main() -> ExitCode {
                 Err(e) => bad_args(&e.to_string()),
             }
         }
-        Cmd::Metadata {
-            nodes,
-            n,
-            ops,
-            keys,
-            delete_ratio,
-            reap,
-            seed,
-            every,
-        } => {
-            if nodes < u32::from(n) || n == 0 || keys == 0 || every == 0 {
+        Cmd::Metadata(cfg) => {
+            if cfg.nodes < u32::from(cfg.n) || cfg.n == 0 || cfg.keys == 0 || cfg.every == 0 {
                 return bad_args("need nodes >= n >= 1, keys >= 1 and every >= 1");
             }
-            if !(0.0..=1.0).contains(&delete_ratio) {
+            if !(0.0..=1.0).contains(&cfg.delete_ratio) {
                 return bad_args("--delete-ratio is between 0 and 1");
             }
-            let cfg = dynakv_simulator::metadata::MetadataConfig {
-                nodes,
-                n,
-                ops,
-                keys,
-                delete_ratio,
-                reap,
-                seed,
-                every,
-            };
             for row in dynakv_simulator::metadata::run(&cfg) {
                 match serde_json::to_string(&row) {
                     Ok(s) => println!("{s}"),

@@ -16,20 +16,33 @@ use dynakv_ring::{NodeId, PartitionId};
 
 use crate::harness::Cluster;
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (also the flags of `dynakv-sim metadata`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct MetadataConfig {
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 5)]
     pub nodes: u32,
+    /// Replicas per key.
+    #[arg(long, default_value_t = 3)]
     pub n: u8,
+    /// Operations (each a read, then a write or a delete).
+    #[arg(long, default_value_t = 1_000_000)]
     pub ops: u64,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 100)]
     pub keys: u32,
     /// Share of operations that delete what they read.
+    #[arg(long, default_value_t = 0.2)]
     pub delete_ratio: f64,
     /// Reap tombstones (3.5 s grace, the least the harness's 1 s request timeout allows); off
     /// keeps them, as production does by default.
+    #[arg(long)]
     pub reap: bool,
+    /// The seed of the clients' choices.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Measure every this many operations (and at the end).
+    #[arg(long, default_value_t = 100_000)]
     pub every: u64,
 }
 

@@ -162,13 +162,7 @@ impl AntiEntropy {
         let n = usize::from(ctx.cfg.n);
         if let Some(p) = self.soon.pop_first() {
             if ctx.mine.contains(&p) {
-                let others: Vec<NodeId> = ctx
-                    .map
-                    .preference_list(p, n)
-                    .into_iter()
-                    .filter(|x| *x != ctx.id() && !peers.is_down(*x))
-                    .collect();
-                for peer in others {
+                for peer in other_replicas(ctx, p, n, peers) {
                     self.start_exchange(ctx, p, peer);
                 }
             }
@@ -184,12 +178,7 @@ impl AntiEntropy {
         }
         self.cursor = (self.cursor + 1) % mine.len();
         let p = mine[self.cursor];
-        let peers: Vec<NodeId> = ctx
-            .map
-            .preference_list(p, n)
-            .into_iter()
-            .filter(|x| *x != ctx.id() && !peers.is_down(*x))
-            .collect();
+        let peers = other_replicas(ctx, p, n, peers);
         if peers.is_empty() {
             return;
         }
@@ -422,6 +411,20 @@ mod tests {
             .collect();
         assert_eq!(diff.len(), 1, "one changed key changes one segment");
     }
+}
+
+/// The other replicas of `p` this node believes up: who it may compare `p` with.
+fn other_replicas<S: Store>(
+    ctx: &Ctx<S>,
+    p: PartitionId,
+    n: usize,
+    peers: &PeerView<'_>,
+) -> Vec<NodeId> {
+    ctx.map
+        .preference_list(p, n)
+        .into_iter()
+        .filter(|x| *x != ctx.id() && !peers.is_down(*x))
+        .collect()
 }
 
 /// Anti-entropy's state: the hash trees of the partitions compared so far and the schedule.
