@@ -44,6 +44,10 @@ pub struct MetadataConfig {
     /// Measure every this many operations (and at the end).
     #[arg(long, default_value_t = 100_000)]
     pub every: u64,
+    /// Restart every node (each start takes a new incarnation, so a new actor) every this many
+    /// operations; 0 never.
+    #[arg(long, default_value_t = 0)]
+    pub restart_every: u64,
 }
 
 /// One measurement over every replica's store.
@@ -118,6 +122,11 @@ pub fn run(cfg: &MetadataConfig) -> Vec<MetadataRow> {
         // Background work gets time: handoff, and with reaping the grace runs out.
         if i % 1_000 == 0 {
             c.run_for(if reap { 4_000 } else { 200 });
+        }
+        if cfg.restart_every > 0 && i % cfg.restart_every == 0 {
+            for id in 1..=cfg.nodes {
+                c.restart(NodeId(id));
+            }
         }
         if i % cfg.every == 0 || i == cfg.ops {
             rows.push(measure(&c, i));

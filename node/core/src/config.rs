@@ -218,11 +218,14 @@ pub enum PlantedBug {
     /// After removing a corrupt record, keep minting under the same actor (the lost record
     /// may have held this node's own dots for the key, so a later write can reuse one).
     KeepActorAfterCorruption,
+    /// Reap without raising the mint floor: the key's next dot comes from its own (now empty)
+    /// history under the same actor, so it can be one the reaped record held.
+    MintBelowFloor,
 }
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 10] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
@@ -232,6 +235,7 @@ impl PlantedBug {
         PlantedBug::RetryFailedSync,
         PlantedBug::NonOwnerAck,
         PlantedBug::KeepActorAfterCorruption,
+        PlantedBug::MintBelowFloor,
     ];
 
     /// The kebab-case name used on command lines.
@@ -246,6 +250,7 @@ impl PlantedBug {
             PlantedBug::RetryFailedSync => "retry-failed-sync",
             PlantedBug::NonOwnerAck => "non-owner-ack",
             PlantedBug::KeepActorAfterCorruption => "keep-actor-after-corruption",
+            PlantedBug::MintBelowFloor => "mint-below-floor",
         }
     }
 }

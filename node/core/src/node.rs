@@ -146,6 +146,7 @@ impl<S: Store> NodeCore<S> {
                     node: cfg.node,
                     incarnation,
                 },
+                mint_floor: 0,
                 cfg,
                 map,
                 members: BTreeSet::new(),

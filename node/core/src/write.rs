@@ -163,7 +163,8 @@ impl Coordinator {
         let minting = matches!(body, WriteBody::Mint { .. });
         let object = match body {
             WriteBody::Mint { value, context } => {
-                DvvSet::update(DvvSet::new_with_context(&context, value), &local, ctx.actor)
+                let new = DvvSet::new_with_context(&context, value);
+                DvvSet::update_above(new, &local, ctx.actor, ctx.mint_floor)
             }
             WriteBody::Merge(given) => super::ctx::merge_objects(&ctx.cfg, &local, &given),
         };
