@@ -1,4 +1,6 @@
-//! The behaviour vectors of `shared/dvv-vectors.md`, replayed on the DVVSet type alone.
+//! The behaviour vectors of `shared/dvv-vectors.md`, replayed on the DVVSet type alone, and on
+//! the dotted causal container (`Dcc`) that will replace it: every replica keeps both, every
+//! operation runs on both, and every look at a replica asserts that they agree.
 //!
 //! Each node is a separate replica (`DvvSet<Option<String>>`, `None` = tombstone). A put
 //! coordinated by X is `local_X = update(new_with_context(ctx, v), local_X, actor_X)`; replication
@@ -7,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dynakv_proto::dvv::{Actor, DvvSet, VersionVector};
+use dynakv_proto::dvv::{Actor, Dcc, DvvSet, NodeClock, VersionVector};
 use dynakv_ring::NodeId;
 
 type Val = Option<String>;
@@ -28,11 +30,30 @@ fn set(values: &[&str]) -> BTreeSet<String> {
 #[derive(Default)]
 struct Cluster {
     replicas: BTreeMap<char, DvvSet<Val>>,
+    /// The same replicas as dotted causal containers.
+    dccs: BTreeMap<char, Dcc<Val>>,
 }
 
 impl Cluster {
     fn local(&self, node: char) -> DvvSet<Val> {
         self.replicas.get(&node).cloned().unwrap_or_default()
+    }
+
+    /// `node`'s replica as a `Dcc`, checked against its DVVSet twin: the same live values
+    /// under the same dots, and the same context (contiguous, as per-key counters keep it).
+    fn dcc(&self, node: char) -> Dcc<Val> {
+        let dcc = self.dccs.get(&node).cloned().unwrap_or_default();
+        let dvv = self.local(node);
+        let mut twin: Vec<_> = dvv
+            .dotted_values()
+            .into_iter()
+            .map(|(d, v)| (d.expect("replica values have dots"), v.clone()))
+            .collect();
+        twin.sort_by_key(|(d, _)| *d);
+        assert_eq!(dcc.versions(), twin.as_slice(), "Dcc versions of {node}");
+        assert!(dcc.context_is_contiguous(), "{dcc:?}");
+        assert_eq!(dcc.top_vector(), dvv.join(), "Dcc context of {node}");
+        dcc
     }
 
     /// A put coordinated by `node`; returns the context of the result (what the coordinator replies).
@@ -47,30 +68,39 @@ impl Cluster {
 
     fn write(&mut self, node: char, value: Val, context: &VersionVector) -> VersionVector {
         let new = DvvSet::update(
-            DvvSet::new_with_context(context, value),
+            DvvSet::new_with_context(context, value.clone()),
             &self.local(node),
             actor(node),
         );
         new.validate().expect("update keeps the invariants");
         let join = new.join();
+        let seen = NodeClock::from_vector(context);
+        let (dcc, _) = Dcc::update(&self.dcc(node), &seen, actor(node), 0, value);
         self.replicas.insert(node, new);
+        self.dccs.insert(node, dcc);
+        self.dcc(node);
         join
     }
 
     /// Replicates `from`'s state into `to`.
     fn sync(&mut self, from: char, to: char) {
         let merged = self.local(to).sync(&self.local(from));
+        let merged_dcc = self.dcc(to).sync(&self.dcc(from));
         self.replicas.insert(to, merged);
+        self.dccs.insert(to, merged_dcc);
+        self.dcc(to);
     }
 
     fn sync_both(&mut self, x: char, y: char) {
         self.sync(x, y);
         self.sync(y, x);
         assert_eq!(self.local(x), self.local(y), "replicas converge");
+        assert_eq!(self.dcc(x), self.dcc(y), "Dcc replicas converge");
     }
 
     /// Every stored value, tombstones written as "⊥".
     fn stored(&self, node: char) -> BTreeSet<String> {
+        self.dcc(node);
         let local = self.local(node);
         let stored: BTreeSet<String> = local
             .values()
@@ -83,6 +113,7 @@ impl Cluster {
 
     /// What a get returns: live values (tombstones are not values) and the context.
     fn get(&self, node: char) -> (BTreeSet<String>, VersionVector) {
+        self.dcc(node);
         let local = self.local(node);
         let live = local.values().into_iter().flatten().cloned().collect();
         (live, local.join())
@@ -248,6 +279,10 @@ fn v7c_known_dot_without_value_stays_dead() {
     assert_eq!(c.stored('A'), set(&["v1", "v2"]));
     c.replicas
         .insert('C', DvvSet::from_context(&ctx(&[('A', 1)])));
+    c.dccs.insert(
+        'C',
+        Dcc::from_context(NodeClock::from_vector(&ctx(&[('A', 1)]))),
+    );
     c.sync_both('A', 'C');
     assert_eq!(c.get('C'), (set(&["v2"]), ctx(&[('A', 2)])));
 }

@@ -196,6 +196,15 @@ impl NodeClock {
         (ordered && valid).then_some(NodeClock { entries })
     }
 
+    /// The clock that has seen exactly the dots a version vector covers (`1..=n` per actor).
+    pub fn from_vector(vector: &VersionVector) -> Self {
+        let mut clock = NodeClock::new();
+        for (actor, n) in vector.entries() {
+            clock.add_range(*actor, 1, *n);
+        }
+        clock
+    }
+
     /// The per-actor entries, sorted by actor.
     pub fn entries(&self) -> &[(Actor, ClockEntry)] {
         &self.entries

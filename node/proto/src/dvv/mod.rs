@@ -38,6 +38,12 @@
 //!   the rest, and then records the new value with the next dot of the coordinator's actor.
 //! - **less** is strict dominance of the causal histories.
 //!
+//! # What replaces it
+//! [`Dcc`] (dotted causal container) is the object of the server-wide clocks design: explicit
+//! dots per version and a [`NodeClock`] as context, exact when an actor's dots in a key are
+//! sparse, with the replica merge's node-clock check. It agrees with [`DvvSet`] operation by
+//! operation under today's per-key counters and is not yet used by the node.
+//!
 //! # Identity and dot reuse
 //! A dot must never name two different writes. An [`Actor`] therefore includes a 64-bit incarnation
 //! that a node draws at random every time it starts (and again whenever it drops data it may have
@@ -46,10 +52,12 @@
 //! seen.
 
 mod clock;
+mod dcc;
 mod set;
 mod version_vector;
 
 pub use clock::{ClockEntry, NodeClock};
+pub use dcc::Dcc;
 pub use set::DvvSet;
 pub use version_vector::{VersionVector, MAX_COUNTER};
 
