@@ -106,9 +106,6 @@ fn bug_help(bug: PlantedBug) -> &'static str {
         PlantedBug::NonOwnerAck => {
             "A replica that handed a partition off still stores writes for it and acks as a primary"
         }
-        PlantedBug::MintBelowFloor => {
-            "After a reap, mint the key's next dot from its empty history (it can reuse a reaped dot)"
-        }
     }
 }
 

@@ -218,14 +218,11 @@ pub enum PlantedBug {
     /// After removing a corrupt record, keep minting under the same actor (the lost record
     /// may have held this node's own dots for the key, so a later write can reuse one).
     KeepActorAfterCorruption,
-    /// Reap without raising the mint floor: the key's next dot comes from its own (now empty)
-    /// history under the same actor, so it can be one the reaped record held.
-    MintBelowFloor,
 }
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
@@ -235,7 +232,6 @@ impl PlantedBug {
         PlantedBug::RetryFailedSync,
         PlantedBug::NonOwnerAck,
         PlantedBug::KeepActorAfterCorruption,
-        PlantedBug::MintBelowFloor,
     ];
 
     /// The kebab-case name used on command lines.
@@ -250,7 +246,6 @@ impl PlantedBug {
             PlantedBug::RetryFailedSync => "retry-failed-sync",
             PlantedBug::NonOwnerAck => "non-owner-ack",
             PlantedBug::KeepActorAfterCorruption => "keep-actor-after-corruption",
-            PlantedBug::MintBelowFloor => "mint-below-floor",
         }
     }
 }

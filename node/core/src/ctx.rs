@@ -90,12 +90,6 @@ pub(super) fn merge_objects(cfg: &CoreConfig, a: &Object, b: &Object) -> Object 
 pub(super) struct Ctx<S: Store> {
     pub(super) cfg: CoreConfig,
     pub(super) actor: Actor,
-    /// The highest counter of `actor` that a record this node reaped held (in memory: every
-    /// start and every retirement takes a new actor). Every new dot goes above it where the
-    /// key's history allows (`DvvSet::update_above`), so a key whose record was reaped never
-    /// gets one of its old dots again; 0 until a reap, so contexts are exactly those of plain
-    /// DVVSet until then.
-    pub(super) mint_floor: u64,
     pub(super) map: PartitionMap,
     /// Members of the current map (cached: asked for on hot paths).
     pub(super) members: BTreeSet<NodeId>,
@@ -202,7 +196,6 @@ impl<S: Store> Ctx<S> {
         {
             Ok(()) => {
                 self.actor.incarnation = incarnation;
-                self.mint_floor = 0;
                 self.dirty = true;
                 self.stats.actor_retirements += 1;
                 true

@@ -146,7 +146,6 @@ impl<S: Store> NodeCore<S> {
                     node: cfg.node,
                     incarnation,
                 },
-                mint_floor: 0,
                 cfg,
                 map,
                 members: BTreeSet::new(),

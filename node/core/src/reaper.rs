@@ -8,10 +8,8 @@
 //!    hash: the tombstone and nothing newer), and no node holds a hint for the key. A member that
 //!    is down or silent blocks the reap;
 //! 3. each primary then removes the key only if it still holds exactly that object
-//!    (compare-and-delete). It keeps its actor identity: every dot it mints later goes above
-//!    the reaped records' dots of its actor (`Ctx::mint_floor`, `DvvSet::update_above`), so a
-//!    later write of the key never reuses a dot the reaped record held, and the key's context
-//!    does not gain an entry per reap.
+//!    (compare-and-delete), and retires its actor identity so that a later write of the key can
+//!    never mint a dot that an old copy somewhere could cover.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -329,13 +327,14 @@ impl Reaper {
         if Self::reapable_hash(ctx, p, key) != Some(hash) {
             return;
         }
-        // No actor retirement: every later dot this node mints goes above the reaped record's
-        // dots of its actor (`Ctx::mint_floor`), so none of them can be minted again. The
-        // floor is raised before the removal, in the same input.
-        if !ctx.cfg.has_bug(super::config::PlantedBug::MintBelowFloor) {
-            if let Ok(Some(o)) = ctx.load(p, key) {
-                ctx.mint_floor = ctx.mint_floor.max(o.join().get(&ctx.actor));
-            }
+        let minted_here = ctx
+            .load(p, key)
+            .ok()
+            .flatten()
+            .is_some_and(|o| o.join().get(&ctx.actor) > 0);
+        // Retire first: the new identity is written before the removal (see hints.rs).
+        if minted_here && !ctx.retire_actor() {
+            return;
         }
         if let Err(e) = ctx.remove_key(p, key) {
             tracing::warn!(partition = %p, error = %e, "cannot reap a tombstone");

@@ -163,8 +163,7 @@ impl Coordinator {
         let minting = matches!(body, WriteBody::Mint { .. });
         let object = match body {
             WriteBody::Mint { value, context } => {
-                let new = DvvSet::new_with_context(&context, value);
-                DvvSet::update_above(new, &local, ctx.actor, ctx.mint_floor)
+                DvvSet::update(DvvSet::new_with_context(&context, value), &local, ctx.actor)
             }
             WriteBody::Merge(given) => super::ctx::merge_objects(&ctx.cfg, &local, &given),
         };

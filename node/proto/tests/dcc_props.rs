@@ -1,7 +1,7 @@
 //! Property tests of the dotted causal container (`Dcc`) on reachable states.
 //!
 //! Histories are random, on three replicas: puts at a replica with the context of an earlier
-//! state (or none) and sometimes a mint floor, and one-way syncs. Every operation runs on a
+//! state (or none), and one-way syncs. Every operation runs on a
 //! `DvvSet` twin as well, and the two must agree at every step (same live values under the same
 //! dots, same context): that is what lets `Dcc` replace `DvvSet` without changing behaviour.
 //! Then the laws of `sync` and of the replica merge with its node-clock check.
@@ -22,24 +22,16 @@ fn actor(i: usize) -> Actor {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// A put at `at` with the context of an earlier state, above mint floor `floor`.
-    Put {
-        at: usize,
-        ctx: Option<Index>,
-        floor: u64,
-    },
+    /// A put at `at` with the context of an earlier state (`None` = blind write).
+    Put { at: usize, ctx: Option<Index> },
     /// Replica `to` merges the state of replica `from`.
     Sync { from: usize, to: usize },
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (
-            0..REPLICAS,
-            prop::option::weighted(0.8, any::<Index>()),
-            prop_oneof![4 => Just(0u64), 1 => 1..12u64],
-        )
-            .prop_map(|(at, ctx, floor)| Op::Put { at, ctx, floor }),
+        3 => (0..REPLICAS, prop::option::weighted(0.8, any::<Index>()))
+            .prop_map(|(at, ctx)| Op::Put { at, ctx }),
         2 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Op::Sync { from, to }),
     ]
 }
@@ -69,20 +61,16 @@ fn run(ops: &[Op]) -> Result<(Vec<Dcc<u32>>, Vec<NodeClock>), TestCaseError> {
     let mut states = vec![Dcc::new()];
     for (n, op) in ops.iter().enumerate() {
         let to = match *op {
-            Op::Put { at, ref ctx, floor } => {
+            Op::Put { at, ref ctx } => {
                 let read = ctx
                     .as_ref()
                     .map(|i| i.get(&dvv_states).join())
                     .unwrap_or_default();
                 let value = n as u32;
-                dvv[at] = DvvSet::update_above(
-                    DvvSet::new_with_context(&read, value),
-                    &dvv[at],
-                    actor(at),
-                    floor,
-                );
+                dvv[at] =
+                    DvvSet::update(DvvSet::new_with_context(&read, value), &dvv[at], actor(at));
                 let seen = NodeClock::from_vector(&read);
-                let (out, dot) = Dcc::update(&dcc[at], &seen, actor(at), floor, value);
+                let (out, dot) = Dcc::update(&dcc[at], &seen, actor(at), value);
                 prop_assert!(!dcc[at].context().contains(&dot) && !seen.contains(&dot));
                 clocks[at].add(&dot);
                 dcc[at] = out;

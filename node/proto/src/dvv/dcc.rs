@@ -6,7 +6,7 @@
 //! [`super::DvvSet`], nothing assumes that an actor's live values carry its newest consecutive
 //! counters, and the context is a [`NodeClock`] (a base plus ranges above it per actor) rather
 //! than a version vector. So it stays exact when an actor's dots in a key are sparse: counters
-//! per (actor, partition), the mint floor, or a context that names a dot without the ones below
+//! per (actor, partition), or a context that names a dot without the ones below
 //! it (section 11, holes 1 and 2). With per-key counters, as the coordinator mints today, every
 //! operation gives the same siblings and the same context as the DVVSet one
 //! (`node/proto/tests/dcc_props.rs` checks it on random histories).
@@ -167,27 +167,12 @@ impl<V: Clone> Dcc<V> {
 
     /// The coordinator's write (today's rule, per-key counters): the stored object `server`
     /// loses the versions the client's `seen` context covers, and `value` is added with the next
-    /// dot of `actor` in the key, above `floor` when `actor` holds no live version of the key
-    /// (the mint floor after a reap; 0 for none). Returns the new object and the new dot.
-    ///
-    /// Lifting the counter claims the skipped dots of `actor` in the context, as a version
-    /// vector would: they are dead or were never given to this key. With live versions of
-    /// `actor` the floor is ignored, as [`super::DvvSet::update_above`] does, so the two
-    /// agree operation by operation.
-    pub fn update(
-        server: &Self,
-        seen: &NodeClock,
-        actor: Actor,
-        floor: u64,
-        value: V,
-    ) -> (Self, Dot) {
+    /// dot of `actor` in the key. Returns the new object and the new dot.
+    pub fn update(server: &Self, seen: &NodeClock, actor: Actor, value: V) -> (Self, Dot) {
         let mut out = server.clone();
         out.discard(seen);
-        let floor = floor.min(MAX_COUNTER - 1);
-        if floor > 0 && !out.versions.iter().any(|(d, _)| d.actor == actor) {
-            out.context.add_range(actor, 1, floor);
-        }
-        let dot = Dot::new(actor, out.context.top(&actor).saturating_add(1));
+        let next = out.context.top(&actor).saturating_add(1).min(MAX_COUNTER);
+        let dot = Dot::new(actor, next);
         out.add(dot, value);
         (out, dot)
     }

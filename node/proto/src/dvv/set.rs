@@ -315,54 +315,16 @@ impl<V: Clone + PartialEq> DvvSet<V> {
     /// If `new` carries several anonymous values, each gets its own dot (in order); if it carries
     /// none, the result is the plain sync of the context into `server`.
     pub fn update(new: Self, server: &Self, actor: Actor) -> Self {
-        Self::update_above(new, server, actor, 0)
-    }
-
-    /// [`DvvSet::update`] for a coordinator that must mint above `floor` (above every dot of
-    /// `actor` that a record it dropped held, e.g. a reaped tombstone): when `actor` holds no
-    /// live value of the key, its counter is first raised to `floor`, so the new dot is above
-    /// it. The jump only claims dots of `actor` that were never given to this key
-    /// or are dead, which a version vector may claim. A coordinator that dropped a key's record
-    /// (a reaped tombstone) thus never mints one of the key's old dots again, without retiring
-    /// its actor. With live values of `actor` the counter is not raised (the representation
-    /// needs their dots to be the newest ones), and the stored record already knows every dot
-    /// of the actor for the key. `floor` 0 is plain [`DvvSet::update`].
-    pub fn update_above(new: Self, server: &Self, actor: Actor, floor: u64) -> Self {
         let DvvSet { entries, anonymous } = new;
         let context_only = DvvSet {
             entries,
             anonymous: Vec::new(),
         };
         let mut out = context_only.sync(server);
-        if !anonymous.is_empty() && floor > 0 {
-            out.raise_dead_counter(actor, floor.min(MAX_COUNTER - 1));
-        }
         for value in anonymous {
             out.event(actor, value);
         }
         out
-    }
-
-    /// Raises `actor`'s counter to `floor` if it holds no live value (see
-    /// [`DvvSet::update_above`]).
-    fn raise_dead_counter(&mut self, actor: Actor, floor: u64) {
-        match self.entries.binary_search_by(|e| e.actor.cmp(&actor)) {
-            Ok(i) => {
-                if let Some(e) = self.entries.get_mut(i) {
-                    if e.values.is_empty() && e.counter < floor {
-                        e.counter = floor;
-                    }
-                }
-            }
-            Err(i) => self.entries.insert(
-                i,
-                Entry {
-                    actor,
-                    counter: floor,
-                    values: Vec::new(),
-                },
-            ),
-        }
     }
 }
 

@@ -114,28 +114,13 @@ fn a_transfer_snapshot_drops_local_versions_the_sender_saw_superseded() {
 #[test]
 fn update_mints_the_next_dot_and_discards_what_the_client_saw() {
     let server = obj(&[(1, 1, "v1"), (2, 1, "w1")], &[]);
-    let (out, d) = Dcc::update(&server, &clock(&[(1, 1)]), a(1), 0, "v2");
+    let (out, d) = Dcc::update(&server, &clock(&[(1, 1)]), a(1), "v2");
     assert_eq!(d, dot(1, 2));
     assert_eq!(out.values(), vec![&"v2", &"w1"]);
     // A client context that knows more of our actor than we hold moves the counter on.
-    let (out, d) = Dcc::update(&Dcc::new(), &clock(&[(1, 1), (1, 2), (1, 3)]), a(1), 0, "x");
+    let (out, d) = Dcc::update(&Dcc::new(), &clock(&[(1, 1), (1, 2), (1, 3)]), a(1), "x");
     assert_eq!(d, dot(1, 4));
     assert_eq!(out.value_count(), 1);
-}
-
-#[test]
-fn update_above_a_floor_claims_the_skipped_dots_unless_the_actor_holds_a_version() {
-    let (out, d) = Dcc::update(&Dcc::new(), &NodeClock::new(), a(1), 6, "v");
-    assert_eq!(d, dot(1, 7));
-    assert!(out.context_is_contiguous(), "dots 1..=6 claimed: {out:?}");
-    let live = obj(&[(1, 2, "v2")], &[(1, 1)]);
-    let (out, d) = Dcc::update(&live, &NodeClock::new(), a(1), 6, "v3");
-    assert_eq!(
-        d,
-        dot(1, 3),
-        "with a live version the floor is ignored, as in DvvSet"
-    );
-    assert_eq!(out.values(), vec![&"v2", &"v3"]);
 }
 
 #[test]

@@ -289,38 +289,3 @@ fn version_vector_deserialize_rejects_unsorted() {
     let r: Result<(VersionVector, usize), _> = bincode::serde::decode_from_slice(&bytes, cfg);
     assert!(r.is_err());
 }
-
-#[test]
-fn update_above_mints_above_the_floor_only_where_no_live_value_pins_the_counter() {
-    // A key this actor never wrote (or whose record was dropped): the dot jumps above the floor.
-    let fresh = DvvSet::update_above(DvvSet::new("x"), &DvvSet::empty(), a(), 41);
-    assert_eq!(fresh.join().get(&a()), 42);
-    assert_eq!(fresh.values(), vec![&"x"]);
-    assert!(fresh.validate().is_ok());
-    // Dead history of the actor below the floor: raised too; other actors' values stay.
-    let dead = set(vec![entry(a(), 3, &[]), entry(b(), 2, &["y"])], &[]);
-    let out = DvvSet::update_above(DvvSet::new("x"), &dead, a(), 10);
-    assert_eq!(out.join().get(&a()), 11);
-    assert_eq!(sorted(out.values()), vec![&"x", &"y"]);
-    // A live value of the actor: no jump (its dot must stay the newest of the entry).
-    let live = set(vec![entry(a(), 3, &["v3"])], &[]);
-    let out = DvvSet::update_above(DvvSet::new("x"), &live, a(), 10);
-    assert_eq!(out.join().get(&a()), 4);
-    assert_eq!(sorted(out.values()), vec![&"v3", &"x"]);
-    // Floor 0 is plain update; a context-only update mints nothing.
-    assert_eq!(
-        DvvSet::update_above(DvvSet::new("x"), &live, a(), 0),
-        DvvSet::update(DvvSet::new("x"), &live, a())
-    );
-    let ctx = live.join();
-    let only_ctx: DvvSet<&str> = DvvSet::update_above(
-        DvvSet {
-            entries: DvvSet::<&str>::new_with_context(&ctx, "z").entries,
-            anonymous: Vec::new(),
-        },
-        &live,
-        a(),
-        10,
-    );
-    assert_eq!(only_ctx.join().get(&a()), 3);
-}
