@@ -63,6 +63,9 @@ pub struct History {
     pub gets_failed: u64,
     /// Restores of old copies (the workload's stand-in for `dynakv restore`) acknowledged.
     pub restores_ok: u64,
+    /// With reaping: the dots of the old copies restored, per key. A restore older than a
+    /// reap brings its values back by design, so they are exempt from the superseded check.
+    pub restored_dots: BTreeMap<String, BTreeSet<Dot>>,
     pub sibling_reads: u64,
     pub max_siblings: usize,
     pub quiet_failures: Vec<String>,
@@ -237,8 +240,15 @@ fn check_key(
                 format!("two siblings share dot {dot:?}"),
             ));
         }
+        let restored = world
+            .workload
+            .history
+            .restored_dots
+            .get(key)
+            .is_some_and(|d| d.contains(dot));
         if let Some(w) = writes
             .iter()
+            .filter(|_| !restored)
             .find(|w| w.outcome == Outcome::Acked && w.context.covers(dot))
         {
             out.push(violation(

@@ -127,12 +127,23 @@ fn drive(world: &mut World) -> bool {
     // Background work (handoff, anti-entropy, reaping) never stops, so the quiet phase ends when
     // the quorum reads are done, every hint and transfer is delivered, membership is settled,
     // anti-entropy had time to go round, and all of that has held for a while.
+    // A reap also restarts the wait: its removals reach the other primaries a moment later.
     let mut settled_since: Option<u64> = None;
+    let reaped_now = |w: &World| -> u64 {
+        w.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .map(|c| c.stats().tombstones_reaped)
+            .sum()
+    };
+    let mut reaped_seen = reaped_now(world);
     world.run_until(deadline, &mut |w| {
+        let reaped = reaped_now(w);
         let settled = w.workload.phase == Phase::Done
             && w.hints_pending() == 0
             && w.transfers_pending() == 0
-            && w.membership_settled();
+            && w.membership_settled()
+            && reaped == std::mem::replace(&mut reaped_seen, reaped);
         if !settled {
             settled_since = None;
             return false;

@@ -90,6 +90,14 @@ pub(crate) struct Workload {
     quiet_attempts: BTreeMap<String, u32>,
     pub phase: Phase,
     pub history: History,
+    /// With reaping: copies of keys taken earlier (a backup), restored later, possibly after
+    /// the key's tombstone was reaped (which brings the value back, as OPERATIONS.md says, and
+    /// must never make a node reuse a dot).
+    old_copies: BTreeMap<String, dynakv_core::Object>,
+    /// With reaping: keys whose delete was just acknowledged, left alone until the time given
+    /// (µs) so that their tombstone can be reaped during the run; the first operation after it
+    /// restores the key's old copy.
+    rested: BTreeMap<String, u64>,
 }
 
 impl Workload {
@@ -110,6 +118,8 @@ impl Workload {
             quiet_attempts: BTreeMap::new(),
             phase: Phase::Chaos,
             history: History::default(),
+            old_copies: BTreeMap::new(),
+            rested: BTreeMap::new(),
         }
     }
 
@@ -301,6 +311,19 @@ impl World {
         dynakv_proto::codec::decode_object(&bytes).ok()
     }
 
+    /// Whether any running node stores a record of `key`.
+    fn stored_anywhere(&self, key: &str) -> bool {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .any(|core| {
+                let p = core.partition_map().partition_for_key(key.as_bytes());
+                core.store()
+                    .get(dynakv_core::store::Space::Partition(p), key.as_bytes())
+                    .is_ok_and(|v| v.is_some())
+            })
+    }
+
     /// A client picks its next operation.
     pub(crate) fn client_next(&mut self, client: usize) {
         if self.workload.phase != Phase::Chaos || self.workload.issued >= self.workload.target {
@@ -308,8 +331,33 @@ impl World {
         }
         self.workload.issued += 1;
         let i = self.rng.gen_range(0..self.workload.keys.len());
-        let key = self.workload.keys[i].clone();
-        let roll = self.rng.gen_range(0..100);
+        let mut key = self.workload.keys[i].clone();
+        let mut roll = self.rng.gen_range(0..100);
+        if self.cfg.reap {
+            // Leave a freshly deleted key alone (another one is used instead) until its rest
+            // ends; then restore its old copy first.
+            let now = self.now;
+            let keys = &self.workload.keys;
+            let rested = &self.workload.rested;
+            let busy = |k: &String| rested.get(k).is_some_and(|until| now < *until);
+            if busy(&key) {
+                if let Some(other) = (1..keys.len())
+                    .map(|d| &keys[(i + d) % keys.len()])
+                    .find(|k| !busy(k))
+                {
+                    key = other.clone();
+                }
+            }
+            if self
+                .workload
+                .rested
+                .get(&key)
+                .is_some_and(|until| now >= *until)
+            {
+                self.workload.rested.remove(&key);
+                roll = 0;
+            }
+        }
         let opts = self.request_options(false);
         let get = |then| {
             (
@@ -321,9 +369,46 @@ impl World {
             )
         };
         match roll {
-            // One operation in a hundred restores an old copy of the key, as `dynakv restore`
-            // of a backup taken earlier would (not with reaping: restoring a backup older than
-            // a reaped delete brings the value back, as docs/OPERATIONS.md says).
+            // With reaping, three operations in a hundred either take a copy of the key (a
+            // backup) or restore the one taken earlier, once its delete was reaped:
+            // the value comes back (docs/OPERATIONS.md says so; the checker allows it for
+            // restored dots), and no node may mint one of the key's old dots again.
+            0..=2 if self.cfg.reap => {
+                // Restore once the key is gone from every running node (its tombstone was
+                // reaped, or it was never written): the case that brings old dots back.
+                let restore = match self.workload.old_copies.remove(&key) {
+                    Some(old) if !self.stored_anywhere(&key) => Some(old),
+                    Some(old) => {
+                        self.workload.old_copies.insert(key.clone(), old);
+                        None
+                    }
+                    None => {
+                        if let Some(copy) = self.backup_copy(&key) {
+                            self.workload.old_copies.insert(key.clone(), copy);
+                        }
+                        None
+                    }
+                };
+                match restore {
+                    Some(object) => {
+                        let dots = self.workload.history.restored_dots.entry(key.clone());
+                        dots.or_default()
+                            .extend(object.dotted_values().into_iter().filter_map(|(d, _)| d));
+                        let request = ClientRequest::Restore {
+                            key: key_bytes(&key),
+                            object,
+                            opts,
+                        };
+                        self.submit(client, key, request, PendingKind::Restore);
+                    }
+                    None => {
+                        let (r, k) = get(AfterGet::Nothing);
+                        self.submit(client, key, r, k);
+                    }
+                }
+            }
+            // Without reaping, one operation in a hundred restores the key's copy as a random
+            // node stores it now, as `dynakv restore` of a recent backup would.
             0 if !self.cfg.reap => match self.backup_copy(&key) {
                 Some(object) => {
                     let request = ClientRequest::Restore {
@@ -386,6 +471,10 @@ impl World {
             (PendingKind::Write { record }, ClientReply::Written(w)) => {
                 h.writes[record].outcome = Outcome::Acked;
                 h.writes[record].dot = w.dot;
+                if self.cfg.reap && h.writes[record].value.is_none() {
+                    let until = self.now + self.rng.gen_range(4_000_000..8_000_000);
+                    self.workload.rested.insert(p.key.clone(), until);
+                }
                 self.workload.clients[p.client]
                     .contexts
                     .insert(p.key, w.context);
