@@ -311,6 +311,36 @@ impl World {
         dynakv_proto::codec::decode_object(&bytes).ok()
     }
 
+    /// Restores `object` for `key`, or (with none) issues a plain get.
+    fn submit_restore_or_get(
+        &mut self,
+        client: usize,
+        key: String,
+        object: Option<dynakv_core::Object>,
+        opts: RequestOptions,
+    ) {
+        let (request, kind) = match object {
+            Some(object) => (
+                ClientRequest::Restore {
+                    key: key_bytes(&key),
+                    object,
+                    opts,
+                },
+                PendingKind::Restore,
+            ),
+            None => (
+                ClientRequest::Get {
+                    key: key_bytes(&key),
+                    opts,
+                },
+                PendingKind::Get {
+                    then: AfterGet::Nothing,
+                },
+            ),
+        };
+        self.submit(client, key, request, kind);
+    }
+
     /// Whether any running node stores a record of `key`.
     fn stored_anywhere(&self, key: &str) -> bool {
         self.nodes
@@ -389,40 +419,19 @@ impl World {
                         None
                     }
                 };
-                match restore {
-                    Some(object) => {
-                        let dots = self.workload.history.restored_dots.entry(key.clone());
-                        dots.or_default()
-                            .extend(object.dotted_values().into_iter().filter_map(|(d, _)| d));
-                        let request = ClientRequest::Restore {
-                            key: key_bytes(&key),
-                            object,
-                            opts,
-                        };
-                        self.submit(client, key, request, PendingKind::Restore);
-                    }
-                    None => {
-                        let (r, k) = get(AfterGet::Nothing);
-                        self.submit(client, key, r, k);
-                    }
+                if let Some(object) = &restore {
+                    let dots = self.workload.history.restored_dots.entry(key.clone());
+                    dots.or_default()
+                        .extend(object.dotted_values().into_iter().filter_map(|(d, _)| d));
                 }
+                self.submit_restore_or_get(client, key, restore, opts);
             }
             // Without reaping, one operation in a hundred restores the key's copy as a random
             // node stores it now, as `dynakv restore` of a recent backup would.
-            0 if !self.cfg.reap => match self.backup_copy(&key) {
-                Some(object) => {
-                    let request = ClientRequest::Restore {
-                        key: key_bytes(&key),
-                        object,
-                        opts,
-                    };
-                    self.submit(client, key, request, PendingKind::Restore);
-                }
-                None => {
-                    let (r, k) = get(AfterGet::Nothing);
-                    self.submit(client, key, r, k);
-                }
-            },
+            0 if !self.cfg.reap => {
+                let copy = self.backup_copy(&key);
+                self.submit_restore_or_get(client, key, copy, opts);
+            }
             0..=29 => {
                 let (r, k) = get(AfterGet::Nothing);
                 self.submit(client, key, r, k);
