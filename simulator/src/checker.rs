@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use dynakv_core::store::{Space, Store};
 use dynakv_core::{Object, Value};
-use dynakv_proto::dvv::{Dot, VersionVector};
+use dynakv_proto::dvv::{Dot, NodeClock, VersionVector};
 use serde::Serialize;
 
 use crate::world::{Applied, World};
@@ -98,29 +98,26 @@ pub struct Violation {
 
 /// Values of an object as readable strings (tombstones shown as `<tombstone>`), with dots.
 pub fn describe(o: &Object) -> Vec<String> {
-    o.dotted_values()
-        .into_iter()
-        .map(|(dot, v)| {
+    o.versions()
+        .iter()
+        .map(|(d, v)| {
             let text = match v {
                 Value::Data(b) => String::from_utf8_lossy(b).into_owned(),
                 Value::Tombstone => "<tombstone>".into(),
             };
-            match dot {
-                Some(d) => format!(
-                    "{text}@{}.{}:{}",
-                    d.actor.node, d.actor.incarnation, d.counter
-                ),
-                None => text,
-            }
+            format!(
+                "{text}@{}.{}:{}",
+                d.actor.node, d.actor.incarnation, d.counter
+            )
         })
         .collect()
 }
 
 /// A canonical form of an object, for comparing replicas.
-fn canonical(o: &Object) -> (Vec<String>, VersionVector) {
+fn canonical(o: &Object) -> (Vec<String>, NodeClock) {
     let mut values = describe(o);
     values.sort();
-    (values, o.join())
+    (values, o.context().clone())
 }
 
 /// Run every safety and convergence check on the final state of the world.
@@ -182,7 +179,7 @@ fn check_key(
                     continue;
                 }
             },
-            Ok(None) => Object::empty(),
+            Ok(None) => Object::new(),
             Err(e) => {
                 out.push(violation("corrupt-record", key, format!("node {id}: {e}")));
                 continue;
@@ -206,14 +203,12 @@ fn check_key(
             ));
         }
     }
-    let final_obj = states
-        .iter()
-        .fold(Object::empty(), |acc, (_, o)| acc.sync(o));
+    let final_obj = states.iter().fold(Object::new(), |acc, (_, o)| acc.sync(o));
     let finals: Vec<(Option<Dot>, String)> = final_obj
-        .dotted_values()
-        .into_iter()
+        .versions()
+        .iter()
         .filter_map(|(d, v)| match v {
-            Value::Data(b) => Some((d, String::from_utf8_lossy(b).into_owned())),
+            Value::Data(b) => Some((Some(*d), String::from_utf8_lossy(b).into_owned())),
             Value::Tombstone => None,
         })
         .collect();

@@ -422,7 +422,7 @@ impl World {
                 if let Some(object) = &restore {
                     let dots = self.workload.history.restored_dots.entry(key.clone());
                     dots.or_default()
-                        .extend(object.dotted_values().into_iter().filter_map(|(d, _)| d));
+                        .extend(object.versions().iter().map(|(d, _)| *d));
                 }
                 self.submit_restore_or_get(client, key, restore, opts);
             }

@@ -650,7 +650,7 @@ impl World {
             return;
         };
         let mut tombstone = false;
-        for (_, v) in object.dotted_values() {
+        for (_, v) in object.versions() {
             match v {
                 dynakv_core::Value::Data(b) => {
                     if !self.applied.values.contains(b.as_ref()) {
@@ -665,7 +665,7 @@ impl World {
                 .tombstones
                 .entry(key.to_vec())
                 .or_default()
-                .merge(&object.join());
+                .merge(&object.top_vector());
         }
     }
 
@@ -679,7 +679,7 @@ impl World {
                 format!(
                     "replica-write values={:?} ctx={:?}",
                     crate::checker::describe(object),
-                    object.join()
+                    object.context()
                 ),
                 key,
             ),

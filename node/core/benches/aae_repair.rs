@@ -10,7 +10,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dynakv_core::store::MemStore;
 use dynakv_core::{CoreConfig, Effect, Input, NodeCore, Object, ReplicaMsg, Value};
-use dynakv_proto::dvv::{Actor, DvvSet, VersionVector};
+use dynakv_proto::dvv::{Actor, NodeClock};
 use dynakv_ring::{NodeId, PartitionMap};
 
 const Q: u16 = 8;
@@ -45,8 +45,11 @@ fn object(i: u64, round: u64) -> Object {
     };
     let v = Value::Data(Bytes::from(format!("value-{i}-{round}")));
     // A version that supersedes every earlier round: context {actor: round}.
-    let ctx = VersionVector::from_entries(vec![(actor, round)]);
-    DvvSet::update(DvvSet::new_with_context(&ctx, v), &Object::empty(), actor)
+    let mut ctx = NodeClock::new();
+    ctx.add_range(actor, 1, round);
+    Object::update(&Object::new(), &ctx, actor, v)
+        .expect("a dot")
+        .0
 }
 
 /// Write `key` straight into one node, as a replica write from an outside coordinator.

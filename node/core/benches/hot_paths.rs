@@ -1,5 +1,5 @@
-//! Criterion benchmarks of the node's hot pure paths: key hashing, DVVSet sync and update with
-//! 1-3 siblings, and encode/decode of a replica message.
+//! Criterion benchmarks of the node's hot pure paths: key hashing, object (DCC) sync and update
+//! with 1-3 siblings, and encode/decode of a replica message.
 //!
 //! Run: `cargo bench -p dynakv-node --bench hot_paths`
 
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dynakv_core::{Object, PeerMsg, ReplicaMsg, Value};
 use dynakv_proto::codec;
-use dynakv_proto::dvv::{Actor, DvvSet, VersionVector};
+use dynakv_proto::dvv::{Actor, NodeClock};
 use dynakv_ring::{NodeId, PartitionId, PartitionMap};
 
 fn actor(n: u32) -> Actor {
@@ -21,10 +21,11 @@ fn actor(n: u32) -> Actor {
 
 /// An object with `siblings` concurrent values of 1 KiB from distinct coordinators.
 fn object(siblings: u32) -> Object {
-    let mut o = Object::empty();
+    let mut o = Object::new();
     for i in 0..siblings {
         let v = Value::Data(Bytes::from(vec![b'x'; 1024]));
-        let written = DvvSet::update(DvvSet::new(v), &Object::empty(), actor(i + 1));
+        let (written, _) =
+            Object::update(&Object::new(), &NodeClock::new(), actor(i + 1), v).expect("a dot");
         o = o.sync(&written);
     }
     o
@@ -41,11 +42,13 @@ fn bench(c: &mut Criterion) {
     let mut sync = c.benchmark_group("dvv_sync");
     for s in 1..=3 {
         let a = object(s);
-        let newer = DvvSet::update(
-            DvvSet::new_with_context(&a.join(), Value::Data(Bytes::from_static(b"new"))),
+        let (newer, _) = Object::update(
             &a,
+            a.context(),
             actor(9),
-        );
+            Value::Data(Bytes::from_static(b"new")),
+        )
+        .expect("a dot");
         sync.bench_with_input(BenchmarkId::from_parameter(s), &s, |b, _| {
             b.iter(|| black_box(&a).sync(black_box(&newer)))
         });
@@ -55,11 +58,11 @@ fn bench(c: &mut Criterion) {
     let mut update = c.benchmark_group("dvv_update");
     for s in 1..=3 {
         let server = object(s);
-        let ctx: VersionVector = server.join();
+        let ctx = server.context().clone();
         update.bench_with_input(BenchmarkId::from_parameter(s), &s, |b, _| {
             b.iter(|| {
-                let new = DvvSet::new_with_context(&ctx, Value::Data(Bytes::from_static(b"v")));
-                DvvSet::update(new, black_box(&server), actor(1))
+                let v = Value::Data(Bytes::from_static(b"v"));
+                Object::update(black_box(&server), &ctx, actor(1), v)
             })
         });
     }

@@ -331,7 +331,7 @@ impl<S: Store> Ctx<S> {
         key: &[u8],
         incoming: &Object,
     ) -> std::result::Result<Object, ReplicaError> {
-        self.check_peer_object(p, key, incoming)?;
+        self.check_peer_key(p, key)?;
         // The one guard for every path into a partition store: a copy of a partition this node
         // does not replicate would be read, transferred and repaired by nobody (an orphan).
         // Callers that may meet this (stale maps) hint the object on instead.
@@ -426,17 +426,6 @@ impl<S: Store> Ctx<S> {
             )));
         }
         Ok(())
-    }
-
-    /// Refuse a key/object pair from a peer that is misplaced or not a replica state.
-    pub(super) fn check_peer_object(
-        &self,
-        p: PartitionId,
-        key: &[u8],
-        object: &Object,
-    ) -> std::result::Result<(), ReplicaError> {
-        self.check_peer_key(p, key)?;
-        codec::check_replica_object(object).map_err(|e| ReplicaError::Rejected(e.to_string()))
     }
 
     /// Visit every entry of a space in key order, a page at a time.

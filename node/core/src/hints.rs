@@ -136,7 +136,7 @@ impl HintedHandoff {
         key: &[u8],
         incoming: &Object,
     ) -> std::result::Result<Object, ReplicaError> {
-        ctx.check_peer_object(p, key, incoming)?;
+        ctx.check_peer_key(p, key)?;
         let known = ctx.members.contains(&owner)
             || membership
                 .state()
@@ -448,8 +448,8 @@ impl HintedHandoff {
         for (k, h) in inflight.sent {
             if let Ok(Some(current)) = ctx.store.get(Space::Hints, &k) {
                 if hash(&current) == h {
-                    minted_here |=
-                        codec::decode_object(&current).is_ok_and(|o| o.join().get(&ctx.actor) > 0);
+                    minted_here |= codec::decode_object(&current)
+                        .is_ok_and(|o| o.context().top(&ctx.actor) > 0);
                     removable.push(k);
                 }
             }

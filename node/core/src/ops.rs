@@ -11,7 +11,7 @@ use dynakv_ring::{NodeId, PartitionId};
 use super::coordinator::{error, is_primary, Quorum, Target};
 use super::node::Origin;
 use super::types::{ClientReply, GetReply, Object, PutReply, ReplicaError, RequestError, Stored};
-use crate::dvv::{Dot, DvvSet, VersionVector};
+use crate::dvv::{Dot, VersionVector};
 
 /// What a pending operation asks of the coordinator after an input.
 #[derive(Debug)]
@@ -187,10 +187,6 @@ impl ReadOp {
             return false;
         }
         match result {
-            Ok(Some(o)) if crate::codec::check_replica_object(&o).is_err() => {
-                self.failed
-                    .insert(from, ReplicaError::Rejected("malformed object".into()));
-            }
             Ok(object) => {
                 self.replies.insert(from, object);
             }
@@ -206,7 +202,7 @@ impl ReadOp {
         self.replies
             .values()
             .flatten()
-            .fold(DvvSet::empty(), |acc, o| merge(&acc, o))
+            .fold(Object::new(), |acc, o| merge(&acc, o))
     }
 
     /// Where the read stands: the reply once R replies (PR of them from primaries) are in, or
@@ -233,7 +229,7 @@ impl ReadOp {
                     .into_iter()
                     .filter_map(|v| v.data().cloned())
                     .collect(),
-                context: merged.join(),
+                context: merged.top_vector(),
                 replied: answered as u8,
                 primary_replies: primary_replies as u8,
             }));

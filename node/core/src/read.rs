@@ -62,7 +62,7 @@ impl Coordinator {
         for t in targets {
             if t.node == ctx.id() {
                 let result = ReplicaRole::local_object(ctx, partition, &key, t.hint_for)
-                    .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o))
+                    .map(|o| (!o.is_empty()).then_some(o))
                     .map_err(|e| ReplicaError::Storage(e.to_string()));
                 self.on_read_reply(ctx, env, t.node, op, result);
             } else {
@@ -136,7 +136,7 @@ impl Coordinator {
             return;
         }
         let merged = r.merged(|a, b| ctx.merge(a, b));
-        if merged.join().is_empty() {
+        if merged.is_empty() {
             return;
         }
         for (node, object) in &r.replies {

@@ -331,7 +331,7 @@ impl Reaper {
             .load(p, key)
             .ok()
             .flatten()
-            .is_some_and(|o| o.join().get(&ctx.actor) > 0);
+            .is_some_and(|o| o.context().top(&ctx.actor) > 0);
         // Retire first: the new identity is written before the removal (see hints.rs).
         if minted_here && !ctx.retire_actor() {
             return;

@@ -85,7 +85,7 @@ impl ReplicaRole<'_> {
                 .merge_into_store(p, key, object)
                 .map(|_| Stored::Replica);
         }
-        ctx.check_peer_object(p, key, object)?;
+        ctx.check_peer_key(p, key)?;
         ctx.stats.non_owner_writes += 1;
         self.handoff
             .rehint(ctx, self.membership, p, key, object, &replicas)
@@ -104,7 +104,7 @@ impl ReplicaRole<'_> {
         ctx.check_peer_key(p, key)?;
         self.check_read_owner(ctx, p, fallback_for)?;
         Self::local_object(ctx, p, key, fallback_for)
-            .map(|o| (!o.join().is_empty() || o.value_count() > 0).then_some(o))
+            .map(|o| (!o.is_empty()).then_some(o))
             .map_err(|e| ReplicaError::Storage(e.to_string()))
     }
 
@@ -116,7 +116,7 @@ impl ReplicaRole<'_> {
         key: &[u8],
         fallback_for: Option<NodeId>,
     ) -> Result<Object> {
-        let mut o = ctx.load(p, key)?.unwrap_or_else(Object::empty);
+        let mut o = ctx.load(p, key)?.unwrap_or_default();
         if let Some(owner) = fallback_for.filter(|o| *o != ctx.id()) {
             if let Some(h) = load_hint(&ctx.store, owner, p, key)? {
                 o = ctx.merge(&o, &h);
@@ -133,7 +133,7 @@ impl ReplicaRole<'_> {
         p: PartitionId,
         key: &[u8],
     ) -> Result<Object> {
-        let mut o = ctx.load(p, key)?.unwrap_or_else(Object::empty);
+        let mut o = ctx.load(p, key)?.unwrap_or_default();
         for owner in hint_owners(ctx, self.membership, self.handoff) {
             if let Some(h) = load_hint(&ctx.store, owner, p, key)? {
                 o = ctx.merge(&o, &h);

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 use serde::{Deserialize, Serialize};
 
-use crate::dvv::{Dot, DvvSet, VersionVector};
+use crate::dvv::{Dcc, Dot, VersionVector};
 
 /// A stored sibling: client data or a delete marker.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -28,8 +28,9 @@ impl Value {
     }
 }
 
-/// What a replica stores for one key: every concurrent sibling with its dot, and the causal history.
-pub type Object = DvvSet<Value>;
+/// What a replica stores for one key: every concurrent sibling with its dot, and the causal history
+/// (a dotted causal container: explicit dots, a node-clock context).
+pub type Object = Dcc<Value>;
 
 /// Identifies a coordinator-side operation; unique per coordinator incarnation.
 pub type OpId = u64;

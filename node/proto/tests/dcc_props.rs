@@ -70,7 +70,8 @@ fn run(ops: &[Op]) -> Result<(Vec<Dcc<u32>>, Vec<NodeClock>), TestCaseError> {
                 dvv[at] =
                     DvvSet::update(DvvSet::new_with_context(&read, value), &dvv[at], actor(at));
                 let seen = NodeClock::from_vector(&read);
-                let (out, dot) = Dcc::update(&dcc[at], &seen, actor(at), value);
+                let (out, dot) = Dcc::update(&dcc[at], &seen, actor(at), value)
+                    .expect("counter below the limit");
                 prop_assert!(!dcc[at].context().contains(&dot) && !seen.contains(&dot));
                 clocks[at].add(&dot);
                 dcc[at] = out;

@@ -216,21 +216,4 @@ proptest! {
         let blind = DvvSet::new(v);
         prop_assert_eq!(blind.sync(a), a.sync(&blind));
     }
-
-    /// The deliberately wrong merge keeps one value and the whole history.
-    #[test]
-    #[cfg(feature = "planted-bugs")]
-    fn keep_only_newest_keeps_history(ops in arb_ops(), i in any::<Index>()) {
-        let r = run(&ops);
-        let a = i.get(&r.states);
-        let k = a.keep_only_newest();
-        prop_assert!(k.validate().is_ok());
-        prop_assert_eq!(k.join(), a.join());
-        prop_assert_eq!(k.value_count(), a.value_count().min(1));
-        let all = dots(a);
-        if let Some((d, v)) = dots(&k).into_iter().next() {
-            prop_assert_eq!(all.get(&d), Some(&v));
-            prop_assert!(all.keys().all(|o| (o.counter, o.actor) <= (d.counter, d.actor)));
-        }
-    }
 }

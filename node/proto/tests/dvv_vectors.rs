@@ -75,7 +75,8 @@ impl Cluster {
         new.validate().expect("update keeps the invariants");
         let join = new.join();
         let seen = NodeClock::from_vector(context);
-        let (dcc, _) = Dcc::update(&self.dcc(node), &seen, actor(node), value);
+        let (dcc, _) = Dcc::update(&self.dcc(node), &seen, actor(node), value)
+            .expect("counter below the limit");
         self.replicas.insert(node, new);
         self.dccs.insert(node, dcc);
         self.dcc(node);

@@ -2,10 +2,12 @@
 //! checksummed record per key.
 //!
 //! ```text
-//! file   = MAGIC (8 bytes: "DKVBAK" 0x00 0x01, the last byte is the format version)
+//! file   = MAGIC (8 bytes: "DKVBAK" 0x00 0x02, the last byte is the format version)
 //!          partition (u16 BE)  record*
 //! record = length (u32 BE)  payload (codec-encoded (key, object))  xxh3-64(payload) (8 bytes BE)
 //! ```
+//! Version 2 stores objects as DCCs. Version-1 files (DVVSets, written before the switch) are
+//! still read, and their objects converted exactly.
 //!
 //! Every record carries its own checksum, so a damaged file names the record that is wrong;
 //! the manifest (written by the CLI) also holds each file's xxh3-64, so a truncated or swapped
@@ -13,12 +15,14 @@
 
 use bytes::Bytes;
 
-use super::{check_replica_object, decode, encode};
+use super::{decode, encode};
 use crate::error::{Error, Result};
 use crate::types::Object;
 
-/// The first bytes of every backup file; the last one is the format version (1).
-pub const BACKUP_MAGIC: &[u8; 8] = b"DKVBAK\x00\x01";
+/// The first bytes of every backup file; the last one is the format version (2).
+pub const BACKUP_MAGIC: &[u8; 8] = b"DKVBAK\x00\x02";
+/// The format version of backups written before objects were DCCs (still read).
+const BACKUP_V1: u8 = 1;
 /// Bytes of a file header: magic and partition.
 pub const BACKUP_HEADER_LEN: usize = 10;
 /// Longest record accepted (a key and an object as large as a peer frame allows).
@@ -52,9 +56,10 @@ pub fn decode_backup_file(bytes: &[u8]) -> Result<(u16, Vec<(Bytes, Object)>)> {
     if bytes.len() < BACKUP_HEADER_LEN || bytes[..7] != BACKUP_MAGIC[..7] {
         return Err(corrupt("not a dynakv backup file (bad magic)".into()));
     }
-    if bytes[7] != BACKUP_MAGIC[7] {
+    let legacy = bytes[7] == BACKUP_V1;
+    if bytes[7] != BACKUP_MAGIC[7] && !legacy {
         return Err(corrupt(format!(
-            "backup format version {} (this dynakv reads version {})",
+            "backup format version {} (this dynakv reads versions {BACKUP_V1} and {})",
             bytes[7], BACKUP_MAGIC[7]
         )));
     }
@@ -84,12 +89,14 @@ pub fn decode_backup_file(bytes: &[u8]) -> Result<(u16, Vec<(Bytes, Object)>)> {
                 "record {index} at byte {at}: checksum mismatch"
             )));
         }
-        let (key, object): (Bytes, Object) = decode(payload)
-            .and_then(|item: (Bytes, Object)| {
-                check_replica_object(&item.1)?;
-                Ok(item)
-            })
-            .map_err(|e| corrupt(format!("record {index} at byte {at}: {e}")))?;
+        let item = if legacy {
+            decode::<(Bytes, crate::dvv::DvvSet<crate::types::Value>)>(payload)
+                .and_then(|(key, set)| Ok((key, Object::from_dvvset(&set)?)))
+        } else {
+            decode::<(Bytes, Object)>(payload)
+        };
+        let (key, object) =
+            item.map_err(|e| corrupt(format!("record {index} at byte {at}: {e}")))?;
         items.push((key, object));
         at += 12 + len;
     }
@@ -99,20 +106,19 @@ pub fn decode_backup_file(bytes: &[u8]) -> Result<(u16, Vec<(Bytes, Object)>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dvv::{Actor, DvvSet, VersionVector};
+    use crate::dvv::{Actor, DvvSet, NodeClock};
     use crate::types::Value;
     use dynakv_ring::NodeId;
 
+    fn value(v: &str) -> Value {
+        Value::Data(Bytes::from(v.to_string()))
+    }
+
     fn object(v: &str) -> Object {
         let actor = Actor::new(NodeId(1), 9);
-        DvvSet::update(
-            DvvSet::new_with_context(
-                &VersionVector::new(),
-                Value::Data(Bytes::from(v.to_string())),
-            ),
-            &DvvSet::empty(),
-            actor,
-        )
+        let (o, _) = Object::update(&Object::new(), &NodeClock::new(), actor, value(v))
+            .expect("a first dot");
+        o
     }
 
     fn file(items: &[(&str, &str)]) -> Vec<u8> {
@@ -158,5 +164,27 @@ mod tests {
         }
         let err = decode_backup_file(&bytes[..bytes.len() - 3]).expect_err("truncated");
         assert!(err.to_string().contains("record 1"), "{err}");
+    }
+
+    /// Backups taken before objects were DCCs still restore: a version-1 file's DVVSets become
+    /// the same objects.
+    #[test]
+    fn a_version_1_file_still_reads() {
+        let set = DvvSet::update(
+            DvvSet::new(value("1")),
+            &DvvSet::empty(),
+            Actor::new(NodeId(1), 9),
+        );
+        let payload = encode(&(Bytes::from_static(b"a"), &set)).expect("encodes");
+        let mut bytes = backup_header(7).to_vec();
+        bytes[7] = BACKUP_V1;
+        bytes.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
+        bytes.extend_from_slice(&payload);
+        bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_be_bytes());
+        let (_, items) = decode_backup_file(&bytes).expect("a version-1 file");
+        assert_eq!(items, vec![(Bytes::from_static(b"a"), object("1"))]);
+        bytes[7] = 3;
+        let err = decode_backup_file(&bytes).expect_err("an unknown version");
+        assert!(err.to_string().contains("format version 3"), "{err}");
     }
 }

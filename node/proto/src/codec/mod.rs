@@ -18,11 +18,14 @@ use crate::types::Object;
 /// instead of allocating.
 pub const DECODE_LIMIT: usize = 64 << 20;
 
-/// Version byte of records written before records carried a checksum (still read).
+/// Version byte of the first records: a bincode DVVSet, no checksum (still read, converted).
 const RECORD_V1: u8 = 1;
-/// Version byte of every record written now: `2 ‖ payload ‖ checksum`, where the checksum is
-/// the xxh3-64 of the version byte and the payload, 8 bytes little-endian.
+/// Version byte of checksummed DVVSet records: `2 ‖ payload ‖ checksum` (still read, converted).
 const RECORD_V2: u8 = 2;
+/// Version byte of every record written now: `3 ‖ payload ‖ checksum`, the payload a bincode
+/// [`crate::dvv::Dcc`], the checksum the xxh3-64 of the version byte and the payload, 8 bytes
+/// little-endian.
+const RECORD_V3: u8 = 3;
 /// Bytes of a record's checksum.
 const CHECKSUM_LEN: usize = 8;
 
@@ -50,35 +53,23 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 /// Encode a stored object (a record on disk).
 pub fn encode_object(object: &Object) -> Result<Vec<u8>> {
-    let mut out = vec![RECORD_V2];
+    let mut out = vec![RECORD_V3];
     out.extend(encode(object)?);
     let sum = xxhash_rust::xxh3::xxh3_64(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     Ok(out)
 }
 
-/// Check an object that came from the network or the disk: a valid DVVSet, and a replica state
-/// (every value carries a dot: anonymous values exist only inside a coordinator's update, and
-/// one arriving from outside could never be superseded by a client).
-pub fn check_replica_object(object: &Object) -> Result<()> {
-    object.validate()?;
-    if object.dotted_values().iter().any(|(dot, _)| dot.is_none()) {
-        return Err(Error::Decode("object holds values without a dot".into()));
-    }
-    Ok(())
-}
-
-/// Check a stored record without decoding it, as the background scrub does: a version-2
-/// record's checksum (cheap: one hash over the bytes); an older record is decoded and
-/// validated in full.
+/// Check a stored record without decoding it, as the background scrub does: a checksummed
+/// record's checksum (cheap: one hash over the bytes); a version-1 record is decoded in full.
 pub fn verify_record(bytes: &[u8]) -> Result<()> {
     match bytes.split_first() {
-        Some((&RECORD_V2, _)) => checked_body(bytes).map(|_| ()),
+        Some((&RECORD_V2 | &RECORD_V3, _)) => checked_body(bytes).map(|_| ()),
         _ => decode_object(bytes).map(|_| ()),
     }
 }
 
-/// A version-2 record's version byte and payload, once its checksum matched.
+/// A checksummed record's version byte and payload, once its checksum matched.
 fn checked_body(bytes: &[u8]) -> Result<&[u8]> {
     let Some(split) = bytes.len().checked_sub(CHECKSUM_LEN).filter(|s| *s > 0) else {
         return Err(Error::Corrupt("record shorter than its checksum".into()));
@@ -94,42 +85,53 @@ fn checked_body(bytes: &[u8]) -> Result<&[u8]> {
     Ok(body)
 }
 
-/// Decode and validate a stored object (a checksum mismatch is [`Error::Corrupt`]).
+/// Decodes an object in the format before DCCs (a DVVSet) and converts it exactly (records of
+/// versions 1 and 2).
+fn decode_legacy_object(payload: &[u8]) -> Result<Object> {
+    let set: crate::dvv::DvvSet<crate::types::Value> = decode(payload)?;
+    Object::from_dvvset(&set)
+}
+
+/// Decode and validate a stored object (a checksum mismatch is [`Error::Corrupt`]). Records
+/// written before DCCs are converted on the fly; the next write of the key rewrites them.
 pub fn decode_object(bytes: &[u8]) -> Result<Object> {
     match bytes.split_first() {
-        Some((&RECORD_V2, _)) => {
-            let body = checked_body(bytes)?;
-            let object: Object = decode(&body[1..])?;
-            check_replica_object(&object)?;
-            Ok(object)
-        }
-        Some((&RECORD_V1, rest)) => {
-            let object: Object = decode(rest)?;
-            check_replica_object(&object)?;
-            Ok(object)
-        }
+        Some((&RECORD_V3, _)) => decode(&checked_body(bytes)?[1..]),
+        Some((&RECORD_V2, _)) => decode_legacy_object(&checked_body(bytes)?[1..]),
+        Some((&RECORD_V1, rest)) => decode_legacy_object(rest),
         Some((v, _)) => Err(Error::Decode(format!("unknown record version {v}"))),
         None => Err(Error::Decode("empty record".into())),
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::dvv::{Actor, DvvSet, NodeClock};
     use crate::types::Value;
+
+    fn actor() -> Actor {
+        Actor::new(dynakv_ring::NodeId(1), 7)
+    }
+
+    fn hello() -> Object {
+        let (o, _) = Object::update(
+            &Object::new(),
+            &NodeClock::new(),
+            actor(),
+            Value::Data(bytes::Bytes::from_static(b"hello")),
+        )
+        .unwrap();
+        o
+    }
 
     #[test]
     fn object_round_trip_and_garbage() -> Result<()> {
-        let actor = crate::dvv::Actor {
-            node: dynakv_ring::NodeId(1),
-            incarnation: 7,
-        };
-        let anonymous = Object::new(Value::Data(bytes::Bytes::from_static(b"hello")));
-        let o = Object::update(anonymous.clone(), &Object::empty(), actor);
+        let o = hello();
         let b = encode_object(&o)?;
+        assert_eq!(b[0], RECORD_V3);
         assert_eq!(decode_object(&b)?, o);
-        // A value without a dot is not a replica state: refused from disk or network.
-        assert!(decode_object(&encode_object(&anonymous)?).is_err());
         assert!(decode_object(&[]).is_err());
         assert!(decode_object(&[9, 1, 2]).is_err());
         let mut trailing = b.clone();
@@ -142,17 +144,7 @@ mod tests {
     /// to its checksum is reported as corruption, never decoded into another object.
     #[test]
     fn a_corrupted_record_is_reported_not_decoded() -> Result<()> {
-        let actor = crate::dvv::Actor {
-            node: dynakv_ring::NodeId(1),
-            incarnation: 7,
-        };
-        let o = Object::update(
-            Object::new(Value::Data(bytes::Bytes::from_static(b"hello"))),
-            &Object::empty(),
-            actor,
-        );
-        let b = encode_object(&o)?;
-        assert_eq!(b[0], RECORD_V2);
+        let b = encode_object(&hello())?;
         verify_record(&b)?;
         for i in 1..b.len() {
             for bit in 0..8 {
@@ -173,10 +165,27 @@ mod tests {
             decode_object(&b[..CHECKSUM_LEN]),
             Err(Error::Corrupt(_))
         ));
-        // Records written before checksums still read.
+        Ok(())
+    }
+
+    /// Data directories written before DCCs still read: DVVSet records of versions 1 and 2
+    /// become the same object, and a client-built set (a value without a dot) is refused.
+    #[test]
+    fn records_written_before_dccs_convert_exactly() -> Result<()> {
+        let value = Value::Data(bytes::Bytes::from_static(b"hello"));
+        let set = DvvSet::update(DvvSet::new(value.clone()), &DvvSet::empty(), actor());
         let mut v1 = vec![RECORD_V1];
-        v1.extend(encode(&o)?);
-        assert_eq!(decode_object(&v1)?, o);
+        v1.extend(encode(&set)?);
+        assert_eq!(decode_object(&v1)?, hello());
+        let mut v2 = vec![RECORD_V2];
+        v2.extend(encode(&set)?);
+        let sum = xxhash_rust::xxh3::xxh3_64(&v2);
+        v2.extend_from_slice(&sum.to_le_bytes());
+        verify_record(&v2)?;
+        assert_eq!(decode_object(&v2)?, hello());
+        let mut anonymous = vec![RECORD_V1];
+        anonymous.extend(encode(&DvvSet::new(value))?);
+        assert!(decode_object(&anonymous).is_err());
         Ok(())
     }
 }

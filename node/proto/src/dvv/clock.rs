@@ -10,6 +10,8 @@
 
 use std::cmp::Ordering;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 use super::{Actor, Dot, VersionVector, MAX_COUNTER};
 
 /// One actor's part of a [`NodeClock`]: dots `1..=base`, plus the inclusive `ranges`.
@@ -296,6 +298,33 @@ impl NodeClock {
             );
         }
         out
+    }
+}
+
+/// The serde form: `(actor, base, ranges)` per actor. Stored objects and peer messages carry
+/// clocks this way (bincode); [`crate::codec::clock`] is the compact form for clock exchanges.
+type SerdeEntry = (Actor, u64, Vec<(u64, u64)>);
+
+impl Serialize for NodeClock {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.entries.iter().map(|(a, e)| (a, e.base, &e.ranges)))
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeClock {
+    /// Decoded clocks are untrusted: anything out of normal form is refused.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Vec::<SerdeEntry>::deserialize(d)?;
+        let mut entries = Vec::with_capacity(raw.len());
+        for (i, (actor, base, ranges)) in raw.into_iter().enumerate() {
+            let entry = ClockEntry::new(base, ranges).ok_or_else(|| {
+                serde::de::Error::custom(format!("clock entry {i} is not in normal form"))
+            })?;
+            entries.push((actor, entry));
+        }
+        NodeClock::from_entries(entries).ok_or_else(|| {
+            serde::de::Error::custom("clock entries are empty, repeated or out of actor order")
+        })
     }
 }
 

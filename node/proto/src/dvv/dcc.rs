@@ -1,5 +1,5 @@
-//! Dotted causal containers: a key's object as the server-wide clocks design stores it
-//! (docs/design/server-wide-clocks.md, sections 1.2, 3 and 11).
+//! Dotted causal containers: the object the node stores for a key (`types::Object`), in the
+//! form the server-wide clocks design needs (docs/design/server-wide-clocks.md, 1.2, 3 and 11).
 //!
 //! A [`Dcc`] is a set of *versions*, each a value with its own explicit [`Dot`], plus a causal
 //! *context*: every dot whose write the holder has seen, live or superseded. Unlike a
@@ -15,7 +15,9 @@
 //! version whose dot the replica's clock has already seen, and which is not live in the key,
 //! is old and is dropped. That is what rejects a late copy of a deleted value whatever its age.
 
-use super::{Actor, Dot, NodeClock, VersionVector, MAX_COUNTER};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Actor, Dot, DvvSet, NodeClock, VersionVector, MAX_COUNTER};
 use crate::error::Error;
 
 /// A key's versions and causal context (see the [module docs](self)).
@@ -71,6 +73,21 @@ impl<V: Clone> Dcc<V> {
             )));
         }
         Ok(Dcc { versions, context })
+    }
+
+    /// The same object as a [`DvvSet`] (the record and backup format before the switch to
+    /// DCCs). The DVVSet must be a replica state: every value carries a dot. Exact: the dots
+    /// stay and the context is the DVVSet's version vector.
+    pub fn from_dvvset(set: &DvvSet<V>) -> Result<Self, Error> {
+        set.validate()?;
+        let mut versions = Vec::with_capacity(set.value_count());
+        for (dot, value) in set.dotted_values() {
+            let dot =
+                dot.ok_or_else(|| Error::Decode("object holds values without a dot".into()))?;
+            versions.push((dot, value.clone()));
+        }
+        versions.sort_by_key(|(d, _)| *d);
+        Self::from_parts(versions, NodeClock::from_vector(&set.join()))
     }
 
     /// The live versions, sorted by dot.
@@ -167,14 +184,17 @@ impl<V: Clone> Dcc<V> {
 
     /// The coordinator's write (today's rule, per-key counters): the stored object `server`
     /// loses the versions the client's `seen` context covers, and `value` is added with the next
-    /// dot of `actor` in the key. Returns the new object and the new dot.
-    pub fn update(server: &Self, seen: &NodeClock, actor: Actor, value: V) -> (Self, Dot) {
+    /// dot of `actor` in the key. Returns the new object and the new dot, or `None` when the
+    /// actor's counter in the key is already at [`MAX_COUNTER`] (no dot is left to mint).
+    pub fn update(server: &Self, seen: &NodeClock, actor: Actor, value: V) -> Option<(Self, Dot)> {
         let mut out = server.clone();
         out.discard(seen);
-        let next = out.context.top(&actor).saturating_add(1).min(MAX_COUNTER);
+        let next = out.context.top(&actor).checked_add(1)?;
+        if next > MAX_COUNTER {
+            return None;
+        }
         let dot = Dot::new(actor, next);
-        out.add(dot, value);
-        (out, dot)
+        out.add(dot, value).then_some((out, dot))
     }
 
     /// The merge a replica runs when a copy `incoming` of the key arrives (section 3.2 of the
@@ -240,6 +260,39 @@ impl<V: Clone> Dcc<V> {
             versions: self.versions.into_iter().map(|(d, v)| (d, f(v))).collect(),
             context: self.context,
         }
+    }
+}
+
+impl<V: Clone> Dcc<V> {
+    /// **Deliberately WRONG merge, for tests only.** Keeps the single version with the highest
+    /// counter (ties to the larger actor) and drops its siblings while keeping the whole context,
+    /// as a last-write-wins store would. It exists so that the simulator can plant this bug and
+    /// prove its checkers catch it; never use it in the store.
+    #[cfg(feature = "planted-bugs")]
+    pub fn keep_only_newest(&self) -> Self {
+        let best = self
+            .versions
+            .iter()
+            .max_by_key(|(d, _)| (d.counter, d.actor))
+            .cloned();
+        Dcc {
+            versions: best.into_iter().collect(),
+            context: self.context.clone(),
+        }
+    }
+}
+
+impl<V: Serialize> Serialize for Dcc<V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.versions, &self.context).serialize(s)
+    }
+}
+
+impl<'de, V: Clone + Deserialize<'de>> Deserialize<'de> for Dcc<V> {
+    /// Decoded objects are untrusted: they pass [`Dcc::from_parts`]'s checks.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (versions, context) = <(Vec<(Dot, V)>, NodeClock)>::deserialize(d)?;
+        Dcc::from_parts(versions, context).map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Causality tracking for stored values: actors, dots, version vectors and dotted version vector
-//! sets (DVVSets).
+//! Causality tracking for stored values: actors, dots, version vectors, node clocks, dotted causal
+//! containers (the stored object) and dotted version vector sets (the format before them).
 //!
 //! # Why
 //! Every value a node stores is tagged with a *dot*: the identity of the coordinator that accepted
@@ -38,11 +38,13 @@
 //!   the rest, and then records the new value with the next dot of the coordinator's actor.
 //! - **less** is strict dominance of the causal histories.
 //!
-//! # What replaces it
-//! [`Dcc`] (dotted causal container) is the object of the server-wide clocks design: explicit
-//! dots per version and a [`NodeClock`] as context, exact when an actor's dots in a key are
-//! sparse, with the replica merge's node-clock check. It agrees with [`DvvSet`] operation by
-//! operation under today's per-key counters and is not yet used by the node.
+//! # The object the node stores
+//! Since 2026-12-04 a key's object is a [`Dcc`] (dotted causal container): explicit dots per
+//! version and a [`NodeClock`] as context, exact when an actor's dots in a key are sparse (the
+//! counters per (actor, partition) of the server-wide clocks design), with the replica merge's
+//! node-clock check. It agrees with [`DvvSet`] operation by operation under today's per-key
+//! counters. [`DvvSet`] stays only to read records and backups written before the switch
+//! ([`Dcc::from_dvvset`]) and as the reference the property tests compare with.
 //!
 //! # Identity and dot reuse
 //! A dot must never name two different writes. An [`Actor`] therefore includes a 64-bit incarnation
@@ -66,7 +68,7 @@ use serde::{Deserialize, Serialize};
 
 /// The identity under which a node issues dots.
 ///
-/// Use the node's current actor as the `actor` argument of [`DvvSet::update`] whenever that node
+/// Use the node's current actor as the `actor` argument of [`Dcc::update`] whenever that node
 /// coordinates a write. `incarnation` must change whenever the node starts (its disk may have lost
 /// state: a wipe, a lost tail of synced writes, a restored backup): otherwise the node could
 /// reissue dots the cluster already knows and acknowledged writes could be dropped as "already

@@ -240,45 +240,6 @@ impl<V> DvvSet<V> {
     }
 }
 
-impl<V: Clone> DvvSet<V> {
-    /// **Deliberately WRONG merge, for tests only.** Keeps a single value — the one with the highest
-    /// dot counter, ties broken by the larger actor — and drops every other sibling while keeping
-    /// the full causal history, as a last-write-wins store would. Concurrent writes are thus lost
-    /// silently. It exists so that the simulator can plant this bug and prove that its checkers
-    /// catch it; never use it in the store. If there is no dotted value, the first anonymous value
-    /// is kept.
-    #[cfg(feature = "planted-bugs")]
-    pub fn keep_only_newest(&self) -> Self {
-        let best = self
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| !e.values.is_empty())
-            .max_by_key(|(_, e)| (e.counter, e.actor))
-            .map(|(i, _)| i);
-        let entries = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Entry {
-                actor: e.actor,
-                counter: e.counter,
-                values: if Some(i) == best {
-                    e.values.iter().take(1).cloned().collect()
-                } else {
-                    Vec::new()
-                },
-            })
-            .collect();
-        let anonymous = if best.is_some() {
-            Vec::new()
-        } else {
-            self.anonymous.iter().take(1).cloned().collect()
-        };
-        DvvSet { entries, anonymous }
-    }
-}
-
 impl<V: Clone + PartialEq> DvvSet<V> {
     /// Merges two sets (replication, read repair, anti-entropy, hinted handoff): the result knows
     /// both histories and keeps each value that neither side has seen superseded. Mirrors

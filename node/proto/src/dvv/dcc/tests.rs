@@ -114,11 +114,11 @@ fn a_transfer_snapshot_drops_local_versions_the_sender_saw_superseded() {
 #[test]
 fn update_mints_the_next_dot_and_discards_what_the_client_saw() {
     let server = obj(&[(1, 1, "v1"), (2, 1, "w1")], &[]);
-    let (out, d) = Dcc::update(&server, &clock(&[(1, 1)]), a(1), "v2");
+    let (out, d) = Dcc::update(&server, &clock(&[(1, 1)]), a(1), "v2").unwrap();
     assert_eq!(d, dot(1, 2));
     assert_eq!(out.values(), vec![&"v2", &"w1"]);
     // A client context that knows more of our actor than we hold moves the counter on.
-    let (out, d) = Dcc::update(&Dcc::new(), &clock(&[(1, 1), (1, 2), (1, 3)]), a(1), "x");
+    let (out, d) = Dcc::update(&Dcc::new(), &clock(&[(1, 1), (1, 2), (1, 3)]), a(1), "x").unwrap();
     assert_eq!(d, dot(1, 4));
     assert_eq!(out.value_count(), 1);
 }
@@ -143,4 +143,62 @@ fn from_vector_sees_exactly_the_covered_dots() {
     assert!(c.contains(&dot(1, 3)) && c.contains(&dot(2, 1)));
     assert!(!c.contains(&dot(1, 4)) && !c.contains(&dot(2, 2)));
     assert_eq!(c.base_vector(), v);
+}
+
+#[test]
+fn update_refuses_to_mint_past_the_counter_limit() {
+    let mut seen = NodeClock::new();
+    seen.add_range(a(1), 1, MAX_COUNTER);
+    assert!(Dcc::update(&Dcc::new(), &seen, a(1), "x").is_none());
+    seen.add_range(a(2), 1, MAX_COUNTER - 1);
+    let (_, d) = Dcc::update(&Dcc::new(), &seen, a(2), "x").unwrap();
+    assert_eq!(d, dot(2, MAX_COUNTER));
+}
+
+#[test]
+fn a_dvvset_converts_exactly() {
+    let mut set = DvvSet::new("v1");
+    set = DvvSet::update(set, &DvvSet::empty(), a(1));
+    let w = DvvSet::update(DvvSet::new("w1"), &DvvSet::empty(), a(2));
+    let set = set.sync(&w);
+    let set = DvvSet::update(DvvSet::new_with_context(&set.join(), "v2"), &set, a(1));
+    let w2 = DvvSet::update(DvvSet::new("w2"), &set, a(2));
+    let dcc = Dcc::from_dvvset(&w2).unwrap();
+    assert_eq!(dcc.values(), vec![&"v2", &"w2"]);
+    assert_eq!(dcc.versions().first().map(|v| v.0), Some(dot(1, 2)));
+    assert_eq!(dcc.top_vector(), w2.join());
+    // A client-built set (a value without a dot) is not a replica state.
+    assert!(Dcc::from_dvvset(&DvvSet::new("anonymous")).is_err());
+}
+
+#[test]
+fn decoding_checks_the_invariants() {
+    let o = obj(&[(1, 2, "v"), (2, 1, "w")], &[(1, 1)]);
+    let bytes = crate::codec::encode(&o).unwrap();
+    let back: Dcc<String> = crate::codec::decode(&bytes).unwrap();
+    assert_eq!(back.values(), vec!["v", "w"]);
+    assert_eq!(back.context(), o.context());
+    // A version whose dot is outside the context, and a clock out of normal form, are refused.
+    let forged = (vec![(dot(1, 3), "x".to_string())], clock(&[(1, 1)]));
+    let bytes = crate::codec::encode(&forged).unwrap();
+    assert!(crate::codec::decode::<Dcc<String>>(&bytes).is_err());
+    // One entry (actor, base 1, range 2..=2): the range touches the base, so not normal form.
+    let raw = vec![(a(1), 1u64, vec![(2u64, 2u64)])];
+    let bytes = crate::codec::encode(&(Vec::<(Dot, String)>::new(), raw)).unwrap();
+    let err = crate::codec::decode::<Dcc<String>>(&bytes).unwrap_err();
+    assert!(err.to_string().contains("normal form"), "{err}");
+}
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn keep_only_newest_drops_siblings_but_not_history() {
+    let o = obj(
+        &[(1, 2, "a2"), (1, 3, "a3"), (2, 3, "b3"), (3, 1, "c1")],
+        &[(1, 1)],
+    );
+    let k = o.keep_only_newest();
+    // Counter tie between A:3 and B:3: the larger actor (B) wins.
+    assert_eq!(k.values(), vec![&"b3"]);
+    assert_eq!(k.context(), o.context());
+    assert!(Dcc::<&str>::new().keep_only_newest().is_empty());
 }
