@@ -316,7 +316,7 @@ impl Client {
         let request = ClientRequest::Put {
             key: Bytes::copy_from_slice(key),
             value: Bytes::copy_from_slice(value),
-            context: context.version_vector().clone(),
+            context: context.clock().clone(),
             opts: opts.request(),
         };
         self.write(key, request, opts).await
@@ -348,7 +348,7 @@ impl Client {
     ) -> Result<Answered<PutReply>, ClientError> {
         let request = ClientRequest::Delete {
             key: Bytes::copy_from_slice(key),
-            context: context.version_vector().clone(),
+            context: context.clock().clone(),
             opts: opts.request(),
         };
         self.write(key, request, opts).await

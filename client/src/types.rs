@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dynakv_proto::codec::token::{context_from_token, context_to_token};
-use dynakv_proto::dvv::VersionVector;
+use dynakv_proto::dvv::{NodeClock, VersionVector};
 use dynakv_proto::RequestOptions;
 
 use crate::{ClientError, DEFAULT_WAIT, REPLY_GRACE};
 
 /// The causal context of a read: write back with it to replace what was read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Context(VersionVector);
+pub struct Context(NodeClock);
 
 impl Context {
     /// The empty context: a write with it is blind (it becomes a sibling of what is stored).
@@ -37,17 +37,24 @@ impl Context {
         })
     }
 
-    /// The version vector inside.
-    pub fn version_vector(&self) -> &VersionVector {
+    /// The dots it has seen, per actor (a [`NodeClock`]: a base and, rarely, ranges above it).
+    pub fn clock(&self) -> &NodeClock {
         &self.0
     }
 }
 
 /// Wraps the context of a full reply ([`GetReply`](crate::GetReply),
 /// [`PutReply`](crate::PutReply)), e.g. to print it with [`Context::to_token`].
-impl From<VersionVector> for Context {
-    fn from(vv: VersionVector) -> Context {
-        Context(vv)
+impl From<NodeClock> for Context {
+    fn from(clock: NodeClock) -> Context {
+        Context(clock)
+    }
+}
+
+/// A context that has seen, per actor, every dot up to the vector's counter.
+impl From<&VersionVector> for Context {
+    fn from(vv: &VersionVector) -> Context {
+        Context(NodeClock::from_vector(vv))
     }
 }
 

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use dynakv_core::store::{Space, Store};
 use dynakv_core::{Object, Value};
-use dynakv_proto::dvv::{Dot, NodeClock, VersionVector};
+use dynakv_proto::dvv::{Dot, NodeClock};
 use serde::Serialize;
 
 use crate::world::{Applied, World};
@@ -46,7 +46,7 @@ pub struct WriteRecord {
     /// The unique value written, or `None` for a delete.
     pub value: Option<String>,
     /// The causal context the client sent.
-    pub context: VersionVector,
+    pub context: NodeClock,
     pub outcome: Outcome,
     /// The dot the coordinator gave the value (known for acknowledged writes).
     pub dot: Option<Dot>,
@@ -244,7 +244,7 @@ fn check_key(
         if let Some(w) = writes
             .iter()
             .filter(|_| !restored)
-            .find(|w| w.outcome == Outcome::Acked && w.context.covers(dot))
+            .find(|w| w.outcome == Outcome::Acked && w.context.contains(dot))
         {
             out.push(violation(
                 "false-concurrency",
@@ -321,12 +321,12 @@ fn lost_acked_writes<'a>(
                 None => applied
                     .tombstones
                     .get(key.as_bytes())
-                    .is_some_and(|t| t.covers(&dot)),
+                    .is_some_and(|t| t.contains(&dot)),
             },
         };
         if !writes
             .iter()
-            .any(|x| x.context.covers(&dot) && was_applied(x))
+            .any(|x| x.context.contains(&dot) && was_applied(x))
         {
             lost.push(*w);
         }
@@ -401,7 +401,9 @@ mod tests {
             client: 0,
             key: "k".into(),
             value: value.map(str::to_string),
-            context: VersionVector::from_entries(context.iter().map(|c| (actor(), *c)).collect()),
+            context: NodeClock::from_vector(&dynakv_proto::dvv::VersionVector::from_entries(
+                context.iter().map(|c| (actor(), *c)).collect(),
+            )),
             outcome,
             dot: dot.map(|c| Dot::new(actor(), c)),
             at: 0,
@@ -464,15 +466,21 @@ mod tests {
         let mut applied = Applied::default();
         applied.tombstones.insert(
             b"k".to_vec(),
-            VersionVector::from_entries(vec![(actor(), 1)]),
+            NodeClock::from_vector(&dynakv_proto::dvv::VersionVector::from_entries(vec![(
+                actor(),
+                1,
+            )])),
         );
         assert!(lost_with(delete(), &applied, 3).is_empty());
         // A tombstone of this key that does not cover the dot, or one of another key, is no excuse.
         let mut other = Applied::default();
-        other.tombstones.insert(b"k".to_vec(), VersionVector::new());
+        other.tombstones.insert(b"k".to_vec(), NodeClock::new());
         other.tombstones.insert(
             b"j".to_vec(),
-            VersionVector::from_entries(vec![(actor(), 1)]),
+            NodeClock::from_vector(&dynakv_proto::dvv::VersionVector::from_entries(vec![(
+                actor(),
+                1,
+            )])),
         );
         assert_eq!(lost_with(delete(), &other, 3), ["a"]);
     }

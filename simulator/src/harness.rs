@@ -12,7 +12,7 @@ use dynakv_core::{
     ClientReply, ClientRequest, CoreConfig, Effect, GetReply, Input, NodeCore, PeerMsg, PutReply,
     ReplicaMsg, RequestError, RequestOptions,
 };
-use dynakv_proto::dvv::{Actor, VersionVector};
+use dynakv_proto::dvv::{Actor, NodeClock, VersionVector};
 use dynakv_ring::{NodeId, PartitionMap};
 
 /// A cluster of node cores in one process.
@@ -278,7 +278,7 @@ impl Cluster {
         at: NodeId,
         key: &str,
         value: &str,
-        ctx: &VersionVector,
+        ctx: &NodeClock,
         opts: RequestOptions,
     ) -> ClientReply {
         self.request(
@@ -292,7 +292,7 @@ impl Cluster {
         )
     }
 
-    pub fn put_ok(&mut self, at: NodeId, key: &str, value: &str, ctx: &VersionVector) -> PutReply {
+    pub fn put_ok(&mut self, at: NodeId, key: &str, value: &str, ctx: &NodeClock) -> PutReply {
         match self.put(at, key, value, ctx, RequestOptions::default()) {
             ClientReply::Written(p) => p,
             other => panic!("put {value} at {at} failed: {other:?}"),
@@ -300,7 +300,7 @@ impl Cluster {
     }
 
     /// A put that only needs the coordinator's own ack (W=1), for scripted histories.
-    pub fn put_w1(&mut self, at: NodeId, key: &str, value: &str, ctx: &VersionVector) -> PutReply {
+    pub fn put_w1(&mut self, at: NodeId, key: &str, value: &str, ctx: &NodeClock) -> PutReply {
         let opts = RequestOptions {
             w: Some(1),
             ..RequestOptions::default()
@@ -311,7 +311,7 @@ impl Cluster {
         }
     }
 
-    pub fn delete_w1(&mut self, at: NodeId, key: &str, ctx: &VersionVector) -> PutReply {
+    pub fn delete_w1(&mut self, at: NodeId, key: &str, ctx: &NodeClock) -> PutReply {
         let opts = RequestOptions {
             w: Some(1),
             ..RequestOptions::default()
@@ -347,7 +347,7 @@ impl Cluster {
     }
 
     /// Read a key only from `at`'s own store (R=1 at a replica, with other links cut), as a set.
-    pub fn local(&mut self, at: NodeId, key: &str) -> (BTreeSet<String>, VersionVector) {
+    pub fn local(&mut self, at: NodeId, key: &str) -> (BTreeSet<String>, NodeClock) {
         let saved = self.cut.clone();
         self.isolate(at);
         let opts = RequestOptions {
@@ -404,8 +404,8 @@ pub fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-pub fn vv(entries: &[(Actor, u64)]) -> VersionVector {
-    VersionVector::from_entries(entries.to_vec())
+pub fn vv(entries: &[(Actor, u64)]) -> NodeClock {
+    NodeClock::from_vector(&VersionVector::from_entries(entries.to_vec()))
 }
 
 pub fn expect_error(reply: ClientReply) -> RequestError {

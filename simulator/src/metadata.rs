@@ -153,12 +153,12 @@ fn measure(c: &Cluster, ops: u64) -> MetadataRow {
             };
             for (key, o) in objects {
                 let bytes = dynakv_proto::codec::encode_object(&o).map_or(0, |b| b.len()) as u64;
-                let ctx = o.top_vector();
+                let ctx = o.context();
                 let entries = o.context().actor_count() as u64;
                 if key.as_ref() == b"key-0" {
                     row.hot_key_context_entries = row.hot_key_context_entries.max(entries);
                 }
-                let token = dynakv_proto::codec::token::context_to_token(&ctx).len() as u64;
+                let token = dynakv_proto::codec::token::context_to_token(ctx).len() as u64;
                 row.records += 1;
                 row.record_bytes += bytes;
                 row.record_bytes_max = row.record_bytes_max.max(bytes);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use dynakv_core::store::Store as _;
 use dynakv_core::{ClientReply, ClientRequest, RequestError, RequestId, RequestOptions};
-use dynakv_proto::dvv::VersionVector;
+use dynakv_proto::dvv::NodeClock;
 use rand::Rng;
 
 use crate::checker::{History, Outcome, WriteRecord};
@@ -63,7 +63,7 @@ struct Pending {
 #[derive(Debug, Clone, Default)]
 struct Client {
     seq: u64,
-    contexts: BTreeMap<String, VersionVector>,
+    contexts: BTreeMap<String, NodeClock>,
 }
 
 /// The phase the run is in.
@@ -163,7 +163,7 @@ impl World {
             client: loader,
             key: key.clone(),
             value: Some(value.clone()),
-            context: VersionVector::new(),
+            context: NodeClock::new(),
             outcome: Outcome::Pending,
             dot: None,
             at: self.now,
@@ -171,7 +171,7 @@ impl World {
         let request = ClientRequest::Put {
             key: key_bytes(&key),
             value: Bytes::from(value),
-            context: VersionVector::new(),
+            context: NodeClock::new(),
             opts: RequestOptions::default(),
         };
         self.submit(loader, key, request, PendingKind::Preload { record });
@@ -261,7 +261,7 @@ impl World {
         o
     }
 
-    fn write(&mut self, client: usize, key: String, value: Option<String>, context: VersionVector) {
+    fn write(&mut self, client: usize, key: String, value: Option<String>, context: NodeClock) {
         let record = self.workload.history.writes.len();
         if let Some(v) = &value {
             self.workload.history.written_values.insert(v.clone());
@@ -446,7 +446,7 @@ impl World {
             }
             65..=79 => {
                 let v = self.fresh_value(client);
-                self.write(client, key, Some(v), VersionVector::new());
+                self.write(client, key, Some(v), NodeClock::new());
             }
             _ => {
                 // A put with the last context this client saw for the key (often stale).

@@ -30,7 +30,7 @@ pub const SIM_REQUEST_TIMEOUT_MS: u32 = 1_000;
 pub(crate) struct Applied {
     pub values: BTreeSet<Vec<u8>>,
     /// Per key, the join of the contexts of every tombstone object sent.
-    pub tombstones: BTreeMap<Vec<u8>, dynakv_proto::dvv::VersionVector>,
+    pub tombstones: BTreeMap<Vec<u8>, dynakv_proto::dvv::NodeClock>,
 }
 
 /// Something that happens at a virtual time.
@@ -665,7 +665,7 @@ impl World {
                 .tombstones
                 .entry(key.to_vec())
                 .or_default()
-                .merge(&object.top_vector());
+                .merge(object.context());
         }
     }
 

@@ -4,7 +4,7 @@
 
 use dynakv_core::store::Store;
 use dynakv_core::{ClientReply, RequestError, RequestOptions};
-use dynakv_proto::dvv::VersionVector;
+use dynakv_proto::dvv::NodeClock;
 use dynakv_ring::NodeId;
 use dynakv_simulator::harness::{expect_error, n, set, strings, Cluster};
 
@@ -31,7 +31,7 @@ fn w3_put_succeeds_through_fallbacks_and_pw2_refuses() {
     c.isolate(prim[1]);
     c.isolate(prim[2]);
     // The first put discovers the two silent primaries and hands the write to fallbacks.
-    let put = match c.put(prim[0], &key, "v1", &VersionVector::new(), w(3, None)) {
+    let put = match c.put(prim[0], &key, "v1", &NodeClock::new(), w(3, None)) {
         ClientReply::Written(p) => p,
         other => panic!("W=3 put through fallbacks failed: {other:?}"),
     };
@@ -66,10 +66,10 @@ fn hints_survive_a_fallback_restart_and_are_resent() {
     let mut c = Cluster::new(5, 3, 2, 2);
     let (key, prim) = key_with_primaries(&c);
     c.isolate(prim[2]);
-    c.put_ok(prim[0], &key, "v1", &VersionVector::new());
-    c.put_ok(prim[0], &key, "v1b", &VersionVector::new());
+    c.put_ok(prim[0], &key, "v1", &NodeClock::new());
+    c.put_ok(prim[0], &key, "v1b", &NodeClock::new());
     // Force the fallback path: a W=3 write while prim[2] is unreachable.
-    let put = c.put(prim[0], &key, "v2", &VersionVector::new(), w(3, None));
+    let put = c.put(prim[0], &key, "v2", &NodeClock::new(), w(3, None));
     assert!(matches!(put, ClientReply::Written(_)), "{put:?}");
     let holder = *c
         .nodes
@@ -100,7 +100,7 @@ fn a_wiped_replica_gets_its_data_back_by_anti_entropy() {
             n(1 + (i as u32 % 3)),
             k,
             &format!("v{i}"),
-            &VersionVector::new(),
+            &NodeClock::new(),
         );
     }
     c.wipe(n(3));
@@ -124,7 +124,7 @@ fn anti_entropy_work_follows_the_differences_not_the_data_size() {
             cfg.read_repair = false;
         });
         for i in 0..total {
-            c.put_ok(n(1), &format!("key-{i}"), "v", &VersionVector::new());
+            c.put_ok(n(1), &format!("key-{i}"), "v", &NodeClock::new());
         }
         c.run_for(3_000);
         let before: u64 = c.nodes.values().map(|n| n.stats().aae_keys_repaired).sum();
@@ -156,9 +156,7 @@ fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
         cfg.aae_interval_ms = 100;
     });
     let (key, prim) = key_with_primaries(&c);
-    let ctx = c
-        .put_ok(prim[0], &key, "old", &VersionVector::new())
-        .context;
+    let ctx = c.put_ok(prim[0], &key, "old", &NodeClock::new()).context;
     // prim[2] misses the delete; with W=3 a fallback takes it as a hint.
     c.isolate(prim[2]);
     let g = c.get_ok(prim[0], &key);
@@ -192,7 +190,7 @@ fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
         );
     }
     // After reaping, a new blind write is a fresh value and is not swallowed by old history.
-    let fresh = c.put_ok(prim[1], &key, "new", &VersionVector::new());
+    let fresh = c.put_ok(prim[1], &key, "new", &NodeClock::new());
     assert!(fresh.dot.is_some());
     c.run_for(2_000);
     let all = RequestOptions {
@@ -210,7 +208,7 @@ fn a_down_member_blocks_reaping() {
     let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| {
         cfg.tombstone_grace_ms = 3_000;
     });
-    let ctx = c.put_ok(n(1), "k", "v", &VersionVector::new()).context;
+    let ctx = c.put_ok(n(1), "k", "v", &NodeClock::new()).context;
     let opts = RequestOptions::default();
     let reply = c.request(
         n(1),
@@ -251,7 +249,7 @@ fn an_operation_in_flight_on_a_key_blocks_its_reap_whatever_its_timeout() {
     let p = map.partition_for_key(b"k");
     let prefs = map.preference_list(p, 3);
     let (owner, coord, other) = (prefs[0], prefs[1], prefs[2]);
-    let ctx = c.put_ok(owner, "k", "v", &VersionVector::new()).context;
+    let ctx = c.put_ok(owner, "k", "v", &NodeClock::new()).context;
     let reply = c.request(
         owner,
         dynakv_core::ClientRequest::Delete {
@@ -310,7 +308,7 @@ fn read_repair_is_bounded_per_second() {
     });
     c.isolate(n(3));
     for i in 0..10 {
-        c.put_ok(n(1), &format!("k{i}"), "v", &VersionVector::new());
+        c.put_ok(n(1), &format!("k{i}"), "v", &NodeClock::new());
     }
     c.heal();
     let all = RequestOptions {
@@ -338,7 +336,7 @@ fn a_failed_sync_fences_the_node_until_it_restarts() {
         .store_mut()
         .fail_next_syncs(1);
     // The broken replica never acknowledges; the other two make the quorum.
-    let put = c.put_ok(prim[0], &key, "v1", &VersionVector::new());
+    let put = c.put_ok(prim[0], &key, "v1", &NodeClock::new());
     assert_eq!(put.acks, 2);
     let core = &c.nodes[&broken];
     let reason = core.storage_failure().expect("fenced").to_string();
@@ -379,7 +377,7 @@ fn a_stale_coordinators_write_to_a_former_owner_counts_as_a_fallback() {
         .get_mut(&former)
         .unwrap()
         .set_partition_map(newer.clone());
-    let put = match c.put(prim[0], &key, "v1", &VersionVector::new(), w(3, None)) {
+    let put = match c.put(prim[0], &key, "v1", &NodeClock::new(), w(3, None)) {
         ClientReply::Written(p) => p,
         other => panic!("W=3 put failed: {other:?}"),
     };
@@ -420,7 +418,7 @@ fn a_read_repair_at_a_coordinator_that_lost_the_partition_leaves_no_orphan_copy(
     let coord = prim[0];
     // The coordinator misses the write, so its own copy is stale.
     c.isolate(coord);
-    c.put_ok(prim[1], &key, "v1", &VersionVector::new());
+    c.put_ok(prim[1], &key, "v1", &NodeClock::new());
     c.heal();
     // The read waits for prim[2] until its deadline, so it ends (and repairs) later.
     c.cut_both(coord, prim[2]);
@@ -460,7 +458,7 @@ fn a_stray_partition_copy_is_handed_over_then_dropped() {
     let stray = (1..=4).map(n).find(|id| !prim.contains(id)).unwrap();
     let p = c.map().partition_for_key(key.as_bytes());
     let space = dynakv_core::store::Space::Partition(p);
-    let v1 = c.put_ok(prim[0], &key, "v1", &VersionVector::new());
+    let v1 = c.put_ok(prim[0], &key, "v1", &NodeClock::new());
     // v2 reaches only prim[0]; its record then survives only as the stray copy.
     c.isolate(prim[0]);
     c.put_w1(prim[0], &key, "v2", &v1.context);

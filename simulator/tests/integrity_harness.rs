@@ -4,7 +4,7 @@
 
 use dynakv_core::store::Store;
 use dynakv_core::{ClientReply, RequestOptions};
-use dynakv_proto::dvv::VersionVector;
+use dynakv_proto::dvv::NodeClock;
 use dynakv_ring::NodeId;
 use dynakv_simulator::harness::{n, set, strings, Cluster};
 
@@ -50,7 +50,7 @@ fn a_corrupt_record_is_not_served_and_read_repair_restores_it() {
         cfg.scrub_per_sec = 0;
         cfg.aae_interval_ms = 600_000;
     });
-    c.put_ok(n(1), "k", "v1", &VersionVector::new());
+    c.put_ok(n(1), "k", "v1", &NodeClock::new());
     corrupt_record(&mut c, n(2), "k");
     assert_eq!(readable(&c, n(2), "k"), None);
     let actor_before = c.actor(n(2));
@@ -82,7 +82,7 @@ fn the_scrub_finds_a_corrupt_record_and_anti_entropy_repairs_it() {
             cfg.aae_interval_ms = 200;
         });
         for i in 0..20 {
-            c.put_ok(n(1), &format!("k{i}"), "v", &VersionVector::new());
+            c.put_ok(n(1), &format!("k{i}"), "v", &NodeClock::new());
         }
         // Anti-entropy compares every partition once, so every tree is built (from good
         // records) before the disk goes bad.
@@ -112,7 +112,7 @@ fn a_corrupt_record_overwritten_by_a_replica_write_still_retires_the_actor() {
         cfg.scrub_per_sec = 0;
         cfg.aae_interval_ms = 600_000;
     });
-    let first = c.put_ok(n(2), "k", "v1", &VersionVector::new());
+    let first = c.put_ok(n(2), "k", "v1", &NodeClock::new());
     let minted = first.dot.expect("a put mints a dot");
     c.run_for(2_000);
     // Node 1 never got v1 (its copy is taken away: the write reached nodes 2 and 3 only).
@@ -129,11 +129,11 @@ fn a_corrupt_record_overwritten_by_a_replica_write_still_retires_the_actor() {
     let actor_before = c.actor(n(2));
     // A blind write through node 1 carries v2 alone; its replica write to node 2 merges into
     // the key node 2 reads as missing, and overwrites the corrupt record.
-    c.put_ok(n(1), "k", "v2", &VersionVector::new());
+    c.put_ok(n(1), "k", "v2", &NodeClock::new());
     c.run_for(2_000);
     assert_eq!(readable(&c, n(2), "k"), Some(set(&["v2"])), "overwritten");
     assert_eq!(c.nodes[&n(2)].stats().corrupt_records, 1);
     assert_ne!(c.actor(n(2)), actor_before, "the actor is retired");
-    let again = c.put_ok(n(2), "k", "v3", &VersionVector::new());
+    let again = c.put_ok(n(2), "k", "v3", &NodeClock::new());
     assert_ne!(again.dot, Some(minted), "a dot minted twice");
 }

@@ -6,12 +6,12 @@ use dynakv_core::store::MemStore;
 use dynakv_core::{
     ClientReply, ClientRequest, CoreConfig, NodeCore, PlantedBug, RequestError, RequestOptions,
 };
-use dynakv_proto::dvv::VersionVector;
+use dynakv_proto::dvv::NodeClock;
 use dynakv_ring::{NodeId, PartitionMap};
 use dynakv_simulator::harness::{expect_error, n, set, strings, vv, Cluster};
 
-fn empty() -> VersionVector {
-    VersionVector::new()
+fn empty() -> NodeClock {
+    NodeClock::new()
 }
 
 #[test]
@@ -261,7 +261,7 @@ fn blind_writes_across_a_power_loss(
     let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| cfg.planted_bug = bug);
     let key = "blind";
     let coord = n(1);
-    let first = c.put_ok(coord, key, "v1", &VersionVector::new());
+    let first = c.put_ok(coord, key, "v1", &NodeClock::new());
     // The coordinator loses its last synced batches (its copy of v1 among them) and restarts.
     c.power_cycle(coord, 1);
     assert!(
@@ -269,7 +269,7 @@ fn blind_writes_across_a_power_loss(
         "the power loss took v1 back"
     );
     // Another blind write through the same node: concurrent with v1, so both must survive.
-    let second = c.put_ok(coord, key, "v2", &VersionVector::new());
+    let second = c.put_ok(coord, key, "v2", &NodeClock::new());
     c.run_for(2_000);
     (
         first.context == second.context,
@@ -290,7 +290,7 @@ fn no_ack_leaves_before_the_write_is_synced() {
             request: ClientRequest::Put {
                 key: "k".into(),
                 value: "v".into(),
-                context: VersionVector::new(),
+                context: NodeClock::new(),
                 opts: RequestOptions {
                     w: Some(1),
                     ..RequestOptions::default()

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use dynakv_core::{ClientReply, ClientRequest, Object, RequestError, RequestOptions};
-use dynakv_proto::dvv::VersionVector;
+use dynakv_proto::dvv::NodeClock;
 use dynakv_simulator::harness::{n, set, strings, Cluster};
 
 /// The object `at` stores for `key`, as a scan returns it.
@@ -44,7 +44,7 @@ fn restore(c: &mut Cluster, at: u32, key: &str, object: Object) -> ClientReply {
 #[test]
 fn a_restore_merges_and_never_undoes_a_newer_write_or_a_delete() {
     let mut c = Cluster::new(3, 3, 2, 2);
-    c.put_ok(n(1), "k", "v1", &VersionVector::new());
+    c.put_ok(n(1), "k", "v1", &NodeClock::new());
     c.run();
     let old = stored(&mut c, 2, "k");
 
@@ -81,7 +81,7 @@ fn a_restore_merges_and_never_undoes_a_newer_write_or_a_delete() {
 #[test]
 fn a_scan_answers_only_for_partitions_the_node_replicates() {
     let mut c = Cluster::new(4, 2, 1, 1);
-    c.put_ok(n(1), "k", "v", &VersionVector::new());
+    c.put_ok(n(1), "k", "v", &NodeClock::new());
     c.run();
     let map = c.map();
     let p = map.partition_for_key(b"k");
@@ -125,7 +125,7 @@ fn a_scan_answers_only_for_partitions_the_node_replicates() {
 #[test]
 fn a_restore_after_a_reap_never_makes_a_node_reuse_a_dot() {
     let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| cfg.tombstone_grace_ms = 3_000);
-    let v = c.put_ok(n(1), "k", "v", &VersionVector::new());
+    let v = c.put_ok(n(1), "k", "v", &NodeClock::new());
     c.run();
     let backup = stored(&mut c, 1, "k");
     let read = c.get_ok(n(1), "k");
@@ -144,7 +144,7 @@ fn a_restore_after_a_reap_never_makes_a_node_reuse_a_dot() {
         set(&["v"]),
         "v is back"
     );
-    let w = c.put_ok(n(1), "k", "w", &VersionVector::new());
+    let w = c.put_ok(n(1), "k", "w", &NodeClock::new());
     let minted = [v.dot, deleted.dot, w.dot];
     assert!(minted.iter().all(Option::is_some), "{minted:?}");
     assert_ne!(w.dot, deleted.dot, "the delete's dot was minted again");

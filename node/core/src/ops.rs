@@ -11,7 +11,7 @@ use dynakv_ring::{NodeId, PartitionId};
 use super::coordinator::{error, is_primary, Quorum, Target};
 use super::node::Origin;
 use super::types::{ClientReply, GetReply, Object, PutReply, ReplicaError, RequestError, Stored};
-use crate::dvv::{Dot, VersionVector};
+use crate::dvv::{Dot, NodeClock};
 
 /// What a pending operation asks of the coordinator after an input.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub(super) struct WriteOp {
     pub(super) demoted: BTreeSet<NodeId>,
     pub(super) failed: BTreeMap<NodeId, ReplicaError>,
     pub(super) quorum: Quorum,
-    pub(super) context: VersionVector,
+    pub(super) context: NodeClock,
     pub(super) dot: Option<Dot>,
     pub(super) deadline: u64,
     /// When unanswered targets get fallbacks (once); `None` after that.
@@ -174,7 +174,8 @@ impl WriteOp {
 
 impl ReadOp {
     /// Take a target's answer to the replica read. Returns `false` (and changes nothing) for a
-    /// node that is not a target or already answered. A malformed object counts as a failure.
+    /// node that is not a target or already answered. (A malformed object never gets here: the
+    /// frame carrying it fails to decode.)
     pub(super) fn on_reply(
         &mut self,
         from: NodeId,
@@ -229,7 +230,7 @@ impl ReadOp {
                     .into_iter()
                     .filter_map(|v| v.data().cloned())
                     .collect(),
-                context: merged.top_vector(),
+                context: merged.context().clone(),
                 replied: answered as u8,
                 primary_replies: primary_replies as u8,
             }));

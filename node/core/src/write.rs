@@ -20,7 +20,7 @@ use super::ops::{PendingOp, WriteOp};
 use super::timers::Timer;
 use super::types::Object;
 use super::types::{OpId, ReplicaError, ReplicaMsg, RequestError, RequestOptions, Value};
-use crate::dvv::{Dot, NodeClock, VersionVector};
+use crate::dvv::{Dot, NodeClock};
 use crate::store::Store;
 
 /// What a write stores on the key's replicas.
@@ -28,10 +28,7 @@ use crate::store::Store;
 pub(super) enum WriteBody {
     /// A put (a value) or a delete (a tombstone): the coordinator mints a new version that
     /// supersedes what `context` covers.
-    Mint {
-        value: Value,
-        context: VersionVector,
-    },
+    Mint { value: Value, context: NodeClock },
     /// A restore: a stored object (from a backup) merged as it is, as anti-entropy merges;
     /// nothing is minted.
     Merge(Object),
@@ -85,9 +82,9 @@ impl Coordinator {
         let max_counter = crate::codec::token::MAX_TOKEN_COUNTER;
         let claimed = match &body {
             WriteBody::Mint { context, .. } => context.clone(),
-            WriteBody::Merge(object) => object.top_vector(),
+            WriteBody::Merge(object) => object.context().clone(),
         };
-        if claimed.entries().iter().any(|(_, c)| *c > max_counter) {
+        if claimed.entries().iter().any(|(_, e)| e.top() > max_counter) {
             return ctx.respond(
                 origin,
                 error(RequestError::InvalidOptions(format!(
@@ -152,10 +149,10 @@ impl Coordinator {
         let minting = matches!(body, WriteBody::Mint { .. });
         let object = match body {
             WriteBody::Mint { value, context } => {
-                let seen = NodeClock::from_vector(&context);
-                match Object::update(&local, &seen, ctx.actor, value) {
+                match Object::update(&local, &context, ctx.actor, value) {
                     Some((object, _)) => object,
-                    // Unreachable through the token limit checked above; refused, never wrapped.
+                    // The token limit above keeps clients below it, but a peer's copy can carry our
+                    // counter up to the limit: refused, never wrapped.
                     None => {
                         return ctx.respond(
                             origin,
@@ -233,7 +230,7 @@ impl Coordinator {
                 },
             );
         }
-        let context = object.top_vector();
+        let context = object.context().clone();
         self.add_op(
             ctx,
             op,

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::token::context_to_token;
-use crate::dvv::VersionVector;
+use crate::dvv::NodeClock;
 use crate::types::PutReply;
 
 /// What `"encoding"` says when the values (or `"key_encoding"` when the key) are base64.
@@ -32,7 +32,7 @@ pub struct GetJson {
 
 impl GetJson {
     /// The JSON form of a read of `key` that returned `values` and `context`.
-    pub fn new(key: &[u8], values: &[Bytes], context: &VersionVector) -> GetJson {
+    pub fn new(key: &[u8], values: &[Bytes], context: &NodeClock) -> GetJson {
         let b64 = base64::engine::general_purpose::STANDARD;
         let (key, key_encoding) = match std::str::from_utf8(key) {
             Ok(k) => (k.to_string(), None),
@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn text_stays_text_and_anything_else_is_base64() {
-        let vv = VersionVector::new();
+        let vv = NodeClock::new();
         let plain = GetJson::new(b"k", &[Bytes::from_static(b"v1")], &vv);
         assert_eq!(plain.siblings, vec!["v1"]);
         assert_eq!((plain.encoding, plain.key_encoding), (None, None));
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn optional_fields_are_left_out_when_absent() {
-        let line = GetJson::new(b"k", &[], &VersionVector::new());
+        let line = GetJson::new(b"k", &[], &NodeClock::new());
         let text = serde_json::to_string(&line).expect("encodes");
         assert!(
             text.starts_with(r#"{"key":"k","siblings":[],"context":""#),

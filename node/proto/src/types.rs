@@ -7,7 +7,7 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 use serde::{Deserialize, Serialize};
 
-use crate::dvv::{Dcc, Dot, VersionVector};
+use crate::dvv::{Dcc, Dot, NodeClock};
 
 /// A stored sibling: client data or a delete marker.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -64,13 +64,13 @@ pub enum ClientRequest {
     Put {
         key: Bytes,
         value: Bytes,
-        context: VersionVector,
+        context: NodeClock,
         opts: RequestOptions,
     },
     /// Delete (write a tombstone) the siblings covered by `context`.
     Delete {
         key: Bytes,
-        context: VersionVector,
+        context: NodeClock,
         opts: RequestOptions,
     },
     /// Ask for the partition map, so a client can route by key.
@@ -128,7 +128,7 @@ pub struct GetReply {
     /// Every live sibling (tombstones are left out). Empty when the key is missing or deleted.
     pub values: Vec<Bytes>,
     /// The joined causal context of every reply; write back with it to supersede what was read.
-    pub context: VersionVector,
+    pub context: NodeClock,
     /// How many replicas answered before the reply was sent.
     pub replied: u8,
     /// How many of those were primary replicas (the rest were fallbacks).
@@ -140,7 +140,7 @@ pub struct GetReply {
 pub struct PutReply {
     /// The causal context after the write: it covers the new value and everything the coordinating
     /// replica held for the key at the time of the write.
-    pub context: VersionVector,
+    pub context: NodeClock,
     /// The dot the coordinator gave the new value (used by checkers and debugging tools).
     pub dot: Option<Dot>,
     /// How many replicas acknowledged before the reply was sent.

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use dynakv_core::{ClientReply, ClientRequest, RequestError, RequestOptions};
 use dynakv_proto::codec::token::context_from_token;
-use dynakv_proto::dvv::VersionVector;
+use dynakv_proto::dvv::NodeClock;
 use dynakv_proto::json::{GetJson, WriteJson};
 use dynakv_proto::wire::{ClientFrame, ServerFrame};
 use dynakv_transport::{identity_from_cert, Identity};
@@ -256,7 +256,7 @@ fn parse(
     };
     let opts = query_options(uri.query().unwrap_or(""), write)?;
     let context = match headers.get(CONTEXT_HEADER) {
-        None => VersionVector::new(),
+        None => NodeClock::new(),
         Some(v) => {
             let token = v
                 .to_str()

@@ -45,7 +45,7 @@ fn keys_are_percent_decoded_and_options_come_from_the_query() {
     };
     assert_eq!(key, Bytes::from_static(b"\xff"), "non-UTF-8 keys work");
     assert_eq!((opts.w, opts.pw, opts.n), (Some(2), Some(1), Some(3)));
-    assert_eq!(context, VersionVector::new());
+    assert_eq!(context, NodeClock::new());
     assert!(matches!(
         req(Method::DELETE, "/v1/kv/k"),
         Ok(ClientRequest::Delete { .. })
@@ -91,7 +91,8 @@ fn bad_requests_are_refused_with_a_reason() {
 
 #[test]
 fn a_context_header_round_trips() {
-    let vv = VersionVector::from_entries(vec![(Actor::new(NodeId(2), 7), 3)]);
+    let mut vv = NodeClock::new();
+    vv.add_range(Actor::new(NodeId(2), 7), 1, 3);
     let mut headers = hyper::HeaderMap::new();
     let token = context_to_token(&vv);
     headers.insert(
@@ -111,7 +112,7 @@ fn got(values: &[&'static str]) -> ServerFrame {
             .iter()
             .map(|v| Bytes::from_static(v.as_bytes()))
             .collect(),
-        context: VersionVector::new(),
+        context: NodeClock::new(),
         replied: 2,
         primary_replies: 2,
     }))
@@ -136,7 +137,7 @@ fn reads_answer_200_one_value_300_siblings_404_none() {
         assert!(body["context"].is_string());
     }
     let written = ServerFrame::Core(ClientReply::Written(PutReply {
-        context: VersionVector::new(),
+        context: NodeClock::new(),
         dot: None,
         acks: 2,
         primary_acks: 1,

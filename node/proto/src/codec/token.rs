@@ -1,17 +1,28 @@
-//! Causal-context tokens: the opaque form in which clients carry a [`VersionVector`] from a read to
-//! the next write.
+//! Causal-context tokens: the opaque form in which clients carry a context (a [`NodeClock`]: the
+//! dots of the key they read) from a read to the next write.
 //!
-//! # Format (version 1)
+//! # Formats
 //! ```text
+//! version 1, a context without holes (every actor's dots are 1..=n):
 //! byte 0        FORMAT_V1 (0xD1): magic and version in one byte
 //! varint        number of entries (at most MAX_CONTEXT_ENTRIES)
-//! per entry     varint node id (u32), varint incarnation (u64), varint counter (u64, >= 1)
+//! per entry     varint node id (u32), varint incarnation (u64), varint counter n (u64, >= 1)
+//!
+//! version 2, a context with holes (some actor's dots are not 1..=n):
+//! byte 0        FORMAT_V2 (0xD2)
+//! the rest      the body of a node clock (`codec::clock`, after its format byte): per actor
+//!               node, incarnation, base, then its ranges above the base as gap and length
 //! ```
-//! Varints are unsigned LEB128 (7 bits per byte, low bits first, high bit = "more follows") and must
-//! be minimal, so every context has exactly one encoding. Entries are strictly increasing by
-//! `(node, incarnation)`. A zero-length input is the empty context, so a client that never read can
-//! send nothing. As text, a token is the bytes in base64url without padding; the empty string is the
-//! empty context too.
+//! A context without holes is always written as version 1 and one with holes as version 2, so
+//! every context has exactly one encoding; a version-2 token without a hole is refused. Varints
+//! are unsigned LEB128 (7 bits per byte, low bits first, high bit = "more follows") and must be
+//! minimal. Entries are strictly increasing by `(node, incarnation)`. A zero-length input is the
+//! empty context, so a client that never read can send nothing. As text, a token is the bytes in
+//! base64url without padding; the empty string is the empty context too.
+//!
+//! Today every context is hole-free (counters are per key), so tokens are version 1, as before
+//! version 2 existed; version 2 is there for the counters per partition of the server-wide
+//! clocks design, under which a key's dots of one actor are sparse.
 //!
 //! Tokens come from clients and are untrusted: decoding checks everything above and never panics.
 //! Every problem is reported as [`Error::MalformedContext`] with a message naming it.
@@ -20,16 +31,23 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use dynakv_ring::NodeId;
 
+use super::clock::{decode_clock, encode_clock, CLOCK_V1};
 use super::varint::{put_varint, Reader};
-use crate::dvv::{Actor, VersionVector};
+use crate::dvv::{Actor, NodeClock, VersionVector};
 use crate::error::Error;
 
-/// The first byte of every non-empty binary context: magic and format version 1 in one.
+/// The first byte of a binary context without holes: magic and format version 1 in one.
 pub const FORMAT_V1: u8 = 0xD1;
+
+/// The first byte of a binary context with holes (format version 2).
+pub const FORMAT_V2: u8 = 0xD2;
 
 /// The most entries (actors) a context may have. Real contexts have a handful (N replicas plus
 /// fallbacks and past incarnations); the bound caps the work an untrusted token can cause.
 pub const MAX_CONTEXT_ENTRIES: usize = 4096;
+
+/// The most holes (ranges above an actor's base, over all actors) a context may have.
+pub const MAX_CONTEXT_RANGES: usize = 4096;
 
 /// The largest counter a context token may carry.
 ///
@@ -37,23 +55,32 @@ pub const MAX_CONTEXT_ENTRIES: usize = 4096;
 /// stored counter to where replicas would refuse it.
 pub const MAX_TOKEN_COUNTER: u64 = 1 << 62;
 
-/// The longest binary context: header plus the maximum count of maximal entries.
-const MAX_CONTEXT_BYTES: usize = 1 + 2 + MAX_CONTEXT_ENTRIES * (5 + 5 + 10);
+/// The longest binary context: header, the maximum count of maximal entries (node 5 bytes,
+/// incarnation 10, base or counter 10, range count 3) and of maximal ranges (two 10-byte varints).
+const MAX_CONTEXT_BYTES: usize =
+    1 + 2 + MAX_CONTEXT_ENTRIES * (5 + 10 + 10 + 3) + MAX_CONTEXT_RANGES * 20;
 
 /// The longest text token (base64 of [`MAX_CONTEXT_BYTES`]).
 const MAX_TOKEN_CHARS: usize = MAX_CONTEXT_BYTES.div_ceil(3) * 4;
 
 /// Encodes a context in the compact binary format (see the module docs). Use it where the context
 /// travels as bytes (client protocol frames); [`context_to_token`] gives the text form.
-pub fn encode_context(vv: &VersionVector) -> Vec<u8> {
-    let entries = vv.entries();
+pub fn encode_context(context: &NodeClock) -> Vec<u8> {
+    if context.range_count() > 0 {
+        let mut out = encode_clock(context);
+        if let Some(first) = out.first_mut() {
+            *first = FORMAT_V2;
+        }
+        return out;
+    }
+    let entries = context.entries();
     let mut out = Vec::with_capacity(2 + entries.len() * 6);
     out.push(FORMAT_V1);
     put_varint(&mut out, u64::try_from(entries.len()).unwrap_or(u64::MAX));
-    for (actor, counter) in entries {
+    for (actor, entry) in entries {
         put_varint(&mut out, u64::from(actor.node.0));
         put_varint(&mut out, actor.incarnation);
-        put_varint(&mut out, *counter);
+        put_varint(&mut out, entry.base());
     }
     out
 }
@@ -61,23 +88,24 @@ pub fn encode_context(vv: &VersionVector) -> Vec<u8> {
 /// Decodes a binary context received from a client. Zero bytes decode to the empty context.
 ///
 /// Fails with [`Error::MalformedContext`] on a wrong format byte, truncation, trailing bytes, a
-/// varint that overflows or is not minimal, more than [`MAX_CONTEXT_ENTRIES`] entries, actors out of
-/// order or repeated, and counters that are zero or above [`MAX_TOKEN_COUNTER`].
-pub fn decode_context(bytes: &[u8]) -> Result<VersionVector, Error> {
+/// varint that overflows or is not minimal, more than [`MAX_CONTEXT_ENTRIES`] entries or
+/// [`MAX_CONTEXT_RANGES`] ranges, actors out of order or repeated, counters that are zero or
+/// above [`MAX_TOKEN_COUNTER`], and a version-2 token without a hole.
+pub fn decode_context(bytes: &[u8]) -> Result<NodeClock, Error> {
     decode(bytes).map_err(Error::into_context)
 }
 
 /// Encodes a context as text: base64url without padding of [`encode_context`]. Use it wherever a
 /// context must be a string (CLI output, HTTP headers, JSON).
-pub fn context_to_token(vv: &VersionVector) -> String {
-    URL_SAFE_NO_PAD.encode(encode_context(vv))
+pub fn context_to_token(context: &NodeClock) -> String {
+    URL_SAFE_NO_PAD.encode(encode_context(context))
 }
 
 /// Decodes a text token made by [`context_to_token`]. The empty string is the empty context.
 ///
 /// Fails with [`Error::MalformedContext`] when the text is too long or not base64url without
 /// padding, and for every reason listed at [`decode_context`].
-pub fn context_from_token(token: &str) -> Result<VersionVector, Error> {
+pub fn context_from_token(token: &str) -> Result<NodeClock, Error> {
     if token.len() > MAX_TOKEN_CHARS {
         return Err(Error::MalformedContext(format!(
             "token of {} characters exceeds the limit of {MAX_TOKEN_CHARS}",
@@ -90,15 +118,56 @@ pub fn context_from_token(token: &str) -> Result<VersionVector, Error> {
     decode_context(&bytes)
 }
 
-fn decode(bytes: &[u8]) -> Result<VersionVector, Error> {
-    let Some((&format, rest)) = bytes.split_first() else {
-        return Ok(VersionVector::new());
-    };
-    if format != FORMAT_V1 {
+fn decode(bytes: &[u8]) -> Result<NodeClock, Error> {
+    match bytes.split_first() {
+        None => Ok(NodeClock::new()),
+        Some((&FORMAT_V1, rest)) => decode_v1(rest).map(|vv| NodeClock::from_vector(&vv)),
+        Some((&FORMAT_V2, rest)) => decode_v2(rest),
+        Some((&format, _)) => Err(Error::Decode(format!(
+            "unknown format byte {format:#04x} (expected {FORMAT_V1:#04x} or {FORMAT_V2:#04x})"
+        ))),
+    }
+}
+
+/// A version-2 body: a node clock, within the token's limits, with at least one hole.
+fn decode_v2(rest: &[u8]) -> Result<NodeClock, Error> {
+    if rest.len() > MAX_CONTEXT_BYTES {
         return Err(Error::Decode(format!(
-            "unknown format byte {format:#04x} (expected {FORMAT_V1:#04x})"
+            "{} bytes exceed the limit of {MAX_CONTEXT_BYTES}",
+            rest.len()
         )));
     }
+    let mut framed = Vec::with_capacity(rest.len() + 1);
+    framed.push(CLOCK_V1);
+    framed.extend_from_slice(rest);
+    let clock = decode_clock(&framed)?;
+    if clock.actor_count() > MAX_CONTEXT_ENTRIES {
+        return Err(Error::Decode(format!(
+            "{} entries exceed the limit of {MAX_CONTEXT_ENTRIES}",
+            clock.actor_count()
+        )));
+    }
+    match clock.range_count() {
+        0 => Err(Error::Decode(
+            "a version-2 token without a hole (such a context is written as version 1)".into(),
+        )),
+        n if n > MAX_CONTEXT_RANGES => Err(Error::Decode(format!(
+            "{n} ranges exceed the limit of {MAX_CONTEXT_RANGES}"
+        ))),
+        _ => match clock
+            .entries()
+            .iter()
+            .position(|(_, e)| e.top() > MAX_TOKEN_COUNTER)
+        {
+            Some(i) => Err(Error::Decode(format!(
+                "entry {i} has a counter above the limit of {MAX_TOKEN_COUNTER}"
+            ))),
+            None => Ok(clock),
+        },
+    }
+}
+
+fn decode_v1(rest: &[u8]) -> Result<VersionVector, Error> {
     let mut reader = Reader::new(rest, 1);
     let count = reader.varint("entry count", u64::MAX)?;
     let count = usize::try_from(count)
@@ -161,13 +230,13 @@ mod tests {
         Actor::new(NodeId(node), incarnation)
     }
 
-    fn vv(entries: &[(u32, u32, u64)]) -> VersionVector {
-        VersionVector::from_entries(
+    fn vv(entries: &[(u32, u32, u64)]) -> NodeClock {
+        NodeClock::from_vector(&VersionVector::from_entries(
             entries
                 .iter()
                 .map(|&(n, i, c)| (actor(n, u64::from(i)), c))
                 .collect(),
-        )
+        ))
     }
 
     fn err(bytes: &[u8]) -> String {
@@ -183,7 +252,7 @@ mod tests {
         let bytes = encode_context(&ctx);
         assert_eq!(bytes, vec![0xD1, 2, 1, 0, 3, 0xAC, 0x02, 2, 1]);
         assert_eq!(decode_context(&bytes).unwrap(), ctx);
-        assert_eq!(encode_context(&VersionVector::new()), vec![0xD1, 0]);
+        assert_eq!(encode_context(&NodeClock::new()), vec![0xD1, 0]);
     }
 
     #[test]
@@ -191,14 +260,15 @@ mod tests {
         assert!(decode_context(&[]).unwrap().is_empty());
         assert!(decode_context(&[0xD1, 0]).unwrap().is_empty());
         assert!(context_from_token("").unwrap().is_empty());
-        let token = context_to_token(&VersionVector::new());
+        let token = context_to_token(&NodeClock::new());
         assert!(context_from_token(&token).unwrap().is_empty());
     }
 
     #[test]
     fn malformed_binary_names_the_problem() {
         assert!(err(&[0x00, 0]).contains("unknown format byte 0x00"));
-        assert!(err(&[0xD2]).contains("unknown format byte"));
+        assert!(err(&[0xD3]).contains("unknown format byte"));
+        assert!(err(&[0xD2]).contains("truncated"));
         assert!(err(&[0xD1]).contains("truncated: entry count"));
         assert!(err(&[0xD1, 1, 1, 0]).contains("truncated: counter"));
         assert!(err(&[0xD1, 1, 0x81]).contains("truncated: node id"));
@@ -251,7 +321,47 @@ mod tests {
         assert!(msg(&"A".repeat(MAX_TOKEN_CHARS + 1)).contains("exceeds the limit"));
     }
 
-    fn arb_vv() -> impl Strategy<Value = VersionVector> {
+    /// A context with holes is written as version 2 and reads back the same; the same dots
+    /// without the hole are version 1, and a version-2 token without a hole is refused.
+    #[test]
+    fn a_context_with_holes_is_version_2() {
+        let mut ctx = vv(&[(1, 0, 3)]);
+        ctx.add(&crate::dvv::Dot::new(actor(1, 0), 6));
+        ctx.add_range(actor(2, 5), 4, 5);
+        let bytes = encode_context(&ctx);
+        // 0xD2, 2 actors; (1, 0) base 3, one range gap 1 length 0; (2, 5) base 0, one range
+        // gap 2 length 1.
+        assert_eq!(bytes, [0xD2, 2, 1, 0, 3, 1, 1, 0, 2, 5, 0, 1, 2, 1]);
+        assert_eq!(decode_context(&bytes).unwrap(), ctx);
+        assert_eq!(context_from_token(&context_to_token(&ctx)).unwrap(), ctx);
+        assert!(err(&[0xD2, 1, 1, 0, 3, 0]).contains("without a hole"));
+        let mut huge = vec![0xD2, 1, 1, 0, 0, 1];
+        put_varint(&mut huge, MAX_TOKEN_COUNTER); // gap: the range starts above the limit
+        huge.push(0);
+        assert!(err(&huge).contains("above the limit"));
+        assert!(err(&[0xD2, 1, 1, 0, 3, 1, 1]).contains("truncated"));
+    }
+
+    #[test]
+    fn too_many_holes_are_refused() {
+        let mut ctx = NodeClock::new();
+        for k in 0..=MAX_CONTEXT_RANGES as u64 {
+            ctx.add(&crate::dvv::Dot::new(actor(1, 0), 2 + 2 * k));
+        }
+        assert!(err(&encode_context(&ctx)).contains("ranges exceed the limit"));
+    }
+
+    fn arb_holes() -> impl Strategy<Value = NodeClock> {
+        prop::collection::vec((0u32..6, 1u64..40, 0u64..3), 0..16).prop_map(|dots| {
+            let mut c = NodeClock::new();
+            for (n, lo, len) in dots {
+                c.add_range(actor(n, 0), lo, lo + len);
+            }
+            c
+        })
+    }
+
+    fn arb_vv() -> impl Strategy<Value = NodeClock> {
         prop::collection::vec(
             (
                 0u32..8,
@@ -272,13 +382,22 @@ mod tests {
         }
 
         #[test]
+        fn contexts_with_holes_round_trip(ctx in arb_holes()) {
+            let bytes = encode_context(&ctx);
+            prop_assert_eq!(bytes.first() == Some(&FORMAT_V2), ctx.range_count() > 0);
+            prop_assert_eq!(decode_context(&bytes).unwrap(), ctx);
+        }
+
+        #[test]
         fn decoding_random_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode_context(&bytes);
-            let mut framed = vec![FORMAT_V1];
-            framed.extend(&bytes);
-            if let Ok(ctx) = decode_context(&framed) {
-                // Anything accepted is canonical: it re-encodes to the same bytes.
-                prop_assert_eq!(encode_context(&ctx), framed);
+            for format in [FORMAT_V1, FORMAT_V2] {
+                let mut framed = vec![format];
+                framed.extend(&bytes);
+                if let Ok(ctx) = decode_context(&framed) {
+                    // Anything accepted is canonical: it re-encodes to the same bytes.
+                    prop_assert_eq!(encode_context(&ctx), framed);
+                }
             }
         }
 

@@ -212,6 +212,11 @@ impl NodeClock {
         &self.entries
     }
 
+    /// Nothing seen (no actor).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// How many actors this clock knows.
     pub fn actor_count(&self) -> usize {
         self.entries.len()
@@ -276,6 +281,11 @@ impl NodeClock {
                 Err(i) => self.entries.insert(i, (*actor, e.clone())),
             }
         }
+    }
+
+    /// Whether this clock has seen every dot `other` has seen.
+    pub fn descends(&self, other: &NodeClock) -> bool {
+        other.missing_from(self).is_empty()
     }
 
     /// The contiguous part as a version vector: per actor, its `base` (actors without one are
@@ -384,6 +394,11 @@ mod tests {
         assert_eq!(c.base_vector().get(&a(2)), 0);
         assert_eq!(c.top(&a(1)), 9);
         assert_eq!(c.range_count(), 2);
+        let mut below = NodeClock::new();
+        below.add_range(a(1), 2, 4);
+        assert!(c.descends(&below) && !below.descends(&c) && c.descends(&c));
+        below.add(&Dot::new(a(1), 8));
+        assert!(!c.descends(&below));
     }
 
     #[test]
