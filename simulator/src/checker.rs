@@ -63,9 +63,11 @@ pub struct History {
     pub gets_failed: u64,
     /// Restores of old copies (the workload's stand-in for `dynakv restore`) acknowledged.
     pub restores_ok: u64,
-    /// With reaping: the dots of the old copies restored, per key. A restore older than a
-    /// reap brings its values back by design, so they are exempt from the superseded check.
-    pub restored_dots: BTreeMap<String, BTreeSet<Dot>>,
+    /// With reaping: the dots of the old copies restored, per key, each with the virtual time of
+    /// the first restore that carried it. A restore of a copy older than a reap brings its
+    /// values back by design, so a write submitted *before* that restore may have covered them
+    /// and still lose to them; a write submitted after it may not.
+    pub restored_dots: BTreeMap<String, BTreeMap<Dot, u64>>,
     pub sibling_reads: u64,
     pub max_siblings: usize,
     pub quiet_failures: Vec<String>,
@@ -235,17 +237,14 @@ fn check_key(
                 format!("two siblings share dot {dot:?}"),
             ));
         }
-        let restored = world
+        let restored_at = world
             .workload
             .history
             .restored_dots
             .get(key)
-            .is_some_and(|d| d.contains(dot));
-        if let Some(w) = writes
-            .iter()
-            .filter(|_| !restored)
-            .find(|w| w.outcome == Outcome::Acked && w.context.contains(dot))
-        {
+            .and_then(|d| d.get(dot))
+            .copied();
+        if let Some(w) = superseding_write(writes, dot, restored_at) {
             out.push(violation(
                 "false-concurrency",
                 key,
@@ -382,6 +381,21 @@ fn violation(invariant: &'static str, key: &str, detail: String) -> Violation {
     }
 }
 
+/// The acknowledged write whose context covered `dot`, so that a sibling with that dot should
+/// be gone. A dot brought back by a restore at `restored_at` may outlive the writes submitted
+/// before that restore (it came back after they covered it), never one submitted after it.
+fn superseding_write<'a>(
+    writes: &[&'a WriteRecord],
+    dot: &Dot,
+    restored_at: Option<u64>,
+) -> Option<&'a WriteRecord> {
+    writes.iter().copied().find(|w| {
+        w.outcome == Outcome::Acked
+            && w.context.contains(dot)
+            && restored_at.is_none_or(|t| w.at >= t)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +434,21 @@ mod tests {
             .into_iter()
             .filter_map(|w| w.value.clone())
             .collect()
+    }
+
+    /// A restored dot is excused only from the writes that came before its restore.
+    #[test]
+    fn a_restore_excuses_a_dot_only_from_earlier_writes() {
+        let dot = Dot::new(actor(), 1);
+        let mut covering = record(Some("b"), &[1], Outcome::Acked, Some(2));
+        covering.at = 100;
+        let writes = [&covering];
+        assert!(superseding_write(&writes, &dot, None).is_some());
+        assert!(superseding_write(&writes, &dot, Some(50)).is_some());
+        assert!(superseding_write(&writes, &dot, Some(100)).is_some());
+        assert!(superseding_write(&writes, &dot, Some(150)).is_none());
+        let blind = record(Some("c"), &[], Outcome::Acked, Some(3));
+        assert!(superseding_write(&[&blind], &dot, None).is_none());
     }
 
     #[test]

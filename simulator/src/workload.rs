@@ -365,17 +365,19 @@ impl World {
         let mut roll = self.rng.gen_range(0..100);
         if self.cfg.reap {
             // Leave a freshly deleted key alone (another one is used instead) until its rest
-            // ends; then restore its old copy first.
+            // ends; then restore its old copy first, if one was taken. When every key rests,
+            // the client only reads, so no write pushes a rest back.
             let now = self.now;
             let keys = &self.workload.keys;
             let rested = &self.workload.rested;
             let busy = |k: &String| rested.get(k).is_some_and(|until| now < *until);
             if busy(&key) {
-                if let Some(other) = (1..keys.len())
+                match (1..keys.len())
                     .map(|d| &keys[(i + d) % keys.len()])
                     .find(|k| !busy(k))
                 {
-                    key = other.clone();
+                    Some(other) => key = other.clone(),
+                    None => roll = 10,
                 }
             }
             if self
@@ -385,7 +387,9 @@ impl World {
                 .is_some_and(|until| now >= *until)
             {
                 self.workload.rested.remove(&key);
-                roll = 0;
+                if self.workload.old_copies.contains_key(&key) {
+                    roll = 0;
+                }
             }
         }
         let opts = self.request_options(false);
@@ -421,8 +425,10 @@ impl World {
                 };
                 if let Some(object) = &restore {
                     let dots = self.workload.history.restored_dots.entry(key.clone());
-                    dots.or_default()
-                        .extend(object.versions().iter().map(|(d, _)| *d));
+                    let dots = dots.or_default();
+                    for (d, _) in object.versions() {
+                        dots.entry(*d).or_insert(self.now);
+                    }
                 }
                 self.submit_restore_or_get(client, key, restore, opts);
             }
