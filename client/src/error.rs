@@ -136,6 +136,13 @@ mod tests {
                 count: 101,
                 max: 100,
             }),
+            request(RequestError::ContextTooLarge {
+                actors: 4097,
+                ranges: 0,
+                max_actors: 4096,
+                max_ranges: 4096,
+                hint: "read the key".into(),
+            }),
             ClientError::MalformedContext("bad base64".into()),
             ClientError::Tls("unknown CA".into()),
         ];

@@ -647,6 +647,7 @@ fn never_applied(e: &RequestError) -> bool {
             | RequestError::ValueTooLarge { .. }
             | RequestError::Unavailable { .. }
             | RequestError::TooManySiblings { .. }
+            | RequestError::ContextTooLarge { .. }
             | RequestError::Removed { .. }
             | RequestError::NotJoined { .. }
             | RequestError::StorageFailed { .. }

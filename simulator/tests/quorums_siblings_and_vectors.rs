@@ -670,3 +670,94 @@ fn an_unappliable_hint_is_quarantined_before_the_ack() {
         "quarantined durably before the ack"
     );
 }
+
+/// A fabricated actor with one isolated dot at every `step`-th counter from `first`: a context
+/// with `count` holes.
+fn holes(node: u32, first: u64, step: u64, count: u64) -> NodeClock {
+    let actor = dynakv_proto::dvv::Actor::new(NodeId(node), 1);
+    let mut clock = NodeClock::new();
+    for k in 0..count {
+        clock.add(&dynakv_proto::dvv::Dot::new(actor, first + step * k));
+    }
+    clock
+}
+
+/// Risk R9 of the server-wide clocks design: stored contexts stay within the token limits, so
+/// every context a read returns can be written back. A request context past them is refused,
+/// and so is a write (or a replica merge) whose result would pass them; the key keeps its value.
+#[test]
+fn contexts_past_the_token_limits_are_refused_and_never_stored() {
+    use dynakv_core::{Effect, Input, Object, PeerMsg, ReplicaError, ReplicaMsg, Value};
+    use dynakv_proto::codec::token;
+    let mut c = Cluster::new(3, 3, 2, 2);
+    // Too many actors in the request itself (the native protocol carries clocks, not tokens).
+    let many: Vec<_> = (0..=token::MAX_CONTEXT_ENTRIES as u32)
+        .map(|i| (dynakv_proto::dvv::Actor::new(NodeId(1000 + i), 1), 1))
+        .collect();
+    let err = expect_error(c.put(n(1), "k", "v", &vv(&many), RequestOptions::default()));
+    assert!(
+        matches!(err, RequestError::ContextTooLarge { actors: 4097, .. }),
+        "{err:?}"
+    );
+    // Two contexts within the limits whose union is not.
+    c.put_ok(n(1), "k", "first", &holes(99, 2, 10, 3000));
+    let err = expect_error(c.put(
+        n(1),
+        "k",
+        "second",
+        &holes(99, 5, 10, 3000),
+        RequestOptions::default(),
+    ));
+    assert!(
+        matches!(err, RequestError::ContextTooLarge { ranges: 6000, .. }),
+        "{err:?}"
+    );
+    let got = c.get_ok(n(2), "k");
+    assert_eq!(strings(&got.values), set(&["first"]));
+    let token = token::context_to_token(&got.context);
+    assert_eq!(
+        token::context_from_token(&token).ok(),
+        Some(got.context.clone())
+    );
+    // A replica refuses a merge past the limits and keeps what it had.
+    let map = c.map();
+    let p = map.partition_for_key(b"k");
+    let owner = map.preference_list(p, 3)[0];
+    let (object, _) = Object::update(
+        &Object::new(),
+        &holes(99, 7, 10, 3000),
+        c.actor(n(3)),
+        Value::Data("third".into()),
+    )
+    .unwrap();
+    let core = c.nodes.get_mut(&owner).unwrap();
+    core.handle(
+        0,
+        Input::Peer {
+            from: n(3),
+            msg: ReplicaMsg::Write {
+                op: 11,
+                partition: p,
+                key: "k".into(),
+                object,
+                hint: None,
+            }
+            .into(),
+        },
+    );
+    let effects = core.drain_effects();
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                msg: PeerMsg::Replica(ReplicaMsg::WriteAck {
+                    result: Err(ReplicaError::Rejected(why)),
+                    ..
+                }),
+                ..
+            } if why.contains("token limits")
+        )),
+        "{effects:?}"
+    );
+    assert_eq!(c.local(owner, "k").0, set(&["first"]));
+}

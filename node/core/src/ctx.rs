@@ -370,6 +370,13 @@ impl<S: Store> Ctx<S> {
                 self.cfg.sibling_max
             )));
         }
+        if let Err((actors, ranges)) = codec::token::check_context_limits(merged.context()) {
+            return Err(ReplicaError::Rejected(format!(
+                "merged object's context would have {actors} actors and {ranges} holes, past the token limits of {} and {}; read the key and write back with its context",
+                codec::token::MAX_CONTEXT_ENTRIES,
+                codec::token::MAX_CONTEXT_RANGES
+            )));
+        }
         let len = codec::encode_object(merged)
             .map(|b| b.len())
             .unwrap_or(usize::MAX);

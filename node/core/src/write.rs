@@ -92,6 +92,13 @@ impl Coordinator {
                 ))),
             );
         }
+        // The native protocol carries contexts as clocks, not tokens: the same limits apply.
+        if let Err(e) = check_context(
+            &claimed,
+            "the request's context did not come from a read of this cluster",
+        ) {
+            return ctx.respond(origin, error(e));
+        }
         let partition = ctx.map.partition_for_key(&key);
         let mut targets = Self::select_targets(ctx, env, partition, quorum.n);
         if let Err(e) = Self::check_reachable(kind, &targets, quorum) {
@@ -182,6 +189,12 @@ impl Coordinator {
                     max: (ctx.cfg.max_message_bytes / 2) as u64,
                 }),
             );
+        }
+        if let Err(e) = check_context(
+            object.context(),
+            "read the key and write back with its context; writes without a context add to it",
+        ) {
+            return ctx.respond(origin, error(e));
         }
         let count = object.value_count();
         if count > ctx.cfg.sibling_max as usize {
@@ -335,4 +348,19 @@ impl Coordinator {
             self.remove_op(ctx, op);
         }
     }
+}
+
+/// A context within the token limits, or the request error that says by how much it is not.
+pub(super) fn check_context(
+    context: &crate::dvv::NodeClock,
+    hint: &str,
+) -> std::result::Result<(), RequestError> {
+    use crate::codec::token::{check_context_limits, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_RANGES};
+    check_context_limits(context).map_err(|(actors, ranges)| RequestError::ContextTooLarge {
+        actors: actors as u64,
+        ranges: ranges as u64,
+        max_actors: MAX_CONTEXT_ENTRIES as u64,
+        max_ranges: MAX_CONTEXT_RANGES as u64,
+        hint: hint.to_string(),
+    })
 }

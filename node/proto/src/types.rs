@@ -262,6 +262,19 @@ pub enum RequestError {
     /// Something the node did not expect; the message says what.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The write would give the key a causal context past what a context token can carry
+    /// (actors, or holes above an actor's base), or the request's own context is past it.
+    /// Stored contexts stay within the token limits so every read can be written back.
+    #[error(
+        "context of {actors} actors and {ranges} holes is past the limit of {max_actors} actors and {max_ranges} holes; {hint}"
+    )]
+    ContextTooLarge {
+        actors: u64,
+        ranges: u64,
+        max_actors: u64,
+        max_ranges: u64,
+        hint: String,
+    },
 }
 
 /// Counters for `status` and tests.

@@ -375,6 +375,7 @@ fn error_response(e: &RequestError) -> Response<Full<Bytes>> {
         E::InvalidOptions(_) | E::BadKey(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         E::ValueTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
         E::TooManySiblings { .. } => (StatusCode::CONFLICT, "too_many_siblings"),
+        E::ContextTooLarge { .. } => (StatusCode::CONFLICT, "context_too_large"),
         E::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_timeout"),
         E::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_unavailable"),
         E::PrimariesUnavailable { .. } => {

@@ -63,6 +63,17 @@ const MAX_CONTEXT_BYTES: usize =
 /// The longest text token (base64 of [`MAX_CONTEXT_BYTES`]).
 const MAX_TOKEN_CHARS: usize = MAX_CONTEXT_BYTES.div_ceil(3) * 4;
 
+/// Whether `context` is within the token limits ([`MAX_CONTEXT_ENTRIES`] actors and
+/// [`MAX_CONTEXT_RANGES`] holes): what a client may send and what a stored object may carry, so
+/// every context a read returns can be sent back. `Err` holds `(actors, ranges)`.
+pub fn check_context_limits(context: &NodeClock) -> Result<(), (usize, usize)> {
+    let (actors, ranges) = (context.actor_count(), context.range_count());
+    if actors > MAX_CONTEXT_ENTRIES || ranges > MAX_CONTEXT_RANGES {
+        return Err((actors, ranges));
+    }
+    Ok(())
+}
+
 /// Encodes a context in the compact binary format (see the module docs). Use it where the context
 /// travels as bytes (client protocol frames); [`context_to_token`] gives the text form.
 pub fn encode_context(context: &NodeClock) -> Vec<u8> {
