@@ -257,7 +257,7 @@ impl Client {
         let got = self.get_detailed(key, opts).await?.reply;
         Ok(Object {
             values: got.values,
-            context: Context::from(got.context),
+            context: Context::bound(key, got.context),
         })
     }
 
@@ -301,7 +301,7 @@ impl Client {
         opts: Options,
     ) -> Result<Context, ClientError> {
         let written = self.put_detailed(key, value, context, opts).await?;
-        Ok(Context::from(written.reply.context))
+        Ok(Context::bound(key, written.reply.context))
     }
 
     /// Writes `value` with per-request options; returns the coordinator's full reply (the new
@@ -313,6 +313,7 @@ impl Client {
         context: &Context,
         opts: Options,
     ) -> Result<Answered<PutReply>, ClientError> {
+        context.check_for(key)?;
         let request = ClientRequest::Put {
             key: Bytes::copy_from_slice(key),
             value: Bytes::copy_from_slice(value),
@@ -335,7 +336,7 @@ impl Client {
         opts: Options,
     ) -> Result<Context, ClientError> {
         let written = self.delete_detailed(key, context, opts).await?;
-        Ok(Context::from(written.reply.context))
+        Ok(Context::bound(key, written.reply.context))
     }
 
     /// Deletes with per-request options; returns the coordinator's full reply and its address
@@ -346,6 +347,7 @@ impl Client {
         context: &Context,
         opts: Options,
     ) -> Result<Answered<PutReply>, ClientError> {
+        context.check_for(key)?;
         let request = ClientRequest::Delete {
             key: Bytes::copy_from_slice(key),
             context: context.clock().clone(),

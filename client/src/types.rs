@@ -5,15 +5,27 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dynakv_proto::codec::token::{context_from_token, context_to_token};
+use dynakv_proto::codec::token::{
+    check_binding, context_to_token, hash_bound_context_to_token, key_hash,
+    keyed_context_from_token,
+};
 use dynakv_proto::dvv::{NodeClock, VersionVector};
 use dynakv_proto::RequestOptions;
 
 use crate::{ClientError, DEFAULT_WAIT, REPLY_GRACE};
 
 /// The causal context of a read: write back with it to replace what was read.
+///
+/// A context from a read or write of a key is *bound* to that key: writing another key with it
+/// is refused ([`ClientError::MalformedContext`]), because it would supersede that key's values
+/// that share dots with it, which the caller never saw. Contexts built from a clock
+/// ([`From<NodeClock>`]) are unbound.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Context(NodeClock);
+pub struct Context {
+    clock: NodeClock,
+    /// xxh3-64 of the key it came from, when it came from one.
+    key: Option<u64>,
+}
 
 impl Context {
     /// The empty context: a write with it is blind (it becomes a sibling of what is stored).
@@ -21,40 +33,61 @@ impl Context {
         Context::default()
     }
 
-    /// The opaque text form (what the CLI prints and takes).
-    pub fn to_token(&self) -> String {
-        context_to_token(&self.0)
+    /// The context `clock` of `key`, as a read or write of that key returns it.
+    pub fn bound(key: &[u8], clock: NodeClock) -> Context {
+        Context {
+            clock,
+            key: Some(key_hash(key)),
+        }
     }
 
-    /// Parses a token from [`Context::to_token`] or the CLI; a token that does not decode is
-    /// [`ClientError::MalformedContext`].
+    /// The opaque text form (what the CLI prints and takes); it carries the binding.
+    pub fn to_token(&self) -> String {
+        match self.key {
+            Some(h) => hash_bound_context_to_token(h, &self.clock),
+            None => context_to_token(&self.clock),
+        }
+    }
+
+    /// Parses a token from [`Context::to_token`], the CLI or the HTTP API (bound or not); a
+    /// token that does not decode is [`ClientError::MalformedContext`].
     pub fn from_token(token: &str) -> Result<Context, ClientError> {
-        context_from_token(token).map(Context).map_err(|e| {
-            ClientError::MalformedContext(match e {
-                dynakv_proto::Error::MalformedContext(why) => why,
-                other => other.to_string(),
-            })
-        })
+        keyed_context_from_token(token)
+            .map(|(clock, key)| Context { clock, key })
+            .map_err(malformed)
     }
 
     /// The dots it has seen, per actor (a [`NodeClock`]: a base and, rarely, ranges above it).
     pub fn clock(&self) -> &NodeClock {
-        &self.0
+        &self.clock
+    }
+
+    /// Refuses to send this context with a write of `key` when it is bound to another key.
+    pub(crate) fn check_for(&self, key: &[u8]) -> Result<(), ClientError> {
+        check_binding(key, self.key).map_err(malformed)
     }
 }
 
-/// Wraps the context of a full reply ([`GetReply`](crate::GetReply),
-/// [`PutReply`](crate::PutReply)), e.g. to print it with [`Context::to_token`].
+fn malformed(e: dynakv_proto::Error) -> ClientError {
+    ClientError::MalformedContext(match e {
+        dynakv_proto::Error::MalformedContext(why) => why,
+        other => other.to_string(),
+    })
+}
+
+/// Wraps a bare clock (unbound), e.g. the context of a full reply
+/// ([`GetReply`](crate::GetReply), [`PutReply`](crate::PutReply)); [`Context::bound`] keeps
+/// the key it belongs to.
 impl From<NodeClock> for Context {
     fn from(clock: NodeClock) -> Context {
-        Context(clock)
+        Context { clock, key: None }
     }
 }
 
-/// A context that has seen, per actor, every dot up to the vector's counter.
+/// A context that has seen, per actor, every dot up to the vector's counter (unbound).
 impl From<&VersionVector> for Context {
     fn from(vv: &VersionVector) -> Context {
-        Context(NodeClock::from_vector(vv))
+        Context::from(NodeClock::from_vector(vv))
     }
 }
 
@@ -119,4 +152,27 @@ pub struct Answered<T> {
     pub node: SocketAddr,
     /// What it answered.
     pub reply: T,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynakv_proto::dvv::{Actor, Dot};
+    use dynakv_ring::NodeId;
+
+    #[test]
+    fn a_bound_context_keeps_its_key_through_a_token_and_refuses_others() {
+        let mut clock = NodeClock::new();
+        clock.add(&Dot::new(Actor::new(NodeId(1), 9), 1));
+        let ctx = Context::bound(b"k", clock.clone());
+        let again = Context::from_token(&ctx.to_token()).expect("decodes");
+        assert_eq!(again, ctx);
+        assert!(again.check_for(b"k").is_ok());
+        let refused = again.check_for(b"j").expect_err("another key");
+        assert!(matches!(&refused, ClientError::MalformedContext(m) if m.contains("another key")));
+        // Built from a bare clock: unbound, usable with any key.
+        let bare = Context::from(clock);
+        assert!(bare.check_for(b"j").is_ok());
+        assert_ne!(bare.to_token(), ctx.to_token());
+    }
 }

@@ -126,6 +126,26 @@ fn bad_input_and_quorum_failures_give_one_clear_line() -> anyhow::Result<()> {
     assert!(!out.status.success());
     assert!(one_line(&out.stderr).contains("malformed context"));
 
+    // A context read from one key, sent with a write of another: refused, nothing written
+    // (it would supersede the other key's values that share its dots, unseen).
+    let first = c.cli_json(&["put", "one", "v1", "--node", &a])?;
+    c.cli_json(&["put", "two", "mine", "--node", &a])?;
+    let out = c.cli(&["put", "two", "x", "--context", &ctx(&first)?, "--node", &a])?;
+    assert!(!out.status.success());
+    let line = one_line(&out.stderr);
+    assert!(line.contains("another key"), "{line}");
+    let out = c.cli(&["delete", "two", "--context", &ctx(&first)?, "--node", &a])?;
+    assert!(!out.status.success());
+    assert_eq!(
+        siblings(&c.cli_json(&["get", "two", "--node", &a])?),
+        set(&["mine"])
+    );
+    c.cli_json(&["put", "one", "v2", "--context", &ctx(&first)?, "--node", &a])?;
+    assert_eq!(
+        siblings(&c.cli_json(&["get", "one", "--node", &a])?),
+        set(&["v2"])
+    );
+
     let out = c.cli(&["put", "k", "v", "--w", "4", "--node", &a])?;
     assert!(!out.status.success());
     let line = one_line(&out.stderr);

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::token::context_to_token;
+use crate::codec::token::bound_context_to_token;
 use crate::dvv::NodeClock;
 use crate::types::PutReply;
 
@@ -26,13 +26,15 @@ pub struct GetJson {
     /// Present (as "base64") only when some value is not UTF-8; then every sibling is base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding: Option<String>,
-    /// The opaque context token (also what `--context` and `X-Dynakv-Context` take).
+    /// The opaque context token (also what `--context` and `X-Dynakv-Context` take), bound to
+    /// this key: a write of another key refuses it.
     pub context: String,
 }
 
 impl GetJson {
     /// The JSON form of a read of `key` that returned `values` and `context`.
     pub fn new(key: &[u8], values: &[Bytes], context: &NodeClock) -> GetJson {
+        let key_bytes = key;
         let b64 = base64::engine::general_purpose::STANDARD;
         let (key, key_encoding) = match std::str::from_utf8(key) {
             Ok(k) => (k.to_string(), None),
@@ -51,7 +53,7 @@ impl GetJson {
             key_encoding,
             siblings,
             encoding,
-            context: context_to_token(context),
+            context: bound_context_to_token(key_bytes, context),
         }
     }
 }
@@ -59,7 +61,8 @@ impl GetJson {
 /// A write (put or delete): the context of the new version and who acknowledged it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteJson {
-    /// The context token of the version just written (write back with it to supersede it).
+    /// The context token of the version just written (write back with it to supersede it),
+    /// bound to the key like a read's.
     pub context: String,
     /// Replicas that acknowledged the write.
     pub acks: u8,
@@ -70,10 +73,10 @@ pub struct WriteJson {
 }
 
 impl WriteJson {
-    /// The JSON form of a write's reply.
-    pub fn new(reply: &PutReply) -> WriteJson {
+    /// The JSON form of a write's reply for `key`.
+    pub fn new(key: &[u8], reply: &PutReply) -> WriteJson {
         WriteJson {
-            context: context_to_token(&reply.context),
+            context: bound_context_to_token(key, &reply.context),
             acks: reply.acks,
             primary_acks: reply.primary_acks,
             fallback_acks: reply.fallback_acks,
@@ -84,7 +87,7 @@ impl WriteJson {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::token::context_from_token;
+    use crate::codec::token::context_from_token_for;
 
     #[test]
     fn text_stays_text_and_anything_else_is_base64() {
@@ -101,7 +104,11 @@ mod tests {
         assert_eq!(mixed.key_encoding.as_deref(), Some(BASE64));
         assert_eq!(mixed.siblings, vec!["djE=", "AP8="]);
         assert_eq!(mixed.encoding.as_deref(), Some(BASE64));
-        assert_eq!(context_from_token(&mixed.context).ok(), Some(vv));
+        assert_eq!(
+            context_from_token_for(b"\xff", &mixed.context).ok(),
+            Some(vv)
+        );
+        assert!(context_from_token_for(b"k", &mixed.context).is_err());
     }
 
     #[test]

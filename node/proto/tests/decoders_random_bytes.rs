@@ -73,5 +73,16 @@ proptest! {
             prop_assert_eq!(token::decode_context(&token::encode_context(&vv)).ok(), Some(vv));
         }
         let _ = token::context_from_token(&text);
+        // Bound or not: a context that decodes encodes back to the same bytes.
+        let mut bound = vec![token::FORMAT_BOUND];
+        bound.extend(&bytes);
+        for input in [&bytes, &bound] {
+            if let Ok((c, Some(h))) = token::decode_keyed_context(input) {
+                let mut again = vec![token::FORMAT_BOUND];
+                again.extend(h.to_be_bytes());
+                again.extend(token::encode_context(&c));
+                prop_assert_eq!(&again, input);
+            }
+        }
     }
 }

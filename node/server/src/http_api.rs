@@ -22,7 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::watch;
 
 use dynakv_core::{ClientReply, ClientRequest, RequestError, RequestOptions};
-use dynakv_proto::codec::token::context_from_token;
+use dynakv_proto::codec::token::context_from_token_for;
 use dynakv_proto::dvv::NodeClock;
 use dynakv_proto::json::{GetJson, WriteJson};
 use dynakv_proto::wire::{ClientFrame, ServerFrame};
@@ -261,7 +261,7 @@ fn parse(
             let token = v
                 .to_str()
                 .map_err(|_| Refusal::bad(format!("{CONTEXT_HEADER}: not a context token")))?;
-            context_from_token(token.trim())
+            context_from_token_for(&key, token.trim())
                 .map_err(|e| Refusal::bad(format!("{CONTEXT_HEADER}: {e}")))?
         }
     };
@@ -351,7 +351,7 @@ fn reply_response(key: &[u8], reply: ServerFrame) -> Response<Full<Bytes>> {
             with_context(json_response(status, &body), &body.context)
         }
         ServerFrame::Core(ClientReply::Written(w)) => {
-            let body = WriteJson::new(&w);
+            let body = WriteJson::new(key, &w);
             with_context(json_response(StatusCode::OK, &body), &body.context)
         }
         ServerFrame::Core(ClientReply::Error(e)) => error_response(&e),

@@ -106,6 +106,28 @@ fn a_context_header_round_trips() {
     assert_eq!(context, vv);
 }
 
+#[test]
+fn a_context_bound_to_another_key_is_refused() {
+    use dynakv_proto::codec::token::bound_context_to_token;
+    let mut vv = NodeClock::new();
+    vv.add_range(Actor::new(NodeId(2), 7), 1, 3);
+    let mut headers = hyper::HeaderMap::new();
+    let token = bound_context_to_token(b"other", &vv);
+    headers.insert(
+        CONTEXT_HEADER,
+        HeaderValue::from_str(&token).expect("header"),
+    );
+    let r = parse(&Method::PUT, &"/v1/kv/k".parse().expect("uri"), &headers).expect_err("bad");
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.message.contains("another key"), "{r:?}");
+    let ok = parse(
+        &Method::PUT,
+        &"/v1/kv/other".parse().expect("uri"),
+        &headers,
+    );
+    assert!(matches!(ok, Ok(ClientRequest::Put { context, .. }) if context == vv));
+}
+
 fn got(values: &[&'static str]) -> ServerFrame {
     ServerFrame::Core(ClientReply::Got(GetReply {
         values: values

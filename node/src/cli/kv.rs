@@ -36,8 +36,11 @@ fn options(q: QuorumArgs, quorum: Quorum) -> Options {
     }
 }
 
-fn print_written(w: PutReply) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(&WriteJson::new(&w))?);
+fn print_written(key: &str, w: PutReply) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string(&WriteJson::new(key.as_bytes(), &w))?
+    );
     Ok(())
 }
 
@@ -56,7 +59,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
         .put_detailed(args.key.as_bytes(), args.value.as_bytes(), &context, opts)
         .await;
     client.close().await;
-    print_written(reply?.reply)
+    print_written(&args.key, reply?.reply)
 }
 
 /// `dynakv delete`.
@@ -74,7 +77,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
         .delete_detailed(args.key.as_bytes(), &context, opts)
         .await;
     client.close().await;
-    print_written(reply?.reply)
+    print_written(&args.key, reply?.reply)
 }
 
 /// `dynakv get`.

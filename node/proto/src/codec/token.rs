@@ -12,7 +12,17 @@
 //! byte 0        FORMAT_V2 (0xD2)
 //! the rest      the body of a node clock (`codec::clock`, after its format byte): per actor
 //!               node, incarnation, base, then its ranges above the base as gap and length
+//!
+//! key-bound, a context tied to the key it was read from (what reads and writes hand out):
+//! byte 0        FORMAT_BOUND (0xDB)
+//! bytes 1..=8   xxh3-64 of the key, big-endian
+//! the rest      a version-1 or version-2 context as above (format byte included)
 //! ```
+//! A write whose bound context names another key is refused: a context from a read of `j` sent
+//! with a write of `k` would supersede `k`'s values that happen to share dots with it, which the
+//! client never saw (an application bug that would otherwise lose data silently). Unbound
+//! tokens, made before binding existed or by hand, are still accepted.
+//!
 //! A context without holes is always written as version 1 and one with holes as version 2, so
 //! every context has exactly one encoding; a version-2 token without a hole is refused. Varints
 //! are unsigned LEB128 (7 bits per byte, low bits first, high bit = "more follows") and must be
@@ -42,6 +52,9 @@ pub const FORMAT_V1: u8 = 0xD1;
 /// The first byte of a binary context with holes (format version 2).
 pub const FORMAT_V2: u8 = 0xD2;
 
+/// The first byte of a key-bound context: the key's hash, then a version-1 or -2 context.
+pub const FORMAT_BOUND: u8 = 0xDB;
+
 /// The most entries (actors) a context may have. Real contexts have a handful (N replicas plus
 /// fallbacks and past incarnations); the bound caps the work an untrusted token can cause.
 pub const MAX_CONTEXT_ENTRIES: usize = 4096;
@@ -60,8 +73,84 @@ pub const MAX_TOKEN_COUNTER: u64 = 1 << 62;
 const MAX_CONTEXT_BYTES: usize =
     1 + 2 + MAX_CONTEXT_ENTRIES * (5 + 10 + 10 + 3) + MAX_CONTEXT_RANGES * 20;
 
-/// The longest text token (base64 of [`MAX_CONTEXT_BYTES`]).
-const MAX_TOKEN_CHARS: usize = MAX_CONTEXT_BYTES.div_ceil(3) * 4;
+/// The longest text token (base64 of a key binding and [`MAX_CONTEXT_BYTES`]).
+const MAX_TOKEN_CHARS: usize = (9 + MAX_CONTEXT_BYTES).div_ceil(3) * 4;
+
+/// The hash a bound context carries for `key` (xxh3-64).
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+/// Encodes a context bound to the key it belongs to (`FORMAT_BOUND`): what reads and writes hand
+/// out, so that a write with the context of another key is refused ([`check_binding`]).
+pub fn encode_bound_context(key: &[u8], context: &NodeClock) -> Vec<u8> {
+    encode_hash_bound_context(key_hash(key), context)
+}
+
+/// [`encode_bound_context`] for a key known only by its [`key_hash`] (a client's stored context).
+pub fn encode_hash_bound_context(hash: u64, context: &NodeClock) -> Vec<u8> {
+    let inner = encode_context(context);
+    let mut out = Vec::with_capacity(9 + inner.len());
+    out.push(FORMAT_BOUND);
+    out.extend_from_slice(&hash.to_be_bytes());
+    out.extend_from_slice(&inner);
+    out
+}
+
+/// Text form of [`encode_bound_context`] (base64url without padding).
+pub fn bound_context_to_token(key: &[u8], context: &NodeClock) -> String {
+    hash_bound_context_to_token(key_hash(key), context)
+}
+
+/// Text form of [`encode_hash_bound_context`].
+pub fn hash_bound_context_to_token(hash: u64, context: &NodeClock) -> String {
+    URL_SAFE_NO_PAD.encode(encode_hash_bound_context(hash, context))
+}
+
+/// Decodes a binary context, bound or not: the context and, when bound, its key's hash.
+///
+/// Fails as [`decode_context`] does, and on a binding without a context after it or nested in
+/// another binding.
+pub fn decode_keyed_context(bytes: &[u8]) -> Result<(NodeClock, Option<u64>), Error> {
+    match bytes.split_first() {
+        Some((&FORMAT_BOUND, rest)) => {
+            let (hash, inner) = match rest.split_at_checked(8) {
+                Some((h, inner)) if !inner.is_empty() && inner[0] != FORMAT_BOUND => (h, inner),
+                _ => {
+                    return Err(Error::MalformedContext(
+                        "a key binding must be followed by a version-1 or -2 context".into(),
+                    ))
+                }
+            };
+            let mut be = [0u8; 8];
+            be.copy_from_slice(hash);
+            Ok((decode_context(inner)?, Some(u64::from_be_bytes(be))))
+        }
+        _ => Ok((decode_context(bytes)?, None)),
+    }
+}
+
+/// Decodes a text token, bound or not (see [`decode_keyed_context`]).
+pub fn keyed_context_from_token(token: &str) -> Result<(NodeClock, Option<u64>), Error> {
+    decode_keyed_context(&token_bytes(token)?)
+}
+
+/// Decodes a token sent with a write of `key`: refused when it is bound to another key.
+pub fn context_from_token_for(key: &[u8], token: &str) -> Result<NodeClock, Error> {
+    let (context, bound) = keyed_context_from_token(token)?;
+    check_binding(key, bound)?;
+    Ok(context)
+}
+
+/// Refuses a context bound to a key other than `key` (unbound contexts pass).
+pub fn check_binding(key: &[u8], bound: Option<u64>) -> Result<(), Error> {
+    match bound {
+        Some(h) if h != key_hash(key) => Err(Error::MalformedContext(
+            "this context came from a read of another key; read this key and write back with its context".into(),
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Whether `context` is within the token limits ([`MAX_CONTEXT_ENTRIES`] actors and
 /// [`MAX_CONTEXT_RANGES`] holes): what a client may send and what a stored object may carry, so
@@ -116,17 +205,22 @@ pub fn context_to_token(context: &NodeClock) -> String {
 ///
 /// Fails with [`Error::MalformedContext`] when the text is too long or not base64url without
 /// padding, and for every reason listed at [`decode_context`].
+/// A key-bound token is accepted too; its binding is dropped (use [`context_from_token_for`] where
+/// the key is known).
 pub fn context_from_token(token: &str) -> Result<NodeClock, Error> {
+    keyed_context_from_token(token).map(|(context, _)| context)
+}
+
+fn token_bytes(token: &str) -> Result<Vec<u8>, Error> {
     if token.len() > MAX_TOKEN_CHARS {
         return Err(Error::MalformedContext(format!(
             "token of {} characters exceeds the limit of {MAX_TOKEN_CHARS}",
             token.len()
         )));
     }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|e| {
+    URL_SAFE_NO_PAD.decode(token).map_err(|e| {
         Error::MalformedContext(format!("token is not base64url without padding: {e}"))
-    })?;
-    decode_context(&bytes)
+    })
 }
 
 fn decode(bytes: &[u8]) -> Result<NodeClock, Error> {
@@ -248,6 +342,56 @@ mod tests {
                 .map(|&(n, i, c)| (actor(n, u64::from(i)), c))
                 .collect(),
         ))
+    }
+
+    #[test]
+    fn a_bound_context_names_its_key_and_is_refused_for_another() {
+        let c = vv(&[(1, 7, 3), (2, 9, 1)]);
+        let token = bound_context_to_token(b"k", &c);
+        assert_eq!(
+            keyed_context_from_token(&token).unwrap(),
+            (c.clone(), Some(key_hash(b"k")))
+        );
+        assert_eq!(context_from_token_for(b"k", &token).unwrap(), c);
+        assert_eq!(context_from_token(&token).unwrap(), c, "binding dropped");
+        let refused = context_from_token_for(b"j", &token)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("another key"), "{refused}");
+        // Unbound tokens (older clients, hand-made) still pass for any key.
+        let unbound = context_to_token(&c);
+        assert_eq!(context_from_token_for(b"j", &unbound).unwrap(), c);
+        // The empty context binds too: a blind write's context from a read of a missing key.
+        let empty = bound_context_to_token(b"k", &NodeClock::new());
+        assert!(context_from_token_for(b"j", &empty).is_err());
+        // Layout: the format byte, the key hash big-endian, then the unbound encoding.
+        let bytes = encode_bound_context(b"k", &c);
+        assert_eq!(bytes[0], FORMAT_BOUND);
+        assert_eq!(bytes[1..9], key_hash(b"k").to_be_bytes());
+        assert_eq!(bytes[9..], encode_context(&c)[..]);
+    }
+
+    #[test]
+    fn malformed_bindings_are_refused() {
+        let h = key_hash(b"k").to_be_bytes();
+        let mut nested = vec![FORMAT_BOUND];
+        nested.extend(h);
+        nested.extend(encode_bound_context(b"k", &NodeClock::new()));
+        let mut missing = vec![FORMAT_BOUND];
+        missing.extend(h);
+        for bad in [
+            &[FORMAT_BOUND][..],
+            &[FORMAT_BOUND, 1, 2, 3],
+            &missing,
+            &nested,
+        ] {
+            assert!(
+                matches!(decode_keyed_context(bad), Err(Error::MalformedContext(_))),
+                "{bad:?}"
+            );
+        }
+        // A bound token is not a plain binary context.
+        assert!(decode_context(&encode_bound_context(b"k", &NodeClock::new())).is_err());
     }
 
     fn err(bytes: &[u8]) -> String {
