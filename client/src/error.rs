@@ -137,8 +137,8 @@ mod tests {
                 max: 100,
             }),
             request(RequestError::ContextTooLarge {
-                actors: 4097,
-                ranges: 0,
+                actors: 1,
+                ranges: 4097,
                 max_actors: 4096,
                 max_ranges: 4096,
                 hint: "read the key".into(),

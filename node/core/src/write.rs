@@ -350,13 +350,14 @@ impl Coordinator {
     }
 }
 
-/// A context within the token limits, or the request error that says by how much it is not.
+/// A context within the token's limit on holes, or the request error that says by how much it
+/// is not (see `check_context_ranges`).
 pub(super) fn check_context(
     context: &crate::dvv::NodeClock,
     hint: &str,
 ) -> std::result::Result<(), RequestError> {
-    use crate::codec::token::{check_context_limits, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_RANGES};
-    check_context_limits(context).map_err(|(actors, ranges)| RequestError::ContextTooLarge {
+    use crate::codec::token::{check_context_ranges, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_RANGES};
+    check_context_ranges(context).map_err(|(actors, ranges)| RequestError::ContextTooLarge {
         actors: actors as u64,
         ranges: ranges as u64,
         max_actors: MAX_CONTEXT_ENTRIES as u64,
