@@ -75,9 +75,9 @@ fn malformed(e: dynakv_proto::Error) -> ClientError {
     })
 }
 
-/// Wraps a bare clock (unbound), e.g. the context of a full reply
-/// ([`GetReply`](crate::GetReply), [`PutReply`](crate::PutReply)); [`Context::bound`] keeps
-/// the key it belongs to.
+/// Wraps a bare clock, unbound: usable with any key, so a mix-up goes unnoticed. For the context
+/// of a full reply ([`GetReply`](crate::GetReply), [`PutReply`](crate::PutReply)) prefer
+/// [`Context::bound`] with the key it was read from.
 impl From<NodeClock> for Context {
     fn from(clock: NodeClock) -> Context {
         Context { clock, key: None }

@@ -158,7 +158,8 @@ fn measure(c: &Cluster, ops: u64) -> MetadataRow {
                 if key.as_ref() == b"key-0" {
                     row.hot_key_context_entries = row.hot_key_context_entries.max(entries);
                 }
-                let token = dynakv_proto::codec::token::context_to_token(ctx).len() as u64;
+                let token =
+                    dynakv_proto::codec::token::bound_context_to_token(&key, ctx).len() as u64;
                 row.records += 1;
                 row.record_bytes += bytes;
                 row.record_bytes_max = row.record_bytes_max.max(bytes);

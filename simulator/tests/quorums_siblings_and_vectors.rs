@@ -540,6 +540,11 @@ fn a_context_with_an_absurd_counter_is_refused_and_the_key_stays_usable() {
     let crafted = vv(&[(a, 1 << 63)]);
     let err = expect_error(c.put(n(1), "k", "evil", &crafted, RequestOptions::default()));
     assert!(matches!(err, RequestError::InvalidOptions(_)), "{err:?}");
+    // At the token limit itself: accepted as a context, but minting above it would store a
+    // counter no token can carry and wedge the key, so the write is refused.
+    let at_limit = vv(&[(a, dynakv_proto::codec::token::MAX_TOKEN_COUNTER)]);
+    let err = expect_error(c.put(n(1), "k", "evil", &at_limit, RequestOptions::default()));
+    assert!(matches!(err, RequestError::InvalidOptions(_)), "{err:?}");
     c.put_ok(n(1), "k", "fine", &empty());
     assert_eq!(strings(&c.get_ok(n(1), "k").values), set(&["fine"]));
 }
@@ -702,12 +707,33 @@ fn contexts_past_the_token_limits_are_refused_and_never_stored() {
         matches!(err, RequestError::ContextTooLarge { ranges: 4097, .. }),
         "{err:?}"
     );
-    // Many actors are not refused: they grow with node lives and reaps, not by a client's
-    // choice, and a count limit would leave a hot key stuck (issue 10, item 4).
-    let many: Vec<_> = (0..=token::MAX_CONTEXT_ENTRIES as u32)
-        .map(|i| (dynakv_proto::dvv::Actor::new(NodeId(1000 + i), 1), 1))
-        .collect();
-    c.put_ok(n(1), "wide", "v", &vv(&many));
+    // Too many actors, in the request or in the merge of two requests within the limit.
+    let wide = |from: u32, count: u32| {
+        let entries: Vec<_> = (from..from + count)
+            .map(|i| (dynakv_proto::dvv::Actor::new(NodeId(i), 1), 1))
+            .collect();
+        vv(&entries)
+    };
+    let err = expect_error(c.put(n(1), "w", "v", &wide(1000, 4097), RequestOptions::default()));
+    assert!(
+        matches!(err, RequestError::ContextTooLarge { actors: 4097, .. }),
+        "{err:?}"
+    );
+    c.put_ok(n(1), "w", "v", &wide(1000, 3000));
+    let err = expect_error(c.put(
+        n(1),
+        "w",
+        "v2",
+        &wide(9000, 3000),
+        RequestOptions::default(),
+    ));
+    assert!(
+        matches!(err, RequestError::ContextTooLarge { .. }),
+        "{err:?}"
+    );
+    let got = c.get_ok(n(1), "w");
+    let back = token::context_from_token(&token::context_to_token(&got.context)).unwrap();
+    c.put_ok(n(1), "w", "v3", &back);
     // Two contexts within the limits whose union is not.
     c.put_ok(n(1), "k", "first", &holes(99, 2, 10, 3000));
     let err = expect_error(c.put(

@@ -49,6 +49,23 @@ async fn quorum_reads_and_writes_through_the_client() -> anyhow::Result<()> {
         Err(ClientError::MalformedContext(_))
     ));
 
+    // A context is bound to its key: the context of `k` sent with a write of `other` is refused
+    // before anything is sent, and `other` keeps its value.
+    client.put(b"other", b"mine", &Context::empty()).await?;
+    for refused in [
+        client.put(b"other", b"x", &got.context).await,
+        client.delete(b"other", &got.context).await,
+    ] {
+        assert!(
+            matches!(&refused, Err(ClientError::MalformedContext(m)) if m.contains("another key")),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        values(&client.get(b"other").await?),
+        BTreeSet::from([b("mine")])
+    );
+
     client.delete(b"k", &got.context).await?;
     assert!(client.get_with(b"k", all).await?.values.is_empty());
 

@@ -370,10 +370,17 @@ impl<S: Store> Ctx<S> {
                 self.cfg.sibling_max
             )));
         }
-        if let Err((_, ranges)) = codec::token::check_context_ranges(merged.context()) {
+        if let Err((actors, ranges)) = codec::token::check_context_limits(merged.context()) {
             return Err(ReplicaError::Rejected(format!(
-                "merged object's context would have {ranges} holes, past the token limit of {}; read the key and write back with its context",
+                "merged object's context would have {actors} actors and {ranges} holes, past the token limits of {} and {}; read the key and write back with its context",
+                codec::token::MAX_CONTEXT_ENTRIES,
                 codec::token::MAX_CONTEXT_RANGES
+            )));
+        }
+        if codec::token::highest_counter(merged.context()) > codec::token::MAX_TOKEN_COUNTER {
+            return Err(ReplicaError::Rejected(format!(
+                "merged object would hold a counter above {}, which no context token can carry",
+                codec::token::MAX_TOKEN_COUNTER
             )));
         }
         let len = codec::encode_object(merged)

@@ -350,14 +350,24 @@ impl Coordinator {
     }
 }
 
-/// A context within the token's limit on holes, or the request error that says by how much it
-/// is not (see `check_context_ranges`).
+/// A context a token can carry (counters, actors, holes), or the request error that says why it
+/// is not. Applied to the request's context (an early refusal, before any merge work) and to the
+/// object the write would store: a context whose merge or mint passes a limit would otherwise be
+/// stored, and no client could write that key back with a context again.
 pub(super) fn check_context(
     context: &crate::dvv::NodeClock,
     hint: &str,
 ) -> std::result::Result<(), RequestError> {
-    use crate::codec::token::{check_context_ranges, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_RANGES};
-    check_context_ranges(context).map_err(|(actors, ranges)| RequestError::ContextTooLarge {
+    use crate::codec::token::{
+        check_context_limits, highest_counter, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_RANGES,
+        MAX_TOKEN_COUNTER,
+    };
+    if highest_counter(context) > MAX_TOKEN_COUNTER {
+        return Err(RequestError::InvalidOptions(format!(
+            "bad context: a counter would pass {MAX_TOKEN_COUNTER}; it did not come from this cluster"
+        )));
+    }
+    check_context_limits(context).map_err(|(actors, ranges)| RequestError::ContextTooLarge {
         actors: actors as u64,
         ranges: ranges as u64,
         max_actors: MAX_CONTEXT_ENTRIES as u64,

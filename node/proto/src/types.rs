@@ -262,11 +262,11 @@ pub enum RequestError {
     /// Something the node did not expect; the message says what.
     #[error("internal error: {0}")]
     Internal(String),
-    /// The write would give the key a causal context with more holes (dots seen above an
-    /// actor's contiguous base) than a context token can carry, or the request's own context
-    /// has more. Stored contexts stay within that limit so every read can be written back.
+    /// The write would give the key a causal context with more actors, or more holes (dots seen
+    /// above an actor's contiguous base), than a context token can carry, or the request's own
+    /// context has more. Stored contexts stay within the limits so a read can be written back.
     #[error(
-        "context of {actors} actors has {ranges} holes, past the limit of {max_ranges}; {hint}"
+        "context of {actors} actors and {ranges} holes is past the limit of {max_actors} actors and {max_ranges} holes; {hint}"
     )]
     ContextTooLarge {
         actors: u64,

@@ -255,7 +255,8 @@ fn parse(
         }
     };
     let opts = query_options(uri.query().unwrap_or(""), write)?;
-    let context = match headers.get(CONTEXT_HEADER) {
+    // A read takes no context: a header sent with it is ignored, not checked.
+    let context = match headers.get(CONTEXT_HEADER).filter(|_| write) {
         None => NodeClock::new(),
         Some(v) => {
             let token = v

@@ -152,19 +152,26 @@ pub fn check_binding(key: &[u8], bound: Option<u64>) -> Result<(), Error> {
     }
 }
 
-/// Whether `context` has at most [`MAX_CONTEXT_RANGES`] holes, the token limit: what a client may
-/// send and what a stored object may carry, so every context a read returns can be sent back.
-/// `Err` holds `(actors, ranges)`.
-///
-/// Actors are not bounded here. Their number grows only with node lives and reaps (issue 10,
-/// item 4), never by a client's choice, and refusing every write of a key that passed a count
-/// would leave it stuck; only the byte size limit applies to them.
-pub fn check_context_ranges(context: &NodeClock) -> Result<(), (usize, usize)> {
+/// Whether `context` is within the token limits ([`MAX_CONTEXT_ENTRIES`] actors,
+/// [`MAX_CONTEXT_RANGES`] holes): what a client may send and what a stored object may carry, so
+/// every context a single copy returns can be sent back. `Err` holds `(actors, ranges)`.
+/// (Counters are checked apart: [`MAX_TOKEN_COUNTER`].)
+pub fn check_context_limits(context: &NodeClock) -> Result<(), (usize, usize)> {
     let (actors, ranges) = (context.actor_count(), context.range_count());
-    if ranges > MAX_CONTEXT_RANGES {
+    if actors > MAX_CONTEXT_ENTRIES || ranges > MAX_CONTEXT_RANGES {
         return Err((actors, ranges));
     }
     Ok(())
+}
+
+/// The highest counter of any actor in `context` (0 when empty).
+pub fn highest_counter(context: &NodeClock) -> u64 {
+    context
+        .entries()
+        .iter()
+        .map(|(_, e)| e.top())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Encodes a context in the compact binary format (see the module docs). Use it where the context
