@@ -126,6 +126,9 @@ fn a_context_bound_to_another_key_is_refused() {
         &headers,
     );
     assert!(matches!(ok, Ok(ClientRequest::Put { context, .. }) if context == vv));
+    // A read takes no context, so it does not check one.
+    let read = parse(&Method::GET, &"/v1/kv/k".parse().expect("uri"), &headers);
+    assert!(matches!(read, Ok(ClientRequest::Get { .. })), "{read:?}");
 }
 
 fn got(values: &[&'static str]) -> ServerFrame {
