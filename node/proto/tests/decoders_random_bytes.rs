@@ -86,3 +86,28 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Real contexts (with holes or without) bound to random keys: the token names the key's
+    /// hash, decodes to the same clock, passes for that key and is refused for any other.
+    #[test]
+    fn bound_tokens_round_trip_and_refuse_other_keys(
+        dots in proptest::collection::vec((1u32..6, 1u64..4, 1u64..40), 0..30),
+        key in proptest::collection::vec(any::<u8>(), 1..20),
+        other in proptest::collection::vec(any::<u8>(), 1..20),
+    ) {
+        use dynakv_proto::dvv::{Actor, Dot, NodeClock};
+        let mut clock = NodeClock::new();
+        for (node, inc, counter) in dots {
+            clock.add(&Dot::new(Actor::new(dynakv_ring::NodeId(node), inc), counter));
+        }
+        let text = token::bound_context_to_token(&key, &clock);
+        let (back, hash) = token::keyed_context_from_token(&text).expect("decodes");
+        prop_assert_eq!(&back, &clock);
+        prop_assert_eq!(hash, Some(token::key_hash(&key)));
+        prop_assert_eq!(token::context_from_token_for(&key, &text).ok(), Some(clock.clone()));
+        if token::key_hash(&other) != token::key_hash(&key) {
+            prop_assert!(token::context_from_token_for(&other, &text).is_err());
+        }
+    }
+}
