@@ -273,3 +273,23 @@ fn cli_exit_codes_and_json() {
         "{out}"
     );
 }
+
+/// Reap seed 3620 (found 2026-12-04 beyond CI's range): a fallback's hint batch with values the
+/// delete had superseded was acknowledged, so the fallback voted "no hint here", and a copy of
+/// the batch the network duplicated arrived after the reap and brought the values back. A hint
+/// holder now counts a key as hinted for one grace period after its last send.
+#[test]
+fn a_late_duplicate_of_a_hint_batch_cannot_outlive_a_reap() {
+    let config = SimConfig {
+        reap: true,
+        faults: "-hold,-powerloss".parse().unwrap(),
+        ..cfg(1000)
+    };
+    let r = run(3620, &config).unwrap();
+    assert!(
+        r.passed(),
+        "{:#?}\nreproduce: {}",
+        r.violations,
+        r.reproduce_command(&config)
+    );
+}

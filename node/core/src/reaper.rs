@@ -118,11 +118,14 @@ impl ReapGuards<'_> {
         voters
     }
 
-    /// Does this node hold a hint for the key (or cannot tell)?
+    /// Does this node hold a hint for the key (or cannot tell), or did it send one within the
+    /// grace period (a copy may still be on the wire after the record was acknowledged)?
     fn has_hint_for<S: Store>(&self, ctx: &Ctx<S>, p: PartitionId, key: &[u8]) -> bool {
-        hint_owners(ctx, self.membership, self.handoff)
-            .into_iter()
-            .any(|owner| matches!(load_hint(&ctx.store, owner, p, key), Ok(Some(_)) | Err(_)))
+        let grace_us = u64::from(ctx.cfg.tombstone_grace_ms) * 1000;
+        self.handoff.sent_recently(p, key, ctx.now, grace_us)
+            || hint_owners(ctx, self.membership, self.handoff)
+                .into_iter()
+                .any(|owner| matches!(load_hint(&ctx.store, owner, p, key), Ok(Some(_)) | Err(_)))
     }
 }
 
