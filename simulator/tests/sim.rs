@@ -293,3 +293,23 @@ fn a_late_duplicate_of_a_hint_batch_cannot_outlive_a_reap() {
         r.reproduce_command(&config)
     );
 }
+
+/// Seed 19955 of the 100,000-seed run (2026-12-04): a write forwarded to a node whose map did
+/// not list it as a target was coordinated there as an extra fallback, with its copy hinted for
+/// the first primary, which also got the write. W=2 counted both; after the handoff one copy was
+/// left, and a corrupt record on that primary lost the acknowledged write. The extra fallback
+/// now hints for a primary the write does not reach.
+#[test]
+fn an_extra_fallback_never_hints_for_a_primary_that_got_the_write() {
+    let config = SimConfig {
+        faults: "all".parse().unwrap(),
+        ..cfg(1000)
+    };
+    let r = run(19955, &config).unwrap();
+    assert!(
+        r.passed(),
+        "{:#?}\nreproduce: {}",
+        r.violations,
+        r.reproduce_command(&config)
+    );
+}

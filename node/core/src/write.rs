@@ -121,11 +121,16 @@ impl Coordinator {
                 return self.forward(ctx, origin, kind, quorum, to, key, body, opts);
             }
             // Forwarded to us although our view says we are no target: coordinate anyway as
-            // an extra fallback for the first primary, so the write is not bounced around.
-            let owner = ctx
-                .map
-                .preference_list(partition, usize::from(quorum.n))
-                .first()
+            // an extra fallback, so the write is not bounced around. The hint is for a primary
+            // the write does not reach directly: one for a primary that is also a target would
+            // be handed to that primary and merge into its copy, and the write, acknowledged
+            // as two copies, would rest on one (simulator seed 19955). Only when every primary
+            // is a target does it go to the first.
+            let primaries = ctx.map.preference_list(partition, usize::from(quorum.n));
+            let owner = primaries
+                .iter()
+                .find(|p| !targets.iter().any(|t| t.node == **p))
+                .or(primaries.first())
                 .copied()
                 .unwrap_or(me);
             targets.push(Target {
