@@ -285,13 +285,7 @@ fn a_late_duplicate_of_a_hint_batch_cannot_outlive_a_reap() {
         faults: "-hold,-powerloss".parse().unwrap(),
         ..cfg(1000)
     };
-    let r = run(3620, &config).unwrap();
-    assert!(
-        r.passed(),
-        "{:#?}\nreproduce: {}",
-        r.violations,
-        r.reproduce_command(&config)
-    );
+    passes(3620, &config);
 }
 
 /// Seed 19955 of the 100,000-seed run (2026-12-04): a write forwarded to a node whose map did
@@ -305,11 +299,16 @@ fn an_extra_fallback_never_hints_for_a_primary_that_got_the_write() {
         faults: "all".parse().unwrap(),
         ..cfg(1000)
     };
-    let r = run(19955, &config).unwrap();
+    passes(19955, &config);
+}
+
+/// A seed that once failed must pass, with its violations and reproduce command if it does not.
+fn passes(seed: u64, config: &SimConfig) {
+    let r = run(seed, config).unwrap();
     assert!(
         r.passed(),
         "{:#?}\nreproduce: {}",
         r.violations,
-        r.reproduce_command(&config)
+        r.reproduce_command(config)
     );
 }
