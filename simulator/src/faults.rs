@@ -112,6 +112,8 @@ impl World {
                 }
                 let duration = self.rng.gen_range(50_000..1_000_000);
                 self.count_fault("clog");
+                let line = format!("t={}us CLOG {x} -> {y} for {}ms", self.now, duration / 1000);
+                self.trace_line(line);
                 self.add_cut(vec![(x, y)], true, duration);
             }
             FaultKind::Crash => {
@@ -168,6 +170,8 @@ impl World {
                 } else {
                     self.rng.gen_range(10_000..500_000)
                 };
+                let line = format!("t={}us node {id} PAUSED for {}ms", self.now, d / 1000);
+                self.trace_line(line);
                 let at = self.now + d;
                 self.schedule(at, Event::Resume { node: id });
             }

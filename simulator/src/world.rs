@@ -675,9 +675,15 @@ impl World {
             return;
         };
         let (what, key) = match msg {
-            PeerMsg::Replica(ReplicaMsg::Write { key, object, .. }) => (
+            PeerMsg::Replica(ReplicaMsg::Write {
+                key,
+                object,
+                op,
+                hint,
+                ..
+            }) => (
                 format!(
-                    "replica-write values={:?} ctx={:?}",
+                    "replica-write op={op:?} hint={hint:?} values={:?} ctx={:?}",
                     crate::checker::describe(object),
                     object.context()
                 ),

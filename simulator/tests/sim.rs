@@ -312,3 +312,18 @@ fn passes(seed: u64, config: &SimConfig) {
         r.reproduce_command(config)
     );
 }
+
+/// Reap seed 4153 (found 2026-12-04 beyond CI's range): a node left the cluster while it still
+/// coordinated a read with a 30 s per-request timeout. Once the leave finished it was "removed",
+/// so nobody asked its vote; the key was deleted and reaped, and the read's repair at its
+/// deadline brought a superseded value back. A removed node now votes on reaps (and blocks them
+/// while unreachable) for as long as it may still be running.
+#[test]
+fn a_removed_node_still_running_votes_on_reaps() {
+    let config = SimConfig {
+        reap: true,
+        faults: "-hold,-powerloss".parse().unwrap(),
+        ..cfg(1000)
+    };
+    passes(4153, &config);
+}

@@ -203,21 +203,12 @@ impl Membership {
     pub(super) fn sync_links<S: Store>(&mut self, ctx: &mut Ctx<S>, links_up: &BTreeSet<NodeId>) {
         let me = ctx.id();
         let mut wanted: BTreeMap<NodeId, String> = BTreeMap::new();
-        let window = u64::from(ctx.cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
-        // While the driver reports the link up, or for two lingers after the removal was seen
-        // (time for the removed node to connect, e.g. to a member that was paused); once its
-        // process is gone the link goes down and is not made again.
-        let grace = u64::from(ctx.cfg.removed_linger_ms) * 1000 * 2;
-        let now = ctx.now;
-        let lingering = |id: &NodeId| {
-            self.removed_peers.get(id).is_some_and(|since| {
-                now < since + window && (links_up.contains(id) || now < since + grace)
-            })
-        };
         if let Some(state) = self.state() {
             for (id, m) in state.members() {
                 if *id != me
-                    && (m.status != Status::Removed || (!self.is_removed(me) && lingering(id)))
+                    && (m.status != Status::Removed
+                        || (!self.is_removed(me)
+                            && self.is_lingering(&ctx.cfg, ctx.now, links_up, *id)))
                 {
                     wanted.insert(*id, m.addr.clone());
                 }
@@ -476,6 +467,40 @@ impl Membership {
             Some(m) if m.status != Status::Removed => !g.is_up(peer, now),
             _ => false,
         }
+    }
+
+    /// May `peer`, removed from the cluster, still be running? While the driver reports its
+    /// link up, or for two lingers after this node saw the removal (time for the removed node
+    /// to connect, e.g. to a member that was paused), within the handoff window; once its
+    /// process is gone the link goes down and this turns false for good. Such a peer keeps a
+    /// link (to hand its hints over) and a vote on reaps (an operation it still coordinates
+    /// may send an old copy of a key).
+    pub(super) fn is_lingering(
+        &self,
+        cfg: &crate::config::CoreConfig,
+        now: u64,
+        links_up: &BTreeSet<NodeId>,
+        peer: NodeId,
+    ) -> bool {
+        let linger = u64::from(cfg.removed_linger_ms) * 1000;
+        self.removed_peers.get(&peer).is_some_and(|since| {
+            now < since + linger * REMOVED_HANDOFF_FACTOR
+                && (links_up.contains(&peer) || now < since + 2 * linger)
+        })
+    }
+
+    /// Removed peers that may still be running (see [`Self::is_lingering`]).
+    pub(super) fn lingering_peers(
+        &self,
+        cfg: &crate::config::CoreConfig,
+        now: u64,
+        links_up: &BTreeSet<NodeId>,
+    ) -> Vec<NodeId> {
+        self.removed_peers
+            .keys()
+            .copied()
+            .filter(|p| self.is_lingering(cfg, now, links_up, *p))
+            .collect()
     }
 
     /// `node`'s membership status, if it is in the cluster.

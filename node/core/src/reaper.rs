@@ -99,11 +99,18 @@ pub(super) struct ReapGuards<'a> {
     pub(super) handoff: &'a HintedHandoff,
     pub(super) coord: &'a Coordinator,
     pub(super) transfers: &'a Transfers,
+    /// The links the driver reports up (a removed peer still up may still be running).
+    pub(super) links_up: &'a BTreeSet<NodeId>,
 }
 
 impl ReapGuards<'_> {
     /// Who must vote on a reap: every member that may hold a copy, leaving and joining ones
-    /// included (a leaving node still sends its partitions until its transfers finish).
+    /// included (a leaving node still sends its partitions until its transfers finish), and
+    /// every removed node that may still be running: it lingers to hand its hints over, and a
+    /// read it still coordinates can send an old copy of the key as a repair when its deadline
+    /// passes (a per-request timeout may be minutes). Such a node votes no while it has an
+    /// operation on the key, and blocks the reap while it cannot be reached, until it is known
+    /// gone ([`Membership::is_lingering`]).
     fn voters<S: Store>(&self, ctx: &Ctx<S>) -> BTreeSet<NodeId> {
         let mut voters = ctx.members.clone();
         if let Some(state) = self.membership.state() {
@@ -115,6 +122,12 @@ impl ReapGuards<'_> {
                     .map(|(id, _)| *id),
             );
         }
+        voters.extend(
+            self.membership
+                .lingering_peers(&ctx.cfg, ctx.now, self.links_up)
+                .into_iter()
+                .filter(|p| *p != ctx.id()),
+        );
         voters
     }
 
