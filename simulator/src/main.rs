@@ -106,6 +106,9 @@ fn bug_help(bug: PlantedBug) -> &'static str {
         PlantedBug::NonOwnerAck => {
             "A replica that handed a partition off still stores writes for it and acks as a primary"
         }
+        PlantedBug::IgnoreReapFloor => {
+            "Mint without the reap floor (a reaped or restored key can get a dot minted before)"
+        }
     }
 }
 

@@ -218,11 +218,14 @@ pub enum PlantedBug {
     /// After removing a corrupt record, keep minting under the same actor (the lost record
     /// may have held this node's own dots for the key, so a later write can reuse one).
     KeepActorAfterCorruption,
+    /// Mint without the reap floor: after a tombstone was reaped, a write of the key (or of
+    /// a key brought back by a restore) can be given a dot this actor already minted for it.
+    IgnoreReapFloor,
 }
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 10] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
@@ -232,6 +235,7 @@ impl PlantedBug {
         PlantedBug::RetryFailedSync,
         PlantedBug::NonOwnerAck,
         PlantedBug::KeepActorAfterCorruption,
+        PlantedBug::IgnoreReapFloor,
     ];
 
     /// The kebab-case name used on command lines.
@@ -246,6 +250,7 @@ impl PlantedBug {
             PlantedBug::RetryFailedSync => "retry-failed-sync",
             PlantedBug::NonOwnerAck => "non-owner-ack",
             PlantedBug::KeepActorAfterCorruption => "keep-actor-after-corruption",
+            PlantedBug::IgnoreReapFloor => "ignore-reap-floor",
         }
     }
 }

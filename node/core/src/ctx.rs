@@ -117,6 +117,12 @@ pub(super) struct Ctx<S: Store> {
     /// Stored records found corrupt by [`Ctx::load`] (which stays `&self`, for the read
     /// path): partition, key and why. Set aside by [`Ctx::set_aside_corrupt`] after the input.
     pub(super) corrupt: std::cell::RefCell<Vec<(PartitionId, Bytes, String)>>,
+    /// Per partition, the highest counter of this actor in any tombstone it reaped there. A
+    /// reaped key no longer shows which of this actor's dots it held, so the coordinator mints
+    /// above the floor in that partition ([`Dcc::update_above`](crate::dvv::Dcc::update_above))
+    /// instead of retiring the actor at every reap (issue 10, item 4). In memory only: every
+    /// start takes a new actor, whose counters nothing has seen.
+    pub(super) reap_floor: std::collections::BTreeMap<PartitionId, u64>,
 }
 
 impl<S: Store> Ctx<S> {
@@ -196,6 +202,8 @@ impl<S: Store> Ctx<S> {
         {
             Ok(()) => {
                 self.actor.incarnation = incarnation;
+                // The new actor has minted nothing: no floor applies to it.
+                self.reap_floor.clear();
                 self.dirty = true;
                 self.stats.actor_retirements += 1;
                 true
@@ -205,6 +213,12 @@ impl<S: Store> Ctx<S> {
                 false
             }
         }
+    }
+
+    /// Record that a key of `p` whose context reaches `top` for this actor is being reaped.
+    pub(super) fn raise_reap_floor(&mut self, p: PartitionId, top: u64) {
+        let floor = self.reap_floor.entry(p).or_insert(0);
+        *floor = (*floor).max(top);
     }
 
     /// Read and decode the stored object for a key.

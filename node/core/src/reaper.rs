@@ -343,15 +343,14 @@ impl Reaper {
         if Self::reapable_hash(ctx, p, key) != Some(hash) {
             return;
         }
-        let minted_here = ctx
-            .load(p, key)
-            .ok()
-            .flatten()
-            .is_some_and(|o| o.context().top(&ctx.actor) > 0);
-        // Retire first: the new identity is written before the removal (see hints.rs).
-        if minted_here && !ctx.retire_actor() {
-            return;
-        }
+        // The reaped tombstone may cover dots this actor minted for the key; later mints of
+        // this partition go above them (the floor), so no dot is minted twice and the actor
+        // is kept. In memory, set before the removal: a restart takes a new actor anyway.
+        let top = match ctx.load(p, key) {
+            Ok(Some(o)) => o.context().top(&ctx.actor),
+            _ => return,
+        };
+        ctx.raise_reap_floor(p, top);
         if let Err(e) = ctx.remove_key(p, key) {
             tracing::warn!(partition = %p, error = %e, "cannot reap a tombstone");
             return;

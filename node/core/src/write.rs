@@ -161,7 +161,14 @@ impl Coordinator {
         let minting = matches!(body, WriteBody::Mint { .. });
         let object = match body {
             WriteBody::Mint { value, context } => {
-                match Object::update(&local, &context, ctx.actor, value) {
+                let floor = ctx.reap_floor.get(&partition).copied().unwrap_or(0);
+                #[cfg(feature = "planted-bugs")]
+                let floor = if ctx.cfg.has_bug(super::config::PlantedBug::IgnoreReapFloor) {
+                    0
+                } else {
+                    floor
+                };
+                match Object::update_above(&local, &context, ctx.actor, floor, value) {
                     Some((object, _)) => object,
                     // The token limit above keeps clients below it, but a peer's copy can carry our
                     // counter up to the limit: refused, never wrapped.

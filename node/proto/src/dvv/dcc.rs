@@ -197,6 +197,34 @@ impl<V: Clone> Dcc<V> {
         out.add(dot, value).then_some((out, dot))
     }
 
+    /// [`Dcc::update`] for a minter whose own dots of this key at or below `floor` may have been
+    /// reaped: the new dot is above `floor` too, and the new context covers every dot of `actor`
+    /// up to the new one, so it stays one contiguous entry however far the counter jumped.
+    ///
+    /// The caller promises that each of its own dots of this key at or below the new counter is
+    /// either in `server` or `seen`, or was superseded and then reaped (which is what `floor`
+    /// records); claiming those as seen then loses nothing. A dot it minted and lost any other
+    /// way (a delivered hint, a dropped partition, a corrupt record) needs a new actor instead.
+    pub fn update_above(
+        server: &Self,
+        seen: &NodeClock,
+        actor: Actor,
+        floor: u64,
+        value: V,
+    ) -> Option<(Self, Dot)> {
+        let mut out = server.clone();
+        out.discard(seen);
+        let next = out.context.top(&actor).max(floor).checked_add(1)?;
+        if next > MAX_COUNTER {
+            return None;
+        }
+        if next > 1 {
+            out.context.add_range(actor, 1, next - 1);
+        }
+        let dot = Dot::new(actor, next);
+        out.add(dot, value).then_some((out, dot))
+    }
+
     /// The merge a replica runs when a copy `incoming` of the key arrives (section 3.2 of the
     /// design), given its node clock `clock` for the key's partition:
     /// - a local version stays if `incoming` holds it, or if neither `incoming` nor the
