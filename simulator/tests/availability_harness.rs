@@ -492,3 +492,44 @@ fn a_stray_partition_copy_is_handed_over_then_dropped() {
         assert_eq!(values, set(&["v2"]), "replica {r} got the stray copy");
     }
 }
+
+/// A get with a long per-request timeout that never gets R replies repairs at its deadline,
+/// from replies read back then; past the snapshot horizon (the node's request timeout plus a
+/// second) that copy may predate a delete whose tombstone was reaped meanwhile, so the repair
+/// is skipped. Within the horizon a repair still goes out (`read_repair_brings_a_stale_replica_up_to_date`).
+#[test]
+fn a_read_repair_is_never_sent_from_replies_older_than_the_snapshot_horizon() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.aae_interval_ms = 600_000;
+    });
+    c.isolate(n(3));
+    c.put_ok(n(1), "k", "v", &NodeClock::new());
+    c.heal();
+    assert_eq!(c.local(n(3), "k").0, set(&[]));
+    // Node 2's answers never reach node 1: R=3 is out of reach until the 30 s deadline.
+    c.cut_one(n(2), n(1));
+    let id = c.submit(
+        n(1),
+        dynakv_core::ClientRequest::Get {
+            key: "k".into(),
+            opts: RequestOptions {
+                r: Some(3),
+                timeout_ms: Some(30_000),
+                ..RequestOptions::default()
+            },
+        },
+    );
+    c.run_for(31_000);
+    assert!(
+        matches!(c.take_reply(id), Some(ClientReply::Error(_))),
+        "the get times out"
+    );
+    let s = c.nodes[&n(1)].stats();
+    assert_eq!(s.read_repairs, 0, "{s:?}");
+    assert!(s.read_repairs_skipped >= 1, "{s:?}");
+    assert_eq!(
+        c.local(n(3), "k").0,
+        set(&[]),
+        "no repair from a 30 s old read"
+    );
+}

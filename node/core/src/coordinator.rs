@@ -25,6 +25,15 @@ pub const MAX_TIMEOUT_MS: u32 = 600_000;
 /// How long a get that has replied still waits for the other replicas (for read repair).
 pub(super) const READ_REPAIR_WINDOW_US: u64 = 1_000_000;
 
+/// How long after it started an operation may still send a copy of the key read at its start
+/// (a read repair, a write's fallback copy), in microseconds: the node's default request timeout
+/// plus the read-repair window. The configuration keeps `tombstone_grace_ms` above twice the
+/// request timeout plus a second, so no such copy is sent later than a grace period after the
+/// data it holds was read, however long the operation's own per-request timeout.
+pub(super) fn snapshot_horizon(cfg: &crate::config::CoreConfig) -> u64 {
+    u64::from(cfg.request_timeout_ms) * 1000 + READ_REPAIR_WINDOW_US
+}
+
 /// Extra time a forwarding node waits beyond the request timeout, so the replica it forwarded to
 /// answers (with its own timeout error if need be) before the forwarder gives up.
 const FORWARD_GRACE_MS: u64 = 250;
@@ -424,7 +433,7 @@ impl Coordinator {
                 }
                 if !w.replied {
                     let primary_acks = w.primary_acks();
-                    let e = if w.acked.len() >= usize::from(w.quorum.needed) {
+                    let e = if w.copies() >= usize::from(w.quorum.needed) {
                         RequestError::PrimariesUnavailable {
                             op: w.kind.into(),
                             needed: w.quorum.primaries,
@@ -434,7 +443,7 @@ impl Coordinator {
                         RequestError::Timeout {
                             op: w.kind.into(),
                             timeout_ms: w.quorum.timeout_ms,
-                            answered: w.acked.len() as u8,
+                            answered: w.copies() as u8,
                             needed: w.quorum.needed,
                             asked: w.targets.len() as u8,
                         }

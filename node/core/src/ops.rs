@@ -57,6 +57,8 @@ pub(super) struct ReadOp {
     pub(super) quorum: Quorum,
     pub(super) deadline: u64,
     pub(super) replied: bool,
+    /// When the read started: no reply can hold data read before it (see `snapshot_horizon`).
+    pub(super) started: u64,
 }
 
 /// A write forwarded to a replica of its key.
@@ -97,6 +99,30 @@ fn describe_refusals(failed: &BTreeMap<NodeId, ReplicaError>) -> String {
 }
 
 impl WriteOp {
+    /// How many nodes will keep the object once every hint among the acks is handed off: an
+    /// ack counts for the node it stored for, so a fallback's hint counts for its owner, and a
+    /// hint for a node that acknowledged itself adds no copy. (The handoff merges the hint into
+    /// the owner's copy and drops it: counting both would let a W=2 write rest on one node, as
+    /// an extra fallback's hint for a primary that also got the write once did.) A demoted
+    /// primary counts as itself.
+    pub(super) fn copies(&self) -> usize {
+        let home = |node: NodeId| {
+            if self.demoted.contains(&node) {
+                return node;
+            }
+            self.targets
+                .iter()
+                .find(|t| t.node == node)
+                .and_then(|t| t.hint_for)
+                .unwrap_or(node)
+        };
+        self.acked
+            .iter()
+            .map(|n| home(*n))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
     /// Acks from primaries that stored the object as replicas.
     pub(super) fn primary_acks(&self) -> usize {
         self.acked
@@ -133,7 +159,8 @@ impl WriteOp {
     /// in, or a failure once enough targets refused that W is out of reach (and no fallback
     /// can still be tried); finished once replied and every target answered.
     pub(super) fn progress(&mut self) -> Progress {
-        let acks = self.acked.len();
+        let acks = self.copies();
+        let answered = self.acked.len();
         let primary_acks = self.primary_acks();
         let needed = usize::from(self.quorum.needed);
         let needed_primaries = usize::from(self.quorum.primaries);
@@ -167,7 +194,7 @@ impl WriteOp {
                 }),
             ));
         }
-        let finished = self.replied && acks + self.failed.len() >= self.targets.len();
+        let finished = self.replied && answered + self.failed.len() >= self.targets.len();
         Progress { reply, finished }
     }
 }
@@ -269,5 +296,104 @@ impl ReadOp {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dvv::NodeClock;
+
+    fn node(i: u32) -> NodeId {
+        NodeId(i)
+    }
+
+    fn primary(i: u32) -> Target {
+        Target {
+            node: node(i),
+            hint_for: None,
+        }
+    }
+
+    fn fallback(i: u32, owner: u32) -> Target {
+        Target {
+            node: node(i),
+            hint_for: Some(node(owner)),
+        }
+    }
+
+    fn write(targets: Vec<Target>, coordinator: u32, w: u8) -> WriteOp {
+        WriteOp {
+            origin: Origin::Client(1),
+            kind: "put",
+            partition: PartitionId(0),
+            key: Bytes::from_static(b"k"),
+            object: Object::new(),
+            targets,
+            acked: BTreeSet::from([node(coordinator)]),
+            demoted: BTreeSet::new(),
+            failed: BTreeMap::new(),
+            quorum: Quorum {
+                n: 3,
+                needed: w,
+                primaries: 0,
+                timeout_ms: 1_000,
+            },
+            context: NodeClock::new(),
+            dot: None,
+            deadline: 0,
+            fallback_at: None,
+            replied: false,
+        }
+    }
+
+    fn written(p: &Progress) -> Option<(u8, u8, u8)> {
+        match &p.reply {
+            Some((_, ClientReply::Written(r))) => Some((r.acks, r.primary_acks, r.fallback_acks)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_extra_fallbacks_hint_for_a_primary_that_acked_adds_no_copy() {
+        // Node 4 coordinates as an extra fallback, its copy hinted for primary 1, which is
+        // also a target: with W=2, node 4 and node 1 are one copy once the hint is handed off.
+        let mut op = write(
+            vec![primary(1), primary(2), primary(3), fallback(4, 1)],
+            4,
+            2,
+        );
+        assert!(op.on_ack(node(1), Ok(Stored::Replica)));
+        let p = op.progress();
+        assert_eq!(written(&p), None, "two acks but one copy");
+        assert!(op.on_ack(node(2), Ok(Stored::Replica)));
+        let p = op.progress();
+        assert_eq!(written(&p), Some((2, 2, 0)));
+        assert!(!p.finished, "primary 3 has not answered");
+        assert!(op.on_ack(node(3), Ok(Stored::Replica)));
+        assert!(op.progress().finished);
+    }
+
+    #[test]
+    fn hints_for_distinct_owners_count_as_distinct_copies() {
+        // Coordinator 1 (primary), primaries 2 and 3 silent, fallbacks 4 and 5 hinted for them.
+        let mut op = write(
+            vec![
+                primary(1),
+                primary(2),
+                primary(3),
+                fallback(4, 2),
+                fallback(5, 3),
+            ],
+            1,
+            3,
+        );
+        assert!(op.on_ack(node(4), Ok(Stored::Replica)));
+        assert_eq!(written(&op.progress()), None);
+        // A late ack from primary 2 itself: its hint at node 4 is the same copy.
+        assert!(op.on_ack(node(2), Ok(Stored::Replica)));
+        assert_eq!(written(&op.progress()), None, "1, 2 (twice): two copies");
+        assert!(op.on_ack(node(5), Ok(Stored::Replica)));
+        assert_eq!(written(&op.progress()), Some((3, 2, 1)));
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use dynakv_ring::NodeId;
 
-use super::coordinator::{error, is_primary, READ_REPAIR_WINDOW_US};
+use super::coordinator::{error, is_primary, snapshot_horizon, READ_REPAIR_WINDOW_US};
 use super::coordinator::{CoordEnv, Coordinator};
 use super::ctx::merge_objects;
 use super::ctx::Ctx;
@@ -57,6 +57,7 @@ impl Coordinator {
                 quorum,
                 deadline,
                 replied: false,
+                started: ctx.now,
             }),
         );
         for t in targets {
@@ -133,6 +134,14 @@ impl Coordinator {
             return;
         };
         if !ctx.cfg.read_repair || r.replies.len() < 2 {
+            return;
+        }
+        // A repair sends what the replies held when they were read. Later than the snapshot
+        // horizon, that may predate a delete whose tombstone was reaped meanwhile (a per-request
+        // timeout can be minutes, and the repair of a read that never got R replies is sent at
+        // its deadline): skip it, anti-entropy repairs from current data instead.
+        if ctx.now > r.started + snapshot_horizon(&ctx.cfg) {
+            ctx.stats.read_repairs_skipped += 1;
             return;
         }
         let merged = r.merged(|a, b| ctx.merge(a, b));

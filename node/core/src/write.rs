@@ -125,7 +125,8 @@ impl Coordinator {
             // the write does not reach directly: one for a primary that is also a target would
             // be handed to that primary and merge into its copy, and the write, acknowledged
             // as two copies, would rest on one (simulator seed 19955). Only when every primary
-            // is a target does it go to the first.
+            // is a target does it go to the first; acks count by the node a copy ends on
+            // (`WriteOp::copies`), so that copy and the first primary's count once.
             let primaries = ctx.map.preference_list(partition, usize::from(quorum.n));
             let owner = primaries
                 .iter()
@@ -238,8 +239,10 @@ impl Coordinator {
         });
         let op = ctx.next_op_id();
         let deadline = ctx.deadline(quorum.timeout_ms);
+        // Fallback copies carry the object built now: never later than the snapshot horizon.
         let fallback_at = ctx.now + u64::from(ctx.cfg.fallback_after_ms) * 1000;
-        let fallback_at = (fallback_at < deadline).then_some(fallback_at);
+        let latest = deadline.min(ctx.now + super::coordinator::snapshot_horizon(&ctx.cfg));
+        let fallback_at = (fallback_at < latest).then_some(fallback_at);
         for t in targets.iter().filter(|t| t.node != me) {
             if t.hint_for.is_some() {
                 ctx.stats.sloppy_writes += 1;
