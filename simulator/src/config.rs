@@ -59,12 +59,17 @@ pub enum FaultKind {
     /// Bits flip in up to 8 stored records of one node (a failing disk); shares the wipe
     /// budget, since each hit record loses the node's copy of the key.
     Corrupt,
+    /// A crash keeps a random prefix of the writes not yet synced, in order (sled writes its
+    /// log in the background, so some unsynced writes are on disk when the power goes). It
+    /// finds code that relies on a crash taking back a whole unsynced step. Decided from a
+    /// stream of its own, so `-torn` replays the traces of before it existed.
+    Torn,
 }
 
 impl FaultKind {
     /// Every fault kind, in declaration order (the same list as [`ValueEnum::value_variants`];
     /// a test checks they agree).
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Loss,
         FaultKind::Dup,
         FaultKind::Reorder,
@@ -80,6 +85,7 @@ impl FaultKind {
         FaultKind::Hold,
         FaultKind::Disk,
         FaultKind::Corrupt,
+        FaultKind::Torn,
     ];
 }
 
@@ -398,7 +404,7 @@ mod tests {
         let but: FaultSet = "-wipe,-skew".parse().expect("a valid list");
         assert_eq!(
             but.to_string(),
-            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,powerloss,hold,disk,corrupt"
+            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,powerloss,hold,disk,corrupt,torn"
         );
     }
 

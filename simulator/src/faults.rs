@@ -10,7 +10,7 @@ use crate::config::FaultKind;
 use crate::world::{Event, World};
 
 impl World {
-    fn count_fault(&mut self, name: &'static str) {
+    pub(crate) fn count_fault(&mut self, name: &'static str) {
         *self.faults.entry(name).or_insert(0) += 1;
     }
 
@@ -36,7 +36,7 @@ impl World {
                     .core
                     .as_ref()
                     .is_some_and(|c| c.storage_failure().is_some());
-                n.is_active() && (!n.is_up() || n.paused || fenced)
+                n.is_active() && (!n.is_up() || n.paused || fenced || n.cut_in_next_step.is_some())
             })
             .count() as u32
     }
@@ -136,6 +136,15 @@ impl World {
                     self.count_fault(if wipe { "wipe" } else { "powerloss" });
                 }
                 self.count_fault("crash");
+                // `torn`: half of the plain crashes cut the power in the middle of the node's
+                // next step instead, with its writes made and not yet synced.
+                if !budgeted && self.cfg.faults.has(FaultKind::Torn) && self.torn_rng.gen_bool(0.5)
+                {
+                    let down = self.torn_rng.gen_range(50_000..1_500_000);
+                    let until = self.now + 2_000_000;
+                    self.node_mut(id).cut_in_next_step = Some((down, until));
+                    return;
+                }
                 self.crash(id);
                 if power_loss {
                     let batches = self.rng.gen_range(4..=32);

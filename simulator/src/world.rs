@@ -150,6 +150,10 @@ pub(crate) struct SimNode {
     pub link_watch: crate::links::LinkWatches,
     /// Its last start failed (a failing disk): it stays down until the operator fixes the disk.
     pub start_failed: bool,
+    /// `torn`: the power goes during this node's next step that writes, after its writes and
+    /// before their sync; it is down for a while afterwards (virtual microseconds):
+    /// (down time, latest moment to cut even if no step wrote anything).
+    pub cut_in_next_step: Option<(u64, u64)>,
 }
 
 impl SimNode {
@@ -212,6 +216,9 @@ pub struct World {
     pub(crate) cfg: SimConfig,
     pub(crate) params: FaultParams,
     pub(crate) rng: ChaCha8Rng,
+    /// How much of a crashed node's unsynced writes survive (`torn`): a stream of its own, so
+    /// runs without the fault draw exactly what they drew before it existed.
+    pub(crate) torn_rng: ChaCha8Rng,
     pub(crate) now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
@@ -312,6 +319,7 @@ impl World {
                 links: BTreeMap::new(),
                 link_watch: BTreeMap::new(),
                 start_failed: false,
+                cut_in_next_step: None,
             };
             let seed = rng.gen();
             if !node.spare {
@@ -347,6 +355,8 @@ impl World {
             cfg,
             params,
             rng,
+            // "torn" in ASCII: any fixed offset from the seed gives an independent stream.
+            torn_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x746f_726e),
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -504,6 +514,34 @@ impl World {
 
     /// Carry out a node's effects and arm its timer.
     pub(crate) fn after_input(&mut self, id: NodeId) {
+        let now = self.now;
+        let node = self.node_mut(id);
+        if node.core.is_none() {
+            return;
+        }
+        let writes = node.core.as_ref().map_or(0, |c| c.store().unsynced_ops());
+        // Wait for a step that writes (most are timer ticks that do not), but not for ever.
+        let due = node
+            .cut_in_next_step
+            .is_some_and(|(_, until)| writes > 0 || now >= until);
+        if let (true, Some((down, _))) = (due, node.cut_in_next_step.take()) {
+            // The power goes between this step's writes and their sync: nothing it decided
+            // leaves the node, and the disk keeps a random prefix of its writes (`crash`).
+            self.trace_line(format!(
+                "t={}us node {id} POWER CUT mid-step ({writes} writes not synced)",
+                self.now
+            ));
+            self.crash(id);
+            let at = self.now + down;
+            self.schedule(
+                at,
+                Event::Restart {
+                    node: id,
+                    wipe: false,
+                },
+            );
+            return;
+        }
         let node = self.node_mut(id);
         let Some(core) = node.core.as_mut() else {
             return;
@@ -649,6 +687,11 @@ impl World {
         let PeerMsg::Replica(ReplicaMsg::Write { key, object, .. }) = msg else {
             return;
         };
+        self.note_object_applied(key, object);
+    }
+
+    /// Record `object`'s values (and, for a tombstone, its context) as applied to `key`.
+    fn note_object_applied(&mut self, key: &[u8], object: &dynakv_core::Object) {
         let mut tombstone = false;
         for (_, v) in object.versions() {
             match v {
@@ -741,21 +784,47 @@ impl World {
         }
     }
 
-    /// Crash a node: its core is gone, its disk loses unsynced writes.
+    /// Crash a node: its core is gone, its disk loses unsynced writes (or, with `torn`, all
+    /// but a random prefix of them).
     pub(crate) fn crash(&mut self, id: NodeId) {
+        let torn = self.cfg.faults.has(crate::config::FaultKind::Torn);
         let node = self.node_mut(id);
         let Some(core) = node.core.take() else {
             return;
         };
         let stats = core.stats();
         let mut disk = core.into_store();
-        disk.crash();
+        let unsynced = disk.unsynced_ops();
+        let kept = if torn {
+            let keep = self.torn_rng.gen_range(0..=unsynced);
+            // What stays on disk may be a coordinator's new value that it never got to send:
+            // the evidence the checker needs that a write of unknown outcome was applied.
+            for (space, key, bytes) in disk.unsynced_puts(keep) {
+                let key = dynakv_core::store::object_key(space, &key).map(<[u8]>::to_vec);
+                if let (Some(key), Ok(object)) = (key, dynakv_proto::codec::decode_object(&bytes)) {
+                    self.note_object_applied(&key, &object);
+                }
+            }
+            disk.crash_torn(keep)
+        } else {
+            disk.crash();
+            0
+        };
+        let node = self.node_mut(id);
         node.disk = Some(disk);
         node.generation += 1;
         node.timer_at = None;
         node.held.clear();
         node.paused = false;
         self.past_stats.push(stats);
+        if torn && unsynced > 0 {
+            self.count_fault("torn");
+            let line = format!(
+                "t={}us node {id} TORN CRASH: {kept} of {unsynced} unsynced writes kept",
+                self.now
+            );
+            self.trace_line(line);
+        }
         self.trace_line(format!("t={}us node {id} CRASHED", self.now));
     }
 

@@ -98,7 +98,7 @@ pub(super) fn hint_key(owner: NodeId, p: PartitionId, key: &[u8]) -> Vec<u8> {
     k
 }
 
-fn parse_hint_key(k: &[u8]) -> Option<(NodeId, PartitionId, &[u8])> {
+pub(crate) fn parse_hint_key(k: &[u8]) -> Option<(NodeId, PartitionId, &[u8])> {
     if k.len() < 6 {
         return None;
     }

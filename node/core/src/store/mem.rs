@@ -59,6 +59,27 @@ impl MemStore {
         self.lost = 0;
     }
 
+    /// A power loss that keeps the first `keep` writes since the last sync, in order, and
+    /// loses the rest (sled appends to its log in the background, so a crash leaves some
+    /// unsynced writes on disk, always a prefix). The kept writes become a synced batch (a
+    /// later [`MemStore::power_loss`] can take them back). Returns how many were kept.
+    pub fn crash_torn(&mut self, keep: usize) -> usize {
+        let keep = keep.min(self.journal.len());
+        self.journal.truncate(keep);
+        // Reuse the sync path for the kept prefix (its undo batch included), whatever syncs
+        // are set to fail: these writes reached the disk on their own.
+        let failing = std::mem::take(&mut self.failing_syncs);
+        let kept = if keep > 0 && self.sync().is_ok() {
+            keep
+        } else {
+            0
+        };
+        self.syncs = self.syncs.saturating_sub(u64::from(kept > 0));
+        self.failing_syncs = failing;
+        self.crash();
+        kept
+    }
+
     /// A power loss on a disk that lies about durability (a volatile write cache, a firmware
     /// bug) or a restore from an old copy: like [`MemStore::crash`], and the last `batches`
     /// *synced* batches are gone too (at most the last 32). Returns how many were taken back.
@@ -133,6 +154,19 @@ impl MemStore {
             hit.push((p, key));
         }
         hit
+    }
+
+    /// The records the first `n` unsynced writes put (space, key, value), in order: what a
+    /// [`MemStore::crash_torn`] keeping `n` leaves on disk that nobody was told about.
+    pub fn unsynced_puts(&self, n: usize) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
+        self.journal
+            .iter()
+            .take(n)
+            .filter_map(|op| match op {
+                Op::Put(space, k, v) => Some((*space, k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Writes that a crash right now would lose and that a sync could still save.
@@ -360,6 +394,27 @@ mod tests {
         assert_eq!(s.get(p, b"c")?, None);
         assert_eq!(s.power_loss(5), 1);
         assert_eq!(s.partitions()?, Vec::<PartitionId>::new());
+        Ok(())
+    }
+
+    #[test]
+    fn a_torn_crash_keeps_a_prefix_of_the_unsynced_writes() -> Result<()> {
+        let mut s = MemStore::new();
+        let p = Space::Partition(PartitionId(1));
+        s.put(p, b"a", b"synced")?;
+        s.sync()?;
+        s.put(p, b"b", b"first")?;
+        s.remove(p, b"a")?;
+        s.put(p, b"c", b"third")?;
+        assert_eq!(s.crash_torn(2), 2);
+        assert_eq!(s.get(p, b"b")?, Some(b"first".to_vec()));
+        assert_eq!(s.get(p, b"a")?, None, "the removal was second: kept");
+        assert_eq!(s.get(p, b"c")?, None, "the third write was lost");
+        assert_eq!(s.unsynced_ops(), 0);
+        // The kept prefix is a batch a power loss can take back.
+        s.power_loss(1);
+        assert_eq!(s.get(p, b"a")?, Some(b"synced".to_vec()));
+        assert_eq!(s.get(p, b"b")?, None);
         Ok(())
     }
 

@@ -66,6 +66,17 @@ impl Space {
     }
 }
 
+/// The client key a record of `space` stores an object for: the record key itself in a
+/// partition, the key inside a hint's record key; `None` for other spaces (or a malformed hint
+/// key). For tools that read a store directly (the simulator's checker).
+pub fn object_key(space: Space, record_key: &[u8]) -> Option<&[u8]> {
+    match space {
+        Space::Partition(_) => Some(record_key),
+        Space::Hints => crate::hints::parse_hint_key(record_key).map(|(_, _, key)| key),
+        _ => None,
+    }
+}
+
 /// A key/value pair as stored.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
