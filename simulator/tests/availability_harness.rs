@@ -533,3 +533,39 @@ fn a_read_repair_is_never_sent_from_replies_older_than_the_snapshot_horizon() {
         "no repair from a 30 s old read"
     );
 }
+
+/// A hint holder counts a key as hinted for a grace period after its last send, since a copy of
+/// an acknowledged batch can still be on the wire; that memory is lost on a restart, so a node
+/// that started less than a grace period ago votes against every reap.
+#[test]
+fn a_node_that_restarted_within_the_grace_votes_against_reaps() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+    });
+    let reaped =
+        |c: &Cluster| -> u64 { c.nodes.values().map(|n| n.stats().tombstones_reaped).sum() };
+    let put = c.put_ok(n(1), "k", "v", &NodeClock::new());
+    let reply = c.request(
+        n(1),
+        dynakv_core::ClientRequest::Delete {
+            key: "k".into(),
+            context: put.context,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    c.run_for(1_000);
+    c.restart(n(2));
+    // The tombstone is past its grace, but node 2 started 2.5 s ago.
+    c.run_for(2_500);
+    assert_eq!(
+        reaped(&c),
+        0,
+        "reaped while node 2 could not vouch for its sends"
+    );
+    c.run_for(3_000);
+    assert!(
+        reaped(&c) >= 1,
+        "reaped once node 2 has been up a grace period"
+    );
+}

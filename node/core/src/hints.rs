@@ -51,11 +51,15 @@ pub(super) struct HintedHandoff {
     /// has passed the reaper counts the key as hinted here, so such a copy cannot arrive after
     /// the tombstone that superseded it was reaped.
     pub(super) recently_sent: BTreeMap<(PartitionId, Bytes), u64>,
+    /// When this node started: `recently_sent` is in memory, so what was sent before the start
+    /// is unknown, and for one grace period every key counts as recently sent.
+    pub(super) started_at: u64,
 }
 
 impl HintedHandoff {
     /// Did this node send a hint of the key within the last tombstone grace period (see
-    /// `recently_sent`)? Forgets older sends as it goes.
+    /// `recently_sent`), or start less than a grace period ago (a send before the start may
+    /// still be on the wire)?
     pub(super) fn sent_recently(
         &self,
         p: PartitionId,
@@ -63,9 +67,11 @@ impl HintedHandoff {
         now: u64,
         grace_us: u64,
     ) -> bool {
-        self.recently_sent
-            .get(&(p, Bytes::copy_from_slice(key)))
-            .is_some_and(|at| now < at.saturating_add(grace_us))
+        now < self.started_at.saturating_add(grace_us)
+            || self
+                .recently_sent
+                .get(&(p, Bytes::copy_from_slice(key)))
+                .is_some_and(|at| now < at.saturating_add(grace_us))
     }
 
     /// Drop the sends older than one grace period (maintenance).

@@ -170,7 +170,10 @@ impl<S: Store> NodeCore<S> {
                 links_up: BTreeSet::new(),
             },
             coord: Coordinator::new(now),
-            handoff: HintedHandoff::default(),
+            handoff: HintedHandoff {
+                started_at: now,
+                ..HintedHandoff::default()
+            },
             aae: AntiEntropy {
                 next_exchange: now + tick,
                 ..AntiEntropy::default()
