@@ -247,6 +247,11 @@ pub struct SimConfig {
     /// which is safe whatever the delays; reaping still rests on a delay bound (see
     /// docs/AVAILABILITY.md) and is exercised with this on and the `hold` fault off.
     pub reap: bool,
+    /// Every node's `removed_linger_ms` (cluster-wide, like the grace: a removed node may run
+    /// for 30 lingers, and every observer counts it a reap voter that long). 500 ms, far below
+    /// production's 10 s, so that reaps resume within a run after a leave; regression tests of
+    /// seeds found before it existed set 10 s to replay their traces.
+    pub removed_linger_ms: u32,
 }
 
 impl Default for SimConfig {
@@ -269,6 +274,7 @@ impl Default for SimConfig {
             trace_key: None,
             trace_lines: 40,
             reap: false,
+            removed_linger_ms: 500,
         }
     }
 }

@@ -102,6 +102,11 @@ impl Cluster {
         self.cut.clear();
     }
 
+    /// Undo every cut to or from `id` (the others stay).
+    pub fn heal_node(&mut self, id: NodeId) {
+        self.cut.retain(|(a, b)| *a != id && *b != id);
+    }
+
     fn collect(&mut self, id: NodeId) {
         let effects = self.nodes.get_mut(&id).expect("node").drain_effects();
         for e in effects {

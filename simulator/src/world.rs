@@ -285,6 +285,7 @@ impl World {
                 handoff_batch: rng.gen_range(1..=64),
                 transfer_batch: rng.gen_range(1..=256),
                 tombstone_grace_ms: if cfg.reap { 3_000 } else { 0 },
+                removed_linger_ms: cfg.removed_linger_ms,
                 handoff_backoff_max_ms: 5_000,
                 max_value_bytes: crate::workload::SIM_MAX_VALUE_BYTES,
                 planted_bug: cfg.bug,

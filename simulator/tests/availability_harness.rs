@@ -569,3 +569,164 @@ fn a_node_that_restarted_within_the_grace_votes_against_reaps() {
         "reaped once node 2 has been up a grace period"
     );
 }
+
+/// A reap raises the partition's mint floor to the reaped context's counter of this node's
+/// actor. A client can make that counter up (up to the token limit); a floor there would make
+/// every later write this node coordinates in the partition overflow and be refused, so such a
+/// reap retires the actor instead.
+#[test]
+fn a_made_up_counter_in_a_reaped_context_does_not_block_the_partition() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+    });
+    let a = c.actor(n(1));
+    let near =
+        dynakv_simulator::harness::vv(&[(a, dynakv_proto::codec::token::MAX_TOKEN_COUNTER - 1)]);
+    let put = c.put_ok(n(1), "k", "made-up", &near);
+    // Deleted through node 2 (node 1's counter for the key is at the limit).
+    let reply = c.request(
+        n(2),
+        dynakv_core::ClientRequest::Delete {
+            key: "k".into(),
+            context: put.context,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    c.run_for(8_000);
+    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
+    assert!(reaped >= 1, "the tombstone was reaped");
+    let map = c.map();
+    let p = map.partition_for_key(b"k");
+    let other = (0..10_000)
+        .map(|i| format!("other-{i}"))
+        .find(|k| map.partition_for_key(k.as_bytes()) == p)
+        .expect("a key of the same partition");
+    c.put_ok(n(1), &other, "fine", &NodeClock::new());
+    c.put_ok(n(1), "k", "again", &NodeClock::new());
+}
+
+/// A node removed by the operator may still be running, cut off, with a hint holding an old
+/// value of a deleted key; it hands the hint over when it is reachable again. Until it may no
+/// longer run (30 lingers after its removal), it must vote on the key's reap, and while it
+/// cannot be asked the tombstone stays. (Before, a removed node whose link had been down for two
+/// lingers stopped counting, the tombstone was reaped, and the late hint brought the value back.)
+#[test]
+fn a_removed_node_cut_off_with_an_old_hint_blocks_the_reap_until_it_cannot_run() {
+    let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+        cfg.removed_linger_ms = 1_000;
+        cfg.aae_interval_ms = 200;
+    });
+    let map = c.map();
+    let key = (0..10_000)
+        .map(|i| format!("key-{i}"))
+        .find(|k| {
+            let prim = map.preference_list(map.partition_for_key(k.as_bytes()), 3);
+            !prim.contains(&n(4)) && prim[2] == n(3)
+        })
+        .expect("a key that node 4 does not replicate");
+    // Node 3 misses the write; node 4 keeps it as a hint for node 3.
+    c.isolate(n(3));
+    let put = c.put_ok(n(1), &key, "old", &NodeClock::new());
+    c.run_for(1_000);
+    assert_eq!(c.hints_pending(), 1, "node 4 holds the hint");
+    // Node 4 is cut off for good (as the operator believes, it is dead) and removed.
+    c.isolate(n(4));
+    c.heal_node(n(3));
+    c.isolate(n(4));
+    let reply = c.request(
+        n(1),
+        dynakv_core::ClientRequest::Delete {
+            key: key.clone().into(),
+            context: put.context,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    let remove = dynakv_core::ClientRequest::Admin(dynakv_core::AdminRequest::Remove {
+        node: n(4),
+        force: true,
+    });
+    assert!(matches!(c.request(n(1), remove), ClientReply::Admin(_)));
+    // Far past the grace and two lingers, within 30 lingers: no reap.
+    c.run_for(15_000);
+    let reaped = |c: &Cluster| -> u64 {
+        (1..=3)
+            .map(|i| c.nodes[&n(i)].stats().tombstones_reaped)
+            .sum()
+    };
+    assert_eq!(reaped(&c), 0, "reaped while node 4 may still run");
+    // Node 4 comes back, learns it was removed, and hands its hint over: the tombstone wins.
+    c.heal();
+    c.run_for(40_000);
+    assert_eq!(c.hints_pending(), 0, "node 4 handed its hint over");
+    for i in 1..=3 {
+        assert_eq!(
+            c.local(n(i), &key).0,
+            set(&[]),
+            "node {i} brought the value back"
+        );
+    }
+    assert_eq!(strings(&c.get_ok(n(1), &key).values), set(&[]));
+}
+
+/// A hint batch can still be on the wire (a resend, a copy the network duplicated) after its
+/// owner acknowledged it and the holder removed the record, so the holder counts the key as
+/// hinted for one grace period after its last send and votes against reaping it meanwhile.
+#[test]
+fn a_hint_holder_votes_against_a_reap_for_a_grace_period_after_its_last_send() {
+    let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+    });
+    let map = c.map();
+    let key = (0..10_000)
+        .map(|i| format!("key-{i}"))
+        .find(|k| {
+            let prim = map.preference_list(map.partition_for_key(k.as_bytes()), 3);
+            !prim.contains(&n(4)) && prim[2] == n(3)
+        })
+        .expect("a key that node 4 does not replicate");
+    let reaped = |c: &Cluster| -> u64 {
+        (1..=4)
+            .map(|i| c.nodes[&n(i)].stats().tombstones_reaped)
+            .sum()
+    };
+    // Node 3 misses the write and the delete; node 4 keeps both as a hint for it.
+    c.isolate(n(3));
+    let put = c.put_ok(n(1), &key, "v", &NodeClock::new());
+    c.run_for(1_000);
+    let reply = c.request(
+        n(1),
+        dynakv_core::ClientRequest::Delete {
+            key: key.clone().into(),
+            context: put.context,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    // Past the grace while node 3 is away: it cannot vote, so nothing is reaped.
+    c.run_for(4_000);
+    assert_eq!(reaped(&c), 0);
+    c.heal();
+    let mut handed_off = false;
+    for _ in 0..200 {
+        c.run_for(50);
+        if c.hints_pending() == 0 {
+            handed_off = true;
+            break;
+        }
+    }
+    assert!(handed_off, "node 4 hands its hint over once node 3 is back");
+    c.run_for(2_000);
+    assert_eq!(
+        reaped(&c),
+        0,
+        "reaped within a grace period of the last hint send"
+    );
+    c.run_for(3_000);
+    assert!(
+        reaped(&c) >= 1,
+        "reaped once the grace after the send has passed"
+    );
+}

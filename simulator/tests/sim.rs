@@ -281,20 +281,6 @@ fn cli_exit_codes_and_json() {
     );
 }
 
-/// Reap seed 3620 (found 2026-12-04 beyond CI's range): a fallback's hint batch with values the
-/// delete had superseded was acknowledged, so the fallback voted "no hint here", and a copy of
-/// the batch the network duplicated arrived after the reap and brought the values back. A hint
-/// holder now counts a key as hinted for one grace period after its last send.
-#[test]
-fn a_late_duplicate_of_a_hint_batch_cannot_outlive_a_reap() {
-    let config = SimConfig {
-        reap: true,
-        faults: "-hold,-powerloss,-torn".parse().unwrap(),
-        ..cfg(1000)
-    };
-    passes(3620, &config);
-}
-
 /// Seed 19955 of the 100,000-seed run (2026-12-04): a write forwarded to a node whose map did
 /// not list it as a target was coordinated there as an extra fallback, with its copy hinted for
 /// the first primary, which also got the write. W=2 counted both; after the handoff one copy was
@@ -304,14 +290,15 @@ fn a_late_duplicate_of_a_hint_batch_cannot_outlive_a_reap() {
 fn an_extra_fallback_never_hints_for_a_primary_that_got_the_write() {
     let config = SimConfig {
         faults: "-torn".parse().unwrap(),
+        removed_linger_ms: 10_000,
         ..cfg(1000)
     };
     passes(19955, &config);
 }
 
 /// A seed that once failed must pass, with its violations and reproduce command if it does not.
-/// (Each regression test runs its seed with the faults it was found with: `-torn` keeps the
-/// traces from before the `torn` fault existed.)
+/// (Each regression test runs its seed as it was found: `-torn` and a 10 s `removed_linger_ms`
+/// keep the traces from before the `torn` fault and the shorter simulated linger.)
 fn passes(seed: u64, config: &SimConfig) {
     let r = run(seed, config).unwrap();
     assert!(
@@ -320,19 +307,4 @@ fn passes(seed: u64, config: &SimConfig) {
         r.violations,
         r.reproduce_command(config)
     );
-}
-
-/// Reap seed 4153 (found 2026-12-04 beyond CI's range): a node left the cluster while it still
-/// coordinated a read with a 30 s per-request timeout. Once the leave finished it was "removed",
-/// so nobody asked its vote; the key was deleted and reaped, and the read's repair at its
-/// deadline brought a superseded value back. A removed node now votes on reaps (and blocks them
-/// while unreachable) for as long as it may still be running.
-#[test]
-fn a_removed_node_still_running_votes_on_reaps() {
-    let config = SimConfig {
-        reap: true,
-        faults: "-hold,-powerloss,-torn".parse().unwrap(),
-        ..cfg(1000)
-    };
-    passes(4153, &config);
 }

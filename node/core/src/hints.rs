@@ -261,7 +261,14 @@ impl HintedHandoff {
                     }
                     let outcome = match outcome {
                         Err(ReplicaError::Rejected(why)) => {
-                            ctx.quarantine(owner, p, &key, &object, &why)
+                            // Set aside, the hint leaves what this node mints against: if it
+                            // held dots this actor minted, a new actor must mint from now on.
+                            let minted_here = object.context().top(&ctx.actor) > 0;
+                            if minted_here && !ctx.retire_actor() {
+                                Err(ReplicaError::Storage("cannot retire the actor".into()))
+                            } else {
+                                ctx.quarantine(owner, p, &key, &object, &why)
+                            }
                         }
                         other => other,
                     };

@@ -469,12 +469,11 @@ impl Membership {
         }
     }
 
-    /// May `peer`, removed from the cluster, still be running? While the driver reports its
-    /// link up, or for two lingers after this node saw the removal (time for the removed node
-    /// to connect, e.g. to a member that was paused), within the handoff window; once its
-    /// process is gone the link goes down and this turns false for good. Such a peer keeps a
-    /// link (to hand its hints over) and a vote on reaps (an operation it still coordinates
-    /// may send an old copy of a key).
+    /// Should this node keep a link to `peer`, removed from the cluster? While the driver
+    /// reports the link up, or for two lingers after this node saw the removal (time for the
+    /// removed node to connect, e.g. to a member that was paused), within the handoff window,
+    /// so it can hand its hints over. (Reap votes use the longer, link-blind
+    /// [`Self::removed_voters`].)
     pub(super) fn is_lingering(
         &self,
         cfg: &crate::config::CoreConfig,
@@ -489,17 +488,30 @@ impl Membership {
         })
     }
 
-    /// Removed peers that may still be running (see [`Self::is_lingering`]).
-    pub(super) fn lingering_peers(
+    /// Removed peers that may still be running, and so must vote on reaps: a removed node
+    /// keeps handing its hints over for up to [`REMOVED_HANDOFF_FACTOR`] lingers after its
+    /// removal, and a network partition looks the same as a stopped process, so the link state
+    /// proves nothing here (unlike [`Self::is_lingering`]). A removal this node learned before
+    /// its start (`started_at`) is counted from the start: the moment is not kept.
+    pub(super) fn removed_voters(
         &self,
         cfg: &crate::config::CoreConfig,
         now: u64,
-        links_up: &BTreeSet<NodeId>,
+        started_at: u64,
     ) -> Vec<NodeId> {
-        self.removed_peers
-            .keys()
-            .copied()
-            .filter(|p| self.is_lingering(cfg, now, links_up, *p))
+        let window = u64::from(cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
+        let Some(state) = self.state() else {
+            return Vec::new();
+        };
+        state
+            .members()
+            .iter()
+            .filter(|(_, m)| m.status == Status::Removed)
+            .map(|(id, _)| *id)
+            .filter(|id| {
+                let since = self.removed_peers.get(id).copied().unwrap_or(started_at);
+                now < since.saturating_add(window)
+            })
             .collect()
     }
 

@@ -320,7 +320,6 @@ impl<S: Store> NodeCore<S> {
         } = self;
         let guards = ReapGuards {
             peers: PeerView::new(ctx.id(), ctx.now, liveness, membership),
-            links_up: &liveness.links_up,
             membership,
             handoff,
             coord,

@@ -103,13 +103,11 @@ impl WriteOp {
     /// ack counts for the node it stored for, so a fallback's hint counts for its owner, and a
     /// hint for a node that acknowledged itself adds no copy. (The handoff merges the hint into
     /// the owner's copy and drops it: counting both would let a W=2 write rest on one node, as
-    /// an extra fallback's hint for a primary that also got the write once did.) A demoted
-    /// primary counts as itself.
+    /// an extra fallback's hint for a primary that also got the write once did.) A fallback
+    /// answers that it stored a hint, as it should; a primary that did so (its map no longer
+    /// has it as a replica, so it hinted the current ones) counts as itself.
     pub(super) fn copies(&self) -> usize {
         let home = |node: NodeId| {
-            if self.demoted.contains(&node) {
-                return node;
-            }
             self.targets
                 .iter()
                 .find(|t| t.node == node)
@@ -388,12 +386,25 @@ mod tests {
             1,
             3,
         );
-        assert!(op.on_ack(node(4), Ok(Stored::Replica)));
+        // Fallbacks answer as they do in the core: they stored a hint.
+        assert!(op.on_ack(node(4), Ok(Stored::Hint)));
         assert_eq!(written(&op.progress()), None);
         // A late ack from primary 2 itself: its hint at node 4 is the same copy.
         assert!(op.on_ack(node(2), Ok(Stored::Replica)));
         assert_eq!(written(&op.progress()), None, "1, 2 (twice): two copies");
-        assert!(op.on_ack(node(5), Ok(Stored::Replica)));
+        assert!(op.on_ack(node(5), Ok(Stored::Hint)));
+        assert_eq!(written(&op.progress()), Some((3, 2, 1)));
+    }
+
+    #[test]
+    fn a_primary_that_stored_a_hint_counts_as_one_copy_but_not_as_a_primary() {
+        // Node 2's map no longer has it as a replica: it keeps the object as hints for the
+        // current replicas and says so. It is one node holding the write, not a primary ack.
+        let mut op = write(vec![primary(1), primary(2), primary(3)], 1, 2);
+        op.quorum.primaries = 2;
+        assert!(op.on_ack(node(2), Ok(Stored::Hint)));
+        assert_eq!(written(&op.progress()), None, "PW=2 needs a second primary");
+        assert!(op.on_ack(node(3), Ok(Stored::Replica)));
         assert_eq!(written(&op.progress()), Some((3, 2, 1)));
     }
 }
