@@ -398,6 +398,14 @@ impl Cluster {
     }
 }
 
+/// The key `user:42` and its primaries (N=3) under `c`'s current map.
+pub fn key_with_primaries(c: &Cluster) -> (String, Vec<NodeId>) {
+    let map = c.map();
+    let key = "user:42".to_string();
+    let p = map.partition_for_key(key.as_bytes());
+    (key, map.preference_list(p, 3))
+}
+
 pub fn strings(values: &[Bytes]) -> BTreeSet<String> {
     values
         .iter()

@@ -1,0 +1,397 @@
+//! Deletes that stay deleted when tombstones are reaped, in the in-memory harness: the reaping
+//! rule's votes (members, removed nodes that may still run, hint holders, nodes that just
+//! started, operations in flight), the snapshot horizon of read repairs, and the reap floor.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use dynakv_core::{ClientReply, RequestOptions};
+use dynakv_proto::dvv::NodeClock;
+use dynakv_simulator::harness::{key_with_primaries, n, set, strings, Cluster};
+
+#[test]
+fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
+    let mut c = Cluster::with_config(5, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+        cfg.aae_interval_ms = 100;
+    });
+    let (key, prim) = key_with_primaries(&c);
+    let ctx = c.put_ok(prim[0], &key, "old", &NodeClock::new()).context;
+    // prim[2] misses the delete; with W=3 a fallback takes it as a hint.
+    c.isolate(prim[2]);
+    let g = c.get_ok(prim[0], &key);
+    assert_eq!(g.context, ctx);
+    let opts = RequestOptions {
+        w: Some(3),
+        ..RequestOptions::default()
+    };
+    let reply = c.request(
+        prim[0],
+        dynakv_core::ClientRequest::Delete {
+            key: key.clone().into(),
+            context: g.context.clone(),
+            opts,
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    // prim[2] still holds "old"; it comes back, hints are handed off, anti-entropy runs, and
+    // the reaper removes the tombstone for good once everyone agrees.
+    assert_eq!(c.local(prim[2], &key).0, set(&["old"]));
+    c.heal();
+    c.run_for(15_000);
+    assert_eq!(c.hints_pending(), 0);
+    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
+    assert!(reaped >= 1, "the tombstone was never reaped");
+    for node in &prim {
+        assert_eq!(
+            c.local(*node, &key).0,
+            set(&[]),
+            "node {node} resurrected a value"
+        );
+    }
+    // After reaping, a new blind write is a fresh value and is not swallowed by old history.
+    let fresh = c.put_ok(prim[1], &key, "new", &NodeClock::new());
+    assert!(fresh.dot.is_some());
+    c.run_for(2_000);
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    match c.get(prim[0], &key, all) {
+        ClientReply::Got(g) => assert_eq!(strings(&g.values), set(&["new"])),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_down_member_blocks_reaping() {
+    let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+    });
+    let ctx = c.put_ok(n(1), "k", "v", &NodeClock::new()).context;
+    let opts = RequestOptions::default();
+    let reply = c.request(
+        n(1),
+        dynakv_core::ClientRequest::Delete {
+            key: "k".into(),
+            context: ctx,
+            opts,
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)));
+    let map = c.map();
+    let p = map.partition_for_key(b"k");
+    let outsider = map
+        .members()
+        .into_iter()
+        .find(|m| !map.preference_list(p, 3).contains(m))
+        .expect("a non-replica");
+    c.isolate(outsider);
+    c.run_for(5_000);
+    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
+    assert_eq!(reaped, 0, "reaped while a member could not vote");
+    c.heal();
+    c.run_for(5_000);
+    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
+    assert!(reaped >= 1);
+}
+
+/// Item 3 of the safety issue: a read may carry a copy of the key's old value for as long as
+/// its own deadline (up to 10 minutes per request, far past any grace), and its read repair
+/// would write that copy back after a reap. So the node coordinating any operation on a key
+/// vetoes the key's reap until the operation has ended, however long its timeout.
+#[test]
+fn an_operation_in_flight_on_a_key_blocks_its_reap_whatever_its_timeout() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+    });
+    let map = c.map();
+    let p = map.partition_for_key(b"k");
+    let prefs = map.preference_list(p, 3);
+    let (owner, coord, other) = (prefs[0], prefs[1], prefs[2]);
+    let ctx = c.put_ok(owner, "k", "v", &NodeClock::new()).context;
+    let reply = c.request(
+        owner,
+        dynakv_core::ClientRequest::Delete {
+            key: "k".into(),
+            context: ctx,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)));
+    // An R=3 read at a node that is not the reap's owner, with a 60 s deadline; one replica's
+    // answer never reaches it, so the read stays open. Every member still votes (no message
+    // the reap needs is cut).
+    c.cut_one(other, coord);
+    let read = c.submit(
+        coord,
+        dynakv_core::ClientRequest::Get {
+            key: "k".into(),
+            opts: RequestOptions {
+                r: Some(3),
+                timeout_ms: Some(60_000),
+                ..RequestOptions::default()
+            },
+        },
+    );
+    c.run_for(20_000);
+    assert!(
+        c.take_reply(read).is_none(),
+        "the read should still be open"
+    );
+    let reaped =
+        |c: &Cluster| -> u64 { c.nodes.values().map(|n| n.stats().tombstones_reaped).sum() };
+    assert_eq!(
+        reaped(&c),
+        0,
+        "reaped while a read of the key was in flight"
+    );
+    // Once the read has ended (at its deadline), the tombstone goes.
+    c.heal();
+    c.run_for(45_000);
+    assert!(
+        c.take_reply(read).is_some(),
+        "the read ends at its deadline"
+    );
+    c.run_for(10_000);
+    assert!(
+        reaped(&c) >= 1,
+        "the tombstone is reaped once the read has ended"
+    );
+}
+
+/// A get with a long per-request timeout that never gets R replies repairs at its deadline,
+/// from replies read back then; past the snapshot horizon (the node's request timeout plus a
+/// second) that copy may predate a delete whose tombstone was reaped meanwhile, so the repair
+/// is skipped. Within the horizon a repair still goes out (`read_repair_brings_a_stale_replica_up_to_date`).
+#[test]
+fn a_read_repair_is_never_sent_from_replies_older_than_the_snapshot_horizon() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.aae_interval_ms = 600_000;
+    });
+    c.isolate(n(3));
+    c.put_ok(n(1), "k", "v", &NodeClock::new());
+    c.heal();
+    assert_eq!(c.local(n(3), "k").0, set(&[]));
+    // Node 2's answers never reach node 1: R=3 is out of reach until the 30 s deadline.
+    c.cut_one(n(2), n(1));
+    let id = c.submit(
+        n(1),
+        dynakv_core::ClientRequest::Get {
+            key: "k".into(),
+            opts: RequestOptions {
+                r: Some(3),
+                timeout_ms: Some(30_000),
+                ..RequestOptions::default()
+            },
+        },
+    );
+    c.run_for(31_000);
+    assert!(
+        matches!(c.take_reply(id), Some(ClientReply::Error(_))),
+        "the get times out"
+    );
+    let s = c.nodes[&n(1)].stats();
+    assert_eq!(s.read_repairs, 0, "{s:?}");
+    assert!(s.read_repairs_skipped >= 1, "{s:?}");
+    assert_eq!(
+        c.local(n(3), "k").0,
+        set(&[]),
+        "no repair from a 30 s old read"
+    );
+}
+
+/// A hint holder counts a key as hinted for a grace period after its last send, since a copy of
+/// an acknowledged batch can still be on the wire; that memory is lost on a restart, so a node
+/// that started less than a grace period ago votes against every reap.
+#[test]
+fn a_node_that_restarted_within_the_grace_votes_against_reaps() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+    });
+    let reaped =
+        |c: &Cluster| -> u64 { c.nodes.values().map(|n| n.stats().tombstones_reaped).sum() };
+    let put = c.put_ok(n(1), "k", "v", &NodeClock::new());
+    let reply = c.request(
+        n(1),
+        dynakv_core::ClientRequest::Delete {
+            key: "k".into(),
+            context: put.context,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    c.run_for(1_000);
+    c.restart(n(2));
+    // The tombstone is past its grace, but node 2 started 2.5 s ago.
+    c.run_for(2_500);
+    assert_eq!(
+        reaped(&c),
+        0,
+        "reaped while node 2 could not vouch for its sends"
+    );
+    c.run_for(3_000);
+    assert!(
+        reaped(&c) >= 1,
+        "reaped once node 2 has been up a grace period"
+    );
+}
+
+/// A reap raises the partition's mint floor to the reaped context's counter of this node's
+/// actor. A client can make that counter up (up to the token limit); a floor there would make
+/// every later write this node coordinates in the partition overflow and be refused, so such a
+/// reap retires the actor instead.
+#[test]
+fn a_made_up_counter_in_a_reaped_context_does_not_block_the_partition() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+    });
+    let a = c.actor(n(1));
+    let near =
+        dynakv_simulator::harness::vv(&[(a, dynakv_proto::codec::token::MAX_TOKEN_COUNTER - 1)]);
+    let put = c.put_ok(n(1), "k", "made-up", &near);
+    // Deleted through node 2 (node 1's counter for the key is at the limit).
+    let reply = c.request(
+        n(2),
+        dynakv_core::ClientRequest::Delete {
+            key: "k".into(),
+            context: put.context,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    c.run_for(8_000);
+    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
+    assert!(reaped >= 1, "the tombstone was reaped");
+    let map = c.map();
+    let p = map.partition_for_key(b"k");
+    let other = (0..10_000)
+        .map(|i| format!("other-{i}"))
+        .find(|k| map.partition_for_key(k.as_bytes()) == p)
+        .expect("a key of the same partition");
+    c.put_ok(n(1), &other, "fine", &NodeClock::new());
+    c.put_ok(n(1), "k", "again", &NodeClock::new());
+}
+
+/// A node removed by the operator may still be running, cut off, with a hint holding an old
+/// value of a deleted key; it hands the hint over when it is reachable again. Until it may no
+/// longer run (30 lingers after its removal), it must vote on the key's reap, and while it
+/// cannot be asked the tombstone stays. (Before, a removed node whose link had been down for two
+/// lingers stopped counting, the tombstone was reaped, and the late hint brought the value back.)
+#[test]
+fn a_removed_node_cut_off_with_an_old_hint_blocks_the_reap_until_it_cannot_run() {
+    let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+        cfg.removed_linger_ms = 1_000;
+        cfg.aae_interval_ms = 200;
+    });
+    let map = c.map();
+    let key = (0..10_000)
+        .map(|i| format!("key-{i}"))
+        .find(|k| {
+            let prim = map.preference_list(map.partition_for_key(k.as_bytes()), 3);
+            !prim.contains(&n(4)) && prim[2] == n(3)
+        })
+        .expect("a key that node 4 does not replicate");
+    // Node 3 misses the write; node 4 keeps it as a hint for node 3.
+    c.isolate(n(3));
+    let put = c.put_ok(n(1), &key, "old", &NodeClock::new());
+    c.run_for(1_000);
+    assert_eq!(c.hints_pending(), 1, "node 4 holds the hint");
+    // Node 4 is cut off for good (as the operator believes, it is dead) and removed.
+    c.isolate(n(4));
+    c.heal_node(n(3));
+    c.isolate(n(4));
+    let reply = c.request(
+        n(1),
+        dynakv_core::ClientRequest::Delete {
+            key: key.clone().into(),
+            context: put.context,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    let remove = dynakv_core::ClientRequest::Admin(dynakv_core::AdminRequest::Remove {
+        node: n(4),
+        force: true,
+    });
+    assert!(matches!(c.request(n(1), remove), ClientReply::Admin(_)));
+    // Far past the grace and two lingers, within 30 lingers: no reap.
+    c.run_for(15_000);
+    let reaped = |c: &Cluster| -> u64 {
+        (1..=3)
+            .map(|i| c.nodes[&n(i)].stats().tombstones_reaped)
+            .sum()
+    };
+    assert_eq!(reaped(&c), 0, "reaped while node 4 may still run");
+    // Node 4 comes back, learns it was removed, and hands its hint over: the tombstone wins.
+    c.heal();
+    c.run_for(40_000);
+    assert_eq!(c.hints_pending(), 0, "node 4 handed its hint over");
+    for i in 1..=3 {
+        assert_eq!(
+            c.local(n(i), &key).0,
+            set(&[]),
+            "node {i} brought the value back"
+        );
+    }
+    assert_eq!(strings(&c.get_ok(n(1), &key).values), set(&[]));
+}
+
+/// A hint batch can still be on the wire (a resend, a copy the network duplicated) after its
+/// owner acknowledged it and the holder removed the record, so the holder counts the key as
+/// hinted for one grace period after its last send and votes against reaping it meanwhile.
+#[test]
+fn a_hint_holder_votes_against_a_reap_for_a_grace_period_after_its_last_send() {
+    let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+    });
+    let map = c.map();
+    let key = (0..10_000)
+        .map(|i| format!("key-{i}"))
+        .find(|k| {
+            let prim = map.preference_list(map.partition_for_key(k.as_bytes()), 3);
+            !prim.contains(&n(4)) && prim[2] == n(3)
+        })
+        .expect("a key that node 4 does not replicate");
+    let reaped = |c: &Cluster| -> u64 {
+        (1..=4)
+            .map(|i| c.nodes[&n(i)].stats().tombstones_reaped)
+            .sum()
+    };
+    // Node 3 misses the write and the delete; node 4 keeps both as a hint for it.
+    c.isolate(n(3));
+    let put = c.put_ok(n(1), &key, "v", &NodeClock::new());
+    c.run_for(1_000);
+    let reply = c.request(
+        n(1),
+        dynakv_core::ClientRequest::Delete {
+            key: key.clone().into(),
+            context: put.context,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    // Past the grace while node 3 is away: it cannot vote, so nothing is reaped.
+    c.run_for(4_000);
+    assert_eq!(reaped(&c), 0);
+    c.heal();
+    let mut handed_off = false;
+    for _ in 0..200 {
+        c.run_for(50);
+        if c.hints_pending() == 0 {
+            handed_off = true;
+            break;
+        }
+    }
+    assert!(handed_off, "node 4 hands its hint over once node 3 is back");
+    c.run_for(2_000);
+    assert_eq!(
+        reaped(&c),
+        0,
+        "reaped within a grace period of the last hint send"
+    );
+    c.run_for(3_000);
+    assert!(
+        reaped(&c) >= 1,
+        "reaped once the grace after the send has passed"
+    );
+}
