@@ -533,14 +533,7 @@ impl World {
                 self.now
             ));
             self.crash(id);
-            let at = self.now + down;
-            self.schedule(
-                at,
-                Event::Restart {
-                    node: id,
-                    wipe: false,
-                },
-            );
+            self.restart_after(id, down);
             return;
         }
         let node = self.node_mut(id);
@@ -604,6 +597,18 @@ impl World {
         }
     }
 
+    /// Start `id` again from its disk `delay_us` from now.
+    fn restart_after(&mut self, id: NodeId, delay_us: u64) {
+        let at = self.now + delay_us;
+        self.schedule(
+            at,
+            Event::Restart {
+                node: id,
+                wipe: false,
+            },
+        );
+    }
+
     /// The operator fixes `id`'s disk: a full one gets space, and a node that stopped serving
     /// after a failed sync is restarted (from its disk, which kept everything it synced).
     pub(crate) fn fix_disk(&mut self, id: NodeId) {
@@ -613,14 +618,7 @@ impl World {
             disk.set_full(false);
             disk.fail_next_syncs(0);
             if node.start_failed {
-                let at = self.now + 1;
-                self.schedule(
-                    at,
-                    Event::Restart {
-                        node: id,
-                        wipe: false,
-                    },
-                );
+                self.restart_after(id, 1);
                 return;
             }
         }
@@ -632,14 +630,7 @@ impl World {
         if core.storage_failure().is_some() {
             self.trace_line(format!("t={}us node {id} DISK FIXED, restarting", self.now));
             self.crash(id);
-            let at = self.now + 1;
-            self.schedule(
-                at,
-                Event::Restart {
-                    node: id,
-                    wipe: false,
-                },
-            );
+            self.restart_after(id, 1);
         }
     }
 

@@ -7,6 +7,37 @@ use dynakv_core::{ClientReply, RequestOptions};
 use dynakv_proto::dvv::NodeClock;
 use dynakv_simulator::harness::{key_with_primaries, n, set, strings, Cluster};
 
+/// Tombstones reaped so far, over every node.
+fn reaped(c: &Cluster) -> u64 {
+    c.nodes.values().map(|n| n.stats().tombstones_reaped).sum()
+}
+
+/// Delete `key` through `at` with `context` (default options); the delete must be acknowledged.
+fn delete(c: &mut Cluster, at: dynakv_ring::NodeId, key: &str, context: NodeClock) {
+    let reply = c.request(
+        at,
+        dynakv_core::ClientRequest::Delete {
+            key: key.to_string().into(),
+            context,
+            opts: RequestOptions::default(),
+        },
+    );
+    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+}
+
+/// In a 4-node cluster with N=3: a key that node 4 does not replicate and whose last primary
+/// is node 3 (so node 4 is the fallback that stands in for node 3).
+fn key_hinted_from_3_to_4(c: &Cluster) -> String {
+    let map = c.map();
+    (0..10_000)
+        .map(|i| format!("key-{i}"))
+        .find(|k| {
+            let prim = map.preference_list(map.partition_for_key(k.as_bytes()), 3);
+            !prim.contains(&n(4)) && prim[2] == n(3)
+        })
+        .expect("a key that node 4 does not replicate")
+}
+
 #[test]
 fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
     let mut c = Cluster::with_config(5, 3, 2, 2, |cfg| {
@@ -38,8 +69,7 @@ fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
     c.heal();
     c.run_for(15_000);
     assert_eq!(c.hints_pending(), 0);
-    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
-    assert!(reaped >= 1, "the tombstone was never reaped");
+    assert!(reaped(&c) >= 1, "the tombstone was never reaped");
     for node in &prim {
         assert_eq!(
             c.local(*node, &key).0,
@@ -67,16 +97,7 @@ fn a_down_member_blocks_reaping() {
         cfg.tombstone_grace_ms = 3_000;
     });
     let ctx = c.put_ok(n(1), "k", "v", &NodeClock::new()).context;
-    let opts = RequestOptions::default();
-    let reply = c.request(
-        n(1),
-        dynakv_core::ClientRequest::Delete {
-            key: "k".into(),
-            context: ctx,
-            opts,
-        },
-    );
-    assert!(matches!(reply, ClientReply::Written(_)));
+    delete(&mut c, n(1), "k", ctx);
     let map = c.map();
     let p = map.partition_for_key(b"k");
     let outsider = map
@@ -86,12 +107,10 @@ fn a_down_member_blocks_reaping() {
         .expect("a non-replica");
     c.isolate(outsider);
     c.run_for(5_000);
-    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
-    assert_eq!(reaped, 0, "reaped while a member could not vote");
+    assert_eq!(reaped(&c), 0, "reaped while a member could not vote");
     c.heal();
     c.run_for(5_000);
-    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
-    assert!(reaped >= 1);
+    assert!(reaped(&c) >= 1);
 }
 
 /// Item 3 of the safety issue: a read may carry a copy of the key's old value for as long as
@@ -108,15 +127,7 @@ fn an_operation_in_flight_on_a_key_blocks_its_reap_whatever_its_timeout() {
     let prefs = map.preference_list(p, 3);
     let (owner, coord, other) = (prefs[0], prefs[1], prefs[2]);
     let ctx = c.put_ok(owner, "k", "v", &NodeClock::new()).context;
-    let reply = c.request(
-        owner,
-        dynakv_core::ClientRequest::Delete {
-            key: "k".into(),
-            context: ctx,
-            opts: RequestOptions::default(),
-        },
-    );
-    assert!(matches!(reply, ClientReply::Written(_)));
+    delete(&mut c, owner, "k", ctx);
     // An R=3 read at a node that is not the reap's owner, with a 60 s deadline; one replica's
     // answer never reaches it, so the read stays open. Every member still votes (no message
     // the reap needs is cut).
@@ -137,8 +148,6 @@ fn an_operation_in_flight_on_a_key_blocks_its_reap_whatever_its_timeout() {
         c.take_reply(read).is_none(),
         "the read should still be open"
     );
-    let reaped =
-        |c: &Cluster| -> u64 { c.nodes.values().map(|n| n.stats().tombstones_reaped).sum() };
     assert_eq!(
         reaped(&c),
         0,
@@ -207,18 +216,8 @@ fn a_node_that_restarted_within_the_grace_votes_against_reaps() {
     let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
         cfg.tombstone_grace_ms = 3_000;
     });
-    let reaped =
-        |c: &Cluster| -> u64 { c.nodes.values().map(|n| n.stats().tombstones_reaped).sum() };
     let put = c.put_ok(n(1), "k", "v", &NodeClock::new());
-    let reply = c.request(
-        n(1),
-        dynakv_core::ClientRequest::Delete {
-            key: "k".into(),
-            context: put.context,
-            opts: RequestOptions::default(),
-        },
-    );
-    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    delete(&mut c, n(1), "k", put.context);
     c.run_for(1_000);
     c.restart(n(2));
     // The tombstone is past its grace, but node 2 started 2.5 s ago.
@@ -249,18 +248,9 @@ fn a_made_up_counter_in_a_reaped_context_does_not_block_the_partition() {
         dynakv_simulator::harness::vv(&[(a, dynakv_proto::codec::token::MAX_TOKEN_COUNTER - 1)]);
     let put = c.put_ok(n(1), "k", "made-up", &near);
     // Deleted through node 2 (node 1's counter for the key is at the limit).
-    let reply = c.request(
-        n(2),
-        dynakv_core::ClientRequest::Delete {
-            key: "k".into(),
-            context: put.context,
-            opts: RequestOptions::default(),
-        },
-    );
-    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    delete(&mut c, n(2), "k", put.context);
     c.run_for(8_000);
-    let reaped: u64 = c.nodes.values().map(|n| n.stats().tombstones_reaped).sum();
-    assert!(reaped >= 1, "the tombstone was reaped");
+    assert!(reaped(&c) >= 1, "the tombstone was reaped");
     let map = c.map();
     let p = map.partition_for_key(b"k");
     let other = (0..10_000)
@@ -283,14 +273,7 @@ fn a_removed_node_cut_off_with_an_old_hint_blocks_the_reap_until_it_cannot_run()
         cfg.removed_linger_ms = 1_000;
         cfg.aae_interval_ms = 200;
     });
-    let map = c.map();
-    let key = (0..10_000)
-        .map(|i| format!("key-{i}"))
-        .find(|k| {
-            let prim = map.preference_list(map.partition_for_key(k.as_bytes()), 3);
-            !prim.contains(&n(4)) && prim[2] == n(3)
-        })
-        .expect("a key that node 4 does not replicate");
+    let key = key_hinted_from_3_to_4(&c);
     // Node 3 misses the write; node 4 keeps it as a hint for node 3.
     c.isolate(n(3));
     let put = c.put_ok(n(1), &key, "old", &NodeClock::new());
@@ -300,15 +283,7 @@ fn a_removed_node_cut_off_with_an_old_hint_blocks_the_reap_until_it_cannot_run()
     c.isolate(n(4));
     c.heal_node(n(3));
     c.isolate(n(4));
-    let reply = c.request(
-        n(1),
-        dynakv_core::ClientRequest::Delete {
-            key: key.clone().into(),
-            context: put.context,
-            opts: RequestOptions::default(),
-        },
-    );
-    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    delete(&mut c, n(1), &key, put.context);
     let remove = dynakv_core::ClientRequest::Admin(dynakv_core::AdminRequest::Remove {
         node: n(4),
         force: true,
@@ -316,11 +291,6 @@ fn a_removed_node_cut_off_with_an_old_hint_blocks_the_reap_until_it_cannot_run()
     assert!(matches!(c.request(n(1), remove), ClientReply::Admin(_)));
     // Far past the grace and two lingers, within 30 lingers: no reap.
     c.run_for(15_000);
-    let reaped = |c: &Cluster| -> u64 {
-        (1..=3)
-            .map(|i| c.nodes[&n(i)].stats().tombstones_reaped)
-            .sum()
-    };
     assert_eq!(reaped(&c), 0, "reaped while node 4 may still run");
     // Node 4 comes back, learns it was removed, and hands its hint over: the tombstone wins.
     c.heal();
@@ -344,32 +314,12 @@ fn a_hint_holder_votes_against_a_reap_for_a_grace_period_after_its_last_send() {
     let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| {
         cfg.tombstone_grace_ms = 3_000;
     });
-    let map = c.map();
-    let key = (0..10_000)
-        .map(|i| format!("key-{i}"))
-        .find(|k| {
-            let prim = map.preference_list(map.partition_for_key(k.as_bytes()), 3);
-            !prim.contains(&n(4)) && prim[2] == n(3)
-        })
-        .expect("a key that node 4 does not replicate");
-    let reaped = |c: &Cluster| -> u64 {
-        (1..=4)
-            .map(|i| c.nodes[&n(i)].stats().tombstones_reaped)
-            .sum()
-    };
+    let key = key_hinted_from_3_to_4(&c);
     // Node 3 misses the write and the delete; node 4 keeps both as a hint for it.
     c.isolate(n(3));
     let put = c.put_ok(n(1), &key, "v", &NodeClock::new());
     c.run_for(1_000);
-    let reply = c.request(
-        n(1),
-        dynakv_core::ClientRequest::Delete {
-            key: key.clone().into(),
-            context: put.context,
-            opts: RequestOptions::default(),
-        },
-    );
-    assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    delete(&mut c, n(1), &key, put.context);
     // Past the grace while node 3 is away: it cannot vote, so nothing is reaped.
     c.run_for(4_000);
     assert_eq!(reaped(&c), 0);
