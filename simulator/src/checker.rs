@@ -52,6 +52,8 @@ pub struct WriteRecord {
     pub dot: Option<Dot>,
     /// Virtual time of submission, microseconds.
     pub at: u64,
+    /// Virtual time the client got its answer, if it did.
+    pub done_at: Option<u64>,
 }
 
 /// Everything the clients did and saw.
@@ -272,6 +274,33 @@ fn check_key(
             ));
         }
     }
+    // The kv679 rule: a node whose copy of the key was damaged never mints the key again under
+    // the actor it had. Its writes claim every counter of its own below the new one as seen
+    // (counters are per partition), so a lost dot of its own that other replicas still hold
+    // would be superseded by a write that never saw it (a lost write, which `acked-write-lost`
+    // shows only when no later client context happens to cover the value).
+    for (node, _, t) in world.corrupted.iter().filter(|(_, k, _)| k == key) {
+        let before = writes.iter().find(|w| {
+            w.outcome == Outcome::Acked
+                && w.done_at.is_some_and(|d| d < *t)
+                && w.dot.is_some_and(|d| d.actor.node == *node)
+        });
+        let Some(before) = before else { continue };
+        let old = before.dot.map(|d| d.actor);
+        if let Some(after) = writes
+            .iter()
+            .find(|w| w.outcome == Outcome::Acked && w.at > *t && w.dot.map(|d| d.actor) == old)
+        {
+            out.push(violation(
+                "actor-kept-after-loss",
+                key,
+                format!(
+                    "node {node}'s copy was damaged at t={t}us, after it minted {:?} (t={}us), and it minted {:?} (t={}us) under the same actor",
+                    before.dot, before.at, after.dot, after.at
+                ),
+            ));
+        }
+    }
     // 1. No acknowledged write lost.
     for w in lost_acked_writes(key, writes, &final_values, &world.applied, world.cfg.n) {
         out.push(violation(
@@ -421,6 +450,7 @@ mod tests {
             outcome,
             dot: dot.map(|c| Dot::new(actor(), c)),
             at: 0,
+            done_at: None,
         }
     }
 

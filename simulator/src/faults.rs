@@ -246,10 +246,12 @@ impl World {
         }
         let id = self.random_node();
         let count = self.rng.gen_range(1..=8);
-        // Half the time only keys the clients keep writing: a coordinator that finds one of
-        // those corrupt is about to mint for it (the kv679 case), which a record of a preloaded
-        // key, never written again, cannot show.
-        let hot_only = self.rng.gen_bool(0.5);
+        // A third of the time any record; a third only keys the clients keep writing (a
+        // coordinator that finds one of those corrupt is about to mint for it, which a record
+        // of a preloaded key, never written again, cannot show); a third only those records
+        // that hold a value the node's current actor minted: the kv679 case, where the node
+        // lost a dot of its own that other replicas still hold.
+        let mode = self.rng.gen_range(0..3u8);
         let hot: Vec<Vec<u8>> = self
             .workload
             .hot_keys()
@@ -262,11 +264,17 @@ impl World {
             return;
         };
         let hit = match node.core.as_mut() {
-            Some(core) if !node.paused => core.store_mut().corrupt(
-                count,
-                |n| rng.gen_range(0..n.max(1)),
-                |k| !hot_only || hot.iter().any(|h| h == k),
-            ),
+            Some(core) if !node.paused => {
+                let actor = core.actor();
+                core.store_mut().corrupt(
+                    count,
+                    |n| rng.gen_range(0..n.max(1)),
+                    |k, v| {
+                        mode == 0
+                            || (hot.iter().any(|h| h == k) && (mode == 1 || own_value(v, actor)))
+                    },
+                )
+            }
             _ => Vec::new(),
         };
         if hit.is_empty() {
@@ -274,6 +282,10 @@ impl World {
         }
         self.wipes_left -= 1;
         self.count_fault("corrupt");
+        for (_, k) in &hit {
+            let key = String::from_utf8_lossy(k).into_owned();
+            self.corrupted.push((id, key, self.now));
+        }
         let keys: Vec<String> = hit
             .iter()
             .map(|(p, k)| format!("{p}/{}", String::from_utf8_lossy(k)))
@@ -358,4 +370,11 @@ impl World {
             }
         }
     }
+}
+
+/// Whether a stored record holds a value minted by `actor` (a record that does not decode
+/// counts as not).
+fn own_value(record: &[u8], actor: dynakv_proto::dvv::Actor) -> bool {
+    dynakv_proto::codec::decode_object(record)
+        .is_ok_and(|o| o.versions().iter().any(|(d, _)| d.actor == actor))
 }

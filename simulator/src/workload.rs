@@ -167,6 +167,7 @@ impl World {
             outcome: Outcome::Pending,
             dot: None,
             at: self.now,
+            done_at: None,
         });
         let request = ClientRequest::Put {
             key: key_bytes(&key),
@@ -274,6 +275,7 @@ impl World {
             outcome: Outcome::Pending,
             dot: None,
             at: self.now,
+            done_at: None,
         });
         let opts = self.request_options(true);
         let request = match value {
@@ -485,6 +487,7 @@ impl World {
         match (p.kind, reply) {
             (PendingKind::Write { record }, ClientReply::Written(w)) => {
                 h.writes[record].outcome = Outcome::Acked;
+                h.writes[record].done_at = Some(self.now);
                 h.writes[record].dot = w.dot;
                 if self.cfg.reap && h.writes[record].value.is_none() {
                     let until = self.now + self.rng.gen_range(4_000_000..8_000_000);
@@ -528,6 +531,7 @@ impl World {
                 match reply {
                     ClientReply::Written(w) => {
                         h.writes[record].outcome = Outcome::Acked;
+                        h.writes[record].done_at = Some(self.now);
                         h.writes[record].dot = w.dot;
                     }
                     _ => h.writes[record].outcome = Outcome::Unknown,

@@ -243,6 +243,8 @@ pub struct World {
     /// Acks a node sent as a primary for a partition it did not replicate under its own map
     /// (the checker's `primary-ack`): the key and what happened.
     pub(crate) primary_ack_breaches: Vec<(String, String)>,
+    /// Records the `corrupt` fault damaged: node, key, virtual time.
+    pub(crate) corrupted: Vec<(NodeId, String, u64)>,
     /// Until when the current `hold` fault holds its link.
     pub(crate) hold_until: u64,
     pub(crate) trace: Option<Vec<String>>,
@@ -352,6 +354,7 @@ impl World {
             applied: Applied::default(),
             pending_replica_writes: BTreeMap::new(),
             primary_ack_breaches: Vec::new(),
+            corrupted: Vec::new(),
             hold_until: 0,
             cfg,
             params,

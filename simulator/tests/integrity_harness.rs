@@ -136,4 +136,17 @@ fn a_corrupt_record_overwritten_by_a_replica_write_still_retires_the_actor() {
     assert_ne!(c.actor(n(2)), actor_before, "the actor is retired");
     let again = c.put_ok(n(2), "k", "v3", &NodeClock::new());
     assert_ne!(again.dot, Some(minted), "a dot minted twice");
+    // Nor may that blind write claim v1's dot as seen (node 2 mints above every counter it
+    // used in the partition and its context covers its whole range): under the old actor it
+    // would, and node 3 would drop v1, which no client ever read.
+    assert!(!again.context.contains(&minted), "v3 claims v1's dot");
+    c.heal();
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    let ClientReply::Got(read) = c.get(n(1), "k", all) else {
+        panic!("read failed")
+    };
+    assert_eq!(strings(&read.values), set(&["v1", "v2", "v3"]));
 }

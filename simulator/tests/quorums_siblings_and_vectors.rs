@@ -796,3 +796,44 @@ fn contexts_past_the_token_limits_are_refused_and_never_stored() {
     );
     assert_eq!(c.local(owner, "k").0, set(&["first"]));
 }
+
+/// Counters are per (actor, partition): a node never mints one dot for two keys of a
+/// partition, so a dot names one version of one key there (what a partition's node clock
+/// records). Per-key counters would give both keys `(actor, 1)`.
+#[test]
+fn dots_are_unique_within_a_partition_not_only_within_a_key() {
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let map = c.map();
+    let p = map.partition_for_key(b"k");
+    let other = (0..10_000)
+        .map(|i| format!("other-{i}"))
+        .find(|k| map.partition_for_key(k.as_bytes()) == p)
+        .expect("a key of the same partition");
+    let a = c.actor(n(1));
+    let first = c.put_ok(n(1), "k", "v1", &empty()).context.top(&a);
+    let second = c.put_ok(n(1), &other, "v2", &empty()).context.top(&a);
+    let third = c.put_ok(n(1), "k", "v3", &empty()).context.top(&a);
+    assert!(first < second && second < third, "{first} {second} {third}");
+}
+
+/// A made-up counter of node 1's actor that reached node 1 inside a peer's object (another
+/// coordinator cannot tell it is made up) would lift node 1's partition floor so high that its
+/// later writes there overflow; node 1 mints under a new actor instead, and the key stays
+/// writable. The same context sent to node 1 directly is refused.
+#[test]
+fn a_made_up_counter_carried_by_a_peer_makes_the_node_mint_under_a_new_actor() {
+    let mut c = Cluster::new(3, 3, 3, 3);
+    let a = c.actor(n(1));
+    let near = vv(&[(a, dynakv_proto::codec::token::MAX_TOKEN_COUNTER - 1)]);
+    let err = expect_error(c.put(n(1), "k", "evil", &near, RequestOptions::default()));
+    assert!(matches!(err, RequestError::InvalidOptions(_)), "{err:?}");
+    c.put_ok(n(2), "k", "carried", &near);
+    let put = c.put_ok(n(1), "k", "fine", &empty());
+    let b = c.actor(n(1));
+    assert_ne!(a, b, "node 1 took a new actor");
+    assert_eq!(put.context.top(&b), 1);
+    assert_eq!(
+        strings(&c.get_ok(n(1), "k").values),
+        set(&["carried", "fine"])
+    );
+}

@@ -246,8 +246,17 @@ fn a_made_up_counter_in_a_reaped_context_does_not_block_the_partition() {
     let a = c.actor(n(1));
     let near =
         dynakv_simulator::harness::vv(&[(a, dynakv_proto::codec::token::MAX_TOKEN_COUNTER - 1)]);
-    let put = c.put_ok(n(1), "k", "made-up", &near);
-    // Deleted through node 2 (node 1's counter for the key is at the limit).
+    // Node 1 refuses a context naming a counter of its own it never minted...
+    let err = dynakv_simulator::harness::expect_error(c.put(
+        n(1),
+        "k",
+        "made-up",
+        &near,
+        RequestOptions::default(),
+    ));
+    assert!(err.to_string().contains("bad context"), "{err}");
+    // ...but node 2 cannot tell, and its object carries the counter to node 1.
+    let put = c.put_ok(n(2), "k", "made-up", &near);
     delete(&mut c, n(2), "k", put.context);
     c.run_for(8_000);
     assert!(reaped(&c) >= 1, "the tombstone was reaped");

@@ -117,12 +117,14 @@ pub(super) struct Ctx<S: Store> {
     /// Stored records found corrupt by [`Ctx::load`] (which stays `&self`, for the read
     /// path): partition, key and why. Set aside by [`Ctx::set_aside_corrupt`] after the input.
     pub(super) corrupt: std::cell::RefCell<Vec<(PartitionId, Bytes, String)>>,
-    /// Per partition, the highest counter of this actor in any tombstone it reaped there. A
-    /// reaped key no longer shows which of this actor's dots it held, so the coordinator mints
-    /// above the floor in that partition ([`Dcc::update_above`](crate::dvv::Dcc::update_above))
-    /// instead of retiring the actor at every reap (issue 10, item 4). In memory only: every
-    /// start takes a new actor, whose counters nothing has seen.
-    pub(super) reap_floor: std::collections::BTreeMap<PartitionId, u64>,
+    /// Per partition, the highest counter this actor minted there or found in a tombstone it
+    /// reaped there: the coordinator mints above it ([`Dcc::update_above`](crate::dvv::Dcc::update_above)),
+    /// so counters are per (actor, partition) and no dot is ever minted for two keys of one
+    /// partition (which a partition's node clock needs: a dot names one version). A reaped key
+    /// no longer shows which of this actor's dots it held; the floor covers them too, so a reap
+    /// never retires the actor (issue 10, item 4). In memory only: every start takes a new
+    /// actor, whose counters nothing has seen.
+    pub(super) mint_floor: std::collections::BTreeMap<PartitionId, u64>,
 }
 
 impl<S: Store> Ctx<S> {
@@ -203,7 +205,7 @@ impl<S: Store> Ctx<S> {
             Ok(()) => {
                 self.actor.incarnation = incarnation;
                 // The new actor has minted nothing: no floor applies to it.
-                self.reap_floor.clear();
+                self.mint_floor.clear();
                 self.dirty = true;
                 self.stats.actor_retirements += 1;
                 true
@@ -215,9 +217,15 @@ impl<S: Store> Ctx<S> {
         }
     }
 
-    /// Record that a key of `p` whose context reaches `top` for this actor is being reaped.
-    pub(super) fn raise_reap_floor(&mut self, p: PartitionId, top: u64) {
-        let floor = self.reap_floor.entry(p).or_insert(0);
+    /// The counter this actor mints above in partition `p` (see `mint_floor`).
+    pub(super) fn mint_floor(&self, p: PartitionId) -> u64 {
+        self.mint_floor.get(&p).copied().unwrap_or(0)
+    }
+
+    /// Record that this actor used counters up to `top` in `p`: it minted `top`, or a key of `p`
+    /// whose context reaches `top` for this actor is being reaped.
+    pub(super) fn raise_mint_floor(&mut self, p: PartitionId, top: u64) {
+        let floor = self.mint_floor.entry(p).or_insert(0);
         *floor = (*floor).max(top);
     }
 

@@ -162,7 +162,7 @@ impl<S: Store> NodeCore<S> {
                 stats: CoreStats::default(),
                 next_id: next_op,
                 corrupt: std::cell::RefCell::new(Vec::new()),
-                reap_floor: BTreeMap::new(),
+                mint_floor: BTreeMap::new(),
             },
             liveness: Liveness {
                 down: BTreeMap::new(),

@@ -357,7 +357,7 @@ impl Reaper {
                 return;
             }
         } else {
-            ctx.raise_reap_floor(p, top);
+            ctx.raise_mint_floor(p, top);
         }
         if let Err(e) = ctx.remove_key(p, key) {
             tracing::warn!(partition = %p, error = %e, "cannot reap a tombstone");
@@ -367,9 +367,9 @@ impl Reaper {
     }
 }
 
-/// The highest reap floor a partition takes (2^48 mints by one actor life is far past honest
-/// use); a reaped context above it retires the actor instead.
-const FLOOR_LIMIT: u64 = 1 << 48;
+/// The highest mint floor a partition takes (2^48 mints by one actor life is far past honest
+/// use); a reaped context or a mint above it retires the actor instead.
+pub(super) const FLOOR_LIMIT: u64 = 1 << 48;
 
 impl<S: Store> NodeCore<S> {
     /// Tombstone-only keys this node tracks (for status and tests).

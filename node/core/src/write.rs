@@ -162,14 +162,42 @@ impl Coordinator {
         let minting = matches!(body, WriteBody::Mint { .. });
         let object = match body {
             WriteBody::Mint { value, context } => {
-                let floor = ctx.reap_floor.get(&partition).copied().unwrap_or(0);
+                let floor = ctx.mint_floor(partition);
                 #[cfg(feature = "planted-bugs")]
                 let floor = if ctx.cfg.has_bug(super::config::PlantedBug::IgnoreReapFloor) {
                     0
                 } else {
                     floor
                 };
-                match Object::update_above(&local, &context, ctx.actor, floor, value) {
+                if context.top(&ctx.actor) > super::reaper::FLOOR_LIMIT {
+                    // No honest context gets there: this node has not minted that many dots.
+                    return ctx.respond(
+                        origin,
+                        error(RequestError::InvalidOptions(
+                            "bad context: it names a counter of this node far past any it minted"
+                                .into(),
+                        )),
+                    );
+                }
+                let minted =
+                    match Object::update_above(&local, &context, ctx.actor, floor, value.clone()) {
+                        // A counter past the floor limit in the stored object came from a made-up
+                        // context another coordinator accepted: raising the floor there would
+                        // exhaust the partition's counters, so mint under a new actor.
+                        Some((_, dot)) if dot.counter > super::reaper::FLOOR_LIMIT => {
+                            if !ctx.retire_actor() {
+                                return ctx.respond(
+                                    origin,
+                                    error(RequestError::Storage(
+                                        "cannot persist a new actor identity".into(),
+                                    )),
+                                );
+                            }
+                            Object::update_above(&local, &context, ctx.actor, 0, value)
+                        }
+                        minted => minted,
+                    };
+                match minted {
                     Some((object, _)) => object,
                     // The token limit above keeps clients below it, but a peer's copy can carry our
                     // counter up to the limit: refused, never wrapped.
@@ -219,6 +247,16 @@ impl Coordinator {
                 }),
             );
         }
+        let dot = minting.then(|| Dot {
+            actor: ctx.actor,
+            counter: object.context().top(&ctx.actor),
+        });
+        if let Some(dot) = dot {
+            // Past every check: the counter is used from here on, whatever the store call below
+            // returns (a failed write may still have reached the disk), so it is never minted
+            // again in this partition.
+            ctx.raise_mint_floor(partition, dot.counter);
+        }
         let stored = match my_target.hint_for {
             None => ctx
                 .save(partition, &key, &object)
@@ -233,10 +271,6 @@ impl Coordinator {
         if let Err(e) = stored {
             return ctx.respond(origin, error(RequestError::Storage(e)));
         }
-        let dot = minting.then(|| Dot {
-            actor: ctx.actor,
-            counter: object.context().top(&ctx.actor),
-        });
         let op = ctx.next_op_id();
         let deadline = ctx.deadline(quorum.timeout_ms);
         // Fallback copies carry the object built now: never later than the snapshot horizon.

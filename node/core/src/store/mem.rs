@@ -120,7 +120,7 @@ impl MemStore {
         &mut self,
         count: usize,
         mut pick: impl FnMut(usize) -> usize,
-        only: impl Fn(&[u8]) -> bool,
+        only: impl Fn(&[u8], &[u8]) -> bool,
     ) -> Vec<(PartitionId, Vec<u8>)> {
         let mut hit = Vec::new();
         for _ in 0..count {
@@ -128,8 +128,11 @@ impl MemStore {
                 .durable
                 .iter()
                 .filter(|(s, _)| matches!(s, Space::Partition(_)))
-                .flat_map(|(s, t)| t.keys().map(move |k| (*s, k.clone())))
-                .filter(|(_, k)| only(k))
+                .flat_map(|(s, t)| {
+                    t.iter()
+                        .filter(|(k, v)| only(k, v))
+                        .map(move |(k, _)| (*s, k.clone()))
+                })
                 .collect();
             if candidates.is_empty() {
                 break;
