@@ -109,6 +109,9 @@ fn bug_help(bug: PlantedBug) -> &'static str {
         PlantedBug::IgnoreReapFloor => {
             "Mint without the reap floor (a reaped or restored key can get a dot minted before)"
         }
+        PlantedBug::SkipNodeClockCheck => {
+            "Merge without the node-clock check (with --reap: a late old copy of a removed key comes back)"
+        }
     }
 }
 

@@ -76,6 +76,11 @@ pub struct MetadataRow {
     /// Actor retirements and tombstones reaped so far (all nodes).
     pub actor_retirements: u64,
     pub tombstones_reaped: u64,
+    /// Partition node clocks over all nodes: actor entries and ranges (holes) in total, and the
+    /// largest clock's actor entries (what a read of an absent key's fill carries).
+    pub clock_actors: u64,
+    pub clock_ranges: u64,
+    pub clock_actors_max: u64,
 }
 
 /// Runs the workload and returns one row per `every` operations (and one at the end).
@@ -146,8 +151,14 @@ fn measure(c: &Cluster, ops: u64) -> MetadataRow {
         let stats = core.stats();
         row.actor_retirements += stats.actor_retirements;
         row.tombstones_reaped += stats.tombstones_reaped;
+        let (_, clock_actors, clock_ranges, _) = core.clock_totals();
+        row.clock_actors += clock_actors as u64;
+        row.clock_ranges += clock_ranges as u64;
         let partitions = core.partition_map().partition_count();
         for p in 0..partitions {
+            if let Some(clock) = core.partition_clock(PartitionId(p)) {
+                row.clock_actors_max = row.clock_actors_max.max(clock.actor_count() as u64);
+            }
             let Ok(objects) = core.partition_objects(PartitionId(p)) else {
                 continue;
             };

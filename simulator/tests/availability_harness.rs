@@ -316,12 +316,16 @@ fn a_stray_partition_copy_is_handed_over_then_dropped() {
         .store_mut()
         .put(space, key.as_bytes(), &record)
         .unwrap();
-    c.nodes
-        .get_mut(&prim[0])
-        .unwrap()
-        .store_mut()
-        .remove(space, key.as_bytes())
+    // prim[0]'s disk loses the record and its partition clock with it (a clock that still
+    // named v2 would rightly drop the stray copy as old), and the node restarts.
+    let store = c.nodes.get_mut(&prim[0]).unwrap().store_mut();
+    store.remove(space, key.as_bytes()).unwrap();
+    let clock_key = [b'c', (p.0 >> 8) as u8, p.0 as u8];
+    store
+        .remove(dynakv_core::store::Space::Clocks, &clock_key)
         .unwrap();
+    store.sync().unwrap();
+    c.restart(prim[0]);
     c.run_for(8_000);
     let core = &c.nodes[&stray];
     assert_eq!(core.stats().stray_partitions, 1);

@@ -234,10 +234,11 @@ fn a_node_that_restarted_within_the_grace_votes_against_reaps() {
     );
 }
 
-/// A reap raises the partition's mint floor to the reaped context's counter of this node's
-/// actor. A client can make that counter up (up to the token limit); a floor there would make
-/// every later write this node coordinates in the partition overflow and be refused, so such a
-/// reap retires the actor instead.
+/// A client can make up a counter of a node's actor (up to the token limit). The node refuses
+/// it directly, but another coordinator cannot tell and stores it in the key's context. Were
+/// that tombstone reaped, the reaping node's mint floor would rise to the made-up counter and
+/// every later write it coordinates in the partition would overflow; it is never reaped
+/// instead (no partition clock covers a dot nobody stored), and writes go on.
 #[test]
 fn a_made_up_counter_in_a_reaped_context_does_not_block_the_partition() {
     let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
@@ -259,7 +260,9 @@ fn a_made_up_counter_in_a_reaped_context_does_not_block_the_partition() {
     let put = c.put_ok(n(2), "k", "made-up", &near);
     delete(&mut c, n(2), "k", put.context);
     c.run_for(8_000);
-    assert!(reaped(&c) >= 1, "the tombstone was reaped");
+    // A context naming a counter nobody minted is never covered by a partition clock, so that
+    // tombstone stays (safe; it costs one record). The floor never sees the made-up counter.
+    assert_eq!(reaped(&c), 0, "a made-up dot can never be covered");
     let map = c.map();
     let p = map.partition_for_key(b"k");
     let other = (0..10_000)
@@ -322,6 +325,9 @@ fn a_removed_node_cut_off_with_an_old_hint_blocks_the_reap_until_it_cannot_run()
 fn a_hint_holder_votes_against_a_reap_for_a_grace_period_after_its_last_send() {
     let mut c = Cluster::with_config(4, 3, 2, 2, |cfg| {
         cfg.tombstone_grace_ms = 3_000;
+        // Node 3 gets only the delete (the hint merged the write into it): its partition
+        // clock learns the write's dot from a peer's clock at the next exchange.
+        cfg.aae_interval_ms = 200;
     });
     let key = key_hinted_from_3_to_4(&c);
     // Node 3 misses the write and the delete; node 4 keeps both as a hint for it.
@@ -352,5 +358,123 @@ fn a_hint_holder_votes_against_a_reap_for_a_grace_period_after_its_last_send() {
     assert!(
         reaped(&c) >= 1,
         "reaped once the grace after the send has passed"
+    );
+}
+
+/// Replay `object` of `key` into every node as a replica write from node `from`: late copies
+/// of an old version, as a read repair or a replica write held on its links for minutes would
+/// arrive (no grace period or vote can bound such a delay).
+fn replay_everywhere(
+    c: &mut Cluster,
+    from: dynakv_ring::NodeId,
+    key: &str,
+    object: &dynakv_core::Object,
+) {
+    use dynakv_core::{Input, PeerMsg, ReplicaMsg};
+    let p = c.map().partition_for_key(key.as_bytes());
+    let ids: Vec<dynakv_ring::NodeId> = c.nodes.keys().copied().filter(|id| *id != from).collect();
+    for (i, id) in ids.into_iter().enumerate() {
+        let node = c.nodes.get_mut(&id).unwrap();
+        node.handle(
+            0,
+            Input::Peer {
+                from,
+                msg: PeerMsg::Replica(ReplicaMsg::Write {
+                    op: 9_000 + i as u64,
+                    partition: p,
+                    key: key.to_string().into(),
+                    object: object.clone(),
+                    hint: None,
+                }),
+            },
+        );
+        node.drain_effects();
+    }
+}
+
+/// Issue 10, item 3, by construction: once a tombstone is reaped, a copy of a version the
+/// delete superseded can arrive at every replica however late, and nothing comes back. Each
+/// replica's partition clock holds the old version's dot (it stored it, then saw it superseded),
+/// so the node-clock check drops the copy; no delay bound is involved. With the planted bug
+/// `skip-node-clock-check` the old value is back on every replica.
+#[test]
+fn late_copies_of_a_reaped_value_are_dropped_by_the_partition_clocks() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| cfg.tombstone_grace_ms = 3_000);
+    let put = c.put_ok(n(1), "k", "old", &NodeClock::new());
+    c.run();
+    let p = c.map().partition_for_key(b"k");
+    let bytes = dynakv_core::store::Store::get(
+        c.nodes[&n(1)].store(),
+        dynakv_core::store::Space::Partition(p),
+        b"k",
+    )
+    .unwrap()
+    .unwrap();
+    let old = dynakv_proto::codec::decode_object(&bytes).unwrap();
+    assert!(old.holds(&put.dot.unwrap()));
+    delete(&mut c, n(1), "k", put.context);
+    c.run_for(20_000);
+    assert!(reaped(&c) >= 3, "reaped on every replica");
+    replay_everywhere(&mut c, n(1), "k", &old);
+    for id in [n(2), n(3)] {
+        assert_eq!(
+            c.local(id, "k").0,
+            set(&[]),
+            "node {id} took the old copy back"
+        );
+    }
+    let dropped: u64 = c
+        .nodes
+        .values()
+        .map(|x| x.stats().late_versions_dropped)
+        .sum();
+    assert!(dropped >= 2, "the clocks dropped the copies ({dropped})");
+    assert_eq!(strings(&c.get_ok(n(1), "k").values), set(&[]));
+}
+
+/// A replica that missed a delete (or lost it in a power loss) keeps the old value after the
+/// others reaped the tombstone. Their answer for the key they no longer hold is the empty object
+/// filled with their partition clock's base, which covers the old value's dot: a read drops it
+/// and repairs the lagging replica, and anti-entropy does the same without a read.
+#[test]
+fn a_replica_that_missed_the_delete_is_repaired_by_the_others_fill() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+        cfg.aae_interval_ms = 200;
+    });
+    let put = c.put_ok(n(1), "k", "old", &NodeClock::new());
+    c.run();
+    let p = c.map().partition_for_key(b"k");
+    let space = dynakv_core::store::Space::Partition(p);
+    let bytes = dynakv_core::store::Store::get(c.nodes[&n(3)].store(), space, b"k")
+        .unwrap()
+        .unwrap();
+    delete(&mut c, n(1), "k", put.context);
+    c.run_for(20_000);
+    assert!(reaped(&c) >= 3, "reaped on every replica");
+    // Node 3's disk goes back to before the delete (a power loss of synced writes).
+    let store = c.nodes.get_mut(&n(3)).unwrap().store_mut();
+    dynakv_core::store::Store::put(store, space, b"k", &bytes).unwrap();
+    assert_eq!(c.local(n(3), "k").0, set(&["old"]));
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    let ClientReply::Got(read) = c.get(n(1), "k", all) else {
+        panic!("read failed")
+    };
+    assert_eq!(
+        strings(&read.values),
+        set(&[]),
+        "the fill hides the old value"
+    );
+    // Without reads, anti-entropy alone: put it back again and wait.
+    let store = c.nodes.get_mut(&n(3)).unwrap().store_mut();
+    dynakv_core::store::Store::put(store, space, b"k", &bytes).unwrap();
+    c.run_for(20_000);
+    assert_eq!(
+        c.local(n(3), "k").0,
+        set(&[]),
+        "anti-entropy repaired node 3"
     );
 }

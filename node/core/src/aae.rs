@@ -197,6 +197,7 @@ impl AntiEntropy {
         };
         let session = ctx.next_op_id();
         ctx.stats.aae_exchanges += 1;
+        super::clock_sync::send_clock(ctx, p, peer, true);
         ctx.send(
             peer,
             AaeMsg::Segments {
@@ -290,10 +291,12 @@ impl AntiEntropy {
                     let theirs: BTreeMap<Bytes, u64> = their_keys.into_iter().collect();
                     let all: BTreeSet<&Bytes> = ours.keys().chain(theirs.keys()).collect();
                     for k in all {
+                        // A key only they hold is also answered with our fill: a copy we
+                        // removed (a reaped tombstone) tells them what it superseded.
                         let (send, ask) = match (ours.get(k), theirs.get(k)) {
                             (Some(a), Some(b)) => (a != b, a != b),
                             (Some(_), None) => (true, false),
-                            (None, Some(_)) => (false, true),
+                            (None, Some(_)) => (true, true),
                             (None, None) => (false, false),
                         };
                         if ask {
@@ -310,7 +313,12 @@ impl AntiEntropy {
                                         .sum::<usize>();
                                     objects.push((k.clone(), o));
                                 }
-                                Ok(None) => {}
+                                Ok(None) => {
+                                    if let Some(f) = ctx.filled_absent(partition, k) {
+                                        bytes += k.len() + 64;
+                                        objects.push((k.clone(), f));
+                                    }
+                                }
                                 Err(e) => {
                                     tracing::warn!(partition = %partition, error = %e, "skipping an unreadable key");
                                     ctx.stats.corrupt_records += 1;
@@ -347,7 +355,12 @@ impl AntiEntropy {
                                     .sum::<usize>();
                             back.push((k, o));
                         }
-                        Ok(None) => {}
+                        Ok(None) => {
+                            if let Some(f) = ctx.filled_absent(partition, &k) {
+                                bytes += k.len() + 64;
+                                back.push((k, f));
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(partition = %partition, error = %e, "skipping an unreadable key");
                             ctx.stats.corrupt_records += 1;
@@ -365,6 +378,14 @@ impl AntiEntropy {
                 }
             }
             AaeMsg::Objects { objects, .. } => Self::merge_objects(ctx, partition, objects),
+            AaeMsg::Clock {
+                clock, ask_back, ..
+            } => {
+                super::clock_sync::on_clock(ctx, from, partition, &clock, ask_back)?;
+            }
+            AaeMsg::ClockReply { objects, dead, .. } => {
+                super::clock_sync::on_clock_reply(ctx, partition, objects, &dead)?;
+            }
         }
         Ok(())
     }

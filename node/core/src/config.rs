@@ -221,11 +221,15 @@ pub enum PlantedBug {
     /// Mint without the reap floor: after a tombstone was reaped, a write of the key (or of
     /// a key brought back by a restore) can be given a dot this actor already minted for it.
     IgnoreReapFloor,
+    /// Merge late copies without the node-clock check: a copy of a version this replica stored
+    /// and saw superseded is taken back when its key was removed (a reaped tombstone), so a
+    /// held or delayed old copy brings a deleted value back.
+    SkipNodeClockCheck,
 }
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
@@ -236,6 +240,7 @@ impl PlantedBug {
         PlantedBug::NonOwnerAck,
         PlantedBug::KeepActorAfterCorruption,
         PlantedBug::IgnoreReapFloor,
+        PlantedBug::SkipNodeClockCheck,
     ];
 
     /// The kebab-case name used on command lines.
@@ -251,6 +256,7 @@ impl PlantedBug {
             PlantedBug::NonOwnerAck => "non-owner-ack",
             PlantedBug::KeepActorAfterCorruption => "keep-actor-after-corruption",
             PlantedBug::IgnoreReapFloor => "ignore-reap-floor",
+            PlantedBug::SkipNodeClockCheck => "skip-node-clock-check",
         }
     }
 }

@@ -67,9 +67,9 @@ pub(super) enum DataEvent {
     CompareSoon { partition: PartitionId },
 }
 
-/// Does the object hold tombstones and nothing else (a reap candidate)?
+/// Does the object hold tombstones and nothing else, or only a context (a reap candidate)?
 pub(super) fn tombstone_only(o: &Object) -> bool {
-    o.value_count() > 0 && o.values().iter().all(|v| matches!(v, Value::Tombstone))
+    !o.is_empty() && o.values().iter().all(|v| matches!(v, Value::Tombstone))
 }
 
 /// Merge two objects with a node's config: the DVVSet sync (commutative, associative,
@@ -125,6 +125,8 @@ pub(super) struct Ctx<S: Store> {
     /// never retires the actor (issue 10, item 4). In memory only: every start takes a new
     /// actor, whose counters nothing has seen.
     pub(super) mint_floor: std::collections::BTreeMap<PartitionId, u64>,
+    /// The node clocks of the partitions this node stores (`clocks.rs`).
+    pub(super) clocks: super::clocks::Clocks,
 }
 
 impl<S: Store> Ctx<S> {
@@ -276,6 +278,15 @@ impl<S: Store> Ctx<S> {
                 removed = still_corrupt,
                 "corrupt record found; the other replicas will repair the key"
             );
+            // The clock still names the lost record's dots: the key must never be filled or
+            // checked against it again (`clocks.rs`). Without the mark on disk the corrupt
+            // record stays, so the next read finds it again (a removed record with no mark
+            // would be filled after a restart, which would claim its live dots superseded).
+            if let Err(e) = self.mark_lost(p, &key) {
+                tracing::error!(partition = %p, error = %e, "cannot mark a lost key; the corrupt record stays");
+                self.events.push(DataEvent::CompareSoon { partition: p });
+                continue;
+            }
             if still_corrupt {
                 if let Err(e) = self.remove_key(p, &key) {
                     tracing::error!(partition = %p, error = %e, "cannot remove a corrupt record")
@@ -297,6 +308,7 @@ impl<S: Store> Ctx<S> {
         let bytes = codec::encode_object(object)?;
         self.store.put(Space::Partition(p), key, &bytes)?;
         self.dirty = true;
+        self.note_stored(p, object.versions().iter().map(|(d, _)| *d))?;
         self.events.push(DataEvent::Written {
             partition: p,
             key: Bytes::copy_from_slice(key),
@@ -323,6 +335,7 @@ impl<S: Store> Ctx<S> {
     pub(super) fn drop_partition_data(&mut self, p: PartitionId) -> Result<()> {
         self.store.drop_partition(p)?;
         self.dirty = true;
+        self.drop_clock(p)?;
         self.events
             .push(DataEvent::PartitionDropped { partition: p });
         Ok(())
@@ -366,17 +379,54 @@ impl<S: Store> Ctx<S> {
         let local = self
             .load(p, key)
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
-        let merged = match local {
+        let merged = match &local {
             Some(local) if !self.cfg.has_bug(PlantedBug::OverwriteOnReplica) => {
-                self.merge(&local, incoming)
+                self.merge(local, incoming)
             }
             _ => incoming.clone(),
         };
+        let merged = self.drop_seen(p, key, local.as_ref(), merged);
+        if local.is_none()
+            && merged.value_count() == 0
+            && self.clock_covers(p, key, merged.context())
+        {
+            // Nothing new: every version was seen and superseded here, and the absent key
+            // already answers with a fill that covers the context.
+            self.stats.replica_writes += 1;
+            return Ok(merged);
+        }
         self.check_limits(&merged)?;
         self.save(p, key, &merged)
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        // Copies dropped because the context covered them were seen too.
+        self.note_stored(p, incoming.versions().iter().map(|(d, _)| *d))
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
         self.stats.replica_writes += 1;
         Ok(merged)
+    }
+
+    /// `merged` without the versions the node-clock check rejects: dots stored here before
+    /// that `local` (the key's record) no longer holds. Their copies are old, however late.
+    pub(super) fn drop_seen(
+        &mut self,
+        p: PartitionId,
+        key: &[u8],
+        local: Option<&Object>,
+        mut merged: Object,
+    ) -> Object {
+        let mut seen = dynakv_proto::dvv::NodeClock::new();
+        let mut dropped = 0;
+        for (d, _) in merged.versions() {
+            if self.seen_and_gone(p, key, local, d) {
+                seen.add(d);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.stats.late_versions_dropped += dropped;
+            merged.discard(&seen);
+        }
+        merged
     }
 
     /// The limits a coordinator applies to a new object, applied to what a merge would store:

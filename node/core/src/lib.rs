@@ -19,6 +19,9 @@
 //! - `aae`: per-partition hash trees and the anti-entropy exchange.
 //! - `aae_bucket`: one tree bucket's keys and object hashes, packed in one buffer.
 //! - `reaper`: removing tombstones for good without resurrecting old values.
+//! - `clocks`: per-partition node clocks (every dot stored here), the node-clock check that
+//!   drops late copies, and the fill that answers for keys this node no longer holds.
+//! - `clock_sync`: replicas close the holes of each other's partition clocks.
 //! - `scan`: one page of a partition's stored keys, for `dynakv backup`.
 //! - `scrub`: the background walk that checks every stored record at a bounded rate.
 //! - `membership`: the gossiper, the persisted cluster state, join/leave progress.
@@ -37,6 +40,8 @@
 
 mod aae;
 mod aae_bucket;
+mod clock_sync;
+mod clocks;
 pub mod config;
 mod coordinator;
 mod ctx;

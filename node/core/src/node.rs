@@ -110,6 +110,7 @@ impl<S: Store> NodeCore<S> {
         } else {
             rng.gen()
         };
+        let clocks = super::clocks::Clocks::load(&store)?;
         let incarnation = match store.get(Space::Meta, IDENTITY_KEY)? {
             Some(bytes) => {
                 let id: Identity = codec::decode(&bytes)
@@ -163,6 +164,7 @@ impl<S: Store> NodeCore<S> {
                 next_id: next_op,
                 corrupt: std::cell::RefCell::new(Vec::new()),
                 mint_floor: BTreeMap::new(),
+                clocks,
             },
             liveness: Liveness {
                 down: BTreeMap::new(),

@@ -62,9 +62,7 @@ impl Coordinator {
         );
         for t in targets {
             if t.node == ctx.id() {
-                let result = ReplicaRole::local_object(ctx, partition, &key, t.hint_for)
-                    .map(|o| (!o.is_empty()).then_some(o))
-                    .map_err(|e| ReplicaError::Storage(e.to_string()));
+                let result = ReplicaRole::answer(ctx, partition, &key, t.hint_for);
                 self.on_read_reply(ctx, env, t.node, op, result);
             } else {
                 ctx.send(
@@ -152,8 +150,11 @@ impl Coordinator {
             if !is_primary(&r.targets, *node) {
                 continue; // fallbacks hold hints; handoff delivers those
             }
+            // A replica that holds no record answers with its clock's fill, whose context
+            // legitimately differs from the others': it is stale only if it lacks a version.
             let stale = match object {
                 None => true,
+                Some(o) if o.value_count() == 0 => merged.value_count() > 0,
                 Some(o) => o.sync(&merged) != *o,
             };
             if !stale || !self.repair_budget(ctx) {

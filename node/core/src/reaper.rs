@@ -49,6 +49,8 @@ pub(super) struct Reaper {
     rounds: BTreeMap<u64, Round>,
     /// Tombstone-only keys and since when (local clock).
     pub(super) tombstones: BTreeMap<(PartitionId, Bytes), u64>,
+    /// Where the sweep of context-only records resumes (`sweep_context_only`).
+    sweep_after: Option<(PartitionId, Bytes)>,
 }
 
 impl Reaper {
@@ -158,6 +160,7 @@ impl Reaper {
         if self.tombstones.is_empty() {
             return;
         }
+        self.sweep_context_only(ctx);
         let members = guards.voters(ctx);
         if !eager && members.iter().any(|m| guards.peers.is_down(*m)) {
             return; // a member that cannot vote blocks every reap
@@ -180,6 +183,16 @@ impl Reaper {
         for (p, key) in candidates {
             let hash = match Self::reapable_hash(ctx, p, &key) {
                 Some(h) => h,
+                None if Self::is_tombstone_only(ctx, p, &key) => {
+                    // Not covered by the clock yet (a version it superseded never reached
+                    // this node): compare clocks with the other replicas now, and try again
+                    // after another grace period.
+                    ctx.events.push(DataEvent::CompareSoon { partition: p });
+                    if let Some(since) = self.tombstones.get_mut(&(p, key)) {
+                        *since = now;
+                    }
+                    continue;
+                }
                 None => {
                     self.tombstones.remove(&(p, key));
                     continue;
@@ -229,12 +242,60 @@ impl Reaper {
         }
     }
 
-    /// The hash of the stored object if it is tombstone-only (never trust the tracking map
-    /// alone: a write may have landed since).
+    /// Remove, on this node alone, records that hold a context and no version (a replica that
+    /// held versions a reader's fill showed superseded keeps such a record) once this node's
+    /// partition clock covers the context: the absent key's fill then says as much, and the
+    /// clock drops every copy the context covers, so no vote is needed. A few per tick.
+    fn sweep_context_only<S: Store>(&mut self, ctx: &mut Ctx<S>) {
+        const PER_TICK: usize = 32;
+        let start = self.sweep_after.take();
+        let keys: Vec<(PartitionId, Bytes)> = match &start {
+            Some(after) => self
+                .tombstones
+                .range::<(PartitionId, Bytes), _>((
+                    std::ops::Bound::Excluded(after),
+                    std::ops::Bound::Unbounded,
+                ))
+                .map(|(k, _)| k.clone())
+                .take(PER_TICK)
+                .collect(),
+            None => self.tombstones.keys().take(PER_TICK).cloned().collect(),
+        };
+        if keys.len() == PER_TICK {
+            self.sweep_after = keys.last().cloned();
+        }
+        for (p, key) in keys {
+            let removable = matches!(
+                ctx.load(p, &key),
+                Ok(Some(o)) if o.value_count() == 0 && ctx.clock_covers(p, &key, o.context())
+            );
+            if removable {
+                match ctx.remove_key(p, &key) {
+                    Ok(()) => ctx.stats.tombstones_reaped += 1,
+                    Err(e) => {
+                        tracing::warn!(partition = %p, error = %e, "cannot remove a context-only record")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the key's stored object holds only tombstones (or only a context).
+    fn is_tombstone_only<S: Store>(ctx: &Ctx<S>, p: PartitionId, key: &[u8]) -> bool {
+        matches!(ctx.load(p, key), Ok(Some(o)) if tombstone_only(&o))
+    }
+
+    /// The hash of the stored object if it is tombstone-only and this node's partition clock
+    /// covers its context (never trust the tracking map alone: a write may have landed
+    /// since). The cover is what makes the removal safe: every version the delete superseded
+    /// was stored here, so the node-clock check drops any copy of it that arrives later, and
+    /// the absent key's fill still tells readers those versions are gone (`clocks.rs`).
     fn reapable_hash<S: Store>(ctx: &Ctx<S>, p: PartitionId, key: &[u8]) -> Option<u64> {
         let bytes = ctx.store.get(Space::Partition(p), key).ok()??;
         let object = crate::codec::decode_object(&bytes).ok()?;
-        tombstone_only(&object).then(|| object_hash(&bytes))
+        let covered = ctx.clock_covers(p, key, object.context())
+            || ctx.cfg.has_bug(super::config::PlantedBug::EagerReap);
+        (tombstone_only(&object) && covered).then(|| object_hash(&bytes))
     }
 
     /// Route a reaping message to its phase.
@@ -271,7 +332,14 @@ impl Reaper {
         hash: u64,
     ) {
         let same = match ctx.store.get(Space::Partition(p), &key) {
-            Ok(Some(_)) => Self::reapable_hash(ctx, p, &key) == Some(hash),
+            Ok(Some(_)) => {
+                let same = Self::reapable_hash(ctx, p, &key) == Some(hash);
+                if !same && Self::is_tombstone_only(ctx, p, &key) {
+                    // Perhaps only our clock lacks a dot the delete superseded.
+                    ctx.events.push(DataEvent::CompareSoon { partition: p });
+                }
+                same
+            }
             Ok(None) => !ctx
                 .map
                 .preference_list(p, usize::from(ctx.cfg.n))

@@ -103,9 +103,28 @@ impl ReplicaRole<'_> {
     ) -> std::result::Result<Option<Object>, ReplicaError> {
         ctx.check_peer_key(p, key)?;
         self.check_read_owner(ctx, p, fallback_for)?;
-        Self::local_object(ctx, p, key, fallback_for)
-            .map(|o| (!o.is_empty()).then_some(o))
-            .map_err(|e| ReplicaError::Storage(e.to_string()))
+        Self::answer(ctx, p, key, fallback_for)
+    }
+
+    /// What this node answers a read with: [`ReplicaRole::local_object`], or for a key it holds
+    /// nothing of as a replica, the empty object filled with its partition clock's base
+    /// (`clocks.rs`: a replica that removed a deleted key still tells the reader that the
+    /// versions it saw superseded are gone); `None` when it knows nothing.
+    pub(super) fn answer<S: Store>(
+        ctx: &Ctx<S>,
+        p: PartitionId,
+        key: &[u8],
+        fallback_for: Option<NodeId>,
+    ) -> std::result::Result<Option<Object>, ReplicaError> {
+        let o = Self::local_object(ctx, p, key, fallback_for)
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        if !o.is_empty() {
+            return Ok(Some(o));
+        }
+        if fallback_for.is_some_and(|owner| owner != ctx.id()) {
+            return Ok(None);
+        }
+        Ok(ctx.filled_absent(p, key))
     }
 
     /// What this node holds for a key: its replica copy, plus (when standing in for `owner`)

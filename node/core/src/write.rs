@@ -211,7 +211,12 @@ impl Coordinator {
                     }
                 }
             }
-            WriteBody::Merge(given) => super::ctx::merge_objects(&ctx.cfg, &local, &given),
+            // A restore: versions this replica stored and saw superseded stay gone (the
+            // node-clock check), as they would at the other replicas.
+            WriteBody::Merge(given) => {
+                let merged = super::ctx::merge_objects(&ctx.cfg, &local, &given);
+                ctx.drop_seen(partition, &key, Some(&local), merged)
+            }
         };
         #[cfg(feature = "planted-bugs")]
         let object = if ctx.cfg.has_bug(super::config::PlantedBug::LastWriteWins) {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 use serde::{Deserialize, Serialize};
 
+use crate::dvv::NodeClock;
 use crate::types::{ClientReply, ClientRequest, Object, OpId, ReplicaError};
 
 /// A message from one node to another.
@@ -146,6 +147,23 @@ pub enum AaeMsg {
         partition: PartitionId,
         objects: Vec<(Bytes, Object)>,
     },
+    /// Sent with step 1: the sender's node clock of the partition (every dot it stored).
+    /// With `ask_back`, a receiver whose own clock lacks dots the sender has sends its clock
+    /// in return (without `ask_back`), so either side starting an exchange closes both sides'
+    /// holes.
+    Clock {
+        partition: PartitionId,
+        clock: NodeClock,
+        ask_back: bool,
+    },
+    /// The answer to `Clock`, for the dots the receiver stored and the sender did not: the
+    /// objects that still hold some of them, and the rest (`dead`: stored and superseded
+    /// there), which the sender adds to its clock.
+    ClockReply {
+        partition: PartitionId,
+        objects: Vec<(Bytes, Object)>,
+        dead: NodeClock,
+    },
 }
 
 impl AaeMsg {
@@ -156,7 +174,9 @@ impl AaeMsg {
             | AaeMsg::Buckets { partition, .. }
             | AaeMsg::Keys { partition, .. }
             | AaeMsg::Exchange { partition, .. }
-            | AaeMsg::Objects { partition, .. } => *partition,
+            | AaeMsg::Objects { partition, .. }
+            | AaeMsg::Clock { partition, .. }
+            | AaeMsg::ClockReply { partition, .. } => *partition,
         }
     }
 }

@@ -308,6 +308,11 @@ pub struct CoreStats {
     pub aae_tree_builds: u64,
     /// Tombstones removed for good by the reaper.
     pub tombstones_reaped: u64,
+    /// Versions in incoming copies dropped by the node-clock check: stored here before and
+    /// superseded, so the copy was old (a late repair, hint, transfer or held message).
+    pub late_versions_dropped: u64,
+    /// Objects and dead-dot entries sent to replicas whose partition clocks lacked them.
+    pub clock_dots_offered: u64,
     /// Times this node retired its actor identity (after dropping data it may have minted).
     pub actor_retirements: u64,
     /// Join attempts a seed refused.

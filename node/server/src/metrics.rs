@@ -252,6 +252,16 @@ impl Collector for CoreFigures {
                 s.tombstones_reaped,
             ),
             (
+                "late_versions_dropped",
+                "Versions of late copies dropped by the node-clock check",
+                s.late_versions_dropped,
+            ),
+            (
+                "clock_dots_offered",
+                "Objects and dead-dot entries sent to close other replicas' clock holes",
+                s.clock_dots_offered,
+            ),
+            (
                 "actor_retirements",
                 "Times the node took a new actor identity",
                 s.actor_retirements,

@@ -34,6 +34,8 @@ pub enum Space {
     /// Objects received in hint or transfer batches that could not be applied, kept for an
     /// operator instead of being dropped.
     Quarantine,
+    /// Per-partition node clocks and lost keys (`clocks.rs`).
+    Clocks,
 }
 
 impl Space {
@@ -45,6 +47,7 @@ impl Space {
             Space::Hints => "hints".to_string(),
             Space::Transfers => "transfers".to_string(),
             Space::Quarantine => "quarantine".to_string(),
+            Space::Clocks => "clocks".to_string(),
         }
     }
 
@@ -55,6 +58,7 @@ impl Space {
             "hints" => Some(Space::Hints),
             "transfers" => Some(Space::Transfers),
             "quarantine" => Some(Space::Quarantine),
+            "clocks" => Some(Space::Clocks),
             _ => {
                 let digits = name.strip_prefix("p/")?;
                 digits

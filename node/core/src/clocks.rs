@@ -1,0 +1,270 @@
+//! Partition node clocks: per partition this node replicates, every dot it has stored a version
+//! of (data or tombstone), kept as a [`NodeClock`] (a base per actor plus ranges above it).
+//!
+//! Counters are per (actor, partition) (`Ctx::mint_floor`), so a dot names one version of one
+//! key of the partition. A dot in the clock that the key's stored object does not hold was
+//! therefore seen here and superseded: a copy that carries it again is old, however late it
+//! arrives, and is dropped (**the node-clock check**, `Ctx::merge_into_store`). That is what
+//! makes a removed tombstone safe: once the clock's base covers a tombstone's context, every
+//! dot the delete superseded is in the clock, and the key can go (`reaper.rs`).
+//!
+//! A replica that holds no record for a key answers reads and anti-entropy with the empty
+//! object *filled* with the clock's base ([`Ctx::filled_absent`]): every dot at or below the
+//! base is either a dot of another key or one of this key it saw superseded, so the fill tells
+//! a lagging replica (one that missed the delete, or lost it in a power loss) to drop its old
+//! value.
+//!
+//! What the clock may contain is the whole argument, so it only ever gains the dots of versions
+//! this node *stored* (never a context: a client's context names dots of other keys too). A
+//! record set aside as corrupt takes dots with it that the clock still names; its key goes
+//! into a persisted *lost* set, which is never filled, never checked against the clock and
+//! never reaped. Dropping a partition drops its clock and lost set.
+//!
+//! On disk, in [`Space::Clocks`]: `'c' ‖ partition u16 BE` holds the encoded clock
+//! (`codec::clock`), `'l' ‖ partition ‖ key` marks a lost key. Written after the data they
+//! describe in the same step, so a torn tail leaves the clock behind its data (it then misses
+//! dots, which only delays reaps), never ahead of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use dynakv_proto::codec::clock::{decode_clock, encode_clock};
+use dynakv_proto::dvv::{Dot, NodeClock};
+use dynakv_ring::PartitionId;
+
+use super::ctx::Ctx;
+use super::types::Object;
+use crate::error::Result;
+use crate::store::{Space, Store};
+
+const CLOCK_TAG: u8 = b'c';
+const LOST_TAG: u8 = b'l';
+
+fn clock_key(p: PartitionId) -> [u8; 3] {
+    let [hi, lo] = p.0.to_be_bytes();
+    [CLOCK_TAG, hi, lo]
+}
+
+fn lost_key(p: PartitionId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + key.len());
+    k.push(LOST_TAG);
+    k.extend_from_slice(&p.0.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// The clocks of the partitions this node stores, and their lost keys (loaded at start).
+#[derive(Debug, Default)]
+pub(super) struct Clocks {
+    clocks: BTreeMap<PartitionId, NodeClock>,
+    lost: BTreeSet<(PartitionId, Bytes)>,
+}
+
+impl Clocks {
+    /// Read every clock and lost marker. A clock record that does not decode is left out (an
+    /// emptier clock only drops fewer copies and delays reaps) and logged.
+    pub(super) fn load<S: Store>(store: &S) -> Result<Self> {
+        let mut out = Self::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store.scan(Space::Clocks, after.as_deref(), 1024)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, v) in page {
+                let (Some(&tag), Some(p)) = (k.first(), k.get(1..3)) else {
+                    continue;
+                };
+                let p = PartitionId(u16::from_be_bytes([p[0], p[1]]));
+                match tag {
+                    CLOCK_TAG => match decode_clock(&v) {
+                        Ok(c) => {
+                            out.clocks.insert(p, c);
+                        }
+                        Err(e) => tracing::error!(partition = %p, error = %e,
+                            "unreadable partition clock; starting it empty"),
+                    },
+                    LOST_TAG => {
+                        out.lost.insert((p, Bytes::copy_from_slice(&k[3..])));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The clock of partition `p` (empty if this node stored nothing there).
+    pub(super) fn get(&self, p: PartitionId) -> Option<&NodeClock> {
+        self.clocks.get(&p)
+    }
+
+    /// Whether the record of `key` was lost here (set aside as corrupt).
+    pub(super) fn is_lost(&self, p: PartitionId, key: &[u8]) -> bool {
+        self.lost.contains(&(p, Bytes::copy_from_slice(key)))
+    }
+
+    /// Whether some key of `p` was lost here.
+    pub(super) fn has_lost(&self, p: PartitionId) -> bool {
+        self.lost
+            .range((p, Bytes::new())..)
+            .next()
+            .is_some_and(|(q, _)| *q == p)
+    }
+
+    /// Totals for status: partitions with a clock, actors and ranges over all of them, lost keys.
+    pub(super) fn totals(&self) -> (usize, usize, usize, usize) {
+        let actors = self.clocks.values().map(NodeClock::actor_count).sum();
+        let ranges = self.clocks.values().map(NodeClock::range_count).sum();
+        (self.clocks.len(), actors, ranges, self.lost.len())
+    }
+}
+
+/// The clock's base as a context: every dot `1..=base` of each actor.
+fn base_context(clock: &NodeClock) -> NodeClock {
+    NodeClock::from_vector(&clock.base_vector())
+}
+
+impl<S: Store> Ctx<S> {
+    /// Whether `key`'s record was lost here: set aside as corrupt, or found corrupt by a load
+    /// during the current input (set aside after it).
+    fn key_lost(&self, p: PartitionId, key: &[u8]) -> bool {
+        self.clocks.is_lost(p, key)
+            || self
+                .corrupt
+                .borrow()
+                .iter()
+                .any(|(q, k, _)| *q == p && k.as_ref() == key)
+    }
+
+    /// Record that this node stored versions with `dots` in partition `p`; persisted (after the
+    /// data) when the clock changed.
+    pub(super) fn note_stored(
+        &mut self,
+        p: PartitionId,
+        dots: impl IntoIterator<Item = Dot>,
+    ) -> Result<()> {
+        let clock = self.clocks.clocks.entry(p).or_default();
+        let mut changed = false;
+        for d in dots {
+            if !clock.contains(&d) {
+                clock.add(&d);
+                changed = true;
+            }
+        }
+        if changed {
+            let bytes = encode_clock(clock);
+            self.store.put(Space::Clocks, &clock_key(p), &bytes)?;
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Add dots a peer stored and saw superseded (`clock_sync.rs`); persisted.
+    pub(super) fn note_dead(&mut self, p: PartitionId, dead: &NodeClock) -> Result<()> {
+        let clock = self.clocks.clocks.entry(p).or_default();
+        if clock.descends(dead) {
+            return Ok(());
+        }
+        clock.merge(dead);
+        let bytes = encode_clock(clock);
+        self.store.put(Space::Clocks, &clock_key(p), &bytes)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Whether a copy of a version with `dot` arriving for `key` is old: its dot was stored
+    /// here and is gone. `local` is what the key holds now. Never for a lost key.
+    pub(super) fn seen_and_gone(
+        &self,
+        p: PartitionId,
+        key: &[u8],
+        local: Option<&Object>,
+        dot: &Dot,
+    ) -> bool {
+        if self
+            .cfg
+            .has_bug(super::config::PlantedBug::SkipNodeClockCheck)
+        {
+            return false; // planted bug: trust every copy
+        }
+        !local.is_some_and(|l| l.holds(dot))
+            && self.clocks.get(p).is_some_and(|c| c.contains(dot))
+            && !self.key_lost(p, key)
+    }
+
+    /// Whether the clock's base covers every dot of `context` (so a tombstone with that
+    /// context can be removed: the clock then rejects every copy the delete superseded).
+    pub(super) fn clock_covers(&self, p: PartitionId, key: &[u8], context: &NodeClock) -> bool {
+        if self.key_lost(p, key) {
+            return false;
+        }
+        let Some(clock) = self.clocks.get(p) else {
+            return context.actor_count() == 0;
+        };
+        context
+            .entries()
+            .iter()
+            .all(|(a, e)| clock.entry(a).is_some_and(|c| e.top() <= c.base()))
+    }
+
+    /// What this node answers for a key of `p` it holds no record of: the empty object with
+    /// the clock's base as context, when it replicates `p` and the key is not lost; `None`
+    /// otherwise (no information).
+    pub(super) fn filled_absent(&self, p: PartitionId, key: &[u8]) -> Option<Object> {
+        if !self.replicates(p) || self.key_lost(p, key) {
+            return None;
+        }
+        let base = base_context(self.clocks.get(p)?);
+        if base.actor_count() == 0 {
+            return None;
+        }
+        let mut o = Object::new();
+        o.discard(&base);
+        Some(o)
+    }
+
+    /// Mark `key` of `p` lost (its record was set aside): never filled, checked or reaped.
+    pub(super) fn mark_lost(&mut self, p: PartitionId, key: &[u8]) -> Result<()> {
+        if !self.clocks.is_lost(p, key) {
+            self.store.put(Space::Clocks, &lost_key(p, key), &[])?;
+            self.dirty = true;
+            self.clocks.lost.insert((p, Bytes::copy_from_slice(key)));
+        }
+        Ok(())
+    }
+
+    /// Forget partition `p`'s clock and lost keys (its data was dropped).
+    pub(super) fn drop_clock(&mut self, p: PartitionId) -> Result<()> {
+        if self.clocks.clocks.remove(&p).is_some() {
+            self.store.remove(Space::Clocks, &clock_key(p))?;
+            self.dirty = true;
+        }
+        let lost: Vec<Bytes> = self
+            .clocks
+            .lost
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, k)| k.clone())
+            .collect();
+        for k in lost {
+            self.clocks.lost.remove(&(p, k.clone()));
+            self.store.remove(Space::Clocks, &lost_key(p, &k))?;
+            self.dirty = true;
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> super::node::NodeCore<S> {
+    /// This node's clock of partition `p`, if it stored anything there (for checkers and
+    /// tests).
+    pub fn partition_clock(&self, p: PartitionId) -> Option<&NodeClock> {
+        self.ctx.clocks.get(p)
+    }
+
+    /// Partition clocks held, their actors and ranges in total, and lost keys (for status and
+    /// the simulator's metadata measurements).
+    pub fn clock_totals(&self) -> (usize, usize, usize, usize) {
+        self.ctx.clocks.totals()
+    }
+}
