@@ -1,11 +1,12 @@
 //! Policies that used to live in the driver and are now the core's, so both drivers (and the
 //! simulator) run the same decisions: which peers to keep a link to, and when a removed node
 //! stops itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 
 use dynakv_core::{AdminRequest, ClientReply, ClientRequest};
-use dynakv_simulator::harness::{n, Cluster};
+use dynakv_simulator::harness::{n, set, Cluster};
 
 fn ids(list: &[u32]) -> BTreeSet<dynakv_ring::NodeId> {
     list.iter().map(|i| n(*i)).collect()
@@ -299,4 +300,75 @@ fn after_a_handoff_what_only_the_old_owner_held_reaches_every_new_replica() {
             &missing[..missing.len().min(5)]
         );
     }
+}
+
+/// A partition's new replica gets the old owner's node clock with the last transfer batch (a
+/// snapshot taken when the transfer started), so a late copy of a value deleted and reaped
+/// before it joined is dropped there too. Anti-entropy, which would also teach it the dead dots,
+/// is kept out of the way.
+#[test]
+fn a_new_replica_gets_the_partition_clock_with_the_transfer() {
+    use dynakv_core::store::{Space, Store};
+    use dynakv_core::{Input, PeerMsg, ReplicaMsg};
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+        cfg.aae_interval_ms = 600_000;
+    });
+    c.run_for(200);
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    let mut old = Vec::new();
+    for k in &keys {
+        let put = c.put_ok(n(1), k, "old", &Default::default());
+        c.run();
+        let p = c.map().partition_for_key(k.as_bytes());
+        let bytes = c.nodes[&n(1)]
+            .store()
+            .get(Space::Partition(p), k.as_bytes())
+            .unwrap()
+            .unwrap();
+        old.push(dynakv_proto::codec::decode_object(&bytes).unwrap());
+        let reply = c.request(
+            n(1),
+            ClientRequest::Delete {
+                key: k.clone().into(),
+                context: put.context,
+                opts: Default::default(),
+            },
+        );
+        assert!(matches!(reply, ClientReply::Written(_)), "{reply:?}");
+    }
+    c.run_for(20_000);
+    c.join(n(4), n(1));
+    for _ in 0..2_400u32 {
+        c.run_for(50);
+        if c.nodes[&n(4)].member_status() == Some(dynakv_gossip::Status::Valid) {
+            break;
+        }
+    }
+    let map = c.nodes[&n(4)].partition_map().clone();
+    let mut replayed = 0;
+    for (k, o) in keys.iter().zip(&old) {
+        let p = map.partition_for_key(k.as_bytes());
+        if !map.preference_list(p, 3).contains(&n(4)) {
+            continue;
+        }
+        let node = c.nodes.get_mut(&n(4)).unwrap();
+        node.handle(
+            0,
+            Input::Peer {
+                from: n(1),
+                msg: PeerMsg::Replica(ReplicaMsg::Write {
+                    op: 7_000 + replayed,
+                    partition: p,
+                    key: k.clone().into(),
+                    object: o.clone(),
+                    hint: None,
+                }),
+            },
+        );
+        node.drain_effects();
+        replayed += 1;
+        assert_eq!(c.local(n(4), k).0, set(&[]), "{k} came back on node 4");
+    }
+    assert!(replayed > 0, "node 4 replicates some of the keys");
 }

@@ -1,6 +1,7 @@
-//! Deletes that stay deleted when tombstones are reaped, in the in-memory harness: the reaping
-//! rule's votes (members, removed nodes that may still run, hint holders, nodes that just
-//! started, operations in flight), the snapshot horizon of read repairs, and the reap floor.
+//! Deletes that stay deleted when tombstones are reaped, in the in-memory harness: the
+//! partition clocks (late copies dropped, the fill of keys a replica no longer holds), the
+//! reaping rule's votes (members, removed nodes that may still run, hint holders, nodes that
+//! just started, operations in flight), the snapshot horizon of read repairs, and the floor.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dynakv_core::{ClientReply, RequestOptions};

@@ -39,6 +39,15 @@ use crate::store::{Space, Store};
 
 const CLOCK_TAG: u8 = b'c';
 const LOST_TAG: u8 = b'l';
+const SNAPSHOT_TAG: u8 = b's';
+const GAP_TAG: u8 = b'g';
+
+fn snapshot_key(p: PartitionId, to: dynakv_ring::NodeId) -> Vec<u8> {
+    let mut k = vec![SNAPSHOT_TAG];
+    k.extend_from_slice(&p.0.to_be_bytes());
+    k.extend_from_slice(&to.0.to_be_bytes());
+    k
+}
 
 fn clock_key(p: PartitionId) -> [u8; 3] {
     let [hi, lo] = p.0.to_be_bytes();
@@ -127,7 +136,7 @@ fn base_context(clock: &NodeClock) -> NodeClock {
 impl<S: Store> Ctx<S> {
     /// Whether `key`'s record was lost here: set aside as corrupt, or found corrupt by a load
     /// during the current input (set aside after it).
-    fn key_lost(&self, p: PartitionId, key: &[u8]) -> bool {
+    pub(super) fn key_lost(&self, p: PartitionId, key: &[u8]) -> bool {
         self.clocks.is_lost(p, key)
             || self
                 .corrupt
@@ -233,6 +242,76 @@ impl<S: Store> Ctx<S> {
         Ok(())
     }
 
+    /// Take the snapshot of `p`'s clock for an outgoing transfer to `to` that streamed
+    /// nothing yet (persisted: a resumed transfer sends the one taken at its start, never a
+    /// later one, which could name dots of keys it streamed before seeing them).
+    pub(super) fn take_transfer_snapshot(
+        &mut self,
+        p: PartitionId,
+        to: dynakv_ring::NodeId,
+    ) -> Result<()> {
+        let clock = self.clocks.get(p).cloned().unwrap_or_default();
+        self.store
+            .put(Space::Clocks, &snapshot_key(p, to), &encode_clock(&clock))?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// What the last batch of a transfer of `p` carries: the snapshot, unless a key of `p`
+    /// was lost here, before or in this step (its dots are in the snapshot, its record was not
+    /// streamed).
+    pub(super) fn final_snapshot(
+        &self,
+        p: PartitionId,
+        to: dynakv_ring::NodeId,
+    ) -> Option<NodeClock> {
+        if self.clocks.has_lost(p) || self.corrupt.borrow().iter().any(|(q, _, _)| *q == p) {
+            return None;
+        }
+        let bytes = self.store.get(Space::Clocks, &snapshot_key(p, to)).ok()??;
+        decode_clock(&bytes).ok()
+    }
+
+    /// Forget the snapshot of a finished transfer.
+    pub(super) fn forget_snapshot(&mut self, p: PartitionId, to: dynakv_ring::NodeId) {
+        if self
+            .store
+            .remove(Space::Clocks, &snapshot_key(p, to))
+            .is_ok()
+        {
+            self.dirty = true;
+        }
+    }
+
+    /// Note that an incoming transfer of `p` from `from` skipped batches here (see
+    /// `transfer_in.rs`); persisted, so a restart does not forget it.
+    pub(super) fn mark_transfer_gap(&mut self, p: PartitionId, from: dynakv_ring::NodeId) {
+        let mut k = snapshot_key(p, from);
+        k[0] = GAP_TAG;
+        if self.store.put(Space::Clocks, &k, &[]).is_ok() {
+            self.dirty = true;
+        }
+    }
+
+    /// Whether an incoming transfer of `p` from `from` skipped batches here (or the mark
+    /// cannot be read, which counts as a gap).
+    pub(super) fn transfer_gap(&self, p: PartitionId, from: dynakv_ring::NodeId) -> bool {
+        let mut k = snapshot_key(p, from);
+        k[0] = GAP_TAG;
+        !matches!(self.store.get(Space::Clocks, &k), Ok(None))
+    }
+
+    /// Forget the gap mark of a finished or restarted incoming transfer.
+    pub(super) fn clear_transfer_gap(&mut self, p: PartitionId, from: dynakv_ring::NodeId) {
+        let mut k = snapshot_key(p, from);
+        k[0] = GAP_TAG;
+        if matches!(self.store.get(Space::Clocks, &k), Ok(Some(_)))
+            && self.store.remove(Space::Clocks, &k).is_ok()
+        {
+            self.dirty = true;
+        }
+    }
+
     /// Forget partition `p`'s clock and lost keys (its data was dropped).
     pub(super) fn drop_clock(&mut self, p: PartitionId) -> Result<()> {
         if self.clocks.clocks.remove(&p).is_some() {
@@ -250,6 +329,16 @@ impl<S: Store> Ctx<S> {
             self.clocks.lost.remove(&(p, k.clone()));
             self.store.remove(Space::Clocks, &lost_key(p, &k))?;
             self.dirty = true;
+        }
+        // Transfer snapshots and gap marks of `p`.
+        for tag in [SNAPSHOT_TAG, GAP_TAG] {
+            let [hi, lo] = p.0.to_be_bytes();
+            let prefix = [tag, hi, lo];
+            let page = self.store.scan(Space::Clocks, Some(&prefix), 1024)?;
+            for (k, _) in page.iter().take_while(|(k, _)| k.starts_with(&prefix)) {
+                self.store.remove(Space::Clocks, k)?;
+                self.dirty = true;
+            }
         }
         Ok(())
     }

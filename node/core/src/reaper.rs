@@ -245,7 +245,9 @@ impl Reaper {
     /// Remove, on this node alone, records that hold a context and no version (a replica that
     /// held versions a reader's fill showed superseded keeps such a record) once this node's
     /// partition clock covers the context: the absent key's fill then says as much, and the
-    /// clock drops every copy the context covers, so no vote is needed. A few per tick.
+    /// clock drops every copy the context covers, so no vote is needed. Also those of lost
+    /// keys (no fill, no check: the node then knows nothing of the key, and the others' fills
+    /// repair whatever old copy lands here). A few per tick.
     fn sweep_context_only<S: Store>(&mut self, ctx: &mut Ctx<S>) {
         const PER_TICK: usize = 32;
         let start = self.sweep_after.take();
@@ -265,9 +267,12 @@ impl Reaper {
             self.sweep_after = keys.last().cloned();
         }
         for (p, key) in keys {
+            // A lost key's record goes too: with no record and no fill this node answers for
+            // the key with nothing at all, which claims nothing.
             let removable = matches!(
                 ctx.load(p, &key),
-                Ok(Some(o)) if o.value_count() == 0 && ctx.clock_covers(p, &key, o.context())
+                Ok(Some(o)) if o.value_count() == 0
+                    && (ctx.clock_covers(p, &key, o.context()) || ctx.key_lost(p, &key))
             );
             if removable {
                 match ctx.remove_key(p, &key) {

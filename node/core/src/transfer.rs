@@ -301,6 +301,16 @@ impl Transfers {
             return;
         };
         let (p, to) = key;
+        // The clock as the transfer starts; a resumed transfer keeps the one it took then.
+        if s.rec.cursor.is_none() && s.rec.sent == 0 {
+            if let Err(e) = ctx.take_transfer_snapshot(p, to) {
+                tracing::warn!(partition = %p, error = %e, "cannot snapshot a partition clock");
+                return;
+            }
+        }
+        let Some(s) = self.sending.get(&key) else {
+            return;
+        };
         let page = match ctx.store.scan(
             Space::Partition(p),
             s.rec.cursor.as_deref(),
@@ -324,11 +334,14 @@ impl Transfers {
             match codec::decode_object(&v) {
                 Ok(o) => items.push((Bytes::from(k), o)),
                 // Not sent: set aside after this step, and repaired from the other replicas
-                // by anti-entropy (here and at the receiver, which is one of them).
-                Err(e) => ctx
-                    .corrupt
-                    .get_mut()
-                    .push((p, Bytes::from(k), e.to_string())),
+                // by anti-entropy (here and at the receiver, which is one of them). The clock
+                // snapshot names its dots, so this transfer no longer sends one.
+                Err(e) => {
+                    ctx.forget_snapshot(p, to);
+                    ctx.corrupt
+                        .get_mut()
+                        .push((p, Bytes::from(k), e.to_string()))
+                }
             }
         }
         let batch = ctx.next_op_id();
@@ -343,6 +356,11 @@ impl Transfers {
             .get(&key)
             .and_then(|s| s.rec.cursor.clone())
             .map(Bytes::from);
+        let snapshot = if last {
+            ctx.final_snapshot(p, to)
+        } else {
+            None
+        };
         ctx.send(
             to,
             TransferMsg::Batch {
@@ -351,6 +369,7 @@ impl Transfers {
                 after,
                 items,
                 last,
+                snapshot,
             },
         );
     }
@@ -396,6 +415,7 @@ impl Transfers {
         self.persist_out(ctx, &rec);
         ctx.stats.transfer_keys_sent += items;
         if rec.done {
+            ctx.forget_snapshot(p, from);
             self.maybe_drop_partition(ctx, p);
             return true;
         }
@@ -443,10 +463,23 @@ impl Transfers {
             TransferMsg::Batch {
                 batch,
                 partition,
+                after,
                 items,
                 last,
-                ..
-            } => self.on_transfer_batch(ctx, membership, from, batch, partition, items, last),
+                snapshot,
+            } => self.on_transfer_batch(
+                ctx,
+                membership,
+                from,
+                batch,
+                partition,
+                super::transfer_in::BatchBody {
+                    after,
+                    items,
+                    last,
+                    snapshot,
+                },
+            ),
             TransferMsg::Ack {
                 batch,
                 partition,

@@ -66,9 +66,14 @@ impl Transfers {
         from: NodeId,
         batch: u64,
         p: PartitionId,
-        items: Vec<(Bytes, Object)>,
-        last: bool,
+        body: BatchBody,
     ) -> bool {
+        let BatchBody {
+            after,
+            items,
+            last,
+            snapshot,
+        } = body;
         let mut result = Ok(());
         let mut upto = None;
         if !membership.joined
@@ -105,6 +110,11 @@ impl Transfers {
                 .receiving
                 .entry((p, from))
                 .or_insert_with(|| IncomingTransfer::new(p, from));
+            // The sender's clock snapshot may be added only if this node merged every batch of
+            // the transfer: a batch that does not start at our checkpoint (we lost batches in
+            // a wipe or a power loss) leaves a gap, and the snapshot would then claim the dots
+            // of keys we no longer hold.
+            let gap = after.as_deref() != rec.checkpoint.as_deref();
             rec.received += items.len() as u64;
             if let Some(k) = &upto {
                 rec.checkpoint = Some(k.to_vec());
@@ -112,6 +122,17 @@ impl Transfers {
             rec.done |= last;
             let rec = rec.clone();
             self.persist_in(ctx, &rec);
+            if gap {
+                ctx.mark_transfer_gap(p, from);
+            }
+            if last {
+                if let Some(snapshot) = snapshot.filter(|_| !ctx.transfer_gap(p, from)) {
+                    if let Err(e) = ctx.note_dead(p, &snapshot) {
+                        tracing::warn!(partition = %p, error = %e, "cannot add a transfer's clock snapshot");
+                    }
+                }
+                ctx.clear_transfer_gap(p, from);
+            }
             if last {
                 // The old owner may have held writes the other replicas never got (a write
                 // whose quorum failed): spread them now rather than in anti-entropy's round.
@@ -160,6 +181,7 @@ impl Transfers {
         p: PartitionId,
         from: NodeId,
     ) {
+        ctx.clear_transfer_gap(p, from);
         let rec = IncomingTransfer::new(p, from);
         self.persist_in(ctx, &rec);
         self.receiving.insert((p, from), rec);
@@ -195,4 +217,14 @@ impl<S: Store> NodeCore<S> {
     pub fn incoming_pending(&self) -> usize {
         self.transfers.incoming_pending(&self.membership)
     }
+}
+
+/// The body of a transfer batch, as the receiver handles it.
+pub(super) struct BatchBody {
+    /// The sender's cursor: the batch holds the keys after it.
+    pub(super) after: Option<Bytes>,
+    pub(super) items: Vec<(Bytes, Object)>,
+    pub(super) last: bool,
+    /// The sender's clock snapshot (last batch only).
+    pub(super) snapshot: Option<dynakv_proto::dvv::NodeClock>,
 }

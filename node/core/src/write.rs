@@ -274,6 +274,18 @@ impl Coordinator {
                 .map_err(|e| format!("{e:?}")),
         };
         if let Err(e) = stored {
+            // The dot is burned: nobody else got it. As a replica, record it in the partition
+            // clock (in memory at once, on disk with the next clock write) so the clocks'
+            // bases can pass it; otherwise every context that covers it (this actor's later
+            // writes all do) would stay uncovered and its tombstones unreaped. Sound even if
+            // the failed write reached the disk: a dot a record still holds is never claimed
+            // superseded.
+            if let (Some(dot), None) = (dot, my_target.hint_for) {
+                if let Err(e) = ctx.note_stored(partition, [dot]) {
+                    // Kept in memory; the next clock write persists it.
+                    tracing::debug!(error = %e, "burned dot not yet in the stored clock");
+                }
+            }
             return ctx.respond(origin, error(RequestError::Storage(e)));
         }
         let op = ctx.next_op_id();

@@ -213,6 +213,10 @@ pub enum TransferMsg {
         items: Vec<(Bytes, Object)>,
         /// No more batches after this one.
         last: bool,
+        /// With the last batch: the sender's node clock of the partition as it was when the
+        /// transfer started. Every dot in it was either still held by a key streamed since, or
+        /// superseded, so the receiver adds it to its own clock once it merged every batch.
+        snapshot: Option<NodeClock>,
     },
     /// Answer to [`TransferMsg::Batch`], once the batch is durable.
     Ack {
