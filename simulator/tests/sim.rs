@@ -33,15 +33,13 @@ fn same_seed_same_run_byte_for_byte() {
 }
 
 /// The CI set: a fixed range of seeds with every fault allowed. Zero violations. Even seeds
-/// keep tombstones (the default) under every fault; odd seeds reap them, without the `hold` and
-/// `powerloss` faults that reaping cannot survive (docs/AVAILABILITY.md, "Tombstones are kept by
-/// default").
+/// keep tombstones (the default); odd seeds reap them (since the partition clocks, under every
+/// fault too, `hold` and `powerloss` included).
 #[test]
 fn fixed_seeds_with_all_faults_hold_every_invariant() {
     let keep = cfg(600);
     let reap = SimConfig {
         reap: true,
-        faults: "-hold,-powerloss".parse().unwrap(),
         ..cfg(600)
     };
     let mut faults_seen = std::collections::BTreeSet::new();
@@ -153,18 +151,13 @@ fn every_planted_bug_is_caught() {
         .into_iter()
         .filter(|b| *b != PlantedBug::SkipNodeClockCheck)
     {
-        // The reap bugs need the reaper on, and the faults reaping is documented to survive:
-        // with `hold` or `powerloss` a run can fail without any bug, which would prove nothing.
+        // The reap bugs need the reaper on.
         let reap = matches!(bug, PlantedBug::EagerReap | PlantedBug::IgnoreReapFloor);
         let config = SimConfig {
             bug: Some(bug),
             ops: 600,
             reap,
-            faults: if reap {
-                "-hold,-powerloss".parse().unwrap()
-            } else {
-                FaultSet::all()
-            },
+            faults: FaultSet::all(),
             ..SimConfig::default()
         };
         let caught = (0..200).find_map(|seed| {
