@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use dynakv_proto::codec::clock::{decode_clock, encode_clock};
+use dynakv_proto::codec::clock::{decode_clock as decode_bare, encode_clock as encode_bare};
 use dynakv_proto::dvv::{Dot, NodeClock};
 use dynakv_ring::PartitionId;
 
@@ -62,6 +62,25 @@ fn lost_key(p: PartitionId, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A clock record as stored: an xxh3 checksum of the encoding, then the encoding. A clock with
+/// a flipped bit could still decode, as a clock that claims dots nobody stored.
+fn encode_clock(clock: &NodeClock) -> Vec<u8> {
+    let body = encode_bare(clock);
+    let mut out = xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decode a record written by [`encode_clock`]; `None` when the checksum or the encoding is bad.
+fn decode_clock(bytes: &[u8]) -> Option<NodeClock> {
+    let (sum, body) = bytes.split_at_checked(8)?;
+    let sum = u64::from_le_bytes(sum.try_into().ok()?);
+    if xxhash_rust::xxh3::xxh3_64(body) != sum {
+        return None;
+    }
+    decode_bare(body).ok()
+}
+
 /// The clocks of the partitions this node stores, and their lost keys (loaded at start).
 #[derive(Debug, Default)]
 pub(super) struct Clocks {
@@ -86,11 +105,11 @@ impl Clocks {
                 let p = PartitionId(u16::from_be_bytes([p[0], p[1]]));
                 match tag {
                     CLOCK_TAG => match decode_clock(&v) {
-                        Ok(c) => {
+                        Some(c) => {
                             out.clocks.insert(p, c);
                         }
-                        Err(e) => tracing::error!(partition = %p, error = %e,
-                            "unreadable partition clock; starting it empty"),
+                        None => tracing::error!(partition = %p,
+                            "corrupt partition clock; starting it empty"),
                     },
                     LOST_TAG => {
                         out.lost.insert((p, Bytes::copy_from_slice(&k[3..])));
@@ -269,28 +288,35 @@ impl<S: Store> Ctx<S> {
             return None;
         }
         let bytes = self.store.get(Space::Clocks, &snapshot_key(p, to)).ok()??;
-        decode_clock(&bytes).ok()
+        decode_clock(&bytes)
     }
 
-    /// Forget the snapshot of a finished transfer.
-    pub(super) fn forget_snapshot(&mut self, p: PartitionId, to: dynakv_ring::NodeId) {
+    /// Forget the snapshot of a transfer (finished, or one that can no longer send it); false
+    /// when the store refused, and the snapshot may still be sent.
+    pub(super) fn forget_snapshot(&mut self, p: PartitionId, to: dynakv_ring::NodeId) -> bool {
         if self
             .store
             .remove(Space::Clocks, &snapshot_key(p, to))
             .is_ok()
         {
             self.dirty = true;
+            return true;
         }
+        false
     }
 
     /// Note that an incoming transfer of `p` from `from` skipped batches here (see
     /// `transfer_in.rs`); persisted, so a restart does not forget it.
-    pub(super) fn mark_transfer_gap(&mut self, p: PartitionId, from: dynakv_ring::NodeId) {
+    pub(super) fn mark_transfer_gap(
+        &mut self,
+        p: PartitionId,
+        from: dynakv_ring::NodeId,
+    ) -> Result<()> {
         let mut k = snapshot_key(p, from);
         k[0] = GAP_TAG;
-        if self.store.put(Space::Clocks, &k, &[]).is_ok() {
-            self.dirty = true;
-        }
+        self.store.put(Space::Clocks, &k, &[])?;
+        self.dirty = true;
+        Ok(())
     }
 
     /// Whether an incoming transfer of `p` from `from` skipped batches here (or the mark
@@ -314,9 +340,10 @@ impl<S: Store> Ctx<S> {
 
     /// Forget partition `p`'s clock and lost keys (its data was dropped).
     pub(super) fn drop_clock(&mut self, p: PartitionId) -> Result<()> {
-        if self.clocks.clocks.remove(&p).is_some() {
+        if self.clocks.clocks.contains_key(&p) {
             self.store.remove(Space::Clocks, &clock_key(p))?;
             self.dirty = true;
+            self.clocks.clocks.remove(&p);
         }
         let lost: Vec<Bytes> = self
             .clocks
@@ -355,5 +382,29 @@ impl<S: Store> super::node::NodeCore<S> {
     /// the simulator's metadata measurements).
     pub fn clock_totals(&self) -> (usize, usize, usize, usize) {
         self.ctx.clocks.totals()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynakv_proto::dvv::Actor;
+
+    /// A clock record with a flipped bit must not load as another clock: it could name dots
+    /// nobody stored, and the fill would claim live versions superseded.
+    #[test]
+    fn a_clock_record_with_any_flipped_bit_is_refused() {
+        let mut clock = NodeClock::new();
+        let a = Actor::new(dynakv_ring::NodeId(1), 7);
+        clock.add_range(a, 1, 40);
+        clock.add_range(a, 45, 50);
+        let bytes = encode_clock(&clock);
+        assert_eq!(decode_clock(&bytes), Some(clock));
+        for bit in 0..bytes.len() * 8 {
+            let mut bad = bytes.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(decode_clock(&bad), None, "bit {bit}");
+        }
+        assert_eq!(decode_clock(&bytes[..5]), None);
     }
 }

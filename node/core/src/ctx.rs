@@ -333,9 +333,12 @@ impl<S: Store> Ctx<S> {
 
     /// Remove a whole partition's data (handed off); pushes a [`DataEvent::PartitionDropped`].
     pub(super) fn drop_partition_data(&mut self, p: PartitionId) -> Result<()> {
+        // The clock goes first: data without its clock is safe (the clock only misses dots),
+        // a clock that outlived its data would claim the dropped versions superseded if the
+        // partition came back here.
+        self.drop_clock(p)?;
         self.store.drop_partition(p)?;
         self.dirty = true;
-        self.drop_clock(p)?;
         self.events
             .push(DataEvent::PartitionDropped { partition: p });
         Ok(())

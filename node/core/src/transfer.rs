@@ -337,10 +337,14 @@ impl Transfers {
                 // by anti-entropy (here and at the receiver, which is one of them). The clock
                 // snapshot names its dots, so this transfer no longer sends one.
                 Err(e) => {
-                    ctx.forget_snapshot(p, to);
                     ctx.corrupt
                         .get_mut()
-                        .push((p, Bytes::from(k), e.to_string()))
+                        .push((p, Bytes::from(k), e.to_string()));
+                    if !ctx.forget_snapshot(p, to) {
+                        // Sending past the record with the snapshot still on disk could
+                        // send it later: try again once the store takes writes.
+                        return;
+                    }
                 }
             }
         }
@@ -415,7 +419,7 @@ impl Transfers {
         self.persist_out(ctx, &rec);
         ctx.stats.transfer_keys_sent += items;
         if rec.done {
-            ctx.forget_snapshot(p, from);
+            let _forgotten = ctx.forget_snapshot(p, from); // a leftover goes with the partition
             self.maybe_drop_partition(ctx, p);
             return true;
         }

@@ -89,6 +89,16 @@ impl Transfers {
                 "not (yet) a replica of this partition".into(),
             ));
         }
+        // The sender's clock snapshot may be added only if this node merged every item of every
+        // batch of the transfer. A batch that does not start at our checkpoint (we lost batches
+        // in a wipe or a power loss) or an item set aside in quarantine leaves a gap: the
+        // snapshot would then claim dots of versions we do not hold. The mark is on disk before
+        // the batch is acknowledged, or the batch is refused (and sent again).
+        let checkpoint = self
+            .receiving
+            .get(&(p, from))
+            .and_then(|r| r.checkpoint.clone());
+        let mut gap = result.is_ok() && after.as_deref() != checkpoint.as_deref();
         for (k, o) in items
             .iter()
             .take(if result.is_ok() { usize::MAX } else { 0 })
@@ -96,7 +106,10 @@ impl Transfers {
             let outcome = match ctx.merge_into_store(p, k, o) {
                 // Cannot be applied here: kept aside, since the sender drops its copy once the
                 // transfer is done.
-                Err(ReplicaError::Rejected(why)) => ctx.quarantine(from, p, k, o, &why),
+                Err(ReplicaError::Rejected(why)) => {
+                    gap = true;
+                    ctx.quarantine(from, p, k, o, &why)
+                }
                 other => other.map(|_| ()),
             };
             if let Err(e) = outcome {
@@ -105,16 +118,19 @@ impl Transfers {
             }
             upto = Some(k.clone());
         }
+        if gap {
+            if let Err(e) = ctx.mark_transfer_gap(p, from) {
+                result = Err(ReplicaError::Retry(format!(
+                    "cannot record a transfer gap: {e}"
+                )));
+                upto = None;
+            }
+        }
         if result.is_ok() {
             let rec = self
                 .receiving
                 .entry((p, from))
                 .or_insert_with(|| IncomingTransfer::new(p, from));
-            // The sender's clock snapshot may be added only if this node merged every batch of
-            // the transfer: a batch that does not start at our checkpoint (we lost batches in
-            // a wipe or a power loss) leaves a gap, and the snapshot would then claim the dots
-            // of keys we no longer hold.
-            let gap = after.as_deref() != rec.checkpoint.as_deref();
             rec.received += items.len() as u64;
             if let Some(k) = &upto {
                 rec.checkpoint = Some(k.to_vec());
@@ -122,11 +138,8 @@ impl Transfers {
             rec.done |= last;
             let rec = rec.clone();
             self.persist_in(ctx, &rec);
-            if gap {
-                ctx.mark_transfer_gap(p, from);
-            }
             if last {
-                if let Some(snapshot) = snapshot.filter(|_| !ctx.transfer_gap(p, from)) {
+                if let Some(snapshot) = snapshot.filter(|_| !gap && !ctx.transfer_gap(p, from)) {
                     if let Err(e) = ctx.note_dead(p, &snapshot) {
                         tracing::warn!(partition = %p, error = %e, "cannot add a transfer's clock snapshot");
                     }
