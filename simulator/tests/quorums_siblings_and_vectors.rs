@@ -676,6 +676,57 @@ fn an_unappliable_hint_is_quarantined_before_the_ack() {
     );
 }
 
+/// A transfer item the receiver cannot apply (here: merged it would pass the sibling limit) is
+/// quarantined, and the transfer then has a gap: the sender's clock snapshot, which names the
+/// item's dot, must not enter the receiver's partition clock. Otherwise the receiver would hold
+/// a dot in its clock that no record of it holds, and its fill would tell readers the item's
+/// live value was superseded.
+#[test]
+fn a_quarantined_transfer_item_keeps_the_snapshot_out_of_the_clock() {
+    use dynakv_core::{Input, Object, PeerMsg, TransferMsg, Value};
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.sibling_warn = 2;
+        cfg.sibling_max = 2;
+    });
+    c.put_ok(n(1), "k", "a", &empty());
+    c.put_ok(n(2), "k", "b", &empty());
+    c.run();
+    let p = c.map().partition_for_key(b"k");
+    let stranger = dynakv_proto::dvv::Actor::new(NodeId(9), 5);
+    let (object, dot) = Object::update(
+        &Object::new(),
+        &NodeClock::new(),
+        stranger,
+        Value::Data("c".into()),
+    )
+    .unwrap();
+    let mut snapshot = NodeClock::new();
+    snapshot.add(&dot);
+    let core = c.nodes.get_mut(&n(3)).unwrap();
+    core.handle(
+        0,
+        Input::Peer {
+            from: n(1),
+            msg: PeerMsg::Transfer(TransferMsg::Batch {
+                batch: 11,
+                partition: p,
+                after: None,
+                items: vec![("k".into(), object)],
+                last: true,
+                snapshot: Some(snapshot),
+            }),
+        },
+    );
+    core.drain_effects();
+    assert_eq!(core.stats().quarantined, 1, "the item was set aside");
+    assert!(
+        !core
+            .partition_clock(p)
+            .is_some_and(|clock| clock.contains(&dot)),
+        "the snapshot claimed the quarantined item's dot"
+    );
+}
+
 /// A fabricated actor with one isolated dot at every `step`-th counter from `first`: a context
 /// with `count` holes.
 fn holes(node: u32, first: u64, step: u64, count: u64) -> NodeClock {
