@@ -398,6 +398,27 @@ impl Cluster {
     }
 }
 
+/// Another key of `key`'s partition under `c`'s current map (`other-<i>`).
+pub fn key_in_same_partition(c: &Cluster, key: &str) -> String {
+    let map = c.map();
+    let p = map.partition_for_key(key.as_bytes());
+    (0..10_000)
+        .map(|i| format!("other-{i}"))
+        .find(|k| map.partition_for_key(k.as_bytes()) == p)
+        .expect("a key of the same partition")
+}
+
+/// The object node `id` stores for `key` in its partition, read straight from its store.
+pub fn stored_object(c: &Cluster, id: NodeId, key: &str) -> Option<dynakv_core::Object> {
+    use dynakv_core::store::{Space, Store};
+    let p = c.map().partition_for_key(key.as_bytes());
+    let bytes = c.nodes[&id]
+        .store()
+        .get(Space::Partition(p), key.as_bytes())
+        .ok()??;
+    dynakv_proto::codec::decode_object(&bytes).ok()
+}
+
 /// The key `user:42` and its primaries (N=3) under `c`'s current map.
 pub fn key_with_primaries(c: &Cluster) -> (String, Vec<NodeId>) {
     let map = c.map();

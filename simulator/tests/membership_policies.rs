@@ -308,7 +308,6 @@ fn after_a_handoff_what_only_the_old_owner_held_reaches_every_new_replica() {
 /// is kept out of the way.
 #[test]
 fn a_new_replica_gets_the_partition_clock_with_the_transfer() {
-    use dynakv_core::store::{Space, Store};
     use dynakv_core::{Input, PeerMsg, ReplicaMsg};
     let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
         cfg.tombstone_grace_ms = 3_000;
@@ -320,13 +319,7 @@ fn a_new_replica_gets_the_partition_clock_with_the_transfer() {
     for k in &keys {
         let put = c.put_ok(n(1), k, "old", &Default::default());
         c.run();
-        let p = c.map().partition_for_key(k.as_bytes());
-        let bytes = c.nodes[&n(1)]
-            .store()
-            .get(Space::Partition(p), k.as_bytes())
-            .unwrap()
-            .unwrap();
-        old.push(dynakv_proto::codec::decode_object(&bytes).unwrap());
+        old.push(dynakv_simulator::harness::stored_object(&c, n(1), k).unwrap());
         let reply = c.request(
             n(1),
             ClientRequest::Delete {

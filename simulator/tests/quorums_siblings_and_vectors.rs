@@ -854,12 +854,7 @@ fn contexts_past_the_token_limits_are_refused_and_never_stored() {
 #[test]
 fn dots_are_unique_within_a_partition_not_only_within_a_key() {
     let mut c = Cluster::new(3, 3, 2, 2);
-    let map = c.map();
-    let p = map.partition_for_key(b"k");
-    let other = (0..10_000)
-        .map(|i| format!("other-{i}"))
-        .find(|k| map.partition_for_key(k.as_bytes()) == p)
-        .expect("a key of the same partition");
+    let other = dynakv_simulator::harness::key_in_same_partition(&c, "k");
     let a = c.actor(n(1));
     let first = c.put_ok(n(1), "k", "v1", &empty()).context.top(&a);
     let second = c.put_ok(n(1), &other, "v2", &empty()).context.top(&a);

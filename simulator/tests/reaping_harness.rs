@@ -264,12 +264,7 @@ fn a_made_up_counter_in_a_reaped_context_does_not_block_the_partition() {
     // A context naming a counter nobody minted is never covered by a partition clock, so that
     // tombstone stays (safe; it costs one record). The floor never sees the made-up counter.
     assert_eq!(reaped(&c), 0, "a made-up dot can never be covered");
-    let map = c.map();
-    let p = map.partition_for_key(b"k");
-    let other = (0..10_000)
-        .map(|i| format!("other-{i}"))
-        .find(|k| map.partition_for_key(k.as_bytes()) == p)
-        .expect("a key of the same partition");
+    let other = dynakv_simulator::harness::key_in_same_partition(&c, "k");
     c.put_ok(n(1), &other, "fine", &NodeClock::new());
     c.put_ok(n(1), "k", "again", &NodeClock::new());
 }
@@ -403,15 +398,7 @@ fn late_copies_of_a_reaped_value_are_dropped_by_the_partition_clocks() {
     let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| cfg.tombstone_grace_ms = 3_000);
     let put = c.put_ok(n(1), "k", "old", &NodeClock::new());
     c.run();
-    let p = c.map().partition_for_key(b"k");
-    let bytes = dynakv_core::store::Store::get(
-        c.nodes[&n(1)].store(),
-        dynakv_core::store::Space::Partition(p),
-        b"k",
-    )
-    .unwrap()
-    .unwrap();
-    let old = dynakv_proto::codec::decode_object(&bytes).unwrap();
+    let old = dynakv_simulator::harness::stored_object(&c, n(1), "k").unwrap();
     assert!(old.holds(&put.dot.unwrap()));
     delete(&mut c, n(1), "k", put.context);
     c.run_for(20_000);
