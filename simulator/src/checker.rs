@@ -9,7 +9,8 @@
 //!    (that write superseded it, so it must be gone: a resurrected or falsely concurrent value),
 //!    and no two siblings carry the same dot.
 //!    `dot-reused`: two acknowledged writes of a key never carry the same dot.
-//! 4. `divergence`: after the quiet phase, every replica of a key holds the same object.
+//! 4. `divergence`: after the quiet phase, every replica of a key answers with the same data
+//!    versions (and the same context when it holds data); see `canonical`.
 //! 5. `liveness`: after healing, quorum requests succeed and the run finishes in bounded time.
 //! 6. `orphan-copy`: after the quiet phase no running member keeps data of a partition it does not
 //!    replicate (such a copy is read, transferred and repaired by nobody).
@@ -117,11 +118,33 @@ pub fn describe(o: &Object) -> Vec<String> {
         .collect()
 }
 
-/// A canonical form of an object, for comparing replicas.
-fn canonical(o: &Object) -> (Vec<String>, NodeClock) {
-    let mut values = describe(o);
+/// A canonical form of a replica's answer, for comparing replicas: its data versions, and its
+/// context when it holds any. Tombstones and the contexts of answers without data differ
+/// legitimately while replicas remove deleted keys each on its own (a tombstone on one, a
+/// context-only record or the fill of a partition clock on another): each of them supersedes
+/// the versions the delete did, which the checks on the merged answers below verify.
+fn canonical(o: &Object) -> (Vec<String>, Option<NodeClock>) {
+    let mut values: Vec<String> = describe(o)
+        .into_iter()
+        .filter(|v| !v.starts_with("<tombstone>@"))
+        .collect();
     values.sort();
-    (values, o.context().clone())
+    let context = (!values.is_empty()).then(|| o.context().clone());
+    (values, context)
+}
+
+/// The partition clocks of some nodes, for a divergence's detail.
+fn clocks_of(world: &World, p: dynakv_ring::PartitionId, ids: &[dynakv_ring::NodeId]) -> String {
+    ids.iter()
+        .map(|id| {
+            let clock = world.nodes[(id.0 as usize).saturating_sub(1)]
+                .core
+                .as_ref()
+                .and_then(|c| c.partition_clock(p));
+            format!("node {id}: {clock:?}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Run every safety and convergence check on the final state of the world.
@@ -175,15 +198,27 @@ fn check_key(
         let Some(core) = node.core.as_ref() else {
             continue;
         };
+        // What a reader merges from this replica: its record, or the fill of its partition
+        // clock for a key it holds nothing of (a removed tombstone still supersedes).
         let object = match core.store().get(Space::Partition(p), key.as_bytes()) {
-            Ok(Some(bytes)) => match dynakv_proto::codec::decode_object(&bytes) {
-                Ok(o) => o,
-                Err(e) => {
+            Ok(Some(bytes)) => {
+                if let Err(e) = dynakv_proto::codec::decode_object(&bytes) {
                     out.push(violation("corrupt-record", key, format!("node {id}: {e}")));
                     continue;
                 }
-            },
-            Ok(None) => Object::new(),
+                match core.replica_answer(p, key.as_bytes()) {
+                    Ok(o) => o.unwrap_or_default(),
+                    Err(e) => {
+                        out.push(violation("corrupt-record", key, format!("node {id}: {e}")));
+                        continue;
+                    }
+                }
+            }
+            Ok(None) => core
+                .replica_answer(p, key.as_bytes())
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
             Err(e) => {
                 out.push(violation("corrupt-record", key, format!("node {id}: {e}")));
                 continue;
@@ -200,9 +235,10 @@ fn check_key(
                 "divergence",
                 key,
                 format!(
-                    "node {first_id} holds {:?} but node {id} holds {:?}",
+                    "node {first_id} holds {:?} but node {id} holds {:?}; clocks of partition {p}: {}",
                     canonical(&first),
-                    canonical(o)
+                    canonical(o),
+                    clocks_of(world, p, &[first_id, *id])
                 ),
             ));
         }
@@ -340,8 +376,16 @@ fn lost_acked_writes<'a>(
         if final_values.contains(value.as_str()) {
             continue;
         }
+        // A write whose value is in the final state was applied, whatever its client heard.
         let was_applied = |x: &WriteRecord| match x.outcome {
             Outcome::Acked => true,
+            _ if x
+                .value
+                .as_ref()
+                .is_some_and(|v| final_values.contains(v.as_str())) =>
+            {
+                true
+            }
             Outcome::Failed => false,
             Outcome::Pending | Outcome::Unknown if n < 2 => true,
             Outcome::Pending | Outcome::Unknown => match &x.value {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use dynakv_core::store::MemStore;
 use dynakv_core::{
     static_addr, AaeMsg, AdminRequest, Bootstrap, ClientReply, ClientRequest, CoreConfig, Effect,
-    HandoffMsg, Input, NodeCore, PeerMsg, ReapMsg, ReplicaMsg, RequestId, Stored, TransferMsg,
+    HandoffMsg, Input, NodeCore, PeerMsg, ReplicaMsg, RequestId, Stored, TransferMsg,
 };
 use dynakv_ring::{NodeId, PartitionId, PartitionMap};
 use rand::{Rng, SeedableRng};
@@ -728,11 +728,6 @@ impl World {
                 key,
             ),
             PeerMsg::Replica(ReplicaMsg::Read { key, .. }) => ("replica-read".to_string(), key),
-            PeerMsg::Reap(ReapMsg::Reap { key, hash, .. }) => (format!("REAP hash={hash:x}"), key),
-            PeerMsg::Reap(ReapMsg::Query { key, hash, .. }) => {
-                (format!("reap-query hash={hash:x}"), key)
-            }
-            PeerMsg::Reap(ReapMsg::Vote { key, ok, .. }) => (format!("reap-vote ok={ok}"), key),
             PeerMsg::Handoff(HandoffMsg::Batch { items, .. }) => {
                 let Some(item) = items
                     .iter()

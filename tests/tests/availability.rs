@@ -24,7 +24,6 @@ use serde_json::Value;
 const CONVERGE: Duration = Duration::from_secs(90);
 
 /// Faster timers than production, so the background work happens within the test's waits.
-/// tombstone_grace_ms must stay >= 2 * request_timeout_ms + 1000 or the node refuses it.
 fn setup(read_repair: bool) -> Setup {
     Setup {
         nodes: 5,

@@ -155,9 +155,10 @@ impl AntiEntropy {
             .ok_or_else(|| crate::Error::Storage("tree vanished".into()))
     }
 
-    /// Called from the maintenance tick: first compare one partition waiting out of turn
-    /// (`soon`) with every other replica believed up; otherwise, once `next_exchange` has
-    /// come, start one exchange (next partition, random peer believed up).
+    /// Called from the maintenance tick: compare one partition waiting out of turn (`soon`)
+    /// with every other replica believed up; and, once `next_exchange` has come, start one
+    /// exchange (next partition, random peer believed up). The round goes on however often
+    /// partitions are asked for out of turn, so every partition is compared in bounded time.
     pub(super) fn tick<S: Store>(&mut self, ctx: &mut Ctx<S>, peers: &PeerView<'_>) {
         let n = usize::from(ctx.cfg.n);
         if let Some(p) = self.soon.pop_first() {
@@ -166,7 +167,6 @@ impl AntiEntropy {
                     self.start_exchange(ctx, p, peer);
                 }
             }
-            return;
         }
         if ctx.now < self.next_exchange {
             return;

@@ -378,6 +378,13 @@ impl<S: Store> super::node::NodeCore<S> {
         self.ctx.clocks.get(p)
     }
 
+    /// What this node answers a read of `key` with as a replica: its record, or for a key it
+    /// holds nothing of, the fill (for checkers and tests: what a reader merges).
+    pub fn replica_answer(&self, p: PartitionId, key: &[u8]) -> Result<Option<Object>> {
+        super::replica::ReplicaRole::answer(&self.ctx, p, key, None)
+            .map_err(|e| crate::Error::Storage(format!("{e:?}")))
+    }
+
     /// Partition clocks held, their actors and ranges in total, and lost keys (for status and
     /// the simulator's metadata measurements).
     pub fn clock_totals(&self) -> (usize, usize, usize, usize) {

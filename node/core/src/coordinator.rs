@@ -26,10 +26,10 @@ pub const MAX_TIMEOUT_MS: u32 = 600_000;
 pub(super) const READ_REPAIR_WINDOW_US: u64 = 1_000_000;
 
 /// How long after it started an operation may still send a copy of the key read at its start
-/// (a read repair, a write's fallback copy), in microseconds: the node's default request timeout
-/// plus the read-repair window. The configuration keeps `tombstone_grace_ms` above twice the
-/// request timeout plus a second, so no such copy is sent later than a grace period after the
-/// data it holds was read, however long the operation's own per-request timeout.
+/// (a read repair), in microseconds: the node's default request timeout plus the read-repair
+/// window. Not a safety bound (a late copy of a deleted version is dropped by the partition
+/// clocks however late it comes): an old snapshot is simply not worth sending, anti-entropy
+/// repairs from current data instead.
 pub(super) fn snapshot_horizon(cfg: &crate::config::CoreConfig) -> u64 {
     u64::from(cfg.request_timeout_ms) * 1000 + READ_REPAIR_WINDOW_US
 }
@@ -71,16 +71,6 @@ impl Coordinator {
             seen_forwards_order: std::collections::VecDeque::new(),
             repair_window: (now, 0),
         }
-    }
-
-    /// Does this node coordinate an operation on `key` that may still send an old copy (a
-    /// read's repair, a write's fallback)? Its deadline may be long (per-request timeouts).
-    pub(super) fn op_pending_for(&self, key: &[u8]) -> bool {
-        self.ops.values().any(|op| match op {
-            PendingOp::Write(w) => w.key.as_ref() == key,
-            PendingOp::Read(r) => r.key.as_ref() == key,
-            PendingOp::Forward(_) => false,
-        })
     }
 
     /// Take one unit of the read-repair budget (`per_sec` per one-second window starting at

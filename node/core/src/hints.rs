@@ -45,41 +45,9 @@ pub(super) struct HintedHandoff {
     pub(super) pending: BTreeMap<NodeId, u64>,
     /// The handoff to each owner (backoff, batch in flight).
     pub(super) peers: BTreeMap<NodeId, Handoff>,
-    /// When this node last sent a hint of each key, kept for one tombstone grace period when
-    /// reaping is on. A batch can still be on the wire (a resend, a duplicate the network
-    /// delivers late) after its owner acknowledged it and the record is gone; until the grace
-    /// has passed the reaper counts the key as hinted here, so such a copy cannot arrive after
-    /// the tombstone that superseded it was reaped.
-    pub(super) recently_sent: BTreeMap<(PartitionId, Bytes), u64>,
-    /// When this node started: `recently_sent` is in memory, so what was sent before the start
-    /// is unknown, and for one grace period every key counts as recently sent.
-    pub(super) started_at: u64,
 }
 
 impl HintedHandoff {
-    /// Did this node send a hint of the key within the last tombstone grace period (see
-    /// `recently_sent`), or start less than a grace period ago (a send before the start may
-    /// still be on the wire)?
-    pub(super) fn sent_recently(
-        &self,
-        p: PartitionId,
-        key: &[u8],
-        now: u64,
-        grace_us: u64,
-    ) -> bool {
-        now < self.started_at.saturating_add(grace_us)
-            || self
-                .recently_sent
-                .get(&(p, Bytes::copy_from_slice(key)))
-                .is_some_and(|at| now < at.saturating_add(grace_us))
-    }
-
-    /// Drop the sends older than one grace period (maintenance).
-    pub(super) fn forget_old_sends(&mut self, now: u64, grace_us: u64) {
-        self.recently_sent
-            .retain(|_, at| now < at.saturating_add(grace_us));
-    }
-
     /// `owner` is reachable again: its hints may go at once (backoff reset).
     pub(super) fn peer_is_back(&mut self, owner: NodeId) {
         if let Some(h) = self.peers.get_mut(&owner) {
@@ -291,7 +259,6 @@ impl HintedHandoff {
 
     /// Called from the maintenance tick: start or retry handoff to every owner with hints.
     pub(super) fn tick<S: Store>(&mut self, ctx: &mut Ctx<S>, membership: &Membership) {
-        self.forget_old_sends(ctx.now, u64::from(ctx.cfg.tombstone_grace_ms) * 1000);
         if self.pending.is_empty() {
             return;
         }
@@ -389,12 +356,6 @@ impl HintedHandoff {
             // The count was stale (hints removed by a reap, say): fix it.
             self.pending.remove(&owner);
             return Ok(());
-        }
-        if ctx.cfg.tombstone_grace_ms > 0 {
-            for item in &items {
-                self.recently_sent
-                    .insert((item.partition, item.key.clone()), ctx.now);
-            }
         }
         let batch = ctx.next_op_id();
         let deadline = ctx.now + u64::from(ctx.cfg.request_timeout_ms) * 1000;

@@ -472,8 +472,7 @@ impl Membership {
     /// Should this node keep a link to `peer`, removed from the cluster? While the driver
     /// reports the link up, or for two lingers after this node saw the removal (time for the
     /// removed node to connect, e.g. to a member that was paused), within the handoff window,
-    /// so it can hand its hints over. (Reap votes use the longer, link-blind
-    /// [`Self::removed_voters`].)
+    /// so it can hand its hints over.
     pub(super) fn is_lingering(
         &self,
         cfg: &crate::config::CoreConfig,
@@ -486,33 +485,6 @@ impl Membership {
             now < since + linger * REMOVED_HANDOFF_FACTOR
                 && (links_up.contains(&peer) || now < since + 2 * linger)
         })
-    }
-
-    /// Removed peers that may still be running, and so must vote on reaps: a removed node
-    /// keeps handing its hints over for up to [`REMOVED_HANDOFF_FACTOR`] lingers after its
-    /// removal, and a network partition looks the same as a stopped process, so the link state
-    /// proves nothing here (unlike [`Self::is_lingering`]). A removal this node learned before
-    /// its start (`started_at`) is counted from the start: the moment is not kept.
-    pub(super) fn removed_voters(
-        &self,
-        cfg: &crate::config::CoreConfig,
-        now: u64,
-        started_at: u64,
-    ) -> Vec<NodeId> {
-        let window = u64::from(cfg.removed_linger_ms) * 1000 * REMOVED_HANDOFF_FACTOR;
-        let Some(state) = self.state() else {
-            return Vec::new();
-        };
-        state
-            .members()
-            .iter()
-            .filter(|(_, m)| m.status == Status::Removed)
-            .map(|(id, _)| *id)
-            .filter(|id| {
-                let since = self.removed_peers.get(id).copied().unwrap_or(started_at);
-                now < since.saturating_add(window)
-            })
-            .collect()
     }
 
     /// `node`'s membership status, if it is in the cluster.

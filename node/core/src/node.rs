@@ -1,7 +1,7 @@
 //! `NodeCore`, the router: it owns the shared context ([`Ctx`]) and one state machine per
 //! mechanism, and does nothing but route. Every input goes to the mechanism that owns it, with
 //! the context and a read-only view of what that mechanism may know of the others
-//! (`PeerView`, `ReapGuards`, `CoordEnv`); what one mechanism's step means for another comes
+//! (`PeerView`, `CoordEnv`); what one mechanism's step means for another comes
 //! back as a value (a `DataEvent`, a `MembershipEvent`, a finished transfer) that the router
 //! hands on. Also here: identity/incarnation at start, the loopback of self-sent messages, the
 //! maintenance tick's order, and `drain_effects` (sync, then effects; fail-stop on a failed
@@ -20,7 +20,7 @@ use super::ctx::{Ctx, Identity, IDENTITY_KEY};
 use super::hints::HintedHandoff;
 pub(super) use super::liveness::{Liveness, PeerView};
 use super::membership::Membership;
-use super::reaper::{ReapGuards, Reaper};
+use super::reaper::Reaper;
 use super::scrub::Scrub;
 use super::timers::{Timer, TimerTable};
 use super::transfer::Transfers;
@@ -172,10 +172,7 @@ impl<S: Store> NodeCore<S> {
                 links_up: BTreeSet::new(),
             },
             coord: Coordinator::new(now),
-            handoff: HintedHandoff {
-                started_at: now,
-                ..HintedHandoff::default()
-            },
+            handoff: HintedHandoff::default(),
             aae: AntiEntropy {
                 next_exchange: now + tick,
                 ..AntiEntropy::default()
@@ -307,29 +304,6 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    /// The reaper, the shared context, and what the reaper must know of the others, borrowed
-    /// apart.
-    fn split_for_reaper(&mut self) -> (&mut Ctx<S>, &mut Reaper, ReapGuards<'_>) {
-        let NodeCore {
-            ctx,
-            liveness,
-            coord,
-            handoff,
-            reaper,
-            membership,
-            transfers,
-            ..
-        } = self;
-        let guards = ReapGuards {
-            peers: PeerView::new(ctx.id(), ctx.now, liveness, membership),
-            membership,
-            handoff,
-            coord,
-            transfers,
-        };
-        (ctx, reaper, guards)
-    }
-
     /// Hand the data events of the last step to the mechanisms that derive state from the
     /// data, in the order they happened. Called after every input, every self-sent message and
     /// every step of the maintenance tick, so no mechanism acts on state that lags the store.
@@ -433,10 +407,6 @@ impl<S: Store> NodeCore<S> {
                 if let Err(e) = self.aae.on_msg(&mut self.ctx, from, m) {
                     tracing::warn!(%from, error = %e, "anti-entropy step failed");
                 }
-            }
-            PeerMsg::Reap(m) => {
-                let (ctx, reaper, guards) = self.split_for_reaper();
-                reaper.on_msg(ctx, from, m, &guards);
             }
             PeerMsg::Gossip(m) => self.on_gossip(from, m),
             PeerMsg::Transfer(m) => {
@@ -560,8 +530,7 @@ impl<S: Store> NodeCore<S> {
                 self.ctx.send(peer, ProbeMsg::Ping { nonce });
             }
         }
-        let (ctx, reaper, guards) = self.split_for_reaper();
-        reaper.tick(ctx, &guards);
+        self.reaper.tick(&mut self.ctx, &self.transfers);
         self.route_events();
         self.scrub.tick(&mut self.ctx);
         self.route_events();

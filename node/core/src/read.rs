@@ -135,9 +135,9 @@ impl Coordinator {
             return;
         }
         // A repair sends what the replies held when they were read. Later than the snapshot
-        // horizon, that may predate a delete whose tombstone was reaped meanwhile (a per-request
-        // timeout can be minutes, and the repair of a read that never got R replies is sent at
-        // its deadline): skip it, anti-entropy repairs from current data instead.
+        // horizon (a per-request timeout can be minutes, and the repair of a read that never
+        // got R replies is sent at its deadline) that is stale: skip it, anti-entropy repairs
+        // from current data instead. Safety does not rest on this (the clocks drop old copies).
         if ctx.now > r.started + snapshot_horizon(&ctx.cfg) {
             ctx.stats.read_repairs_skipped += 1;
             return;

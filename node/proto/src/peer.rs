@@ -24,8 +24,6 @@ pub enum PeerMsg {
     Handoff(HandoffMsg),
     /// Merkle-tree anti-entropy.
     Aae(AaeMsg),
-    /// Tombstone reaping.
-    Reap(ReapMsg),
     /// Membership gossip (see `dynakv-gossip`).
     Gossip(dynakv_gossip::GossipMsg),
     /// Partition transfers after a membership change.
@@ -181,27 +179,6 @@ impl AaeMsg {
     }
 }
 
-/// Tombstone reaping.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReapMsg {
-    /// Phase 1: may this tombstone-only object be removed everywhere?
-    Query {
-        round: u64,
-        partition: PartitionId,
-        key: Bytes,
-        hash: u64,
-    },
-    /// Answer to [`ReapMsg::Query`]: `ok` if the receiver holds the same tombstone (or
-    /// nothing) and no hint for the key.
-    Vote { round: u64, key: Bytes, ok: bool },
-    /// Phase 2: remove the key if it still holds exactly this object.
-    Reap {
-        partition: PartitionId,
-        key: Bytes,
-        hash: u64,
-    },
-}
-
 /// Partition transfers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferMsg {
@@ -252,7 +229,6 @@ into_peer_msg!(
     ProbeMsg => Probe,
     HandoffMsg => Handoff,
     AaeMsg => Aae,
-    ReapMsg => Reap,
     TransferMsg => Transfer,
 );
 
