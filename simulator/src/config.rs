@@ -64,12 +64,17 @@ pub enum FaultKind {
     /// finds code that relies on a crash taking back a whole unsynced step. Decided from a
     /// stream of its own, so `-torn` replays the traces of before it existed.
     Torn,
+    /// The network delivers a message that carries data (a replica write, a hint batch, an
+    /// anti-entropy or transfer batch) once more, 2-20 s after the original: a retransmission
+    /// from a queue that outlived a reconnect. Such copies land after the delete that
+    /// superseded what they carry, and after its tombstone was reaped. A stream of its own.
+    Replay,
 }
 
 impl FaultKind {
     /// Every fault kind, in declaration order (the same list as [`ValueEnum::value_variants`];
     /// a test checks they agree).
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::Loss,
         FaultKind::Dup,
         FaultKind::Reorder,
@@ -86,6 +91,7 @@ impl FaultKind {
         FaultKind::Disk,
         FaultKind::Corrupt,
         FaultKind::Torn,
+        FaultKind::Replay,
     ];
 }
 
@@ -410,7 +416,7 @@ mod tests {
         let but: FaultSet = "-wipe,-skew".parse().expect("a valid list");
         assert_eq!(
             but.to_string(),
-            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,powerloss,hold,disk,corrupt,torn"
+            "loss,dup,reorder,partition,oneway,clog,crash,pause,membership,powerloss,hold,disk,corrupt,torn,replay"
         );
     }
 

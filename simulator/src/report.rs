@@ -149,7 +149,9 @@ fn drive(world: &mut World) -> bool {
             return false;
         }
         let since = *settled_since.get_or_insert(w.now);
-        w.now >= quiet_start + QUIET_SETTLE_US && w.now >= since + QUIET_STABLE_US
+        w.now >= quiet_start + QUIET_SETTLE_US
+            && w.now >= w.last_replay_at + QUIET_SETTLE_US
+            && w.now >= since + QUIET_STABLE_US
     });
     chaos_finished && world.workload.phase == Phase::Done
 }

@@ -219,6 +219,11 @@ pub struct World {
     /// How much of a crashed node's unsynced writes survive (`torn`): a stream of its own, so
     /// runs without the fault draw exactly what they drew before it existed.
     pub(crate) torn_rng: ChaCha8Rng,
+    /// Which messages the network delivers again (`replay`): a stream of its own, likewise.
+    replay_rng: ChaCha8Rng,
+    /// When the last replayed message lands (the quiet phase lasts long enough after it for
+    /// anti-entropy to repair what it brought).
+    pub(crate) last_replay_at: u64,
     pub(crate) now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
@@ -361,6 +366,9 @@ impl World {
             rng,
             // "torn" in ASCII: any fixed offset from the seed gives an independent stream.
             torn_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x746f_726e),
+            // "replay".
+            replay_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x7265_706c_6179),
+            last_replay_at: 0,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -672,7 +680,32 @@ impl World {
                 },
             );
         }
+        self.maybe_replay(from, to, &msg, at);
         self.schedule(at, Event::Deliver { from, to, msg });
+    }
+
+    /// `replay`: during the chaos phase, deliver a few of the messages that carry data once
+    /// more, seconds later (after the heal, often after a delete and its reap).
+    fn maybe_replay(&mut self, from: NodeId, to: NodeId, msg: &PeerMsg, at: u64) {
+        const SHARE: f64 = 0.03;
+        if !self.cfg.faults.has(crate::config::FaultKind::Replay)
+            || !self.workload.in_chaos()
+            || !carries_versions(msg)
+            || !self.replay_rng.gen_bool(SHARE)
+        {
+            return;
+        }
+        let later = at + self.replay_rng.gen_range(2_000_000..20_000_000);
+        self.last_replay_at = self.last_replay_at.max(later);
+        self.count_fault("replay");
+        self.schedule(
+            later,
+            Event::Deliver {
+                from,
+                to,
+                msg: msg.clone(),
+            },
+        );
     }
 
     /// A coordinator sends every new value to the key's other targets right after storing it:
@@ -1229,6 +1262,21 @@ impl World {
             }
         }
     }
+}
+
+/// Does this message carry versions of keys (what a late copy can bring back)?
+fn carries_versions(msg: &PeerMsg) -> bool {
+    matches!(
+        msg,
+        PeerMsg::Replica(ReplicaMsg::Write { .. })
+            | PeerMsg::Handoff(HandoffMsg::Batch { .. })
+            | PeerMsg::Aae(
+                dynakv_core::AaeMsg::Exchange { .. }
+                    | dynakv_core::AaeMsg::Objects { .. }
+                    | dynakv_core::AaeMsg::ClockReply { .. }
+            )
+            | PeerMsg::Transfer(TransferMsg::Batch { .. })
+    )
 }
 
 /// Does this effect report or carry data (so it must wait for durability)? Error replies, links

@@ -44,10 +44,10 @@ pub struct CoreConfig {
     /// Stored records the background scrub checks per second at most (0: no scrub).
     pub scrub_per_sec: u32,
     /// How long a record must have been tombstone-only before its replica removes it (once
-    /// its partition clock covers it, `reaper.rs`); 0 keeps tombstones forever. Not a safety
-    /// bound: late copies of deleted values are dropped by the clock however late they come
-    /// (docs/AVAILABILITY.md). A delay lets a fresh tombstone, rather than a fill, repair the
-    /// replicas that missed the delete.
+    /// its partition clock covers it, `reaper.rs`); 0 keeps tombstones forever. Default one
+    /// minute. Not a safety bound: late copies of deleted values are dropped by the clock
+    /// however late they come (docs/AVAILABILITY.md). The delay lets a fresh tombstone, rather
+    /// than a fill, repair the replicas that missed the delete.
     pub tombstone_grace_ms: u32,
     /// Gossip round length.
     pub gossip_interval_ms: u32,
@@ -92,7 +92,7 @@ impl Default for CoreConfig {
             aae_interval_ms: 1_000,
             read_repair_per_sec: 2_000,
             scrub_per_sec: 1_000,
-            tombstone_grace_ms: 0,
+            tombstone_grace_ms: 60_000,
             gossip_interval_ms: 1_000,
             max_transfers: 2,
             transfer_batch: 256,

@@ -162,7 +162,7 @@ impl ClusterFile {
 /// aae_interval_ms = 1000         # one anti-entropy exchange per this period
 /// scrub_per_sec = 1000           # stored records checked per second (0: no scrub)
 /// read_repair_per_sec = 2000     # read-repair budget
-/// tombstone_grace_ms = 0         # tombstone-only age before a replica removes it (0 = keep)
+/// tombstone_grace_ms = 60000     # tombstone-only age before a replica removes it (0 = keep)
 /// sibling_warn = 25              # siblings per key before a warning
 /// sibling_max = 100              # siblings per key before a write is refused
 /// gossip_interval_ms = 1000      # gossip round length
