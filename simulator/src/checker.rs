@@ -503,10 +503,13 @@ mod tests {
     fn lost_with(later: WriteRecord, applied: &Applied, n: u8) -> Vec<String> {
         let acked = record(Some("a"), &[], Outcome::Acked, Some(1));
         let writes = [&acked, &later];
-        let finals: BTreeSet<&str> = ["b"].into_iter().collect();
+        // The later write's value is gone too (a still later write replaced it): whether it
+        // was applied is not shown by the final state. Only what becomes of "a" is asked.
+        let finals: BTreeSet<&str> = ["z"].into_iter().collect();
         lost_acked_writes("k", &writes, &finals, applied, n)
             .into_iter()
             .filter_map(|w| w.value.clone())
+            .filter(|v| v == "a")
             .collect()
     }
 
@@ -543,6 +546,23 @@ mod tests {
         // A context that does not cover the dot excuses nothing.
         let blind = record(Some("b"), &[], Outcome::Acked, Some(2));
         assert_eq!(lost_with(blind, &Applied::default(), 3), ["a"]);
+    }
+
+    /// A write whose value is among the final siblings was applied, whatever its client heard
+    /// (seed 4 with N=3 R=W=1: a timed-out put, forwarded and stored by its coordinator alone,
+    /// legitimately superseded the values its context covered).
+    #[test]
+    fn a_write_whose_value_survives_counts_as_applied() {
+        let acked = record(Some("a"), &[], Outcome::Acked, Some(1));
+        let later = record(Some("b"), &[1], Outcome::Unknown, None);
+        let writes = [&acked, &later];
+        let finals: BTreeSet<&str> = ["b"].into_iter().collect();
+        assert!(lost_acked_writes("k", &writes, &finals, &Applied::default(), 3).is_empty());
+        let finals: BTreeSet<&str> = BTreeSet::new();
+        assert_eq!(
+            lost_acked_writes("k", &writes, &finals, &Applied::default(), 3).len(),
+            1
+        );
     }
 
     /// The rule of the safety issue: a write whose outcome is unknown hides a lost acknowledged
