@@ -496,3 +496,58 @@ fn out_of_turn_compares_never_starve_the_anti_entropy_round() {
         "anti-entropy never compared the other partition"
     );
 }
+
+/// A wiped replica rejoins with no clock, so it takes a late copy of a reaped value like a new
+/// one. The other replicas answer for the key with their fills, which cover the old version: a
+/// quorum read drops it, and anti-entropy repairs the wiped replica (its clock learns the dead
+/// dot from theirs, and the context-only record the repair left goes).
+#[test]
+fn a_wiped_replica_that_takes_a_late_copy_is_repaired_by_the_others_fills() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+        cfg.aae_interval_ms = 200;
+    });
+    let put = c.put_ok(n(1), "k", "old", &NodeClock::new());
+    c.run();
+    let old = dynakv_simulator::harness::stored_object(&c, n(1), "k").unwrap();
+    delete(&mut c, n(1), "k", put.context);
+    c.run_for(20_000);
+    assert!(reaped(&c) >= 3, "reaped on every replica");
+    c.wipe(n(3));
+    c.run_for(500);
+    // Node 3 alone gets an old copy, as a replica write held since before the delete.
+    {
+        use dynakv_core::{Input, PeerMsg, ReplicaMsg};
+        let p = c.map().partition_for_key(b"k");
+        let node = c.nodes.get_mut(&n(3)).unwrap();
+        node.handle(
+            0,
+            Input::Peer {
+                from: n(1),
+                msg: PeerMsg::Replica(ReplicaMsg::Write {
+                    op: 9_999,
+                    partition: p,
+                    key: "k".into(),
+                    object: old,
+                    hint: None,
+                }),
+            },
+        );
+        node.drain_effects();
+    }
+    assert_eq!(c.local(n(3), "k").0, set(&["old"]), "a wiped node has no clock");
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    let ClientReply::Got(read) = c.get(n(1), "k", all) else {
+        panic!("read failed")
+    };
+    assert_eq!(strings(&read.values), set(&[]), "the fills hide the old value");
+    c.run_for(20_000);
+    assert_eq!(c.local(n(3), "k").0, set(&[]), "node 3 repaired");
+    assert!(
+        dynakv_simulator::harness::stored_object(&c, n(3), "k").is_none(),
+        "node 3 removed the context-only record the repair left"
+    );
+}
