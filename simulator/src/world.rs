@@ -687,7 +687,7 @@ impl World {
     /// `replay`: during the chaos phase, deliver a few of the messages that carry data once
     /// more, seconds later (after the heal, often after a delete and its reap).
     fn maybe_replay(&mut self, from: NodeId, to: NodeId, msg: &PeerMsg, at: u64) {
-        const SHARE: f64 = 0.03;
+        const SHARE: f64 = 0.10;
         if !self.cfg.faults.has(crate::config::FaultKind::Replay)
             || !self.workload.in_chaos()
             || !carries_versions(msg)

@@ -112,17 +112,14 @@ fn a_corrupt_record_overwritten_by_a_replica_write_still_retires_the_actor() {
         cfg.scrub_per_sec = 0;
         cfg.aae_interval_ms = 600_000;
     });
+    // Node 1 never gets v1: the write reaches nodes 2 and 3 only.
+    c.isolate(n(1));
     let first = c.put_ok(n(2), "k", "v1", &NodeClock::new());
     let minted = first.dot.expect("a put mints a dot");
     c.run_for(2_000);
-    // Node 1 never got v1 (its copy is taken away: the write reached nodes 2 and 3 only).
-    let p = c.map().partition_for_key(b"k");
-    c.nodes
-        .get_mut(&n(1))
-        .expect("node")
-        .store_mut()
-        .remove(dynakv_core::store::Space::Partition(p), b"k")
-        .expect("remove");
+    c.heal_node(n(1));
+    c.run_for(2_000);
+    assert_eq!(readable(&c, n(1), "k"), None, "node 1 never got v1");
     corrupt_record(&mut c, n(2), "k");
     // Node 3, the only other holder of v1, is out of node 2's reach: nothing brings v1 back.
     c.cut_both(n(2), n(3));

@@ -535,7 +535,11 @@ fn a_wiped_replica_that_takes_a_late_copy_is_repaired_by_the_others_fills() {
         );
         node.drain_effects();
     }
-    assert_eq!(c.local(n(3), "k").0, set(&["old"]), "a wiped node has no clock");
+    assert_eq!(
+        c.local(n(3), "k").0,
+        set(&["old"]),
+        "a wiped node has no clock"
+    );
     let all = RequestOptions {
         r: Some(3),
         ..RequestOptions::default()
@@ -543,11 +547,59 @@ fn a_wiped_replica_that_takes_a_late_copy_is_repaired_by_the_others_fills() {
     let ClientReply::Got(read) = c.get(n(1), "k", all) else {
         panic!("read failed")
     };
-    assert_eq!(strings(&read.values), set(&[]), "the fills hide the old value");
+    assert_eq!(
+        strings(&read.values),
+        set(&[]),
+        "the fills hide the old value"
+    );
     c.run_for(20_000);
     assert_eq!(c.local(n(3), "k").0, set(&[]), "node 3 repaired");
     assert!(
         dynakv_simulator::harness::stored_object(&c, n(3), "k").is_none(),
         "node 3 removed the context-only record the repair left"
     );
+}
+
+/// Found in review of reaping without votes: nodes 1 and 2 remove the tombstone while node 3,
+/// which missed the delete, still holds the old value; then the key is written again. The
+/// new record on nodes 1 and 2 must still supersede the old value (it starts from their fill,
+/// which covers it): otherwise node 3 keeps the old value as a sibling of the new one when the
+/// new record reaches it, and reads return the deleted value until anti-entropy catches up.
+#[test]
+fn a_key_written_again_after_the_reap_still_supersedes_a_lagging_replicas_old_value() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+        cfg.aae_interval_ms = 600_000;
+        cfg.read_repair = false;
+    });
+    // The old value is node 2's dot, the new one node 1's: a write's context covers its own
+    // actor's earlier counters anyway, so only another node's old dot shows the hole.
+    let put = c.put_ok(n(2), "k", "old", &NodeClock::new());
+    c.run();
+    c.isolate(n(3));
+    delete(&mut c, n(1), "k", put.context);
+    c.run_for(10_000);
+    assert!(reaped(&c) >= 2, "nodes 1 and 2 reaped");
+    assert_eq!(
+        c.local(n(3), "k").0,
+        set(&["old"]),
+        "node 3 missed the delete"
+    );
+    c.put_ok(n(1), "k", "new", &NodeClock::new());
+    c.heal();
+    c.run_for(3_000);
+    c.sync_key(n(1), n(3), "k");
+    assert_eq!(
+        c.local(n(3), "k").0,
+        set(&["new"]),
+        "the new record brought the deleted value back as a sibling"
+    );
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    match c.get(n(2), "k", all) {
+        ClientReply::Got(g) => assert_eq!(strings(&g.values), set(&["new"])),
+        other => panic!("{other:?}"),
+    }
 }

@@ -386,7 +386,18 @@ impl<S: Store> Ctx<S> {
             Some(local) if !self.cfg.has_bug(PlantedBug::OverwriteOnReplica) => {
                 self.merge(local, incoming)
             }
-            _ => incoming.clone(),
+            Some(_) => incoming.clone(),
+            // A key this replica holds no record of starts from its fill: the record it stores
+            // then still supersedes what the replica saw deleted (a removed tombstone), as its
+            // answer did while the key was absent.
+            // (The check runs first, so the versions the fill would drop count as late.)
+            None => match self.filled_absent(p, key) {
+                Some(fill) if !self.cfg.has_bug(PlantedBug::SkipNodeClockCheck) => {
+                    let checked = self.drop_seen(p, key, None, incoming.clone());
+                    self.merge(&fill, &checked)
+                }
+                _ => incoming.clone(),
+            },
         };
         let merged = self.drop_seen(p, key, local.as_ref(), merged);
         if local.is_none()

@@ -11,8 +11,9 @@
 //!    it only lets a fresh tombstone, rather than a fill, repair the replicas that missed the
 //!    delete, and saves work on keys deleted and written again at once;
 //! 3. its key is not lost (`Ctx::key_lost`): a lost key is never filled nor checked, so its
-//!    tombstone is what keeps old copies out there. Its context-only record goes without the
-//!    clock (it supersedes no version and claims nothing the others' fills do not);
+//!    record (tombstone or context-only) is what supersedes old copies there, and it stays:
+//!    removed, the replica would answer a read with nothing, and a read that reaches it and a
+//!    replica that missed the delete would return the deleted value;
 //! 4. no transfer of the partition is moving to or from this node (its batches carry records,
 //!    and a record in flight is better than a hole the snapshot must explain).
 //!
@@ -140,13 +141,8 @@ impl Reaper {
             }
             Err(_) => return, // unreadable: the scrub sets it aside
         };
-        let context_only = object.value_count() == 0;
         if ctx.key_lost(p, &key) {
-            if context_only {
-                self.remove(ctx, p, &key, &object);
-            } else {
-                self.tombstones.remove(&(p, key)); // kept for good (see rule 3)
-            }
+            self.tombstones.remove(&(p, key)); // kept for good (see rule 3)
             return;
         }
         if ctx.now < since.saturating_add(delay) {

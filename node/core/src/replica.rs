@@ -144,15 +144,22 @@ impl ReplicaRole<'_> {
         Ok(o)
     }
 
-    /// Everything this node holds for a key: its replica copy and every hint, for any owner.
-    /// A coordinator mints from this, so a new dot is above every dot of its actor it holds.
+    /// Everything this node holds for a key: its replica copy (or, for a key it holds no
+    /// record of, the fill of its partition clock) and every hint, for any owner. A coordinator
+    /// mints from this, so a new dot is above every dot of its actor it holds, and the new
+    /// object supersedes what this replica saw deleted: without the fill, a write of a key
+    /// whose tombstone was removed here would make this replica answer with a record that no
+    /// longer covers the old value a replica that missed the delete still holds.
     pub(super) fn local_knowledge<S: Store>(
         &self,
         ctx: &Ctx<S>,
         p: PartitionId,
         key: &[u8],
     ) -> Result<Object> {
-        let mut o = ctx.load(p, key)?.unwrap_or_default();
+        let mut o = match ctx.load(p, key)? {
+            Some(o) => o,
+            None => ctx.filled_absent(p, key).unwrap_or_default(),
+        };
         for owner in hint_owners(ctx, self.membership, self.handoff) {
             if let Some(h) = load_hint(&ctx.store, owner, p, key)? {
                 o = ctx.merge(&o, &h);
