@@ -603,3 +603,42 @@ fn a_key_written_again_after_the_reap_still_supersedes_a_lagging_replicas_old_va
         other => panic!("{other:?}"),
     }
 }
+
+/// Found in review: a clock write can fail (a full disk) after the clock in memory gained a
+/// dot, here a dead one learned from a peer. The reaper must not remove a tombstone on the
+/// strength of that memory alone: after a crash the clock on disk would no longer cover the
+/// removed tombstone, and the node's fill would stop superseding the old value. It writes the
+/// clock first.
+#[test]
+fn a_reap_never_rests_on_a_clock_that_is_not_on_disk() {
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.tombstone_grace_ms = 3_000;
+        cfg.aae_interval_ms = 200;
+        cfg.read_repair = false;
+    });
+    // Node 3 never stores "old" (its dot reaches its clock only as a peer's dead claim).
+    c.isolate(n(3));
+    let put = c.put_ok(n(2), "k", "old", &NodeClock::new());
+    let old_dot = put.dot.expect("a dot");
+    c.run_for(1_000);
+    c.heal();
+    c.run_for(1_000);
+    delete(&mut c, n(1), "k", put.context);
+    c.run_for(500);
+    let p = c.map().partition_for_key(b"k");
+    // Node 3's disk fills up: the dead claim lands in its clock in memory only.
+    c.nodes.get_mut(&n(3)).unwrap().store_mut().set_full(true);
+    c.run_for(4_000);
+    c.nodes.get_mut(&n(3)).unwrap().store_mut().set_full(false);
+    c.run_for(8_000);
+    c.restart(n(3));
+    c.run_for(100);
+    let covered = c.nodes[&n(3)]
+        .partition_clock(p)
+        .is_some_and(|clock| clock.contains(&old_dot));
+    let holds_record = dynakv_simulator::harness::stored_object(&c, n(3), "k").is_some();
+    assert!(
+        covered || holds_record,
+        "node 3 removed the tombstone but its clock on disk does not cover the old value"
+    );
+}

@@ -86,6 +86,10 @@ fn decode_clock(bytes: &[u8]) -> Option<NodeClock> {
 pub(super) struct Clocks {
     clocks: BTreeMap<PartitionId, NodeClock>,
     lost: BTreeSet<(PartitionId, Bytes)>,
+    /// Partitions whose clock in memory is ahead of the one on disk (its last write failed).
+    /// Nothing may be removed on the strength of such a clock until it is written: a crash
+    /// would take the cover back while the removal stayed.
+    unpersisted: BTreeSet<PartitionId>,
 }
 
 impl Clocks {
@@ -181,10 +185,38 @@ impl<S: Store> Ctx<S> {
         }
         if changed {
             let bytes = encode_clock(clock);
-            self.store.put(Space::Clocks, &clock_key(p), &bytes)?;
-            self.dirty = true;
+            self.write_clock(p, &bytes)?;
         }
         Ok(())
+    }
+
+    /// Write `p`'s encoded clock; on failure, remember that memory is ahead of the disk.
+    fn write_clock(&mut self, p: PartitionId, bytes: &[u8]) -> Result<()> {
+        match self.store.put(Space::Clocks, &clock_key(p), bytes) {
+            Ok(()) => {
+                self.dirty = true;
+                self.clocks.unpersisted.remove(&p);
+                Ok(())
+            }
+            Err(e) => {
+                self.clocks.unpersisted.insert(p);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether `p`'s clock on disk (as of the next sync) is the one in memory, writing it now
+    /// if an earlier write failed. The reaper removes a record only then.
+    pub(super) fn clock_on_disk(&mut self, p: PartitionId) -> bool {
+        if !self.clocks.unpersisted.contains(&p) {
+            return true;
+        }
+        let Some(clock) = self.clocks.clocks.get(&p) else {
+            self.clocks.unpersisted.remove(&p);
+            return true;
+        };
+        let bytes = encode_clock(clock);
+        self.write_clock(p, &bytes).is_ok()
     }
 
     /// Add dots a peer stored and saw superseded (`clock_sync.rs`); persisted.
@@ -195,9 +227,7 @@ impl<S: Store> Ctx<S> {
         }
         clock.merge(dead);
         let bytes = encode_clock(clock);
-        self.store.put(Space::Clocks, &clock_key(p), &bytes)?;
-        self.dirty = true;
-        Ok(())
+        self.write_clock(p, &bytes)
     }
 
     /// Whether a copy of a version with `dot` arriving for `key` is old: its dot was stored
@@ -345,6 +375,7 @@ impl<S: Store> Ctx<S> {
             self.dirty = true;
             self.clocks.clocks.remove(&p);
         }
+        self.clocks.unpersisted.remove(&p);
         let lost: Vec<Bytes> = self
             .clocks
             .lost

@@ -164,6 +164,12 @@ impl Reaper {
     }
 
     fn remove<S: Store>(&mut self, ctx: &mut Ctx<S>, p: PartitionId, key: &[u8], o: &Object) {
+        // The cover must be on disk before the removal is: a clock write that failed (a full
+        // disk) leaves memory ahead, and a crash would then take the cover back while the
+        // removal stayed (found in review).
+        if !ctx.clock_on_disk(p) {
+            return;
+        }
         let top = o.context().top(&ctx.actor);
         if top > FLOOR_LIMIT {
             // Honest use never gets near: the counter came from a context a client made up.
