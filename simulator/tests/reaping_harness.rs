@@ -82,14 +82,7 @@ fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
     let fresh = c.put_ok(prim[1], &key, "new", &NodeClock::new());
     assert!(fresh.dot.is_some());
     c.run_for(2_000);
-    let all = RequestOptions {
-        r: Some(3),
-        ..RequestOptions::default()
-    };
-    match c.get(prim[0], &key, all) {
-        ClientReply::Got(g) => assert_eq!(strings(&g.values), set(&["new"])),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(read_all(&mut c, prim[0], &key), set(&["new"]));
 }
 
 /// No vote: each replica removes the tombstone on its own clock, so a member that cannot be
@@ -363,25 +356,52 @@ fn replay_everywhere(
     key: &str,
     object: &dynakv_core::Object,
 ) {
+    let ids: Vec<dynakv_ring::NodeId> = c.nodes.keys().copied().filter(|id| *id != from).collect();
+    for id in ids {
+        deliver_write(c, from, id, key, object);
+    }
+}
+
+/// Deliver `object` of `key` to node `to` as a replica write from `from`, right now.
+fn deliver_write(
+    c: &mut Cluster,
+    from: dynakv_ring::NodeId,
+    to: dynakv_ring::NodeId,
+    key: &str,
+    object: &dynakv_core::Object,
+) {
     use dynakv_core::{Input, PeerMsg, ReplicaMsg};
     let p = c.map().partition_for_key(key.as_bytes());
-    let ids: Vec<dynakv_ring::NodeId> = c.nodes.keys().copied().filter(|id| *id != from).collect();
-    for (i, id) in ids.into_iter().enumerate() {
-        let node = c.nodes.get_mut(&id).unwrap();
-        node.handle(
-            0,
-            Input::Peer {
-                from,
-                msg: PeerMsg::Replica(ReplicaMsg::Write {
-                    op: 9_000 + i as u64,
-                    partition: p,
-                    key: key.to_string().into(),
-                    object: object.clone(),
-                    hint: None,
-                }),
-            },
-        );
-        node.drain_effects();
+    let node = c.nodes.get_mut(&to).unwrap();
+    node.handle(
+        0,
+        Input::Peer {
+            from,
+            msg: PeerMsg::Replica(ReplicaMsg::Write {
+                op: 9_000 + u64::from(to.0),
+                partition: p,
+                key: key.to_string().into(),
+                object: object.clone(),
+                hint: None,
+            }),
+        },
+    );
+    node.drain_effects();
+}
+
+/// The values of `key` a read of every replica returns, through `at`.
+fn read_all(
+    c: &mut Cluster,
+    at: dynakv_ring::NodeId,
+    key: &str,
+) -> std::collections::BTreeSet<String> {
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    match c.get(at, key, all) {
+        ClientReply::Got(g) => strings(&g.values),
+        other => panic!("read failed: {other:?}"),
     }
 }
 
@@ -441,15 +461,8 @@ fn a_replica_that_missed_the_delete_is_repaired_by_the_others_fill() {
     let store = c.nodes.get_mut(&n(3)).unwrap().store_mut();
     dynakv_core::store::Store::put(store, space, b"k", &bytes).unwrap();
     assert_eq!(c.local(n(3), "k").0, set(&["old"]));
-    let all = RequestOptions {
-        r: Some(3),
-        ..RequestOptions::default()
-    };
-    let ClientReply::Got(read) = c.get(n(1), "k", all) else {
-        panic!("read failed")
-    };
     assert_eq!(
-        strings(&read.values),
+        read_all(&mut c, n(1), "k"),
         set(&[]),
         "the fill hides the old value"
     );
@@ -516,39 +529,14 @@ fn a_wiped_replica_that_takes_a_late_copy_is_repaired_by_the_others_fills() {
     c.wipe(n(3));
     c.run_for(500);
     // Node 3 alone gets an old copy, as a replica write held since before the delete.
-    {
-        use dynakv_core::{Input, PeerMsg, ReplicaMsg};
-        let p = c.map().partition_for_key(b"k");
-        let node = c.nodes.get_mut(&n(3)).unwrap();
-        node.handle(
-            0,
-            Input::Peer {
-                from: n(1),
-                msg: PeerMsg::Replica(ReplicaMsg::Write {
-                    op: 9_999,
-                    partition: p,
-                    key: "k".into(),
-                    object: old,
-                    hint: None,
-                }),
-            },
-        );
-        node.drain_effects();
-    }
+    deliver_write(&mut c, n(1), n(3), "k", &old);
     assert_eq!(
         c.local(n(3), "k").0,
         set(&["old"]),
         "a wiped node has no clock"
     );
-    let all = RequestOptions {
-        r: Some(3),
-        ..RequestOptions::default()
-    };
-    let ClientReply::Got(read) = c.get(n(1), "k", all) else {
-        panic!("read failed")
-    };
     assert_eq!(
-        strings(&read.values),
+        read_all(&mut c, n(1), "k"),
         set(&[]),
         "the fills hide the old value"
     );
@@ -594,14 +582,7 @@ fn a_key_written_again_after_the_reap_still_supersedes_a_lagging_replicas_old_va
         set(&["new"]),
         "the new record brought the deleted value back as a sibling"
     );
-    let all = RequestOptions {
-        r: Some(3),
-        ..RequestOptions::default()
-    };
-    match c.get(n(2), "k", all) {
-        ClientReply::Got(g) => assert_eq!(strings(&g.values), set(&["new"])),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(read_all(&mut c, n(2), "k"), set(&["new"]));
 }
 
 /// Found in review: a clock write can fail (a full disk) after the clock in memory gained a
