@@ -29,6 +29,10 @@ pub struct Cluster {
     pub links: BTreeMap<NodeId, BTreeSet<NodeId>>,
     /// Nodes whose core asked to be stopped (`Effect::Stop`).
     pub stopped: BTreeSet<NodeId>,
+    /// Every message delivered since [`Cluster::record`] turned recording on, to deliver again
+    /// with [`Cluster::inject`] (a duplicate, or a copy that arrives late).
+    pub recorded: Vec<(NodeId, NodeId, PeerMsg)>,
+    recording: bool,
 }
 
 pub fn n(i: u32) -> NodeId {
@@ -70,6 +74,8 @@ impl Cluster {
             delivered: 0,
             links: BTreeMap::new(),
             stopped: BTreeSet::new(),
+            recorded: Vec::new(),
+            recording: false,
         }
     }
 
@@ -142,6 +148,9 @@ impl Cluster {
                 continue;
             }
             self.delivered += 1;
+            if self.recording {
+                self.recorded.push((from, to, msg.clone()));
+            }
             let now = self.now;
             self.nodes
                 .get_mut(&to)
@@ -149,6 +158,17 @@ impl Cluster {
                 .handle(now, Input::Peer { from, msg });
             self.collect(to);
         }
+    }
+
+    /// Keep (or stop keeping) a copy of every delivered message in [`Cluster::recorded`].
+    pub fn record(&mut self, on: bool) {
+        self.recording = on;
+    }
+
+    /// Deliver `msg` from `from` to `to` once more (as the network may), then until quiet.
+    pub fn inject(&mut self, from: NodeId, to: NodeId, msg: PeerMsg) {
+        self.queue.push_back((from, to, msg));
+        self.run();
     }
 
     /// Move time forward, firing timers.

@@ -1264,7 +1264,7 @@ impl World {
     }
 }
 
-/// Does this message carry versions of keys (what a late copy can bring back)?
+/// Does this message carry versions of keys, or start a write (what a late copy can bring back)?
 fn carries_versions(msg: &PeerMsg) -> bool {
     matches!(
         msg,
@@ -1276,6 +1276,9 @@ fn carries_versions(msg: &PeerMsg) -> bool {
                     | dynakv_core::AaeMsg::ClockReply { .. }
             )
             | PeerMsg::Transfer(TransferMsg::Batch { .. })
+            | PeerMsg::Coord(
+                dynakv_core::CoordMsg::Forward { .. } | dynakv_core::CoordMsg::Grant { .. }
+            )
     )
 }
 

@@ -1,22 +1,18 @@
 //! The coordinator role: get, put and delete against a key's preference list with N/R/W quorums.
 //!
 //! A put is coordinated by a replica of the key (it mints the new dot with its own actor); a node
-//! that is not a replica forwards the write to the first one. A get can be coordinated anywhere.
+//! that is not a replica forwards the write to the first one (forward.rs). A get can be coordinated anywhere.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 
 use super::ctx::Ctx;
 use super::liveness::{suspect, Liveness, PeerView};
-use super::node::Origin;
-use super::ops::{ForwardOp, PendingOp};
+use super::ops::PendingOp;
 use super::replica::ReplicaRole;
 use super::timers::Timer;
-use super::types::{
-    ClientReply, ClientRequest, CoordMsg, OpId, RequestError, RequestOptions, Value,
-};
+use super::types::{ClientReply, OpId, RequestError, RequestOptions};
 use crate::store::Store;
 
 /// Longest request timeout a client may ask for.
@@ -34,30 +30,21 @@ pub(super) fn snapshot_horizon(cfg: &crate::config::CoreConfig) -> u64 {
     u64::from(cfg.request_timeout_ms) * 1000 + READ_REPAIR_WINDOW_US
 }
 
-/// Extra time a forwarding node waits beyond the request timeout, so the replica it forwarded to
-/// answers (with its own timeout error if need be) before the forwarder gives up.
-const FORWARD_GRACE_MS: u64 = 250;
-
-/// How many forwarded requests are remembered for de-duplication.
-const SEEN_FORWARDS: usize = 4096;
-
 /// The coordinator's state: the operations this node coordinates and what bounds them.
 ///
 /// Inputs (routed by `NodeCore`, each with the shared [`Ctx`] and, where it needs failure
 /// detection or the local replica, a [`CoordEnv`]): client requests (`start_get` in read.rs,
 /// `start_write` in write.rs), `ReplicaMsg::WriteAck`/`ReadReply` (`on_write_ack`,
-/// `on_read_reply`), `CoordMsg::ForwardReply` (`on_forward_reply`; a `Forward` is checked with
-/// `first_forward`, then started like a client request), and the operation timers of the
+/// `on_read_reply`), the `CoordMsg`s of forwarded writes (forward.rs: a `Forward` is claimed
+/// from its forwarder, then started like a client request), and the operation timers of the
 /// timer table (`on_deadline`). Outputs: replies through `Ctx::respond`, messages through
 /// `Ctx::send`, timers in `Ctx::timers`, silent targets through `CoordEnv::mark_down`.
 #[derive(Debug)]
 pub(super) struct Coordinator {
     /// Operations waiting for replies or their deadline.
     pub(super) ops: BTreeMap<OpId, PendingOp>,
-    /// Forwarded writes already accepted, so a duplicated or replayed `Forward` message is not
-    /// coordinated twice (which would write the value again under a second dot).
-    seen_forwards: BTreeSet<(NodeId, OpId)>,
-    seen_forwards_order: std::collections::VecDeque<(NodeId, OpId)>,
+    /// Forwarded writes waiting for their forwarder's [`CoordMsg::Grant`] (forward.rs).
+    pub(super) awaiting: super::forward::Awaiting,
     /// Read-repair budget: (start of the current one-second window, repairs sent in it).
     pub(super) repair_window: (u64, u32),
 }
@@ -67,8 +54,7 @@ impl Coordinator {
     pub(super) fn new(now: u64) -> Self {
         Self {
             ops: BTreeMap::new(),
-            seen_forwards: BTreeSet::new(),
-            seen_forwards_order: std::collections::VecDeque::new(),
+            awaiting: super::forward::Awaiting::default(),
             repair_window: (now, 0),
         }
     }
@@ -83,21 +69,6 @@ impl Coordinator {
             return false;
         }
         self.repair_window.1 += 1;
-        true
-    }
-
-    /// Is this the first copy of forwarded operation `op` from `from`? Remembers the last
-    /// [`SEEN_FORWARDS`] of them.
-    pub(super) fn first_forward(&mut self, from: NodeId, op: OpId) -> bool {
-        if !self.seen_forwards.insert((from, op)) {
-            return false;
-        }
-        self.seen_forwards_order.push_back((from, op));
-        if self.seen_forwards_order.len() > SEEN_FORWARDS {
-            if let Some(old) = self.seen_forwards_order.pop_front() {
-                self.seen_forwards.remove(&old);
-            }
-        }
         true
     }
 }
@@ -318,74 +289,6 @@ impl Coordinator {
             });
         }
         Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward<S: Store>(
-        &mut self,
-        ctx: &mut Ctx<S>,
-        origin: Origin,
-        kind: &'static str,
-        quorum: Quorum,
-        to: NodeId,
-        key: Bytes,
-        body: super::write::WriteBody,
-        opts: RequestOptions,
-    ) {
-        if let Origin::Peer { .. } = origin {
-            // Already forwarded once: the maps of the two nodes disagree. Refuse rather than loop.
-            return ctx.respond(
-                origin,
-                error(RequestError::Internal(
-                    "forwarded write reached a node that is not a replica (partition maps differ)"
-                        .into(),
-                )),
-            );
-        }
-        use super::write::WriteBody;
-        let request = match body {
-            WriteBody::Mint {
-                value: Value::Data(value),
-                context,
-            } => ClientRequest::Put {
-                key,
-                value,
-                context,
-                opts,
-            },
-            WriteBody::Mint {
-                value: Value::Tombstone,
-                context,
-            } => ClientRequest::Delete { key, context, opts },
-            WriteBody::Merge(object) => ClientRequest::Restore { key, object, opts },
-        };
-        let op = ctx.next_op_id();
-        let deadline = ctx.deadline(quorum.timeout_ms) + FORWARD_GRACE_MS * 1000;
-        self.add_op(
-            ctx,
-            op,
-            deadline,
-            PendingOp::Forward(ForwardOp {
-                origin,
-                kind,
-                quorum,
-                deadline,
-            }),
-        );
-        ctx.send(to, CoordMsg::Forward { op, request });
-    }
-
-    pub(super) fn on_forward_reply<S: Store>(
-        &mut self,
-        ctx: &mut Ctx<S>,
-        op: OpId,
-        reply: ClientReply,
-    ) {
-        if let Some(PendingOp::Forward(f)) = self.ops.get(&op) {
-            let origin = f.origin;
-            self.remove_op(ctx, op);
-            ctx.respond(origin, reply);
-        }
     }
 
     /// A timer of an operation fired: the fallback timer of a write, or a deadline.

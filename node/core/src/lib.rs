@@ -12,6 +12,8 @@
 //! - `ops`: pending operations as small state machines (`on_ack`/`on_reply` -> `Progress`).
 //! - `coordinator`: get/put/delete against the preference list with N/R/W and PR/PW, sloppy
 //!   quorum (fallbacks with hints), forwarding, bounded read repair.
+//! - `forward`: writes forwarded to a replica, coordinated at most once (claimed from the
+//!   forwarder).
 //! - `write`: the coordinator's write path (minting, W/PW acks, run-time fallbacks).
 //! - `read`: the coordinator's read path (R/PR replies, bounded read repair).
 //! - `hints`: durable hints on fallbacks and hinted handoff with backoff, resumable.
@@ -46,6 +48,7 @@ pub mod config;
 mod coordinator;
 mod ctx;
 pub mod error;
+mod forward;
 mod hints;
 mod liveness;
 mod membership;

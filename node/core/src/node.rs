@@ -420,14 +420,18 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    /// Forwarded writes: coordinate them once (duplicates are dropped), pass replies back.
+    /// Forwarded writes: claim each copy from its forwarder, coordinate the one granted, pass
+    /// replies back (forward.rs).
     fn on_coord_msg(&mut self, from: NodeId, msg: CoordMsg) {
         match msg {
             CoordMsg::Forward { op, request } => {
-                if !self.coord.first_forward(from, op) {
-                    return; // a duplicate: the first copy is (or was) being coordinated
+                self.coord.on_forward(&mut self.ctx, from, op, request)
+            }
+            CoordMsg::Claim { op, nonce } => self.coord.on_claim(&mut self.ctx, from, op, nonce),
+            CoordMsg::Grant { op, nonce, granted } => {
+                if let Some(request) = self.coord.on_grant(self.ctx.now, from, op, nonce, granted) {
+                    self.handle_client(Origin::Peer { node: from, op }, request);
                 }
-                self.handle_client(Origin::Peer { node: from, op }, request);
             }
             CoordMsg::ForwardReply { op, reply } => {
                 self.coord.on_forward_reply(&mut self.ctx, op, reply)

@@ -68,6 +68,10 @@ pub(super) struct ForwardOp {
     pub(super) kind: &'static str,
     pub(super) quorum: Quorum,
     pub(super) deadline: u64,
+    /// The replica it went to: the only node whose claim is granted.
+    pub(super) to: NodeId,
+    /// A claim was granted: no other copy of the forward may be coordinated.
+    pub(super) claimed: bool,
 }
 
 /// An operation this node coordinates.

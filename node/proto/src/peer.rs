@@ -77,10 +77,18 @@ pub enum Stored {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoordMsg {
     /// Coordinate this client write on my behalf: the sender is not a replica of the key and a
-    /// new dot must come from a replica.
+    /// new dot must come from a replica. The receiver asks with [`CoordMsg::Claim`] before it
+    /// coordinates, so no copy of this message is coordinated twice.
     Forward { op: OpId, request: ClientRequest },
     /// Answer to [`CoordMsg::Forward`].
     ForwardReply { op: OpId, reply: ClientReply },
+    /// May I coordinate forwarded operation `op` now? Sent for every copy of a `Forward` that
+    /// arrives; `nonce` names this copy, so an old `Grant` never matches a later one.
+    Claim { op: OpId, nonce: u64 },
+    /// Answer to [`CoordMsg::Claim`]: `granted` is true for the first claim of an operation the
+    /// sender still waits for, and false for every other (a copy already claimed, an operation
+    /// that ended, a forwarder that restarted).
+    Grant { op: OpId, nonce: u64, granted: bool },
 }
 
 /// Liveness probes.
