@@ -16,6 +16,8 @@
 //!    replicate (such a copy is read, transferred and repaired by nobody).
 //! 7. `primary-ack` (checked by the world as messages leave): a node acknowledges a replica write
 //!    as a primary only for a partition it replicates under its own map at that moment.
+//! 8. `stale-read`: a get whose primary replies intersect the primaries that acknowledged an
+//!    earlier write returns nothing that write superseded (`check_stale_reads`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,6 +57,21 @@ pub struct WriteRecord {
     pub at: u64,
     /// Virtual time the client got its answer, if it did.
     pub done_at: Option<u64>,
+    /// Acknowledgements from primary replicas (acknowledged writes).
+    pub primary_acks: u8,
+}
+
+/// One successful get: what its client saw.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub client: usize,
+    pub key: String,
+    /// Virtual time of submission and of the answer, microseconds.
+    pub at: u64,
+    pub done_at: u64,
+    pub values: Vec<String>,
+    /// Replies from primary replicas the coordinator merged.
+    pub primary_replies: u8,
 }
 
 /// Everything the clients did and saw.
@@ -63,6 +80,8 @@ pub struct History {
     pub writes: Vec<WriteRecord>,
     pub written_values: BTreeSet<String>,
     pub gets_ok: u64,
+    /// Every successful get of the chaos phase.
+    pub reads: Vec<ReadRecord>,
     pub gets_failed: u64,
     /// Restores of old copies (the workload's stand-in for `dynakv restore`) acknowledged.
     pub restores_ok: u64,
@@ -179,7 +198,99 @@ pub fn check(world: &World) -> Vec<Violation> {
         let writes = by_key.get(key.as_str()).cloned().unwrap_or_default();
         check_key(world, key, &writes, &h.written_values, &mut out);
     }
+    check_stale_reads(world, &by_key, &mut out);
     out
+}
+
+/// Invariant 8, `stale-read`: a get submitted after a write or delete was acknowledged by `pa`
+/// primaries, and answered from `pr` primaries with `pa + pr > N`, sees that write: it returns
+/// no value whose dot the write's context covered (a deleted value back, even for a moment, is
+/// what this catches: the final-state checks cannot see one that anti-entropy later removes).
+/// Exempt, since the quorums need not intersect then: reads that end after the first
+/// membership change (maps differ), writes followed by a fault that took synced data from a
+/// node before the read ended, and values of restored dots.
+fn check_stale_reads(
+    world: &World,
+    by_key: &BTreeMap<&str, Vec<&WriteRecord>>,
+    out: &mut Vec<Violation>,
+) {
+    let h = &world.workload.history;
+    let n = world.cfg.n;
+    // The dots each value was written with. A client that retries after a transport error
+    // writes the same value again, under another dot; a value with a write whose dot is not
+    // known (its outcome was not acknowledged) cannot be judged, since the copy read may be
+    // that one.
+    let mut dots_of: BTreeMap<&str, Option<Vec<Dot>>> = BTreeMap::new();
+    for w in &h.writes {
+        let Some(v) = w.value.as_deref() else {
+            continue;
+        };
+        let entry = dots_of.entry(v).or_insert_with(|| Some(Vec::new()));
+        match (w.outcome, w.dot) {
+            (Outcome::Acked, Some(d)) => {
+                if let Some(ds) = entry.as_mut() {
+                    ds.push(d);
+                }
+            }
+            (Outcome::Failed, _) => {}
+            _ => *entry = None,
+        }
+    }
+    for r in &h.reads {
+        if world
+            .first_membership_change
+            .is_some_and(|t| t <= r.done_at)
+        {
+            continue;
+        }
+        let Some(writes) = by_key.get(r.key.as_str()) else {
+            continue;
+        };
+        for v in &r.values {
+            let Some(Some(dots)) = dots_of.get(v.as_str()) else {
+                continue;
+            };
+            let restored = dots.iter().any(|dot| {
+                h.restored_dots
+                    .get(&r.key)
+                    .and_then(|d| d.get(dot))
+                    .is_some_and(|t| *t <= r.done_at)
+            });
+            let Some(dot) = dots.first() else {
+                continue;
+            };
+            if restored {
+                continue;
+            }
+            let stale_against = writes.iter().find(|w| {
+                w.outcome == Outcome::Acked
+                    && w.done_at.is_some_and(|d| d < r.at)
+                    && u16::from(w.primary_acks) + u16::from(r.primary_replies) > u16::from(n)
+                    && dots.iter().all(|d| w.context.contains(d))
+                    && !world
+                        .data_losses
+                        .iter()
+                        .any(|t| *t >= w.at && *t <= r.done_at)
+            });
+            if let Some(w) = stale_against {
+                out.push(violation(
+                    "stale-read",
+                    &r.key,
+                    format!(
+                        "client {}'s get at t={}us ({} primary replies) returned {v:?} ({dot:?}), which client {}'s {} acknowledged at t={}us by {} primaries had superseded",
+                        r.client,
+                        r.at,
+                        r.primary_replies,
+                        w.client,
+                        if w.value.is_some() { "put" } else { "delete" },
+                        w.done_at.unwrap_or_default(),
+                        w.primary_acks
+                    ),
+                ));
+                break;
+            }
+        }
+    }
 }
 
 fn check_key(
@@ -495,6 +606,7 @@ mod tests {
             dot: dot.map(|c| Dot::new(actor(), c)),
             at: 0,
             done_at: None,
+            primary_acks: 0,
         }
     }
 

@@ -12,6 +12,15 @@ use crate::world::{Event, World};
 impl World {
     pub(crate) fn count_fault(&mut self, name: &'static str) {
         *self.faults.entry(name).or_insert(0) += 1;
+        // What a quorum read cannot be held to (the checker's `stale-read`): synced data lost on
+        // a node, or a map that moved.
+        match name {
+            "wipe" | "powerloss" | "corrupt" => self.data_losses.push(self.now),
+            "join" | "leave" | "remove" => {
+                self.first_membership_change.get_or_insert(self.now);
+            }
+            _ => {}
+        }
     }
 
     fn random_node(&mut self) -> NodeId {

@@ -58,6 +58,8 @@ struct Pending {
     client: usize,
     key: String,
     kind: PendingKind,
+    /// When the client submitted it.
+    at: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -168,6 +170,7 @@ impl World {
             dot: None,
             at: self.now,
             done_at: None,
+            primary_acks: 0,
         });
         let request = ClientRequest::Put {
             key: key_bytes(&key),
@@ -204,9 +207,15 @@ impl World {
             );
             self.trace_line(line);
         }
-        self.workload
-            .pending
-            .insert(id, Pending { client, key, kind });
+        self.workload.pending.insert(
+            id,
+            Pending {
+                client,
+                key,
+                kind,
+                at: self.now,
+            },
+        );
         let at = self.now + self.rng.gen_range(50..500);
         self.schedule(at, Event::Request { node, id, request });
         let give_up = self.now + CLIENT_GIVE_UP_US;
@@ -276,6 +285,7 @@ impl World {
             dot: None,
             at: self.now,
             done_at: None,
+            primary_acks: 0,
         });
         let opts = self.request_options(true);
         let request = match value {
@@ -489,6 +499,7 @@ impl World {
                 h.writes[record].outcome = Outcome::Acked;
                 h.writes[record].done_at = Some(self.now);
                 h.writes[record].dot = w.dot;
+                h.writes[record].primary_acks = w.primary_acks;
                 if self.cfg.reap && h.writes[record].value.is_none() {
                     let until = self.now + self.rng.gen_range(4_000_000..8_000_000);
                     self.workload.rested.insert(p.key.clone(), until);
@@ -506,6 +517,18 @@ impl World {
             }
             (PendingKind::Get { then }, ClientReply::Got(g)) => {
                 h.gets_ok += 1;
+                h.reads.push(crate::checker::ReadRecord {
+                    client: p.client,
+                    key: p.key.clone(),
+                    at: p.at,
+                    done_at: self.now,
+                    values: g
+                        .values
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect(),
+                    primary_replies: g.primary_replies,
+                });
                 h.max_siblings = h.max_siblings.max(g.values.len());
                 if g.values.len() > 1 {
                     h.sibling_reads += 1;
@@ -533,6 +556,7 @@ impl World {
                         h.writes[record].outcome = Outcome::Acked;
                         h.writes[record].done_at = Some(self.now);
                         h.writes[record].dot = w.dot;
+                        h.writes[record].primary_acks = w.primary_acks;
                     }
                     _ => h.writes[record].outcome = Outcome::Unknown,
                 }

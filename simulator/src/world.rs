@@ -250,6 +250,10 @@ pub struct World {
     pub(crate) primary_ack_breaches: Vec<(String, String)>,
     /// Records the `corrupt` fault damaged: node, key, virtual time.
     pub(crate) corrupted: Vec<(NodeId, String, u64)>,
+    /// When a fault took synced data from a node (wipe, power loss, corruption).
+    pub(crate) data_losses: Vec<u64>,
+    /// When the first membership change happened (maps differ from then on).
+    pub(crate) first_membership_change: Option<u64>,
     /// Until when the current `hold` fault holds its link.
     pub(crate) hold_until: u64,
     pub(crate) trace: Option<Vec<String>>,
@@ -360,6 +364,8 @@ impl World {
             pending_replica_writes: BTreeMap::new(),
             primary_ack_breaches: Vec::new(),
             corrupted: Vec::new(),
+            data_losses: Vec::new(),
+            first_membership_change: None,
             hold_until: 0,
             cfg,
             params,
