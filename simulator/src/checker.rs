@@ -189,6 +189,9 @@ pub fn check(world: &World) -> Vec<Violation> {
     for (key, detail) in &world.primary_ack_breaches {
         out.push(violation("primary-ack", key, detail.clone()));
     }
+    for (key, detail) in &world.uncovered_removals {
+        out.push(violation("removal-cover", key, detail.clone()));
+    }
     check_orphans(world, &mut out);
     let mut by_key: BTreeMap<&str, Vec<&WriteRecord>> = BTreeMap::new();
     for w in &h.writes {

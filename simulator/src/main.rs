@@ -112,6 +112,9 @@ fn bug_help(bug: PlantedBug) -> &'static str {
         PlantedBug::SkipNodeClockCheck => {
             "Merge without the node-clock check (with --reap: a late old copy of a removed key comes back)"
         }
+        PlantedBug::GrantEveryClaim => {
+            "Grant every claim of a forwarded write (a copy of a forward is coordinated twice)"
+        }
     }
 }
 

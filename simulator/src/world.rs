@@ -240,6 +240,9 @@ pub struct World {
     /// Breaches of the store's durability contract seen while the run went on (an effect left
     /// a node while writes it may depend on were not durable).
     pub(crate) contract_breaches: Vec<(String, Vec<String>)>,
+    /// Records a node removed although its answer for the key afterwards no longer covers
+    /// what they held (the checker's `removal-cover`): the key and what happened.
+    pub(crate) uncovered_removals: Vec<(String, String)>,
     /// What coordinators were seen applying (values, and per key the contexts of tombstones).
     pub(crate) applied: Applied,
     /// Replica writes delivered and not yet acknowledged: (replica, coordinator, op) -> the
@@ -336,7 +339,13 @@ impl World {
             let seed = rng.gen();
             if !node.spare {
                 let local = node.local(0);
-                let core = NodeCore::open(core_cfg, MemStore::new(), map.clone(), seed, local)?;
+                let core = NodeCore::open(
+                    core_cfg,
+                    MemStore::new().log_removals(),
+                    map.clone(),
+                    seed,
+                    local,
+                )?;
                 node.core = Some(core);
             }
             nodes.push(node);
@@ -360,6 +369,7 @@ impl World {
             membership_changes: 0,
             past_stats: Vec::new(),
             contract_breaches: Vec::new(),
+            uncovered_removals: Vec::new(),
             applied: Applied::default(),
             pending_replica_writes: BTreeMap::new(),
             primary_ack_breaches: Vec::new(),
@@ -558,6 +568,7 @@ impl World {
             return;
         };
         let effects = core.drain_effects();
+        let uncovered = uncovered_removals(core);
         let (unsynced, lost) = (core.store().unsynced_ops(), core.store().lost_ops());
         let next = core.poll_timeout().map(|t| node.virtual_at(t));
         let generation = node.generation;
@@ -571,6 +582,12 @@ impl World {
                         generation,
                     },
                 );
+            }
+        }
+        for (key, what) in uncovered {
+            if self.uncovered_removals.len() < 10 {
+                let line = format!("t={}us node {id} removed {what}", self.now);
+                self.uncovered_removals.push((key, line));
             }
         }
         if unsynced + lost > 0 && effects.iter().any(carries_data) {
@@ -870,8 +887,9 @@ impl World {
             return;
         }
         let founder = node.founder;
-        let disk = node.disk.take().unwrap_or_default();
-        let store = if wipe { MemStore::new() } else { disk };
+        let fresh = || MemStore::new().log_removals();
+        let disk = node.disk.take().unwrap_or_else(fresh);
+        let store = if wipe { fresh() } else { disk };
         let local = node.local(now);
         // A wiped node has forgotten the cluster: it asks a member for the state again. One
         // with its disk restarts from the cluster state it persisted.
@@ -1009,7 +1027,13 @@ impl World {
             seed: seed_node,
             seed_addr: static_addr(seed_node),
         };
-        match NodeCore::open_with(node.cfg.clone(), MemStore::new(), boot, seed, local) {
+        match NodeCore::open_with(
+            node.cfg.clone(),
+            MemStore::new().log_removals(),
+            boot,
+            seed,
+            local,
+        ) {
             Ok(core) => node.core = Some(core),
             Err(e) => panic!("simulated node {id} failed to start: {e}"),
         }
@@ -1268,6 +1292,35 @@ impl World {
             }
         }
     }
+}
+
+/// The records `core`'s last step removed from partitions it still answers for, whose causal
+/// information its answer for the key (the partition clock's fill) no longer covers: a late
+/// copy of a version they superseded would then be taken back (a reap before the clock covers
+/// the tombstone). Removals of lost keys and of partitions the node no longer replicates are
+/// not judged: the node answers nothing for those keys.
+fn uncovered_removals(core: &mut NodeCore<MemStore>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (p, key, bytes) in core.store_mut().take_removed() {
+        let Ok(old) = dynakv_proto::codec::decode_object(&bytes) else {
+            continue; // a corrupt record: the key is marked lost
+        };
+        let Ok(Some(answer)) = core.replica_answer(p, &key) else {
+            continue;
+        };
+        if !answer.context().descends(old.context()) {
+            out.push((
+                String::from_utf8_lossy(&key).into_owned(),
+                format!(
+                    "a record of partition {} whose context {:?} its answer {:?} does not cover",
+                    p.0,
+                    old.context(),
+                    answer.context()
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// Does this message carry versions of keys, or start a write (what a late copy can bring back)?

@@ -218,11 +218,15 @@ pub enum PlantedBug {
     /// and saw superseded is taken back when its key was removed (a reaped tombstone), so a
     /// held or delayed old copy brings a deleted value back.
     SkipNodeClockCheck,
+    /// A forwarder grants every claim of a forwarded write, so each copy of the forward that
+    /// reaches a replica (a duplicate, one that arrives after the replica restarted) is
+    /// coordinated again under a new dot, and an overwritten value comes back as a sibling.
+    GrantEveryClaim,
 }
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 11] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
@@ -234,6 +238,7 @@ impl PlantedBug {
         PlantedBug::KeepActorAfterCorruption,
         PlantedBug::IgnoreReapFloor,
         PlantedBug::SkipNodeClockCheck,
+        PlantedBug::GrantEveryClaim,
     ];
 
     /// The kebab-case name used on command lines.
@@ -250,6 +255,7 @@ impl PlantedBug {
             PlantedBug::KeepActorAfterCorruption => "keep-actor-after-corruption",
             PlantedBug::IgnoreReapFloor => "ignore-reap-floor",
             PlantedBug::SkipNodeClockCheck => "skip-node-clock-check",
+            PlantedBug::GrantEveryClaim => "grant-every-claim",
         }
     }
 }

@@ -12,6 +12,9 @@ use crate::error::Result;
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// A record removed from a partition space: (partition, key, what it held).
+pub type Removed = (PartitionId, Vec<u8>, Vec<u8>);
+
 /// Synced batches that [`MemStore::power_loss`] can still take back.
 const UNDO_BATCHES: usize = 32;
 
@@ -44,12 +47,32 @@ pub struct MemStore {
     lost: usize,
     /// The last synced batches, newest last, as the changes that undo them.
     undo: std::collections::VecDeque<Vec<Undo>>,
+    /// Records removed from partition spaces, with what they held, since the last
+    /// [`MemStore::take_removed`]; `None` unless [`MemStore::log_removals`] turned it on.
+    removed: Option<Vec<Removed>>,
 }
 
 impl MemStore {
     /// An empty store (a fresh or wiped disk).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// This store, keeping every record removed from a partition space (with what it held)
+    /// for [`MemStore::take_removed`]: the simulator checks each removal against the node's
+    /// clock. Whoever turns it on must take them, or they pile up.
+    pub fn log_removals(mut self) -> Self {
+        self.removed = Some(Vec::new());
+        self
+    }
+
+    /// The records removed from partition spaces since the last call: (partition, key, what the
+    /// record held). Empty unless [`MemStore::log_removals`] turned the log on.
+    pub fn take_removed(&mut self) -> Vec<Removed> {
+        self.removed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Simulate a power loss: every write since the last sync is gone.
@@ -262,6 +285,11 @@ impl Store for MemStore {
 
     fn remove(&mut self, space: Space, key: &[u8]) -> Result<()> {
         self.refuse_when_full()?;
+        if let (Some(log), Space::Partition(p)) = (self.removed.as_mut(), space) {
+            if let Some(old) = self.live.get(&space).and_then(|t| t.get(key)) {
+                log.push((p, key.to_vec(), old.clone()));
+            }
+        }
         let op = Op::Remove(space, key.to_vec());
         Self::apply(&mut self.live, &op);
         self.journal.push(op);
