@@ -29,8 +29,8 @@ pub struct Cluster {
     pub links: BTreeMap<NodeId, BTreeSet<NodeId>>,
     /// Nodes whose core asked to be stopped (`Effect::Stop`).
     pub stopped: BTreeSet<NodeId>,
-    /// Every message delivered since [`Cluster::record`] turned recording on, to deliver again
-    /// with [`Cluster::inject`] (a duplicate, or a copy that arrives late).
+    /// Every message sent since [`Cluster::record`] turned recording on (cut links included),
+    /// to deliver again with [`Cluster::inject`] (a duplicate, or a copy that arrives late).
     pub recorded: Vec<(NodeId, NodeId, PeerMsg)>,
     recording: bool,
 }
@@ -118,6 +118,9 @@ impl Cluster {
         for e in effects {
             match e {
                 Effect::Send { to, msg } => {
+                    if self.recording {
+                        self.recorded.push((id, to, msg.clone()));
+                    }
                     if !self.cut.contains(&(id, to)) {
                         self.queue.push_back((id, to, msg));
                     }
@@ -148,9 +151,6 @@ impl Cluster {
                 continue;
             }
             self.delivered += 1;
-            if self.recording {
-                self.recorded.push((from, to, msg.clone()));
-            }
             let now = self.now;
             self.nodes
                 .get_mut(&to)
@@ -160,7 +160,7 @@ impl Cluster {
         }
     }
 
-    /// Keep (or stop keeping) a copy of every delivered message in [`Cluster::recorded`].
+    /// Keep (or stop keeping) a copy of every message sent in [`Cluster::recorded`].
     pub fn record(&mut self, on: bool) {
         self.recording = on;
     }
@@ -225,13 +225,14 @@ impl Cluster {
 
     /// Replace a node's store with an empty one (a wiped disk) and restart it.
     pub fn wipe(&mut self, id: NodeId) {
-        self.reboot(id, 424242, |_| MemStore::new());
+        // Every life gets its own seed (its operation ids start from it).
+        self.reboot(id, 424242 + self.now + u64::from(id.0), |_| MemStore::new());
     }
 
     /// Power-cycle a node: its disk loses what was not synced (and any injected disk fault is
     /// cleared, as an operator would fix the disk first), then the node starts from it.
     pub fn restart(&mut self, id: NodeId) {
-        self.reboot(id, 515151 + self.now, |mut disk| {
+        self.reboot(id, 515151 + self.now + u64::from(id.0), |mut disk| {
             disk.crash();
             disk.fail_next_syncs(0);
             disk.set_full(false);
@@ -242,7 +243,7 @@ impl Cluster {
     /// Power-cycle a node whose disk also loses its last `batches` *synced* batches (a lying
     /// write cache), then start it again.
     pub fn power_cycle(&mut self, id: NodeId, batches: usize) {
-        self.reboot(id, 616161 + self.now, |mut disk| {
+        self.reboot(id, 616161 + self.now + u64::from(id.0), |mut disk| {
             disk.power_loss(batches);
             disk
         });

@@ -1336,7 +1336,9 @@ fn carries_versions(msg: &PeerMsg) -> bool {
             )
             | PeerMsg::Transfer(TransferMsg::Batch { .. })
             | PeerMsg::Coord(
-                dynakv_core::CoordMsg::Forward { .. } | dynakv_core::CoordMsg::Grant { .. }
+                dynakv_core::CoordMsg::Forward { .. }
+                    | dynakv_core::CoordMsg::Claim { .. }
+                    | dynakv_core::CoordMsg::Grant { .. }
             )
     )
 }

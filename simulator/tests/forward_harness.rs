@@ -122,3 +122,45 @@ fn a_forward_from_a_forwarder_that_restarted_is_dropped() {
     c.run_for(2_000);
     assert_eq!(read_all(&mut c, first, &key), set(&["v2"]));
 }
+
+/// A claim delivered twice is answered twice; the answers may arrive in either order. The
+/// copy it names is started by whichever comes first, and the other starts nothing: a second
+/// answer to the same claim is a grant too, so it cannot cancel the copy (found in review: a
+/// refusal overtaking the grant left the forwarder's operation claimed and the write stranded).
+#[test]
+fn a_claim_answered_twice_starts_the_write_once_in_either_order() {
+    let (mut c, key, first) = cluster_and_key();
+    c.record(true);
+    // The replica's claim is lost on the way; the forwarder's answers are held.
+    c.cut_one(first, n(4));
+    let put = c.submit(
+        n(4),
+        dynakv_core::ClientRequest::Put {
+            key: key.clone().into(),
+            value: "v1".into(),
+            context: NodeClock::new(),
+            opts: Default::default(),
+        },
+    );
+    let claims = recorded(&c, |m| matches!(m, CoordMsg::Claim { .. }));
+    assert_eq!(claims.len(), 1, "one claim for the one copy");
+    c.heal();
+    c.cut_one(n(4), first);
+    let (from, to, claim) = claims[0].clone();
+    c.inject(from, to, claim.clone());
+    c.inject(from, to, claim);
+    let grants = recorded(&c, |m| matches!(m, CoordMsg::Grant { .. }));
+    assert_eq!(grants.len(), 2);
+    c.heal();
+    // The second answer first, then the first.
+    for (from, to, grant) in grants.into_iter().rev() {
+        c.inject(from, to, grant);
+    }
+    c.run_for(500);
+    let reply = c.take_reply(put).expect("the forwarded put was answered");
+    assert!(
+        matches!(reply, dynakv_core::ClientReply::Written(_)),
+        "{reply:?}"
+    );
+    assert_eq!(read_all(&mut c, first, &key), set(&["v1"]));
+}

@@ -1,5 +1,6 @@
 //! Integrity in the in-memory harness: a record the disk corrupted is never served, is
-//! repaired from the other replicas, and never lets its node mint a dot twice.
+//! repaired from the other replicas, and never lets its node mint a dot twice; a transfer
+//! whose gap cannot be recorded on a failing disk is refused, not acknowledged.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dynakv_core::store::Store;
@@ -146,4 +147,72 @@ fn a_corrupt_record_overwritten_by_a_replica_write_still_retires_the_actor() {
         panic!("read failed")
     };
     assert_eq!(strings(&read.values), set(&["v1", "v2", "v3"]));
+}
+
+/// A transfer batch that leaves a gap (it does not start at the receiver's checkpoint: batches
+/// were lost to a power cut) must record the gap on disk before it is acknowledged, because the
+/// gap is what keeps the sender's clock snapshot out of the receiver's clock at the end. On a
+/// full disk the mark cannot be written: the batch is refused, so the sender keeps it and sends
+/// it again. Once the disk has room the mark is written, and the final batch's snapshot, which
+/// names a version this node never received, is not added to its clock.
+#[test]
+fn a_transfer_gap_that_cannot_be_recorded_refuses_the_batch() {
+    use dynakv_core::{Effect, Input, Object, PeerMsg, ReplicaError, TransferMsg, Value};
+    let mut c = Cluster::new(3, 3, 2, 2);
+    let p = c.map().partition_for_key(b"k");
+    // A version the sender held that never reaches node 3 (it was in a lost batch).
+    let stranger = dynakv_proto::dvv::Actor::new(NodeId(9), 5);
+    let (_, dot) = Object::update(
+        &Object::new(),
+        &NodeClock::new(),
+        stranger,
+        Value::Data("lost".into()),
+    )
+    .unwrap();
+    let mut snapshot = NodeClock::new();
+    snapshot.add(&dot);
+    let batch = |batch: u64, after: Option<&str>, last: bool, snapshot: Option<NodeClock>| {
+        PeerMsg::Transfer(TransferMsg::Batch {
+            batch,
+            partition: p,
+            after: after.map(|a| a.to_string().into()),
+            items: Vec::new(),
+            last,
+            snapshot,
+        })
+    };
+    let deliver = |c: &mut Cluster, msg: PeerMsg| -> Result<(), ReplicaError> {
+        let core = c.nodes.get_mut(&n(3)).unwrap();
+        core.handle(c.now, Input::Peer { from: n(1), msg });
+        core.drain_effects()
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Send {
+                    msg: PeerMsg::Transfer(TransferMsg::Ack { result, .. }),
+                    ..
+                } => Some(result),
+                _ => None,
+            })
+            .expect("the batch is answered")
+    };
+    // Node 3 has no checkpoint; the batch starts after key "j": a gap.
+    c.nodes.get_mut(&n(3)).unwrap().store_mut().set_full(true);
+    let refused = deliver(&mut c, batch(1, Some("j"), false, None));
+    assert!(
+        matches!(refused, Err(ReplicaError::Retry(_))),
+        "a gap that is not on disk was acknowledged: {refused:?}"
+    );
+    c.nodes.get_mut(&n(3)).unwrap().store_mut().set_full(false);
+    assert_eq!(deliver(&mut c, batch(1, Some("j"), false, None)), Ok(()));
+    assert_eq!(
+        deliver(&mut c, batch(2, None, true, Some(snapshot))),
+        Ok(())
+    );
+    let core = &c.nodes[&n(3)];
+    assert!(
+        !core
+            .partition_clock(p)
+            .is_some_and(|clock| clock.contains(&dot)),
+        "the snapshot claimed a version lost with the skipped batches"
+    );
 }

@@ -17,7 +17,7 @@
 //! Each claim carries a nonce (a fresh operation id of the receiver), echoed by the grant, so a
 //! grant that arrives again, or one for a copy from before a restart, matches no waiting copy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use dynakv_ring::NodeId;
@@ -26,6 +26,7 @@ use super::coordinator::{error, Coordinator, Quorum, MAX_TIMEOUT_MS};
 use super::ctx::Ctx;
 use super::node::Origin;
 use super::ops::{ForwardOp, PendingOp};
+use super::timers::Timer;
 use super::types::{
     ClientReply, ClientRequest, CoordMsg, OpId, RequestError, RequestOptions, Value,
 };
@@ -40,7 +41,10 @@ const FORWARD_GRACE_MS: u64 = 250;
 struct Waiting {
     /// Names this copy in the `Claim`; only a `Grant` that echoes it starts the request.
     nonce: u64,
-    request: ClientRequest,
+    /// The request, or `None` when it arrived while this node was overloaded: then a grant
+    /// (which proves this copy is the one) is answered with `Overloaded`, and a refusal with
+    /// nothing, so a duplicate never tells the client a write failed that may succeed.
+    request: Option<ClientRequest>,
     /// After this the forwarder has given up: the copy is dropped unanswered.
     expires: u64,
 }
@@ -49,37 +53,55 @@ struct Waiting {
 #[derive(Debug, Default)]
 pub(super) struct Awaiting {
     waiting: BTreeMap<(NodeId, OpId), Waiting>,
-    /// Arrival order, to drop expired copies oldest first.
-    order: VecDeque<(u64, (NodeId, OpId))>,
+    /// The same copies by expiry, to drop those whose forwarder has given up (a claim or a
+    /// grant lost on the way): timeouts differ per request, so arrival order is not enough.
+    by_expiry: BTreeSet<(u64, NodeId, OpId)>,
 }
 
 impl Awaiting {
-    /// How many requests wait (they count against `max_pending_ops` with the operations).
+    /// How many requests wait with their body (they count against `max_pending_ops` with the
+    /// operations).
     pub(super) fn len(&self) -> usize {
         self.waiting.len()
     }
 
-    /// Drop the copies whose forwarder has given up by `now`.
-    fn expire(&mut self, now: u64) {
-        while let Some(&(expires, key)) = self.order.front() {
+    /// Drop the copies whose forwarder has given up by `now` (on every forward, grant and
+    /// maintenance tick).
+    pub(super) fn expire(&mut self, now: u64) {
+        while let Some(&(expires, from, op)) = self.by_expiry.first() {
             if expires > now {
                 break;
             }
-            self.order.pop_front();
-            if self.waiting.get(&key).is_some_and(|w| w.expires == expires) {
-                self.waiting.remove(&key);
-            }
+            self.by_expiry.pop_first();
+            self.waiting.remove(&(from, op));
         }
+    }
+
+    fn insert(&mut self, from: NodeId, op: OpId, w: Waiting) {
+        self.by_expiry.insert((w.expires, from, op));
+        self.waiting.insert((from, op), w);
+    }
+
+    /// Take the copy `nonce` names, if it still waits.
+    fn take(&mut self, from: NodeId, op: OpId, nonce: u64) -> Option<Waiting> {
+        if self.waiting.get(&(from, op))?.nonce != nonce {
+            return None; // a grant seen before, or for a copy this node no longer holds
+        }
+        let w = self.waiting.remove(&(from, op))?;
+        self.by_expiry.remove(&(w.expires, from, op));
+        Some(w)
     }
 }
 
 /// How long the forwarder of `request` waits for it, in microseconds.
-fn forward_wait_us(request: &ClientRequest, default_ms: u32) -> u64 {
+fn forward_wait_us(request: Option<&ClientRequest>, default_ms: u32) -> u64 {
     let opts = match request {
-        ClientRequest::Get { opts, .. }
-        | ClientRequest::Put { opts, .. }
-        | ClientRequest::Delete { opts, .. }
-        | ClientRequest::Restore { opts, .. } => Some(opts),
+        Some(
+            ClientRequest::Get { opts, .. }
+            | ClientRequest::Put { opts, .. }
+            | ClientRequest::Delete { opts, .. }
+            | ClientRequest::Restore { opts, .. },
+        ) => Some(opts),
         _ => None,
     };
     let ms = opts
@@ -143,7 +165,7 @@ impl Coordinator {
                 quorum,
                 deadline,
                 to,
-                claimed: false,
+                claimed: None,
             }),
         );
         ctx.send(to, CoordMsg::Forward { op, request });
@@ -151,6 +173,8 @@ impl Coordinator {
 
     /// A copy of a forwarded request arrived from `from`: keep it and ask `from` for the right to
     /// coordinate it. A second copy while the first waits is dropped (the claim is on its way).
+    /// When this node is overloaded only the claim is kept, so that the answer `Overloaded`
+    /// goes out for the granted copy alone.
     pub(super) fn on_forward<S: Store>(
         &mut self,
         ctx: &mut Ctx<S>,
@@ -162,28 +186,33 @@ impl Coordinator {
         if self.awaiting.waiting.contains_key(&(from, op)) {
             return;
         }
-        if self.ops.len() + self.awaiting.len() >= ctx.cfg.max_pending_ops {
-            let e = RequestError::Overloaded {
-                pending: (self.ops.len() + self.awaiting.len()) as u64,
-            };
-            return ctx.respond(Origin::Peer { node: from, op }, error(e));
-        }
+        let busy = self.ops.len() + self.awaiting.len();
+        let request = if busy >= ctx.cfg.max_pending_ops {
+            if busy >= 2 * ctx.cfg.max_pending_ops {
+                return; // not even the claim: the forwarder times out (an unknown outcome)
+            }
+            None
+        } else {
+            Some(request)
+        };
         let nonce = ctx.next_op_id();
-        let expires = ctx.now + forward_wait_us(&request, ctx.cfg.request_timeout_ms);
-        self.awaiting.waiting.insert(
-            (from, op),
+        let expires = ctx.now + forward_wait_us(request.as_ref(), ctx.cfg.request_timeout_ms);
+        self.awaiting.insert(
+            from,
+            op,
             Waiting {
                 nonce,
                 request,
                 expires,
             },
         );
-        self.awaiting.order.push_back((expires, (from, op)));
         ctx.send(from, CoordMsg::Claim { op, nonce });
     }
 
     /// `from` asks to coordinate our forwarded operation `op`: yes for the first claim, from
-    /// the node it was forwarded to, while the operation waits; no otherwise.
+    /// the node it was forwarded to, while the operation waits, and again for a copy of that
+    /// same claim (same nonce: a duplicate, which may overtake the first answer); no otherwise.
+    /// A grant restarts the wait: the replica starts its own timeout only now.
     pub(super) fn on_claim<S: Store>(
         &mut self,
         ctx: &mut Ctx<S>,
@@ -191,35 +220,54 @@ impl Coordinator {
         op: OpId,
         nonce: u64,
     ) {
+        let mut rearm = None;
         let granted = match self.ops.get_mut(&op) {
-            Some(PendingOp::Forward(f)) if f.to == from && !f.claimed => {
-                f.claimed = true;
-                true
-            }
+            Some(PendingOp::Forward(f)) if f.to == from => match f.claimed {
+                None => {
+                    f.claimed = Some(nonce);
+                    let deadline = ctx.deadline(f.quorum.timeout_ms) + FORWARD_GRACE_MS * 1000;
+                    if deadline > f.deadline {
+                        rearm = Some((f.deadline, deadline));
+                        f.deadline = deadline;
+                    }
+                    true
+                }
+                Some(granted) => granted == nonce,
+            },
             _ => false,
         };
+        if let Some((old, new)) = rearm {
+            ctx.timers.cancel(old, Timer::Op(op));
+            ctx.timers.set(new, Timer::Op(op));
+        }
         #[cfg(feature = "planted-bugs")]
         let granted = granted || ctx.cfg.has_bug(super::config::PlantedBug::GrantEveryClaim);
         ctx.send(from, CoordMsg::Grant { op, nonce, granted });
     }
 
-    /// The forwarder answered our claim: the request it names, if this copy still waits, is
-    /// coordinated when granted and dropped when not. Returns the request to start.
-    pub(super) fn on_grant(
+    /// The forwarder answered our claim: the copy `nonce` names, if it still waits, is
+    /// started when granted (or answered `Overloaded`, if it arrived while this node was) and
+    /// dropped when not. Returns the request to start.
+    pub(super) fn on_grant<S: Store>(
         &mut self,
-        now: u64,
+        ctx: &mut Ctx<S>,
         from: NodeId,
         op: OpId,
         nonce: u64,
         granted: bool,
     ) -> Option<ClientRequest> {
-        self.awaiting.expire(now);
-        match self.awaiting.waiting.get(&(from, op)) {
-            Some(w) if w.nonce == nonce => {}
-            _ => return None, // a grant seen before, or for a copy this node no longer holds
+        self.awaiting.expire(ctx.now);
+        let w = self.awaiting.take(from, op, nonce)?;
+        if !granted {
+            return None;
         }
-        let w = self.awaiting.waiting.remove(&(from, op))?;
-        granted.then_some(w.request)
+        if w.request.is_none() {
+            let e = RequestError::Overloaded {
+                pending: (self.ops.len() + self.awaiting.len()) as u64,
+            };
+            ctx.respond(Origin::Peer { node: from, op }, error(e));
+        }
+        w.request
     }
 
     /// The replica we forwarded `op` to answered: pass the answer to the client.

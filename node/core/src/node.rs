@@ -429,7 +429,8 @@ impl<S: Store> NodeCore<S> {
             }
             CoordMsg::Claim { op, nonce } => self.coord.on_claim(&mut self.ctx, from, op, nonce),
             CoordMsg::Grant { op, nonce, granted } => {
-                if let Some(request) = self.coord.on_grant(self.ctx.now, from, op, nonce, granted) {
+                if let Some(request) = self.coord.on_grant(&mut self.ctx, from, op, nonce, granted)
+                {
                     self.handle_client(Origin::Peer { node: from, op }, request);
                 }
             }
@@ -536,6 +537,7 @@ impl<S: Store> NodeCore<S> {
         }
         self.reaper.tick(&mut self.ctx, &self.transfers);
         self.route_events();
+        self.coord.awaiting.expire(self.ctx.now);
         self.scrub.tick(&mut self.ctx);
         self.route_events();
         self.removed_linger();

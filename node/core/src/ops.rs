@@ -70,8 +70,9 @@ pub(super) struct ForwardOp {
     pub(super) deadline: u64,
     /// The replica it went to: the only node whose claim is granted.
     pub(super) to: NodeId,
-    /// A claim was granted: no other copy of the forward may be coordinated.
-    pub(super) claimed: bool,
+    /// The nonce of the claim granted: no other copy of the forward may be coordinated (a
+    /// copy of that same claim is granted again).
+    pub(super) claimed: Option<u64>,
 }
 
 /// An operation this node coordinates.
