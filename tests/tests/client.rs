@@ -1,5 +1,5 @@
-//! The client crate against real node processes: quorum reads and writes, siblings and merge,
-//! durability across SIGKILL, and a node surviving garbage on its port.
+//! The client crate against real node processes: quorum reads and writes, forwarded writes,
+//! siblings and merge, durability across SIGKILL, and a node surviving garbage on its port.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -89,13 +89,60 @@ async fn quorum_reads_and_writes_through_the_client() -> anyhow::Result<()> {
     assert_eq!(line["encoding"], "base64");
     assert_eq!(line["siblings"], serde_json::json!(["//4A"]));
 
-    // A direct client makes that node coordinate.
+    // A direct client makes that node coordinate (forwarded writes: see the next test).
     let direct = Client::direct(c.addr(2), &c.creds()?)?;
     direct.put(b"d", b"via-2", &Context::empty()).await?;
     assert_eq!(
         values(&client.get(b"d").await?),
         BTreeSet::from([b("via-2")])
     );
+    Ok(())
+}
+
+/// Writes sent to a node that does not replicate their key are forwarded over the peer links to
+/// one that does, which claims each from the forwarder before it coordinates: overwrites and
+/// deletes through the forwarding node supersede what they read, and nothing comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_a_node_that_is_no_replica_are_forwarded_once() -> anyhow::Result<()> {
+    let c = Cluster::start(4)?;
+    let client = Client::connect(&c.addrs(), &c.creds()?).await?;
+    let map = client
+        .cluster()
+        .map(|i| i.map.clone())
+        .expect("cluster info");
+    let outsider = Client::direct(c.addr(4), &c.creds()?)?;
+    let keys: Vec<String> = (0..2_000)
+        .map(|i| format!("fwd-{i}"))
+        .filter(|k| {
+            let p = map.partition_for_key(k.as_bytes());
+            !map.preference_list(p, 3).contains(&dynakv_ring::NodeId(4))
+        })
+        .take(12)
+        .collect();
+    assert_eq!(keys.len(), 12, "keys node 4 does not replicate");
+    let all = Options {
+        r: Some(3),
+        ..Options::default()
+    };
+    for (i, k) in keys.iter().enumerate() {
+        let first = outsider.put(k.as_bytes(), b"v1", &Context::empty()).await?;
+        let second = outsider.put(k.as_bytes(), b"v2", &first).await?;
+        if i % 2 == 0 {
+            outsider.delete(k.as_bytes(), &second).await?;
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let expected = if i % 2 == 0 {
+            BTreeSet::new()
+        } else {
+            BTreeSet::from([b("v2")])
+        };
+        assert_eq!(
+            values(&client.get_with(k.as_bytes(), all).await?),
+            expected,
+            "{k}"
+        );
+    }
     Ok(())
 }
 
