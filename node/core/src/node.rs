@@ -230,9 +230,10 @@ impl<S: Store> NodeCore<S> {
         self.ctx.stats
     }
 
-    /// Operations still waiting for replies or their deadline.
+    /// Operations still waiting for replies or their deadline, and forwarded writes waiting
+    /// for their forwarder's grant (both count against `max_pending_ops`).
     pub fn pending_ops(&self) -> usize {
-        self.coord.ops.len()
+        self.coord.ops.len() + self.coord.awaiting.len()
     }
 
     /// The store (read-only), for status and checkers.
@@ -441,9 +442,9 @@ impl<S: Store> NodeCore<S> {
     }
 
     fn handle_client(&mut self, origin: Origin, request: ClientRequest) {
-        if self.coord.ops.len() >= self.ctx.cfg.max_pending_ops {
+        if self.pending_ops() >= self.ctx.cfg.max_pending_ops {
             let e = super::types::RequestError::Overloaded {
-                pending: self.coord.ops.len() as u64,
+                pending: self.pending_ops() as u64,
             };
             return self.ctx.respond(origin, ClientReply::Error(e));
         }
