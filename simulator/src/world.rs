@@ -731,14 +731,32 @@ impl World {
         );
     }
 
-    /// A coordinator sends every new value to the key's other targets right after storing it:
-    /// what these messages carry is the evidence that a write whose outcome the client never
-    /// learned was applied somewhere (see the checker's `acked-write-lost`).
+    /// A coordinator sends every new value to the key's other targets right after storing it,
+    /// and anti-entropy, hints and transfers carry stored versions on: a version in any of them
+    /// was minted, so what they carry is the evidence that a write whose outcome the client
+    /// never learned was applied somewhere (see the checker's `acked-write-lost`). A delete
+    /// coordinated by a node that was paused past its client's timeout may reach the others
+    /// only through anti-entropy (N=3 R=W=1 seed 137).
     fn note_applied(&mut self, msg: &PeerMsg) {
-        let PeerMsg::Replica(ReplicaMsg::Write { key, object, .. }) = msg else {
-            return;
+        let objects: Vec<(&[u8], &dynakv_core::Object)> = match msg {
+            PeerMsg::Replica(ReplicaMsg::Write { key, object, .. }) => vec![(key, object)],
+            PeerMsg::Handoff(HandoffMsg::Batch { items, .. }) => items
+                .iter()
+                .map(|i| (i.key.as_ref(), &i.object))
+                .collect(),
+            PeerMsg::Aae(
+                dynakv_core::AaeMsg::Exchange { objects, .. }
+                | dynakv_core::AaeMsg::Objects { objects, .. }
+                | dynakv_core::AaeMsg::ClockReply { objects, .. },
+            )
+            | PeerMsg::Transfer(TransferMsg::Batch {
+                items: objects, ..
+            }) => objects.iter().map(|(k, o)| (k.as_ref(), o)).collect(),
+            _ => return,
         };
-        self.note_object_applied(key, object);
+        for (key, object) in objects {
+            self.note_object_applied(key, object);
+        }
     }
 
     /// Record `object`'s values (and, for a tombstone, its context) as applied to `key`.
