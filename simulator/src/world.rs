@@ -740,18 +740,17 @@ impl World {
     fn note_applied(&mut self, msg: &PeerMsg) {
         let objects: Vec<(&[u8], &dynakv_core::Object)> = match msg {
             PeerMsg::Replica(ReplicaMsg::Write { key, object, .. }) => vec![(key, object)],
-            PeerMsg::Handoff(HandoffMsg::Batch { items, .. }) => items
-                .iter()
-                .map(|i| (i.key.as_ref(), &i.object))
-                .collect(),
+            PeerMsg::Handoff(HandoffMsg::Batch { items, .. }) => {
+                items.iter().map(|i| (i.key.as_ref(), &i.object)).collect()
+            }
             PeerMsg::Aae(
                 dynakv_core::AaeMsg::Exchange { objects, .. }
                 | dynakv_core::AaeMsg::Objects { objects, .. }
                 | dynakv_core::AaeMsg::ClockReply { objects, .. },
             )
-            | PeerMsg::Transfer(TransferMsg::Batch {
-                items: objects, ..
-            }) => objects.iter().map(|(k, o)| (k.as_ref(), o)).collect(),
+            | PeerMsg::Transfer(TransferMsg::Batch { items: objects, .. }) => {
+                objects.iter().map(|(k, o)| (k.as_ref(), o)).collect()
+            }
             _ => return,
         };
         for (key, object) in objects {

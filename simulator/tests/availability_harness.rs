@@ -338,3 +338,63 @@ fn a_stray_partition_copy_is_handed_over_then_dropped() {
         assert_eq!(values, set(&["v2"]), "replica {r} got the stray copy");
     }
 }
+
+/// A hint written again while a batch that carried it is in flight outlives that batch's ack,
+/// even with the same bytes: the copy that came in may be the only one left. Two nodes whose
+/// maps disagree hand a hint to each other, and each dropped its copy on the other's ack, so an
+/// acknowledged write was lost (N=1 seed 270 of the simulator).
+#[test]
+fn a_hint_written_again_while_its_batch_is_in_flight_outlives_the_ack() {
+    use dynakv_core::{HandoffItem, HandoffMsg, PeerMsg};
+    let mut c = Cluster::new(5, 3, 2, 2);
+    let (key, prim) = key_with_primaries(&c);
+    c.isolate(prim[2]);
+    let put = c.put(prim[0], &key, "v", &NodeClock::new(), w(3, None));
+    assert!(matches!(put, ClientReply::Written(_)), "{put:?}");
+    let holder = *c
+        .nodes
+        .iter()
+        .find(|(_, core)| core.hints_pending().get(&prim[2]) == Some(&1))
+        .expect("a fallback holds a hint for the isolated primary")
+        .0;
+    let p = c.map().partition_for_key(key.as_bytes());
+    let object = dynakv_simulator::harness::stored_object(&c, prim[0], &key).expect("stored");
+    // The owner takes the handoff batch; its ack is held on the way back.
+    c.heal();
+    c.cut_one(prim[2], holder);
+    c.record(true);
+    c.run_for(300);
+    let ack = c
+        .recorded
+        .iter()
+        .find(|(from, to, m)| {
+            *from == prim[2]
+                && *to == holder
+                && matches!(m, PeerMsg::Handoff(HandoffMsg::BatchAck { .. }))
+        })
+        .cloned()
+        .expect("the owner acknowledged the batch");
+    c.record(false);
+    // The same hint comes back to the holder while its batch is in flight.
+    let item = HandoffItem {
+        partition: p,
+        key: key.clone().into(),
+        object,
+    };
+    c.inject(
+        prim[1],
+        holder,
+        PeerMsg::Handoff(HandoffMsg::Batch {
+            batch: 4242,
+            items: vec![item],
+        }),
+    );
+    c.heal();
+    let (from, to, msg) = ack;
+    c.inject(from, to, msg);
+    assert_eq!(
+        c.nodes[&holder].hints_pending().get(&prim[2]),
+        Some(&1),
+        "the hint written again was dropped on the ack of the batch sent before"
+    );
+}

@@ -154,6 +154,14 @@ impl HintedHandoff {
         };
         ctx.check_limits(&merged)?;
         Self::store_hint(ctx, owner, p, key, &merged).map_err(storage)?;
+        // A hint written while a batch that carried it is in flight must outlive that batch's
+        // ack, even when its bytes are unchanged: the copy that came in may be the one the
+        // batch's receiver has since handed back (two nodes whose maps disagree pass a hint to
+        // each other), and each would otherwise drop its copy on the other's ack (N=1 seed 270).
+        if let Some(inflight) = self.peers.get_mut(&owner).and_then(|s| s.inflight.as_mut()) {
+            let k = hint_key(owner, p, key);
+            inflight.sent.retain(|(sent, _)| *sent != k);
+        }
         if existing.is_none() {
             *self.pending.entry(owner).or_insert(0) += 1;
         }
