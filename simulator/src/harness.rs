@@ -372,6 +372,18 @@ impl Cluster {
         }
     }
 
+    /// What every replica of `key` holds (N=3), merged by an R=3 read through `at`, as a set.
+    pub fn read_all(&mut self, at: NodeId, key: &str) -> BTreeSet<String> {
+        let all = RequestOptions {
+            r: Some(3),
+            ..RequestOptions::default()
+        };
+        match self.get(at, key, all) {
+            ClientReply::Got(g) => strings(&g.values),
+            other => panic!("read of every replica at {at} failed: {other:?}"),
+        }
+    }
+
     /// Read a key only from `at`'s own store (R=1 at a replica, with other links cut), as a set.
     pub fn local(&mut self, at: NodeId, key: &str) -> (BTreeSet<String>, NodeClock) {
         let saved = self.cut.clone();

@@ -3,10 +3,10 @@
 //! late, or after the coordinator restarted bring nothing back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use dynakv_core::{CoordMsg, PeerMsg};
+use dynakv_core::{CoordMsg, PeerMsg, PutReply};
 use dynakv_proto::dvv::NodeClock;
 use dynakv_ring::NodeId;
-use dynakv_simulator::harness::{n, set, strings, Cluster};
+use dynakv_simulator::harness::{n, set, Cluster};
 
 /// A 4-node, N=3 cluster and a key node 4 does not replicate, with its first primary.
 fn cluster_and_key() -> (Cluster, String, NodeId) {
@@ -31,16 +31,19 @@ fn recorded(c: &Cluster, pick: fn(&CoordMsg) -> bool) -> Vec<(NodeId, NodeId, Pe
         .collect()
 }
 
-/// What every replica of `key` holds, merged by an R=3 read.
-fn read_all(c: &mut Cluster, at: NodeId, key: &str) -> std::collections::BTreeSet<String> {
-    let opts = dynakv_core::RequestOptions {
-        r: Some(3),
-        ..Default::default()
-    };
-    match c.get(at, key, opts) {
-        dynakv_core::ClientReply::Got(g) => strings(&g.values),
-        other => panic!("read failed: {other:?}"),
-    }
+/// Put "v1" blindly through node 4, which forwards it to `first`: the reply and the forward.
+fn forwarded_put(
+    c: &mut Cluster,
+    key: &str,
+    first: NodeId,
+) -> (PutReply, (NodeId, NodeId, PeerMsg)) {
+    c.record(true);
+    let v1 = c.put_ok(n(4), key, "v1", &NodeClock::new());
+    let forwards = recorded(c, |m| matches!(m, CoordMsg::Forward { .. }));
+    c.record(false);
+    assert_eq!(forwards.len(), 1, "one forward");
+    assert_eq!(forwards[0].1, first, "to the first primary");
+    (v1, forwards[0].clone())
 }
 
 /// Seed 2644's trace, by hand: node 4 forwards a put to the key's first primary, the client
@@ -50,17 +53,12 @@ fn read_all(c: &mut Cluster, at: NodeId, key: &str) -> std::collections::BTreeSe
 #[test]
 fn a_forward_delivered_again_after_the_coordinator_restarts_is_not_coordinated_twice() {
     let (mut c, key, first) = cluster_and_key();
-    c.record(true);
-    let v1 = c.put_ok(n(4), &key, "v1", &NodeClock::new());
-    let forwards = recorded(&c, |m| matches!(m, CoordMsg::Forward { .. }));
+    let (v1, forward) = forwarded_put(&mut c, &key, first);
     let grants = recorded(&c, |m| matches!(m, CoordMsg::Grant { granted: true, .. }));
-    assert_eq!(forwards.len(), 1, "one forward to {first}");
     assert_eq!(grants.len(), 1, "one grant from node 4");
-    assert_eq!(forwards[0].1, first);
-    c.record(false);
     c.put_ok(first, &key, "v2", &v1.context);
     c.run_for(1_000);
-    assert_eq!(read_all(&mut c, first, &key), set(&["v2"]));
+    assert_eq!(c.read_all(first, &key), set(&["v2"]));
 
     c.restart(first);
     let (g_from, g_to, grant) = grants[0].clone();
@@ -68,13 +66,16 @@ fn a_forward_delivered_again_after_the_coordinator_restarts_is_not_coordinated_t
     // The restarted primary's claim for the copy is lost, and the old grant arrives again
     // while the copy waits: it names the first copy's nonce, not this one's.
     c.cut_one(first, n(4));
-    let (f_from, f_to, forward) = forwards[0].clone();
-    c.inject(f_from, f_to, forward);
+    let (f_from, f_to, forward) = forward;
+    c.inject(f_from, f_to, forward.clone());
     c.inject(g_from, g_to, grant);
     c.heal();
     c.run_for(3_000);
+    // And once more with every link up: the claim reaches node 4, whose operation has ended.
+    c.inject(f_from, f_to, forward);
+    c.run_for(1_000);
     assert_eq!(
-        read_all(&mut c, first, &key),
+        c.read_all(first, &key),
         set(&["v2"]),
         "the overwritten value came back"
     );
@@ -85,12 +86,7 @@ fn a_forward_delivered_again_after_the_coordinator_restarts_is_not_coordinated_t
 #[test]
 fn copies_of_a_forward_in_one_life_are_coordinated_once() {
     let (mut c, key, first) = cluster_and_key();
-    c.record(true);
-    let v1 = c.put_ok(n(4), &key, "v1", &NodeClock::new());
-    let forwards = recorded(&c, |m| matches!(m, CoordMsg::Forward { .. }));
-    c.record(false);
-    let (from, to, forward) = forwards[0].clone();
-    assert_eq!(to, first);
+    let (v1, (from, to, forward)) = forwarded_put(&mut c, &key, first);
     let deleted = c.delete_w1(first, &key, &v1.context);
     assert!(deleted.dot.is_some());
     c.run_for(1_000);
@@ -99,7 +95,7 @@ fn copies_of_a_forward_in_one_life_are_coordinated_once() {
     }
     c.run_for(2_000);
     assert_eq!(
-        read_all(&mut c, first, &key),
+        c.read_all(first, &key),
         set(&[]),
         "the deleted value came back"
     );
@@ -110,17 +106,13 @@ fn copies_of_a_forward_in_one_life_are_coordinated_once() {
 #[test]
 fn a_forward_from_a_forwarder_that_restarted_is_dropped() {
     let (mut c, key, first) = cluster_and_key();
-    c.record(true);
-    let v1 = c.put_ok(n(4), &key, "v1", &NodeClock::new());
-    let forwards = recorded(&c, |m| matches!(m, CoordMsg::Forward { .. }));
-    c.record(false);
+    let (v1, (from, to, forward)) = forwarded_put(&mut c, &key, first);
     c.put_ok(first, &key, "v2", &v1.context);
     c.restart(n(4));
     c.restart(first);
-    let (from, to, forward) = forwards[0].clone();
     c.inject(from, to, forward);
     c.run_for(2_000);
-    assert_eq!(read_all(&mut c, first, &key), set(&["v2"]));
+    assert_eq!(c.read_all(first, &key), set(&["v2"]));
 }
 
 /// A claim delivered twice is answered twice; the answers may arrive in either order. The
@@ -162,5 +154,5 @@ fn a_claim_answered_twice_starts_the_write_once_in_either_order() {
         matches!(reply, dynakv_core::ClientReply::Written(_)),
         "{reply:?}"
     );
-    assert_eq!(read_all(&mut c, first, &key), set(&["v1"]));
+    assert_eq!(c.read_all(first, &key), set(&["v1"]));
 }

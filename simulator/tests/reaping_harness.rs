@@ -82,7 +82,7 @@ fn a_deleted_key_stays_deleted_through_hints_partitions_and_reaping() {
     let fresh = c.put_ok(prim[1], &key, "new", &NodeClock::new());
     assert!(fresh.dot.is_some());
     c.run_for(2_000);
-    assert_eq!(read_all(&mut c, prim[0], &key), set(&["new"]));
+    assert_eq!(c.read_all(prim[0], &key), set(&["new"]));
 }
 
 /// No vote: each replica removes the tombstone on its own clock, so a member that cannot be
@@ -389,22 +389,6 @@ fn deliver_write(
     node.drain_effects();
 }
 
-/// The values of `key` a read of every replica returns, through `at`.
-fn read_all(
-    c: &mut Cluster,
-    at: dynakv_ring::NodeId,
-    key: &str,
-) -> std::collections::BTreeSet<String> {
-    let all = RequestOptions {
-        r: Some(3),
-        ..RequestOptions::default()
-    };
-    match c.get(at, key, all) {
-        ClientReply::Got(g) => strings(&g.values),
-        other => panic!("read failed: {other:?}"),
-    }
-}
-
 /// Issue 10, item 3, by construction: once a tombstone is reaped, a copy of a version the
 /// delete superseded can arrive at every replica however late, and nothing comes back. Each
 /// replica's partition clock holds the old version's dot (it stored it, then saw it superseded),
@@ -462,7 +446,7 @@ fn a_replica_that_missed_the_delete_is_repaired_by_the_others_fill() {
     dynakv_core::store::Store::put(store, space, b"k", &bytes).unwrap();
     assert_eq!(c.local(n(3), "k").0, set(&["old"]));
     assert_eq!(
-        read_all(&mut c, n(1), "k"),
+        c.read_all(n(1), "k"),
         set(&[]),
         "the fill hides the old value"
     );
@@ -536,7 +520,7 @@ fn a_wiped_replica_that_takes_a_late_copy_is_repaired_by_the_others_fills() {
         "a wiped node has no clock"
     );
     assert_eq!(
-        read_all(&mut c, n(1), "k"),
+        c.read_all(n(1), "k"),
         set(&[]),
         "the fills hide the old value"
     );
@@ -582,7 +566,7 @@ fn a_key_written_again_after_the_reap_still_supersedes_a_lagging_replicas_old_va
         set(&["new"]),
         "the new record brought the deleted value back as a sibling"
     );
-    assert_eq!(read_all(&mut c, n(2), "k"), set(&["new"]));
+    assert_eq!(c.read_all(n(2), "k"), set(&["new"]));
 }
 
 /// Found in review: a clock write can fail (a full disk) after the clock in memory gained a
