@@ -1,6 +1,7 @@
 //! Integrity in the in-memory harness: a record the disk corrupted is never served, is
 //! repaired from the other replicas, and never lets its node mint a dot twice; a transfer
-//! whose gap cannot be recorded on a failing disk is refused, not acknowledged.
+//! whose gap cannot be recorded on a failing disk is refused, not acknowledged; partitions
+//! taken back after a refused metadata write survive a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dynakv_core::store::Store;
@@ -214,5 +215,101 @@ fn a_transfer_gap_that_cannot_be_recorded_refuses_the_batch() {
             .partition_clock(p)
             .is_some_and(|clock| clock.contains(&dot)),
         "the snapshot claimed a version lost with the skipped batches"
+    );
+}
+
+/// Which of `keys` node `at` stores (in any partition).
+fn held(c: &Cluster, at: NodeId, keys: &[String]) -> std::collections::BTreeSet<String> {
+    let core = &c.nodes[&at];
+    let map = core.partition_map().clone();
+    keys.iter()
+        .filter(|k| {
+            let p = map.partition_for_key(k.as_bytes());
+            core.partition_objects(p)
+                .expect("scan")
+                .iter()
+                .any(|(key, _)| key.as_ref() == k.as_bytes())
+        })
+        .cloned()
+        .collect()
+}
+
+/// Node metadata reaches the disk before the data that depends on it. With N=1, node 2 joins
+/// node 1 and takes half its partitions (node 1 keeps "finished" records of those transfers),
+/// then leaves, and the map change that gives them back reaches node 1 while its disk is full:
+/// neither the new cluster state nor the removal of the finished records can be written. Once
+/// the disk has room the partitions come back and node 2 drops its copies. Had node 1 stored
+/// them on top of its old metadata, a restart would find the old map (node 2 owns them) and its
+/// own finished transfers to node 2, and drop the only copy (simulator N=1 seed 22, `--reap`).
+#[test]
+fn partitions_taken_back_after_a_refused_metadata_write_survive_a_restart() {
+    let mut c = Cluster::new(1, 1, 1, 1);
+    c.run_for(500);
+    let keys: Vec<String> = (0..120).map(|i| format!("key-{i}")).collect();
+    for k in &keys {
+        c.put_ok(n(1), k, "v", &NodeClock::new());
+    }
+    let settled = |c: &Cluster| {
+        c.nodes
+            .values()
+            .all(|core| core.outgoing_pending() == 0 && core.incoming_pending() == 0)
+    };
+    c.join(n(2), n(1));
+    for _ in 0..1_200 {
+        c.run_for(50);
+        if c.nodes[&n(2)].member_status() == Some(dynakv_gossip::Status::Valid) && settled(&c) {
+            break;
+        }
+    }
+    let moved = held(&c, n(2), &keys).len();
+    assert!(moved > 0, "node 2 took some partitions");
+    // Node 2 leaves while node 1 cannot write anything.
+    c.nodes.get_mut(&n(1)).unwrap().store_mut().set_full(true);
+    let reply = c.request(
+        n(2),
+        dynakv_core::ClientRequest::Admin(dynakv_core::AdminRequest::Leave),
+    );
+    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    let given_back = |c: &Cluster| {
+        c.nodes[&n(1)]
+            .partition_map()
+            .partitions_of(n(2))
+            .is_empty()
+    };
+    for _ in 0..200 {
+        c.run_for(50);
+        if given_back(&c) {
+            break;
+        }
+    }
+    assert!(given_back(&c), "node 1 learnt the map without node 2");
+    c.run_for(2_000);
+    assert_eq!(
+        held(&c, n(2), &keys).len(),
+        moved,
+        "nothing moved while the disk was full"
+    );
+    c.nodes.get_mut(&n(1)).unwrap().store_mut().set_full(false);
+    // The partitions come back; node 1 restarts as soon as node 2 dropped one (before gossip
+    // tells it anything newer), cut off so only its own disk speaks.
+    for _ in 0..2_000 {
+        c.advance(5);
+        if held(&c, n(2), &keys).len() < moved {
+            break;
+        }
+    }
+    assert!(
+        held(&c, n(2), &keys).len() < moved,
+        "node 2 handed keys back"
+    );
+    let before = held(&c, n(1), &keys);
+    c.isolate(n(1));
+    c.restart(n(1));
+    c.run_for(12_000);
+    let after = held(&c, n(1), &keys);
+    let lost: Vec<&String> = before.difference(&after).collect();
+    assert!(
+        lost.is_empty(),
+        "node 1's restart dropped keys it had taken back: {lost:?}"
     );
 }

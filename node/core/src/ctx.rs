@@ -127,6 +127,9 @@ pub(super) struct Ctx<S: Store> {
     pub(super) mint_floor: std::collections::BTreeMap<PartitionId, u64>,
     /// The node clocks of the partitions this node stores (`clocks.rs`).
     pub(super) clocks: super::clocks::Clocks,
+    /// Metadata writes the disk refused: no data is stored or dropped until they are written
+    /// (`meta.rs`).
+    pub(super) meta_debt: super::meta::MetaDebt,
 }
 
 impl<S: Store> Ctx<S> {
@@ -306,6 +309,7 @@ impl<S: Store> Ctx<S> {
     /// [`DataEvent::Written`] for the mechanisms that derive state from the data.
     pub(super) fn save(&mut self, p: PartitionId, key: &[u8], object: &Object) -> Result<()> {
         let bytes = codec::encode_object(object)?;
+        self.settle_meta()?;
         self.store.put(Space::Partition(p), key, &bytes)?;
         self.dirty = true;
         self.note_stored(p, object.versions().iter().map(|(d, _)| *d))?;
@@ -336,6 +340,7 @@ impl<S: Store> Ctx<S> {
         // The clock goes first: data without its clock is safe (the clock only misses dots),
         // a clock that outlived its data would claim the dropped versions superseded if the
         // partition came back here.
+        self.settle_meta()?;
         self.drop_clock(p)?;
         self.store.drop_partition(p)?;
         self.dirty = true;

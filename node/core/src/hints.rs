@@ -176,6 +176,7 @@ impl HintedHandoff {
         o: &Object,
     ) -> Result<()> {
         let bytes = codec::encode_object(o)?;
+        ctx.settle_meta()?;
         ctx.store
             .put(Space::Hints, &hint_key(owner, p, key), &bytes)?;
         ctx.dirty = true;

@@ -29,6 +29,8 @@
 //! - `membership`: the gossiper, the persisted cluster state, join/leave progress.
 //! - `membership_router`: what membership decides, routed to transfers, the map and
 //!   anti-entropy; operator changes; the membership accessors.
+//! - `meta`: node metadata (cluster state, transfer records) written before any data that
+//!   depends on it; writes the disk refused are retried, and no data is stored meanwhile.
 //! - `timers`: the one timer table (maintenance tick, operation timers).
 //! - `transfer`: moving partitions to new replicas, checkpointed and resumable.
 //! - `transfer_in`: the receiving side of transfers.
@@ -53,6 +55,7 @@ mod hints;
 mod liveness;
 mod membership;
 mod membership_router;
+mod meta;
 mod node;
 mod ops;
 mod read;

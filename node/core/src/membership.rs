@@ -417,12 +417,12 @@ impl Membership {
         let Some(state) = self.state() else {
             return;
         };
-        match codec::encode(state)
-            .map_err(Error::from)
-            .and_then(|b| ctx.store.put(Space::Meta, CLUSTER_KEY, &b))
-        {
-            Ok(()) => ctx.dirty = true,
-            Err(e) => tracing::error!(error = %e, "cannot persist the cluster state"),
+        // A write the disk refuses is retried before any data is stored (`meta.rs`).
+        match codec::encode(state) {
+            Ok(b) => {
+                ctx.put_meta(Space::Meta, CLUSTER_KEY, &b);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode the cluster state"),
         }
     }
 

@@ -165,6 +165,7 @@ impl<S: Store> NodeCore<S> {
                 corrupt: std::cell::RefCell::new(Vec::new()),
                 mint_floor: BTreeMap::new(),
                 clocks,
+                meta_debt: Default::default(),
             },
             liveness: Liveness {
                 down: BTreeMap::new(),
@@ -512,6 +513,10 @@ impl<S: Store> NodeCore<S> {
 
     /// Periodic work: hinted handoff, anti-entropy, probes of down peers, tombstone reaping.
     fn maintenance(&mut self) {
+        // Metadata the disk refused goes first: until it is written no data is stored.
+        if let Err(e) = self.ctx.settle_meta() {
+            tracing::debug!(error = %e, "node metadata still waits for the disk");
+        }
         self.gossip_tick();
         self.route_events();
         self.transfers.tick(&mut self.ctx, &self.membership);

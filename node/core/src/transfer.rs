@@ -208,8 +208,9 @@ impl Transfers {
         self.persist_checkpoint(ctx, &out_key(rec.partition, rec.to), rec);
     }
 
-    /// Write one transfer checkpoint (either side); durable at the next drain. A checkpoint that
-    /// cannot be written only costs a resend after a restart.
+    /// Write one transfer checkpoint (either side); durable at the next drain. One the disk
+    /// refuses is written again before any data is stored (`meta.rs`): a restart must not find
+    /// records older than the data.
     pub(super) fn persist_checkpoint<S: Store>(
         &mut self,
         ctx: &mut Ctx<S>,
@@ -218,9 +219,7 @@ impl Transfers {
     ) {
         match codec::encode(rec) {
             Ok(b) => {
-                if ctx.store.put(Space::Transfers, key, &b).is_ok() {
-                    ctx.dirty = true;
-                }
+                ctx.put_meta(Space::Transfers, key, &b);
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a transfer checkpoint"),
         }
@@ -439,6 +438,11 @@ impl Transfers {
             .values()
             .any(|s| s.rec.partition == p && !s.rec.done);
         if pending {
+            return;
+        }
+        // No drop while metadata waits for the disk (`meta.rs`); checked before the retirement
+        // so a drop that cannot happen does not cost an actor.
+        if ctx.settle_meta().is_err() {
             return;
         }
         // Retire first: the dropped copy may hold dots this node minted, and the new identity

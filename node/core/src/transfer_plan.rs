@@ -31,9 +31,7 @@ impl Transfers {
             .collect();
         for (p, to) in finished_out {
             self.sending.remove(&(p, to));
-            if ctx.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
-                ctx.dirty = true;
-            }
+            ctx.remove_meta(Space::Transfers, &out_key(p, to));
         }
         let finished_in: Vec<(PartitionId, NodeId)> = self
             .receiving
@@ -44,9 +42,7 @@ impl Transfers {
         for (p, from) in finished_in {
             self.receiving.remove(&(p, from));
             self.progress.remove(&(p, from));
-            if ctx.store.remove(Space::Transfers, &in_key(p, from)).is_ok() {
-                ctx.dirty = true;
-            }
+            ctx.remove_meta(Space::Transfers, &in_key(p, from));
         }
         self.prune_moot_transfers(ctx, new);
         let q = new.partition_count().min(old.partition_count());
@@ -115,9 +111,7 @@ impl Transfers {
         let mut orphaned = BTreeMap::new();
         for (p, to) in moot {
             self.sending.remove(&(p, to));
-            if ctx.store.remove(Space::Transfers, &out_key(p, to)).is_ok() {
-                ctx.dirty = true;
-            }
+            ctx.remove_meta(Space::Transfers, &out_key(p, to));
             orphaned.insert(p, ());
         }
         // A copy that was on its way out and now has no destination must still reach the
@@ -142,9 +136,7 @@ impl Transfers {
             .collect();
         for (p, from) in moot_in {
             self.receiving.remove(&(p, from));
-            if ctx.store.remove(Space::Transfers, &in_key(p, from)).is_ok() {
-                ctx.dirty = true;
-            }
+            ctx.remove_meta(Space::Transfers, &in_key(p, from));
         }
     }
 }
