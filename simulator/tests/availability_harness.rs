@@ -398,3 +398,48 @@ fn a_hint_written_again_while_its_batch_is_in_flight_outlives_the_ack() {
         "the hint written again was dropped on the ack of the batch sent before"
     );
 }
+
+/// With N=1, hints for a node removed from the cluster are redirected to the partition's new
+/// only replica. When that is the node holding the hints, the hint is merged into its own store
+/// and that is all: there is no other replica to hint, which is not a rejection (it used to be
+/// set aside in quarantine as well, and could retire the node's actor for nothing).
+#[test]
+fn with_n1_a_hint_redirected_to_its_holder_is_stored_not_quarantined() {
+    let mut c = Cluster::new(2, 1, 1, 1);
+    c.run_for(500);
+    let map = c.map();
+    let key = (0..1_000)
+        .map(|i| format!("k{i}"))
+        .find(|k| map.preference_list(map.partition_for_key(k.as_bytes()), 1) == [n(1)])
+        .expect("a key node 1 owns");
+    c.isolate(n(1));
+    // The first put finds node 1 silent; the next goes to node 2 as a fallback, with a hint.
+    let _ = c.put(n(2), &key, "v", &NodeClock::new(), w(1, None));
+    c.run_for(5_000);
+    c.put_w1(n(2), &key, "v", &NodeClock::new());
+    assert!(
+        c.nodes[&n(2)].hints_pending().values().sum::<u64>() > 0,
+        "node 2 holds a hint"
+    );
+    let reply = c.request(
+        n(2),
+        dynakv_core::ClientRequest::Admin(dynakv_core::AdminRequest::Remove {
+            node: n(1),
+            force: true,
+        }),
+    );
+    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    c.run_for(5_000);
+    let core = &c.nodes[&n(2)];
+    assert!(
+        core.partition_map().partitions_of(n(1)).is_empty(),
+        "node 2 owns everything"
+    );
+    assert_eq!(
+        core.hints_pending().values().sum::<u64>(),
+        0,
+        "the hint was redirected"
+    );
+    assert_eq!(core.stats().quarantined, 0, "nothing was set aside");
+    assert_eq!(strings(&c.get_ok(n(2), &key).values), set(&["v"]));
+}

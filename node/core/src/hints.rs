@@ -228,10 +228,13 @@ impl HintedHandoff {
                     let replicas = ctx.map.preference_list(p, n);
                     let key = key.to_vec();
                     let mut outcome = Ok(());
-                    if replicas.contains(&ctx.id()) {
+                    let here = replicas.contains(&ctx.id());
+                    if here {
                         outcome = ctx.merge_into_store(p, &key, &object).map(|_| ());
                     }
-                    if outcome.is_ok() {
+                    // Hints for the other replicas; none when this node is the only one (N=1),
+                    // where `rehint` would call "no other replica" a rejection.
+                    if outcome.is_ok() && !(here && replicas.len() == 1) {
                         outcome = self
                             .rehint(ctx, membership, p, &key, &object, &replicas)
                             .map(|_| ());
