@@ -63,6 +63,10 @@ impl<S: Store> Ctx<S> {
                 tracing::error!(space = %space.name(), error = %e,
                     "cannot write node metadata; no data is stored or dropped until it is written");
                 self.meta_debt.writes.insert((space, key.to_vec()), value);
+                // Force a barrier: a store whose error is not passing (sled keeps an I/O error
+                // until it is reopened) then fails it, and the node stops serving (fail-stop)
+                // instead of refusing every write for ever.
+                self.dirty = true;
                 false
             }
         }
