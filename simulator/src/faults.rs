@@ -220,27 +220,34 @@ impl World {
         if self.nodes_out() >= self.params.max_down {
             return;
         }
-        let fail_sync = self.rng.gen_bool(0.5);
+        // Half fail a sync; the others fill the disk, half of them only nearly: then every
+        // few writes one is refused, so a write the node depends on can fail while the next
+        // one lands (a node must not store data over metadata the disk refused).
+        let kind = self.rng.gen_range(0..4u8);
+        let every = self.rng.gen_range(2..5u32);
         let fixed_after = self.rng.gen_range(100_000..3_000_000);
         let node = self.node_mut(id);
         let Some(core) = node.core.as_mut() else {
             return;
         };
-        if fail_sync {
-            core.store_mut().fail_next_syncs(1);
-        } else {
-            core.store_mut().set_full(true);
-        }
-        let what = if fail_sync {
-            "SYNC FAILURE"
-        } else {
-            "DISK FULL"
+        let (what, fault) = match kind {
+            0 | 1 => {
+                core.store_mut().fail_next_syncs(1);
+                ("SYNC FAILURE".to_string(), "sync-failure")
+            }
+            2 => {
+                core.store_mut().set_full(true);
+                ("DISK FULL".to_string(), "disk-full")
+            }
+            _ => {
+                core.store_mut().set_nearly_full(every);
+                (
+                    format!("DISK NEARLY FULL (every {every}th write refused)"),
+                    "disk-nearly-full",
+                )
+            }
         };
-        self.count_fault(if fail_sync {
-            "sync-failure"
-        } else {
-            "disk-full"
-        });
+        self.count_fault(fault);
         self.trace_line(format!("t={}us node {id} {what}", self.now));
         let at = self.now + fixed_after;
         self.schedule(at, Event::FixDisk { node: id });

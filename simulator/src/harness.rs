@@ -236,6 +236,8 @@ impl Cluster {
             disk.crash();
             disk.fail_next_syncs(0);
             disk.set_full(false);
+            disk.set_nearly_full(0);
+            disk.refuse_spaces(&[]);
             disk
         });
     }

@@ -650,6 +650,7 @@ impl World {
         if let Some(disk) = node.disk.as_mut() {
             // Down meanwhile: the disk is fixed before the node comes back.
             disk.set_full(false);
+            disk.set_nearly_full(0);
             disk.fail_next_syncs(0);
             if node.start_failed {
                 self.restart_after(id, 1);
@@ -660,6 +661,7 @@ impl World {
             return;
         };
         core.store_mut().set_full(false);
+        core.store_mut().set_nearly_full(0);
         core.store_mut().fail_next_syncs(0);
         if core.storage_failure().is_some() {
             self.trace_line(format!("t={}us node {id} DISK FIXED, restarting", self.now));

@@ -98,6 +98,7 @@ fn fixed_seeds_with_all_faults_hold_every_invariant() {
         "hold",
         "sync-failure",
         "disk-full",
+        "disk-nearly-full",
         "corrupt",
     ] {
         assert!(faults_seen.contains(f), "no {f} injected in 150 seeds");

@@ -89,6 +89,13 @@ impl Transfers {
                 "not (yet) a replica of this partition".into(),
             ));
         }
+        // Metadata the disk refused goes first (`meta.rs`): a batch whose items are all known
+        // stores nothing, so nothing else would check.
+        if result.is_ok() {
+            if let Err(e) = ctx.settle_meta() {
+                result = Err(ReplicaError::Retry(e.to_string()));
+            }
+        }
         // The sender's clock snapshot may be added only if this node merged every item of every
         // batch of the transfer. A batch that does not start at our checkpoint (we lost batches
         // in a wipe or a power loss) or an item set aside in quarantine leaves a gap: the
@@ -98,7 +105,16 @@ impl Transfers {
             .receiving
             .get(&(p, from))
             .and_then(|r| r.checkpoint.clone());
-        let mut gap = result.is_ok() && after.as_deref() != checkpoint.as_deref();
+        // A batch from the start (no `after`) begins a new pass over the sender's data: the
+        // sender re-planned the transfer (a map change) or lost its cursor. Once that pass
+        // arrives whole it covers everything, so what an earlier pass skipped is no gap: its
+        // mark goes (a resend is not a loss, and a stale first batch only makes later batches
+        // look like gaps again, which is the safe side).
+        if result.is_ok() && after.is_none() {
+            ctx.clear_transfer_gap(p, from);
+        }
+        let mut gap =
+            result.is_ok() && after.is_some() && after.as_deref() != checkpoint.as_deref();
         for (k, o) in items
             .iter()
             .take(if result.is_ok() { usize::MAX } else { 0 })
@@ -126,6 +142,23 @@ impl Transfers {
                 upto = None;
             }
         }
+        // The last batch's snapshot names the dots the sender saw superseded (reaped
+        // tombstones among them); the sender drops its partition, clock included, once this is
+        // acknowledged. So the snapshot is on disk before the ack, or the batch is refused and
+        // sent again (the checkpoint stays, so the resend is no gap).
+        if result.is_ok() && last {
+            if let Some(snapshot) = snapshot.filter(|_| !gap && !ctx.transfer_gap(p, from)) {
+                if let Err(e) = ctx.note_dead(p, &snapshot) {
+                    tracing::warn!(partition = %p, error = %e, "cannot add a transfer's clock snapshot");
+                }
+                if !ctx.clock_on_disk(p) {
+                    result = Err(ReplicaError::Retry(
+                        "cannot write the partition clock with the transfer's snapshot".into(),
+                    ));
+                    upto = None;
+                }
+            }
+        }
         if result.is_ok() {
             let rec = self
                 .receiving
@@ -139,11 +172,6 @@ impl Transfers {
             let rec = rec.clone();
             self.persist_in(ctx, &rec);
             if last {
-                if let Some(snapshot) = snapshot.filter(|_| !gap && !ctx.transfer_gap(p, from)) {
-                    if let Err(e) = ctx.note_dead(p, &snapshot) {
-                        tracing::warn!(partition = %p, error = %e, "cannot add a transfer's clock snapshot");
-                    }
-                }
                 ctx.clear_transfer_gap(p, from);
             }
             if last {

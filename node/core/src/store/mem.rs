@@ -43,6 +43,13 @@ pub struct MemStore {
     failing_syncs: u32,
     /// Writes are refused with "no space left" (injected).
     full: bool,
+    /// Every this many-th write is refused (injected; 0: off): a disk with a few free blocks
+    /// left, where one write lands and the next does not.
+    refuse_every: u32,
+    /// Writes tried while `refuse_every` is on.
+    tried: u64,
+    /// Writes to these spaces are refused (injected): a disk that filled between two writes.
+    refused_spaces: Vec<Space>,
     /// Writes a failed sync dropped: visible to reads, gone after a crash.
     lost: usize,
     /// The last synced batches, newest last, as the changes that undo them.
@@ -222,8 +229,23 @@ impl MemStore {
         self.full = full;
     }
 
-    fn refuse_when_full(&self) -> Result<()> {
-        if self.full {
+    /// Refuse every `every`-th write from now on (0: stop): a nearly full disk.
+    pub fn set_nearly_full(&mut self, every: u32) {
+        self.refuse_every = every;
+        self.tried = 0;
+    }
+
+    /// Refuse every write to `spaces` (empty: stop).
+    pub fn refuse_spaces(&mut self, spaces: &[Space]) {
+        self.refused_spaces = spaces.to_vec();
+    }
+
+    fn refuse_when_full(&mut self, space: Space) -> Result<()> {
+        let nearly = self.refuse_every > 0 && {
+            self.tried += 1;
+            self.tried % u64::from(self.refuse_every) == 0
+        };
+        if self.full || nearly || self.refused_spaces.contains(&space) {
             return Err(crate::error::Error::Storage(
                 "no space left on device (simulated)".into(),
             ));
@@ -276,7 +298,7 @@ impl Store for MemStore {
     }
 
     fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<()> {
-        self.refuse_when_full()?;
+        self.refuse_when_full(space)?;
         let op = Op::Put(space, key.to_vec(), value.to_vec());
         Self::apply(&mut self.live, &op);
         self.journal.push(op);
@@ -284,7 +306,7 @@ impl Store for MemStore {
     }
 
     fn remove(&mut self, space: Space, key: &[u8]) -> Result<()> {
-        self.refuse_when_full()?;
+        self.refuse_when_full(space)?;
         if let (Some(log), Space::Partition(p)) = (self.removed.as_mut(), space) {
             if let Some(old) = self.live.get(&space).and_then(|t| t.get(key)) {
                 log.push((p, key.to_vec(), old.clone()));
@@ -410,6 +432,25 @@ mod tests {
         assert!(s.remove(p, b"b").is_err());
         s.set_full(false);
         s.put(p, b"b", b"2")?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_nearly_full_disk_refuses_every_few_writes_and_spaces_can_be_refused() -> Result<()> {
+        let mut s = MemStore::new();
+        let p = Space::Partition(PartitionId(1));
+        s.set_nearly_full(3);
+        let landed: Vec<bool> = (0..6u8).map(|i| s.put(p, &[i], b"v").is_ok()).collect();
+        assert_eq!(landed, [true, true, false, true, true, false]);
+        assert_eq!(s.get(p, &[2])?, None, "a refused write is not visible");
+        s.set_nearly_full(0);
+        assert!((0..6u8).all(|i| s.put(p, &[i], b"v").is_ok()));
+        s.refuse_spaces(&[Space::Meta]);
+        assert!(s.put(Space::Meta, b"m", b"1").is_err());
+        assert!(s.remove(Space::Meta, b"m").is_err());
+        s.put(p, b"data", b"1")?;
+        s.refuse_spaces(&[]);
+        s.put(Space::Meta, b"m", b"1")?;
         Ok(())
     }
 
