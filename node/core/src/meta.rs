@@ -10,10 +10,12 @@
 //!
 //! So every metadata write goes through [`Ctx::put_meta`] / [`Ctx::remove_meta`]; one that fails
 //! is kept in [`MetaDebt`] (the last write per key wins) and tried again before every data write
-//! and on every maintenance tick. While any is outstanding the node stores and drops no data
-//! ([`Ctx::settle_meta`] fails like a full disk: client writes fail, batches are refused and
-//! resent, drops wait for the stray sweep), so whatever a restart finds on disk, its metadata
-//! is at least as new as its data.
+//! and on every maintenance tick. While any is outstanding the node stores no data and drops no
+//! partition ([`Ctx::settle_meta`] fails like a full disk: client and replica writes fail, hint
+//! and transfer batches are refused and resent, drops wait for the stray sweep), so whatever a
+//! restart finds on disk, its metadata is at least as new as its data. Removals that rest on
+//! the partition clock alone (the reaper's, a corrupt record's) depend on neither the map nor
+//! the transfer records and go on.
 
 use std::collections::BTreeMap;
 
