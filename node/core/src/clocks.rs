@@ -200,6 +200,9 @@ impl<S: Store> Ctx<S> {
             }
             Err(e) => {
                 self.clocks.unpersisted.insert(p);
+                // Force a barrier, as for refused metadata (`meta.rs`): a store whose error does
+                // not pass then fails it and the node stops serving.
+                self.dirty = true;
                 Err(e)
             }
         }

@@ -105,16 +105,19 @@ impl Transfers {
             .receiving
             .get(&(p, from))
             .and_then(|r| r.checkpoint.clone());
-        // A batch from the start (no `after`) begins a new pass over the sender's data: the
-        // sender re-planned the transfer (a map change) or lost its cursor. Once that pass
-        // arrives whole it covers everything, so what an earlier pass skipped is no gap: its
-        // mark goes (a resend is not a loss, and a stale first batch only makes later batches
-        // look like gaps again, which is the safe side).
-        if result.is_ok() && after.is_none() {
-            ctx.clear_transfer_gap(p, from);
-        }
-        let mut gap =
-            result.is_ok() && after.is_some() && after.as_deref() != checkpoint.as_deref();
+        // A batch from the first key (no `after`) begins a new pass over the sender's data:
+        // the sender re-planned the transfer (a map change), re-took its snapshot, or lost its
+        // cursor. What an earlier pass skipped is then no gap; the mark goes once this batch
+        // is accepted (below). Within a pass a batch is a gap only if it starts beyond what
+        // this node merged: one that starts at or before the checkpoint is a resend (its ack
+        // was lost, or this node was paused past the sender's timeout), not a loss.
+        let new_pass = after.is_none();
+        let mut gap = result.is_ok()
+            && match (after.as_deref(), checkpoint.as_deref()) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(a), Some(c)) => a > c,
+            };
         for (k, o) in items
             .iter()
             .take(if result.is_ok() { usize::MAX } else { 0 })
@@ -147,7 +150,9 @@ impl Transfers {
         // acknowledged. So the snapshot is on disk before the ack, or the batch is refused and
         // sent again (the checkpoint stays, so the resend is no gap).
         if result.is_ok() && last {
-            if let Some(snapshot) = snapshot.filter(|_| !gap && !ctx.transfer_gap(p, from)) {
+            // A first batch that is also the last is a whole pass on its own.
+            let earlier_gap = !new_pass && ctx.transfer_gap(p, from);
+            if let Some(snapshot) = snapshot.filter(|_| !gap && !earlier_gap) {
                 if let Err(e) = ctx.note_dead(p, &snapshot) {
                     tracing::warn!(partition = %p, error = %e, "cannot add a transfer's clock snapshot");
                 }
@@ -166,12 +171,18 @@ impl Transfers {
                 .or_insert_with(|| IncomingTransfer::new(p, from));
             rec.received += items.len() as u64;
             if let Some(k) = &upto {
-                rec.checkpoint = Some(k.to_vec());
+                // A new pass starts over; within a pass the checkpoint only moves forward (a
+                // resend of an earlier batch does not take it back).
+                if new_pass || rec.checkpoint.as_deref().is_none_or(|c| k.as_ref() > c) {
+                    rec.checkpoint = Some(k.to_vec());
+                }
             }
             rec.done |= last;
             let rec = rec.clone();
             self.persist_in(ctx, &rec);
-            if last {
+            // The mark of an earlier pass goes with an accepted first batch that has no gap of
+            // its own, and every mark goes with the last batch.
+            if last || (new_pass && !gap) {
                 ctx.clear_transfer_gap(p, from);
             }
             if last {
