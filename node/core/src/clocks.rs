@@ -295,8 +295,10 @@ impl<S: Store> Ctx<S> {
     }
 
     /// Take the snapshot of `p`'s clock for an outgoing transfer to `to` that streamed
-    /// nothing yet (persisted: a resumed transfer sends the one taken at its start, never a
-    /// later one, which could name dots of keys it streamed before seeing them).
+    /// nothing yet: a pass from the first key starts (also when the first batch is sent again
+    /// after its timeout, which the receiver takes as a new pass). Persisted: a transfer that
+    /// resumes from its cursor sends the one taken at its pass's start, never a later one,
+    /// which could name dots of keys it streamed before seeing them.
     pub(super) fn take_transfer_snapshot(
         &mut self,
         p: PartitionId,
