@@ -150,6 +150,34 @@ fn a_corrupt_record_overwritten_by_a_replica_write_still_retires_the_actor() {
     assert_eq!(strings(&read.values), set(&["v1", "v2", "v3"]));
 }
 
+/// A node that finds a record corrupt retires its actor even when its disk refuses the new
+/// identity record (a nearly full disk): every start draws a new incarnation anyway, so the
+/// record only names the node, while keeping the old actor let the next write that landed
+/// mint over the lost record's dots (soak seeds 2280, 99840 and 26 more:
+/// `actor-kept-after-loss`).
+#[test]
+fn a_corrupt_record_retires_the_actor_even_when_the_identity_cannot_be_written() {
+    use dynakv_core::store::Space;
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.scrub_per_sec = 0;
+        cfg.aae_interval_ms = 600_000;
+    });
+    c.put_ok(n(2), "k", "v1", &NodeClock::new());
+    c.run_for(1_000);
+    corrupt_record(&mut c, n(2), "k");
+    c.nodes
+        .get_mut(&n(2))
+        .unwrap()
+        .store_mut()
+        .refuse_spaces(&[Space::Meta]);
+    let actor_before = c.actor(n(2));
+    // A read finds the corrupt record and sets it aside.
+    let _ = c.get(n(2), "k", RequestOptions::default());
+    c.run_for(500);
+    assert_eq!(c.nodes[&n(2)].stats().corrupt_records, 1);
+    assert_ne!(c.actor(n(2)), actor_before, "the actor is retired");
+}
+
 /// Which of `keys` node `at` stores (in any partition).
 fn held(c: &Cluster, at: NodeId, keys: &[String]) -> std::collections::BTreeSet<String> {
     let core = &c.nodes[&at];
