@@ -374,6 +374,16 @@ impl Cluster {
         }
     }
 
+    /// Whether node `at` stores a record of `key` (in the partition its map gives the key).
+    pub fn stores_key(&self, at: NodeId, key: &str) -> bool {
+        let core = &self.nodes[&at];
+        let p = core.partition_map().partition_for_key(key.as_bytes());
+        core.partition_objects(p)
+            .expect("scan")
+            .iter()
+            .any(|(k, _)| k.as_ref() == key.as_bytes())
+    }
+
     /// What every replica of `key` holds (N=3), merged by an R=3 read through `at`, as a set.
     pub fn read_all(&mut self, at: NodeId, key: &str) -> BTreeSet<String> {
         let all = RequestOptions {

@@ -180,16 +180,8 @@ fn a_corrupt_record_retires_the_actor_even_when_the_identity_cannot_be_written()
 
 /// Which of `keys` node `at` stores (in any partition).
 fn held(c: &Cluster, at: NodeId, keys: &[String]) -> std::collections::BTreeSet<String> {
-    let core = &c.nodes[&at];
-    let map = core.partition_map().clone();
     keys.iter()
-        .filter(|k| {
-            let p = map.partition_for_key(k.as_bytes());
-            core.partition_objects(p)
-                .expect("scan")
-                .iter()
-                .any(|(key, _)| key.as_ref() == k.as_bytes())
-        })
+        .filter(|k| c.stores_key(at, k))
         .cloned()
         .collect()
 }

@@ -100,12 +100,7 @@ fn missing_at(c: &Cluster, at: dynakv_ring::NodeId, keys: &[String]) -> Vec<Stri
     keys.iter()
         .filter(|k| {
             let p = map.partition_for_key(k.as_bytes());
-            map.preference_list(p, nval).contains(&at)
-                && !core
-                    .partition_objects(p)
-                    .expect("scan")
-                    .iter()
-                    .any(|(key, _)| key.as_ref() == k.as_bytes())
+            map.preference_list(p, nval).contains(&at) && !c.stores_key(at, k)
         })
         .cloned()
         .collect()

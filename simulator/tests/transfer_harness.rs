@@ -84,6 +84,11 @@ fn deliver(c: &mut Cluster, msg: PeerMsg) -> Result<(), ReplicaError> {
         .expect("the batch is answered")
 }
 
+/// Deliver a batch that node 3 must accept.
+fn accepted(c: &mut Cluster, msg: PeerMsg) {
+    assert_eq!(deliver(c, msg), Ok(()));
+}
+
 fn adopted(c: &Cluster, p: PartitionId, dot: &Dot) -> bool {
     c.nodes[&n(3)]
         .partition_clock(p)
@@ -106,19 +111,13 @@ fn a_transfer_gap_that_cannot_be_recorded_refuses_the_batch() {
         "a gap that is not on disk was acknowledged: {refused:?}"
     );
     c.nodes.get_mut(&n(3)).unwrap().store_mut().set_full(false);
-    assert_eq!(
-        deliver(
-            &mut c,
-            batch(p, Some(k[2].as_str()), &[k[3].as_str()], false, None)
-        ),
-        Ok(())
+    accepted(
+        &mut c,
+        batch(p, Some(k[2].as_str()), &[k[3].as_str()], false, None),
     );
-    assert_eq!(
-        deliver(
-            &mut c,
-            batch(p, Some(k[3].as_str()), &[], true, Some(snapshot))
-        ),
-        Ok(())
+    accepted(
+        &mut c,
+        batch(p, Some(k[3].as_str()), &[], true, Some(snapshot)),
     );
     assert!(
         !adopted(&c, p, &dot),
@@ -134,33 +133,24 @@ fn a_transfer_gap_that_cannot_be_recorded_refuses_the_batch() {
 #[test]
 fn a_transfer_that_starts_over_after_a_gap_adopts_its_snapshot() {
     let (mut c, p, k, snapshot, dot) = setup();
-    assert_eq!(
-        deliver(
-            &mut c,
-            batch(p, Some(k[2].as_str()), &[k[3].as_str()], false, None)
-        ),
-        Ok(())
+    accepted(
+        &mut c,
+        batch(p, Some(k[2].as_str()), &[k[3].as_str()], false, None),
     );
     // The second pass: two batches from the first key, whole.
-    assert_eq!(
-        deliver(
-            &mut c,
-            batch(p, None, &[k[0].as_str(), k[1].as_str()], false, None)
-        ),
-        Ok(())
+    accepted(
+        &mut c,
+        batch(p, None, &[k[0].as_str(), k[1].as_str()], false, None),
     );
-    assert_eq!(
-        deliver(
-            &mut c,
-            batch(
-                p,
-                Some(k[1].as_str()),
-                &[k[3].as_str()],
-                true,
-                Some(snapshot)
-            )
+    accepted(
+        &mut c,
+        batch(
+            p,
+            Some(k[1].as_str()),
+            &[k[3].as_str()],
+            true,
+            Some(snapshot),
         ),
-        Ok(())
     );
     assert!(
         adopted(&c, p, &dot),
@@ -175,37 +165,25 @@ fn a_transfer_that_starts_over_after_a_gap_adopts_its_snapshot() {
 #[test]
 fn a_resent_batch_is_not_a_gap() {
     let (mut c, p, k, snapshot, dot) = setup();
-    assert_eq!(
-        deliver(&mut c, batch(p, None, &[k[0].as_str()], false, None)),
-        Ok(())
-    );
-    assert_eq!(
-        deliver(
-            &mut c,
-            batch(p, Some(k[0].as_str()), &[k[1].as_str()], false, None)
-        ),
-        Ok(())
+    accepted(&mut c, batch(p, None, &[k[0].as_str()], false, None));
+    accepted(
+        &mut c,
+        batch(p, Some(k[0].as_str()), &[k[1].as_str()], false, None),
     );
     // The ack of the second batch was lost: the sender sends it again.
-    assert_eq!(
-        deliver(
-            &mut c,
-            batch(p, Some(k[0].as_str()), &[k[1].as_str()], false, None)
-        ),
-        Ok(())
+    accepted(
+        &mut c,
+        batch(p, Some(k[0].as_str()), &[k[1].as_str()], false, None),
     );
-    assert_eq!(
-        deliver(
-            &mut c,
-            batch(
-                p,
-                Some(k[1].as_str()),
-                &[k[2].as_str()],
-                true,
-                Some(snapshot)
-            )
+    accepted(
+        &mut c,
+        batch(
+            p,
+            Some(k[1].as_str()),
+            &[k[2].as_str()],
+            true,
+            Some(snapshot),
         ),
-        Ok(())
     );
     assert!(
         adopted(&c, p, &dot),
@@ -214,23 +192,17 @@ fn a_resent_batch_is_not_a_gap() {
 }
 
 /// The gap mark of an earlier pass goes only with a first batch that was accepted: a refused
-/// one (the disk refused its items) merged nothing, so the checkpoint it would have reset stays, and a later
-/// batch that continues from that checkpoint must still find the gap (found in review: the
+/// one (the disk refused its items) merged nothing, so the checkpoint it would have reset
+/// stays, and a later batch that continues from that checkpoint must still find the gap (found in review: the
 /// mark used to go before the items were stored).
 #[test]
 fn a_refused_first_batch_keeps_the_gap_of_the_pass_before() {
     let (mut c, p, k, snapshot, dot) = setup();
-    assert_eq!(
-        deliver(&mut c, batch(p, None, &[k[0].as_str()], false, None)),
-        Ok(())
-    );
+    accepted(&mut c, batch(p, None, &[k[0].as_str()], false, None));
     // Batches after "a" up to "c" were lost to a power cut: a gap, checkpoint "d".
-    assert_eq!(
-        deliver(
-            &mut c,
-            batch(p, Some(k[2].as_str()), &[k[3].as_str()], false, None)
-        ),
-        Ok(())
+    accepted(
+        &mut c,
+        batch(p, Some(k[2].as_str()), &[k[3].as_str()], false, None),
     );
     // A first batch (a new pass, or a late copy of an old one) whose items the disk refuses
     // (only the partition's data: the mark itself could be removed).
@@ -247,18 +219,15 @@ fn a_refused_first_batch_keeps_the_gap_of_the_pass_before() {
         .store_mut()
         .refuse_spaces(&[]);
     // The old pass goes on from "d" to the end.
-    assert_eq!(
-        deliver(
-            &mut c,
-            batch(
-                p,
-                Some(k[3].as_str()),
-                &[k[4].as_str()],
-                true,
-                Some(snapshot)
-            )
+    accepted(
+        &mut c,
+        batch(
+            p,
+            Some(k[3].as_str()),
+            &[k[4].as_str()],
+            true,
+            Some(snapshot),
         ),
-        Ok(())
     );
     assert!(
         !adopted(&c, p, &dot),
