@@ -178,6 +178,60 @@ fn a_corrupt_record_retires_the_actor_even_when_the_identity_cannot_be_written()
     assert_ne!(c.actor(n(2)), actor_before, "the actor is retired");
 }
 
+/// A write that lands on a key whose record a load found corrupt in the same step waits for
+/// the key's lost mark: with the mark refused (a nearly full disk) the old code wrote the new
+/// record, forgot the corruption, and the key was no longer marked lost while the partition
+/// clock still named the lost record's dot. The node then judged a good copy of that version
+/// old, and its context made the other replicas drop it (soak seed 87118: `acked-write-lost`).
+#[test]
+fn a_corrupt_record_is_not_overwritten_before_its_lost_mark_is_written() {
+    use dynakv_core::store::Space;
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.scrub_per_sec = 0;
+        cfg.aae_interval_ms = 600_000;
+    });
+    // v1 is on nodes 2 and 3 only.
+    c.isolate(n(1));
+    c.put_ok(n(2), "k", "v1", &NodeClock::new());
+    c.run_for(2_000);
+    c.heal_node(n(1));
+    c.run_for(2_000);
+    corrupt_record(&mut c, n(2), "k");
+    c.nodes
+        .get_mut(&n(2))
+        .unwrap()
+        .store_mut()
+        .refuse_spaces(&[Space::Clocks]);
+    // A blind write's replica write merges into the key node 2 reads as missing, in the step
+    // that finds the record corrupt; node 3 takes it too, so the write is acknowledged.
+    c.put_ok(n(1), "k", "v2", &NodeClock::new());
+    c.run_for(2_000);
+    assert_eq!(readable(&c, n(2), "k"), None, "overwritten before the mark");
+    c.nodes
+        .get_mut(&n(2))
+        .unwrap()
+        .store_mut()
+        .refuse_spaces(&[]);
+    c.run_for(2_000);
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    for _ in 0..2 {
+        let ClientReply::Got(read) = c.get(n(1), "k", all) else {
+            panic!("read failed")
+        };
+        assert_eq!(strings(&read.values), set(&["v1", "v2"]));
+        c.run_for(2_000);
+    }
+    assert_eq!(readable(&c, n(3), "k"), Some(set(&["v1", "v2"])));
+    assert_eq!(
+        readable(&c, n(2), "k"),
+        Some(set(&["v1", "v2"])),
+        "repaired"
+    );
+}
+
 /// Which of `keys` node `at` stores (in any partition).
 fn held(c: &Cluster, at: NodeId, keys: &[String]) -> std::collections::BTreeSet<String> {
     keys.iter()

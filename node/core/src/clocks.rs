@@ -285,13 +285,30 @@ impl<S: Store> Ctx<S> {
     }
 
     /// Mark `key` of `p` lost (its record was set aside): never filled, checked or reaped.
-    pub(super) fn mark_lost(&mut self, p: PartitionId, key: &[u8]) -> Result<()> {
-        if !self.clocks.is_lost(p, key) {
-            self.store.put(Space::Clocks, &lost_key(p, key), &[])?;
-            self.dirty = true;
-            self.clocks.lost.insert((p, Bytes::copy_from_slice(key)));
+    ///
+    /// In force in memory at once. The mark is node metadata (`meta.rs`): if the disk refuses
+    /// it, no data is written, the key's record included, until it lands. A record written over
+    /// the lost one before its mark reached the disk would, after a restart, leave a key that
+    /// is not marked lost while the clock names the lost record's dots: good copies of those
+    /// dots would then be judged superseded and discarded (soak seed 87118).
+    pub(super) fn mark_lost(&mut self, p: PartitionId, key: &[u8]) {
+        if self.clocks.lost.insert((p, Bytes::copy_from_slice(key))) {
+            self.put_meta(Space::Clocks, &lost_key(p, key), &[]);
         }
-        Ok(())
+    }
+
+    /// Mark `key` lost now if a load found its record corrupt during this step and it is not
+    /// marked yet: called before the key's record is written or removed, so the mark is
+    /// written (or waits as metadata, which holds the write back) before the record changes.
+    pub(super) fn mark_lost_if_found_corrupt(&mut self, p: PartitionId, key: &[u8]) {
+        let found = self
+            .corrupt
+            .get_mut()
+            .iter()
+            .any(|(q, k, _)| *q == p && k.as_ref() == key);
+        if found {
+            self.mark_lost(p, key);
+        }
     }
 
     /// Take the snapshot of `p`'s clock for an outgoing transfer to `to` that streamed

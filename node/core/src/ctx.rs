@@ -282,13 +282,10 @@ impl<S: Store> Ctx<S> {
             );
             // The clock still names the lost record's dots: the key must never be filled or
             // checked against it again (`clocks.rs`). Without the mark on disk the corrupt
-            // record stays, so the next read finds it again (a removed record with no mark
-            // would be filled after a restart, which would claim its live dots superseded).
-            if let Err(e) = self.mark_lost(p, &key) {
-                tracing::error!(partition = %p, error = %e, "cannot mark a lost key; the corrupt record stays");
-                self.events.push(DataEvent::CompareSoon { partition: p });
-                continue;
-            }
+            // record stays (`remove_key` settles metadata first), so a restart finds it again
+            // (a removed record with no mark would be filled after a restart, which would
+            // claim its live dots superseded).
+            self.mark_lost(p, &key);
             if still_corrupt {
                 if let Err(e) = self.remove_key(p, &key) {
                     tracing::error!(partition = %p, error = %e, "cannot remove a corrupt record")
@@ -308,6 +305,7 @@ impl<S: Store> Ctx<S> {
     /// [`DataEvent::Written`] for the mechanisms that derive state from the data.
     pub(super) fn save(&mut self, p: PartitionId, key: &[u8], object: &Object) -> Result<()> {
         let bytes = codec::encode_object(object)?;
+        self.mark_lost_if_found_corrupt(p, key);
         self.settle_meta()?;
         self.store.put(Space::Partition(p), key, &bytes)?;
         self.dirty = true;
@@ -325,6 +323,9 @@ impl<S: Store> Ctx<S> {
     /// Remove a key from a partition's store; durable at the next drain. Pushes a
     /// [`DataEvent::Removed`].
     pub(super) fn remove_key(&mut self, p: PartitionId, key: &[u8]) -> Result<()> {
+        // A lost mark (or other metadata) still waiting for the disk goes first: see `save`.
+        self.mark_lost_if_found_corrupt(p, key);
+        self.settle_meta()?;
         self.store.remove(Space::Partition(p), key)?;
         self.dirty = true;
         self.events.push(DataEvent::Removed {

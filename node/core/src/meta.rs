@@ -8,14 +8,16 @@
 //! finished transfer as proof that another node holds a partition it had since taken back as
 //! its only owner, and dropped it (N=1, seed 22 of the reap runs).
 //!
+//! Lost-key marks (`clocks.rs`) are metadata too: a record written over a lost one before its
+//! mark is on disk would, after a restart, be judged against dots it never held.
+//!
 //! So every metadata write goes through [`Ctx::put_meta`] / [`Ctx::remove_meta`]; one that fails
 //! is kept in [`MetaDebt`] (the last write per key wins) and tried again before every data write
 //! and on every maintenance tick. While any is outstanding the node stores no data and drops no
 //! partition ([`Ctx::settle_meta`] fails like a full disk: client and replica writes fail, hint
 //! and transfer batches are refused and resent, drops wait for the stray sweep), so whatever a
-//! restart finds on disk, its metadata is at least as new as its data. Removals that rest on
-//! the partition clock alone (the reaper's, a corrupt record's) depend on neither the map nor
-//! the transfer records and go on.
+//! restart finds on disk, its metadata is at least as new as its data. Key removals (the
+//! reaper's, a corrupt record's) wait too, and are tried again on later passes.
 
 use std::collections::BTreeMap;
 
