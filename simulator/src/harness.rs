@@ -144,12 +144,19 @@ impl Cluster {
     /// Deliver queued messages until the network is quiet.
     pub fn run(&mut self) {
         let mut budget = 100_000;
-        while let Some((from, to, msg)) = self.queue.pop_front() {
+        while self.step() {
             budget -= 1;
             assert!(budget > 0, "message storm");
-            if self.cut.contains(&(from, to)) {
-                continue;
-            }
+        }
+    }
+
+    /// Deliver the next queued message only (false when none was queued): for tests that stop
+    /// in the middle of an exchange.
+    pub fn step(&mut self) -> bool {
+        let Some((from, to, msg)) = self.queue.pop_front() else {
+            return false;
+        };
+        if !self.cut.contains(&(from, to)) {
             self.delivered += 1;
             let now = self.now;
             self.nodes
@@ -158,6 +165,7 @@ impl Cluster {
                 .handle(now, Input::Peer { from, msg });
             self.collect(to);
         }
+        true
     }
 
     /// Keep (or stop keeping) a copy of every message sent in [`Cluster::recorded`].
@@ -171,8 +179,14 @@ impl Cluster {
         self.run();
     }
 
-    /// Move time forward, firing timers.
+    /// Move time forward, firing timers, then deliver until quiet.
     pub fn advance(&mut self, ms: u64) {
+        self.tick(ms);
+        self.run();
+    }
+
+    /// Move time forward and fire the timers due, delivering nothing (see [`Cluster::step`]).
+    pub fn tick(&mut self, ms: u64) {
         self.now += ms * 1000;
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
@@ -188,7 +202,6 @@ impl Cluster {
                 self.collect(id);
             }
         }
-        self.run();
     }
 
     /// Let `ms` of time pass in 50 ms steps (background work: handoff, anti-entropy, reaping).

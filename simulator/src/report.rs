@@ -176,6 +176,7 @@ fn mechanisms(world: &World) -> BTreeMap<String, u64> {
             ("transfer_keys_sent", s.transfer_keys_sent),
             ("partitions_dropped", s.partitions_dropped),
             ("transfer_batches_retried", s.transfer_batches_retried),
+            ("transfer_passes_restarted", s.transfer_passes_restarted),
             ("non_owner_writes", s.non_owner_writes),
             ("stray_partitions", s.stray_partitions),
             ("quarantined", s.quarantined),

@@ -677,12 +677,12 @@ fn an_unappliable_hint_is_quarantined_before_the_ack() {
 }
 
 /// A transfer item the receiver cannot apply (here: merged it would pass the sibling limit) is
-/// quarantined, and the transfer then has a gap: the sender's clock snapshot, which names the
-/// item's dot, must not enter the receiver's partition clock. Otherwise the receiver would hold
-/// a dot in its clock that no record of it holds, and its fill would tell readers the item's
-/// live value was superseded.
+/// quarantined, and its key marked lost: the sender's clock snapshot, which names the item's
+/// dot, enters the receiver's clock (the pass was whole otherwise), but never judges that key.
+/// Otherwise the receiver would hold a dot in its clock that no record of it holds, and would
+/// drop the item's live value as old when it came again once the siblings were resolved.
 #[test]
-fn a_quarantined_transfer_item_keeps_the_snapshot_out_of_the_clock() {
+fn a_quarantined_transfer_item_is_not_judged_by_the_snapshot() {
     use dynakv_core::{Input, Object, PeerMsg, TransferMsg, Value};
     let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
         cfg.sibling_warn = 2;
@@ -702,28 +702,54 @@ fn a_quarantined_transfer_item_keeps_the_snapshot_out_of_the_clock() {
     .unwrap();
     let mut snapshot = NodeClock::new();
     snapshot.add(&dot);
+    let transfer = |pass: u64, snapshot: Option<NodeClock>| {
+        PeerMsg::Transfer(TransferMsg::Batch {
+            batch: pass,
+            partition: p,
+            pass,
+            after: None,
+            items: vec![("k".into(), object.clone())],
+            lost: Vec::new(),
+            last: true,
+            snapshot,
+        })
+    };
     let core = c.nodes.get_mut(&n(3)).unwrap();
     core.handle(
         0,
         Input::Peer {
             from: n(1),
-            msg: PeerMsg::Transfer(TransferMsg::Batch {
-                batch: 11,
-                partition: p,
-                after: None,
-                items: vec![("k".into(), object)],
-                last: true,
-                snapshot: Some(snapshot),
-            }),
+            msg: transfer(11, Some(snapshot)),
         },
     );
     core.drain_effects();
     assert_eq!(core.stats().quarantined, 1, "the item was set aside");
     assert!(
-        !core
-            .partition_clock(p)
+        core.partition_clock(p)
             .is_some_and(|clock| clock.contains(&dot)),
-        "the snapshot claimed the quarantined item's dot"
+        "the snapshot of a whole pass was not adopted"
+    );
+    // A client resolves the siblings; then the item comes again, and fits.
+    let ClientReply::Got(got) = c.get(n(1), "k", RequestOptions::default()) else {
+        panic!("read failed")
+    };
+    c.put_ok(n(1), "k", "d", &got.context);
+    c.run();
+    let now = c.now;
+    let core = c.nodes.get_mut(&n(3)).unwrap();
+    core.handle(
+        now,
+        Input::Peer {
+            from: n(1),
+            msg: transfer(12, None),
+        },
+    );
+    core.drain_effects();
+    assert_eq!(core.stats().quarantined, 1);
+    assert_eq!(
+        c.read_all(n(3), "k"),
+        ["c", "d"].iter().map(|v| v.to_string()).collect(),
+        "the item's value was dropped as old"
     );
 }
 

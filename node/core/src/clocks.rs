@@ -21,9 +21,14 @@
 //! never reaped. Dropping a partition drops its clock and lost set.
 //!
 //! On disk, in [`Space::Clocks`]: `'c' ‖ partition u16 BE` holds the encoded clock
-//! (`codec::clock`), `'l' ‖ partition ‖ key` marks a lost key. Written after the data they
-//! describe in the same step, so a torn tail leaves the clock behind its data (it then misses
-//! dots, which only delays reaps), never ahead of it.
+//! (`codec::clock`), `'l' ‖ partition ‖ key` marks a lost key. The clock is written after the
+//! data it describes in the same step, so a torn tail leaves it behind its data (it then
+//! misses dots, which only delays reaps), never ahead of it. A lost mark is node metadata,
+//! written before any later data (`meta.rs`).
+//!
+//! A transfer hands the clock on: the sender's snapshot, taken as a pass over its data starts,
+//! is adopted by the receiver once it merged the whole pass (`transfer_in.rs`), with the
+//! sender's lost keys marked lost there too.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +46,8 @@ const CLOCK_TAG: u8 = b'c';
 const LOST_TAG: u8 = b'l';
 const SNAPSHOT_TAG: u8 = b's';
 const GAP_TAG: u8 = b'g';
+/// The most lost keys a transfer names with its snapshot (`Ctx::final_snapshot`).
+const MAX_LOST_SENT: usize = 1024;
 
 fn snapshot_key(p: PartitionId, to: dynakv_ring::NodeId) -> Vec<u8> {
     let mut k = vec![SNAPSHOT_TAG];
@@ -328,17 +335,38 @@ impl<S: Store> Ctx<S> {
         Ok(())
     }
 
-    /// What the last batch of a transfer of `p` carries: the snapshot, unless a key of `p`
-    /// was lost here, before or in this step (its dots are in the snapshot, its record was not
-    /// streamed).
+    /// What the last batch of a transfer of `p` to `to` carries: the snapshot of its pass,
+    /// with every key of `p` lost here added to `lost` (their records were not streamed, and
+    /// the snapshot names their dots: the receiver marks them lost). No snapshot when they are
+    /// too many to name in one batch (`MAX_LOST_SENT`); the receiver then adopts none.
     pub(super) fn final_snapshot(
         &self,
         p: PartitionId,
         to: dynakv_ring::NodeId,
+        lost: &mut Vec<Bytes>,
     ) -> Option<NodeClock> {
-        if self.clocks.has_lost(p) || self.corrupt.borrow().iter().any(|(q, _, _)| *q == p) {
+        let mut keys: BTreeSet<Bytes> = lost.iter().cloned().collect();
+        keys.extend(
+            self.clocks
+                .lost
+                .range((p, Bytes::new())..)
+                .take_while(|(q, _)| *q == p)
+                .map(|(_, k)| k.clone()),
+        );
+        keys.extend(
+            self.corrupt
+                .borrow()
+                .iter()
+                .filter(|(q, _, _)| *q == p)
+                .map(|(_, k, _)| k.clone()),
+        );
+        let bytes: usize = keys.iter().map(Bytes::len).sum();
+        if keys.len() > MAX_LOST_SENT || bytes > self.cfg.max_message_bytes / 8 {
+            tracing::warn!(partition = %p, lost = keys.len(),
+                "too many lost keys to hand off with the transfer's clock snapshot; sending none");
             return None;
         }
+        *lost = keys.into_iter().collect();
         let bytes = self.store.get(Space::Clocks, &snapshot_key(p, to)).ok()??;
         decode_clock(&bytes)
     }
@@ -355,39 +383,6 @@ impl<S: Store> Ctx<S> {
             return true;
         }
         false
-    }
-
-    /// Note that an incoming transfer of `p` from `from` skipped batches here (see
-    /// `transfer_in.rs`); persisted, so a restart does not forget it.
-    pub(super) fn mark_transfer_gap(
-        &mut self,
-        p: PartitionId,
-        from: dynakv_ring::NodeId,
-    ) -> Result<()> {
-        let mut k = snapshot_key(p, from);
-        k[0] = GAP_TAG;
-        self.store.put(Space::Clocks, &k, &[])?;
-        self.dirty = true;
-        Ok(())
-    }
-
-    /// Whether an incoming transfer of `p` from `from` skipped batches here (or the mark
-    /// cannot be read, which counts as a gap).
-    pub(super) fn transfer_gap(&self, p: PartitionId, from: dynakv_ring::NodeId) -> bool {
-        let mut k = snapshot_key(p, from);
-        k[0] = GAP_TAG;
-        !matches!(self.store.get(Space::Clocks, &k), Ok(None))
-    }
-
-    /// Forget the gap mark of a finished or restarted incoming transfer.
-    pub(super) fn clear_transfer_gap(&mut self, p: PartitionId, from: dynakv_ring::NodeId) {
-        let mut k = snapshot_key(p, from);
-        k[0] = GAP_TAG;
-        if matches!(self.store.get(Space::Clocks, &k), Ok(Some(_)))
-            && self.store.remove(Space::Clocks, &k).is_ok()
-        {
-            self.dirty = true;
-        }
     }
 
     /// Forget partition `p`'s clock and lost keys (its data was dropped).
@@ -410,7 +405,8 @@ impl<S: Store> Ctx<S> {
             self.store.remove(Space::Clocks, &lost_key(p, &k))?;
             self.dirty = true;
         }
-        // Transfer snapshots and gap marks of `p`.
+        // Transfer snapshots of `p`, and the gap marks older versions kept per incoming
+        // transfer (protocol 11; passes replaced them).
         for tag in [SNAPSHOT_TAG, GAP_TAG] {
             let [hi, lo] = p.0.to_be_bytes();
             let prefix = [tag, hi, lo];

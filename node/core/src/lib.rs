@@ -33,7 +33,8 @@
 //!   depends on it; writes the disk refused are retried, and no data is stored meanwhile.
 //! - `timers`: the one timer table (maintenance tick, operation timers).
 //! - `transfer`: moving partitions to new replicas, checkpointed and resumable.
-//! - `transfer_in`: the receiving side of transfers.
+//! - `transfer_in`: the receiving side of transfers (in order, one pass at a time).
+//! - `transfer_records`: the transfers' persisted checkpoints.
 //! - `transfer_plan`: what to send and expect after a map change.
 //! - `stray`: copies of partitions this node no longer replicates, handed over, then dropped.
 //! - [`error`]: the crate's error enum.
@@ -70,6 +71,7 @@ mod timers;
 mod transfer;
 mod transfer_in;
 mod transfer_plan;
+mod transfer_records;
 mod write;
 
 /// The formats the core speaks, re-exported for the core's modules and its users.

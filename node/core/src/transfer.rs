@@ -16,11 +16,12 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
 use super::ctx::Ctx;
 use super::membership::Membership;
 use super::node::NodeCore;
+pub(super) use super::transfer_records::{decode_incoming, decode_outgoing, in_key, out_key};
+pub use super::transfer_records::{IncomingTransfer, OutgoingTransfer};
 use super::types::{ReplicaError, TransferMsg};
 use crate::codec;
 use crate::store::{Space, Store};
@@ -33,46 +34,6 @@ pub(super) const STALL_US: u64 = 10_000_000;
 /// a long backoff after the network heals.
 const BACKOFF_BASE_US: u64 = 200_000;
 const BACKOFF_MAX_US: u64 = 10_000_000;
-
-/// A transfer this node sends, as persisted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutgoingTransfer {
-    pub partition: PartitionId,
-    pub to: NodeId,
-    /// Last key the receiver acknowledged; the next batch starts after it.
-    pub cursor: Option<Vec<u8>>,
-    /// Keys acknowledged so far.
-    pub sent: u64,
-    /// Keys in the partition when the transfer started (progress figure).
-    pub total: u64,
-    /// Keys sent again after a failed or unanswered batch.
-    pub resent: u64,
-    pub done: bool,
-}
-
-/// A transfer this node receives, as persisted (its checkpoint).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IncomingTransfer {
-    pub partition: PartitionId,
-    pub from: NodeId,
-    /// Last key merged durably.
-    pub checkpoint: Option<Vec<u8>>,
-    pub received: u64,
-    pub done: bool,
-}
-
-impl IncomingTransfer {
-    /// A transfer of `partition` from `from` that has not started.
-    pub fn new(partition: PartitionId, from: NodeId) -> Self {
-        IncomingTransfer {
-            partition,
-            from,
-            checkpoint: None,
-            received: 0,
-            done: false,
-        }
-    }
-}
 
 /// In-memory progress of an outgoing transfer.
 #[derive(Debug, Clone)]
@@ -100,20 +61,6 @@ pub(super) struct Transfers {
     pub(super) progress: BTreeMap<(PartitionId, NodeId), u64>,
     /// When the next sweep for stray partition copies runs (see `stray.rs`).
     pub(super) next_sweep: u64,
-}
-
-pub(super) fn out_key(p: PartitionId, to: NodeId) -> Vec<u8> {
-    let mut k = b"out".to_vec();
-    k.extend_from_slice(&p.0.to_be_bytes());
-    k.extend_from_slice(&to.0.to_be_bytes());
-    k
-}
-
-pub(super) fn in_key(p: PartitionId, from: NodeId) -> Vec<u8> {
-    let mut k = b"in".to_vec();
-    k.extend_from_slice(&p.0.to_be_bytes());
-    k.extend_from_slice(&from.0.to_be_bytes());
-    k
 }
 
 impl Transfers {
@@ -150,7 +97,7 @@ impl Transfers {
             after = Some(last.0.clone());
             for (k, v) in page {
                 if k.starts_with(b"out") {
-                    let rec: OutgoingTransfer = codec::decode(&v)?;
+                    let rec = decode_outgoing(&v)?;
                     self.sending.insert(
                         (rec.partition, rec.to),
                         Sending {
@@ -161,7 +108,7 @@ impl Transfers {
                         },
                     );
                 } else if k.starts_with(b"in") {
-                    let rec: IncomingTransfer = codec::decode(&v)?;
+                    let rec = decode_incoming(&v)?;
                     self.receiving.insert((rec.partition, rec.from), rec);
                 }
             }
@@ -191,6 +138,7 @@ impl Transfers {
             total,
             resent: 0,
             done: false,
+            pass: 0,
         };
         self.persist_out(ctx, &rec);
         self.sending.insert(
@@ -300,11 +248,19 @@ impl Transfers {
             return;
         };
         let (p, to) = key;
-        // The clock as the transfer starts; a resumed transfer keeps the one it took then.
+        // A pass from the first key starts with the clock as it is now and a new pass id; a
+        // transfer resumed from its cursor keeps both (the record is written after the
+        // snapshot, so a restart that finds the pass finds its snapshot).
         if s.rec.cursor.is_none() && s.rec.sent == 0 {
             if let Err(e) = ctx.take_transfer_snapshot(p, to) {
                 tracing::warn!(partition = %p, error = %e, "cannot snapshot a partition clock");
                 return;
+            }
+            let pass = ctx.rng.gen::<u64>().max(1);
+            if let Some(s) = self.sending.get_mut(&key) {
+                s.rec.pass = pass;
+                let rec = s.rec.clone();
+                self.persist_out(ctx, &rec);
             }
         }
         let Some(s) = self.sending.get(&key) else {
@@ -323,6 +279,7 @@ impl Transfers {
         };
         let mut last = page.len() < ctx.cfg.transfer_batch;
         let mut items = Vec::with_capacity(page.len());
+        let mut lost = Vec::new();
         let mut bytes = 0usize;
         for (k, v) in page {
             if !items.is_empty() && bytes + v.len() > ctx.cfg.max_message_bytes / 2 {
@@ -334,16 +291,12 @@ impl Transfers {
                 Ok(o) => items.push((Bytes::from(k), o)),
                 // Not sent: set aside after this step, and repaired from the other replicas
                 // by anti-entropy (here and at the receiver, which is one of them). The clock
-                // snapshot names its dots, so this transfer no longer sends one.
+                // snapshot names its dots, so the receiver marks the key lost (this batch
+                // says so), and never judges its copies by the snapshot.
                 Err(e) => {
-                    ctx.corrupt
-                        .get_mut()
-                        .push((p, Bytes::from(k), e.to_string()));
-                    if !ctx.forget_snapshot(p, to) {
-                        // Sending past the record with the snapshot still on disk could
-                        // send it later: try again once the store takes writes.
-                        return;
-                    }
+                    let k = Bytes::from(k);
+                    ctx.corrupt.get_mut().push((p, k.clone(), e.to_string()));
+                    lost.push(k);
                 }
             }
         }
@@ -360,17 +313,20 @@ impl Transfers {
             .and_then(|s| s.rec.cursor.clone())
             .map(Bytes::from);
         let snapshot = if last {
-            ctx.final_snapshot(p, to)
+            ctx.final_snapshot(p, to, &mut lost)
         } else {
             None
         };
+        let pass = self.sending.get(&key).map_or(0, |s| s.rec.pass);
         ctx.send(
             to,
             TransferMsg::Batch {
                 batch,
                 partition: p,
+                pass,
                 after,
                 items,
+                lost,
                 last,
                 snapshot,
             },
@@ -389,6 +345,7 @@ impl Transfers {
         upto: Option<Bytes>,
         done: bool,
         result: Result<(), ReplicaError>,
+        start_over: bool,
     ) -> bool {
         let key = (p, from);
         let Some(s) = self.sending.get_mut(&key) else {
@@ -401,6 +358,22 @@ impl Transfers {
             return false;
         }
         s.inflight = None;
+        if start_over {
+            // The receiver missed part of this pass: only a whole pass lets it adopt the
+            // snapshot, and dropping this copy without that would leave the snapshot's
+            // superseded dots known nowhere.
+            tracing::info!(partition = %p, to = %from, "receiver missed part of the transfer; sending it again from the first key");
+            s.rec.resent += s.rec.sent;
+            s.rec.sent = 0;
+            s.rec.cursor = None;
+            s.rec.done = false;
+            s.failures = 0;
+            s.next_attempt = ctx.now + BACKOFF_BASE_US;
+            ctx.stats.transfer_passes_restarted += 1;
+            let rec = s.rec.clone();
+            self.persist_out(ctx, &rec);
+            return false;
+        }
         if let Err(e) = result {
             tracing::warn!(partition = %p, to = %from, ?e, "transfer batch refused; will retry");
             s.failures = s.failures.saturating_add(1);
@@ -471,8 +444,10 @@ impl Transfers {
             TransferMsg::Batch {
                 batch,
                 partition,
+                pass,
                 after,
                 items,
+                lost,
                 last,
                 snapshot,
             } => self.on_transfer_batch(
@@ -482,8 +457,10 @@ impl Transfers {
                 batch,
                 partition,
                 super::transfer_in::BatchBody {
+                    pass,
                     after,
                     items,
+                    lost,
                     last,
                     snapshot,
                 },
@@ -494,7 +471,8 @@ impl Transfers {
                 upto,
                 done,
                 result,
-            } => self.on_transfer_ack(ctx, from, batch, partition, upto, done, result),
+                start_over,
+            } => self.on_transfer_ack(ctx, from, batch, partition, upto, done, result, start_over),
             TransferMsg::Status { partition, epoch } => {
                 self.on_transfer_status(ctx, membership, from, partition, epoch);
                 false

@@ -1,5 +1,7 @@
 //! The receiving side of partition transfers: merging batches durably and acknowledging them
-//! with the new checkpoint.
+//! with the new checkpoint, in order, one pass over the sender's data at a time (a batch that
+//! does not continue the pass asks the sender to start over), and adopting the sender's clock
+//! snapshot with the last batch of a whole pass.
 //!
 //! Inputs: [`super::types::TransferMsg::Batch`] and `NoTransfer` (`on_transfer_batch`,
 //! `on_transfer_none`), and the moment this node joins (`expect_join_transfers`). Stalled
@@ -69,13 +71,16 @@ impl Transfers {
         body: BatchBody,
     ) -> bool {
         let BatchBody {
+            pass,
             after,
             items,
+            lost,
             last,
             snapshot,
         } = body;
         let mut result = Ok(());
         let mut upto = None;
+        let mut start_over = false;
         if !membership.joined
             || !ctx
                 .map
@@ -96,37 +101,36 @@ impl Transfers {
                 result = Err(ReplicaError::Retry(e.to_string()));
             }
         }
-        // The sender's clock snapshot may be added only if this node merged every item of every
-        // batch of the transfer. A batch that does not start at our checkpoint (we lost batches
-        // in a wipe or a power loss) or an item set aside in quarantine leaves a gap: the
-        // snapshot would then claim dots of versions we do not hold. The mark is on disk before
-        // the batch is acknowledged, or the batch is refused (and sent again).
-        let checkpoint = self
-            .receiving
-            .get(&(p, from))
-            .and_then(|r| r.checkpoint.clone());
-        // A batch from the first key (no `after`) begins a new pass over the sender's data:
-        // the sender re-planned the transfer (a map change), re-took its snapshot, or lost its
-        // cursor. What an earlier pass skipped is then no gap; the mark goes once this batch
-        // is accepted (below). Within a pass a batch is a gap only if it starts beyond what
-        // this node merged: one that starts at or before the checkpoint is a resend (its ack
-        // was lost, or this node was paused past the sender's timeout), not a loss.
-        let new_pass = after.is_none();
-        let mut gap = result.is_ok()
-            && match (after.as_deref(), checkpoint.as_deref()) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some(a), Some(c)) => a > c,
-            };
+        // The last batch's snapshot may join this node's clock only if it merged every item
+        // of the pass the snapshot belongs to. So batches are taken in order, one pass at a
+        // time: a batch from the first key starts its pass (or is its first batch sent
+        // again); any other must continue the pass this node follows from at or before its
+        // checkpoint (one that starts before it is a resend after a lost ack). Anything else
+        // means batches of the pass never reached this node's disk (a power cut or a wipe),
+        // or belong to another pass (a late copy): the sender starts over from the first key.
+        let follows = match after.as_deref() {
+            None => true,
+            Some(a) => self
+                .receiving
+                .get(&(p, from))
+                .is_some_and(|r| r.pass == pass && r.checkpoint.as_deref().is_some_and(|c| a <= c)),
+        };
+        if result.is_ok() && !follows {
+            start_over = true;
+            result = Err(ReplicaError::Retry(
+                "this node missed batches of the transfer; start over from the first key".into(),
+            ));
+        }
         for (k, o) in items
             .iter()
             .take(if result.is_ok() { usize::MAX } else { 0 })
         {
             let outcome = match ctx.merge_into_store(p, k, o) {
                 // Cannot be applied here: kept aside, since the sender drops its copy once the
-                // transfer is done.
+                // transfer is done. The snapshot names the dots of versions this node does not
+                // hold, so the key is marked lost: never judged by the clock.
                 Err(ReplicaError::Rejected(why)) => {
-                    gap = true;
+                    ctx.mark_lost(p, k);
                     ctx.quarantine(from, p, k, o, &why)
                 }
                 other => other.map(|_| ()),
@@ -137,22 +141,25 @@ impl Transfers {
             }
             upto = Some(k.clone());
         }
-        if gap {
-            if let Err(e) = ctx.mark_transfer_gap(p, from) {
-                result = Err(ReplicaError::Retry(format!(
-                    "cannot record a transfer gap: {e}"
-                )));
+        if result.is_ok() {
+            // The keys whose records the sender lost: their dots are in its snapshot.
+            for k in &lost {
+                if ctx.check_peer_key(p, k).is_ok() {
+                    ctx.mark_lost(p, k);
+                }
+            }
+            // Lost marks are on disk before the ack, or the batch is refused and sent again.
+            if let Err(e) = ctx.settle_meta() {
+                result = Err(ReplicaError::Retry(e.to_string()));
                 upto = None;
             }
         }
         // The last batch's snapshot names the dots the sender saw superseded (reaped
         // tombstones among them); the sender drops its partition, clock included, once this is
         // acknowledged. So the snapshot is on disk before the ack, or the batch is refused and
-        // sent again (the checkpoint stays, so the resend is no gap).
+        // sent again (the checkpoint stays, so the resend continues the pass).
         if result.is_ok() && last {
-            // A first batch that is also the last is a whole pass on its own.
-            let earlier_gap = !new_pass && ctx.transfer_gap(p, from);
-            if let Some(snapshot) = snapshot.filter(|_| !gap && !earlier_gap) {
+            if let Some(snapshot) = snapshot {
                 if let Err(e) = ctx.note_dead(p, &snapshot) {
                     tracing::warn!(partition = %p, error = %e, "cannot add a transfer's clock snapshot");
                 }
@@ -169,22 +176,21 @@ impl Transfers {
                 .receiving
                 .entry((p, from))
                 .or_insert_with(|| IncomingTransfer::new(p, from));
+            if after.is_none() && rec.pass != pass {
+                rec.pass = pass;
+                rec.checkpoint = None;
+            }
             rec.received += items.len() as u64;
             if let Some(k) = &upto {
-                // A new pass starts over; within a pass the checkpoint only moves forward (a
-                // resend of an earlier batch does not take it back).
-                if new_pass || rec.checkpoint.as_deref().is_none_or(|c| k.as_ref() > c) {
+                // Within a pass the checkpoint only moves forward (a resend of an earlier
+                // batch does not take it back).
+                if rec.checkpoint.as_deref().is_none_or(|c| k.as_ref() > c) {
                     rec.checkpoint = Some(k.to_vec());
                 }
             }
             rec.done |= last;
             let rec = rec.clone();
             self.persist_in(ctx, &rec);
-            // The mark of an earlier pass goes with an accepted first batch that has no gap of
-            // its own, and every mark goes with the last batch.
-            if last || (new_pass && !gap) {
-                ctx.clear_transfer_gap(p, from);
-            }
             if last {
                 // The old owner may have held writes the other replicas never got (a write
                 // whose quorum failed): spread them now rather than in anti-entropy's round.
@@ -199,8 +205,9 @@ impl Transfers {
                 batch,
                 partition: p,
                 upto,
-                done: last,
+                done: last && result.is_ok(),
                 result,
+                start_over,
             },
         );
         true
@@ -233,7 +240,6 @@ impl Transfers {
         p: PartitionId,
         from: NodeId,
     ) {
-        ctx.clear_transfer_gap(p, from);
         let rec = IncomingTransfer::new(p, from);
         self.persist_in(ctx, &rec);
         self.receiving.insert((p, from), rec);
@@ -273,9 +279,13 @@ impl<S: Store> NodeCore<S> {
 
 /// The body of a transfer batch, as the receiver handles it.
 pub(super) struct BatchBody {
+    /// The sender's pass over its data.
+    pub(super) pass: u64,
     /// The sender's cursor: the batch holds the keys after it.
     pub(super) after: Option<Bytes>,
     pub(super) items: Vec<(Bytes, Object)>,
+    /// Keys the sender lost (corrupt records), whose dots its snapshot names.
+    pub(super) lost: Vec<Bytes>,
     pub(super) last: bool,
     /// The sender's clock snapshot (last batch only).
     pub(super) snapshot: Option<dynakv_proto::dvv::NodeClock>,

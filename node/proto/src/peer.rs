@@ -194,13 +194,23 @@ pub enum TransferMsg {
     Batch {
         batch: u64,
         partition: PartitionId,
+        /// Which pass over the sender's data this batch belongs to: drawn when the sender
+        /// starts streaming from the first key (and takes its clock snapshot), kept when it
+        /// resumes from its cursor. The receiver takes batches of one pass only, in order.
+        pass: u64,
         after: Option<Bytes>,
         items: Vec<(Bytes, Object)>,
+        /// Keys of the partition whose records the sender lost (corrupt), so not streamed:
+        /// those found in this batch's range, and with the last batch every key the sender
+        /// has marked lost. The receiver marks them lost too (never judged by its clock), so
+        /// the snapshot's dots of the lost records cannot make it refuse their good copies.
+        lost: Vec<Bytes>,
         /// No more batches after this one.
         last: bool,
         /// With the last batch: the sender's node clock of the partition as it was when the
-        /// transfer started. Every dot in it was either still held by a key streamed since, or
-        /// superseded, so the receiver adds it to its own clock once it merged every batch.
+        /// pass started. Every dot in it was either still held by a key streamed since, or
+        /// superseded, so the receiver adds it to its own clock: it has merged every batch of
+        /// the pass, since it takes them only in order.
         snapshot: Option<NodeClock>,
     },
     /// Answer to [`TransferMsg::Batch`], once the batch is durable.
@@ -211,6 +221,10 @@ pub enum TransferMsg {
         upto: Option<Bytes>,
         done: bool,
         result: Result<(), ReplicaError>,
+        /// The batch does not continue what the receiver merged of this pass (it lost batches
+        /// to a power cut or a wipe, or the pass is not the one it follows): the sender starts
+        /// a new pass from the first key, with a new snapshot.
+        start_over: bool,
     },
     /// A receiver that has heard nothing of an expected transfer for a while asks its sender.
     /// `epoch`: the asker's map epoch; a sender with an older map stays silent (it may not

@@ -327,6 +327,9 @@ pub struct CoreStats {
     pub partitions_dropped: u64,
     /// Transfer batches that went unanswered and were resent from the checkpoint.
     pub transfer_batches_retried: u64,
+    /// Transfers sent again from the first key because the receiver missed part of a pass
+    /// (it lost batches to a power cut or a wipe).
+    pub transfer_passes_restarted: u64,
     /// Stored records that failed their checksum or did not decode: found by a read, a
     /// transfer, anti-entropy or the scrub, and removed so the other replicas repair the key
     /// (unreadable hints are dropped).

@@ -277,6 +277,11 @@ impl Collector for CoreFigures {
                 s.transfer_batches_retried,
             ),
             (
+                "transfer_passes_restarted",
+                "Transfers started over from the first key after the receiver missed batches",
+                s.transfer_passes_restarted,
+            ),
+            (
                 "transfer_keys_sent",
                 "Keys the transfer receivers acknowledged",
                 s.transfer_keys_sent,

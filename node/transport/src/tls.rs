@@ -35,13 +35,13 @@ pub const SERVER_NAME: &str = "dynakv-node";
 /// every incompatible change of `dynakv_proto`'s wire types: nodes and clients of different
 /// versions then refuse each other at the handshake with a clear message, instead of failing
 /// to decode each other's frames.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
 /// The ALPN protocol that carries [`PROTOCOL_VERSION`] in the TLS handshake.
-pub const ALPN: &[u8] = b"dynakv/11";
+pub const ALPN: &[u8] = b"dynakv/12";
 /// The ALPN protocol of node-to-node links (same version). A connection is a peer link only if
 /// it negotiated this protocol *and* presents a node certificate, so a client that holds a
 /// node's certificate can never take over that node's link.
-pub const PEER_ALPN: &[u8] = b"dynakv-peer/11";
+pub const PEER_ALPN: &[u8] = b"dynakv-peer/12";
 
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
