@@ -126,7 +126,7 @@ impl World {
                 self.add_cut(vec![(x, y)], true, duration);
             }
             FaultKind::Crash => {
-                let id = self.random_node();
+                let mut id = self.random_node();
                 if !self.node_mut(id).is_up() || self.nodes_out() >= self.params.max_down {
                     return;
                 }
@@ -140,6 +140,22 @@ impl World {
                     (can_wipe || can_lose) && self.wipes_left > 0 && self.rng.gen_bool(0.4);
                 let wipe = budgeted && can_wipe && (!can_lose || self.rng.gen_bool(0.3));
                 let power_loss = budgeted && !wipe;
+                // Half the power losses hit a node that is receiving a transfer, if any: the
+                // synced batches it loses then include acknowledged transfer batches, and the
+                // sender's cursor is ahead of what the node still holds (a pass it must take
+                // again from the first key).
+                if power_loss && self.rng.gen_bool(0.5) {
+                    let receiving: Vec<NodeId> = self
+                        .nodes
+                        .iter()
+                        .filter(|n| n.is_active() && !n.paused)
+                        .filter(|n| n.core.as_ref().is_some_and(|c| c.incoming_pending() > 0))
+                        .map(|n| n.id)
+                        .collect();
+                    if !receiving.is_empty() {
+                        id = receiving[self.rng.gen_range(0..receiving.len())];
+                    }
+                }
                 if budgeted {
                     self.wipes_left -= 1;
                     self.count_fault(if wipe { "wipe" } else { "powerloss" });
