@@ -200,8 +200,8 @@ impl<S: Store> Ctx<S> {
     /// memory even when the disk refuses the identity record: every start draws a new
     /// incarnation anyway (the record only names the node), and keeping the old actor on a
     /// nearly full disk let the next write that landed mint over a lost record's dots
-    /// (`actor-kept-after-loss`, soak seeds 2280, 99840 and 26 more). Always true.
-    pub(super) fn retire_actor(&mut self) -> bool {
+    /// (`actor-kept-after-loss`, soak seeds 2280, 99840 and 26 more).
+    pub(super) fn retire_actor(&mut self) {
         let incarnation: u64 = self.rng.gen();
         self.actor.incarnation = incarnation;
         // The new actor has minted nothing: no floor applies to it.
@@ -218,7 +218,6 @@ impl<S: Store> Ctx<S> {
         {
             tracing::warn!(error = %e, "cannot record the new incarnation (it is in force anyway)");
         }
-        true
     }
 
     /// The counter this actor mints above in partition `p` (see `mint_floor`).

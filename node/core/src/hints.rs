@@ -243,12 +243,10 @@ impl HintedHandoff {
                         Err(ReplicaError::Rejected(why)) => {
                             // Set aside, the hint leaves what this node mints against: if it
                             // held dots this actor minted, a new actor must mint from now on.
-                            let minted_here = object.context().top(&ctx.actor) > 0;
-                            if minted_here && !ctx.retire_actor() {
-                                Err(ReplicaError::Storage("cannot retire the actor".into()))
-                            } else {
-                                ctx.quarantine(owner, p, &key, &object, &why)
+                            if object.context().top(&ctx.actor) > 0 {
+                                ctx.retire_actor();
                             }
+                            ctx.quarantine(owner, p, &key, &object, &why)
                         }
                         other => other,
                     };
@@ -473,10 +471,10 @@ impl HintedHandoff {
                 }
             }
         }
-        // Retire the actor BEFORE dropping data minted under it (the store applies writes in
-        // order, so a crash cannot keep the removal and lose the new identity).
-        if minted_here && !ctx.retire_actor() {
-            return;
+        // Retire the actor BEFORE dropping data minted under it (in force in memory at once;
+        // every start draws a new incarnation anyway).
+        if minted_here {
+            ctx.retire_actor();
         }
         let mut removed = 0u64;
         for k in removable {

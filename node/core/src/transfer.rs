@@ -418,11 +418,8 @@ impl Transfers {
         if ctx.settle_meta().is_err() {
             return;
         }
-        // Retire first: the dropped copy may hold dots this node minted, and the new identity
-        // must be written before the data goes (see hints.rs).
-        if !ctx.retire_actor() {
-            return;
-        }
+        // Retire first: the dropped copy may hold dots this node minted (see hints.rs).
+        ctx.retire_actor();
         if let Err(e) = ctx.drop_partition_data(p) {
             tracing::warn!(partition = %p, error = %e, "cannot drop a handed-off partition");
             return;

@@ -185,14 +185,7 @@ impl Coordinator {
                         // context another coordinator accepted: raising the floor there would
                         // exhaust the partition's counters, so mint under a new actor.
                         Some((_, dot)) if dot.counter > super::reaper::FLOOR_LIMIT => {
-                            if !ctx.retire_actor() {
-                                return ctx.respond(
-                                    origin,
-                                    error(RequestError::Storage(
-                                        "cannot persist a new actor identity".into(),
-                                    )),
-                                );
-                            }
+                            ctx.retire_actor();
                             Object::update_above(&local, &context, ctx.actor, 0, value)
                         }
                         minted => minted,
