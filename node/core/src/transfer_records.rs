@@ -39,8 +39,8 @@ pub struct IncomingTransfer {
 }
 
 /// The records as written before transfers had passes (protocol 11): read at start, so a
-/// node restarted on a newer build resumes them (pass 0, which continues only a pass that
-/// also had none).
+/// node restarted on a newer build finishes them (pass 0; a receiver's checkpoint is dropped,
+/// so its sender streams the partition again from the first key).
 #[derive(Deserialize)]
 struct OutgoingV11 {
     partition: PartitionId,
@@ -88,7 +88,9 @@ pub(super) fn decode_incoming(bytes: &[u8]) -> crate::Result<IncomingTransfer> {
     Ok(IncomingTransfer {
         partition: old.partition,
         from: old.from,
-        checkpoint: old.checkpoint,
+        // Not resumed: the older version may have marked a gap in this pass (kept apart, and
+        // no longer read), so the sender's next batch gets `start_over` and a whole new pass.
+        checkpoint: None,
         received: old.received,
         done: old.done,
         pass: 0,
@@ -128,7 +130,7 @@ pub(super) fn in_key(p: PartitionId, from: NodeId) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// A node restarted on this build resumes the transfers an older one recorded (pass 0).
+    /// A node restarted on this build finishes the transfers an older one recorded (pass 0).
     #[test]
     fn records_written_before_passes_are_read_with_pass_zero() {
         #[derive(Serialize)]
@@ -160,6 +162,19 @@ mod tests {
         let old = codec::encode(&OldIn(PartitionId(3), NodeId(2), None, 5, true)).unwrap();
         let rec = decode_incoming(&old).unwrap();
         assert_eq!((rec.received, rec.done, rec.pass), (5, true, 0));
+        let old = codec::encode(&OldIn(
+            PartitionId(3),
+            NodeId(2),
+            Some(b"k".to_vec()),
+            5,
+            false,
+        ))
+        .unwrap();
+        assert_eq!(
+            decode_incoming(&old).unwrap().checkpoint,
+            None,
+            "a pass is not resumed"
+        );
         // Records of this build keep their pass; garbage is an error, not a default.
         let mut now = rec.clone();
         now.pass = 77;
