@@ -56,7 +56,8 @@ struct OutgoingV11 {
 struct IncomingV11 {
     partition: PartitionId,
     from: NodeId,
-    checkpoint: Option<Vec<u8>>,
+    // Read to consume the record's bytes; dropped (see `decode_incoming`).
+    _checkpoint: Option<Vec<u8>>,
     received: u64,
     done: bool,
 }
