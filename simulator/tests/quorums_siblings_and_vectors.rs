@@ -741,7 +741,7 @@ fn a_quarantined_transfer_item_is_not_judged_by_the_snapshot() {
         now,
         Input::Peer {
             from: n(1),
-            msg: transfer(12, None),
+            msg: transfer(12, Some(NodeClock::new())),
         },
     );
     core.drain_effects();

@@ -175,6 +175,31 @@ fn a_batch_that_skips_part_of_the_pass_makes_the_sender_start_over() {
     );
 }
 
+/// The sender drops its clock once the last batch is acknowledged, so a last batch must carry
+/// the snapshot: one without it is refused, and the transfer stays open (found in review: a
+/// sender that could not read its snapshot sent none, and dropped its clock all the same).
+#[test]
+fn a_last_batch_without_its_snapshot_is_refused() {
+    let (mut c, p, k, _, _) = setup();
+    accepted(&mut c, mid(p, 7, None, &[&k[0]]));
+    let bare = batch(
+        p,
+        B {
+            pass: 7,
+            after: Some(&k[0]),
+            keys: &[&k[1]],
+            last: true,
+            snapshot: None,
+        },
+    );
+    let (result, again) = answer(&mut c, bare);
+    assert!(
+        matches!(result, Err(ReplicaError::Retry(_))) && !again,
+        "{result:?}"
+    );
+    assert!(c.nodes[&n(3)].incoming_transfers().iter().all(|r| !r.done));
+}
+
 /// A node that has no checkpoint of the pass (it restarted from a wiped disk, or never saw the
 /// pass begin) asks for the whole pass.
 #[test]
@@ -279,7 +304,7 @@ fn keys_the_sender_lost_are_never_judged_by_its_snapshot() {
             items: vec![(Bytes::from(k[5].clone()), good)],
             lost: Vec::new(),
             last: true,
-            snapshot: None,
+            snapshot: Some(NodeClock::new()),
         }),
     );
     assert!(

@@ -49,10 +49,22 @@ const GAP_TAG: u8 = b'g';
 /// The most lost keys a transfer names with its snapshot (`Ctx::final_snapshot`).
 const MAX_LOST_SENT: usize = 1024;
 
-fn snapshot_key(p: PartitionId, to: dynakv_ring::NodeId) -> Vec<u8> {
+fn snapshot_prefix(p: PartitionId, to: dynakv_ring::NodeId) -> Vec<u8> {
     let mut k = vec![SNAPSHOT_TAG];
     k.extend_from_slice(&p.0.to_be_bytes());
     k.extend_from_slice(&to.0.to_be_bytes());
+    k
+}
+
+/// The snapshot of pass `pass` of the transfer of `p` to `to`: keyed by its pass, so a sender
+/// that restarts on an older transfer record (the newer one refused by a full disk) finds the
+/// snapshot of that record's pass, never a later one. Pass 0 (a transfer recorded by protocol
+/// 11) has the key of that version.
+fn snapshot_key(p: PartitionId, to: dynakv_ring::NodeId, pass: u64) -> Vec<u8> {
+    let mut k = snapshot_prefix(p, to);
+    if pass != 0 {
+        k.extend_from_slice(&pass.to_be_bytes());
+    }
     k
 }
 
@@ -327,10 +339,14 @@ impl<S: Store> Ctx<S> {
         &mut self,
         p: PartitionId,
         to: dynakv_ring::NodeId,
+        pass: u64,
     ) -> Result<()> {
         let clock = self.clocks.get(p).cloned().unwrap_or_default();
-        self.store
-            .put(Space::Clocks, &snapshot_key(p, to), &encode_clock(&clock))?;
+        self.store.put(
+            Space::Clocks,
+            &snapshot_key(p, to, pass),
+            &encode_clock(&clock),
+        )?;
         self.dirty = true;
         Ok(())
     }
@@ -343,6 +359,7 @@ impl<S: Store> Ctx<S> {
         &self,
         p: PartitionId,
         to: dynakv_ring::NodeId,
+        pass: u64,
         lost: &mut Vec<Bytes>,
     ) -> Option<NodeClock> {
         let mut keys: BTreeSet<Bytes> = lost.iter().cloned().collect();
@@ -367,22 +384,32 @@ impl<S: Store> Ctx<S> {
             return None;
         }
         *lost = keys.into_iter().collect();
-        let bytes = self.store.get(Space::Clocks, &snapshot_key(p, to)).ok()??;
+        let bytes = self
+            .store
+            .get(Space::Clocks, &snapshot_key(p, to, pass))
+            .ok()??;
         decode_clock(&bytes)
     }
 
-    /// Forget the snapshot of a transfer (finished, or one that can no longer send it); false
-    /// when the store refused, and the snapshot may still be sent.
+    /// Forget the snapshots of every pass of a finished transfer; false when the store
+    /// refused (they go with the partition's clock otherwise).
     pub(super) fn forget_snapshot(&mut self, p: PartitionId, to: dynakv_ring::NodeId) -> bool {
-        if self
-            .store
-            .remove(Space::Clocks, &snapshot_key(p, to))
-            .is_ok()
-        {
-            self.dirty = true;
-            return true;
+        let prefix = snapshot_prefix(p, to);
+        let Ok(page) = self.store.scan(Space::Clocks, Some(&prefix), 1024) else {
+            return false;
+        };
+        let mut keys = vec![prefix.clone()];
+        keys.extend(
+            page.into_iter()
+                .map(|(k, _)| k)
+                .take_while(|k| k.starts_with(&prefix)),
+        );
+        let mut done = true;
+        for k in keys {
+            done &= self.store.remove(Space::Clocks, &k).is_ok();
         }
-        false
+        self.dirty = true;
+        done
     }
 
     /// Forget partition `p`'s clock and lost keys (its data was dropped).

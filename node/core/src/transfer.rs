@@ -252,11 +252,11 @@ impl Transfers {
         // transfer resumed from its cursor keeps both (the record is written after the
         // snapshot, so a restart that finds the pass finds its snapshot).
         if s.rec.cursor.is_none() && s.rec.sent == 0 {
-            if let Err(e) = ctx.take_transfer_snapshot(p, to) {
+            let pass = ctx.rng.gen::<u64>().max(1);
+            if let Err(e) = ctx.take_transfer_snapshot(p, to, pass) {
                 tracing::warn!(partition = %p, error = %e, "cannot snapshot a partition clock");
                 return;
             }
-            let pass = ctx.rng.gen::<u64>().max(1);
             if let Some(s) = self.sending.get_mut(&key) {
                 s.rec.pass = pass;
                 let rec = s.rec.clone();
@@ -300,6 +300,24 @@ impl Transfers {
                 }
             }
         }
+        let pass = self.sending.get(&key).map_or(0, |s| s.rec.pass);
+        let snapshot = if last {
+            let snapshot = ctx.final_snapshot(p, to, pass, &mut lost);
+            if snapshot.is_none() {
+                // Without its snapshot the receiver would finish the transfer and this node
+                // would drop its clock with nobody holding the dots it names: keep the copy
+                // and try again (a read error passes; too many lost keys needs an operator).
+                tracing::error!(partition = %p, %to, "cannot send the transfer's clock snapshot; the partition stays here");
+                if let Some(s) = self.sending.get_mut(&key) {
+                    s.failures = s.failures.saturating_add(1);
+                    s.next_attempt = ctx.now + BACKOFF_MAX_US;
+                }
+                return;
+            }
+            snapshot
+        } else {
+            None
+        };
         let batch = ctx.next_op_id();
         let deadline = ctx.now + u64::from(ctx.cfg.request_timeout_ms) * 1000;
         let count = items.len() as u64;
@@ -312,12 +330,6 @@ impl Transfers {
             .get(&key)
             .and_then(|s| s.rec.cursor.clone())
             .map(Bytes::from);
-        let snapshot = if last {
-            ctx.final_snapshot(p, to, &mut lost)
-        } else {
-            None
-        };
-        let pass = self.sending.get(&key).map_or(0, |s| s.rec.pass);
         ctx.send(
             to,
             TransferMsg::Batch {

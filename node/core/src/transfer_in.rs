@@ -121,6 +121,13 @@ impl Transfers {
                 "this node missed batches of the transfer; start over from the first key".into(),
             ));
         }
+        // The sender drops its clock once the last batch is acknowledged: without the snapshot
+        // the dots it names would be known nowhere.
+        if result.is_ok() && last && snapshot.is_none() {
+            result = Err(ReplicaError::Retry(
+                "the last batch of a transfer carries the sender's clock snapshot".into(),
+            ));
+        }
         for (k, o) in items
             .iter()
             .take(if result.is_ok() { usize::MAX } else { 0 })
@@ -144,8 +151,13 @@ impl Transfers {
         if result.is_ok() {
             // The keys whose records the sender lost: their dots are in its snapshot.
             for k in &lost {
-                if ctx.check_peer_key(p, k).is_ok() {
-                    ctx.mark_lost(p, k);
+                match ctx.check_peer_key(p, k) {
+                    Ok(()) => ctx.mark_lost(p, k),
+                    // Not a key of `p` here: the snapshot's dots are per partition, so none
+                    // of them is this key's.
+                    Err(e) => {
+                        tracing::warn!(partition = %p, %from, ?e, "a transfer names a lost key that is not this partition's")
+                    }
                 }
             }
             // Lost marks are on disk before the ack, or the batch is refused and sent again.
