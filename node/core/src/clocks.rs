@@ -49,6 +49,15 @@ const GAP_TAG: u8 = b'g';
 /// The most lost keys a transfer names with its snapshot (`Ctx::final_snapshot`).
 const MAX_LOST_SENT: usize = 1024;
 
+/// Why the last batch of a transfer cannot carry its snapshot (and is not sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SnapshotProblem {
+    /// The snapshot of the pass is missing or does not decode: the pass is taken again.
+    Unreadable,
+    /// More lost keys than one batch may name: the partition stays until an operator acts.
+    TooManyLost(usize),
+}
+
 fn snapshot_prefix(p: PartitionId, to: dynakv_ring::NodeId) -> Vec<u8> {
     let mut k = vec![SNAPSHOT_TAG];
     k.extend_from_slice(&p.0.to_be_bytes());
@@ -353,15 +362,16 @@ impl<S: Store> Ctx<S> {
 
     /// What the last batch of a transfer of `p` to `to` carries: the snapshot of its pass,
     /// with every key of `p` lost here added to `lost` (their records were not streamed, and
-    /// the snapshot names their dots: the receiver marks them lost). No snapshot when they are
-    /// too many to name in one batch (`MAX_LOST_SENT`); the receiver then adopts none.
+    /// the snapshot names their dots: the receiver marks them lost). An error when the
+    /// snapshot cannot be read, or the lost keys are too many to name in one batch
+    /// (`MAX_LOST_SENT`): then no last batch is sent.
     pub(super) fn final_snapshot(
         &self,
         p: PartitionId,
         to: dynakv_ring::NodeId,
         pass: u64,
         lost: &mut Vec<Bytes>,
-    ) -> Option<NodeClock> {
+    ) -> std::result::Result<NodeClock, SnapshotProblem> {
         let mut keys: BTreeSet<Bytes> = lost.iter().cloned().collect();
         keys.extend(
             self.clocks
@@ -379,16 +389,29 @@ impl<S: Store> Ctx<S> {
         );
         let bytes: usize = keys.iter().map(Bytes::len).sum();
         if keys.len() > MAX_LOST_SENT || bytes > self.cfg.max_message_bytes / 8 {
-            tracing::warn!(partition = %p, lost = keys.len(),
-                "too many lost keys to hand off with the transfer's clock snapshot; sending none");
-            return None;
+            return Err(SnapshotProblem::TooManyLost(keys.len()));
         }
         *lost = keys.into_iter().collect();
-        let bytes = self
+        match self.store.get(Space::Clocks, &snapshot_key(p, to, pass)) {
+            Ok(Some(bytes)) => decode_clock(&bytes).ok_or(SnapshotProblem::Unreadable),
+            _ => Err(SnapshotProblem::Unreadable),
+        }
+    }
+
+    /// Remove the snapshot of one pass (superseded by a new pass whose record is written).
+    pub(super) fn forget_pass_snapshot(
+        &mut self,
+        p: PartitionId,
+        to: dynakv_ring::NodeId,
+        pass: u64,
+    ) {
+        if self
             .store
-            .get(Space::Clocks, &snapshot_key(p, to, pass))
-            .ok()??;
-        decode_clock(&bytes)
+            .remove(Space::Clocks, &snapshot_key(p, to, pass))
+            .is_ok()
+        {
+            self.dirty = true;
+        }
     }
 
     /// Forget the snapshots of every pass of a finished transfer; false when the store

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use dynakv_ring::{NodeId, PartitionId};
 use rand::Rng;
 
+use super::clocks::SnapshotProblem;
 use super::ctx::Ctx;
 use super::membership::Membership;
 use super::node::NodeCore;
@@ -152,24 +153,27 @@ impl Transfers {
         );
     }
 
-    fn persist_out<S: Store>(&mut self, ctx: &mut Ctx<S>, rec: &OutgoingTransfer) {
-        self.persist_checkpoint(ctx, &out_key(rec.partition, rec.to), rec);
+    /// True when the record is in the store now (see [`Transfers::persist_checkpoint`]).
+    fn persist_out<S: Store>(&mut self, ctx: &mut Ctx<S>, rec: &OutgoingTransfer) -> bool {
+        self.persist_checkpoint(ctx, &out_key(rec.partition, rec.to), rec)
     }
 
     /// Write one transfer checkpoint (either side); durable at the next drain. One the disk
     /// refuses is written again before any data is stored (`meta.rs`): a restart must not find
     /// records older than the data.
+    /// True when the record is in the store now; false when it waits for the disk.
     pub(super) fn persist_checkpoint<S: Store>(
         &mut self,
         ctx: &mut Ctx<S>,
         key: &[u8],
         rec: &impl serde::Serialize,
-    ) {
+    ) -> bool {
         match codec::encode(rec) {
-            Ok(b) => {
-                ctx.put_meta(Space::Transfers, key, &b);
+            Ok(b) => ctx.put_meta(Space::Transfers, key, &b),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a transfer checkpoint");
+                false
             }
-            Err(e) => tracing::error!(error = %e, "cannot encode a transfer checkpoint"),
         }
     }
 
@@ -250,8 +254,15 @@ impl Transfers {
         let (p, to) = key;
         // A pass from the first key starts with the clock as it is now and a new pass id; a
         // transfer resumed from its cursor keeps both (the record is written after the
-        // snapshot, so a restart that finds the pass finds its snapshot).
+        // snapshot, so a restart that finds the pass finds its snapshot). Only with no
+        // metadata waiting for the disk, so the record on disk is the one in memory: the
+        // previous pass's snapshot goes once the new record is written, and never before
+        // (a restart on the older record sends that pass's snapshot), so at most two exist.
         if s.rec.cursor.is_none() && s.rec.sent == 0 {
+            if ctx.settle_meta().is_err() {
+                return;
+            }
+            let previous = s.rec.pass;
             let pass = ctx.rng.gen::<u64>().max(1);
             if let Err(e) = ctx.take_transfer_snapshot(p, to, pass) {
                 tracing::warn!(partition = %p, error = %e, "cannot snapshot a partition clock");
@@ -260,7 +271,9 @@ impl Transfers {
             if let Some(s) = self.sending.get_mut(&key) {
                 s.rec.pass = pass;
                 let rec = s.rec.clone();
-                self.persist_out(ctx, &rec);
+                if self.persist_out(ctx, &rec) {
+                    ctx.forget_pass_snapshot(p, to, previous);
+                }
             }
         }
         let Some(s) = self.sending.get(&key) else {
@@ -301,22 +314,35 @@ impl Transfers {
             }
         }
         let pass = self.sending.get(&key).map_or(0, |s| s.rec.pass);
-        let snapshot = if last {
-            let snapshot = ctx.final_snapshot(p, to, pass, &mut lost);
-            if snapshot.is_none() {
-                // Without its snapshot the receiver would finish the transfer and this node
-                // would drop its clock with nobody holding the dots it names: keep the copy
-                // and try again (a read error passes; too many lost keys needs an operator).
-                tracing::error!(partition = %p, %to, "cannot send the transfer's clock snapshot; the partition stays here");
+        // Without its snapshot the receiver would finish the transfer and this node would
+        // drop its clock with nobody holding the dots it names: no last batch goes without.
+        let snapshot = match last.then(|| ctx.final_snapshot(p, to, pass, &mut lost)) {
+            None => None,
+            Some(Ok(snapshot)) => Some(snapshot),
+            // Missing or unreadable (a failing disk): take the pass again, with a new one.
+            Some(Err(SnapshotProblem::Unreadable)) => {
+                tracing::error!(partition = %p, %to, "cannot read the transfer's clock snapshot; sending the partition again");
+                if let Some(s) = self.sending.get_mut(&key) {
+                    s.rec.resent += s.rec.sent;
+                    s.rec.sent = 0;
+                    s.rec.cursor = None;
+                    s.next_attempt = ctx.now + BACKOFF_BASE_US;
+                    ctx.stats.transfer_passes_restarted += 1;
+                    let rec = s.rec.clone();
+                    self.persist_out(ctx, &rec);
+                }
+                return;
+            }
+            // Too many lost keys to name: the partition stays here until an operator acts.
+            Some(Err(SnapshotProblem::TooManyLost(count))) => {
+                tracing::error!(partition = %p, %to, lost = count,
+                    "too many lost keys to hand off with the transfer's clock snapshot; the partition stays here (repair or remove the node)");
                 if let Some(s) = self.sending.get_mut(&key) {
                     s.failures = s.failures.saturating_add(1);
                     s.next_attempt = ctx.now + BACKOFF_MAX_US;
                 }
                 return;
             }
-            snapshot
-        } else {
-            None
         };
         let batch = ctx.next_op_id();
         let deadline = ctx.now + u64::from(ctx.cfg.request_timeout_ms) * 1000;
@@ -400,10 +426,14 @@ impl Transfers {
         }
         s.rec.done |= done;
         let rec = s.rec.clone();
-        self.persist_out(ctx, &rec);
+        let recorded = self.persist_out(ctx, &rec);
         ctx.stats.transfer_keys_sent += items;
         if rec.done {
-            let _forgotten = ctx.forget_snapshot(p, from); // a leftover goes with the partition
+            // Only once "done" is written: a restart on the older record resumes the pass and
+            // needs its snapshot. A leftover goes with the partition's clock.
+            if recorded {
+                let _forgotten = ctx.forget_snapshot(p, from);
+            }
             self.maybe_drop_partition(ctx, p);
             return true;
         }

@@ -111,7 +111,9 @@ impl Transfers {
         let mut orphaned = BTreeMap::new();
         for (p, to) in moot {
             self.sending.remove(&(p, to));
-            ctx.remove_meta(Space::Transfers, &out_key(p, to));
+            if ctx.remove_meta(Space::Transfers, &out_key(p, to)) {
+                let _forgotten = ctx.forget_snapshot(p, to);
+            }
             orphaned.insert(p, ());
         }
         // A copy that was on its way out and now has no destination must still reach the

@@ -328,7 +328,8 @@ pub struct CoreStats {
     /// Transfer batches that went unanswered and were resent from the checkpoint.
     pub transfer_batches_retried: u64,
     /// Transfers sent again from the first key because the receiver missed part of a pass
-    /// (it lost batches to a power cut or a wipe).
+    /// (it lost batches to a power cut or a wipe), or this node could not read the pass's
+    /// clock snapshot.
     pub transfer_passes_restarted: u64,
     /// Stored records that failed their checksum or did not decode: found by a read, a
     /// transfer, anti-entropy or the scrub, and removed so the other replicas repair the key
