@@ -409,6 +409,42 @@ impl Cluster {
         }
     }
 
+    /// Deliver late copies (`keys[i]` with `objects[i]`) to `to` as replica writes from `from`,
+    /// each only if `to` replicates the key under its map (N=3); the keys delivered.
+    pub fn late_replica_writes(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        keys: &[String],
+        objects: &[dynakv_core::Object],
+    ) -> Vec<String> {
+        let map = self.nodes[&to].partition_map().clone();
+        let mut delivered = Vec::new();
+        for (k, o) in keys.iter().zip(objects) {
+            let p = map.partition_for_key(k.as_bytes());
+            if !map.preference_list(p, 3).contains(&to) {
+                continue;
+            }
+            let node = self.nodes.get_mut(&to).expect("node");
+            node.handle(
+                0,
+                Input::Peer {
+                    from,
+                    msg: PeerMsg::Replica(ReplicaMsg::Write {
+                        op: 7_000 + delivered.len() as u64,
+                        partition: p,
+                        key: k.clone().into(),
+                        object: o.clone(),
+                        hint: None,
+                    }),
+                },
+            );
+            node.drain_effects();
+            delivered.push(k.clone());
+        }
+        delivered
+    }
+
     /// Read a key only from `at`'s own store (R=1 at a replica, with other links cut), as a set.
     pub fn local(&mut self, at: NodeId, key: &str) -> (BTreeSet<String>, NodeClock) {
         let saved = self.cut.clone();

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use dynakv_core::{AdminRequest, ClientReply, ClientRequest};
-use dynakv_simulator::harness::{n, set, Cluster};
+use dynakv_simulator::harness::{n, Cluster};
 
 fn ids(list: &[u32]) -> BTreeSet<dynakv_ring::NodeId> {
     list.iter().map(|i| n(*i)).collect()
@@ -303,7 +303,6 @@ fn after_a_handoff_what_only_the_old_owner_held_reaches_every_new_replica() {
 /// is kept out of the way.
 #[test]
 fn a_new_replica_gets_the_partition_clock_with_the_transfer() {
-    use dynakv_core::{Input, PeerMsg, ReplicaMsg};
     let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
         cfg.tombstone_grace_ms = 3_000;
         cfg.aae_interval_ms = 600_000;
@@ -333,30 +332,9 @@ fn a_new_replica_gets_the_partition_clock_with_the_transfer() {
             break;
         }
     }
-    let map = c.nodes[&n(4)].partition_map().clone();
-    let mut replayed = 0;
-    for (k, o) in keys.iter().zip(&old) {
-        let p = map.partition_for_key(k.as_bytes());
-        if !map.preference_list(p, 3).contains(&n(4)) {
-            continue;
-        }
-        let node = c.nodes.get_mut(&n(4)).unwrap();
-        node.handle(
-            0,
-            Input::Peer {
-                from: n(1),
-                msg: PeerMsg::Replica(ReplicaMsg::Write {
-                    op: 7_000 + replayed,
-                    partition: p,
-                    key: k.clone().into(),
-                    object: o.clone(),
-                    hint: None,
-                }),
-            },
-        );
-        node.drain_effects();
-        replayed += 1;
-        assert_eq!(c.local(n(4), k).0, set(&[]), "{k} came back on node 4");
+    let replayed = c.late_replica_writes(n(1), n(4), &keys, &old);
+    assert!(!replayed.is_empty(), "node 4 replicates some of the keys");
+    for k in &replayed {
+        assert!(c.local(n(4), k).0.is_empty(), "{k} came back on node 4");
     }
-    assert!(replayed > 0, "node 4 replicates some of the keys");
 }

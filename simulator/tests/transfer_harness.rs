@@ -415,7 +415,6 @@ fn joins_whole(
     old: &[Object],
     restarts: impl Fn(&Cluster) -> u64,
 ) {
-    use dynakv_core::ReplicaMsg;
     for _ in 0..2_400u32 {
         c.run_for(50);
         if c.nodes[&n(4)].member_status() == Some(dynakv_gossip::Status::Valid) {
@@ -438,31 +437,11 @@ fn joins_whole(
         })
         .collect();
     assert!(missing.is_empty(), "node 4 lacks {missing:?}");
-    let mut replayed = 0;
-    for (k, o) in keys.iter().zip(old) {
-        let p = map.partition_for_key(k.as_bytes());
-        if !map.preference_list(p, 3).contains(&n(4)) {
-            continue;
-        }
-        let node = c.nodes.get_mut(&n(4)).unwrap();
-        node.handle(
-            0,
-            Input::Peer {
-                from: n(1),
-                msg: PeerMsg::Replica(ReplicaMsg::Write {
-                    op: 7_000 + replayed,
-                    partition: p,
-                    key: k.clone().into(),
-                    object: o.clone(),
-                    hint: None,
-                }),
-            },
-        );
-        node.drain_effects();
-        replayed += 1;
+    let replayed = c.late_replica_writes(n(1), n(4), keys, old);
+    assert!(!replayed.is_empty(), "node 4 replicates some of the keys");
+    for k in &replayed {
         assert!(c.local(n(4), k).0.is_empty(), "{k} came back on node 4");
     }
-    assert!(replayed > 0, "node 4 replicates some of the keys");
     assert!(restarts(&c) > 0, "no sender took a pass again");
 }
 
