@@ -341,7 +341,7 @@ impl World {
                 let local = node.local(0);
                 let core = NodeCore::open(
                     core_cfg,
-                    MemStore::new().log_removals(),
+                    MemStore::new().log_changes(),
                     map.clone(),
                     seed,
                     local,
@@ -569,6 +569,7 @@ impl World {
         };
         let effects = core.drain_effects();
         let uncovered = uncovered_removals(core);
+        let synced = core.store_mut().take_synced();
         let (unsynced, lost) = (core.store().unsynced_ops(), core.store().lost_ops());
         let next = core.poll_timeout().map(|t| node.virtual_at(t));
         let generation = node.generation;
@@ -584,6 +585,7 @@ impl World {
                 );
             }
         }
+        self.note_synced(synced);
         for (key, what) in uncovered {
             if self.uncovered_removals.len() < 10 {
                 let line = format!("t={}us node {id} removed {what}", self.now);
@@ -760,6 +762,20 @@ impl World {
         }
     }
 
+    /// Take object records a node's disk made durable as applied: a coordinator stores its new
+    /// object before it sends it, and a disk that refuses the write's next step (the clock's
+    /// record) fails the request after the object landed. Such a tombstone may reach the
+    /// other replicas only through the node's clock (a reap, or a write merged over it), never
+    /// as a tombstone in a message (soak seed 52650).
+    fn note_synced(&mut self, synced: Vec<dynakv_core::store::Synced>) {
+        for (space, key, bytes) in synced {
+            let key = dynakv_core::store::object_key(space, &key).map(<[u8]>::to_vec);
+            if let (Some(key), Ok(object)) = (key, dynakv_proto::codec::decode_object(&bytes)) {
+                self.note_object_applied(&key, &object);
+            }
+        }
+    }
+
     /// Record `object`'s values (and, for a tombstone, its context) as applied to `key`.
     fn note_object_applied(&mut self, key: &[u8], object: &dynakv_core::Object) {
         let mut tombstone = false;
@@ -862,19 +878,13 @@ impl World {
         let unsynced = disk.unsynced_ops();
         let kept = if torn {
             let keep = self.torn_rng.gen_range(0..=unsynced);
-            // What stays on disk may be a coordinator's new value that it never got to send:
-            // the evidence the checker needs that a write of unknown outcome was applied.
-            for (space, key, bytes) in disk.unsynced_puts(keep) {
-                let key = dynakv_core::store::object_key(space, &key).map(<[u8]>::to_vec);
-                if let (Some(key), Ok(object)) = (key, dynakv_proto::codec::decode_object(&bytes)) {
-                    self.note_object_applied(&key, &object);
-                }
-            }
             disk.crash_torn(keep)
         } else {
             disk.crash();
             0
         };
+        // What stays on disk may be a coordinator's new value that it never got to send.
+        self.note_synced(disk.take_synced());
         let node = self.node_mut(id);
         node.disk = Some(disk);
         node.generation += 1;
@@ -906,7 +916,7 @@ impl World {
             return;
         }
         let founder = node.founder;
-        let fresh = || MemStore::new().log_removals();
+        let fresh = || MemStore::new().log_changes();
         let disk = node.disk.take().unwrap_or_else(fresh);
         let store = if wipe { fresh() } else { disk };
         let local = node.local(now);
@@ -1048,7 +1058,7 @@ impl World {
         };
         match NodeCore::open_with(
             node.cfg.clone(),
-            MemStore::new().log_removals(),
+            MemStore::new().log_changes(),
             boot,
             seed,
             local,

@@ -226,7 +226,10 @@ pub enum RequestError {
         asked: u8,
         detail: String,
     },
-    /// The coordinator failed to read or write its own disk.
+    /// The coordinator failed to read or write its own disk (a full disk, a failing one). A
+    /// write that fails this way may still have been stored (the object landed and a record
+    /// after it did not): its outcome is unknown, as after a timeout. Retry it with the same
+    /// value and context, or read first.
     #[error("storage failure: {0}")]
     Storage(String),
     /// The node's disk failed a sync: it stopped serving (fail-stop) until an operator fixes

@@ -15,6 +15,10 @@ type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 /// A record removed from a partition space: (partition, key, what it held).
 pub type Removed = (PartitionId, Vec<u8>, Vec<u8>);
 
+/// A record of a space that holds objects (a partition or the hints), as a sync made it
+/// durable: (space, record key, bytes).
+pub type Synced = (Space, Vec<u8>, Vec<u8>);
+
 /// Synced batches that [`MemStore::power_loss`] can still take back.
 const UNDO_BATCHES: usize = 32;
 
@@ -55,8 +59,11 @@ pub struct MemStore {
     /// The last synced batches, newest last, as the changes that undo them.
     undo: std::collections::VecDeque<Vec<Undo>>,
     /// Records removed from partition spaces, with what they held, since the last
-    /// [`MemStore::take_removed`]; `None` unless [`MemStore::log_removals`] turned it on.
+    /// [`MemStore::take_removed`]; `None` unless [`MemStore::log_changes`] turned it on.
     removed: Option<Vec<Removed>>,
+    /// Object records made durable since the last [`MemStore::take_synced`]; `None` unless
+    /// [`MemStore::log_changes`] turned it on.
+    synced: Option<Vec<Synced>>,
 }
 
 impl MemStore {
@@ -66,15 +73,25 @@ impl MemStore {
     }
 
     /// This store, keeping every record removed from a partition space (with what it held)
-    /// for [`MemStore::take_removed`]: the simulator checks each removal against the node's
-    /// clock. Whoever turns it on must take them, or they pile up.
-    pub fn log_removals(mut self) -> Self {
+    /// for [`MemStore::take_removed`], and every object record a sync made durable for
+    /// [`MemStore::take_synced`]. The simulator checks each removal against the node's clock,
+    /// and takes each durable object as evidence that the writes it holds were applied (a
+    /// coordinator can store its new object and then fail before sending it anywhere).
+    /// Whoever turns it on must take both, or they pile up.
+    pub fn log_changes(mut self) -> Self {
         self.removed = Some(Vec::new());
+        self.synced = Some(Vec::new());
         self
     }
 
+    /// The object records (partition and hint spaces) syncs made durable since the last call,
+    /// in order. Empty unless [`MemStore::log_changes`] turned the log on.
+    pub fn take_synced(&mut self) -> Vec<Synced> {
+        self.synced.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// The records removed from partition spaces since the last call: (partition, key, what the
-    /// record held). Empty unless [`MemStore::log_removals`] turned the log on.
+    /// record held). Empty unless [`MemStore::log_changes`] turned the log on.
     pub fn take_removed(&mut self) -> Vec<Removed> {
         self.removed
             .as_mut()
@@ -193,19 +210,6 @@ impl MemStore {
             hit.push((p, key));
         }
         hit
-    }
-
-    /// The records the first `n` unsynced writes put (space, key, value), in order: what a
-    /// [`MemStore::crash_torn`] keeping `n` leaves on disk that nobody was told about.
-    pub fn unsynced_puts(&self, n: usize) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
-        self.journal
-            .iter()
-            .take(n)
-            .filter_map(|op| match op {
-                Op::Put(space, k, v) => Some((*space, k.clone(), v.clone())),
-                _ => None,
-            })
-            .collect()
     }
 
     /// Writes that a crash right now would lose and that a sync could still save.
@@ -381,6 +385,11 @@ impl Store for MemStore {
                 Op::Drop(p) => Undo::Tree(*p, self.durable.get(&Space::Partition(*p)).cloned()),
             });
             Self::apply(&mut self.durable, &op);
+            if let (Some(log), Op::Put(space, k, v)) = (self.synced.as_mut(), op) {
+                if super::object_key(space, &k).is_some() {
+                    log.push((space, k, v));
+                }
+            }
         }
         if !undo.is_empty() {
             if self.undo.len() == UNDO_BATCHES {
@@ -493,6 +502,37 @@ mod tests {
         s.power_loss(1);
         assert_eq!(s.get(p, b"a")?, Some(b"synced".to_vec()));
         assert_eq!(s.get(p, b"b")?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn only_object_records_that_a_sync_made_durable_are_logged() -> Result<()> {
+        let p = Space::Partition(PartitionId(3));
+        let mut plain = MemStore::new();
+        plain.put(p, b"k", b"v")?;
+        plain.sync()?;
+        assert!(plain.take_synced().is_empty(), "off unless turned on");
+
+        let mut s = MemStore::new().log_changes();
+        s.put(p, b"a", b"1")?;
+        s.put(Space::Clocks, b"c", b"clock")?;
+        s.put(Space::Meta, b"m", b"meta")?;
+        assert!(s.take_synced().is_empty(), "not durable yet");
+        s.sync()?;
+        assert_eq!(s.take_synced(), vec![(p, b"a".to_vec(), b"1".to_vec())]);
+        assert!(s.take_synced().is_empty(), "taken once");
+        // A failed sync makes nothing durable; a crash forgets what was not synced.
+        s.put(p, b"b", b"2")?;
+        s.fail_next_syncs(1);
+        assert!(s.sync().is_err());
+        s.put(p, b"c", b"3")?;
+        s.crash();
+        assert!(s.take_synced().is_empty());
+        // A torn crash makes the prefix it keeps durable.
+        s.put(p, b"d", b"4")?;
+        s.put(p, b"e", b"5")?;
+        assert_eq!(s.crash_torn(1), 1);
+        assert_eq!(s.take_synced(), vec![(p, b"d".to_vec(), b"4".to_vec())]);
         Ok(())
     }
 

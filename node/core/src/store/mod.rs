@@ -13,7 +13,7 @@
 
 mod mem;
 
-pub use mem::MemStore;
+pub use mem::{MemStore, Removed, Synced};
 
 use dynakv_ring::PartitionId;
 
