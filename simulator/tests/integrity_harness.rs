@@ -330,3 +330,62 @@ fn partitions_are_not_taken_back_over_a_refused_metadata_write() {
         "node 1 holds every key"
     );
 }
+
+/// A hint the disk corrupted, found when the hints are redirected (their owner was removed),
+/// retires the holder's actor as one found by a handoff does: the holder may have minted the
+/// lost version as a fallback coordinator, and a later write under the same actor would claim
+/// that dot as seen (Riak's kv679). Redirection used to remove such a hint and keep the actor.
+#[test]
+fn an_unreadable_hint_found_by_redirection_retires_the_actor() {
+    use dynakv_core::store::Space;
+    let mut c = Cluster::new(2, 1, 1, 1);
+    c.run_for(500);
+    let map = c.map();
+    let keys: Vec<String> = (0..1_000)
+        .map(|i| format!("k{i}"))
+        .filter(|k| map.preference_list(map.partition_for_key(k.as_bytes()), 1) == [n(1)])
+        .take(2)
+        .collect();
+    c.isolate(n(1));
+    for k in &keys {
+        // The first put finds node 1 silent; the next goes to node 2 as a fallback, with a hint.
+        let _ = c.put(n(2), k, "v", &NodeClock::new(), RequestOptions::default());
+        c.run_for(5_000);
+        c.put_w1(n(2), k, "v", &NodeClock::new());
+    }
+    assert_eq!(c.nodes[&n(2)].hints_pending().values().sum::<u64>(), 2);
+    // Flip a bit of the first key's hint.
+    let store = c.nodes.get_mut(&n(2)).unwrap().store_mut();
+    let (record, mut bytes) = store
+        .scan(Space::Hints, None, 100)
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k.ends_with(keys[0].as_bytes()))
+        .expect("the hint");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    store.put(Space::Hints, &record, &bytes).unwrap();
+    let actor_before = c.actor(n(2));
+    let reply = c.request(
+        n(2),
+        dynakv_core::ClientRequest::Admin(dynakv_core::AdminRequest::Remove {
+            node: n(1),
+            force: true,
+        }),
+    );
+    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    c.run_for(5_000);
+    let core = &c.nodes[&n(2)];
+    assert_eq!(
+        core.hints_pending().values().sum::<u64>(),
+        0,
+        "all redirected"
+    );
+    assert_eq!(
+        core.stats().corrupt_records,
+        1,
+        "the unreadable hint is counted"
+    );
+    assert_ne!(c.actor(n(2)), actor_before, "the actor is retired");
+    assert_eq!(strings(&c.get_ok(n(2), &keys[1]).values), set(&["v"]));
+}

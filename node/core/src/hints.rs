@@ -222,9 +222,14 @@ impl HintedHandoff {
                 break;
             }
             for (k, v) in mine {
-                if let (Some((_, p, key)), Ok(object)) =
-                    (parse_hint_key(&k), codec::decode_object(&v))
-                {
+                let object = match codec::decode_object(&v) {
+                    Ok(object) => object,
+                    Err(e) => {
+                        self.drop_unreadable_hint(ctx, owner, &k, &e.to_string())?;
+                        continue;
+                    }
+                };
+                if let Some((_, p, key)) = parse_hint_key(&k) {
                     let replicas = ctx.map.preference_list(p, n);
                     let key = key.to_vec();
                     let mut outcome = Ok(());
@@ -264,6 +269,29 @@ impl HintedHandoff {
         }
         self.pending.remove(&owner);
         self.peers.remove(&owner);
+        Ok(())
+    }
+
+    /// Drop a hint record that does not decode (a failing disk): it can be delivered nowhere.
+    /// It may have held dots this node minted as a fallback coordinator, so the actor retires
+    /// first, whatever the removal does: a later write of this actor would otherwise claim the
+    /// lost dots as seen and supersede values it never saw (Riak's kv679). Handoff and
+    /// redirection both come here; redirection once removed such hints with the actor kept.
+    fn drop_unreadable_hint<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<S>,
+        owner: NodeId,
+        record: &[u8],
+        why: &str,
+    ) -> Result<()> {
+        tracing::error!(%owner, error = %why, "dropping an unreadable hint");
+        ctx.stats.corrupt_records += 1;
+        ctx.retire_actor();
+        ctx.store.remove(Space::Hints, record)?;
+        ctx.dirty = true;
+        if let Some(c) = self.pending.get_mut(&owner) {
+            *c = c.saturating_sub(1);
+        }
         Ok(())
     }
 
@@ -340,17 +368,10 @@ impl HintedHandoff {
             let object = match codec::decode_object(&v) {
                 Ok(o) => o,
                 Err(e) => {
-                    // An unreadable hint cannot be delivered anywhere; keep it out of the way
-                    // so it does not block every hint behind it.
-                    // It may have held dots this node minted as a fallback coordinator: retire
-                    // the actor so they are never minted again.
-                    tracing::error!(%owner, error = %e, "dropping an unreadable hint");
-                    ctx.stats.corrupt_records += 1;
-                    let _ = ctx.store.remove(Space::Hints, &k);
-                    ctx.dirty = true;
-                    ctx.retire_actor();
-                    if let Some(c) = self.pending.get_mut(&owner) {
-                        *c = c.saturating_sub(1);
+                    // Out of the way, so it does not block every hint behind it; a removal
+                    // the disk refuses is tried again with the next batch.
+                    if let Err(e) = self.drop_unreadable_hint(ctx, owner, &k, &e.to_string()) {
+                        tracing::warn!(%owner, error = %e, "cannot remove an unreadable hint");
                     }
                     continue;
                 }

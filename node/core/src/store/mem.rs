@@ -159,30 +159,32 @@ impl MemStore {
         taken
     }
 
-    /// A failing disk: flip one bit of up to `count` stored partition records whose key
-    /// passes `only` (`pick(n)` chooses among `n` candidates; the bit comes from `pick` too).
-    /// The change hits the synced copy, and the cached one unless a newer write is still
-    /// unsynced. Returns the partition and key of each record hit.
+    /// A failing disk: flip one bit of up to `count` stored object records (partition records
+    /// and hints) whose object key passes `only` (`pick(n)` chooses among `n` candidates; the
+    /// bit comes from `pick` too). The change hits the synced copy, and the cached one unless a
+    /// newer write is still unsynced. Returns the partition and object key of each record hit.
     pub fn corrupt(
         &mut self,
         count: usize,
         mut pick: impl FnMut(usize) -> usize,
         only: impl Fn(&[u8], &[u8]) -> bool,
     ) -> Vec<(PartitionId, Vec<u8>)> {
-        let mut hit: Vec<(PartitionId, Vec<u8>)> = Vec::new();
+        // Record keys, each hit at most once: a second flip of the same bit would undo the
+        // first (seed 4082 of the 100,000-seed soak: a record "corrupted" twice was intact).
+        let mut hit: Vec<(Space, Vec<u8>)> = Vec::new();
+        let mut out = Vec::new();
+        let only = &only;
         for _ in 0..count {
-            // Each record at most once: a second flip of the same bit would undo the first
-            // (seed 4082 of the 100,000-seed soak: a record "corrupted" twice was intact).
             let candidates: Vec<(Space, Vec<u8>)> = self
                 .durable
                 .iter()
-                .filter(|(s, _)| matches!(s, Space::Partition(_)))
+                .filter(|(s, _)| matches!(s, Space::Partition(_) | Space::Hints))
                 .flat_map(|(s, t)| {
                     let hit = &hit;
                     t.iter()
-                        .filter(|(k, v)| only(k, v))
-                        .filter(move |(k, _)| {
-                            !matches!(s, Space::Partition(p) if hit.iter().any(|(q, hk)| q == p && hk == *k))
+                        .filter(move |(k, v)| {
+                            super::object_key(*s, k).is_some_and(|key| only(key, v))
+                                && !hit.iter().any(|(hs, hk)| hs == s && hk == *k)
                         })
                         .map(move |(k, _)| (*s, k.clone()))
                 })
@@ -191,7 +193,13 @@ impl MemStore {
                 break;
             }
             let (space, key) = candidates[pick(candidates.len()) % candidates.len()].clone();
-            let Space::Partition(p) = space else { continue };
+            let target = match space {
+                Space::Partition(p) => (p, key.clone()),
+                _ => match crate::hints::parse_hint_key(&key) {
+                    Some((_, p, object_key)) => (p, object_key.to_vec()),
+                    None => continue,
+                },
+            };
             let Some(value) = self.durable.get_mut(&space).and_then(|t| t.get_mut(&key)) else {
                 continue;
             };
@@ -207,9 +215,10 @@ impl MemStore {
                     *cached = after;
                 }
             }
-            hit.push((p, key));
+            hit.push((space, key));
+            out.push(target);
         }
-        hit
+        out
     }
 
     /// Writes that a crash right now would lose and that a sync could still save.
