@@ -16,6 +16,8 @@
 //!    replicate (such a copy is read, transferred and repaired by nobody).
 //! 7. `primary-ack` (checked by the world as messages leave): a node acknowledges a replica write
 //!    as a primary only for a partition it replicates under its own map at that moment.
+//!    `ack-without-copy` (checked there too): when it does, its answer for the key covers what
+//!    the write carried (an ack for a write its disk refused counts a copy that does not exist).
 //! 8. `stale-read`: a get whose primary replies intersect the primaries that acknowledged an
 //!    earlier write returns nothing that write superseded (`check_stale_reads`).
 
@@ -186,8 +188,8 @@ pub fn check(world: &World) -> Vec<Violation> {
             events: effects.clone(),
         });
     }
-    for (key, detail) in &world.primary_ack_breaches {
-        out.push(violation("primary-ack", key, detail.clone()));
+    for (invariant, key, detail) in &world.ack_breaches {
+        out.push(violation(invariant, key, detail.clone()));
     }
     for (key, detail) in &world.uncovered_removals {
         out.push(violation("removal-cover", key, detail.clone()));
@@ -452,7 +454,7 @@ fn check_key(
         }
     }
     // 1. No acknowledged write lost.
-    for w in lost_acked_writes(key, writes, &final_values, &world.applied, world.cfg.n) {
+    for w in lost_acked_writes(key, writes, &final_values, &world.applied) {
         out.push(violation(
             "acked-write-lost",
             key,
@@ -471,16 +473,16 @@ fn check_key(
 /// Invariant 1 for one key: the acknowledged puts whose value is not among the final siblings
 /// and whose dot no *applied* write covers. A later write excuses a missing value only if its
 /// context covers the value's dot and it was applied: acknowledged, or (its client never
-/// learned the outcome) seen sent to replicas by its coordinator (`applied`). A write that
-/// failed, or that timed out before any replica got it, cannot hide a lost acknowledged one,
-/// whatever its context claims. With `n < 2` there are no replica messages to see, so any
-/// write that was not refused counts.
+/// learned the outcome) seen applied (`applied`: sent to replicas by its coordinator, carried
+/// on by anti-entropy, hints or transfers, or made durable in some node's store). A write that
+/// failed, or that timed out before any node stored it, cannot hide a lost acknowledged one,
+/// whatever its context claims. That holds for N=1 too, where the coordinator's own store is
+/// the only evidence.
 fn lost_acked_writes<'a>(
     key: &str,
     writes: &[&'a WriteRecord],
     final_values: &BTreeSet<&str>,
     applied: &Applied,
-    n: u8,
 ) -> Vec<&'a WriteRecord> {
     let mut lost = Vec::new();
     for w in writes.iter().filter(|w| w.outcome == Outcome::Acked) {
@@ -501,7 +503,6 @@ fn lost_acked_writes<'a>(
                 true
             }
             Outcome::Failed => false,
-            Outcome::Pending | Outcome::Unknown if n < 2 => true,
             Outcome::Pending | Outcome::Unknown => match &x.value {
                 Some(v) => applied.values.contains(v.as_bytes()),
                 None => applied
@@ -615,13 +616,13 @@ mod tests {
 
     /// The acknowledged put "a" (dot 1) is gone and "b" (if `later` writes it) survives;
     /// `later` is the only other write. Returns the values reported lost.
-    fn lost_with(later: WriteRecord, applied: &Applied, n: u8) -> Vec<String> {
+    fn lost_with(later: WriteRecord, applied: &Applied) -> Vec<String> {
         let acked = record(Some("a"), &[], Outcome::Acked, Some(1));
         let writes = [&acked, &later];
         // The later write's value is gone too (a still later write replaced it): whether it
         // was applied is not shown by the final state. Only what becomes of "a" is asked.
         let finals: BTreeSet<&str> = ["z"].into_iter().collect();
-        lost_acked_writes("k", &writes, &finals, applied, n)
+        lost_acked_writes("k", &writes, &finals, applied)
             .into_iter()
             .filter_map(|w| w.value.clone())
             .filter(|v| v == "a")
@@ -647,9 +648,9 @@ mod tests {
     fn a_value_still_among_the_siblings_is_not_lost() {
         let acked = record(Some("a"), &[], Outcome::Acked, Some(1));
         let finals: BTreeSet<&str> = ["a"].into_iter().collect();
-        assert!(lost_acked_writes("k", &[&acked], &finals, &Applied::default(), 3).is_empty());
+        assert!(lost_acked_writes("k", &[&acked], &finals, &Applied::default()).is_empty());
         assert_eq!(
-            lost_acked_writes("k", &[&acked], &BTreeSet::new(), &Applied::default(), 3).len(),
+            lost_acked_writes("k", &[&acked], &BTreeSet::new(), &Applied::default()).len(),
             1
         );
     }
@@ -657,10 +658,10 @@ mod tests {
     #[test]
     fn an_acknowledged_later_write_that_covers_the_dot_excuses_it() {
         let later = record(Some("b"), &[1], Outcome::Acked, Some(2));
-        assert!(lost_with(later, &Applied::default(), 3).is_empty());
+        assert!(lost_with(later, &Applied::default()).is_empty());
         // A context that does not cover the dot excuses nothing.
         let blind = record(Some("b"), &[], Outcome::Acked, Some(2));
-        assert_eq!(lost_with(blind, &Applied::default(), 3), ["a"]);
+        assert_eq!(lost_with(blind, &Applied::default()), ["a"]);
     }
 
     /// A write whose value is among the final siblings was applied, whatever its client heard
@@ -672,10 +673,10 @@ mod tests {
         let later = record(Some("b"), &[1], Outcome::Unknown, None);
         let writes = [&acked, &later];
         let finals: BTreeSet<&str> = ["b"].into_iter().collect();
-        assert!(lost_acked_writes("k", &writes, &finals, &Applied::default(), 3).is_empty());
+        assert!(lost_acked_writes("k", &writes, &finals, &Applied::default()).is_empty());
         let finals: BTreeSet<&str> = BTreeSet::new();
         assert_eq!(
-            lost_acked_writes("k", &writes, &finals, &Applied::default(), 3).len(),
+            lost_acked_writes("k", &writes, &finals, &Applied::default()).len(),
             1
         );
     }
@@ -687,20 +688,20 @@ mod tests {
         for outcome in [Outcome::Unknown, Outcome::Pending] {
             let later = || record(Some("b"), &[1], outcome, None);
             assert_eq!(
-                lost_with(later(), &Applied::default(), 3),
+                lost_with(later(), &Applied::default()),
                 ["a"],
                 "{outcome:?}"
             );
             let mut applied = Applied::default();
             applied.values.insert(b"b".to_vec());
-            assert!(lost_with(later(), &applied, 3).is_empty(), "{outcome:?}");
+            assert!(lost_with(later(), &applied).is_empty(), "{outcome:?}");
         }
     }
 
     #[test]
     fn an_unknown_delete_excuses_only_through_a_tombstone_seen_covering_the_dot() {
         let delete = || record(None, &[1], Outcome::Unknown, None);
-        assert_eq!(lost_with(delete(), &Applied::default(), 3), ["a"]);
+        assert_eq!(lost_with(delete(), &Applied::default()), ["a"]);
         let mut applied = Applied::default();
         applied.tombstones.insert(
             b"k".to_vec(),
@@ -709,7 +710,7 @@ mod tests {
                 1,
             )])),
         );
-        assert!(lost_with(delete(), &applied, 3).is_empty());
+        assert!(lost_with(delete(), &applied).is_empty());
         // A tombstone of this key that does not cover the dot, or one of another key, is no excuse.
         let mut other = Applied::default();
         other.tombstones.insert(b"k".to_vec(), NodeClock::new());
@@ -720,17 +721,14 @@ mod tests {
                 1,
             )])),
         );
-        assert_eq!(lost_with(delete(), &other, 3), ["a"]);
+        assert_eq!(lost_with(delete(), &other), ["a"]);
     }
 
     #[test]
-    fn a_failed_write_never_excuses_and_n1_trusts_every_write_not_refused() {
+    fn a_failed_write_never_excuses() {
         let mut applied = Applied::default();
         applied.values.insert(b"b".to_vec());
-        let failed = || record(Some("b"), &[1], Outcome::Failed, None);
-        assert_eq!(lost_with(failed(), &applied, 3), ["a"]);
-        assert_eq!(lost_with(failed(), &applied, 1), ["a"]);
-        let unknown = record(Some("b"), &[1], Outcome::Unknown, None);
-        assert!(lost_with(unknown, &Applied::default(), 1).is_empty());
+        let failed = record(Some("b"), &[1], Outcome::Failed, None);
+        assert_eq!(lost_with(failed, &applied), ["a"]);
     }
 }

@@ -115,6 +115,9 @@ fn bug_help(bug: PlantedBug) -> &'static str {
         PlantedBug::GrantEveryClaim => {
             "Grant every claim of a forwarded write (a copy of a forward is coordinated twice)"
         }
+        PlantedBug::AckRefusedWrite => {
+            "A replica acks a write its disk refused (full) as stored: a copy that does not exist"
+        }
     }
 }
 
@@ -159,8 +162,8 @@ struct SimOpts {
     /// TEST ONLY: plant a known bug in the node core to show the checkers catch it.
     #[arg(long, value_parser = bug_parser())]
     bug: Option<PlantedBug>,
-    /// Reap tombstones after a 3 s grace (production keeps them by default). Reaping is safe
-    /// only while no old copy stays in flight past the grace: combine with `--faults all,-hold`.
+    /// Reap tombstones after a 3 s grace (a real node's default is 60 s). Without it the
+    /// simulated nodes keep tombstones for ever, which hides reaping bugs: CI runs both.
     #[arg(long)]
     reap: bool,
 }

@@ -247,10 +247,13 @@ pub struct World {
     pub(crate) applied: Applied,
     /// Replica writes delivered and not yet acknowledged: (replica, coordinator, op) -> the
     /// partition, so the ack can be checked against the replica's own map.
-    pending_replica_writes: BTreeMap<(NodeId, NodeId, u64), (PartitionId, bytes::Bytes)>,
-    /// Acks a node sent as a primary for a partition it did not replicate under its own map
-    /// (the checker's `primary-ack`): the key and what happened.
-    pub(crate) primary_ack_breaches: Vec<(String, String)>,
+    /// partition, key and the context of what the write carried, so the ack can be checked
+    /// against the replica's own map and store.
+    pending_replica_writes:
+        BTreeMap<(NodeId, NodeId, u64), (PartitionId, bytes::Bytes, dynakv_proto::dvv::NodeClock)>,
+    /// Acks a node should not have sent (the checker's `primary-ack` and `ack-without-copy`):
+    /// the invariant, the key and what happened.
+    pub(crate) ack_breaches: Vec<(&'static str, String, String)>,
     /// Records the `corrupt` fault damaged: node, key, virtual time.
     pub(crate) corrupted: Vec<(NodeId, String, u64)>,
     /// When a fault took synced data from a node (wipe, power loss, corruption).
@@ -372,7 +375,7 @@ impl World {
             uncovered_removals: Vec::new(),
             applied: Applied::default(),
             pending_replica_writes: BTreeMap::new(),
-            primary_ack_breaches: Vec::new(),
+            ack_breaches: Vec::new(),
             corrupted: Vec::new(),
             data_losses: Vec::new(),
             first_membership_change: None,
@@ -488,9 +491,16 @@ impl World {
                 from,
                 msg:
                     PeerMsg::Replica(ReplicaMsg::Write {
-                        op, partition, key, ..
+                        op,
+                        partition,
+                        key,
+                        object,
+                        ..
                     }),
-            } => Some(((id, *from, *op), (*partition, key.clone()))),
+            } => Some((
+                (id, *from, *op),
+                (*partition, key.clone(), object.context().clone()),
+            )),
             _ => None,
         };
         let node = self.node_mut(id);
@@ -509,16 +519,18 @@ impl World {
         self.after_input(id);
     }
 
-    /// The `primary-ack` check, on every ack a node sends: an ack as a primary
-    /// (`Stored::Replica`) comes only from a node that replicates the partition under its own
-    /// map at that moment. A node that handed the partition off must keep the write as hints
-    /// for the current owners and ack as a fallback; otherwise a coordinator with a stale map
-    /// counts a primary that is not one (toward `pw`, and toward the copies reads look at).
+    /// The `primary-ack` and `ack-without-copy` checks, on every ack a node sends as a primary
+    /// (`Stored::Replica`). It comes only from a node that replicates the partition under its
+    /// own map at that moment: a node that handed the partition off must keep the write as
+    /// hints for the current owners and ack as a fallback; otherwise a coordinator with a stale
+    /// map counts a primary that is not one (toward `pw`, and toward the copies reads look at).
+    /// And the node's answer for the key covers what the write carried: an ack for a write the
+    /// disk refused counts a copy that does not exist.
     fn check_primary_ack(&mut self, id: NodeId, to: NodeId, msg: &PeerMsg) {
         let PeerMsg::Replica(ReplicaMsg::WriteAck { op, result }) = msg else {
             return;
         };
-        let Some((p, key)) = self.pending_replica_writes.remove(&(id, to, *op)) else {
+        let Some((p, key, carried)) = self.pending_replica_writes.remove(&(id, to, *op)) else {
             return;
         };
         if !matches!(result, Ok(Stored::Replica)) {
@@ -530,13 +542,24 @@ impl World {
         };
         let n = usize::from(core.config().n);
         let owns = core.partition_map().preference_list(p, n).contains(&id);
-        if !owns && self.primary_ack_breaches.len() < 10 {
-            self.primary_ack_breaches.push((
-                String::from_utf8_lossy(&key).into_owned(),
-                format!(
-                    "t={now}us node {id} acked op {op} of node {to} as a primary for partition {p}, which it does not replicate under its own map"
-                ),
-            ));
+        let covered = match core.replica_answer(p, &key) {
+            Ok(Some(answer)) => answer.context().descends(&carried),
+            _ => false,
+        };
+        let breach = if !owns {
+            Some(("primary-ack", format!(
+                "t={now}us node {id} acked op {op} of node {to} as a primary for partition {p}, which it does not replicate under its own map"
+            )))
+        } else if !covered {
+            Some(("ack-without-copy", format!(
+                "t={now}us node {id} acked op {op} of node {to} as stored, but its answer for the key does not cover what the write carried"
+            )))
+        } else {
+            None
+        };
+        if let (Some((invariant, what)), true) = (breach, self.ack_breaches.len() < 10) {
+            self.ack_breaches
+                .push((invariant, String::from_utf8_lossy(&key).into_owned(), what));
         }
     }
 

@@ -222,11 +222,14 @@ pub enum PlantedBug {
     /// reaches a replica (a duplicate, one that arrives after the replica restarted) is
     /// coordinated again under a new dot, and an overwritten value comes back as a sibling.
     GrantEveryClaim,
+    /// A replica whose disk refused a replica write (full, or a metadata record pending)
+    /// acknowledges it as stored anyway, so the coordinator counts a copy that does not exist.
+    AckRefusedWrite,
 }
 
 impl PlantedBug {
     /// Every planted bug, for `--help` listings and tests.
-    pub const ALL: [PlantedBug; 12] = [
+    pub const ALL: [PlantedBug; 13] = [
         PlantedBug::LastWriteWins,
         PlantedBug::AckBeforeStore,
         PlantedBug::ReuseDotsAfterWipe,
@@ -239,6 +242,7 @@ impl PlantedBug {
         PlantedBug::IgnoreReapFloor,
         PlantedBug::SkipNodeClockCheck,
         PlantedBug::GrantEveryClaim,
+        PlantedBug::AckRefusedWrite,
     ];
 
     /// The kebab-case name used on command lines.
@@ -256,6 +260,7 @@ impl PlantedBug {
             PlantedBug::IgnoreReapFloor => "ignore-reap-floor",
             PlantedBug::SkipNodeClockCheck => "skip-node-clock-check",
             PlantedBug::GrantEveryClaim => "grant-every-claim",
+            PlantedBug::AckRefusedWrite => "ack-refused-write",
         }
     }
 }

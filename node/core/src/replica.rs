@@ -183,6 +183,14 @@ impl<S: Store> NodeCore<S> {
                 hint,
             } => {
                 let result = env.replica.write(ctx, partition, &key, &object, hint);
+                let result = match result {
+                    Err(ReplicaError::Storage(_))
+                        if ctx.cfg.has_bug(super::config::PlantedBug::AckRefusedWrite) =>
+                    {
+                        Ok(Stored::Replica)
+                    }
+                    other => other,
+                };
                 ctx.send(from, ReplicaMsg::WriteAck { op, result });
             }
             ReplicaMsg::Read {
