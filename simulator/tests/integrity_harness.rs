@@ -389,3 +389,66 @@ fn an_unreadable_hint_found_by_redirection_retires_the_actor() {
     assert_ne!(c.actor(n(2)), actor_before, "the actor is retired");
     assert_eq!(strings(&c.get_ok(n(2), &keys[1]).values), set(&["v"]));
 }
+
+/// Item 6 of the safety issue, on the replica path itself: a replica write whose merge would
+/// pass the sibling limit, or the byte limit (half the peer frame), is refused with the reason
+/// and stores nothing, so the key stays readable, transferable and repairable. (Hint and
+/// transfer items past the limits are quarantined: `quorums_siblings_and_vectors.rs`.)
+#[test]
+fn a_replica_refuses_a_write_whose_merge_passes_the_sibling_or_byte_limit() {
+    use dynakv_core::{Effect, Input, Object, PeerMsg, ReplicaError, ReplicaMsg, Value};
+    let mut c = Cluster::with_config(3, 3, 2, 2, |cfg| {
+        cfg.sibling_warn = 2;
+        cfg.sibling_max = 2;
+        cfg.max_value_bytes = 1_500;
+        cfg.max_key_bytes = 256;
+        cfg.max_message_bytes = 4_096;
+    });
+    let map = c.map();
+    let p = map.partition_for_key(b"k");
+    let replica = map.preference_list(p, 3)[0];
+    let from = if replica == n(1) { n(2) } else { n(1) };
+    let siblings = |c: &Cluster, count: u32, size: usize| {
+        (1..=count).fold(Object::new(), |o, i| {
+            let value = Value::Data(vec![b'a' + i as u8; size].into());
+            Object::update(&o, &NodeClock::new(), c.actor(n(i)), value)
+                .unwrap()
+                .0
+        })
+    };
+    let cases = [
+        (siblings(&c, 3, 10), "siblings"),
+        (siblings(&c, 2, 1_500), "bytes"),
+    ];
+    for (op, (object, why)) in (1u64..).zip(cases) {
+        let core = c.nodes.get_mut(&replica).unwrap();
+        core.handle(
+            0,
+            Input::Peer {
+                from,
+                msg: ReplicaMsg::Write {
+                    op,
+                    partition: p,
+                    key: "k".into(),
+                    object,
+                    hint: None,
+                }
+                .into(),
+            },
+        );
+        let refusal = core.drain_effects().into_iter().find_map(|e| match e {
+            Effect::Send {
+                msg:
+                    PeerMsg::Replica(ReplicaMsg::WriteAck {
+                        result: Err(ReplicaError::Rejected(reason)),
+                        ..
+                    }),
+                ..
+            } => Some(reason),
+            _ => None,
+        });
+        let reason = refusal.unwrap_or_else(|| panic!("{why}: not refused"));
+        assert!(reason.contains(why), "{why}: {reason}");
+        assert_eq!(readable(&c, replica, "k"), None, "{why}: nothing stored");
+    }
+}
