@@ -443,3 +443,49 @@ fn with_n1_a_hint_redirected_to_its_holder_is_stored_not_quarantined() {
     assert_eq!(core.stats().quarantined, 0, "nothing was set aside");
     assert_eq!(strings(&c.get_ok(n(2), &key).values), set(&["v"]));
 }
+
+/// Item 7 of the safety issue, on the redirect path: a hint for a removed node that the holder
+/// cannot store (its disk refuses the partition's writes) stays a hint, and is redirected once
+/// the disk takes writes again; it is never removed unstored.
+#[test]
+fn a_redirected_hint_the_disk_refuses_is_kept_and_redirected_later() {
+    use dynakv_core::store::Space;
+    let mut c = Cluster::new(2, 1, 1, 1);
+    c.run_for(500);
+    let map = c.map();
+    let key = (0..1_000)
+        .map(|i| format!("k{i}"))
+        .find(|k| map.preference_list(map.partition_for_key(k.as_bytes()), 1) == [n(1)])
+        .expect("a key node 1 owns");
+    let p = map.partition_for_key(key.as_bytes());
+    c.isolate(n(1));
+    let _ = c.put(n(2), &key, "v", &NodeClock::new(), w(1, None));
+    c.run_for(5_000);
+    c.put_w1(n(2), &key, "v", &NodeClock::new());
+    let pending = |c: &Cluster| c.nodes[&n(2)].hints_pending().values().sum::<u64>();
+    assert_eq!(pending(&c), 1);
+    c.nodes
+        .get_mut(&n(2))
+        .unwrap()
+        .store_mut()
+        .refuse_spaces(&[Space::Partition(p)]);
+    let reply = c.request(
+        n(2),
+        dynakv_core::ClientRequest::Admin(dynakv_core::AdminRequest::Remove {
+            node: n(1),
+            force: true,
+        }),
+    );
+    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    c.run_for(5_000);
+    assert_eq!(pending(&c), 1, "kept while the disk refuses it");
+    assert!(!c.stores_key(n(2), &key));
+    c.nodes
+        .get_mut(&n(2))
+        .unwrap()
+        .store_mut()
+        .refuse_spaces(&[]);
+    c.run_for(5_000);
+    assert_eq!(pending(&c), 0, "redirected");
+    assert_eq!(strings(&c.get_ok(n(2), &key).values), set(&["v"]));
+}
