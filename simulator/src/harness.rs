@@ -272,6 +272,37 @@ impl Cluster {
             .sum()
     }
 
+    /// The first `count` keys (`k0`, `k1`, ...) whose one replica, with N=1, is `owner`.
+    pub fn keys_only_on(&self, owner: NodeId, count: usize) -> Vec<String> {
+        let map = self.map();
+        (0..100_000)
+            .map(|i| format!("k{i}"))
+            .filter(|k| map.preference_list(map.partition_for_key(k.as_bytes()), 1) == [owner])
+            .take(count)
+            .collect()
+    }
+
+    /// With the key's owner cut off, write `key` through `at` until `at` holds it as a hint:
+    /// the first put finds the owner silent, the next goes to `at` as a fallback.
+    pub fn hint_through(&mut self, at: NodeId, key: &str, value: &str) {
+        let opts = RequestOptions {
+            w: Some(1),
+            ..RequestOptions::default()
+        };
+        let _ = self.put(at, key, value, &NodeClock::new(), opts);
+        self.run_for(5_000);
+        self.put_w1(at, key, value, &NodeClock::new());
+    }
+
+    /// Remove `node` from the cluster (forced), asking `at`.
+    pub fn remove_node(&mut self, at: NodeId, node: NodeId) {
+        let reply = self.request(
+            at,
+            ClientRequest::Admin(dynakv_core::AdminRequest::Remove { node, force: true }),
+        );
+        assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    }
+
     /// The partition map (the same on every node).
     pub fn map(&self) -> PartitionMap {
         self.nodes

@@ -407,39 +407,18 @@ fn a_hint_written_again_while_its_batch_is_in_flight_outlives_the_ack() {
 fn with_n1_a_hint_redirected_to_its_holder_is_stored_not_quarantined() {
     let mut c = Cluster::new(2, 1, 1, 1);
     c.run_for(500);
-    let map = c.map();
-    let key = (0..1_000)
-        .map(|i| format!("k{i}"))
-        .find(|k| map.preference_list(map.partition_for_key(k.as_bytes()), 1) == [n(1)])
-        .expect("a key node 1 owns");
+    let key = c.keys_only_on(n(1), 1).remove(0);
     c.isolate(n(1));
-    // The first put finds node 1 silent; the next goes to node 2 as a fallback, with a hint.
-    let _ = c.put(n(2), &key, "v", &NodeClock::new(), w(1, None));
-    c.run_for(5_000);
-    c.put_w1(n(2), &key, "v", &NodeClock::new());
-    assert!(
-        c.nodes[&n(2)].hints_pending().values().sum::<u64>() > 0,
-        "node 2 holds a hint"
-    );
-    let reply = c.request(
-        n(2),
-        dynakv_core::ClientRequest::Admin(dynakv_core::AdminRequest::Remove {
-            node: n(1),
-            force: true,
-        }),
-    );
-    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    c.hint_through(n(2), &key, "v");
+    assert!(c.hints_pending() > 0, "node 2 holds a hint");
+    c.remove_node(n(2), n(1));
     c.run_for(5_000);
     let core = &c.nodes[&n(2)];
     assert!(
         core.partition_map().partitions_of(n(1)).is_empty(),
         "node 2 owns everything"
     );
-    assert_eq!(
-        core.hints_pending().values().sum::<u64>(),
-        0,
-        "the hint was redirected"
-    );
+    assert_eq!(c.hints_pending(), 0, "the hint was redirected");
     assert_eq!(core.stats().quarantined, 0, "nothing was set aside");
     assert_eq!(strings(&c.get_ok(n(2), &key).values), set(&["v"]));
 }
@@ -452,40 +431,25 @@ fn a_redirected_hint_the_disk_refuses_is_kept_and_redirected_later() {
     use dynakv_core::store::Space;
     let mut c = Cluster::new(2, 1, 1, 1);
     c.run_for(500);
-    let map = c.map();
-    let key = (0..1_000)
-        .map(|i| format!("k{i}"))
-        .find(|k| map.preference_list(map.partition_for_key(k.as_bytes()), 1) == [n(1)])
-        .expect("a key node 1 owns");
-    let p = map.partition_for_key(key.as_bytes());
+    let key = c.keys_only_on(n(1), 1).remove(0);
+    let p = c.map().partition_for_key(key.as_bytes());
     c.isolate(n(1));
-    let _ = c.put(n(2), &key, "v", &NodeClock::new(), w(1, None));
+    c.hint_through(n(2), &key, "v");
+    assert_eq!(c.hints_pending(), 1);
+    let refuse = |c: &mut Cluster, spaces: &[Space]| {
+        c.nodes
+            .get_mut(&n(2))
+            .unwrap()
+            .store_mut()
+            .refuse_spaces(spaces)
+    };
+    refuse(&mut c, &[Space::Partition(p)]);
+    c.remove_node(n(2), n(1));
     c.run_for(5_000);
-    c.put_w1(n(2), &key, "v", &NodeClock::new());
-    let pending = |c: &Cluster| c.nodes[&n(2)].hints_pending().values().sum::<u64>();
-    assert_eq!(pending(&c), 1);
-    c.nodes
-        .get_mut(&n(2))
-        .unwrap()
-        .store_mut()
-        .refuse_spaces(&[Space::Partition(p)]);
-    let reply = c.request(
-        n(2),
-        dynakv_core::ClientRequest::Admin(dynakv_core::AdminRequest::Remove {
-            node: n(1),
-            force: true,
-        }),
-    );
-    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
-    c.run_for(5_000);
-    assert_eq!(pending(&c), 1, "kept while the disk refuses it");
+    assert_eq!(c.hints_pending(), 1, "kept while the disk refuses it");
     assert!(!c.stores_key(n(2), &key));
-    c.nodes
-        .get_mut(&n(2))
-        .unwrap()
-        .store_mut()
-        .refuse_spaces(&[]);
+    refuse(&mut c, &[]);
     c.run_for(5_000);
-    assert_eq!(pending(&c), 0, "redirected");
+    assert_eq!(c.hints_pending(), 0, "redirected");
     assert_eq!(strings(&c.get_ok(n(2), &key).values), set(&["v"]));
 }

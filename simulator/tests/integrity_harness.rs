@@ -340,20 +340,12 @@ fn an_unreadable_hint_found_by_redirection_retires_the_actor() {
     use dynakv_core::store::Space;
     let mut c = Cluster::new(2, 1, 1, 1);
     c.run_for(500);
-    let map = c.map();
-    let keys: Vec<String> = (0..1_000)
-        .map(|i| format!("k{i}"))
-        .filter(|k| map.preference_list(map.partition_for_key(k.as_bytes()), 1) == [n(1)])
-        .take(2)
-        .collect();
+    let keys = c.keys_only_on(n(1), 2);
     c.isolate(n(1));
     for k in &keys {
-        // The first put finds node 1 silent; the next goes to node 2 as a fallback, with a hint.
-        let _ = c.put(n(2), k, "v", &NodeClock::new(), RequestOptions::default());
-        c.run_for(5_000);
-        c.put_w1(n(2), k, "v", &NodeClock::new());
+        c.hint_through(n(2), k, "v");
     }
-    assert_eq!(c.nodes[&n(2)].hints_pending().values().sum::<u64>(), 2);
+    assert_eq!(c.hints_pending(), 2);
     // Flip a bit of the first key's hint.
     let store = c.nodes.get_mut(&n(2)).unwrap().store_mut();
     let (record, mut bytes) = store
@@ -366,21 +358,10 @@ fn an_unreadable_hint_found_by_redirection_retires_the_actor() {
     bytes[mid] ^= 0x10;
     store.put(Space::Hints, &record, &bytes).unwrap();
     let actor_before = c.actor(n(2));
-    let reply = c.request(
-        n(2),
-        dynakv_core::ClientRequest::Admin(dynakv_core::AdminRequest::Remove {
-            node: n(1),
-            force: true,
-        }),
-    );
-    assert!(matches!(reply, ClientReply::Admin(_)), "{reply:?}");
+    c.remove_node(n(2), n(1));
     c.run_for(5_000);
+    assert_eq!(c.hints_pending(), 0, "all redirected");
     let core = &c.nodes[&n(2)];
-    assert_eq!(
-        core.hints_pending().values().sum::<u64>(),
-        0,
-        "all redirected"
-    );
     assert_eq!(
         core.stats().corrupt_records,
         1,
