@@ -246,7 +246,6 @@ pub struct World {
     /// What coordinators were seen applying (values, and per key the contexts of tombstones).
     pub(crate) applied: Applied,
     /// Replica writes delivered and not yet acknowledged: (replica, coordinator, op) -> the
-    /// partition, so the ack can be checked against the replica's own map.
     /// partition, key and the context of what the write carried, so the ack can be checked
     /// against the replica's own map and store.
     pending_replica_writes:
